@@ -1,0 +1,55 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { CellarError } from '../lib/errors.js';
+
+/** Per-field messages a route gives for schema failures, so a 400 names the field and its limit. */
+export type FieldMessages = Readonly<Record<string, string>>;
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    fieldMessages?: FieldMessages;
+  }
+}
+
+interface AjvError {
+  instancePath: string;
+  keyword: string;
+  params: Record<string, unknown>;
+  message?: string;
+}
+
+function fieldOf(error: AjvError): string {
+  if (error.keyword === 'required') return String(error.params['missingProperty']);
+  if (error.keyword === 'additionalProperties') return String(error.params['additionalProperty']);
+  return error.instancePath.replace(/^\//, '').replaceAll('/', '.') || 'body';
+}
+
+function validationError(errors: readonly AjvError[], messages: FieldMessages): CellarError {
+  const first = errors[0];
+  if (first === undefined) return new CellarError('CELLAR_E_INVALID', 'the request is not valid');
+  const field = fieldOf(first);
+  if (first.keyword === 'additionalProperties') {
+    return new CellarError('CELLAR_E_INVALID', `${field}: unknown field; allowed: ${Object.keys(messages).join(', ')}`, field);
+  }
+  if (first.keyword === 'required') return new CellarError('CELLAR_E_INVALID', `${field} is required`, field);
+  return new CellarError('CELLAR_E_INVALID', messages[field] ?? `${field} ${first.message ?? 'is not valid'}`, field);
+}
+
+export function errorHandler(log: Logger) {
+  return (error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+    let cellarError: CellarError;
+    if (error instanceof CellarError) {
+      cellarError = error;
+    } else if (error.validation) {
+      cellarError = validationError(error.validation as AjvError[], request.routeOptions.config.fieldMessages ?? {});
+    } else if (error.statusCode !== undefined && error.statusCode < 500) {
+      // Fastify's own client errors: malformed JSON, wrong content type, body too large.
+      cellarError = new CellarError('CELLAR_E_INVALID', error.message, 'body');
+      return reply.status(error.statusCode).send({ error: cellarError.toJSON() });
+    } else {
+      log.error({ err: error, url: request.url }, 'request failed');
+      cellarError = new CellarError('CELLAR_E_INTERNAL', 'internal error; see the control-plane log');
+    }
+    return reply.status(cellarError.status).send({ error: cellarError.toJSON() });
+  };
+}

@@ -1,0 +1,246 @@
+import { randomBytes } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { ClusterSecrets } from '../dataplane/dataplane.js';
+import { CellarError, errorCatalogue, invalid } from '../lib/errors.js';
+import {
+  type ClusterSpec,
+  clusterNameLengthMax,
+  defaultReplicas,
+  defaultSize,
+  defaultStorageGb,
+  isSizeName,
+  replicasMax,
+  sizeNames,
+  storageGbMax,
+  storageGbMin,
+} from '../lib/sizes.js';
+import { clusterKind } from '../machines/cluster.js';
+import { cellCounts, findCluster, findClusterById, insertCluster, listClusters } from '../store/clusters.js';
+import { requestDestroy } from '../store/machine-store.js';
+import type { Pool } from '../store/pool.js';
+import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
+import { errorHandler } from './errors.js';
+import { clusterView } from './view.js';
+
+export interface ApiOptions {
+  readonly pool: Pool;
+  readonly log: Logger;
+  /** Postgres major versions the data plane can run; the highest is the default. */
+  readonly versions: readonly number[];
+  /** Extra facts for `GET /v1/status` (engine owner, step counts). */
+  readonly status?: () => Record<string, unknown>;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    owner: TokenOwner | null;
+  }
+}
+
+const bodyLimitBytes = 64 * 1024;
+const passwordBytes = 24;
+
+const fieldMessages = {
+  name: `name must be a DNS label of 1-${clusterNameLengthMax} characters: a-z, 0-9 and '-', starting and ending with a letter or digit`,
+  replicas: `replicas must be an integer from 0 to ${replicasMax}`,
+  size: `size must be one of ${sizeNames.join(', ')}`,
+  storageGb: `storageGb must be an integer from ${storageGbMin} to ${storageGbMax}`,
+  version: 'version must be an installed Postgres major version',
+} as const;
+
+const errorSchema = {
+  type: 'object',
+  properties: {
+    error: {
+      type: 'object',
+      properties: { code: { type: 'string', enum: Object.keys(errorCatalogue) }, message: { type: 'string' }, field: { type: 'string' } },
+      required: ['code', 'message'],
+    },
+  },
+} as const;
+
+const instanceSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    role: { type: 'string', enum: ['primary', 'replica'] },
+    state: { type: 'string' },
+    port: { type: ['integer', 'null'] },
+    lsn: { type: ['string', 'null'] },
+    lagBytes: { type: ['integer', 'null'] },
+    streaming: { type: ['boolean', 'null'] },
+  },
+} as const;
+
+const clusterSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    state: { type: 'string', description: 'creating, running, degraded, deleting, deleted or failed' },
+    size: { type: 'string' },
+    replicas: { type: 'integer' },
+    storageGb: { type: 'integer' },
+    version: { type: 'integer' },
+    uri: { type: ['string', 'null'], description: 'read-write connection URI' },
+    readOnlyUri: { type: ['string', 'null'] },
+    error: { type: ['string', 'null'] },
+    createdAt: { type: 'string' },
+    instances: { type: 'array', items: instanceSchema },
+    events: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: { at: { type: 'string' }, entity: { type: 'string' }, from: { type: ['string', 'null'] }, to: { type: 'string' }, reason: { type: 'string' } },
+      },
+    },
+  },
+} as const;
+
+const createClusterBody = {
+  type: 'object',
+  required: ['name'],
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: clusterNameLengthMax, pattern: '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' },
+    replicas: { type: 'integer', minimum: 0, maximum: replicasMax, default: defaultReplicas },
+    size: { type: 'string', enum: sizeNames, default: defaultSize },
+    storageGb: { type: 'integer', minimum: storageGbMin, maximum: storageGbMax, default: defaultStorageGb },
+    version: { type: 'integer' },
+  },
+} as const;
+
+function ownerOf(request: FastifyRequest): TokenOwner {
+  if (request.owner === null) throw new CellarError('CELLAR_E_UNAUTHENTICATED', 'a bearer token is required (Authorization: Bearer …)');
+  return request.owner;
+}
+
+function requireAdmin(request: FastifyRequest): TokenOwner {
+  const owner = ownerOf(request);
+  if (!owner.admin) throw new CellarError('CELLAR_E_FORBIDDEN', 'this needs an admin token');
+  return owner;
+}
+
+function newSecrets(): ClusterSecrets {
+  const password = () => randomBytes(passwordBytes).toString('base64url');
+  return { superuserPassword: password(), replicationPassword: password(), appPassword: password() };
+}
+
+export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
+  const { pool, log } = options;
+  const app = Fastify({
+    // Requests are logged at info by Fastify; the API child logs only warnings and worse.
+    loggerInstance: log.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
+    bodyLimit: bodyLimitBytes,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Cellar API', version: '1', description: 'Self-hosted Postgres database-as-a-service.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  app.setErrorHandler(errorHandler(log));
+  app.decorateRequest('owner', null);
+  app.addHook('onRequest', async (request) => {
+    const header = request.headers.authorization;
+    if (header === undefined || !request.url.startsWith('/v1/')) return;
+    const match = /^Bearer\s+(\S+)$/i.exec(header);
+    request.owner = match?.[1] ? await findTokenOwner(pool, match[1]) : null;
+  });
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+
+  app.get('/v1/status', { schema: { summary: 'Cell status' } }, async (request) => {
+    ownerOf(request);
+    return { ok: true, versions: options.versions, cell: await cellCounts(pool), ...options.status?.() };
+  });
+
+  app.get('/v1/orgs', { schema: { summary: 'List orgs (admin)' } }, async (request) => {
+    requireAdmin(request);
+    return { orgs: await listOrgs(pool) };
+  });
+
+  app.post<{ Body: { name: string } }>(
+    '/v1/orgs',
+    {
+      config: { fieldMessages: { name: fieldMessages.name } },
+      schema: {
+        summary: 'Create an org and its first token (admin)',
+        body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: createClusterBody.properties.name } },
+        response: { 400: errorSchema },
+      },
+    },
+    async (request, reply) => {
+      requireAdmin(request);
+      const org = await createOrg(pool, request.body.name);
+      if (org === null) throw invalid('name', `name: an org named "${request.body.name}" already exists`);
+      const token = await createToken(pool, org.id, false);
+      return reply.status(201).send({ org, token });
+    },
+  );
+
+  app.post<{ Params: { name: string } }>('/v1/orgs/:name/tokens', { schema: { summary: 'Issue a token for an org (admin)' } }, async (request, reply) => {
+    requireAdmin(request);
+    const orgId = await orgByName(pool, request.params.name);
+    if (orgId === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no org named "${request.params.name}"`, 'name');
+    return reply.status(201).send({ token: await createToken(pool, orgId, false) });
+  });
+
+  app.get('/v1/clusters', { schema: { summary: 'List clusters', response: { 200: { type: 'object', properties: { clusters: { type: 'array', items: clusterSchema } } } } } }, async (request) => {
+    const owner = ownerOf(request);
+    return { clusters: (await listClusters(pool, owner.orgId)).map(clusterView) };
+  });
+
+  app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number } }>(
+    '/v1/clusters',
+    {
+      config: { fieldMessages },
+      schema: { summary: 'Create a cluster', body: createClusterBody, response: { 201: clusterSchema, 400: errorSchema } },
+    },
+    async (request, reply) => {
+      const owner = ownerOf(request);
+      const body = request.body;
+      const pgVersion = body.version ?? Math.max(...options.versions);
+      if (!options.versions.includes(pgVersion)) {
+        throw invalid('version', `version must be one of the installed Postgres versions: ${options.versions.join(', ')}`);
+      }
+      if (!isSizeName(body.size)) throw invalid('size', fieldMessages.size);
+      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion };
+      const id = await insertCluster(pool, owner.orgId, body.name, spec, newSecrets());
+      const created = await findClusterById(pool, owner.orgId, id);
+      return reply.status(201).send(created && clusterView(created));
+    },
+  );
+
+  app.get<{ Params: { name: string } }>(
+    '/v1/clusters/:name',
+    { schema: { summary: 'Show a cluster by name or id', response: { 200: clusterSchema, 404: errorSchema } } },
+    async (request) => {
+      const owner = ownerOf(request);
+      const cluster = (await findCluster(pool, owner.orgId, request.params.name)) ?? (await findClusterById(pool, owner.orgId, request.params.name));
+      if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
+      return clusterView(cluster);
+    },
+  );
+
+  app.delete<{ Params: { name: string } }>(
+    '/v1/clusters/:name',
+    { schema: { summary: 'Delete a cluster (asynchronous: watch its state)', response: { 202: clusterSchema, 404: errorSchema } } },
+    async (request, reply) => {
+      const owner = ownerOf(request);
+      const cluster = await findCluster(pool, owner.orgId, request.params.name);
+      if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
+      await requestDestroy(pool, clusterKind, cluster.id);
+      const updated = await findClusterById(pool, owner.orgId, cluster.id);
+      return reply.status(202).send(updated && clusterView(updated));
+    },
+  );
+
+  return app;
+}

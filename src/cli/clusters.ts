@@ -1,0 +1,141 @@
+import type { Command } from 'commander';
+import type { ClusterView } from '../api/view.js';
+import type { ApiClient } from './client.js';
+import { type Output, formatTable } from './output.js';
+
+/** `cellar clusters …`: create, list, show and delete, each with --json, and --wait on long work. */
+
+const waitPollMs = 200;
+const waitTimeoutSecondsDefault = 600;
+
+interface WaitOptions {
+  readonly until: (cluster: ClusterView | null) => boolean;
+  readonly timeoutSeconds: number;
+}
+
+function describe(cluster: ClusterView): string {
+  const instances = cluster.instances.map((instance) => `${instance.role} ${instance.state}`).join(', ');
+  return instances === '' ? cluster.state : `${cluster.state} (${instances})`;
+}
+
+/** Polls the cluster and prints each state change and event with the time since the wait began. */
+async function waitFor(client: ApiClient, out: Output, id: string, options: WaitOptions): Promise<ClusterView | null> {
+  const startedMs = Date.now();
+  const deadlineMs = startedMs + options.timeoutSeconds * 1000;
+  const seenEvents = new Set<string>();
+  let lastLine = '';
+  for (;;) {
+    const cluster = await client.request<ClusterView>('GET', `/v1/clusters/${encodeURIComponent(id)}`).catch((error: { status?: number }) => {
+      if (error.status === 404) return null;
+      throw error;
+    });
+    const elapsed = `${((Date.now() - startedMs) / 1000).toFixed(1).padStart(6)}s`;
+    for (const event of cluster?.events ?? []) {
+      const key = `${event.at}|${event.entity}|${event.to}`;
+      if (seenEvents.has(key)) continue;
+      seenEvents.add(key);
+      if (Date.parse(event.at) >= startedMs - 60_000) out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
+    }
+    const line = cluster === null ? 'gone' : describe(cluster);
+    if (line !== lastLine) out.progress(`${elapsed}  ${line}`);
+    lastLine = line;
+    if (options.until(cluster)) return cluster;
+    if (cluster?.state === 'failed') throw new Error(`cluster ${cluster.name} failed: ${cluster.error ?? 'see its events'}`);
+    if (Date.now() > deadlineMs) throw new Error(`gave up waiting after ${options.timeoutSeconds} s; the cluster is ${line}`);
+    await new Promise((resolve) => setTimeout(resolve, waitPollMs));
+  }
+}
+
+function printCluster(out: Output, cluster: ClusterView): void {
+  if (out.json) return out.result(cluster);
+  out.line(`${cluster.name} (${cluster.id})  ${cluster.state}`);
+  out.line(`  size ${cluster.size}, ${cluster.replicas} replica(s), ${cluster.storageGb} GB, Postgres ${cluster.version}`);
+  if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
+  if (cluster.readOnlyUri) out.line(`  readOnlyUri   ${cluster.readOnlyUri}`);
+  if (cluster.error) out.line(`  error         ${cluster.error}`);
+  out.line(
+    formatTable(
+      ['INSTANCE', 'ROLE', 'STATE', 'PORT', 'LSN', 'LAG BYTES'],
+      cluster.instances.map((instance) => [instance.id, instance.role, instance.state, String(instance.port ?? '-'), instance.lsn ?? '-', String(instance.lagBytes ?? '-')]),
+    ).replace(/^/gm, '  '),
+  );
+}
+
+function timeoutOption(value: string): number {
+  const seconds = Number(value);
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > 86_400) throw new Error('--timeout must be an integer from 1 to 86400 seconds');
+  return seconds;
+}
+
+export function registerClusterCommands(program: Command, connect: () => Promise<{ client: ApiClient; out: Output }>): void {
+  const clusters = program.command('clusters').description('create, list, show and delete Postgres clusters');
+
+  clusters
+    .command('create <name>')
+    .description('create a cluster: a primary and its replicas')
+    .option('--replicas <n>', 'number of streaming replicas (0-5)', '1')
+    .option('--size <size>', 'instance size: micro, small, medium, large', 'small')
+    .option('--storage-gb <gb>', 'storage per instance in GB', '10')
+    .option('--version <major>', 'Postgres major version (default: newest installed)')
+    .option('--wait', 'wait until the cluster is running, showing each step')
+    .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { replicas: string; size: string; storageGb: string; version?: string; wait?: boolean; timeout: number }) => {
+      const { client, out } = await connect();
+      const body = {
+        name,
+        replicas: numberOrText(options.replicas),
+        size: options.size,
+        storageGb: numberOrText(options.storageGb),
+        ...(options.version === undefined ? {} : { version: numberOrText(options.version) }),
+      };
+      const created = await client.request<ClusterView>('POST', '/v1/clusters', body);
+      if (!options.wait) return printCluster(out, created);
+      out.progress(`creating ${created.name} (${created.id})`);
+      const ready = await waitFor(client, out, created.id, { until: (cluster) => cluster?.state === 'running', timeoutSeconds: options.timeout });
+      if (ready) printCluster(out, ready);
+    });
+
+  clusters
+    .command('list')
+    .description('list the clusters of your org')
+    .option('--json', 'print JSON')
+    .action(async () => {
+      const { client, out } = await connect();
+      const { clusters: list } = await client.request<{ clusters: ClusterView[] }>('GET', '/v1/clusters');
+      if (out.json) return out.result(list);
+      if (list.length === 0) return out.line('no clusters; create one with `cellar clusters create NAME --wait`');
+      out.line(formatTable(['NAME', 'STATE', 'SIZE', 'REPLICAS', 'VERSION', 'URI'], list.map((c) => [c.name, c.state, c.size, String(c.replicas), String(c.version), c.uri ?? '-'])));
+    });
+
+  clusters
+    .command('show <name>')
+    .description('show a cluster, its instances and its recent events')
+    .option('--json', 'print JSON')
+    .action(async (name: string) => {
+      const { client, out } = await connect();
+      const cluster = await client.request<ClusterView>('GET', `/v1/clusters/${encodeURIComponent(name)}`);
+      printCluster(out, cluster);
+      if (!out.json) for (const event of cluster.events.slice(-10)) out.line(`  ${event.at}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}  ${event.reason}`);
+    });
+
+  clusters
+    .command('delete <name>')
+    .description('delete a cluster: stop its servers and remove their data')
+    .option('--wait', 'wait until every instance is gone')
+    .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { wait?: boolean; timeout: number }) => {
+      const { client, out } = await connect();
+      const deleting = await client.request<ClusterView>('DELETE', `/v1/clusters/${encodeURIComponent(name)}`);
+      if (!options.wait) return out.json ? out.result(deleting) : out.line(`${deleting.name}: ${deleting.state}`);
+      const gone = await waitFor(client, out, deleting.id, { until: (cluster) => cluster === null || cluster.state === 'deleted', timeoutSeconds: options.timeout });
+      if (out.json) return out.result(gone ?? { ...deleting, state: 'deleted' });
+      out.line(`${deleting.name}: deleted`);
+    });
+}
+
+/** Leaves non-numbers as text so the API, not the CLI, names the field and its limit. */
+function numberOrText(value: string): number | string {
+  return /^-?\d+$/.test(value) ? Number(value) : value;
+}

@@ -1,0 +1,60 @@
+import { Command, CommanderError } from 'commander';
+import { loadConfig } from '../config.js';
+import { ApiClient, ApiError, resolveCredentials } from './client.js';
+import { registerClusterCommands } from './clusters.js';
+import { registerHostCommands } from './host.js';
+import { type Output, formatTable, makeOutput } from './output.js';
+
+/** The `cellar` command line. Every command takes --json; errors exit 1 with a one-line reason. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = new Command('cellar')
+    .description('Cellar: self-hosted Postgres clusters with replicas, one endpoint, backups and safe change')
+    .showHelpAfterError()
+    .exitOverride();
+  let json = false;
+  const output = (wantJson: boolean): Output => {
+    json = wantJson;
+    return makeOutput(wantJson);
+  };
+  const connect = async () => {
+    const out = output(program.args.includes('--json') || argv.includes('--json'));
+    return { client: new ApiClient(await resolveCredentials(loadConfig())), out };
+  };
+
+  registerHostCommands(program, output);
+  program
+    .command('status')
+    .description('show whether the control plane answers, and what the cell holds')
+    .option('--json', 'print JSON')
+    .action(async () => {
+      const { client, out } = await connect();
+      const status = await client.request<{ versions: number[]; cell: Record<string, number> }>('GET', '/v1/status');
+      if (out.json) return out.result(status);
+      out.line(`Cellar is up; Postgres versions ${status.versions.join(', ')}`);
+      out.line(formatTable(['CLUSTERS', 'INSTANCES', 'MACHINES DUE', 'MACHINES FAILED'], [[String(status.cell['clusters']), String(status.cell['instances']), String(status.cell['machinesDue']), String(status.cell['machinesFailed'])]]));
+    });
+  registerClusterCommands(program, connect);
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode;
+    reportError(error, json);
+    return 1;
+  }
+}
+
+function reportError(error: unknown, json: boolean): void {
+  if (json) {
+    const payload =
+      error instanceof ApiError
+        ? { code: error.code, message: error.message, ...(error.field ? { field: error.field } : {}) }
+        : { code: 'CELLAR_E_CLI', message: error instanceof Error ? error.message : String(error) };
+    process.stdout.write(`${JSON.stringify({ error: payload }, null, 2)}\n`);
+    return;
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  const code = error instanceof ApiError ? ` [${error.code}]` : '';
+  process.stderr.write(`cellar: ${message}${code}\n`);
+}

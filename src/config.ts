@@ -1,0 +1,96 @@
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+/**
+ * The one place that reads process.env. Every value is parsed, typed and checked here, and every
+ * bad value is reported at once, so a typo fails at start rather than deep inside a step.
+ */
+export interface Config {
+  /** Credentials, logs and (unless CELLAR_DATA says otherwise) the data of this Cellar. */
+  readonly home: string;
+  /** Where Postgres data directories live; null means "derive from home" (see dataplane/local/paths). */
+  readonly dataDir: string | null;
+  /** External cell store; null means the embedded one under home. */
+  readonly storeUrl: string | null;
+  readonly apiHost: string;
+  readonly apiPort: number;
+  /** Inclusive range of 127.0.0.1 ports given to instances. */
+  readonly instancePortMin: number;
+  readonly instancePortMax: number;
+  /** Extra bin directory holding a Postgres installation, searched first. */
+  readonly pgBin: string | null;
+  /** The CLI's view: where the API is and which token to use; null means read credentials. */
+  readonly apiUrl: string | null;
+  readonly token: string | null;
+  readonly logLevel: string;
+  /** How long a claimed machine is held before another engine may take it, unless renewed. */
+  readonly leaseMs: number;
+  readonly highTickMs: number;
+  readonly normalTickMs: number;
+  /** Copies a prepared data directory instead of running initdb for each new primary. */
+  readonly templateEnabled: boolean;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number, problems: string[]): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    problems.push(`${name}=${raw}: must be an integer from ${min} to ${max}`);
+    return fallback;
+  }
+  return value;
+}
+
+function portRange(env: Env, problems: string[]): [number, number] {
+  const raw = env['CELLAR_PORT_RANGE'] ?? '15432-15999';
+  const match = /^(\d+)-(\d+)$/.exec(raw);
+  const low = Number(match?.[1]);
+  const high = Number(match?.[2]);
+  if (!match || low < 1024 || high > 65535 || high < low) {
+    problems.push(`CELLAR_PORT_RANGE=${raw}: must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535`);
+    return [15432, 15999];
+  }
+  return [low, high];
+}
+
+function boolean(env: Env, name: string, fallback: boolean, problems: string[]): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === '1' || raw === 'true') return true;
+  if (raw === '0' || raw === 'false') return false;
+  problems.push(`${name}=${raw}: must be true, false, 1 or 0`);
+  return fallback;
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const [instancePortMin, instancePortMax] = portRange(env, problems);
+  const config: Config = {
+    home: resolve(env['CELLAR_HOME'] || join(homedir(), '.cellar')),
+    dataDir: env['CELLAR_DATA'] ? resolve(env['CELLAR_DATA']) : null,
+    storeUrl: env['CELLAR_STORE_URL'] || null,
+    apiHost: '127.0.0.1',
+    apiPort: integer(env, 'CELLAR_API_PORT', 8432, 1, 65535, problems),
+    instancePortMin,
+    instancePortMax,
+    pgBin: env['CELLAR_PG_BIN'] || null,
+    apiUrl: env['CELLAR_API'] || null,
+    token: env['CELLAR_TOKEN'] || null,
+    logLevel: env['CELLAR_LOG_LEVEL'] || 'info',
+    leaseMs: integer(env, 'CELLAR_LEASE_MS', 10_000, 500, 600_000, problems),
+    highTickMs: integer(env, 'CELLAR_HIGH_TICK_MS', 250, 10, 600_000, problems),
+    normalTickMs: integer(env, 'CELLAR_NORMAL_TICK_MS', 2_000, 10, 600_000, problems),
+    templateEnabled: boolean(env, 'CELLAR_TEMPLATE', true, problems),
+  };
+  const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+  if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);
+  if (problems.length > 0) throw new ConfigError(`bad configuration:\n  ${problems.join('\n  ')}`);
+  return config;
+}

@@ -1,0 +1,98 @@
+import { hostname } from 'node:os';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { buildApi } from '../api/server.js';
+import type { Config } from '../config.js';
+import { LocalDataPlane } from '../dataplane/local/driver.js';
+import { Engine, register } from '../engine/engine.js';
+import type { Lane } from '../engine/machine.js';
+import { systemClock, systemRandom } from '../lib/clock.js';
+import type { Credentials } from '../lib/credentials.js';
+import { randomToken } from '../lib/ids.js';
+import { clusterMachine } from '../machines/cluster.js';
+import { instanceMachine } from '../machines/instance.js';
+import type { MachinePorts } from '../machines/ports.js';
+import { ensureEmbeddedStore } from '../store/embedded.js';
+import { PgMachineStore } from '../store/machine-store.js';
+import { migrate } from '../store/migrate.js';
+import { type Pool, openPool } from '../store/pool.js';
+import { ensureCredentials } from './credentials.js';
+
+/**
+ * The control plane of one cell: store connection, engine and API, wired together. Stateless:
+ * several may run against one store. Stopping it leaves databases and the store running.
+ */
+export interface ControlPlane {
+  readonly storeUrl: string;
+  readonly apiUrl: string | null;
+  readonly credentials: Credentials | null;
+  readonly engine: Engine | null;
+  stop(): Promise<void>;
+}
+
+export interface ControlPlaneOptions {
+  readonly api: boolean;
+  readonly engine: boolean;
+}
+
+export async function startControlPlane(config: Config, log: Logger, options: ControlPlaneOptions): Promise<ControlPlane> {
+  const storeUrl = config.storeUrl ?? (await ensureEmbeddedStore(config));
+  const pool = openPool(storeUrl);
+  try {
+    const applied = await migrate(pool);
+    if (applied.length > 0) log.info({ applied }, 'store migrations applied');
+    const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
+    const engine = options.engine ? startEngine(config, log, pool, storeUrl, dataPlane) : null;
+    const api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
+    const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
+    const credentials = apiUrl === null ? null : await ensureCredentials(pool, config.home, apiUrl);
+    return {
+      storeUrl,
+      apiUrl,
+      credentials,
+      engine,
+      async stop() {
+        await api?.close();
+        await engine?.stop();
+        await pool.end();
+      },
+    };
+  } catch (error) {
+    await pool.end();
+    throw error;
+  }
+}
+
+function startEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
+  const ports: MachinePorts = {
+    clock: systemClock,
+    random: systemRandom,
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax),
+    dataPlane,
+  };
+  const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
+  const engine = new Engine({
+    pool,
+    storeUrl,
+    owner: `${hostname()}:${process.pid}:${randomToken(6)}`,
+    registrations: [register(clusterMachine, ports), register(instanceMachine, ports)],
+    clock: systemClock,
+    random: systemRandom,
+    log: log.child({ component: 'engine' }),
+    tickMs: (lane) => tickMs[lane],
+    leaseMs: config.leaseMs,
+  });
+  engine.start();
+  return engine;
+}
+
+async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null): Promise<FastifyInstance> {
+  const api = await buildApi({
+    pool,
+    log,
+    versions: dataPlane.versions(),
+    status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
+  });
+  await api.listen({ host: config.apiHost, port: config.apiPort });
+  return api;
+}

@@ -1,0 +1,324 @@
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { InvariantError, assert } from '../lib/assert.js';
+import type { Clock, Random } from '../lib/clock.js';
+import { inTransaction, type Pool } from '../store/pool.js';
+import { backoffMs } from './backoff.js';
+import {
+  type Lane,
+  type MachineData,
+  type MachineDefinition,
+  type Outcome,
+  doneLabel,
+  failedLabel,
+  isAllowedHop,
+  lanes,
+} from './machine.js';
+import {
+  type MachineRow,
+  type Transition,
+  claimDue,
+  commitTransition,
+  consumeSignals,
+  nudgeChannel,
+  recordEvent,
+  releaseLeases,
+  renewLease,
+  signalsFor,
+  wakeMachines,
+} from './queries.js';
+
+/** A machine kind bound to the ports its steps use. */
+export interface Registration {
+  readonly definition: MachineDefinition<string, MachineData, unknown>;
+  readonly ports: unknown;
+}
+
+export function register<L extends string, D extends MachineData, P>(
+  definition: MachineDefinition<L, D, P>,
+  ports: P,
+): Registration {
+  return { definition: definition as unknown as MachineDefinition<string, MachineData, unknown>, ports };
+}
+
+export interface EngineOptions {
+  readonly pool: Pool;
+  /** Connection string for the LISTEN connection that wakes a lane early on a nudge. */
+  readonly storeUrl: string;
+  readonly owner: string;
+  readonly registrations: readonly Registration[];
+  readonly clock: Clock;
+  readonly random: Random;
+  readonly log: Logger;
+  readonly tickMs: (lane: Lane) => number;
+  readonly leaseMs: number;
+  readonly claimBatchMax?: number;
+  readonly inFlightMax?: number;
+  readonly attemptsMax?: number;
+}
+
+/** Hops run back to back under one lease, bounded so one machine cannot starve the rest. */
+const hopsPerClaimMax = 16;
+const claimBatchMaxDefault = 8;
+const inFlightMaxDefault = 6;
+/** Failed attempts of one label before the machine lands in `failed`. */
+const attemptsMaxDefault = 12;
+const stopWaitMsMax = 30_000;
+const listenRetryMs = 5_000;
+
+/**
+ * The engine: one ticker per lane claims due machines, runs their steps with a timeout while
+ * renewing the lease, and commits each outcome only if the version and lease still match.
+ */
+export class Engine {
+  private readonly kinds = new Map<string, Registration>();
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly wakeups = new Map<Lane, () => void>();
+  private readonly loops: Promise<void>[] = [];
+  private listener: pg.Client | null = null;
+  private listenRetryAtMs = 0;
+  private stopping = false;
+  /** Steps run to completion, per kind and label; exposed for status and tests. */
+  readonly stepCounts = new Map<string, number>();
+
+  constructor(private readonly options: EngineOptions) {
+    for (const registration of options.registrations) {
+      assert(!this.kinds.has(registration.definition.kind), `machine kind ${registration.definition.kind} registered twice`);
+      this.kinds.set(registration.definition.kind, registration);
+    }
+  }
+
+  start(): void {
+    for (const lane of lanes) this.loops.push(this.laneLoop(lane));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const wake of this.wakeups.values()) wake();
+    await Promise.all(this.loops);
+    await Promise.race([Promise.allSettled([...this.inFlight]), delay(stopWaitMsMax)]);
+    await releaseLeases(this.options.pool, this.options.owner).catch(() => undefined);
+    await this.listener?.end().catch(() => undefined);
+    this.listener = null;
+  }
+
+  /** Claims and starts what is due in one lane; resolves when the claimed steps have finished. */
+  async tickOnce(lane: Lane): Promise<number> {
+    const started = await this.claimAndStart(lane);
+    await Promise.allSettled(started);
+    return started.length;
+  }
+
+  private async laneLoop(lane: Lane): Promise<void> {
+    while (!this.stopping) {
+      await this.ensureListening();
+      let claimed = 0;
+      try {
+        claimed = (await this.claimAndStart(lane)).length;
+      } catch (error) {
+        this.options.log.warn({ lane, err: errorMessage(error) }, 'claim failed; retrying next tick');
+      }
+      const full = claimed > 0 && claimed >= this.claimLimit();
+      if (!full) await this.sleepUntilTickOrNudge(lane);
+    }
+  }
+
+  private claimLimit(): number {
+    const inFlightMax = this.options.inFlightMax ?? inFlightMaxDefault;
+    return Math.max(0, Math.min(this.options.claimBatchMax ?? claimBatchMaxDefault, inFlightMax - this.inFlight.size));
+  }
+
+  private async claimAndStart(lane: Lane): Promise<Promise<void>[]> {
+    const limit = this.claimLimit();
+    if (limit === 0) return [];
+    const rows = await claimDue(this.options.pool, lane, this.options.owner, this.options.leaseMs, limit);
+    if (rows.length === 0) return [];
+    const signals = await signalsFor(this.options.pool, rows.map((row) => row.id));
+    return rows.map((row) => {
+      const run = this.runClaimed(row, signals.get(row.id) ?? new Set()).catch((error: unknown) => {
+        this.options.log.error({ machine: row.id, err: errorMessage(error) }, 'engine fault while running a machine');
+      });
+      const tracked = run.finally(() => this.inFlight.delete(tracked));
+      this.inFlight.add(tracked);
+      return tracked;
+    });
+  }
+
+  private sleepUntilTickOrNudge(lane: Lane): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(finish, this.options.tickMs(lane));
+      function finish(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeups.set(lane, finish);
+    });
+  }
+
+  /** LISTEN lets a nudge wake a lane at once; without it the engine still works, on tick time. */
+  private async ensureListening(): Promise<void> {
+    if (this.listener !== null || this.stopping || this.options.clock.nowMs() < this.listenRetryAtMs) return;
+    this.listenRetryAtMs = this.options.clock.nowMs() + listenRetryMs;
+    const client = new pg.Client({ connectionString: this.options.storeUrl, connectionTimeoutMillis: 2_000 });
+    try {
+      await client.connect();
+      client.on('notification', (message) => this.wakeups.get(message.payload as Lane)?.());
+      client.on('error', () => {
+        this.listener = null;
+        client.end().catch(() => undefined);
+      });
+      await client.query(`listen ${nudgeChannel}`);
+      this.listener = client;
+    } catch {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /** Runs steps for one claimed machine until it naps, finishes, fails or loses its lease. */
+  private async runClaimed(claimed: MachineRow, signals: Set<string>): Promise<void> {
+    const registration = this.kinds.get(claimed.kind);
+    assert(registration !== undefined, `no machine kind ${claimed.kind} registered (machine ${claimed.id})`);
+    let row = claimed;
+    for (let hops = 0; hops < hopsPerClaimMax; hops += 1) {
+      const outcome = await this.runStep(registration, row, signals);
+      const transition = this.transitionFor(registration, row, outcome, hops + 1 < hopsPerClaimMax);
+      const version = await this.commit(row, outcome, transition, signals);
+      if (version === null) {
+        this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
+        return;
+      }
+      if (!transition.keepLease) return;
+      row = { ...row, label: transition.label, lane: transition.lane, attempt: 0, version, data: transition.data };
+    }
+  }
+
+  private async runStep(registration: Registration, row: MachineRow, signals: Set<string>): Promise<Outcome<string, MachineData> | Error> {
+    const { definition, ports } = registration;
+    const step = definition.steps[row.label];
+    if (step === undefined) return new InvariantError(`machine ${row.id} of kind ${row.kind} is in unknown label ${row.label}`);
+    const timeoutMs = definition.stepTimeoutMs(row.label);
+    const heartbeat = setInterval(() => {
+      renewLease(this.options.pool, row.id, row.version, this.options.owner, this.options.leaseMs).catch(() => undefined);
+    }, Math.max(100, Math.floor(this.options.leaseMs / 3)));
+    try {
+      const context = {
+        machine: {
+          id: row.id,
+          kind: row.kind,
+          entityId: row.entity_id,
+          clusterId: row.cluster_id,
+          label: row.label,
+          attempt: row.attempt,
+          data: row.data,
+        },
+        signals,
+        ports,
+      };
+      const outcome = await withTimeout(step(context), timeoutMs, `step ${row.kind}.${row.label} exceeded ${timeoutMs} ms`);
+      this.stepCounts.set(`${row.kind}.${row.label}`, (this.stepCounts.get(`${row.kind}.${row.label}`) ?? 0) + 1);
+      return outcome;
+    } catch (error) {
+      return error instanceof Error ? error : new Error(String(error));
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  private transitionFor(
+    registration: Registration,
+    row: MachineRow,
+    outcome: Outcome<string, MachineData> | Error,
+    mayKeepLease: boolean,
+  ): Transition {
+    const { definition } = registration;
+    const base = { lane: row.lane, attempt: 0, data: row.data, lastError: null, keepLease: false, leaseMs: this.options.leaseMs };
+    if (outcome instanceof Error) return this.transitionForError(row, outcome);
+    switch (outcome.type) {
+      case 'hop': {
+        if (!isAllowedHop(definition, row.label, outcome.label)) {
+          return this.transitionForError(row, new InvariantError(`hop ${row.kind}: ${row.label} -> ${outcome.label} is not in the transition table`));
+        }
+        const data = outcome.data ?? row.data;
+        return { ...base, label: outcome.label, lane: definition.lane(outcome.label), nextTickInMs: 0, data, keepLease: mayKeepLease };
+      }
+      case 'nap':
+        return { ...base, label: row.label, nextTickInMs: outcome.ms, data: outcome.data ?? row.data };
+      case 'done':
+        return { ...base, label: row.label, nextTickInMs: null, data: outcome.data ?? row.data };
+      case 'fail':
+        return { ...base, label: failedLabel, nextTickInMs: null, lastError: outcome.reason };
+    }
+  }
+
+  /** A bug fails at once; anything else is retried with capped, jittered backoff, a bounded number of times. */
+  private transitionForError(row: MachineRow, error: Error): Transition {
+    const attempt = row.attempt + 1;
+    const attemptsMax = this.options.attemptsMax ?? attemptsMaxDefault;
+    const base = { lane: row.lane, data: row.data, keepLease: false, leaseMs: this.options.leaseMs, lastError: error.message };
+    if (error instanceof InvariantError || attempt >= attemptsMax) {
+      const reason = error instanceof InvariantError ? `bug: ${error.message}` : `gave up after ${attempt} attempts: ${error.message}`;
+      this.options.log.error({ machine: row.id, label: row.label, err: error.message }, 'machine failed');
+      return { ...base, label: failedLabel, nextTickInMs: null, attempt, lastError: reason };
+    }
+    this.options.log.warn({ machine: row.id, label: row.label, attempt, err: error.message }, 'step failed; backing off');
+    return { ...base, label: row.label, nextTickInMs: backoffMs(attempt, this.options.random), attempt };
+  }
+
+  private async commit(
+    row: MachineRow,
+    outcome: Outcome<string, MachineData> | Error,
+    transition: Transition,
+    signals: Set<string>,
+  ): Promise<string | null> {
+    const consumed = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.consume ?? []);
+    const wake = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.wake ?? []);
+    const event = eventFor(row, outcome, transition);
+    return inTransaction(this.options.pool, async (client) => {
+      const version = await commitTransition(client, row.id, row.version, this.options.owner, transition);
+      if (version === null) return null;
+      await consumeSignals(client, row.id, consumed);
+      await wakeMachines(client, wake);
+      if (event !== null) await recordEvent(client, event);
+      for (const name of consumed) signals.delete(name);
+      return version;
+    });
+  }
+}
+
+function eventFor(row: MachineRow, outcome: Outcome<string, MachineData> | Error, transition: Transition) {
+  const common = { machineId: row.id, kind: row.kind, entityId: row.entity_id, clusterId: row.cluster_id, from: row.label };
+  if (outcome instanceof Error) {
+    // Retries are visible on the machine (attempt, last_error); only giving up is an event.
+    return transition.label === failedLabel ? { ...common, to: failedLabel, reason: transition.lastError ?? '' } : null;
+  }
+  switch (outcome.type) {
+    case 'hop':
+      return { ...common, to: outcome.label, reason: outcome.reason ?? '' };
+    case 'done':
+      return { ...common, to: doneLabel, reason: outcome.reason ?? '' };
+    case 'fail':
+      return { ...common, to: failedLabel, reason: outcome.reason };
+    case 'nap':
+      return null;
+  }
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+async function withTimeout<T>(work: Promise<T>, timeoutMs: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,103 @@
+import { assert } from '../lib/assert.js';
+
+/**
+ * A machine kind is a typed transition table plus one step function per label (DESIGN.md §2).
+ * Steps return values instead of throwing for control flow; the engine turns them into durable
+ * transitions. Steps reach time, randomness, the store and the data plane only through `ports`.
+ */
+
+export const lanes = ['high', 'normal'] as const;
+export type Lane = (typeof lanes)[number];
+
+/** The label every kind may land in after a bug or too many failed attempts. */
+export const failedLabel = 'failed';
+/** Recorded as the `to` of the last event when a machine finishes. */
+export const doneLabel = 'done';
+
+export type MachineData = Readonly<Record<string, unknown>>;
+
+interface OutcomeOptions<D> {
+  /** Replaces the machine's data (steps keep small facts there: when a wait began, a target). */
+  readonly data?: D;
+  /** Signals this step has acted on; removed in the same transaction as the outcome. */
+  readonly consume?: readonly string[];
+  /** Why, for the event log. Never a secret. */
+  readonly reason?: string;
+  /** Machines to make due now, in the same transaction as this outcome, so they see its effect. */
+  readonly wake?: readonly MachineRef[];
+}
+
+export interface MachineRef {
+  readonly kind: string;
+  readonly entityId: string;
+}
+
+export type Outcome<L extends string, D> =
+  | ({ readonly type: 'hop'; readonly label: L } & OutcomeOptions<D>)
+  | ({ readonly type: 'nap'; readonly ms: number } & OutcomeOptions<D>)
+  | ({ readonly type: 'done' } & OutcomeOptions<D>)
+  | { readonly type: 'fail'; readonly reason: string };
+
+export function hop<L extends string, D>(label: L, options: OutcomeOptions<D> = {}): Outcome<L, D> {
+  return { type: 'hop', label, ...options };
+}
+
+export function nap<L extends string, D>(ms: number, options: OutcomeOptions<D> = {}): Outcome<L, D> {
+  assert(Number.isFinite(ms) && ms >= 0, `nap needs a finite, non-negative duration, got ${ms}`);
+  return { type: 'nap', ms, ...options };
+}
+
+export function done<L extends string, D>(options: OutcomeOptions<D> = {}): Outcome<L, D> {
+  return { type: 'done', ...options };
+}
+
+export function fail<L extends string, D>(reason: string): Outcome<L, D> {
+  return { type: 'fail', reason };
+}
+
+export interface MachineView<L extends string, D> {
+  readonly id: string;
+  readonly kind: string;
+  readonly entityId: string;
+  readonly clusterId: string | null;
+  readonly label: L;
+  readonly attempt: number;
+  readonly data: D;
+}
+
+export interface StepContext<L extends string, D, P> {
+  readonly machine: MachineView<L, D>;
+  /** Names of the signals raised on this machine and not yet consumed. */
+  readonly signals: ReadonlySet<string>;
+  readonly ports: P;
+}
+
+export type Step<L extends string, D, P> = (context: StepContext<L, D, P>) => Promise<Outcome<L, D>>;
+
+export interface MachineDefinition<L extends string, D extends MachineData, P> {
+  readonly kind: string;
+  readonly initial: L;
+  /** Every hop a step may return, per label. A hop outside the table is a bug. */
+  readonly transitions: { readonly [From in L]: readonly L[] };
+  readonly steps: { readonly [From in L]: Step<L, D, P> };
+  readonly lane: (label: L) => Lane;
+  /** Bound on one step; long data-plane work (a base backup) gets its own, larger bound. */
+  readonly stepTimeoutMs: (label: L) => number;
+}
+
+export function isAllowedHop<L extends string, D extends MachineData, P>(
+  definition: MachineDefinition<L, D, P>,
+  from: L,
+  to: L,
+): boolean {
+  return definition.transitions[from].includes(to);
+}
+
+/** Renders the transition table as a Mermaid state diagram (docs and the console use it). */
+export function toMermaid<L extends string, D extends MachineData, P>(definition: MachineDefinition<L, D, P>): string {
+  const lines = ['stateDiagram-v2', `  [*] --> ${definition.initial}`];
+  for (const from of Object.keys(definition.transitions) as L[]) {
+    for (const to of definition.transitions[from]) lines.push(`  ${from} --> ${to}`);
+  }
+  return lines.join('\n');
+}

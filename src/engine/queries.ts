@@ -1,0 +1,191 @@
+import type { Queryable } from '../store/pool.js';
+import type { Lane } from './machine.js';
+
+/** The engine's SQL, one statement per purpose. The machines table is the queue. */
+
+export interface MachineRow {
+  id: string;
+  kind: string;
+  entity_id: string;
+  cluster_id: string | null;
+  label: string;
+  lane: Lane;
+  attempt: number;
+  version: string;
+  data: Record<string, unknown>;
+}
+
+export const nudgeChannel = 'cellar_nudge';
+
+/**
+ * Claims due machines of one lane. SKIP LOCKED spreads work across engines; the version bump is
+ * the fencing token: a worker whose lease expired can no longer write an outcome.
+ */
+const claimSql = `
+update machines m
+   set lease_owner = $2,
+       lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+       version = m.version + 1
+  from (select id from machines
+         where lane = $1 and next_tick_at <= now()
+           and (lease_expires_at is null or lease_expires_at < now())
+         order by next_tick_at
+         limit $4
+         for no key update skip locked) due
+ where m.id = due.id
+returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data`;
+
+export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number): Promise<MachineRow[]> {
+  const result = await db.query<MachineRow>(claimSql, [lane, owner, leaseMs, limit]);
+  return result.rows;
+}
+
+export async function signalsFor(db: Queryable, machineIds: readonly string[]): Promise<Map<string, Set<string>>> {
+  const result = await db.query<{ machine_id: string; name: string }>(
+    'select machine_id, name from signals where machine_id = any($1)',
+    [machineIds],
+  );
+  const byMachine = new Map<string, Set<string>>();
+  for (const row of result.rows) {
+    const names = byMachine.get(row.machine_id) ?? new Set<string>();
+    names.add(row.name);
+    byMachine.set(row.machine_id, names);
+  }
+  return byMachine;
+}
+
+export async function renewLease(db: Queryable, id: string, version: string, owner: string, leaseMs: number): Promise<boolean> {
+  const result = await db.query(
+    `update machines set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000)
+      where id = $1 and version = $2 and lease_owner = $3`,
+    [id, version, owner, leaseMs],
+  );
+  return result.rowCount === 1;
+}
+
+export interface Transition {
+  readonly label: string;
+  readonly lane: Lane;
+  /** null: never tick again (done or failed). */
+  readonly nextTickInMs: number | null;
+  readonly attempt: number;
+  readonly data: Record<string, unknown>;
+  readonly lastError: string | null;
+  /** Keep the lease: the same worker runs the next step at once. */
+  readonly keepLease: boolean;
+  readonly leaseMs: number;
+}
+
+/** Writes an outcome only if the version and lease still match; returns the new version or null. */
+export async function commitTransition(
+  db: Queryable,
+  id: string,
+  version: string,
+  owner: string,
+  transition: Transition,
+): Promise<string | null> {
+  const result = await db.query<{ version: string }>(
+    `update machines
+        set label = $4, lane = $5,
+            next_tick_at = case when $6::double precision is null then null
+                                else now() + make_interval(secs => $6::double precision / 1000) end,
+            attempt = $7, data = $8, last_error = $9,
+            lease_owner = case when $10 then lease_owner else null end,
+            lease_expires_at = case when $10 then now() + make_interval(secs => $11::double precision / 1000) else null end,
+            version = version + 1, updated_at = now()
+      where id = $1 and version = $2 and lease_owner = $3
+  returning version`,
+    [
+      id,
+      version,
+      owner,
+      transition.label,
+      transition.lane,
+      transition.nextTickInMs,
+      transition.attempt,
+      transition.data,
+      transition.lastError,
+      transition.keepLease,
+      transition.leaseMs,
+    ],
+  );
+  return result.rows[0]?.version ?? null;
+}
+
+export async function consumeSignals(db: Queryable, machineId: string, names: readonly string[]): Promise<void> {
+  if (names.length === 0) return;
+  await db.query('delete from signals where machine_id = $1 and name = any($2)', [machineId, names]);
+}
+
+export interface EventInput {
+  readonly machineId: string;
+  readonly kind: string;
+  readonly entityId: string;
+  readonly clusterId: string | null;
+  readonly from: string | null;
+  readonly to: string;
+  readonly reason: string;
+}
+
+export async function recordEvent(db: Queryable, event: EventInput): Promise<void> {
+  await db.query(
+    `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
+     values ($1, $2, $3, $4, $5, $6, $7)`,
+    [event.machineId, event.kind, event.entityId, event.clusterId, event.from, event.to, event.reason],
+  );
+}
+
+/** Gives back leases this engine holds, so another engine need not wait for them to expire. */
+export async function releaseLeases(db: Queryable, owner: string): Promise<void> {
+  await db.query('update machines set lease_owner = null, lease_expires_at = null where lease_owner = $1', [owner]);
+}
+
+/** Makes a machine due now and wakes the engines listening on its lane. */
+export async function nudge(db: Queryable, machineId: string): Promise<void> {
+  await db.query(
+    `with touched as (
+       update machines set next_tick_at = now() where id = $1 and next_tick_at is not null returning lane)
+     select pg_notify($2, lane) from touched`,
+    [machineId, nudgeChannel],
+  );
+}
+
+/** Makes machines due now; the notify is delivered when the surrounding transaction commits. */
+export async function wakeMachines(db: Queryable, refs: readonly { kind: string; entityId: string }[]): Promise<void> {
+  if (refs.length === 0) return;
+  await db.query(
+    `with touched as (
+       update machines set next_tick_at = now()
+        where (kind, entity_id) in (select * from unnest($1::text[], $2::text[])) and next_tick_at is not null
+       returning lane)
+     select pg_notify($3, lane) from (select distinct lane from touched) lanes`,
+    [refs.map((ref) => ref.kind), refs.map((ref) => ref.entityId), nudgeChannel],
+  );
+}
+
+/** Raises a signal (idempotent) and nudges the machine so it acts on its next tick. */
+export async function raiseSignal(db: Queryable, machineId: string, name: string): Promise<void> {
+  await db.query('insert into signals (machine_id, name) values ($1, $2) on conflict do nothing', [machineId, name]);
+  await nudge(db, machineId);
+}
+
+export interface NewMachine {
+  readonly id: string;
+  readonly kind: string;
+  readonly entityId: string;
+  readonly clusterId: string | null;
+  readonly label: string;
+  readonly lane: Lane;
+  readonly data: Record<string, unknown>;
+}
+
+/** Creates a machine due now; a second call for the same (kind, entity) is a no-op. */
+export async function insertMachine(db: Queryable, machine: NewMachine): Promise<void> {
+  await db.query(
+    `insert into machines (id, kind, entity_id, cluster_id, label, lane, next_tick_at, data)
+     values ($1, $2, $3, $4, $5, $6, now(), $7)
+     on conflict (kind, entity_id) do nothing`,
+    [machine.id, machine.kind, machine.entityId, machine.clusterId, machine.label, machine.lane, machine.data],
+  );
+  await db.query('select pg_notify($1, $2)', [nudgeChannel, machine.lane]);
+}

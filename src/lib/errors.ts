@@ -1,0 +1,42 @@
+/**
+ * Domain errors: bad input, quota, not found. Each has a stable code, an HTTP status and a message
+ * a user can act on. Transient faults and broken invariants are not CellarErrors (see STYLE.md §4).
+ */
+export const errorCatalogue = {
+  CELLAR_E_INVALID: { status: 400, summary: 'A request field is missing, malformed or out of its limits.' },
+  CELLAR_E_NAME_TAKEN: { status: 400, summary: 'A cluster with this name already exists in the organisation.' },
+  CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known.' },
+  CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
+  CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
+  CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is in a state that does not allow this request.' },
+  CELLAR_E_CAPACITY: { status: 503, summary: 'The cell has no free capacity (ports) for the request.' },
+  CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
+} as const;
+
+export type ErrorCode = keyof typeof errorCatalogue;
+
+export class CellarError extends Error {
+  override name = 'CellarError';
+  readonly code: ErrorCode;
+  readonly field: string | undefined;
+
+  constructor(code: ErrorCode, message: string, field?: string) {
+    super(message);
+    this.code = code;
+    this.field = field;
+  }
+
+  get status(): number {
+    return errorCatalogue[this.code].status;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; field?: string } {
+    return this.field === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, field: this.field };
+  }
+}
+
+export function invalid(field: string, message: string): CellarError {
+  return new CellarError('CELLAR_E_INVALID', message, field);
+}

@@ -1,0 +1,36 @@
+import { randomBytes } from 'node:crypto';
+
+/** Prefixed, branded ids: a cluster id can never be passed where an instance id is expected. */
+export const idPrefixes = {
+  org: 'org',
+  token: 'tok',
+  cluster: 'cl',
+  instance: 'in',
+  machine: 'ma',
+} as const;
+
+export type IdKind = keyof typeof idPrefixes;
+export type Id<K extends IdKind> = string & { readonly __brand: K };
+export type OrgId = Id<'org'>;
+export type ClusterId = Id<'cluster'>;
+export type InstanceId = Id<'instance'>;
+export type MachineId = Id<'machine'>;
+
+const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
+const idRandomChars = 12;
+
+/** Lower-case base32 so ids are safe in file names, DNS labels and Postgres identifiers. */
+export function randomToken(length: number): string {
+  const bytes = randomBytes(length);
+  let out = '';
+  for (const byte of bytes) out += alphabet[byte % alphabet.length];
+  return out;
+}
+
+export function newId<K extends IdKind>(kind: K): Id<K> {
+  return `${idPrefixes[kind]}_${randomToken(idRandomChars)}` as Id<K>;
+}
+
+export function isId<K extends IdKind>(kind: K, value: string): value is Id<K> {
+  return new RegExp(`^${idPrefixes[kind]}_[a-z2-7]{${idRandomChars}}$`).test(value);
+}

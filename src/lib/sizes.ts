@@ -1,0 +1,31 @@
+/** Instance sizes a cluster may ask for; each is a set of postgresql.conf settings. */
+export const sizes = {
+  micro: { shared_buffers: '32MB', max_connections: '50', work_mem: '2MB', effective_cache_size: '128MB' },
+  small: { shared_buffers: '128MB', max_connections: '100', work_mem: '4MB', effective_cache_size: '512MB' },
+  medium: { shared_buffers: '512MB', max_connections: '200', work_mem: '8MB', effective_cache_size: '2GB' },
+  large: { shared_buffers: '2GB', max_connections: '400', work_mem: '16MB', effective_cache_size: '8GB' },
+} as const satisfies Record<string, Record<string, string>>;
+
+export type SizeName = keyof typeof sizes;
+export const sizeNames = Object.keys(sizes) as SizeName[];
+export const defaultSize: SizeName = 'small';
+
+export function isSizeName(value: string): value is SizeName {
+  return Object.hasOwn(sizes, value);
+}
+
+export const replicasMax = 5;
+export const defaultReplicas = 1;
+export const storageGbMin = 1;
+export const storageGbMax = 16_384;
+export const defaultStorageGb = 10;
+export const clusterNameLengthMax = 40;
+/** A DNS label: the name becomes part of host names (proxy SNI) and must be safe everywhere. */
+export const clusterNamePattern = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+
+export interface ClusterSpec {
+  readonly size: SizeName;
+  readonly replicas: number;
+  readonly storageGb: number;
+  readonly pgVersion: number;
+}

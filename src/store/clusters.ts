@@ -1,0 +1,145 @@
+import type { ClusterSecrets } from '../dataplane/dataplane.js';
+import { insertMachine } from '../engine/queries.js';
+import { CellarError } from '../lib/errors.js';
+import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
+import type { ClusterSpec } from '../lib/sizes.js';
+import type { InstanceRecord } from '../machines/ports.js';
+import { liveInstances } from './machine-store.js';
+import { type Pool, inTransaction } from './pool.js';
+
+/** Clusters as the API sees them: scoped to an org, with their machine and recent events. */
+
+export const eventsPerClusterMax = 50;
+export const clustersPerListMax = 500;
+
+export interface ClusterEvent {
+  readonly at: Date;
+  readonly kind: string;
+  readonly entityId: string;
+  readonly from: string | null;
+  readonly to: string;
+  readonly reason: string;
+}
+
+export interface ClusterSnapshot {
+  readonly id: ClusterId;
+  readonly orgId: OrgId;
+  readonly name: string;
+  readonly spec: ClusterSpec;
+  readonly secrets: ClusterSecrets;
+  readonly createdAt: Date;
+  readonly deletedAt: Date | null;
+  readonly machineLabel: string;
+  readonly machineDone: boolean;
+  readonly machineError: string | null;
+  readonly destroyRequested: boolean;
+  readonly instances: readonly InstanceRecord[];
+  readonly events: readonly ClusterEvent[];
+}
+
+interface ClusterRow {
+  id: string;
+  org_id: string;
+  name: string;
+  spec: ClusterSpec;
+  secrets: ClusterSecrets;
+  created_at: Date;
+  deleted_at: Date | null;
+  label: string;
+  next_tick_at: Date | null;
+  last_error: string | null;
+  destroy_requested: boolean;
+}
+
+const clusterSelect = `
+select c.id, c.org_id, c.name, c.spec, c.secrets, c.created_at, c.deleted_at, m.label, m.next_tick_at, m.last_error,
+       exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy') as destroy_requested
+  from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id`;
+
+/** Creates the cluster and its machine in one transaction: nothing half-made on any failure. */
+export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: ClusterSpec, secrets: ClusterSecrets): Promise<ClusterId> {
+  const id = newId('cluster');
+  try {
+    await inTransaction(db, async (client) => {
+      await client.query('insert into clusters (id, org_id, name, spec, secrets) values ($1, $2, $3, $4, $5)', [id, orgId, name, spec, secrets]);
+      await insertMachine(client, { id: newId('machine'), kind: 'cluster', entityId: id, clusterId: id, label: 'start', lane: 'high', data: {} });
+    });
+  } catch (error) {
+    if (isUniqueViolation(error, 'clusters_live_name')) {
+      throw new CellarError('CELLAR_E_NAME_TAKEN', `name: a cluster named "${name}" already exists in this organisation`, 'name');
+    }
+    throw error;
+  }
+  return id;
+}
+
+function isUniqueViolation(error: unknown, constraint: string): boolean {
+  const pgError = error as { code?: string; constraint?: string };
+  return pgError.code === '23505' && pgError.constraint === constraint;
+}
+
+async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
+  const [instances, events] = await Promise.all([liveInstances(db, row.id), clusterEvents(db, row.id)]);
+  return {
+    id: row.id as ClusterId,
+    orgId: row.org_id as OrgId,
+    name: row.name,
+    spec: row.spec,
+    secrets: row.secrets,
+    createdAt: row.created_at,
+    deletedAt: row.deleted_at,
+    machineLabel: row.label,
+    machineDone: row.next_tick_at === null && row.label !== 'failed',
+    machineError: row.last_error,
+    destroyRequested: row.destroy_requested,
+    instances,
+    events,
+  };
+}
+
+async function clusterEvents(db: Pool, clusterId: string): Promise<ClusterEvent[]> {
+  const result = await db.query<{ at: Date; kind: string; entity_id: string; from_label: string | null; to_label: string; reason: string }>(
+    `select at, kind, entity_id, from_label, to_label, reason from (
+       select * from events where cluster_id = $1 order by id desc limit $2) recent
+     order by id`,
+    [clusterId, eventsPerClusterMax],
+  );
+  return result.rows.map((row) => ({ at: row.at, kind: row.kind, entityId: row.entity_id, from: row.from_label, to: row.to_label, reason: row.reason }));
+}
+
+/** A live cluster by name or id, in the org. */
+export async function findCluster(db: Pool, orgId: OrgId, nameOrId: string): Promise<ClusterSnapshot | null> {
+  const result = await db.query<ClusterRow>(`${clusterSelect} where c.org_id = $1 and (c.name = $2 or c.id = $2) and c.deleted_at is null`, [orgId, nameOrId]);
+  const row = result.rows[0];
+  return row === undefined ? null : snapshot(db, row);
+}
+
+/** Any cluster by id in the org, deleted or not, so a waiting client can see the end of a delete. */
+export async function findClusterById(db: Pool, orgId: OrgId, id: string): Promise<ClusterSnapshot | null> {
+  const result = await db.query<ClusterRow>(`${clusterSelect} where c.org_id = $1 and c.id = $2`, [orgId, id]);
+  const row = result.rows[0];
+  return row === undefined ? null : snapshot(db, row);
+}
+
+export async function listClusters(db: Pool, orgId: OrgId): Promise<ClusterSnapshot[]> {
+  const result = await db.query<ClusterRow>(`${clusterSelect} where c.org_id = $1 and c.deleted_at is null order by c.name limit $2`, [orgId, clustersPerListMax]);
+  return Promise.all(result.rows.map((row) => snapshot(db, row)));
+}
+
+export interface CellCounts {
+  readonly clusters: number;
+  readonly instances: number;
+  readonly machinesDue: number;
+  readonly machinesFailed: number;
+}
+
+export async function cellCounts(db: Pool): Promise<CellCounts> {
+  const result = await db.query<{ clusters: number; instances: number; due: number; failed: number }>(
+    `select (select count(*)::int from clusters where deleted_at is null) as clusters,
+            (select count(*)::int from instances where deleted_at is null) as instances,
+            (select count(*)::int from machines where next_tick_at <= now()) as due,
+            (select count(*)::int from machines where label = 'failed') as failed`,
+  );
+  const row = result.rows[0];
+  return { clusters: row?.clusters ?? 0, instances: row?.instances ?? 0, machinesDue: row?.due ?? 0, machinesFailed: row?.failed ?? 0 };
+}

@@ -1,0 +1,95 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Config } from '../config.js';
+import { Binaries } from '../dataplane/local/binaries.js';
+import { ensureDirFor, resolveRunAs } from '../dataplane/local/osuser.js';
+import { prepareDataDir, resolveDataDir } from '../dataplane/local/paths.js';
+import { cellarConfFile, initdb, startDetached, stopServer, writeConf } from '../dataplane/local/server.js';
+import { escapeIdentifier, escapeLiteral, localSuperuser, withClient } from '../dataplane/local/sql.js';
+import { buildThenRename, exists } from '../dataplane/local/template.js';
+import { freePort } from '../lib/net.js';
+
+/**
+ * The embedded cell store: a Postgres server of Cellar's own, made on the first `cellar up` under
+ * the data directory and reused after. Its port and password live in `$CELLAR_HOME/store.json`.
+ */
+
+export const storeDatabase = 'cellar';
+const storeStateFile = 'store.json';
+const storeConnectionsMax = 100;
+
+interface StoreState {
+  readonly port: number;
+  readonly password: string;
+}
+
+export interface EmbeddedStorePaths {
+  readonly root: string;
+  readonly pgdata: string;
+  readonly run: string;
+  readonly log: string;
+}
+
+export function embeddedStorePaths(dataDir: string): EmbeddedStorePaths {
+  const root = join(dataDir, 'store');
+  return { root, pgdata: join(root, 'pgdata'), run: join(root, 'run'), log: join(root, 'postgres.log') };
+}
+
+async function loadOrCreateState(home: string): Promise<StoreState> {
+  const path = join(home, storeStateFile);
+  try {
+    const state = JSON.parse(await readFile(path, 'utf8')) as StoreState;
+    if (Number.isInteger(state.port) && typeof state.password === 'string') return state;
+  } catch {
+    // First start: fall through and make one.
+  }
+  const state = { port: await freePort(), password: randomBytes(24).toString('base64url') };
+  await writeFile(path, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+  return state;
+}
+
+export function storeUrlFor(state: StoreState): string {
+  return `postgresql://postgres:${encodeURIComponent(state.password)}@127.0.0.1:${state.port}/${storeDatabase}?sslmode=disable`;
+}
+
+/** Makes (first time) and starts (if stopped) the embedded store; returns its connection URL. */
+export async function ensureEmbeddedStore(config: Config): Promise<string> {
+  await ensureDirFor(config.home, 0o700, { name: 'self', uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, switchUser: false });
+  const runAs = await resolveRunAs();
+  const binaries = await Binaries.discover({ pgBin: config.pgBin });
+  const binDir = binaries.binFor(Math.max(...binaries.versions()));
+  const dataDir = resolveDataDir(config, runAs);
+  await prepareDataDir(dataDir, runAs);
+  const paths = embeddedStorePaths(dataDir);
+  const state = await loadOrCreateState(config.home);
+  await ensureDirFor(paths.root, 0o700, runAs);
+  await ensureDirFor(paths.run, 0o700, runAs);
+  if (!(await exists(paths.pgdata))) {
+    await buildThenRename(paths.pgdata, (tmp) => initdb({ binDir, pgdata: tmp, runAs }));
+  }
+  await writeConf(
+    paths.pgdata,
+    cellarConfFile,
+    {
+      port: String(state.port),
+      listen_addresses: '127.0.0.1',
+      unix_socket_directories: paths.run,
+      max_connections: String(storeConnectionsMax),
+      ssl: 'off',
+      password_encryption: 'scram-sha-256',
+    },
+    runAs,
+  );
+  await startDetached(binDir, paths.pgdata, paths.log, runAs);
+  await withClient(localSuperuser(paths.run, state.port), async (client) => {
+    await client.query(`alter role postgres password ${escapeLiteral(state.password)}`);
+    const found = await client.query('select 1 from pg_database where datname = $1', [storeDatabase]);
+    if (found.rowCount === 0) await client.query(`create database ${escapeIdentifier(storeDatabase)}`);
+  });
+  return storeUrlFor(state);
+}
+
+export async function stopEmbeddedStore(dataDir: string): Promise<void> {
+  await stopServer(embeddedStorePaths(dataDir).pgdata);
+}
