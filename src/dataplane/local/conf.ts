@@ -1,0 +1,85 @@
+import { clusterRoles, type InstanceSpec, type UpstreamRef } from '../dataplane.js';
+import { assert } from '../../lib/assert.js';
+import { renderConf } from './server.js';
+
+/**
+ * The files Cellar owns inside a data directory. postgresql.conf only gains an include of
+ * cellar.conf; cellar.conf is rewritten from the spec on every start; a replica's upstream lives
+ * in cellar.upstream.conf, written when the replica is cloned (and later when it follows another
+ * primary), because start() is given the spec but not the upstream.
+ */
+
+export const upstreamConfFile = 'cellar.upstream.conf';
+export const standbySignalFile = 'standby.signal';
+
+/** Defaults for every instance; the cluster's size settings may override these. */
+const baseSettings: Readonly<Record<string, string>> = {
+  wal_level: 'replica',
+  max_wal_senders: '10',
+  max_replication_slots: '10',
+  hot_standby: 'on',
+  // pg_rewind and a lagging replica without its slot need recent WAL to still be there.
+  wal_keep_size: '256MB',
+  password_encryption: 'scram-sha-256',
+};
+
+/** Identity of this instance; nothing may override these. */
+function identitySettings(spec: InstanceSpec, runDir: string): Record<string, string> {
+  return {
+    port: String(spec.port),
+    listen_addresses: '127.0.0.1',
+    unix_socket_directories: runDir,
+    // TLS is terminated by the proxy; instances are reached on 127.0.0.1 only.
+    ssl: 'off',
+  };
+}
+
+export function renderInstanceConf(spec: InstanceSpec, runDir: string): string {
+  const identity = identitySettings(spec, runDir);
+  for (const name of Object.keys(spec.settings)) {
+    assert(!(name in identity), `setting ${name} is owned by the data plane`);
+  }
+  // The upstream file comes last so nothing here can undo a replica's conninfo.
+  return `${renderConf({ ...baseSettings, ...spec.settings, ...identity })}include_if_exists = '${upstreamConfFile}'\n`;
+}
+
+/** A conninfo value: single-quoted, with backslash escapes for `\` and `'`. */
+function quoteConninfoValue(value: string): string {
+  return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
+export function renderUpstreamConf(spec: InstanceSpec, upstream: UpstreamRef): string {
+  assertSlotName(upstream.slotName);
+  const conninfo = [
+    `host=${quoteConninfoValue(upstream.host)}`,
+    `port=${upstream.port}`,
+    `user=${clusterRoles.replication}`,
+    `password=${quoteConninfoValue(spec.secrets.replicationPassword)}`,
+    `application_name=${spec.instanceId}`,
+    'sslmode=disable',
+    'gssencmode=disable',
+  ].join(' ');
+  return renderConf({ primary_conninfo: conninfo, primary_slot_name: upstream.slotName });
+}
+
+export function assertSlotName(slotName: string): void {
+  // Postgres allows [a-z0-9_]{1,63} for slot names.
+  assert(/^[a-z0-9_]{1,63}$/.test(slotName), `bad replication slot name ${JSON.stringify(slotName)}`);
+}
+
+/**
+ * Local socket connections are trusted: the socket directory is 0700, so only root and the
+ * run-as user reach it, and that is how the control plane administers instances. Over TCP only
+ * the three cluster roles, each with its SCRAM password; nothing else gets in.
+ */
+export function renderHba(): string {
+  return [
+    '# Written by Cellar; rewritten on every start. Do not edit.',
+    '# TYPE  DATABASE     USER                 ADDRESS       METHOD',
+    'local   all          all                                trust',
+    `host    all          ${clusterRoles.superuser}             127.0.0.1/32  scram-sha-256`,
+    `host    replication  ${clusterRoles.replication}   127.0.0.1/32  scram-sha-256`,
+    `host    all          ${clusterRoles.app}                  127.0.0.1/32  scram-sha-256`,
+    '',
+  ].join('\n');
+}

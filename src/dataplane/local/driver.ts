@@ -1,0 +1,294 @@
+import { rm } from 'node:fs/promises';
+import type pg from 'pg';
+import { join } from 'node:path';
+import type { Config } from '../../config.js';
+import { sleep } from '../../lib/clock.js';
+import type { InstanceId } from '../../lib/ids.js';
+import {
+  clusterRoles,
+  type ClusterSecrets,
+  type DataPlane,
+  type InstanceSpec,
+  type InstanceStatus,
+  type UpstreamRef,
+} from '../dataplane.js';
+import { Binaries, type PgBinaries } from './binaries.js';
+import { assertSlotName, renderHba, renderInstanceConf, renderUpstreamConf, standbySignalFile, upstreamConfFile } from './conf.js';
+import { ensureDirFor, resolveRunAs, run, writeFileFor, type RunAs } from './osuser.js';
+import { instancePaths, prepareDataDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
+import { cellarConfFile, ensureIncludeLine, readPostmasterPid, serverPid, startDetached, stopServer, writeConfText } from './server.js';
+import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from './sql.js';
+import { bootstrapDataDir, buildThenRename, copyDataDir, exists, removeStaleBuilds, TemplateCache } from './template.js';
+
+/** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
+export const baseBackupMsMax = 60 * 60_000;
+/** status() must answer quickly even when a server hangs. */
+export const statusConnectMsMax = 1_000;
+/** A replica reconnects 5 s (wal_retrieve_retry_interval) after its walsender is terminated. */
+export const dropSlotAttemptsMax = 50;
+export const dropSlotRetryMs = 20;
+
+/** Structured logging, pino-compatible; optional so tests can run silent. */
+export interface DataPlaneLogger {
+  info(fields: Record<string, unknown>, message: string): void;
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
+export interface LocalDataPlaneOptions {
+  readonly dataDir: string;
+  readonly binaries: PgBinaries;
+  readonly runAs: RunAs;
+  /** Copy a prepared template data directory instead of running initdb per primary. */
+  readonly templateEnabled: boolean;
+  readonly logger?: DataPlaneLogger;
+}
+
+const sqlStateObjectInUse = '55006';
+const sqlStateUndefinedObject = '42704';
+const sqlStateDuplicateObject = '42710';
+
+export class LocalDataPlane implements DataPlane {
+  private readonly templates: TemplateCache;
+
+  constructor(private readonly options: LocalDataPlaneOptions) {
+    this.templates = new TemplateCache(options.dataDir, options.runAs);
+  }
+
+  /** Discovers binaries and the run-as user, resolves and prepares the data directory. */
+  static async fromConfig(config: Config, logger?: DataPlaneLogger): Promise<LocalDataPlane> {
+    const runAs = await resolveRunAs();
+    const binaries = await Binaries.discover({ pgBin: config.pgBin });
+    const dataDir = resolveDataDir(config, runAs);
+    await prepareDataDir(dataDir, runAs);
+    return new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: config.templateEnabled, ...(logger ? { logger } : {}) });
+  }
+
+  versions(): readonly number[] {
+    return this.options.binaries.versions();
+  }
+
+  paths(instanceId: InstanceId): InstancePaths {
+    return instancePaths(this.options.dataDir, instanceId);
+  }
+
+  async createPrimary(spec: InstanceSpec): Promise<void> {
+    const paths = await this.prepareInstance(spec);
+    if (paths === undefined) return;
+    const binDir = this.options.binaries.binFor(spec.pgVersion);
+    const startedMs = Date.now();
+    await buildThenRename(paths.pgdata, async (tmp) => {
+      if (this.options.templateEnabled) {
+        await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), tmp, this.options.runAs);
+      } else {
+        await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: this.options.runAs });
+      }
+    });
+    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template: this.options.templateEnabled }, 'primary data directory created');
+  }
+
+  async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
+    const paths = await this.prepareInstance(spec);
+    if (paths === undefined) return;
+    const binDir = this.options.binaries.binFor(spec.pgVersion);
+    const startedMs = Date.now();
+    await ensureSlot(upstream, spec.secrets);
+    await buildThenRename(paths.pgdata, async (tmp) => {
+      await this.baseBackup(binDir, upstream, spec.secrets, tmp);
+      // pg_basebackup copied the upstream's own cellar files: replace them with this instance's.
+      await ensureIncludeLine(tmp);
+      await writeConfText(tmp, cellarConfFile, renderInstanceConf(spec, paths.run), this.options.runAs);
+      await writeConfText(tmp, upstreamConfFile, renderUpstreamConf(spec, upstream), this.options.runAs);
+      await writeFileFor(join(tmp, standbySignalFile), '', 0o600, this.options.runAs);
+    });
+    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, upstreamPort: upstream.port }, 'replica data directory cloned');
+  }
+
+  /**
+   * Common first half of both creates: undefined when the data directory already exists (the
+   * rename is the commit point, so it is complete), else the prepared, stale-free paths.
+   */
+  private async prepareInstance(spec: InstanceSpec): Promise<InstancePaths | undefined> {
+    const paths = this.paths(spec.instanceId);
+    if (await exists(paths.pgdata)) return undefined;
+    socketPath(paths.run, spec.port);
+    await ensureDirFor(paths.root, 0o700, this.options.runAs);
+    await ensureDirFor(paths.run, 0o700, this.options.runAs);
+    // The machine's lease guarantees one builder per instance, so any tmp dir is a crash's leftover.
+    await removeStaleBuilds(paths.pgdata);
+    return paths;
+  }
+
+  private async baseBackup(binDir: string, upstream: UpstreamRef, secrets: ClusterSecrets, target: string): Promise<void> {
+    // No -S: the slot belongs to the running standby; an orphaned pg_basebackup must not hold it.
+    // -X stream uses its own temporary slot, which dies with its connection.
+    const args = ['-h', upstream.host, '-p', String(upstream.port), '-U', clusterRoles.replication, '-D', target, '-X', 'stream', '-c', 'fast', '-w'];
+    await run(join(binDir, 'pg_basebackup'), args, {
+      runAs: this.options.runAs,
+      timeoutMs: baseBackupMsMax,
+      env: { PGPASSWORD: secrets.replicationPassword, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '10' },
+    });
+  }
+
+  async start(spec: InstanceSpec): Promise<void> {
+    const paths = this.paths(spec.instanceId);
+    if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory; create it before start`);
+    const binDir = this.options.binaries.binFor(spec.pgVersion);
+    const startedMs = Date.now();
+    if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths);
+    await startDetached(binDir, paths.pgdata, paths.log, this.options.runAs);
+    if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
+    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
+  }
+
+  private async writeInstanceFiles(spec: InstanceSpec, paths: InstancePaths): Promise<void> {
+    socketPath(paths.run, spec.port);
+    await writeConfText(paths.pgdata, cellarConfFile, renderInstanceConf(spec, paths.run), this.options.runAs);
+    await writeConfText(paths.pgdata, 'pg_hba.conf', renderHba(), this.options.runAs);
+  }
+
+  async stop(instanceId: InstanceId): Promise<void> {
+    await stopServer(this.paths(instanceId).pgdata);
+  }
+
+  async status(spec: InstanceSpec): Promise<InstanceStatus> {
+    const paths = this.paths(spec.instanceId);
+    const pid = await serverPid(paths.pgdata);
+    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined };
+    if (pid === undefined) return stopped;
+    const notAccepting = { ...stopped, running: true, pid };
+    const pidFile = await readPostmasterPid(paths.pgdata);
+    if (pidFile?.status !== 'ready' && pidFile?.status !== 'standby') return notAccepting;
+    // The running server's own port, in case the spec has changed since it started.
+    const port = pidFile.port ?? spec.port;
+    try {
+      const row = await withClient(localSuperuser(paths.run, port, statusConnectMsMax), (client) => queryStatus(client));
+      return { running: true, pid, accepting: true, ...row };
+    } catch {
+      return notAccepting;
+    }
+  }
+
+  async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
+    assertSlotName(upstream.slotName);
+    try {
+      await withClient(superuserOverTcp(upstream, secrets), (client) => dropSlotWith(client, upstream.slotName));
+    } catch (error) {
+      if (isNotListening(error)) return; // The upstream is gone, and its slots with it.
+      throw error;
+    }
+  }
+
+  async destroy(instanceId: InstanceId): Promise<void> {
+    const paths = this.paths(instanceId);
+    await stopServer(paths.pgdata);
+    await removeStaleBuilds(paths.pgdata);
+    await rm(paths.root, { recursive: true, force: true });
+  }
+
+  private log(level: 'info' | 'warn', fields: Record<string, unknown>, message: string): void {
+    this.options.logger?.[level](fields, message);
+  }
+}
+
+type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming'>;
+
+/**
+ * One round trip. Functions valid only on a primary (pg_current_wal_lsn, pg_walfile_name) sit
+ * behind CASE so they are not evaluated in recovery. A primary's timeline comes from its current
+ * WAL file name, because pg_control's checkpoint timeline lags after a promote until the next
+ * checkpoint; a standby's from its WAL receiver, or its last restartpoint when not streaming.
+ */
+const statusSql = `
+select r.in_recovery,
+       case when r.in_recovery then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end::text as lsn,
+       case when r.in_recovery
+            then coalesce((select received_tli from pg_stat_wal_receiver), (select timeline_id from pg_control_checkpoint()))
+            else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       end as timeline,
+       exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming
+from (select pg_is_in_recovery() as in_recovery) r`;
+
+interface StatusQueryRow {
+  in_recovery: boolean;
+  lsn: string | null;
+  timeline: number | null;
+  streaming: boolean;
+}
+
+async function queryStatus(client: pg.Client): Promise<StatusRow> {
+  const result = await client.query<StatusQueryRow>(statusSql);
+  const row = result.rows[0];
+  if (row === undefined) throw new Error('status query returned no row');
+  return {
+    inRecovery: row.in_recovery,
+    lsn: row.lsn ?? undefined,
+    timeline: row.timeline ?? undefined,
+    streaming: row.in_recovery ? row.streaming : undefined,
+  };
+}
+
+/**
+ * Sets the three cluster passwords, as SCRAM verifiers, on every start of a primary: idempotent,
+ * a few milliseconds, and it makes a rotated secret take effect. Skipped in recovery, where the
+ * catalogue is read-only (a replica gets the roles from its primary).
+ */
+async function setPasswords(runDir: string, port: number, secrets: ClusterSecrets): Promise<void> {
+  const passwords: ReadonlyArray<readonly [string, string]> = [
+    [clusterRoles.superuser, secrets.superuserPassword],
+    [clusterRoles.replication, secrets.replicationPassword],
+    [clusterRoles.app, secrets.appPassword],
+  ];
+  await withClient(localSuperuser(runDir, port), async (client) => {
+    const recovery = await client.query<{ in_recovery: boolean }>('select pg_is_in_recovery() as in_recovery');
+    if (recovery.rows[0]?.in_recovery !== false) return;
+    // Belt and braces: a failing statement must not be logged, even though it holds only a verifier.
+    await client.query('set log_min_error_statement = panic');
+    await client.query('set log_statement = none');
+    await client.query('begin');
+    for (const [role, password] of passwords) {
+      await client.query(`alter role ${escapeIdentifier(role)} password ${escapeLiteral(scramVerifier(password))}`);
+    }
+    await client.query('commit');
+  });
+}
+
+function superuserOverTcp(upstream: UpstreamRef, secrets: ClusterSecrets): Parameters<typeof withClient>[0] {
+  return { host: upstream.host, port: upstream.port, user: clusterRoles.superuser, database: 'postgres', password: secrets.superuserPassword };
+}
+
+/** Reserves the replica's slot on the upstream now, so WAL from the base backup on is kept. */
+async function ensureSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
+  assertSlotName(upstream.slotName);
+  await withClient(superuserOverTcp(upstream, secrets), async (client) => {
+    const found = await client.query('select 1 from pg_replication_slots where slot_name = $1', [upstream.slotName]);
+    if (found.rowCount !== 0) return;
+    try {
+      await client.query('select pg_create_physical_replication_slot($1, true)', [upstream.slotName]);
+    } catch (error) {
+      if (sqlState(error) !== sqlStateDuplicateObject) throw error;
+    }
+  });
+}
+
+/**
+ * Drops a slot, terminating the walsender holding it if its replica is still connected. Bounded:
+ * the replica may reconnect between terminate and drop, so a few attempts may be needed.
+ */
+async function dropSlotWith(client: pg.Client, slotName: string): Promise<void> {
+  for (let attempt = 0; attempt < dropSlotAttemptsMax; attempt++) {
+    const slot = await client.query<{ active_pid: number | null }>('select active_pid from pg_replication_slots where slot_name = $1', [slotName]);
+    const row = slot.rows[0];
+    if (row === undefined) return;
+    if (row.active_pid !== null) await client.query('select pg_terminate_backend($1)', [row.active_pid]);
+    try {
+      await client.query('select pg_drop_replication_slot($1)', [slotName]);
+      return;
+    } catch (error) {
+      const state = sqlState(error);
+      if (state === sqlStateUndefinedObject) return;
+      if (state !== sqlStateObjectInUse) throw error;
+    }
+    await sleep(dropSlotRetryMs);
+  }
+  throw new Error(`replication slot ${slotName} still active after ${dropSlotAttemptsMax} attempts`);
+}

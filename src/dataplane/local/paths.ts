@@ -1,0 +1,106 @@
+import { createHash } from 'node:crypto';
+import { statSync, type Stats } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { Config } from '../../config.js';
+import { assert } from '../../lib/assert.js';
+import type { InstanceId } from '../../lib/ids.js';
+import { ensureDirFor, type RunAs } from './osuser.js';
+
+/**
+ * Where data directories live. The run-as user must traverse every ancestor of a data directory,
+ * so the default `$CELLAR_HOME/data` is only used when it can; root's home (/root, 0700) cannot.
+ */
+
+/** Fallback parent when the home is not traversable by the run-as user. */
+export const fallbackDataRoot = '/var/lib/cellar';
+/** sockaddr_un.sun_path is 108 bytes on Linux (104 on BSDs) including the NUL; keep a margin. */
+export const socketPathBytesMax = 100;
+const homeHashHexChars = 8;
+
+export function resolveDataDir(config: Pick<Config, 'home' | 'dataDir'>, runAs: RunAs): string {
+  if (config.dataDir !== null) return resolve(config.dataDir);
+  const preferred = join(resolve(config.home), 'data');
+  if (canTraverseAncestors(preferred, runAs)) return preferred;
+  const home = resolve(config.home);
+  const hash = createHash('sha256').update(home).digest('hex').slice(0, homeHashHexChars);
+  return join(fallbackDataRoot, `${basename(home)}-${hash}`);
+}
+
+/**
+ * Whether `runAs` may search every existing ancestor of `path`. Ancestors that do not exist yet
+ * will be created 0755 by Cellar, so they do not block. Supplementary groups are ignored: a false
+ * "no" only costs the fallback location.
+ */
+export function canTraverseAncestors(path: string, runAs: RunAs): boolean {
+  if (runAs.uid === 0) return true;
+  for (const dir of ancestors(resolve(path))) {
+    const stats = statOrUndefined(dir);
+    if (stats === undefined) continue;
+    if (!stats.isDirectory()) return false;
+    const bit = stats.uid === runAs.uid ? 0o100 : stats.gid === runAs.gid ? 0o010 : 0o001;
+    if ((stats.mode & bit) === 0) return false;
+  }
+  return true;
+}
+
+/** `/a/b/c` → `/`, `/a`, `/a/b`: every directory that must be searched to reach c. */
+function ancestors(path: string): string[] {
+  const out: string[] = [];
+  let dir = dirname(path);
+  for (;;) {
+    out.unshift(dir);
+    const parent = dirname(dir);
+    if (parent === dir) return out;
+    dir = parent;
+  }
+}
+
+function statOrUndefined(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Creates the data dir and its `instances/` and `templates/` folders for the run-as user. */
+export async function prepareDataDir(dataDir: string, runAs: RunAs): Promise<void> {
+  await ensureDirFor(dataDir, 0o755, runAs);
+  await ensureDirFor(join(dataDir, 'instances'), 0o755, runAs);
+  await ensureDirFor(join(dataDir, 'templates'), 0o755, runAs);
+}
+
+export interface InstancePaths {
+  /** Everything of the instance; destroy removes this. */
+  readonly root: string;
+  readonly pgdata: string;
+  /** Unix socket directory, 0700: only root and the run-as user can connect through it. */
+  readonly run: string;
+  readonly log: string;
+}
+
+export function instancePaths(dataDir: string, instanceId: InstanceId): InstancePaths {
+  assert(/^[a-z0-9_]+$/.test(instanceId), `instance id ${instanceId} is not safe as a file name`);
+  const root = join(dataDir, 'instances', instanceId);
+  return { root, pgdata: join(root, 'pgdata'), run: join(root, 'run'), log: join(root, 'postgres.log') };
+}
+
+export interface TemplatePaths {
+  readonly root: string;
+  readonly pgdata: string;
+  readonly run: string;
+  readonly log: string;
+}
+
+export function templatePaths(dataDir: string, pgVersion: number): TemplatePaths {
+  assert(Number.isInteger(pgVersion) && pgVersion >= 10, `bad Postgres major ${pgVersion}`);
+  const root = join(dataDir, 'templates', `pg${pgVersion}`);
+  return { root, pgdata: join(root, 'pgdata'), run: join(root, 'run'), log: join(root, 'postgres.log') };
+}
+
+/** The socket file Postgres creates; too long a path makes the server fail at start, so check first. */
+export function socketPath(runDir: string, port: number): string {
+  const path = join(runDir, `.s.PGSQL.${port}`);
+  assert(Buffer.byteLength(path) < socketPathBytesMax, `unix socket path too long (${Buffer.byteLength(path)} bytes): ${path}`);
+  return path;
+}

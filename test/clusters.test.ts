@@ -1,0 +1,153 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import type { ClusterView } from '../src/api/view.js';
+import { isPortFree } from '../src/lib/net.js';
+import { TestCellar, eventually, processesUsing, sleep } from './helpers/cellar.js';
+
+/** End to end through the real CLI, API, engine and Postgres servers. */
+
+async function query<T extends pg.QueryResultRow>(uri: string, sql: string): Promise<T[]> {
+  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 5_000 });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
+  const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');
+  return Number(text.split('\n')[0]);
+}
+
+async function storeQuery<T extends pg.QueryResultRow>(cellar: TestCellar, sql: string, params: unknown[] = []): Promise<T[]> {
+  const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+  const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+describe('clusters', () => {
+  let cellar: TestCellar;
+  let app: ClusterView;
+
+  before(async () => {
+    cellar = await TestCellar.create();
+    await cellar.start();
+    app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
+  });
+
+  after(async () => {
+    await cellar.destroy();
+  });
+
+  test('create --wait gives a running primary and a streaming replica; a row written through uri is visible on the replica', async () => {
+    assert.equal(app.state, 'running');
+    assert.deepEqual(app.instances.map((instance) => [instance.role, instance.state]), [['primary', 'running'], ['replica', 'running']]);
+    assert.ok(app.uri && app.readOnlyUri);
+    await query(app.uri, 'create table notes (id int primary key, body text)');
+    await query(app.uri, "insert into notes values (1, 'hello')");
+    const rows = await eventually('the row on the replica', async () => {
+      const found = await query<{ body: string }>(app.readOnlyUri as string, 'select body from notes where id = 1').catch(() => []);
+      return found.length === 1 ? found : undefined;
+    }, 10_000);
+    assert.equal(rows[0]?.body, 'hello');
+    const [recovery] = await query<{ replica: boolean }>(app.readOnlyUri, 'select pg_is_in_recovery() as replica');
+    assert.equal(recovery?.replica, true, 'readOnlyUri reaches a server in recovery');
+  });
+
+  test('show reports lag in bytes and events; list shows the cluster; status answers', async () => {
+    const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const replica = shown.instances.find((instance) => instance.role === 'replica');
+    assert.equal(typeof replica?.lagBytes, 'number');
+    assert.ok(shown.events.some((event) => event.to === 'running'));
+    const list = await cellar.cliJson<ClusterView[]>(['clusters', 'list']);
+    assert.deepEqual(list.map((cluster) => cluster.name), ['app']);
+    const human = await cellar.cli(['clusters', 'list']);
+    assert.match(human.stdout, /^NAME\s+STATE/m);
+    const status = await cellar.cliJson<{ cell: { clusters: number } }>(['status']);
+    assert.equal(status.cell.clusters, 1);
+  });
+
+  test('bad input gets a 400 naming the field and its limit, and creates nothing', async () => {
+    const cases: [Record<string, unknown>, string, RegExp][] = [
+      [{ name: 'Bad_Name' }, 'name', /DNS label of 1-40/],
+      [{ name: 'x'.repeat(41) }, 'name', /1-40/],
+      [{ name: 'ok', size: 'huge' }, 'size', /one of micro, small, medium, large/],
+      [{ name: 'ok', replicas: 6 }, 'replicas', /from 0 to 5/],
+      [{ name: 'ok', replicas: -1 }, 'replicas', /from 0 to 5/],
+      [{ name: 'ok', storageGb: 0 }, 'storageGb', /from 1 to/],
+      [{ name: 'ok', version: 9 }, 'version', /installed Postgres versions: 15/],
+      [{ name: 'ok', color: 'red' }, 'color', /unknown field/],
+      [{ name: 'app' }, 'name', /already exists/],
+      [{}, 'name', /required/],
+    ];
+    for (const [body, field, message] of cases) {
+      const response = await cellar.api<{ error: { code: string; field: string; message: string } }>('POST', '/v1/clusters', body);
+      assert.equal(response.status, 400, JSON.stringify(body));
+      assert.equal(response.body.error.field, field, JSON.stringify(body));
+      assert.match(response.body.error.message, message);
+    }
+    const clusters = await storeQuery<{ count: number }>(cellar, 'select count(*)::int as count from clusters');
+    const machines = await storeQuery<{ count: number }>(cellar, "select count(*)::int as count from machines where kind = 'cluster'");
+    assert.deepEqual([clusters[0]?.count, machines[0]?.count], [1, 1], 'only the cluster from before exists');
+    const cli = await cellar.cli(['clusters', 'create', 'ok', '--replicas', '9']);
+    assert.equal(cli.code, 1);
+    assert.match(cli.stderr, /replicas must be an integer from 0 to 5 \[CELLAR_E_INVALID\]/);
+  });
+
+  test('a token of another org sees none of these clusters', async () => {
+    const org = await cellar.api<{ token: string }>('POST', '/v1/orgs', { name: 'other' });
+    assert.equal(org.status, 201);
+    const list = await cellar.api<{ clusters: unknown[] }>('GET', '/v1/clusters', undefined, org.body.token);
+    assert.deepEqual(list.body.clusters, []);
+    const show = await cellar.api<{ error: { code: string } }>('GET', '/v1/clusters/app', undefined, org.body.token);
+    assert.equal(show.status, 404);
+    const unauthenticated = await fetch(`${cellar.apiUrl}/v1/clusters`);
+    assert.equal(unauthenticated.status, 401);
+    const openapi = (await (await fetch(`${cellar.apiUrl}/openapi.json`)).json()) as { paths: Record<string, unknown> };
+    assert.ok(openapi.paths['/v1/clusters']);
+  });
+
+  test('control plane stopped and started again re-adopts running clusters without restarting them', async () => {
+    const pidsBefore = await Promise.all(app.instances.map((instance) => postmasterPid(cellar.dataDir, instance.id)));
+    await cellar.stop();
+    await sleep(500);
+    const [row] = await query<{ one: number }>(app.uri as string, 'select 1 as one');
+    assert.equal(row?.one, 1, 'databases serve while the control plane is down');
+    await cellar.start();
+    await sleep(3_000); // several probe intervals of the instance machines
+    const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    assert.equal(shown.state, 'running');
+    const pidsAfter = await Promise.all(app.instances.map((instance) => postmasterPid(cellar.dataDir, instance.id)));
+    assert.deepEqual(pidsAfter, pidsBefore, 'same postmasters');
+    assert.ok(!shown.events.some((event) => event.from === 'running' && event.to === 'starting'), 'no instance was restarted');
+  });
+
+  test('delete leaves no process, no data directory and no allocated port', async () => {
+    const ports = app.instances.map((instance) => instance.port as number);
+    const deleted = await cellar.cliJson<ClusterView>(['clusters', 'delete', 'app', '--wait']);
+    assert.equal(deleted.state, 'deleted');
+    for (const instance of app.instances) {
+      const dir = join(cellar.dataDir, 'instances', instance.id);
+      assert.equal(existsSync(dir), false, `${dir} removed`);
+      assert.deepEqual(await processesUsing(dir), [], `no process uses ${dir}`);
+    }
+    for (const port of ports) assert.ok(await isPortFree(port), `port ${port} is free`);
+    const allocated = await storeQuery<{ count: number }>(cellar, 'select count(*)::int as count from ports');
+    assert.equal(allocated[0]?.count, 0);
+    const list = await cellar.cliJson<ClusterView[]>(['clusters', 'list']);
+    assert.deepEqual(list, []);
+    const again = await cellar.cli(['clusters', 'show', 'app']);
+    assert.match(again.stderr, /no cluster named "app" \[CELLAR_E_NOT_FOUND\]/);
+  });
+});

@@ -1,0 +1,177 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { chmod, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from '../../src/lib/net.js';
+
+/**
+ * A real Cellar for tests: `cellar up` as a child process with its own home, data directory, API
+ * port and instance port range, and helpers to drive it through the real CLI and API.
+ */
+
+export const cellarBin = fileURLToPath(new URL('../../src/bin/cellar.js', import.meta.url));
+const upWaitMsMax = 90_000;
+const pollMs = 50;
+const portRangeSize = 40;
+
+export interface RunResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export async function makeTempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  // mkdtemp makes 0700; the postgres OS user must traverse it to reach its data directories.
+  await chmod(dir, 0o755);
+  return dir;
+}
+
+/** A free block of ports for one Cellar's instances, so test files never share a port. */
+async function freePortBlock(): Promise<[number, number]> {
+  const anchor = await freePort();
+  const low = 20_000 + (anchor % 20_000);
+  return [low, low + portRangeSize - 1];
+}
+
+export class TestCellar {
+  private child: ChildProcess | null = null;
+  private output = '';
+
+  private constructor(
+    readonly root: string,
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  static async create(extraEnv: Record<string, string> = {}): Promise<TestCellar> {
+    const root = await makeTempDir('cellar-test-');
+    const [portLow, portHigh] = await freePortBlock();
+    const env = {
+      ...process.env,
+      CELLAR_HOME: join(root, 'home'),
+      CELLAR_DATA: join(root, 'data'),
+      CELLAR_API_PORT: String(await freePort()),
+      CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
+      CELLAR_LOG_LEVEL: 'warn',
+      CELLAR_API: '',
+      CELLAR_TOKEN: '',
+      ...extraEnv,
+    };
+    return new TestCellar(root, env);
+  }
+
+  get dataDir(): string {
+    return this.env['CELLAR_DATA'] as string;
+  }
+
+  get home(): string {
+    return this.env['CELLAR_HOME'] as string;
+  }
+
+  get apiUrl(): string {
+    return `http://127.0.0.1:${this.env['CELLAR_API_PORT']}`;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Starts `cellar up` and waits until the API answers with the credentials it wrote. */
+  async start(extraArgs: readonly string[] = [], extraEnv: Record<string, string> = {}): Promise<void> {
+    const child = spawn(process.execPath, [cellarBin, 'up', ...extraArgs], { env: { ...this.env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    child.stdout?.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
+    const deadline = Date.now() + upWaitMsMax;
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null) throw new Error(`cellar up exited ${child.exitCode}:\n${this.output}`);
+      if (this.output.includes('Cellar is up')) return;
+      await sleep(pollMs);
+    }
+    throw new Error(`cellar up did not come up in ${upWaitMsMax} ms:\n${this.output}`);
+  }
+
+  /** Stops the control plane the way Ctrl-C does and waits for it to exit. */
+  async stop(signal: NodeJS.Signals = 'SIGINT'): Promise<void> {
+    const child = this.child;
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill(signal);
+    await exited;
+    this.child = null;
+  }
+
+  logs(): string {
+    return this.output;
+  }
+
+  /** Runs the real CLI with this Cellar's environment. */
+  cli(args: readonly string[], timeoutMs = 120_000): Promise<RunResult> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [cellarBin, ...args], { env: this.env, timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+        resolve({ code, stdout, stderr });
+      });
+    });
+  }
+
+  async cliJson<T>(args: readonly string[]): Promise<T> {
+    const result = await this.cli([...args, '--json']);
+    if (result.code !== 0) throw new Error(`cellar ${args.join(' ')} failed (${result.code}): ${result.stdout}${result.stderr}`);
+    return JSON.parse(result.stdout) as T;
+  }
+
+  async token(): Promise<string> {
+    const credentials = JSON.parse(await readFile(join(this.home, 'credentials'), 'utf8')) as { token: string };
+    return credentials.token;
+  }
+
+  async api<T>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
+    const response = await fetch(`${this.apiUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token ?? (await this.token())}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: (await response.json()) as T };
+  }
+
+  /** Stops everything (`cellar down`), checks nothing of this Cellar still runs, removes its files. */
+  async destroy(): Promise<void> {
+    await this.stop();
+    await this.cli(['down']);
+    for (const pid of await processesUsing(this.root)) process.kill(pid, 'SIGKILL');
+    await rm(this.root, { recursive: true, force: true });
+  }
+}
+
+/** Pids of processes whose command line mentions a path (a data directory): leak detection. */
+export async function processesUsing(path: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(path)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls until `check` returns a value (not undefined) or the deadline passes. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await sleep(intervalMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${String(lastError)}` : ''}`);
+}

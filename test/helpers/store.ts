@@ -1,0 +1,31 @@
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { loadConfig } from '../../src/config.js';
+import { ensureEmbeddedStore, stopEmbeddedStore } from '../../src/store/embedded.js';
+import { migrate } from '../../src/store/migrate.js';
+import { type Pool, openPool } from '../../src/store/pool.js';
+import { makeTempDir } from './cellar.js';
+
+/** A real, migrated cell store (the embedded Postgres) in a temporary directory. */
+export interface TestStore {
+  readonly url: string;
+  readonly pool: Pool;
+  close(): Promise<void>;
+}
+
+export async function startTestStore(): Promise<TestStore> {
+  const root = await makeTempDir('cellar-store-');
+  const config = loadConfig({ CELLAR_HOME: join(root, 'home'), CELLAR_DATA: join(root, 'data') });
+  const url = await ensureEmbeddedStore(config);
+  const pool = openPool(url);
+  await migrate(pool);
+  return {
+    url,
+    pool,
+    async close() {
+      await pool.end();
+      await stopEmbeddedStore(join(root, 'data'));
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
