@@ -2,8 +2,13 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { insertMachine } from '../src/engine/queries.js';
+import { backoffCapMs, backoffMs } from '../src/engine/backoff.js';
+import { Engine, register } from '../src/engine/engine.js';
+import { type MachineDefinition, hop } from '../src/engine/machine.js';
+import { claimDue, commitTransition, insertMachine } from '../src/engine/queries.js';
+import { systemClock, systemRandom } from '../src/lib/clock.js';
 import { newId } from '../src/lib/ids.js';
+import { makeLogger } from '../src/lib/log.js';
 import { eventually } from './helpers/cellar.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
 
@@ -74,13 +79,107 @@ describe('three engine processes against one store', () => {
     );
     assert.notEqual(finisher, holder, 'the killed engine did not finish');
     assert.ok(Date.now() - killedAtMs >= leaseMs, 'the work was taken over only after the lease expired');
-    const machine = await store.pool.query<{ label: string; next_tick_at: Date | null }>('select label, next_tick_at from machines where id = $1', [machineId]);
     await eventually('the machine to be done', async () => {
       const row = (await store.pool.query<{ label: string; next_tick_at: Date | null }>('select label, next_tick_at from machines where id = $1', [machineId])).rows[0];
       return row?.label === 'finished' && row.next_tick_at === null ? true : undefined;
     });
-    assert.ok(machine.rows.length === 1);
     const events = await store.pool.query<{ from_label: string; to_label: string }>('select from_label, to_label from events where machine_id = $1 order by id', [machineId]);
     assert.deepEqual(events.rows.map((row) => `${row.from_label}->${row.to_label}`), ['work->finished', 'finished->done'], 'each transition recorded once');
+  });
+});
+
+describe('engine rules, in process against a real store', () => {
+  let store: TestStore;
+  before(async () => {
+    store = await startTestStore();
+  });
+  after(async () => {
+    await store.close();
+  });
+
+  type FlakyLabel = 'try' | 'never';
+  const flaky: MachineDefinition<FlakyLabel, Record<string, never>, null> = {
+    kind: 'flaky',
+    initial: 'try',
+    transitions: { try: [], never: [] },
+    steps: {
+      try: async ({ machine }) => {
+        if (machine.entityId === 'bad-hop') return hop('never');
+        throw new Error('connection refused');
+      },
+      never: async () => {
+        throw new Error('unreachable');
+      },
+    },
+    lane: () => 'high',
+    stepTimeoutMs: () => 1_000,
+  };
+
+  function engine(): Engine {
+    return new Engine({
+      pool: store.pool,
+      storeUrl: store.url,
+      owner: 'in-process',
+      registrations: [register(flaky, null)],
+      clock: systemClock,
+      random: systemRandom,
+      log: makeLogger('silent'),
+      tickMs: () => 50,
+      leaseMs: 5_000,
+      attemptsMax: 3,
+    });
+  }
+
+  async function machineRow(id: string) {
+    return (await store.pool.query<{ label: string; attempt: number; last_error: string | null; next_tick_at: Date | null }>('select label, attempt, last_error, next_tick_at from machines where id = $1', [id])).rows[0];
+  }
+
+  test('a step that keeps failing is retried with backoff a bounded number of times, then lands in a visible failed label', async () => {
+    const id = newId('machine');
+    await insertMachine(store.pool, { id, kind: 'flaky', entityId: 'always-fails', clusterId: null, label: 'try', lane: 'high', data: {} });
+    const running = engine();
+    running.start();
+    const row = await eventually('the machine to fail', async () => {
+      const current = await machineRow(id);
+      return current?.label === 'failed' ? current : undefined;
+    }, 20_000, 50);
+    await running.stop();
+    assert.equal(row.attempt, 3);
+    assert.equal(row.next_tick_at, null, 'a failed machine is never claimed again');
+    assert.match(row.last_error ?? '', /gave up after 3 attempts: connection refused/);
+    const events = await store.pool.query<{ to_label: string }>('select to_label from events where machine_id = $1', [id]);
+    assert.deepEqual(events.rows.map((event) => event.to_label), ['failed']);
+  });
+
+  test('a hop outside the transition table is a bug: the machine fails at once', async () => {
+    const id = newId('machine');
+    await insertMachine(store.pool, { id, kind: 'flaky', entityId: 'bad-hop', clusterId: null, label: 'try', lane: 'high', data: {} });
+    await engine().tickOnce('high');
+    const row = await machineRow(id);
+    assert.equal(row?.label, 'failed');
+    assert.match(row?.last_error ?? '', /^bug: hop flaky: try -> never is not in the transition table/);
+  });
+
+  test('a worker whose lease expired and was taken over cannot write its outcome', async () => {
+    const id = newId('machine');
+    await insertMachine(store.pool, { id, kind: 'fenced', entityId: 'fenced-1', clusterId: null, label: 'a', lane: 'normal', data: {} });
+    const [stale] = await claimDue(store.pool, 'normal', 'worker-a', 60_000, 10);
+    assert.equal(stale?.id, id);
+    assert.deepEqual(await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10), [], 'a leased machine is not claimed twice');
+    await store.pool.query("update machines set lease_expires_at = now() - interval '1 second' where id = $1", [id]);
+    const [fresh] = await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10);
+    assert.equal(fresh?.id, id);
+    const transition = { label: 'b', lane: 'normal' as const, nextTickInMs: null, attempt: 0, data: {}, lastError: null, keepLease: false, leaseMs: 1_000 };
+    assert.equal(await commitTransition(store.pool, id, stale.version, 'worker-a', transition), null, 'stale worker rejected');
+    assert.notEqual(await commitTransition(store.pool, id, fresh.version, 'worker-b', transition), null, 'current holder accepted');
+  });
+
+  test('backoff grows, is capped and jittered', () => {
+    const low = { next: () => 0 };
+    const high = { next: () => 0.999 };
+    assert.ok(backoffMs(1, low) < backoffMs(4, low));
+    assert.ok(backoffMs(1, low) < backoffMs(1, high));
+    assert.ok(backoffMs(50, high) <= backoffCapMs);
+    assert.ok(backoffMs(50, low) >= backoffCapMs / 2);
   });
 });
