@@ -8,8 +8,6 @@ export const errorCatalogue = {
   CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known.' },
   CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
-  CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is in a state that does not allow this request.' },
-  CELLAR_E_CAPACITY: { status: 503, summary: 'The cell has no free capacity (ports) for the request.' },
   CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
 } as const;
 
