@@ -1,0 +1,56 @@
+// Lint for what the compiler cannot see: floating promises, import cycles, and nondeterminism in
+// machine code (steps reach time, randomness and timers only through ports).
+import importX from 'eslint-plugin-import-x';
+import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescript';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'eslint.config.mjs'] },
+  {
+    files: ['**/*.ts'],
+    extends: [tseslint.configs.base],
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    plugins: { 'import-x': importX },
+    settings: {
+      'import-x/resolver-next': [createTypeScriptImportResolver()],
+      'import-x/parsers': { '@typescript-eslint/parser': ['.ts'] },
+    },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: false }],
+      '@typescript-eslint/no-explicit-any': 'error',
+      'import-x/no-cycle': 'error',
+    },
+  },
+  {
+    // node:test's describe() and test() return promises the runner itself awaits.
+    files: ['test/**/*.test.ts'],
+    rules: { '@typescript-eslint/no-floating-promises': 'off' },
+  },
+  {
+    files: ['src/machines/**/*.ts'],
+    rules: {
+      'no-restricted-properties': [
+        'error',
+        { object: 'Date', property: 'now', message: 'use ports.clock' },
+        { object: 'Math', property: 'random', message: 'use ports.random' },
+      ],
+      'no-restricted-globals': [
+        'error',
+        { name: 'setTimeout', message: 'return nap(ms) instead' },
+        { name: 'setInterval', message: 'return nap(ms) instead' },
+        { name: 'fetch', message: 'reach the world through ports' },
+      ],
+      'no-restricted-syntax': ['error', { selector: "NewExpression[callee.name='Date']", message: 'use ports.clock' }],
+      'no-restricted-imports': ['error', { patterns: [{ group: ['node:*', '../dataplane/local/*', '../store/*'], message: 'machines reach the host and the store only through ports' }] }],
+    },
+  },
+  {
+    files: ['src/proxy/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ group: ['../machines/*'], message: 'the proxy never imports machines' }] }] },
+  },
+  {
+    files: ['src/cli/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ group: ['../store/*'], message: 'the CLI talks to the API, never to the store' }] }] },
+  },
+);
