@@ -5,7 +5,7 @@ import { type Output, formatTable } from './output.js';
 
 /** `cellar clusters …`: create, list, show and delete, each with --json, and --wait on long work. */
 
-const waitPollMs = 200;
+const waitPollMs = 100;
 const waitTimeoutSecondsDefault = 600;
 
 interface WaitOptions {

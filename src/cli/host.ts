@@ -1,20 +1,23 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { down, up } from '../controlplane/host.js';
 import type { Output } from './output.js';
 
-/** `cellar up` and `cellar down`: they manage local processes, so they call the control plane directly. */
+/**
+ * `cellar up` and `cellar down`: they manage local processes, so they call the control plane
+ * directly. Imported lazily: every other command would otherwise load Fastify and the engine.
+ */
+const host = () => import('../controlplane/host.js');
 export function registerHostCommands(program: Command, output: (json: boolean) => Output): void {
   program
     .command('up')
     .description('start the cell store (embedded unless CELLAR_STORE_URL is set), the engine and the API, in the foreground')
     .option('--no-api', 'run only the engine (another process serves the API)')
     .option('--json', 'print the start-up summary as JSON')
-    .action(async (options: { api: boolean; json?: boolean }) => up(loadConfig(), output(options.json === true), { api: options.api }));
+    .action(async (options: { api: boolean; json?: boolean }) => (await host()).up(loadConfig(), output(options.json === true), { api: options.api }));
 
   program
     .command('down')
     .description('stop the control plane, every database server and the embedded store (data is kept)')
     .option('--json', 'print JSON')
-    .action(async (options: { json?: boolean }) => down(loadConfig(), output(options.json === true)));
+    .action(async (options: { json?: boolean }) => (await host()).down(loadConfig(), output(options.json === true)));
 }

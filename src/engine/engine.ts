@@ -73,7 +73,9 @@ const listenRetryMs = 5_000;
 export class Engine {
   private readonly kinds = new Map<string, Registration>();
   private readonly inFlight = new Set<Promise<void>>();
+  /** The way to end a lane's current sleep early; absent while the lane is awake. */
   private readonly wakeups = new Map<Lane, () => void>();
+  private readonly nudged = new Set<Lane>();
   private readonly loops: Promise<void>[] = [];
   private listener: pg.Client | null = null;
   private listenRetryAtMs = 0;
@@ -94,7 +96,7 @@ export class Engine {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const wake of this.wakeups.values()) wake();
+    for (const finish of [...this.wakeups.values()]) finish();
     await Promise.all(this.loops);
     await Promise.race([Promise.allSettled([...this.inFlight]), delay(stopWaitMsMax)]);
     await releaseLeases(this.options.pool, this.options.owner).catch(() => undefined);
@@ -144,13 +146,22 @@ export class Engine {
     });
   }
 
+  /** A nudge that arrives while the lane is claiming is kept, so the next sleep ends at once. */
+  private wake(lane: Lane): void {
+    const sleeping = this.wakeups.get(lane);
+    if (sleeping === undefined) this.nudged.add(lane);
+    else sleeping();
+  }
+
   private sleepUntilTickOrNudge(lane: Lane): Promise<void> {
+    if (this.nudged.delete(lane) || this.stopping) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(finish, this.options.tickMs(lane));
-      function finish(): void {
+      const finish = (): void => {
         clearTimeout(timer);
+        this.wakeups.delete(lane);
         resolve();
-      }
+      };
+      const timer = setTimeout(finish, this.options.tickMs(lane));
       this.wakeups.set(lane, finish);
     });
   }
@@ -162,7 +173,9 @@ export class Engine {
     const client = new pg.Client({ connectionString: this.options.storeUrl, connectionTimeoutMillis: 2_000 });
     try {
       await client.connect();
-      client.on('notification', (message) => this.wakeups.get(message.payload as Lane)?.());
+      client.on('notification', (message) => {
+        if (lanes.includes(message.payload as Lane)) this.wake(message.payload as Lane);
+      });
       client.on('error', () => {
         this.listener = null;
         client.end().catch(() => undefined);

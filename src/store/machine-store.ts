@@ -115,37 +115,38 @@ export class PgMachineStore implements MachineStore {
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {
-    const tried: number[] = [];
+    const busy: number[] = [];
     for (let probe = 0; probe < portProbesMax; probe += 1) {
       const existing = await this.db.query<{ port: number }>('select port from instances where id = $1 and port is not null', [instanceId]);
       if (existing.rows[0] !== undefined) return existing.rows[0].port;
-      const candidate = await this.reserveLowestFreePort(instanceId, tried);
-      if (candidate === null) break;
+      const candidate = await this.reserveLowestFreePort(instanceId, busy);
+      if (candidate === 'exhausted') break;
+      if (candidate === 'raced') continue;
       if (await isPortFree(candidate)) {
         await this.db.query('update instances set port = $2 where id = $1', [instanceId, candidate]);
         return candidate;
       }
       // Busy outside Cellar: give the reservation back and try the next one.
       await this.db.query('delete from ports where port = $1 and instance_id = $2', [candidate, instanceId]);
-      tried.push(candidate);
+      busy.push(candidate);
     }
-    throw new Error(`no free port in ${this.portMin}-${this.portMax} after ${tried.length} busy candidates`);
+    throw new Error(`no free port in ${this.portMin}-${this.portMax} (${busy.length} busy outside Cellar)`);
   }
 
-  private async reserveLowestFreePort(instanceId: InstanceId, skip: readonly number[]): Promise<number | null> {
-    const result = await this.db.query<{ port: number }>(
-      `insert into ports (port, instance_id)
-       select candidate, $1 from generate_series($2::int, $3::int) as candidate
-        where not exists (select 1 from ports where port = candidate) and candidate <> all($4::int[])
-        order by candidate limit 1
-       on conflict do nothing
-       returning port`,
-      [instanceId, this.portMin, this.portMax, skip],
-    );
-    if (result.rows[0] !== undefined) return result.rows[0].port;
-    // Lost a race with another engine for that port, or the instance already holds one.
+  /** The port this instance holds, else the lowest free one reserved for it; 'raced' if another reservation won. */
+  private async reserveLowestFreePort(instanceId: InstanceId, skip: readonly number[]): Promise<number | 'raced' | 'exhausted'> {
     const held = await this.db.query<{ port: number }>('select port from ports where instance_id = $1', [instanceId]);
-    return held.rows[0]?.port ?? null;
+    if (held.rows[0] !== undefined) return held.rows[0].port;
+    const free = await this.db.query<{ port: number }>(
+      `select candidate as port from generate_series($1::int, $2::int) as candidate
+        where not exists (select 1 from ports where port = candidate) and candidate <> all($3::int[])
+        order by candidate limit 1`,
+      [this.portMin, this.portMax, skip],
+    );
+    const candidate = free.rows[0]?.port;
+    if (candidate === undefined) return 'exhausted';
+    const inserted = await this.db.query('insert into ports (port, instance_id) values ($1, $2) on conflict do nothing', [candidate, instanceId]);
+    return inserted.rowCount === 1 ? candidate : 'raced';
   }
 
   async releasePort(instanceId: InstanceId): Promise<void> {

@@ -28,10 +28,19 @@ export async function makeTempDir(prefix: string): Promise<string> {
   return dir;
 }
 
-/** A free block of ports for one Cellar's instances, so test files never share a port. */
+const portBlocks = 500;
+let firstBlock: number | undefined;
+let blocksHanded = 0;
+
+/**
+ * A block of ports for one Cellar's instances: consecutive blocks within a test process, so two
+ * Cellars of one test never share a port; a random start, so test files rarely meet either.
+ */
 async function freePortBlock(): Promise<[number, number]> {
-  const anchor = await freePort();
-  const low = 20_000 + (anchor % 20_000);
+  firstBlock ??= (await freePort()) % portBlocks;
+  const block = (firstBlock + blocksHanded) % portBlocks;
+  blocksHanded += 1;
+  const low = 20_000 + block * portRangeSize;
   return [low, low + portRangeSize - 1];
 }
 
