@@ -29,7 +29,12 @@ export interface Config {
   readonly normalTickMs: number;
   /** Copies a prepared data directory instead of running initdb for each new primary. */
   readonly templateEnabled: boolean;
+  /** Running clusters of the default spec kept ready for creates to adopt; 0 turns the pool off. */
+  readonly warmPoolSize: number;
 }
+
+/** Each warm cluster is a primary and a replica running idle: a handful is plenty. */
+export const warmPoolSizeMax = 10;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -88,6 +93,7 @@ export function loadConfig(env: Env = process.env): Config {
     highTickMs: integer(env, 'CELLAR_HIGH_TICK_MS', 250, 10, 600_000, problems),
     normalTickMs: integer(env, 'CELLAR_NORMAL_TICK_MS', 2_000, 10, 600_000, problems),
     templateEnabled: boolean(env, 'CELLAR_TEMPLATE', true, problems),
+    warmPoolSize: integer(env, 'CELLAR_WARM_POOL', 0, 0, warmPoolSizeMax, problems),
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);

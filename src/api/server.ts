@@ -1,8 +1,6 @@
-import { randomBytes } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import type { ClusterSecrets } from '../dataplane/dataplane.js';
 import { CellarError, errorCatalogue, invalid } from '../lib/errors.js';
 import {
   type ClusterSpec,
@@ -19,6 +17,7 @@ import {
 import { clusterKind } from '../machines/cluster.js';
 import { cellCounts, findCluster, findClusterById, insertCluster, listClusters } from '../store/clusters.js';
 import { requestDestroy } from '../store/machine-store.js';
+import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
 import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
 import { errorHandler } from './errors.js';
@@ -40,7 +39,6 @@ declare module 'fastify' {
 }
 
 const bodyLimitBytes = 64 * 1024;
-const passwordBytes = 24;
 
 const fieldMessages = {
   name: `name must be a DNS label of 1-${clusterNameLengthMax} characters: a-z, 0-9 and '-', starting and ending with a letter or digit`,
@@ -123,11 +121,6 @@ function requireAdmin(request: FastifyRequest): TokenOwner {
   return owner;
 }
 
-function newSecrets(): ClusterSecrets {
-  const password = () => randomBytes(passwordBytes).toString('base64url');
-  return { superuserPassword: password(), replicationPassword: password(), appPassword: password() };
-}
-
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   const { pool, log } = options;
   const app = Fastify({
@@ -158,7 +151,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.get('/v1/status', { schema: { summary: 'Cell status' } }, async (request) => {
     ownerOf(request);
-    return { ok: true, versions: options.versions, cell: await cellCounts(pool), ...options.status?.() };
+    return { ok: true, versions: options.versions, cell: await cellCounts(pool), warmPool: await warmPoolCounts(pool), ...options.status?.() };
   });
 
   app.get('/v1/orgs', { schema: { summary: 'List orgs (admin)' } }, async (request) => {
@@ -212,7 +205,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       }
       if (!isSizeName(body.size)) throw invalid('size', fieldMessages.size);
       const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion };
-      const id = await insertCluster(pool, owner.orgId, body.name, spec, newSecrets());
+      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created));
     },

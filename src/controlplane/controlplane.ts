@@ -5,17 +5,21 @@ import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { Engine, register } from '../engine/engine.js';
+import { insertMachine } from '../engine/queries.js';
 import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
-import { randomToken } from '../lib/ids.js';
+import { newId, randomToken } from '../lib/ids.js';
+import { type ClusterSpec, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
 import { clusterMachine } from '../machines/cluster.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
+import { type WarmPoolPorts, warmPoolEntity, warmPoolKind, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
+import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { ensureCredentials } from './credentials.js';
 
 /**
@@ -42,6 +46,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
+    await ensureSingletonMachines(pool);
     const engine = options.engine ? startEngine(config, log, pool, storeUrl, dataPlane) : null;
     const api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
     const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
@@ -63,6 +68,16 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   }
 }
 
+function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): WarmPoolPorts {
+  const spec: ClusterSpec = { size: defaultSize, replicas: defaultReplicas, storageGb: defaultStorageGb, pgVersion: Math.max(...dataPlane.versions()) };
+  return { store: new PgWarmPoolStore(pool), target: () => config.warmPoolSize, spec };
+}
+
+/** The cell's singleton machines exist once, whichever control plane starts first. */
+async function ensureSingletonMachines(pool: Pool): Promise<void> {
+  await insertMachine(pool, { id: newId('machine'), kind: warmPoolKind, entityId: warmPoolEntity, clusterId: null, label: 'fill', lane: 'normal', data: {} });
+}
+
 function startEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
@@ -75,7 +90,7 @@ function startEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, 
     pool,
     storeUrl,
     owner: `${hostname()}:${process.pid}:${randomToken(6)}`,
-    registrations: [register(clusterMachine, ports), register(instanceMachine, ports)],
+    registrations: [register(clusterMachine, ports), register(instanceMachine, ports), register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane))],
     clock: systemClock,
     random: systemRandom,
     log: log.child({ component: 'engine' }),

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { ClusterSecrets } from '../dataplane/dataplane.js';
 import { insertMachine } from '../engine/queries.js';
 import { CellarError } from '../lib/errors.js';
@@ -56,12 +57,27 @@ select c.id, c.org_id, c.name, c.spec, c.secrets, c.created_at, c.deleted_at, m.
        exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy') as destroy_requested
   from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id`;
 
+const passwordBytes = 24;
+
+/** Fresh passwords for a cluster's roles; only the control plane and the owner's URIs carry them. */
+function newSecrets(): ClusterSecrets {
+  const password = () => randomBytes(passwordBytes).toString('base64url');
+  return { superuserPassword: password(), replicationPassword: password(), appPassword: password() };
+}
+
 /** Creates the cluster and its machine in one transaction: nothing half-made on any failure. */
-export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: ClusterSpec, secrets: ClusterSecrets): Promise<ClusterId> {
+export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
   const id = newId('cluster');
   try {
     await inTransaction(db, async (client) => {
-      await client.query('insert into clusters (id, org_id, name, spec, secrets) values ($1, $2, $3, $4, $5)', [id, orgId, name, spec, secrets]);
+      await client.query('insert into clusters (id, org_id, name, spec, secrets, pooled) values ($1, $2, $3, $4, $5, $6)', [
+        id,
+        orgId,
+        name,
+        spec,
+        newSecrets(),
+        options.pooled === true,
+      ]);
       await insertMachine(client, { id: newId('machine'), kind: 'cluster', entityId: id, clusterId: id, label: 'start', lane: 'high', data: {} });
     });
   } catch (error) {
@@ -73,7 +89,7 @@ export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: 
   return id;
 }
 
-function isUniqueViolation(error: unknown, constraint: string): boolean {
+export function isUniqueViolation(error: unknown, constraint: string): boolean {
   const pgError = error as { code?: string; constraint?: string };
   return pgError.code === '23505' && pgError.constraint === constraint;
 }
@@ -135,7 +151,7 @@ export interface CellCounts {
 
 export async function cellCounts(db: Pool): Promise<CellCounts> {
   const result = await db.query<{ clusters: number; instances: number; due: number; failed: number }>(
-    `select (select count(*)::int from clusters where deleted_at is null) as clusters,
+    `select (select count(*)::int from clusters where deleted_at is null and not pooled) as clusters,
             (select count(*)::int from instances where deleted_at is null) as instances,
             (select count(*)::int from machines where next_tick_at <= now()) as due,
             (select count(*)::int from machines where label = 'failed') as failed`,
