@@ -60,12 +60,36 @@ interface Variant {
   readonly name: string;
   readonly description: string;
   readonly env: Readonly<Record<string, string>>;
+  /** Wait (untimed) for a ready warm cluster before each create. */
+  readonly warmPool?: boolean;
 }
 
 const variants: readonly Variant[] = [
   { name: 'template', description: 'CELLAR_TEMPLATE=true (default): primary copied from a prepared data directory', env: { CELLAR_TEMPLATE: 'true' } },
   { name: 'initdb', description: 'CELLAR_TEMPLATE=false: initdb + bootstrap per primary', env: { CELLAR_TEMPLATE: 'false' } },
+  {
+    name: 'warm-pool',
+    description: 'CELLAR_WARM_POOL=1: the create adopts a ready cluster (the pool refills between runs, untimed)',
+    env: { CELLAR_TEMPLATE: 'true', CELLAR_WARM_POOL: '1' },
+    warmPool: true,
+  },
 ];
+
+const poolReadyWaitMsMax = 180_000;
+const poolReadyPollMs = 200;
+
+/** Until the warm pool has a ready cluster; the refill is background work, not part of a create. */
+async function waitPoolReady(cellar: BenchCellar): Promise<void> {
+  await waitFor(
+    'a ready warm cluster',
+    async () => {
+      const status = await cellar.cliJson<{ warmPool?: { ready: number } }>(['status'], showMsMax);
+      return (status.warmPool?.ready ?? 0) >= 1 ? true : undefined;
+    },
+    poolReadyWaitMsMax,
+    poolReadyPollMs,
+  );
+}
 
 interface Environment {
   readonly binDir: string;
@@ -227,12 +251,14 @@ async function runVariant(variant: Variant, runs: number, environment: Environme
     report(`cellar up: ${seconds(upMs)} s (includes the embedded store's initdb)`);
     const cliStatusMs = await timeCliStatus(cellar);
     report(`cellar status (CLI process + one API call): ${cliStatusMs.map((ms) => seconds(ms)).join(', ')} s`);
+    if (variant.warmPool) await waitPoolReady(cellar);
     const warmUp = await createOnce(cellar, `${variant.name}-warm`);
     report(`warm-up create (first create${variant.name === 'template' ? ', includes template build' : ''}): ${seconds(warmUp.totalMs)} s`);
     await deleteCluster(cellar, warmUp.name);
     const raw: Record<RawRecipeName, RawRun[]> = { floor: [], rawTemplate: [], rawClone: [] };
     const cellarRuns: CellarRun[] = [];
     for (let index = 1; index <= runs; index += 1) {
+      if (variant.warmPool) await waitPoolReady(cellar);
       for (const recipe of rawRecipes) raw[recipe.name].push(await rawOnce(recipe, environment, template));
       throwIfInterrupted();
       const run = await createOnce(cellar, `b${index}`);

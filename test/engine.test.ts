@@ -163,11 +163,12 @@ describe('engine rules, in process against a real store', () => {
   test('a worker whose lease expired and was taken over cannot write its outcome', async () => {
     const id = newId('machine');
     await insertMachine(store.pool, { id, kind: 'fenced', entityId: 'fenced-1', clusterId: null, label: 'a', lane: 'normal', data: {} });
-    const [stale] = await claimDue(store.pool, 'normal', 'worker-a', 60_000, 10);
+    assert.deepEqual(await claimDue(store.pool, 'normal', 'worker-a', 60_000, 10, ['other']), [], 'an engine claims only kinds it can run');
+    const [stale] = await claimDue(store.pool, 'normal', 'worker-a', 60_000, 10, ['fenced']);
     assert.equal(stale?.id, id);
-    assert.deepEqual(await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10), [], 'a leased machine is not claimed twice');
+    assert.deepEqual(await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10, ['fenced']), [], 'a leased machine is not claimed twice');
     await store.pool.query("update machines set lease_expires_at = now() - interval '1 second' where id = $1", [id]);
-    const [fresh] = await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10);
+    const [fresh] = await claimDue(store.pool, 'normal', 'worker-b', 60_000, 10, ['fenced']);
     assert.equal(fresh?.id, id);
     const transition = { label: 'b', lane: 'normal' as const, nextTickInMs: null, attempt: 0, data: {}, lastError: null, keepLease: false, leaseMs: 1_000 };
     assert.equal(await commitTransition(store.pool, id, stale.version, 'worker-a', transition), null, 'stale worker rejected');

@@ -42,27 +42,34 @@ export interface ControlPlaneOptions {
 export async function startControlPlane(config: Config, log: Logger, options: ControlPlaneOptions): Promise<ControlPlane> {
   const storeUrl = config.storeUrl ?? (await ensureEmbeddedStore(config));
   const pool = openPool(storeUrl);
+  let engine: Engine | null = null;
+  let api: FastifyInstance | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
     await ensureSingletonMachines(pool);
-    const engine = options.engine ? startEngine(config, log, pool, storeUrl, dataPlane) : null;
-    const api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
+    engine = options.engine ? makeEngine(config, log, pool, storeUrl, dataPlane) : null;
+    // The API listens before the engine starts, so a busy port fails start-up with nothing running.
+    api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
+    engine?.start();
     const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
     const credentials = apiUrl === null ? null : await ensureCredentials(pool, config.home, apiUrl);
+    const running = { api, engine };
     return {
       storeUrl,
       apiUrl,
       credentials,
       engine,
       async stop() {
-        await api?.close();
-        await engine?.stop();
+        await running.api?.close();
+        await running.engine?.stop();
         await pool.end();
       },
     };
   } catch (error) {
+    await api?.close();
+    await engine?.stop();
     await pool.end();
     throw error;
   }
@@ -78,7 +85,7 @@ async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, { id: newId('machine'), kind: warmPoolKind, entityId: warmPoolEntity, clusterId: null, label: 'fill', lane: 'normal', data: {} });
 }
 
-function startEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
+function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
@@ -97,7 +104,6 @@ function startEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, 
     tickMs: (lane) => tickMs[lane],
     leaseMs: config.leaseMs,
   });
-  engine.start();
   return engine;
 }
 
@@ -108,6 +114,13 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     versions: dataPlane.versions(),
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
   });
-  await api.listen({ host: config.apiHost, port: config.apiPort });
+  try {
+    await api.listen({ host: config.apiHost, port: config.apiPort });
+  } catch (error) {
+    await api.close();
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new Error(`the API port ${config.apiHost}:${config.apiPort} is in use; set CELLAR_API_PORT to another port`);
+    throw error;
+  }
   return api;
 }

@@ -133,7 +133,7 @@ export class Engine {
   private async claimAndStart(lane: Lane): Promise<Promise<void>[]> {
     const limit = this.claimLimit();
     if (limit === 0) return [];
-    const rows = await claimDue(this.options.pool, lane, this.options.owner, this.options.leaseMs, limit);
+    const rows = await claimDue(this.options.pool, lane, this.options.owner, this.options.leaseMs, limit, [...this.kinds.keys()]);
     if (rows.length === 0) return [];
     const signals = await signalsFor(this.options.pool, rows.map((row) => row.id));
     return rows.map((row) => {

@@ -27,7 +27,7 @@ update machines m
        lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
        version = m.version + 1
   from (select id from machines
-         where lane = $1 and next_tick_at <= now()
+         where lane = $1 and next_tick_at <= now() and kind = any($5::text[])
            and (lease_expires_at is null or lease_expires_at < now())
          order by next_tick_at
          limit $4
@@ -35,8 +35,9 @@ update machines m
  where m.id = due.id
 returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data`;
 
-export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number): Promise<MachineRow[]> {
-  const result = await db.query<MachineRow>(claimSql, [lane, owner, leaseMs, limit]);
+/** Only kinds this engine can run are claimed, so engines of different versions can share a store. */
+export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number, kinds: readonly string[]): Promise<MachineRow[]> {
+  const result = await db.query<MachineRow>(claimSql, [lane, owner, leaseMs, limit, kinds]);
   return result.rows;
 }
 
