@@ -25,17 +25,6 @@ async function postmasterPid(dataDir: string, instanceId: string): Promise<numbe
   return Number(text.split('\n')[0]);
 }
 
-async function storeQuery<T extends pg.QueryResultRow>(cellar: TestCellar, sql: string, params: unknown[] = []): Promise<T[]> {
-  const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
-  const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
 describe('clusters', () => {
   let cellar: TestCellar;
   let app: ClusterView;
@@ -97,8 +86,8 @@ describe('clusters', () => {
       assert.equal(response.body.error.field, field, JSON.stringify(body));
       assert.match(response.body.error.message, message);
     }
-    const clusters = await storeQuery<{ count: number }>(cellar, 'select count(*)::int as count from clusters');
-    const machines = await storeQuery<{ count: number }>(cellar, "select count(*)::int as count from machines where kind = 'cluster'");
+    const clusters = await cellar.storeQuery<{ count: number }>('select count(*)::int as count from clusters');
+    const machines = await cellar.storeQuery<{ count: number }>("select count(*)::int as count from machines where kind = 'cluster'");
     assert.deepEqual([clusters[0]?.count, machines[0]?.count], [1, 1], 'only the cluster from before exists');
     const cli = await cellar.cli(['clusters', 'create', 'ok', '--replicas', '9']);
     assert.equal(cli.code, 1);
@@ -143,7 +132,7 @@ describe('clusters', () => {
       assert.deepEqual(await processesUsing(dir), [], `no process uses ${dir}`);
     }
     for (const port of ports) assert.ok(await isPortFree(port), `port ${port} is free`);
-    const allocated = await storeQuery<{ count: number }>(cellar, 'select count(*)::int as count from ports');
+    const allocated = await cellar.storeQuery<{ count: number }>('select count(*)::int as count from ports');
     assert.equal(allocated[0]?.count, 0);
     const list = await cellar.cliJson<ClusterView[]>(['clusters', 'list']);
     assert.deepEqual(list, []);

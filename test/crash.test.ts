@@ -10,17 +10,6 @@ import { TestCellar, eventually, processesUsing } from './helpers/cellar.js';
 
 const leaseMs = 1_500;
 
-async function storeRows<T extends pg.QueryResultRow>(cellar: TestCellar, sql: string): Promise<T[]> {
-  const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
-  const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
 /** Postmasters (not their backends, whose command lines are rewritten) running on this Cellar's data. */
 async function postmasters(dataDir: string): Promise<string[]> {
   const found: string[] = [];
@@ -76,14 +65,14 @@ describe('control plane SIGKILLed mid-provisioning', () => {
 
     const instanceIds = cluster.instances.map((instance) => instance.id).sort();
     assert.equal(instanceIds.length, 2, 'one primary and one replica');
-    const live = await storeRows<{ id: string }>(cellar, 'select id from instances where deleted_at is null order by id');
+    const live = await cellar.storeQuery<{ id: string }>('select id from instances where deleted_at is null order by id');
     assert.deepEqual(live.map((row) => row.id), instanceIds, 'no extra instance rows');
     assert.deepEqual((await readdir(join(cellar.dataDir, 'instances'))).sort(), instanceIds, 'no extra instance directories');
     for (const id of instanceIds) {
       const entries = await readdir(join(cellar.dataDir, 'instances', id));
       assert.deepEqual(entries.filter((entry) => entry.includes('.tmp-')), [], `no half-built data directory left in ${id}`);
     }
-    const ports = await storeRows<{ port: number; instance_id: string }>(cellar, 'select port, instance_id from ports order by instance_id');
+    const ports = await cellar.storeQuery<{ port: number; instance_id: string }>('select port, instance_id from ports order by instance_id');
     assert.deepEqual(ports.map((row) => [row.instance_id, row.port]), cluster.instances.map((instance) => [instance.id, instance.port]).sort(), 'ports held only by the live instances');
     const expected = instanceIds.map((id) => join(cellar.dataDir, 'instances', id, 'pgdata')).sort();
     const settled = await eventually('orphaned helpers of the killed control plane to be gone', async () => {

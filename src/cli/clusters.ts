@@ -90,7 +90,7 @@ export function registerClusterCommands(program: Command, connect: () => Promise
         ...(options.version === undefined ? {} : { version: numberOrText(options.version) }),
       };
       const created = await client.request<ClusterView>('POST', '/v1/clusters', body);
-      if (!options.wait) return printCluster(out, created);
+      if (!options.wait || created.state === 'running') return printCluster(out, created);
       out.progress(`creating ${created.name} (${created.id})`);
       const ready = await waitFor(client, out, created.id, { until: (cluster) => cluster?.state === 'running', timeoutSeconds: options.timeout });
       if (ready) printCluster(out, ready);

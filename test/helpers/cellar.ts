@@ -3,6 +3,7 @@ import { chmod, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { freePort } from '../../src/lib/net.js';
 
 /**
@@ -143,6 +144,18 @@ export class TestCellar {
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
     return { status: response.status, body: (await response.json()) as T };
+  }
+
+  /** A query on this Cellar's embedded store, for checks the API does not expose (ports, rows). */
+  async storeQuery<T extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<T[]> {
+    const state = JSON.parse(await readFile(join(this.home, 'store.json'), 'utf8')) as { port: number; password: string };
+    const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
+    await client.connect();
+    try {
+      return (await client.query<T>(sql, params)).rows;
+    } finally {
+      await client.end();
+    }
   }
 
   /** Stops everything (`cellar down`), checks nothing of this Cellar still runs, removes its files. */
