@@ -242,7 +242,7 @@ test('the data dir falls back to /var/lib/cellar when the home sits under a dire
   const home = join(locked, '.cellar');
   assert.equal(canTraverseAncestors(join(home, 'data'), runAs), false);
   const fallback = resolveDataDir({ home, dataDir: null }, runAs);
-  assert.match(fallback, new RegExp(`^${fallbackDataRoot}/\\.cellar-[0-9a-f]{8}$`));
+  assert.match(fallback, new RegExp(`^${fallbackDataRoot}/cellar-[0-9a-f]{8}$`));
   assert.equal(resolveDataDir({ home, dataDir: null }, runAs), fallback, 'the fallback is stable for one home');
 
   await chmod(locked, 0o755);

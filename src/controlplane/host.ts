@@ -66,8 +66,8 @@ export async function down(config: Config, out: Output): Promise<void> {
     await stopServer(pgdata);
     instancesStopped += 1;
   }
-  if (config.storeUrl === null) await stopEmbeddedStore(dataDir);
-  const result = { controlPlanePid: pid, instancesStopped, storeStopped: config.storeUrl === null };
+  const storeStopped = config.storeUrl === null && (await stopEmbeddedStore(dataDir));
+  const result = { controlPlanePid: pid, instancesStopped, storeStopped };
   if (out.json) return out.result(result);
   out.line(`stopped: control plane ${pid === null ? '(not running)' : `pid ${pid}`}, ${instancesStopped} instance(s)${result.storeStopped ? ', the embedded store' : ''}`);
 }

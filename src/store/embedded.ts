@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { Binaries } from '../dataplane/local/binaries.js';
 import { ensureDirFor, resolveRunAs } from '../dataplane/local/osuser.js';
 import { prepareDataDir, resolveDataDir } from '../dataplane/local/paths.js';
-import { cellarConfFile, initdb, startDetached, stopServer, writeConf } from '../dataplane/local/server.js';
+import { cellarConfFile, initdb, serverPid, startDetached, stopServer, writeConf } from '../dataplane/local/server.js';
 import { escapeIdentifier, escapeLiteral, localSuperuser, withClient } from '../dataplane/local/sql.js';
 import { buildThenRename, exists } from '../dataplane/local/template.js';
 import { freePort } from '../lib/net.js';
@@ -90,6 +90,10 @@ export async function ensureEmbeddedStore(config: Config): Promise<string> {
   return storeUrlFor(state);
 }
 
-export async function stopEmbeddedStore(dataDir: string): Promise<void> {
-  await stopServer(embeddedStorePaths(dataDir).pgdata);
+/** Stops the embedded store if it runs; returns whether it did. */
+export async function stopEmbeddedStore(dataDir: string): Promise<boolean> {
+  const pgdata = embeddedStorePaths(dataDir).pgdata;
+  if ((await serverPid(pgdata)) === undefined) return false;
+  await stopServer(pgdata);
+  return true;
 }

@@ -23,7 +23,8 @@ export function resolveDataDir(config: Pick<Config, 'home' | 'dataDir'>, runAs: 
   if (canTraverseAncestors(preferred, runAs)) return preferred;
   const home = resolve(config.home);
   const hash = createHash('sha256').update(home).digest('hex').slice(0, homeHashHexChars);
-  return join(fallbackDataRoot, `${basename(home)}-${hash}`);
+  // `~/.cellar` becomes `cellar-<hash>`: a visible name an operator can find with ls.
+  return join(fallbackDataRoot, `${basename(home).replace(/^\.+/, '') || 'home'}-${hash}`);
 }
 
 /**
