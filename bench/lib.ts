@@ -340,6 +340,8 @@ export class BenchCellar {
       CELLAR_HOME: join(root, 'home'),
       CELLAR_DATA: join(root, 'data'),
       CELLAR_API_PORT: String(await freePort()),
+      CELLAR_PROXY_PORT: String(await freePort()),
+      CELLAR_PROXY_RO_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portLow + portRangeSize - 1}`,
       // info: the data plane logs each create/start step with its duration, used in the breakdown.
       CELLAR_LOG_LEVEL: 'info',

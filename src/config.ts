@@ -14,6 +14,9 @@ export interface Config {
   readonly storeUrl: string | null;
   readonly apiHost: string;
   readonly apiPort: number;
+  /** The proxy's endpoints on 127.0.0.1: read-write (the primary) and read-only (a replica). */
+  readonly proxyReadWritePort: number;
+  readonly proxyReadOnlyPort: number;
   /** Inclusive range of 127.0.0.1 ports given to instances. */
   readonly instancePortMin: number;
   readonly instancePortMax: number;
@@ -83,6 +86,8 @@ export function loadConfig(env: Env = process.env): Config {
     storeUrl: env['CELLAR_STORE_URL'] || null,
     apiHost: '127.0.0.1',
     apiPort: integer(env, 'CELLAR_API_PORT', 8432, 1, 65535, problems),
+    proxyReadWritePort: integer(env, 'CELLAR_PROXY_PORT', 6432, 1, 65535, problems),
+    proxyReadOnlyPort: integer(env, 'CELLAR_PROXY_RO_PORT', 6433, 1, 65535, problems),
     instancePortMin,
     instancePortMax,
     pgBin: env['CELLAR_PG_BIN'] || null,

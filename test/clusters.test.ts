@@ -50,8 +50,12 @@ describe('clusters', () => {
       return found.length === 1 ? found : undefined;
     }, 10_000);
     assert.equal(rows[0]?.body, 'hello');
-    const [recovery] = await query<{ replica: boolean }>(app.readOnlyUri, 'select pg_is_in_recovery() as replica');
-    assert.equal(recovery?.replica, true, 'readOnlyUri reaches a server in recovery');
+    // The proxy learns that the replica streams within one route poll; until then it falls back to the primary.
+    const replica = await eventually('readOnlyUri to reach the replica', async () => {
+      const [row] = await query<{ replica: boolean }>(app.readOnlyUri as string, 'select pg_is_in_recovery() as replica');
+      return row?.replica === true ? row : undefined;
+    }, 5_000, 50);
+    assert.equal(replica.replica, true, 'readOnlyUri reaches a server in recovery');
   });
 
   test('show reports lag in bytes and events; list shows the cluster; status answers', async () => {

@@ -21,13 +21,15 @@ import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
 import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
 import { errorHandler } from './errors.js';
-import { clusterView } from './view.js';
+import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
   readonly pool: Pool;
   readonly log: Logger;
   /** Postgres major versions the data plane can run; the highest is the default. */
   readonly versions: readonly number[];
+  /** The proxy endpoints the connection URIs point at. */
+  readonly proxy: ProxyEndpoints;
   /** Extra facts for `GET /v1/status` (engine owner, step counts). */
   readonly status?: () => Record<string, unknown>;
 }
@@ -82,7 +84,8 @@ const clusterSchema = {
     replicas: { type: 'integer' },
     storageGb: { type: 'integer' },
     version: { type: 'integer' },
-    uri: { type: ['string', 'null'], description: 'read-write connection URI' },
+    routeKey: { type: ['string', 'null'], description: 'cell-unique key the proxy routes by' },
+    uri: { type: ['string', 'null'], description: 'read-write connection URI (through the proxy)' },
     readOnlyUri: { type: ['string', 'null'] },
     error: { type: ['string', 'null'] },
     createdAt: { type: 'string' },
@@ -187,7 +190,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.get('/v1/clusters', { schema: { summary: 'List clusters', response: { 200: { type: 'object', properties: { clusters: { type: 'array', items: clusterSchema } } } } } }, async (request) => {
     const owner = ownerOf(request);
-    return { clusters: (await listClusters(pool, owner.orgId)).map(clusterView) };
+    return { clusters: (await listClusters(pool, owner.orgId)).map((cluster) => clusterView(cluster, options.proxy)) };
   });
 
   app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number } }>(
@@ -207,7 +210,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion };
       const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
-      return reply.status(201).send(created && clusterView(created));
+      return reply.status(201).send(created && clusterView(created, options.proxy));
     },
   );
 
@@ -218,7 +221,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const owner = ownerOf(request);
       const cluster = (await findCluster(pool, owner.orgId, request.params.name)) ?? (await findClusterById(pool, owner.orgId, request.params.name));
       if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
-      return clusterView(cluster);
+      return clusterView(cluster, options.proxy);
     },
   );
 
@@ -231,7 +234,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
       await requestDestroy(pool, clusterKind, cluster.id);
       const updated = await findClusterById(pool, owner.orgId, cluster.id);
-      return reply.status(202).send(updated && clusterView(updated));
+      return reply.status(202).send(updated && clusterView(updated, options.proxy));
     },
   );
 

@@ -25,6 +25,8 @@ export interface ClusterView {
   replicas: number;
   storageGb: number;
   version: number;
+  /** The cell-unique name the proxy routes by (user `role.routeKey`, or options `-c cluster=routeKey`). */
+  routeKey: string | null;
   uri: string | null;
   readOnlyUri: string | null;
   error: string | null;
@@ -33,9 +35,17 @@ export interface ClusterView {
   events: { at: string; entity: string; from: string | null; to: string; reason: string }[];
 }
 
-function connectionUri(password: string, port: number): string {
-  const user = encodeURIComponent(clusterRoles.app);
-  return `postgresql://${user}:${encodeURIComponent(password)}@127.0.0.1:${port}/${appDatabase}?sslmode=disable`;
+/** Where clients connect: the proxy's two endpoints. */
+export interface ProxyEndpoints {
+  readonly host: string;
+  readonly readWritePort: number;
+  readonly readOnlyPort: number;
+}
+
+/** The proxy routes by the user name `role.routeKey` and forwards `role`. */
+function connectionUri(routeKey: string, password: string, host: string, port: number): string {
+  const user = encodeURIComponent(`${clusterRoles.app}.${routeKey}`);
+  return `postgresql://${user}:${encodeURIComponent(password)}@${host}:${port}/${appDatabase}?sslmode=disable`;
 }
 
 function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefined): InstanceView {
@@ -52,19 +62,11 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
   };
 }
 
-/** Read-only traffic goes to the least-lagged running replica, else to the primary. */
-function readOnlyTarget(views: readonly InstanceView[]): InstanceView | undefined {
-  const replicas = views
-    .filter((view) => view.role === 'replica' && view.state === 'running' && view.port !== null)
-    .sort((a, b) => (a.lagBytes ?? Number.MAX_SAFE_INTEGER) - (b.lagBytes ?? Number.MAX_SAFE_INTEGER));
-  return replicas[0] ?? views.find((view) => view.role === 'primary' && view.state === 'running');
-}
-
-export function clusterView(cluster: ClusterSnapshot): ClusterView {
+export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): ClusterView {
   const primary = cluster.instances.find((instance) => instance.role === 'primary');
   const instances = cluster.instances.map((instance) => instanceView(instance, primary));
-  const primaryView = instances.find((view) => view.role === 'primary');
-  const readOnly = readOnlyTarget(instances);
+  const routable = cluster.routeKey !== null && cluster.deletedAt === null;
+  const uri = (port: number) => (routable ? connectionUri(cluster.routeKey as string, cluster.secrets.appPassword, proxy.host, port) : null);
   const state =
     cluster.deletedAt !== null ? 'deleted' : cluster.destroyRequested ? 'deleting' : clusterPhase(cluster.machineLabel, cluster.machineDone, cluster.instances);
   return {
@@ -75,8 +77,9 @@ export function clusterView(cluster: ClusterSnapshot): ClusterView {
     replicas: cluster.spec.replicas,
     storageGb: cluster.spec.storageGb,
     version: cluster.spec.pgVersion,
-    uri: primaryView?.port ? connectionUri(cluster.secrets.appPassword, primaryView.port) : null,
-    readOnlyUri: readOnly?.port ? connectionUri(cluster.secrets.appPassword, readOnly.port) : null,
+    routeKey: cluster.routeKey,
+    uri: uri(proxy.readWritePort),
+    readOnlyUri: uri(proxy.readOnlyPort),
     error: cluster.machineLabel === 'failed' ? cluster.machineError : null,
     createdAt: cluster.createdAt.toISOString(),
     instances,

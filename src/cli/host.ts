@@ -16,8 +16,13 @@ export function registerHostCommands(program: Command, output: (json: boolean) =
     .action(async (options: { api: boolean; json?: boolean }) => (await host()).up(loadConfig(), output(options.json === true), { api: options.api }));
 
   program
+    .command('proxy')
+    .description('run the proxy in the foreground (`cellar up` starts one in the background if none runs)')
+    .action(async () => (await host()).proxy(loadConfig(), output(false)));
+
+  program
     .command('down')
-    .description('stop the control plane, every database server and the embedded store (data is kept)')
+    .description('stop the control plane, the proxy, every database server and the embedded store (data is kept)')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }) => (await host()).down(loadConfig(), output(options.json === true)));
 }

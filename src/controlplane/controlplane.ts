@@ -112,6 +112,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     pool,
     log,
     versions: dataPlane.versions(),
+    proxy: { host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort },
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
   });
   try {

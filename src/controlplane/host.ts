@@ -1,11 +1,14 @@
-import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { startControlPlane } from './controlplane.js';
 import { resolveRunAs } from '../dataplane/local/osuser.js';
 import { resolveDataDir } from '../dataplane/local/paths.js';
 import { isAlive, serverPid, stopServer, waitForExit } from '../dataplane/local/server.js';
 import { makeLogger } from '../lib/log.js';
+import { startProxy } from '../proxy/main.js';
 import { stopEmbeddedStore } from '../store/embedded.js';
 import type { Output } from '../cli/output.js';
 
@@ -15,12 +18,68 @@ import type { Output } from '../cli/output.js';
  */
 
 const pidFileName = 'cellar.pid';
+const proxyPidFileName = 'proxy.pid';
+const proxyLogFileName = 'proxy.log';
 const controlPlaneStopWaitMs = 30_000;
+const proxyStartWaitMs = 20_000;
+const proxyStartPollMs = 25;
+const cellarBin = fileURLToPath(new URL('../bin/cellar.js', import.meta.url));
 
-async function readPid(home: string): Promise<number | null> {
-  const text = await readFile(join(home, pidFileName), 'utf8').catch(() => '');
+async function readPid(home: string, fileName: string = pidFileName): Promise<number | null> {
+  const text = await readFile(join(home, fileName), 'utf8').catch(() => '');
   const pid = Number(text.trim());
   return Number.isInteger(pid) && pid > 0 && isAlive(pid) ? pid : null;
+}
+
+/** `cellar proxy` in the foreground: serves until SIGINT or SIGTERM. */
+export async function proxy(config: Config, out: Output): Promise<void> {
+  const log = makeLogger(config.logLevel, process.stderr);
+  const running = await startProxy(config, log);
+  await writeFile(join(config.home, proxyPidFileName), `${process.pid}\n`);
+  out.progress(`Cellar proxy is up (pid ${process.pid}): read-write 127.0.0.1:${config.proxyReadWritePort}, read-only 127.0.0.1:${config.proxyReadOnlyPort}`);
+  await untilSignal();
+  await running.stop();
+  await rm(join(config.home, proxyPidFileName), { force: true });
+}
+
+/**
+ * Makes sure a proxy serves this Cellar: starts `cellar proxy` detached (it outlives `up`, like
+ * the databases) and waits until it has written its pid file, or fails with its log.
+ */
+async function ensureProxy(config: Config): Promise<number> {
+  const existing = await readPid(config.home, proxyPidFileName);
+  if (existing !== null) return existing;
+  const logFile = join(config.home, proxyLogFileName);
+  const log = await open(logFile, 'a', 0o600);
+  let child;
+  try {
+    child = spawn(process.execPath, [cellarBin, 'proxy'], { detached: true, stdio: ['ignore', log.fd, log.fd], env: process.env });
+  } finally {
+    await log.close();
+  }
+  child.unref();
+  const deadline = Date.now() + proxyStartWaitMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) break;
+    if ((await readPid(config.home, proxyPidFileName)) === child.pid) return child.pid;
+    await new Promise((resolve) => setTimeout(resolve, proxyStartPollMs));
+  }
+  if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+  const tail = (await readFile(logFile, 'utf8').catch(() => '')).split('\n').slice(-5).join('\n');
+  throw new Error(`the proxy did not start (see ${logFile}):\n${tail}`);
+}
+
+function untilSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
+
+async function stopPid(pid: number): Promise<void> {
+  process.kill(pid, 'SIGTERM');
+  if (!(await waitForExit(pid, controlPlaneStopWaitMs))) process.kill(pid, 'SIGKILL');
 }
 
 export async function up(config: Config, out: Output, options: { api: boolean }): Promise<void> {
@@ -31,20 +90,26 @@ export async function up(config: Config, out: Output, options: { api: boolean })
   const log = makeLogger(config.logLevel, process.stderr);
   const controlPlane = await startControlPlane(config, log, { api: options.api, engine: true });
   await writeFile(join(config.home, pidFileName), `${process.pid}\n`);
-  const summary = { home: config.home, api: controlPlane.apiUrl, credentials: join(config.home, 'credentials'), pid: process.pid };
+  let proxyPid: number;
+  try {
+    proxyPid = await ensureProxy(config);
+  } catch (error) {
+    await controlPlane.stop();
+    await rm(join(config.home, pidFileName), { force: true });
+    throw error;
+  }
+  const proxyEndpoints = { readWrite: `127.0.0.1:${config.proxyReadWritePort}`, readOnly: `127.0.0.1:${config.proxyReadOnlyPort}`, pid: proxyPid };
+  const summary = { home: config.home, api: controlPlane.apiUrl, proxy: proxyEndpoints, credentials: join(config.home, 'credentials'), pid: process.pid };
   if (out.json) out.result(summary);
   else {
     out.line(`Cellar is up (pid ${process.pid}).`);
     if (controlPlane.apiUrl) out.line(`  API          ${controlPlane.apiUrl}   (OpenAPI: ${controlPlane.apiUrl}/openapi.json)`);
+    out.line(`  proxy        read-write ${proxyEndpoints.readWrite}, read-only ${proxyEndpoints.readOnly} (pid ${proxyPid})`);
     out.line(`  credentials  ${summary.credentials}`);
     out.line('  Try: npx cellar clusters create app --wait');
-    out.line('Ctrl-C stops the control plane; databases keep running until `cellar down`.');
+    out.line('Ctrl-C stops the control plane; the proxy and the databases keep running until `cellar down`.');
   }
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  await untilSignal();
   await controlPlane.stop();
   await rm(join(config.home, pidFileName), { force: true });
   out.progress('Cellar control plane stopped; databases are still running.');
@@ -52,11 +117,11 @@ export async function up(config: Config, out: Output, options: { api: boolean })
 
 export async function down(config: Config, out: Output): Promise<void> {
   const pid = await readPid(config.home);
-  if (pid !== null) {
-    process.kill(pid, 'SIGTERM');
-    if (!(await waitForExit(pid, controlPlaneStopWaitMs))) process.kill(pid, 'SIGKILL');
-    await rm(join(config.home, pidFileName), { force: true });
-  }
+  if (pid !== null) await stopPid(pid);
+  await rm(join(config.home, pidFileName), { force: true });
+  const proxyPid = await readPid(config.home, proxyPidFileName);
+  if (proxyPid !== null) await stopPid(proxyPid);
+  await rm(join(config.home, proxyPidFileName), { force: true });
   const dataDir = resolveDataDir(config, await resolveRunAs());
   const instancesDir = join(dataDir, 'instances');
   let instancesStopped = 0;
@@ -67,7 +132,7 @@ export async function down(config: Config, out: Output): Promise<void> {
     instancesStopped += 1;
   }
   const storeStopped = config.storeUrl === null && (await stopEmbeddedStore(dataDir));
-  const result = { controlPlanePid: pid, instancesStopped, storeStopped };
+  const result = { controlPlanePid: pid, proxyPid, instancesStopped, storeStopped };
   if (out.json) return out.result(result);
-  out.line(`stopped: control plane ${pid === null ? '(not running)' : `pid ${pid}`}, ${instancesStopped} instance(s)${result.storeStopped ? ', the embedded store' : ''}`);
+  out.line(`stopped: control plane ${pid === null ? '(not running)' : `pid ${pid}`}, proxy ${proxyPid === null ? '(not running)' : `pid ${proxyPid}`}, ${instancesStopped} instance(s)${result.storeStopped ? ', the embedded store' : ''}`);
 }

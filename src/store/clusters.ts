@@ -7,6 +7,7 @@ import type { ClusterSpec } from '../lib/sizes.js';
 import type { InstanceRecord } from '../machines/ports.js';
 import { liveInstances } from './machine-store.js';
 import { type Pool, inTransaction } from './pool.js';
+import { freeRouteKey } from './routes.js';
 
 /** Clusters as the API sees them: scoped to an org, with their machine and recent events. */
 
@@ -26,6 +27,7 @@ export interface ClusterSnapshot {
   readonly id: ClusterId;
   readonly orgId: OrgId;
   readonly name: string;
+  readonly routeKey: string | null;
   readonly spec: ClusterSpec;
   readonly secrets: ClusterSecrets;
   readonly createdAt: Date;
@@ -42,6 +44,7 @@ interface ClusterRow {
   id: string;
   org_id: string;
   name: string;
+  route_key: string | null;
   spec: ClusterSpec;
   secrets: ClusterSecrets;
   created_at: Date;
@@ -53,7 +56,7 @@ interface ClusterRow {
 }
 
 const clusterSelect = `
-select c.id, c.org_id, c.name, c.spec, c.secrets, c.created_at, c.deleted_at, m.label, m.next_tick_at, m.last_error,
+select c.id, c.org_id, c.name, c.route_key, c.spec, c.secrets, c.created_at, c.deleted_at, m.label, m.next_tick_at, m.last_error,
        exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy') as destroy_requested
   from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id`;
 
@@ -65,28 +68,38 @@ function newSecrets(): ClusterSecrets {
   return { superuserPassword: password(), replicationPassword: password(), appPassword: password() };
 }
 
+/** Attempts at a cell-unique route key when two creates race for the same name. */
+const routeKeyAttemptsMax = 3;
+
 /** Creates the cluster and its machine in one transaction: nothing half-made on any failure. */
 export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
   const id = newId('cluster');
-  try {
-    await inTransaction(db, async (client) => {
-      await client.query('insert into clusters (id, org_id, name, spec, secrets, pooled) values ($1, $2, $3, $4, $5, $6)', [
-        id,
-        orgId,
-        name,
-        spec,
-        newSecrets(),
-        options.pooled === true,
-      ]);
-      await insertMachine(client, { id: newId('machine'), kind: 'cluster', entityId: id, clusterId: id, label: 'start', lane: 'high', data: {} });
-    });
-  } catch (error) {
-    if (isUniqueViolation(error, 'clusters_live_name')) {
-      throw new CellarError('CELLAR_E_NAME_TAKEN', `name: a cluster named "${name}" already exists in this organisation`, 'name');
+  const pooled = options.pooled === true;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await inTransaction(db, async (client) => {
+        const routeKey = pooled ? null : await freeRouteKey(client, name);
+        await client.query('insert into clusters (id, org_id, name, spec, secrets, pooled, route_key) values ($1, $2, $3, $4, $5, $6, $7)', [
+          id,
+          orgId,
+          name,
+          spec,
+          newSecrets(),
+          pooled,
+          routeKey,
+        ]);
+        await insertMachine(client, { id: newId('machine'), kind: 'cluster', entityId: id, clusterId: id, label: 'start', lane: 'high', data: {} });
+      });
+      return id;
+    } catch (error) {
+      if (isUniqueViolation(error, 'clusters_live_name')) throw nameTaken(name);
+      if (!isUniqueViolation(error, 'clusters_route_key') || attempt >= routeKeyAttemptsMax) throw error;
     }
-    throw error;
   }
-  return id;
+}
+
+export function nameTaken(name: string): CellarError {
+  return new CellarError('CELLAR_E_NAME_TAKEN', `name: a cluster named "${name}" already exists in this organisation`, 'name');
 }
 
 export function isUniqueViolation(error: unknown, constraint: string): boolean {
@@ -100,6 +113,7 @@ async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
     id: row.id as ClusterId,
     orgId: row.org_id as OrgId,
     name: row.name,
+    routeKey: row.route_key,
     spec: row.spec,
     secrets: row.secrets,
     createdAt: row.created_at,

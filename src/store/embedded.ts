@@ -53,6 +53,16 @@ export function storeUrlFor(state: StoreState): string {
   return `postgresql://postgres:${encodeURIComponent(state.password)}@127.0.0.1:${state.port}/${storeDatabase}?sslmode=disable`;
 }
 
+/** The embedded store's URL from its state file, without starting it (the proxy must not). */
+export async function embeddedStoreUrl(home: string): Promise<string | null> {
+  try {
+    const state = JSON.parse(await readFile(join(home, storeStateFile), 'utf8')) as StoreState;
+    return storeUrlFor(state);
+  } catch {
+    return null;
+  }
+}
+
 /** Makes (first time) and starts (if stopped) the embedded store; returns its connection URL. */
 export async function ensureEmbeddedStore(config: Config): Promise<string> {
   await ensureDirFor(config.home, 0o700, { name: 'self', uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, switchUser: false });

@@ -1,10 +1,10 @@
 import { wakeMachines } from '../engine/queries.js';
-import { CellarError } from '../lib/errors.js';
 import { type ClusterId, type OrgId, randomToken } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 import { clusterKind } from '../machines/cluster.js';
 import { type PooledCluster, type PooledPhase, type WarmPoolStore, warmPoolEntity, warmPoolKind } from '../machines/warmpool.js';
-import { insertCluster, isUniqueViolation } from './clusters.js';
+import { insertCluster, isUniqueViolation, nameTaken } from './clusters.js';
+import { freeRouteKey } from './routes.js';
 import { requestDestroy } from './machine-store.js';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -58,11 +58,11 @@ export async function adoptWarmCluster(db: Pool, orgId: OrgId, name: string, spe
            select pooled.id from (${pooledSelect}) pooled join clusters c on c.id = pooled.id
             where pooled.phase = 'ready' and c.spec = $3::jsonb
             order by c.created_at limit 1 for update of c skip locked)
-         update clusters c set org_id = $1, name = $2, pooled = false
+         update clusters c set org_id = $1, name = $2, pooled = false, route_key = $4
            from ready, machines m
           where c.id = ready.id and m.kind = 'cluster' and m.entity_id = c.id
          returning c.id, m.id as machine_id`,
-        [orgId, name, spec],
+        [orgId, name, spec, await freeRouteKey(client, name)],
       );
       const row = adopted.rows[0];
       if (row === undefined) return null;
@@ -75,9 +75,9 @@ export async function adoptWarmCluster(db: Pool, orgId: OrgId, name: string, spe
       return row.id as ClusterId;
     });
   } catch (error) {
-    if (isUniqueViolation(error, 'clusters_live_name')) {
-      throw new CellarError('CELLAR_E_NAME_TAKEN', `name: a cluster named "${name}" already exists in this organisation`, 'name');
-    }
+    if (isUniqueViolation(error, 'clusters_live_name')) throw nameTaken(name);
+    // A create racing for the same route key: let the caller take the ordinary path.
+    if (isUniqueViolation(error, 'clusters_route_key')) return null;
     throw error;
   }
 }

@@ -62,6 +62,8 @@ export class TestCellar {
       CELLAR_HOME: join(root, 'home'),
       CELLAR_DATA: join(root, 'data'),
       CELLAR_API_PORT: String(await freePort()),
+      CELLAR_PROXY_PORT: String(await freePort()),
+      CELLAR_PROXY_RO_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',
       CELLAR_API: '',

@@ -1,0 +1,115 @@
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { lagBytes } from '../lib/lsn.js';
+import type { Pool } from '../store/pool.js';
+import { type RouteRow, loadRoutes } from '../store/routes.js';
+
+/**
+ * The proxy's cached routes. Polled from the store; when the store cannot be read the last good
+ * table is kept (static stability), and it is also kept on disk so a restarted proxy can serve
+ * before the store is back.
+ */
+
+/** One high-lane tick: a new primary reaches the proxy within it. */
+export const routesPollMs = 250;
+
+export type EndpointKind = 'readWrite' | 'readOnly';
+
+export interface Target {
+  readonly port: number;
+  readonly clusterKey: string;
+}
+
+export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string };
+
+export class RouteTable {
+  private routes = new Map<string, RouteRow>();
+  private timer: NodeJS.Timeout | null = null;
+  private lastJson = '';
+  private storeHealthy = false;
+  private refreshing = false;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly snapshotFile: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the snapshot from disk, then the store once, then keeps polling. */
+  async start(): Promise<void> {
+    await this.loadSnapshot();
+    await this.refresh();
+    this.timer = setInterval(() => void this.refresh(), routesPollMs);
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  get size(): number {
+    return this.routes.size;
+  }
+
+  get storeReachable(): boolean {
+    return this.storeHealthy;
+  }
+
+  resolve(key: string, kind: EndpointKind): Resolution {
+    const route = this.routes.get(key);
+    if (route === undefined) return { unknown: true };
+    const primary = route.instances.find((instance) => instance.role === 'primary' && instance.healthy);
+    if (kind === 'readOnly') {
+      const replica = route.instances
+        .filter((instance) => instance.role === 'replica' && instance.healthy)
+        .sort((a, b) => (lagBytes(primary?.lsn ?? undefined, a.lsn ?? undefined) ?? 0) - (lagBytes(primary?.lsn ?? undefined, b.lsn ?? undefined) ?? 0))[0];
+      const target = replica ?? primary;
+      if (target === undefined) return { unavailable: `cluster "${key}" has no instance accepting connections` };
+      return { target: { port: target.port, clusterKey: key } };
+    }
+    if (primary === undefined) return { unavailable: `cluster "${key}" has no primary accepting connections` };
+    return { target: { port: primary.port, clusterKey: key } };
+  }
+
+  /** One poll at a time: a slow store must not pile up queries. */
+  private async refresh(): Promise<void> {
+    if (this.refreshing) return;
+    this.refreshing = true;
+    try {
+      this.apply(await loadRoutes(this.pool));
+      this.storeHealthy = true;
+    } catch (error) {
+      if (this.storeHealthy) this.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot read routes from the store; serving the cached routes');
+      this.storeHealthy = false;
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  private apply(rows: readonly RouteRow[]): void {
+    const json = JSON.stringify(rows);
+    if (json === this.lastJson) return;
+    this.lastJson = json;
+    this.routes = new Map(rows.map((row) => [row.key, row]));
+    void this.saveSnapshot(json);
+  }
+
+  private async loadSnapshot(): Promise<void> {
+    try {
+      const rows = JSON.parse(await readFile(this.snapshotFile, 'utf8')) as RouteRow[];
+      if (Array.isArray(rows)) this.apply(rows);
+    } catch {
+      // No snapshot yet: the first poll of the store fills the table.
+    }
+  }
+
+  private async saveSnapshot(json: string): Promise<void> {
+    const temporary = `${this.snapshotFile}.tmp`;
+    try {
+      await writeFile(temporary, json, { mode: 0o600 });
+      await rename(temporary, this.snapshotFile);
+    } catch (error) {
+      this.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot save the routes snapshot');
+    }
+  }
+}

@@ -1,0 +1,292 @@
+import { randomInt } from 'node:crypto';
+import { type Server, type Socket, connect, createServer } from 'node:net';
+import type { Logger } from 'pino';
+import {
+  MessageReader,
+  backendKeyData,
+  buildStartupPacket,
+  cancelRequestCode,
+  cancelRequestPacket,
+  errorResponse,
+  gssEncRequestCode,
+  parseStartupParameters,
+  protocolVersion3,
+  type SqlState,
+  sqlStates,
+  sslRequestCode,
+  startupPacketBytesMax,
+} from './protocol.js';
+import type { EndpointKind, RouteTable, Target } from './routes.js';
+
+/**
+ * The proxy's data path: speak the startup phase (negotiation, routing, BackendKeyData), then
+ * pipe bytes both ways. It reads only its cached routes, never the control plane.
+ */
+
+export interface ProxyOptions {
+  readonly host: string;
+  readonly readWritePort: number;
+  readonly readOnlyPort: number;
+  readonly routes: RouteTable;
+  readonly log: Logger;
+}
+
+/** Connections the whole proxy holds at once; past it a client gets 53300. */
+export const connectionsMax = 10_000;
+/** From accept to the server's first ReadyForQuery (includes the client's authentication). */
+export const startupTimeoutMs = 15_000;
+export const backendConnectTimeoutMs = 5_000;
+/** SSLRequest and GSSENCRequest may each come once before the startup packet. */
+const negotiationsMax = 2;
+const cancelKeyAttemptsMax = 16;
+const int32Max = 2 ** 31 - 1;
+
+interface BackendKey {
+  readonly port: number;
+  readonly processId: number;
+  readonly secretKey: number;
+}
+
+export interface RoutingKey {
+  readonly cluster: string;
+  readonly parameters: Map<string, string>;
+}
+
+/**
+ * The cluster a client asks for: `options=-c cluster=NAME` (removed before forwarding) or a user
+ * name `role.cluster` (the proxy forwards `role`). Null if neither names one.
+ */
+export function routingKey(parameters: ReadonlyMap<string, string>): RoutingKey | null {
+  const forwarded = new Map(parameters);
+  const options = parameters.get('options') ?? '';
+  const fromOptions = /(?:^|\s)(?:-c\s*|--)cluster=(\S+)/.exec(options);
+  if (fromOptions?.[1] !== undefined) {
+    const rest = options.replace(fromOptions[0], '').trim();
+    if (rest === '') forwarded.delete('options');
+    else forwarded.set('options', rest);
+    return { cluster: fromOptions[1], parameters: forwarded };
+  }
+  const user = parameters.get('user') ?? '';
+  const dot = user.lastIndexOf('.');
+  if (dot <= 0 || dot === user.length - 1) return null;
+  forwarded.set('user', user.slice(0, dot));
+  return { cluster: user.slice(dot + 1), parameters: forwarded };
+}
+
+export class ProxyServer {
+  private readonly servers: Server[] = [];
+  private readonly sockets = new Set<Socket>();
+  private readonly cancelKeys = new Map<string, BackendKey>();
+
+  constructor(private readonly options: ProxyOptions) {}
+
+  async start(): Promise<void> {
+    await this.listen('readWrite', this.options.readWritePort);
+    await this.listen('readOnly', this.options.readOnlyPort);
+  }
+
+  async stop(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await Promise.all(this.servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  }
+
+  get connectionCount(): number {
+    return this.sockets.size;
+  }
+
+  private listen(kind: EndpointKind, port: number): Promise<void> {
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket, kind));
+    server.maxConnections = connectionsMax;
+    this.servers.push(server);
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: this.options.host, port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  private accept(client: Socket, kind: EndpointKind): void {
+    this.track(client);
+    client.setNoDelay(true);
+    const timer = setTimeout(() => client.destroy(), startupTimeoutMs);
+    client.once('close', () => clearTimeout(timer));
+    client.on('error', () => client.destroy());
+    void this.negotiate(client, kind).catch((error: unknown) => {
+      this.options.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'proxy startup failed');
+      client.destroy();
+    });
+  }
+
+  private track(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+  }
+
+  /** Reads packets until the startup packet, answering SSL/GSS requests and cancels on the way. */
+  private async negotiate(client: Socket, kind: EndpointKind): Promise<void> {
+    const reader = new PacketReader(client);
+    for (let round = 0; round <= negotiationsMax; round += 1) {
+      const packet = await reader.packet();
+      if (typeof packet === 'string') return refuse(client, sqlStates.protocolViolation, packet);
+      const code = packet.readInt32BE(4);
+      if (code === sslRequestCode || code === gssEncRequestCode) {
+        // Bytes already sent after the request could be injected into the encrypted session.
+        if (reader.buffered() > 0) return void client.destroy();
+        client.write('N');
+        continue;
+      }
+      if (code === cancelRequestCode && packet.length === 16) return this.forwardCancel(client, packet.readInt32BE(8), packet.readInt32BE(12));
+      if (code !== protocolVersion3) return refuse(client, sqlStates.protocolViolation, `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: the proxy speaks 3.0`);
+      return this.route(client, kind, packet.subarray(8), reader.takeBuffered());
+    }
+    refuse(client, sqlStates.protocolViolation, 'too many negotiation requests before the startup packet');
+  }
+
+  private route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer): void {
+    const parameters = parseStartupParameters(body);
+    if (typeof parameters === 'string') return refuse(client, sqlStates.protocolViolation, `invalid startup packet: ${parameters}`);
+    const key = routingKey(parameters);
+    if (key === null) {
+      return refuse(client, sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, or pass options=-c cluster=CLUSTER');
+    }
+    if (this.sockets.size > connectionsMax) return refuse(client, sqlStates.tooManyConnections, 'the proxy has too many connections');
+    const resolution = this.options.routes.resolve(key.cluster, kind);
+    if ('unknown' in resolution) return refuse(client, sqlStates.invalidCatalogName, `cluster "${key.cluster}" does not exist`);
+    if ('unavailable' in resolution) return refuse(client, sqlStates.cannotConnectNow, resolution.unavailable);
+    this.connectBackend(client, resolution.target, buildStartupPacket(key.parameters), early);
+  }
+
+  private connectBackend(client: Socket, target: Target, startup: Buffer, early: Buffer): void {
+    const backend = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
+    this.track(backend);
+    const connectTimer = setTimeout(() => backend.destroy(new Error('connect timeout')), backendConnectTimeoutMs);
+    let started = false;
+    backend.once('connect', () => {
+      clearTimeout(connectTimer);
+      started = true;
+      backend.write(startup);
+      if (early.length > 0) backend.write(early);
+      client.pipe(backend);
+      this.relayStartup(client, backend, target);
+    });
+    backend.on('error', (error) => {
+      clearTimeout(connectTimer);
+      if (!started) refuse(client, sqlStates.connectionFailure, `cannot reach the server of cluster "${target.clusterKey}": ${error.message}`);
+      else client.destroy();
+    });
+    backend.once('close', () => client.destroy());
+    client.once('close', () => backend.destroy());
+  }
+
+  /** Server → client until the first ReadyForQuery, swapping BackendKeyData for a proxy key; then a plain pipe. */
+  private relayStartup(client: Socket, backend: Socket, target: Target): void {
+    const reader = new MessageReader();
+    let proxyKey: string | null = null;
+    const onData = (chunk: Buffer): void => {
+      reader.push(chunk);
+      for (;;) {
+        const next = reader.next();
+        if (next === null) return;
+        if (typeof next === 'string') return void backend.destroy(new Error(next));
+        if (next.type === 'K') {
+          proxyKey = this.issueCancelKey({ port: target.port, processId: next.message.readInt32BE(5), secretKey: next.message.readInt32BE(9) }, client);
+          const [processId, secretKey] = proxyKey.split(':').map(Number) as [number, number];
+          client.write(backendKeyData(processId, secretKey));
+          continue;
+        }
+        client.write(next.message);
+        if (next.type === 'Z') {
+          backend.off('data', onData);
+          const rest = reader.rest();
+          if (rest.length > 0) client.write(rest);
+          backend.pipe(client);
+          return;
+        }
+      }
+    };
+    backend.on('data', onData);
+    client.once('close', () => {
+      if (proxyKey !== null) this.cancelKeys.delete(proxyKey);
+    });
+  }
+
+  private issueCancelKey(key: BackendKey, client: Socket): string {
+    for (let attempt = 0; attempt < cancelKeyAttemptsMax; attempt += 1) {
+      const candidate = `${randomInt(1, int32Max)}:${randomInt(-int32Max, int32Max)}`;
+      if (this.cancelKeys.has(candidate)) continue;
+      this.cancelKeys.set(candidate, key);
+      return candidate;
+    }
+    client.destroy();
+    throw new Error('could not issue a unique cancel key');
+  }
+
+  /** A CancelRequest goes to the backend that owns the key; the client is closed either way, as Postgres does. */
+  private forwardCancel(client: Socket, processId: number, secretKey: number): void {
+    client.end();
+    const key = this.cancelKeys.get(`${processId}:${secretKey}`);
+    if (key === undefined) return;
+    const backend = connect({ host: '127.0.0.1', port: key.port });
+    backend.setTimeout(backendConnectTimeoutMs, () => backend.destroy());
+    backend.on('error', () => backend.destroy());
+    backend.once('connect', () => backend.end(cancelRequestPacket(key.processId, key.secretKey)));
+  }
+}
+
+function refuse(client: Socket, sqlState: SqlState, message: string): void {
+  client.end(errorResponse(sqlState, message));
+}
+
+/** Reads length-prefixed startup-phase packets (no type byte) from a socket, bounded in size. */
+class PacketReader {
+  private buffer: Buffer = Buffer.alloc(0);
+  private waiter: (() => void) | null = null;
+  private closed = false;
+
+  constructor(private readonly socket: Socket) {
+    socket.on('data', this.onData);
+    socket.once('close', () => {
+      this.closed = true;
+      this.waiter?.();
+    });
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffer = Buffer.concat([this.buffer, chunk]);
+    if (this.buffer.length > startupPacketBytesMax) this.socket.pause();
+    this.waiter?.();
+  };
+
+  async packet(): Promise<Buffer | string> {
+    for (;;) {
+      if (this.buffer.length >= 4) {
+        const length = this.buffer.readInt32BE(0);
+        if (length < 8 || length > startupPacketBytesMax) return `invalid startup packet length ${length}`;
+        if (this.buffer.length >= length) {
+          const packet = this.buffer.subarray(0, length);
+          this.buffer = this.buffer.subarray(length);
+          return packet;
+        }
+      }
+      if (this.closed) return 'connection closed during startup';
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+      this.waiter = null;
+    }
+  }
+
+  buffered(): number {
+    return this.buffer.length;
+  }
+
+  /** Stops reading for the handshake and hands over what arrived early. */
+  takeBuffered(): Buffer {
+    this.socket.off('data', this.onData);
+    // Paused until the backend is connected and piping resumes it, so no byte is dropped.
+    this.socket.pause();
+    const rest = this.buffer;
+    this.buffer = Buffer.alloc(0);
+    return rest;
+  }
+}

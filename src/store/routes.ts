@@ -1,0 +1,49 @@
+import type { InstanceStatus } from '../dataplane/dataplane.js';
+import { randomToken } from '../lib/ids.js';
+import type { Queryable } from './pool.js';
+
+/** What the proxy reads: per live cluster, where its primary and replicas listen. */
+
+export interface RouteInstance {
+  readonly port: number;
+  readonly role: 'primary' | 'replica';
+  /** The instance machine is running and the last probe saw it serve (a replica: streaming). */
+  readonly healthy: boolean;
+  readonly lsn: string | null;
+}
+
+export interface RouteRow {
+  readonly key: string;
+  readonly clusterId: string;
+  readonly instances: readonly RouteInstance[];
+}
+
+const routesSql = `
+select c.route_key, c.id as cluster_id, i.port, i.role, m.label, i.observed
+  from clusters c
+  join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null
+  join machines m on m.kind = 'instance' and m.entity_id = i.id
+ where c.deleted_at is null and c.route_key is not null
+ order by c.route_key, i.ordinal`;
+
+function isHealthy(role: string, label: string, observed: Partial<InstanceStatus>): boolean {
+  if (label !== 'running' || observed.accepting !== true) return false;
+  return role === 'primary' ? observed.inRecovery === false : observed.streaming === true;
+}
+
+export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
+  const result = await db.query<{ route_key: string; cluster_id: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
+  const byKey = new Map<string, { key: string; clusterId: string; instances: RouteInstance[] }>();
+  for (const row of result.rows) {
+    const route = byKey.get(row.route_key) ?? { key: row.route_key, clusterId: row.cluster_id, instances: [] };
+    route.instances.push({ port: row.port, role: row.role, healthy: isHealthy(row.role, row.label, row.observed), lsn: row.observed.lsn ?? null });
+    byKey.set(row.route_key, route);
+  }
+  return [...byKey.values()];
+}
+
+/** The cluster's name if no live cluster of the cell routes by it yet, else the name with a suffix. */
+export async function freeRouteKey(db: Queryable, name: string): Promise<string> {
+  const taken = await db.query('select 1 from clusters where route_key = $1 and deleted_at is null', [name]);
+  return taken.rowCount === 0 ? name : `${name}-${randomToken(4)}`;
+}

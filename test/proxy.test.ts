@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { connect } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import type { ClusterView } from '../src/api/view.js';
+import { cancelRequestPacket } from '../src/proxy/protocol.js';
+import { stopEmbeddedStore } from '../src/store/embedded.js';
+import { TestCellar, eventually } from './helpers/cellar.js';
+
+/** The proxy, end to end: real psql and node-postgres clients, real servers behind it. */
+
+const psqlBin = '/usr/lib/postgresql/15/bin/psql';
+
+function psql(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(psqlBin, ['-X', '-A', '-t', ...args], { env: { ...process.env, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '5', ...env }, timeout: 30_000 }, (error, stdout, stderr) => {
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout: stdout.trim(), stderr: stderr.trim() });
+    });
+  });
+}
+
+describe('proxy', () => {
+  let cellar: TestCellar;
+  let app: ClusterView;
+  let password: string;
+  let proxyPort: number;
+
+  before(async () => {
+    cellar = await TestCellar.create();
+    await cellar.start();
+    app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
+    const uri = new URL(app.uri as string);
+    password = decodeURIComponent(uri.password);
+    proxyPort = Number(uri.port);
+  });
+
+  after(async () => {
+    await cellar.destroy();
+  });
+
+  test('psql and node-postgres connect through the proxy by user role.cluster and by options -c cluster=', async () => {
+    const byUser = await psql([app.uri as string, '-c', 'select current_user']);
+    assert.deepEqual([byUser.code, byUser.stdout], [0, 'app'], byUser.stderr);
+    const byOptions = await psql(['-h', '127.0.0.1', '-p', String(proxyPort), '-U', 'app', '-d', 'app', '-c', 'select current_user'], {
+      PGPASSWORD: password,
+      PGOPTIONS: `-c cluster=${app.routeKey}`,
+    });
+    assert.deepEqual([byOptions.code, byOptions.stdout], [0, 'app'], byOptions.stderr);
+    const client = new pg.Client({ host: '127.0.0.1', port: proxyPort, user: `app.${app.routeKey}`, password, database: 'app', ssl: false });
+    await client.connect();
+    const result = await client.query<{ user: string; replica: boolean }>('select current_user as user, pg_is_in_recovery() as replica');
+    await client.end();
+    assert.deepEqual(result.rows[0], { user: 'app', replica: false });
+  });
+
+  test('an unknown cluster, a missing routing key and a bad startup packet get an ErrorResponse with the right SQLSTATE', async () => {
+    const unknown = await psql(['-h', '127.0.0.1', '-p', String(proxyPort), '-U', 'app.nope', '-d', 'app', '-c', 'select 1']);
+    assert.notEqual(unknown.code, 0);
+    assert.match(unknown.stderr, /FATAL: {2}cluster "nope" does not exist/);
+    const client = new pg.Client({ host: '127.0.0.1', port: proxyPort, user: 'app.nope', password: 'x', database: 'app', ssl: false });
+    await assert.rejects(client.connect(), (error: { code?: string }) => error.code === '3D000');
+    const noKey = new pg.Client({ host: '127.0.0.1', port: proxyPort, user: 'app', password: 'x', database: 'app', ssl: false });
+    await assert.rejects(noKey.connect(), (error: { code?: string; message: string }) => error.code === '3D000' && /connect as user ROLE\.CLUSTER/.test(error.message));
+    const reply = await rawExchange(proxyPort, Buffer.from([0, 0, 0, 3, 0, 0, 0, 0]));
+    assert.equal(reply[0], 'E'.charCodeAt(0), 'an ErrorResponse, not a bare close');
+    assert.match(reply.toString('latin1'), /C08P01/);
+    assert.match(reply.toString('latin1'), /invalid startup packet length 3/);
+  });
+
+  test('a CancelRequest through the proxy cancels the right backend: pg_sleep ends with a cancel error within a second', async () => {
+    const client = new pg.Client({ connectionString: app.uri as string });
+    await client.connect();
+    const processId = (client as unknown as { processID: number }).processID;
+    const secretKey = (client as unknown as { secretKey: number }).secretKey;
+    const sleeping = client.query('select pg_sleep(30)');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const cancelledAt = Date.now();
+    await rawExchange(proxyPort, cancelRequestPacket(processId, secretKey));
+    await assert.rejects(sleeping, (error: { code?: string }) => error.code === '57014');
+    assert.ok(Date.now() - cancelledAt < 1_000, `cancelled in ${Date.now() - cancelledAt} ms`);
+    await client.end();
+  });
+
+  test('static stability: with the control plane SIGKILLed and the store stopped, open connections work and new ones succeed', async () => {
+    const open = new pg.Client({ connectionString: app.uri as string });
+    await open.connect();
+    await open.query('create table if not exists stable (id int)');
+    await cellar.stop('SIGKILL');
+    assert.ok(await stopEmbeddedStore(cellar.dataDir), 'the store was running and is now stopped');
+    try {
+      await open.query('insert into stable values (1)');
+      const fresh = new pg.Client({ connectionString: app.uri as string });
+      await fresh.connect();
+      const rows = await fresh.query<{ count: string }>('select count(*) from stable');
+      await fresh.end();
+      assert.equal(rows.rows[0]?.count, '1');
+      const readOnly = new pg.Client({ connectionString: app.readOnlyUri as string });
+      await readOnly.connect();
+      const replica = await readOnly.query<{ replica: boolean }>('select pg_is_in_recovery() as replica');
+      await readOnly.end();
+      assert.equal(replica.rows[0]?.replica, true);
+    } finally {
+      await open.end();
+      await cellar.start();
+    }
+    const shown = await eventually('the control plane to answer again', async () => (await cellar.cliJson<ClusterView>(['clusters', 'show', 'app'])).state === 'running' || undefined, 30_000);
+    assert.equal(shown, true);
+  });
+});
+
+/** Sends raw bytes to the proxy and collects what comes back until it closes (bounded). */
+function rawExchange(port: number, bytes: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = connect({ host: '127.0.0.1', port }, () => socket.write(bytes));
+    socket.setTimeout(5_000, () => socket.destroy(new Error('no close within 5 s')));
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(Buffer.concat(chunks)));
+  });
+}
