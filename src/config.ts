@@ -17,6 +17,8 @@ export interface Config {
   /** The proxy's endpoints on 127.0.0.1: read-write (the primary) and read-only (a replica). */
   readonly proxyReadWritePort: number;
   readonly proxyReadOnlyPort: number;
+  /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
+  readonly domain: string;
   /** Inclusive range of 127.0.0.1 ports given to instances. */
   readonly instancePortMin: number;
   readonly instancePortMax: number;
@@ -77,6 +79,15 @@ function boolean(env: Env, name: string, fallback: boolean, problems: string[]):
   return fallback;
 }
 
+function domainName(env: Env, problems: string[]): string {
+  const domain = env['CELLAR_DOMAIN'] || 'cellar.localhost';
+  const label = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+  if (domain.length > 200 || !domain.split('.').every((part) => label.test(part))) {
+    problems.push(`CELLAR_DOMAIN=${domain}: must be lower-case DNS labels separated by dots, at most 200 characters`);
+  }
+  return domain;
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const problems: string[] = [];
   const [instancePortMin, instancePortMax] = portRange(env, problems);
@@ -88,6 +99,7 @@ export function loadConfig(env: Env = process.env): Config {
     apiPort: integer(env, 'CELLAR_API_PORT', 8432, 1, 65535, problems),
     proxyReadWritePort: integer(env, 'CELLAR_PROXY_PORT', 6432, 1, 65535, problems),
     proxyReadOnlyPort: integer(env, 'CELLAR_PROXY_RO_PORT', 6433, 1, 65535, problems),
+    domain: domainName(env, problems),
     instancePortMin,
     instancePortMax,
     pgBin: env['CELLAR_PG_BIN'] || null,

@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
@@ -12,9 +16,10 @@ import { TestCellar, eventually } from './helpers/cellar.js';
 
 const psqlBin = '/usr/lib/postgresql/15/bin/psql';
 
-function psql(args: readonly string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+function psql(args: readonly string[], env: Record<string, string> = {}, conninfo?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const defaults = conninfo === undefined ? { PGSSLMODE: 'disable' } : {};
   return new Promise((resolve) => {
-    execFile(psqlBin, ['-X', '-A', '-t', ...args], { env: { ...process.env, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '5', ...env }, timeout: 30_000 }, (error, stdout, stderr) => {
+    execFile(psqlBin, ['-X', '-A', '-t', ...(conninfo === undefined ? [] : [conninfo]), ...args], { env: { ...process.env, ...defaults, PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '5', ...env }, timeout: 30_000 }, (error, stdout, stderr) => {
       resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout: stdout.trim(), stderr: stderr.trim() });
     });
   });
@@ -52,6 +57,47 @@ describe('proxy', () => {
     const result = await client.query<{ user: string; replica: boolean }>('select current_user as user, pg_is_in_recovery() as replica');
     await client.end();
     assert.deepEqual(result.rows[0], { user: 'app', replica: false });
+  });
+
+  test('TLS: psql and node-postgres verify-full against CLUSTER.<domain> with the cell CA, routed by SNI', async () => {
+    const caFile = join(cellar.home, 'ca.crt');
+    const host = `${app.routeKey}.cellar.localhost`;
+    const verified = await psql(['-c', 'select current_user'], {}, `host=${host} hostaddr=127.0.0.1 port=${proxyPort} user=app dbname=app sslmode=verify-full sslrootcert=${caFile} password=${password}`);
+    assert.deepEqual([verified.code, verified.stdout], [0, 'app'], verified.stderr);
+    const wrongName = await psql(['-c', 'select 1'], {}, `host=evil.example hostaddr=127.0.0.1 port=${proxyPort} user=app.${app.routeKey} dbname=app sslmode=verify-full sslrootcert=${caFile} password=${password}`);
+    assert.notEqual(wrongName.code, 0);
+    assert.match(wrongName.stderr, /does not match host name "evil\.example"/);
+    const client = new pg.Client({ host: '127.0.0.1', port: proxyPort, user: 'app', password, database: 'app', ssl: { ca: await readFile(caFile, 'utf8'), servername: host } });
+    await client.connect();
+    const encrypted = (client as unknown as { connection: { stream: { encrypted?: boolean } } }).connection.stream.encrypted;
+    const result = await client.query<{ user: string }>('select current_user as user');
+    await client.end();
+    assert.equal(encrypted, true);
+    assert.equal(result.rows[0]?.user, 'app');
+  });
+
+  test('TLS: direct TLS (first byte a ClientHello, ALPN postgresql) reaches the server; without ALPN, or with bytes after SSLRequest, the client is dropped', async () => {
+    const ca = await readFile(join(cellar.home, 'ca.crt'), 'utf8');
+    const servername = `${app.routeKey}.cellar.localhost`;
+    const direct = tlsConnect({ host: '127.0.0.1', port: proxyPort, servername, ca, ALPNProtocols: ['postgresql'] });
+    await once(direct, 'secureConnect');
+    assert.equal(direct.alpnProtocol, 'postgresql');
+    direct.write(startupPacket({ user: 'app', database: 'app' }));
+    const [reply] = (await once(direct, 'data')) as [Buffer];
+    direct.destroy();
+    assert.equal(String.fromCharCode(reply[0] ?? 0), 'R', 'the server asks for authentication');
+    const noAlpn = tlsConnect({ host: '127.0.0.1', port: proxyPort, servername, ca });
+    const received: Buffer[] = [];
+    noAlpn.on('data', (chunk: Buffer) => received.push(chunk));
+    noAlpn.on('error', () => undefined);
+    noAlpn.once('secureConnect', () => noAlpn.write(startupPacket({ user: 'app', database: 'app' })));
+    await once(noAlpn, 'close');
+    assert.equal(Buffer.concat(received).length, 0, 'direct TLS without ALPN postgresql is closed unanswered');
+    const sslRequest = Buffer.alloc(8);
+    sslRequest.writeInt32BE(8, 0);
+    sslRequest.writeInt32BE(80877103, 4);
+    const injected = await rawExchange(proxyPort, Buffer.concat([sslRequest, Buffer.from('injected')]));
+    assert.equal(injected.length, 0, 'closed without an answer');
   });
 
   test('an unknown cluster, a missing routing key and a bad startup packet get an ErrorResponse with the right SQLSTATE', async () => {
@@ -108,6 +154,14 @@ describe('proxy', () => {
     assert.equal(shown, true);
   });
 });
+
+function startupPacket(parameters: Record<string, string>): Buffer {
+  const body = Buffer.from(`${Object.entries(parameters).map(([name, value]) => `${name}\0${value}\0`).join('')}\0`);
+  const header = Buffer.alloc(8);
+  header.writeInt32BE(8 + body.length, 0);
+  header.writeInt32BE(196608, 4);
+  return Buffer.concat([header, body]);
+}
 
 /** Sends raw bytes to the proxy and collects what comes back until it closes (bounded). */
 function rawExchange(port: number, bytes: Buffer): Promise<Buffer> {

@@ -1,10 +1,12 @@
 import { join } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
 import { RouteTable } from './routes.js';
-import { ProxyServer } from './server.js';
+import { type ProxyTls, ProxyServer } from './server.js';
+import { SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
 
 /** The proxy process: its own pool of two store connections for routes, and the two listeners. */
 const proxyStorePoolSize = 2;
@@ -14,13 +16,27 @@ export interface RunningProxy {
   stop(): Promise<void>;
 }
 
+/** The cell CA (made on first start, `$CELLAR_HOME/ca.crt`) and certificates for `*.<domain>`. */
+async function proxyTls(config: Config): Promise<ProxyTls> {
+  const ca = await ensureCellCa(config.home);
+  const fallback = await ensureHostCertificate(ca, config.domain);
+  return { domain: config.domain, contexts: new SecureContextCache(ca), defaultContext: createSecureContext(fallback) };
+}
+
 export async function startProxy(config: Config, log: Logger): Promise<RunningProxy> {
   const storeUrl = config.storeUrl ?? (await embeddedStoreUrl(config.home));
   if (storeUrl === null) throw new Error(`no cell store known for ${config.home}: run \`cellar up\` first, or set CELLAR_STORE_URL`);
   const pool = openPool(storeUrl, proxyStorePoolSize);
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
-  const server = new ProxyServer({ host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort, routes, log });
+  const server = new ProxyServer({
+    host: '127.0.0.1',
+    readWritePort: config.proxyReadWritePort,
+    readOnlyPort: config.proxyReadOnlyPort,
+    routes,
+    log,
+    tls: await proxyTls(config),
+  });
   try {
     await server.start();
   } catch (error) {

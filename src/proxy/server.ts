@@ -1,5 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { type Server, type Socket, connect, createServer } from 'node:net';
+import { Duplex } from 'node:stream';
+import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import {
   MessageReader,
@@ -17,11 +19,20 @@ import {
   startupPacketBytesMax,
 } from './protocol.js';
 import type { EndpointKind, RouteTable, Target } from './routes.js';
+import type { SecureContextCache } from './tls.js';
 
 /**
  * The proxy's data path: speak the startup phase (negotiation, routing, BackendKeyData), then
  * pipe bytes both ways. It reads only its cached routes, never the control plane.
  */
+
+export interface ProxyTls {
+  /** Clusters are `<routeKey>.<domain>` for SNI and certificates. */
+  readonly domain: string;
+  readonly contexts: SecureContextCache;
+  /** Presented when the client sends no SNI (it connected by IP address) or a name outside the domain. */
+  readonly defaultContext: SecureContext;
+}
 
 export interface ProxyOptions {
   readonly host: string;
@@ -29,7 +40,13 @@ export interface ProxyOptions {
   readonly readOnlyPort: number;
   readonly routes: RouteTable;
   readonly log: Logger;
+  /** Null: answer SSLRequest with N (plain only). */
+  readonly tls: ProxyTls | null;
 }
+
+/** The first byte of a TLS handshake record: a Postgres 17 client doing direct TLS. */
+const tlsHandshakeByte = 0x16;
+const alpnPostgres = 'postgresql';
 
 /** Connections the whole proxy holds at once; past it a client gets 53300. */
 export const connectionsMax = 10_000;
@@ -53,10 +70,11 @@ export interface RoutingKey {
 }
 
 /**
- * The cluster a client asks for: `options=-c cluster=NAME` (removed before forwarding) or a user
- * name `role.cluster` (the proxy forwards `role`). Null if neither names one.
+ * The cluster a client asks for, first match wins: `options=-c cluster=NAME` (removed before
+ * forwarding), the TLS server name `NAME.<domain>`, or a user name `role.NAME` (the proxy forwards
+ * `role`). Null if none names one.
  */
-export function routingKey(parameters: ReadonlyMap<string, string>): RoutingKey | null {
+export function routingKey(parameters: ReadonlyMap<string, string>, sniCluster: string | null = null): RoutingKey | null {
   const forwarded = new Map(parameters);
   const options = parameters.get('options') ?? '';
   const fromOptions = /(?:^|\s)(?:-c\s*|--)cluster=(\S+)/.exec(options);
@@ -66,6 +84,7 @@ export function routingKey(parameters: ReadonlyMap<string, string>): RoutingKey 
     else forwarded.set('options', rest);
     return { cluster: fromOptions[1], parameters: forwarded };
   }
+  if (sniCluster !== null) return { cluster: sniCluster, parameters: forwarded };
   const user = parameters.get('user') ?? '';
   const dot = user.lastIndexOf('.');
   if (dot <= 0 || dot === user.length - 1) return null;
@@ -124,9 +143,15 @@ export class ProxyServer {
     socket.once('close', () => this.sockets.delete(socket));
   }
 
-  /** Reads packets until the startup packet, answering SSL/GSS requests and cancels on the way. */
-  private async negotiate(client: Socket, kind: EndpointKind): Promise<void> {
+  /**
+   * Reads packets until the startup packet, answering SSL/GSS requests and cancels on the way.
+   * After a TLS upgrade it starts again on the encrypted socket (once: `sniCluster` is then set or null).
+   */
+  private async negotiate(client: Socket, kind: EndpointKind, secured: { sniCluster: string | null } | null = null): Promise<void> {
     const reader = new PacketReader(client);
+    if (secured === null && this.options.tls !== null && (await reader.firstByte()) === tlsHandshakeByte) {
+      return this.secure(client, kind, reader.takeBuffered(), true);
+    }
     for (let round = 0; round <= negotiationsMax; round += 1) {
       const packet = await reader.packet();
       if (typeof packet === 'string') return refuse(client, sqlStates.protocolViolation, packet);
@@ -134,22 +159,55 @@ export class ProxyServer {
       if (code === sslRequestCode || code === gssEncRequestCode) {
         // Bytes already sent after the request could be injected into the encrypted session.
         if (reader.buffered() > 0) return void client.destroy();
+        if (code === sslRequestCode && secured === null && this.options.tls !== null) {
+          client.write('S');
+          return this.secure(client, kind, reader.takeBuffered(), false);
+        }
         client.write('N');
         continue;
       }
       if (code === cancelRequestCode && packet.length === 16) return this.forwardCancel(client, packet.readInt32BE(8), packet.readInt32BE(12));
       if (code !== protocolVersion3) return refuse(client, sqlStates.protocolViolation, `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: the proxy speaks 3.0`);
-      return this.route(client, kind, packet.subarray(8), reader.takeBuffered());
+      return this.route(client, kind, packet.subarray(8), reader.takeBuffered(), secured?.sniCluster ?? null);
     }
     refuse(client, sqlStates.protocolViolation, 'too many negotiation requests before the startup packet');
   }
 
-  private route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer): void {
+  /** TLS termination with the cell's certificates; `direct` is Postgres 17's TLS-first connection, which must ask for ALPN `postgresql`. */
+  private async secure(client: Socket, kind: EndpointKind, early: Buffer, direct: boolean): Promise<void> {
+    const tls = this.options.tls;
+    if (tls === null) return void client.destroy();
+    // A net.Socket is handed to TLS natively, which would not see bytes already read; direct TLS
+    // has read the first bytes of the ClientHello, so it goes through a stream that replays them.
+    const transport = early.length > 0 ? replaying(client, early) : client;
+    const secure = new TLSSocket(transport as Socket, {
+      isServer: true,
+      secureContext: tls.defaultContext,
+      ALPNProtocols: [alpnPostgres],
+      SNICallback: (name, callback) => {
+        if (!isWithin(name, tls.domain)) return callback(null, tls.defaultContext);
+        tls.contexts.get(name).then((context) => callback(null, context), (error: Error) => callback(error, undefined));
+      },
+    });
+    this.track(secure);
+    secure.on('error', () => client.destroy());
+    client.resume();
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secure', resolve);
+      secure.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    if (direct && secure.alpnProtocol !== alpnPostgres) return void secure.destroy();
+    const serverName = typeof secure.servername === 'string' ? secure.servername : '';
+    const sniCluster = isWithin(serverName, tls.domain) && serverName !== tls.domain ? serverName.slice(0, -(tls.domain.length + 1)) : null;
+    return this.negotiate(secure, kind, { sniCluster: sniCluster !== null && !sniCluster.includes('.') ? sniCluster : null });
+  }
+
+  private route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer, sniCluster: string | null): void {
     const parameters = parseStartupParameters(body);
     if (typeof parameters === 'string') return refuse(client, sqlStates.protocolViolation, `invalid startup packet: ${parameters}`);
-    const key = routingKey(parameters);
+    const key = routingKey(parameters, sniCluster);
     if (key === null) {
-      return refuse(client, sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, or pass options=-c cluster=CLUSTER');
+      return refuse(client, sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, to host CLUSTER.<domain> with TLS, or pass options=-c cluster=CLUSTER');
     }
     if (this.sockets.size > connectionsMax) return refuse(client, sqlStates.tooManyConnections, 'the proxy has too many connections');
     const resolution = this.options.routes.resolve(key.cluster, kind);
@@ -235,6 +293,33 @@ export class ProxyServer {
   }
 }
 
+/** A duplex over `socket` that first yields `early`: lets TLS read bytes the proxy already took. */
+function replaying(socket: Socket, early: Buffer): Duplex {
+  const duplex = new Duplex({
+    read: () => void socket.resume(),
+    write: (chunk: Buffer, _encoding, callback) => void socket.write(chunk, callback),
+    final: (callback) => {
+      socket.end();
+      callback();
+    },
+    destroy: (error, callback) => {
+      socket.destroy(error ?? undefined);
+      callback(error);
+    },
+  });
+  duplex.push(early);
+  socket.on('data', (chunk: Buffer) => {
+    if (!duplex.push(chunk)) socket.pause();
+  });
+  socket.once('end', () => duplex.push(null));
+  socket.once('close', () => duplex.destroy());
+  return duplex;
+}
+
+function isWithin(name: string, domain: string): boolean {
+  return name === domain || name.endsWith(`.${domain}`);
+}
+
 function refuse(client: Socket, sqlState: SqlState, message: string): void {
   client.end(errorResponse(sqlState, message));
 }
@@ -258,6 +343,15 @@ class PacketReader {
     if (this.buffer.length > startupPacketBytesMax) this.socket.pause();
     this.waiter?.();
   };
+
+  /** The first byte the client sent, or null if it closed first. */
+  async firstByte(): Promise<number | null> {
+    while (this.buffer.length === 0 && !this.closed) {
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+      this.waiter = null;
+    }
+    return this.buffer[0] ?? null;
+  }
 
   async packet(): Promise<Buffer | string> {
     for (;;) {
