@@ -341,6 +341,7 @@ export class BenchCellar {
       CELLAR_DATA: join(root, 'data'),
       CELLAR_API_PORT: String(await freePort()),
       CELLAR_PROXY_PORT: String(await freePort()),
+      CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
       CELLAR_PROXY_RO_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portLow + portRangeSize - 1}`,
       // info: the data plane logs each create/start step with its duration, used in the breakdown.
@@ -439,4 +440,87 @@ export class BenchCellar {
     await rm(this.root, { recursive: true, force: true });
     return problems;
   }
+}
+
+/** A long-running program started detached as `user`, its output appended to logFile; stop it with stopPid(pid). */
+export async function spawnLogged(
+  binary: string,
+  args: readonly string[],
+  logFile: string,
+  user: OsUser,
+  env: NodeJS.ProcessEnv = { LC_ALL: 'C' },
+): Promise<{ pid: number; exited: () => boolean }> {
+  const log = await open(logFile, 'a', 0o644);
+  try {
+    const child: ChildProcess = spawn(binary, args, {
+      detached: true,
+      stdio: ['ignore', log.fd, log.fd],
+      cwd: '/',
+      env,
+      ...(user.switchUser ? { uid: user.uid, gid: user.gid } : {}),
+    });
+    let exited = false;
+    child.once('exit', () => (exited = true));
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    child.unref();
+    if (child.pid === undefined) throw new Error(`${binary} has no pid`);
+    return { pid: child.pid, exited: () => exited };
+  } finally {
+    await log.close();
+  }
+}
+
+const certificateMsMax = 30_000;
+const certificateDays = 7;
+
+/**
+ * A self-signed P-256 certificate and key (0600) in dir, owned by `owner`, for a server that must
+ * speak TLS; clients use sslmode=require, which does not check it.
+ */
+export async function selfSignedCertificate(dir: string, name: string, commonName: string, owner: OsUser): Promise<{ cert: string; key: string }> {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  const args = ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', String(certificateDays), '-subj', `/CN=${commonName}`];
+  await execOk('openssl', args, { timeoutMs: certificateMsMax, env: { ...process.env } });
+  await chmod(key, 0o600);
+  await chmod(cert, 0o644);
+  if (owner.switchUser) {
+    await chown(key, owner.uid, owner.gid);
+    await chown(cert, owner.uid, owner.gid);
+  }
+  return { cert, key };
+}
+
+/** Kernel clock ticks per second, the unit of utime/stime in /proc/<pid>/stat. */
+export async function clockTicksPerSecond(): Promise<number> {
+  const result = await execOk('getconf', ['CLK_TCK'], { timeoutMs: lookupTimeoutMs, env: { ...process.env } });
+  const ticks = Number(result.stdout.trim());
+  if (!Number.isInteger(ticks) || ticks <= 0) throw new Error(`getconf CLK_TCK printed ${result.stdout}`);
+  return ticks;
+}
+
+/** User + system CPU time a process has used so far, in clock ticks; undefined once it is gone. */
+export async function cpuTicks(pid: number): Promise<number | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (stat === undefined) return undefined;
+  // The command name (field 2) may contain spaces; fields after its closing parenthesis are plain.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** Pids whose argv contains every one of `args` and whose environment has `envEntry` (e.g. `CELLAR_HOME=/tmp/x`). */
+export async function processesWith(args: readonly string[], envEntry: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (!args.every((arg) => argv.includes(arg))) continue;
+    const environ = (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).split('\0');
+    if (environ.includes(envEntry)) pids.push(Number(entry));
+  }
+  return pids;
 }

@@ -17,6 +17,14 @@ export interface Config {
   /** The proxy's endpoints on 127.0.0.1: read-write (the primary) and read-only (a replica). */
   readonly proxyReadWritePort: number;
   readonly proxyReadOnlyPort: number;
+  /** Prometheus metrics of the proxy at http://127.0.0.1:<port>/metrics. */
+  readonly proxyAdminPort: number;
+  /** Proxy throttles per cluster (control rods later): open connections, new connections per second, bytes per second each way (0: unlimited). */
+  readonly proxyClusterConnectionsMax: number;
+  readonly proxyClusterConnectsPerSecond: number;
+  readonly proxyClusterBytesPerSecond: number;
+  /** How long a new connection waits for a paused route or a connect token before it is refused. */
+  readonly proxyWaitMsMax: number;
   /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
   readonly domain: string;
   /** Inclusive range of 127.0.0.1 ports given to instances. */
@@ -99,6 +107,11 @@ export function loadConfig(env: Env = process.env): Config {
     apiPort: integer(env, 'CELLAR_API_PORT', 8432, 1, 65535, problems),
     proxyReadWritePort: integer(env, 'CELLAR_PROXY_PORT', 6432, 1, 65535, problems),
     proxyReadOnlyPort: integer(env, 'CELLAR_PROXY_RO_PORT', 6433, 1, 65535, problems),
+    proxyAdminPort: integer(env, 'CELLAR_PROXY_ADMIN_PORT', 6434, 1, 65535, problems),
+    proxyClusterConnectionsMax: integer(env, 'CELLAR_PROXY_CLUSTER_CONNECTIONS_MAX', 500, 1, 100_000, problems),
+    proxyClusterConnectsPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_CONNECTS_PER_SECOND', 1_000, 1, 1_000_000, problems),
+    proxyClusterBytesPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_BYTES_PER_SECOND', 0, 0, 10 * 1024 ** 3, problems),
+    proxyWaitMsMax: integer(env, 'CELLAR_PROXY_WAIT_MS', 10_000, 0, 600_000, problems),
     domain: domainName(env, problems),
     instancePortMin,
     instancePortMax,

@@ -1,9 +1,11 @@
+import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
+import { ProxyMetrics } from './metrics.js';
 import { RouteTable } from './routes.js';
 import { type ProxyTls, ProxyServer } from './server.js';
 import { SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
@@ -29,6 +31,8 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const pool = openPool(storeUrl, proxyStorePoolSize);
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
+  const metrics = new ProxyMetrics();
+
   const server = new ProxyServer({
     host: '127.0.0.1',
     readWritePort: config.proxyReadWritePort,
@@ -36,19 +40,33 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     routes,
     log,
     tls: await proxyTls(config),
+    metrics,
+    limits: {
+      clusterConnectionsMax: config.proxyClusterConnectionsMax,
+      clusterConnectsPerSecond: config.proxyClusterConnectsPerSecond,
+      clusterBytesPerSecond: config.proxyClusterBytesPerSecond,
+      waitMsMax: config.proxyWaitMsMax,
+    },
   });
+  let admin: Server | null = null;
   try {
     await server.start();
+    admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, () => {
+      metrics.routes.set(routes.size);
+      metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
+    });
   } catch (error) {
     routes.stop();
+    await server.stop();
     await pool.end();
     throw error;
   }
-  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, routes: routes.size }, 'proxy listening');
+  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size }, 'proxy listening');
   return {
     async stop() {
       routes.stop();
       await server.stop();
+      await new Promise((resolve) => admin?.close(resolve));
       await pool.end();
     },
   };

@@ -13,6 +13,9 @@ import { type RouteRow, loadRoutes } from '../store/routes.js';
 /** One high-lane tick: a new primary reaches the proxy within it. */
 export const routesPollMs = 250;
 
+/** A flood of connections to unknown clusters costs the store at most one poll per this interval. */
+const refreshNowIntervalMsMin = 50;
+
 export type EndpointKind = 'readWrite' | 'readOnly';
 
 export interface Target {
@@ -20,14 +23,15 @@ export interface Target {
   readonly clusterKey: string;
 }
 
-export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string };
+export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string } | { readonly paused: true };
 
 export class RouteTable {
   private routes = new Map<string, RouteRow>();
   private timer: NodeJS.Timeout | null = null;
   private lastJson = '';
   private storeHealthy = false;
-  private refreshing = false;
+  private inFlight: Promise<void> | null = null;
+  private lastPollMs = 0;
 
   constructor(
     private readonly pool: Pool,
@@ -58,6 +62,7 @@ export class RouteTable {
   resolve(key: string, kind: EndpointKind): Resolution {
     const route = this.routes.get(key);
     if (route === undefined) return { unknown: true };
+    if (route.paused === true) return { paused: true };
     const primary = route.instances.find((instance) => instance.role === 'primary' && instance.healthy);
     if (kind === 'readOnly') {
       const replica = route.instances
@@ -71,18 +76,29 @@ export class RouteTable {
     return { target: { port: primary.port, clusterKey: key } };
   }
 
-  /** One poll at a time: a slow store must not pile up queries. */
-  private async refresh(): Promise<void> {
-    if (this.refreshing) return;
-    this.refreshing = true;
+  /**
+   * Reads the store now (sharing a poll already under way): a cluster created a moment ago is
+   * routable before the next tick.
+   */
+  refreshNow(): Promise<void> {
+    if (this.inFlight === null && performance.now() - this.lastPollMs < refreshNowIntervalMsMin) return Promise.resolve();
+    return this.refresh();
+  }
+
+  /** One poll at a time: a slow store must not pile up queries; callers share the poll under way. */
+  private refresh(): Promise<void> {
+    this.inFlight ??= this.poll().finally(() => (this.inFlight = null));
+    return this.inFlight;
+  }
+
+  private async poll(): Promise<void> {
+    this.lastPollMs = performance.now();
     try {
       this.apply(await loadRoutes(this.pool));
       this.storeHealthy = true;
     } catch (error) {
       if (this.storeHealthy) this.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot read routes from the store; serving the cached routes');
       this.storeHealthy = false;
-    } finally {
-      this.refreshing = false;
     }
   }
 

@@ -19,6 +19,8 @@ import {
   startupPacketBytesMax,
 } from './protocol.js';
 import type { EndpointKind, RouteTable, Target } from './routes.js';
+import type { ProxyMetrics } from './metrics.js';
+import { TokenBucket, throttledPipe } from './throttle.js';
 import type { SecureContextCache } from './tls.js';
 
 /**
@@ -34,12 +36,24 @@ export interface ProxyTls {
   readonly defaultContext: SecureContext;
 }
 
+/** The proxy's throttles, per cluster; each becomes a control rod later. */
+export interface ProxyLimits {
+  readonly clusterConnectionsMax: number;
+  readonly clusterConnectsPerSecond: number;
+  /** Per direction; 0 means unlimited. */
+  readonly clusterBytesPerSecond: number;
+  /** How long a new connection waits for a paused route or a connect token before it is refused. */
+  readonly waitMsMax: number;
+}
+
 export interface ProxyOptions {
   readonly host: string;
   readonly readWritePort: number;
   readonly readOnlyPort: number;
   readonly routes: RouteTable;
   readonly log: Logger;
+  readonly limits: ProxyLimits;
+  readonly metrics: ProxyMetrics;
   /** Null: answer SSLRequest with N (plain only). */
   readonly tls: ProxyTls | null;
 }
@@ -57,6 +71,16 @@ export const backendConnectTimeoutMs = 5_000;
 const negotiationsMax = 2;
 const cancelKeyAttemptsMax = 16;
 const int32Max = 2 ** 31 - 1;
+
+/** Per-cluster throttle state; only clusters in the route table get one, so the map is bounded by them. */
+interface ClusterState {
+  connections: number;
+  readonly connects: TokenBucket;
+  readonly bytesIn: TokenBucket | null;
+  readonly bytesOut: TokenBucket | null;
+}
+
+const routeWaitPollMs = 25;
 
 interface BackendKey {
   readonly port: number;
@@ -96,6 +120,7 @@ export class ProxyServer {
   private readonly servers: Server[] = [];
   private readonly sockets = new Set<Socket>();
   private readonly cancelKeys = new Map<string, BackendKey>();
+  private readonly clusters = new Map<string, ClusterState>();
 
   constructor(private readonly options: ProxyOptions) {}
 
@@ -168,7 +193,7 @@ export class ProxyServer {
       }
       if (code === cancelRequestCode && packet.length === 16) return this.forwardCancel(client, packet.readInt32BE(8), packet.readInt32BE(12));
       if (code !== protocolVersion3) return refuse(client, sqlStates.protocolViolation, `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: the proxy speaks 3.0`);
-      return this.route(client, kind, packet.subarray(8), reader.takeBuffered(), secured?.sniCluster ?? null);
+      return await this.route(client, kind, packet.subarray(8), reader.takeBuffered(), secured?.sniCluster ?? null);
     }
     refuse(client, sqlStates.protocolViolation, 'too many negotiation requests before the startup packet');
   }
@@ -202,21 +227,80 @@ export class ProxyServer {
     return this.negotiate(secure, kind, { sniCluster: sniCluster !== null && !sniCluster.includes('.') ? sniCluster : null });
   }
 
-  private route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer, sniCluster: string | null): void {
+  private async route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer, sniCluster: string | null): Promise<void> {
+    const { metrics, limits, routes } = this.options;
     const parameters = parseStartupParameters(body);
-    if (typeof parameters === 'string') return refuse(client, sqlStates.protocolViolation, `invalid startup packet: ${parameters}`);
+    if (typeof parameters === 'string') return this.refuse(client, '', 'protocol', sqlStates.protocolViolation, `invalid startup packet: ${parameters}`);
     const key = routingKey(parameters, sniCluster);
     if (key === null) {
-      return refuse(client, sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, to host CLUSTER.<domain> with TLS, or pass options=-c cluster=CLUSTER');
+      return this.refuse(client, '', 'no_cluster', sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, to host CLUSTER.<domain> with TLS, or pass options=-c cluster=CLUSTER');
     }
-    if (this.sockets.size > connectionsMax) return refuse(client, sqlStates.tooManyConnections, 'the proxy has too many connections');
-    const resolution = this.options.routes.resolve(key.cluster, kind);
-    if ('unknown' in resolution) return refuse(client, sqlStates.invalidCatalogName, `cluster "${key.cluster}" does not exist`);
-    if ('unavailable' in resolution) return refuse(client, sqlStates.cannotConnectNow, resolution.unavailable);
-    this.connectBackend(client, resolution.target, buildStartupPacket(key.parameters), early);
+    if (this.sockets.size > connectionsMax) return this.refuse(client, '', 'proxy_full', sqlStates.tooManyConnections, 'the proxy has too many connections');
+    const cluster = key.cluster;
+    const deadlineMs = performance.now() + limits.waitMsMax;
+    let resolution = routes.resolve(cluster, kind);
+    if ('unknown' in resolution) {
+      // Perhaps created since the last poll: look once more before saying it does not exist.
+      await routes.refreshNow();
+      resolution = routes.resolve(cluster, kind);
+    }
+    // Paused (switchover) or without a serving instance for now (starting, failing over): wait, bounded.
+    while (('paused' in resolution || 'unavailable' in resolution) && performance.now() < deadlineMs && !client.destroyed) {
+      await sleep(routeWaitPollMs);
+      resolution = routes.resolve(cluster, kind);
+    }
+    if ('unknown' in resolution) return this.refuse(client, '', 'unknown_cluster', sqlStates.invalidCatalogName, `cluster "${cluster}" does not exist`);
+    if ('paused' in resolution) {
+      return this.refuse(client, cluster, 'paused', sqlStates.cannotConnectNow, `cluster "${cluster}" is paused (a switchover may be under way); gave up after ${limits.waitMsMax} ms`);
+    }
+    if ('unavailable' in resolution) return this.refuse(client, cluster, 'unavailable', sqlStates.cannotConnectNow, resolution.unavailable);
+    const state = this.clusterState(cluster);
+    if (state.connections >= limits.clusterConnectionsMax) {
+      metrics.throttleEvents.labels(cluster, 'connections').inc();
+      return this.refuse(client, cluster, 'throttled', sqlStates.tooManyConnections, `too many connections for cluster "${cluster}" (limit ${limits.clusterConnectionsMax})`);
+    }
+    if (!(await this.takeConnectToken(state, cluster, deadlineMs)) || client.destroyed) {
+      return this.refuse(client, cluster, 'throttled', sqlStates.tooManyConnections, `new connections to cluster "${cluster}" exceed ${limits.clusterConnectsPerSecond} per second`);
+    }
+    state.connections += 1;
+    metrics.connections.labels(cluster, kind).inc();
+    metrics.connectionsTotal.labels(cluster, kind).inc();
+    client.once('close', () => {
+      state.connections -= 1;
+      metrics.connections.labels(cluster, kind).dec();
+    });
+    this.connectBackend(client, resolution.target, buildStartupPacket(key.parameters), early, state);
   }
 
-  private connectBackend(client: Socket, target: Target, startup: Buffer, early: Buffer): void {
+  /** Waits (bounded by the deadline) for the cluster's connection-rate bucket. */
+  private async takeConnectToken(state: ClusterState, cluster: string, deadlineMs: number): Promise<boolean> {
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      if (state.connects.tryTake(performance.now())) return true;
+      if (attempt === 0) this.options.metrics.throttleEvents.labels(cluster, 'connect_rate').inc();
+      const waitMs = state.connects.waitMs(performance.now());
+      if (performance.now() + waitMs > deadlineMs) return false;
+      await sleep(waitMs);
+    }
+    return false;
+  }
+
+  private clusterState(cluster: string): ClusterState {
+    const existing = this.clusters.get(cluster);
+    if (existing !== undefined) return existing;
+    const { limits } = this.options;
+    const now = performance.now();
+    const bytes = () => (limits.clusterBytesPerSecond > 0 ? new TokenBucket(limits.clusterBytesPerSecond, Math.max(limits.clusterBytesPerSecond / 10, 64 * 1024), now) : null);
+    const state = { connections: 0, connects: new TokenBucket(limits.clusterConnectsPerSecond, limits.clusterConnectsPerSecond, now), bytesIn: bytes(), bytesOut: bytes() };
+    this.clusters.set(cluster, state);
+    return state;
+  }
+
+  private refuse(client: Socket, cluster: string, reason: string, sqlState: SqlState, message: string): void {
+    this.options.metrics.routingErrors.labels(cluster, reason).inc();
+    refuse(client, sqlState, message);
+  }
+
+  private connectBackend(client: Socket, target: Target, startup: Buffer, early: Buffer, state: ClusterState): void {
     const backend = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
     this.track(backend);
     const connectTimer = setTimeout(() => backend.destroy(new Error('connect timeout')), backendConnectTimeoutMs);
@@ -226,20 +310,32 @@ export class ProxyServer {
       started = true;
       backend.write(startup);
       if (early.length > 0) backend.write(early);
-      client.pipe(backend);
-      this.relayStartup(client, backend, target);
+      this.relay(client, backend, target.clusterKey, 'in', state.bytesIn);
+      this.relayStartup(client, backend, target, state);
     });
     backend.on('error', (error) => {
       clearTimeout(connectTimer);
-      if (!started) refuse(client, sqlStates.connectionFailure, `cannot reach the server of cluster "${target.clusterKey}": ${error.message}`);
+      if (!started) this.refuse(client, target.clusterKey, 'unreachable', sqlStates.connectionFailure, `cannot reach the server of cluster "${target.clusterKey}": ${error.message}`);
       else client.destroy();
     });
     backend.once('close', () => client.destroy());
     client.once('close', () => backend.destroy());
   }
 
+  /** Bytes one way: a plain pipe, or a paced one when the cluster has a bandwidth limit; counted either way. */
+  private relay(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', bucket: TokenBucket | null): void {
+    const bytes = this.options.metrics.bytes.labels(cluster, direction);
+    from.on('data', (chunk: Buffer) => bytes.inc(chunk.length));
+    if (bucket === null) {
+      from.pipe(to);
+      return;
+    }
+    const throttled = this.options.metrics.throttleEvents.labels(cluster, 'bandwidth');
+    throttledPipe(from, to, bucket, () => throttled.inc());
+  }
+
   /** Server → client until the first ReadyForQuery, swapping BackendKeyData for a proxy key; then a plain pipe. */
-  private relayStartup(client: Socket, backend: Socket, target: Target): void {
+  private relayStartup(client: Socket, backend: Socket, target: Target, state: ClusterState): void {
     const reader = new MessageReader();
     let proxyKey: string | null = null;
     const onData = (chunk: Buffer): void => {
@@ -259,7 +355,7 @@ export class ProxyServer {
           backend.off('data', onData);
           const rest = reader.rest();
           if (rest.length > 0) client.write(rest);
-          backend.pipe(client);
+          this.relay(backend, client, target.clusterKey, 'out', state.bytesOut);
           return;
         }
       }
@@ -314,6 +410,10 @@ function replaying(socket: Socket, early: Buffer): Duplex {
   socket.once('end', () => duplex.push(null));
   socket.once('close', () => duplex.destroy());
   return duplex;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function isWithin(name: string, domain: string): boolean {

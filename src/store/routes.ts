@@ -15,11 +15,13 @@ export interface RouteInstance {
 export interface RouteRow {
   readonly key: string;
   readonly clusterId: string;
+  /** New connections wait (bounded) instead of going to an instance. */
+  readonly paused: boolean;
   readonly instances: readonly RouteInstance[];
 }
 
 const routesSql = `
-select c.route_key, c.id as cluster_id, i.port, i.role, m.label, i.observed
+select c.route_key, c.id as cluster_id, c.route_paused, i.port, i.role, m.label, i.observed
   from clusters c
   join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null
   join machines m on m.kind = 'instance' and m.entity_id = i.id
@@ -32,10 +34,10 @@ function isHealthy(role: string, label: string, observed: Partial<InstanceStatus
 }
 
 export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
-  const result = await db.query<{ route_key: string; cluster_id: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
-  const byKey = new Map<string, { key: string; clusterId: string; instances: RouteInstance[] }>();
+  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
+  const byKey = new Map<string, { key: string; clusterId: string; paused: boolean; instances: RouteInstance[] }>();
   for (const row of result.rows) {
-    const route = byKey.get(row.route_key) ?? { key: row.route_key, clusterId: row.cluster_id, instances: [] };
+    const route = byKey.get(row.route_key) ?? { key: row.route_key, clusterId: row.cluster_id, paused: row.route_paused, instances: [] };
     route.instances.push({ port: row.port, role: row.role, healthy: isHealthy(row.role, row.label, row.observed), lsn: row.observed.lsn ?? null });
     byKey.set(row.route_key, route);
   }
@@ -46,4 +48,9 @@ export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
 export async function freeRouteKey(db: Queryable, name: string): Promise<string> {
   const taken = await db.query('select 1 from clusters where route_key = $1 and deleted_at is null', [name]);
   return taken.rowCount === 0 ? name : `${name}-${randomToken(4)}`;
+}
+
+/** Pauses or resumes new connections to a cluster through the proxy. */
+export async function setRoutePaused(db: Queryable, clusterId: string, paused: boolean): Promise<void> {
+  await db.query('update clusters set route_paused = $2 where id = $1', [clusterId, paused]);
 }

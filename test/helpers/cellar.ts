@@ -63,6 +63,7 @@ export class TestCellar {
       CELLAR_DATA: join(root, 'data'),
       CELLAR_API_PORT: String(await freePort()),
       CELLAR_PROXY_PORT: String(await freePort()),
+      CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
       CELLAR_PROXY_RO_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',

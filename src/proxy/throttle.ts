@@ -1,0 +1,78 @@
+import type { Socket } from 'node:net';
+import { assert } from '../lib/assert.js';
+
+/**
+ * Token buckets for the proxy's throttles. Time comes in as an argument so the arithmetic is
+ * testable without clocks; the proxy passes performance.now().
+ */
+export class TokenBucket {
+  private tokens: number;
+  private lastMs: number;
+
+  /** `ratePerSecond` tokens are added each second, up to `burst`. */
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+    nowMs: number,
+  ) {
+    assert(ratePerSecond > 0 && burst > 0, `a token bucket needs a positive rate and burst (${ratePerSecond}, ${burst})`);
+    this.tokens = burst;
+    this.lastMs = nowMs;
+  }
+
+  private refill(nowMs: number): void {
+    this.tokens = Math.min(this.burst, this.tokens + ((nowMs - this.lastMs) / 1000) * this.ratePerSecond);
+    this.lastMs = nowMs;
+  }
+
+  /** Takes one token if there is one. */
+  tryTake(nowMs: number): boolean {
+    this.refill(nowMs);
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  /** Milliseconds until a token is there (0 if now). */
+  waitMs(nowMs: number): number {
+    this.refill(nowMs);
+    return this.tokens >= 1 ? 0 : ((1 - this.tokens) / this.ratePerSecond) * 1000;
+  }
+
+  /**
+   * Takes `amount` tokens even if that goes into debt, and returns how long the caller must wait
+   * before sending more: bytes already read are forwarded, the source is paused to pay the debt.
+   */
+  reserve(amount: number, nowMs: number): number {
+    this.refill(nowMs);
+    this.tokens -= amount;
+    return this.tokens >= 0 ? 0 : (-this.tokens / this.ratePerSecond) * 1000;
+  }
+}
+
+/**
+ * Pipes `from` into `to`, paying for each chunk from `bucket`: when the bucket is in debt the
+ * source is paused until it is paid, so the average rate is the bucket's rate.
+ */
+export function throttledPipe(from: Socket, to: Socket, bucket: TokenBucket, onThrottle: () => void): void {
+  from.on('data', (chunk: Buffer) => {
+    const writable = to.write(chunk);
+    const waitMs = bucket.reserve(chunk.length, performance.now());
+    if (waitMs > 0) {
+      onThrottle();
+      from.pause();
+      setTimeout(() => resumeWhenDrained(from, to), waitMs);
+    } else if (!writable) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  });
+  from.once('end', () => to.end());
+  // The source may have been paused while the proxy connected the other side.
+  from.resume();
+}
+
+function resumeWhenDrained(from: Socket, to: Socket): void {
+  if (to.writableNeedDrain) to.once('drain', () => from.resume());
+  else from.resume();
+}
