@@ -52,6 +52,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   try {
     await server.start();
     admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, () => {
+      server.flushMetrics();
       metrics.routes.set(routes.size);
       metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
     });

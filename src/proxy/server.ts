@@ -75,6 +75,8 @@ const int32Max = 2 ** 31 - 1;
 /** Per-cluster throttle state; only clusters in the route table get one, so the map is bounded by them. */
 interface ClusterState {
   connections: number;
+  /** Bytes relayed since the last scrape: counted in plain numbers on the hot path, added to the metric at scrape time. */
+  bytesPending: { in: number; out: number };
   readonly connects: TokenBucket;
   readonly bytesIn: TokenBucket | null;
   readonly bytesOut: TokenBucket | null;
@@ -290,7 +292,7 @@ export class ProxyServer {
     const { limits } = this.options;
     const now = performance.now();
     const bytes = () => (limits.clusterBytesPerSecond > 0 ? new TokenBucket(limits.clusterBytesPerSecond, Math.max(limits.clusterBytesPerSecond / 10, 64 * 1024), now) : null);
-    const state = { connections: 0, connects: new TokenBucket(limits.clusterConnectsPerSecond, limits.clusterConnectsPerSecond, now), bytesIn: bytes(), bytesOut: bytes() };
+    const state = { connections: 0, bytesPending: { in: 0, out: 0 }, connects: new TokenBucket(limits.clusterConnectsPerSecond, limits.clusterConnectsPerSecond, now), bytesIn: bytes(), bytesOut: bytes() };
     this.clusters.set(cluster, state);
     return state;
   }
@@ -310,7 +312,7 @@ export class ProxyServer {
       started = true;
       backend.write(startup);
       if (early.length > 0) backend.write(early);
-      this.relay(client, backend, target.clusterKey, 'in', state.bytesIn);
+      this.relay(client, backend, target.clusterKey, 'in', state);
       this.relayStartup(client, backend, target, state);
     });
     backend.on('error', (error) => {
@@ -322,10 +324,24 @@ export class ProxyServer {
     client.once('close', () => backend.destroy());
   }
 
+  /** Moves the byte counts gathered on the data path into the metrics; called before each scrape. */
+  flushMetrics(): void {
+    for (const [cluster, state] of this.clusters) {
+      for (const direction of ['in', 'out'] as const) {
+        if (state.bytesPending[direction] === 0) continue;
+        this.options.metrics.bytes.labels(cluster, direction).inc(state.bytesPending[direction]);
+        state.bytesPending[direction] = 0;
+      }
+    }
+  }
+
   /** Bytes one way: a plain pipe, or a paced one when the cluster has a bandwidth limit; counted either way. */
-  private relay(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', bucket: TokenBucket | null): void {
-    const bytes = this.options.metrics.bytes.labels(cluster, direction);
-    from.on('data', (chunk: Buffer) => bytes.inc(chunk.length));
+  private relay(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', state: ClusterState): void {
+    const pending = state.bytesPending;
+    from.on('data', (chunk: Buffer) => {
+      pending[direction] += chunk.length;
+    });
+    const bucket = direction === 'in' ? state.bytesIn : state.bytesOut;
     if (bucket === null) {
       from.pipe(to);
       return;
@@ -355,7 +371,7 @@ export class ProxyServer {
           backend.off('data', onData);
           const rest = reader.rest();
           if (rest.length > 0) client.write(rest);
-          this.relay(backend, client, target.clusterKey, 'out', state.bytesOut);
+          this.relay(backend, client, target.clusterKey, 'out', state);
           return;
         }
       }
