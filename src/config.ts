@@ -25,6 +25,8 @@ export interface Config {
   readonly proxyClusterBytesPerSecond: number;
   /** How long a new connection waits for a paused route or a connect token before it is refused. */
   readonly proxyWaitMsMax: number;
+  /** A client must finish its startup (TLS, authentication, any wait) within this. */
+  readonly proxyStartupMsMax: number;
   /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
   readonly domain: string;
   /** Inclusive range of 127.0.0.1 ports given to instances. */
@@ -112,6 +114,7 @@ export function loadConfig(env: Env = process.env): Config {
     proxyClusterConnectsPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_CONNECTS_PER_SECOND', 1_000, 1, 1_000_000, problems),
     proxyClusterBytesPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_BYTES_PER_SECOND', 0, 0, 10 * 1024 ** 3, problems),
     proxyWaitMsMax: integer(env, 'CELLAR_PROXY_WAIT_MS', 10_000, 0, 600_000, problems),
+    proxyStartupMsMax: integer(env, 'CELLAR_PROXY_STARTUP_MS', 30_000, 100, 600_000, problems),
     domain: domainName(env, problems),
     instancePortMin,
     instancePortMax,

@@ -11,6 +11,8 @@ const connectionsMax = 3;
 const bytesPerSecond = 2_000_000;
 const waitMs = 1_500;
 const toleranceRatio = 0.1;
+/** Above waitMs (a paused client must get its 57P03 before this ends it) and short enough to outlive in a test. */
+const startupMs = 2_500;
 
 function psqlCopy(uri: string, command: string): Promise<number> {
   const startedMs = performance.now();
@@ -37,6 +39,7 @@ describe('proxy throttles, pause and metrics', () => {
       CELLAR_PROXY_CLUSTER_CONNECTIONS_MAX: String(connectionsMax),
       CELLAR_PROXY_CLUSTER_BYTES_PER_SECOND: String(bytesPerSecond),
       CELLAR_PROXY_WAIT_MS: String(waitMs),
+      CELLAR_PROXY_STARTUP_MS: String(startupMs),
     });
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--replicas', '0', '--wait']);
@@ -107,6 +110,15 @@ describe('proxy throttles, pause and metrics', () => {
       return true;
     });
     await cellar.storeQuery('update clusters set route_paused = false where route_key = $1', [app.routeKey]);
+  });
+
+  test('an established connection outlives the startup deadline: idle past it, it still answers', async () => {
+    const client = new pg.Client({ connectionString: app.uri as string });
+    await client.connect();
+    await sleep(startupMs * 1.5);
+    const result = await client.query<{ one: number }>('select 1 as one');
+    await client.end();
+    assert.equal(result.rows[0]?.one, 1);
   });
 
   test('metrics count connections, bytes and routing errors per cluster', async () => {

@@ -64,6 +64,8 @@ describe('proxy', () => {
     const host = `${app.routeKey}.cellar.localhost`;
     const verified = await psql(['-c', 'select current_user'], {}, `host=${host} hostaddr=127.0.0.1 port=${proxyPort} user=app dbname=app sslmode=verify-full sslrootcert=${caFile} password=${password}`);
     assert.deepEqual([verified.code, verified.stdout], [0, 'app'], verified.stderr);
+    const uriUserWithTls = await psql(['-c', 'select current_user'], {}, `host=${host} hostaddr=127.0.0.1 port=${proxyPort} user=app.${app.routeKey} dbname=app sslmode=verify-full sslrootcert=${caFile} password=${password}`);
+    assert.deepEqual([uriUserWithTls.code, uriUserWithTls.stdout], [0, 'app'], `the URI's user role.cluster also works with TLS: ${uriUserWithTls.stderr}`);
     const wrongName = await psql(['-c', 'select 1'], {}, `host=evil.example hostaddr=127.0.0.1 port=${proxyPort} user=app.${app.routeKey} dbname=app sslmode=verify-full sslrootcert=${caFile} password=${password}`);
     assert.notEqual(wrongName.code, 0);
     assert.match(wrongName.stderr, /does not match host name "evil\.example"/);

@@ -46,6 +46,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
       clusterConnectsPerSecond: config.proxyClusterConnectsPerSecond,
       clusterBytesPerSecond: config.proxyClusterBytesPerSecond,
       waitMsMax: config.proxyWaitMsMax,
+      startupMsMax: config.proxyStartupMsMax,
     },
   });
   let admin: Server | null = null;

@@ -44,6 +44,8 @@ export interface ProxyLimits {
   readonly clusterBytesPerSecond: number;
   /** How long a new connection waits for a paused route or a connect token before it is refused. */
   readonly waitMsMax: number;
+  /** From accept to the server's first ReadyForQuery (includes the client's authentication and any wait). */
+  readonly startupMsMax: number;
 }
 
 export interface ProxyOptions {
@@ -64,8 +66,13 @@ const alpnPostgres = 'postgresql';
 
 /** Connections the whole proxy holds at once; past it a client gets 53300. */
 export const connectionsMax = 10_000;
-/** From accept to the server's first ReadyForQuery (includes the client's authentication). */
-export const startupTimeoutMs = 15_000;
+
+/** What the proxy carries for one client through its startup phase. */
+interface ClientStartup {
+  readonly kind: EndpointKind;
+  /** Ends the client if startup takes too long; cleared at the first ReadyForQuery. */
+  readonly timer: NodeJS.Timeout;
+}
 export const backendConnectTimeoutMs = 5_000;
 /** SSLRequest and GSSENCRequest may each come once before the startup packet. */
 const negotiationsMax = 2;
@@ -110,8 +117,12 @@ export function routingKey(parameters: ReadonlyMap<string, string>, sniCluster: 
     else forwarded.set('options', rest);
     return { cluster: fromOptions[1], parameters: forwarded };
   }
-  if (sniCluster !== null) return { cluster: sniCluster, parameters: forwarded };
   const user = parameters.get('user') ?? '';
+  if (sniCluster !== null) {
+    // `role.cluster` naming the same cluster as the server name is the URI's user: forward `role`.
+    if (user.endsWith(`.${sniCluster}`)) forwarded.set('user', user.slice(0, -(sniCluster.length + 1)));
+    return { cluster: sniCluster, parameters: forwarded };
+  }
   const dot = user.lastIndexOf('.');
   if (dot <= 0 || dot === user.length - 1) return null;
   forwarded.set('user', user.slice(0, dot));
@@ -156,10 +167,10 @@ export class ProxyServer {
   private accept(client: Socket, kind: EndpointKind): void {
     this.track(client);
     client.setNoDelay(true);
-    const timer = setTimeout(() => client.destroy(), startupTimeoutMs);
-    client.once('close', () => clearTimeout(timer));
+    const startup = { kind, timer: setTimeout(() => client.destroy(), this.options.limits.startupMsMax) };
+    client.once('close', () => clearTimeout(startup.timer));
     client.on('error', () => client.destroy());
-    void this.negotiate(client, kind).catch((error: unknown) => {
+    void this.negotiate(client, startup).catch((error: unknown) => {
       this.options.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'proxy startup failed');
       client.destroy();
     });
@@ -174,10 +185,10 @@ export class ProxyServer {
    * Reads packets until the startup packet, answering SSL/GSS requests and cancels on the way.
    * After a TLS upgrade it starts again on the encrypted socket (once: `sniCluster` is then set or null).
    */
-  private async negotiate(client: Socket, kind: EndpointKind, secured: { sniCluster: string | null } | null = null): Promise<void> {
+  private async negotiate(client: Socket, startup: ClientStartup, secured: { sniCluster: string | null } | null = null): Promise<void> {
     const reader = new PacketReader(client);
     if (secured === null && this.options.tls !== null && (await reader.firstByte()) === tlsHandshakeByte) {
-      return this.secure(client, kind, reader.takeBuffered(), true);
+      return this.secure(client, startup, reader.takeBuffered(), true);
     }
     for (let round = 0; round <= negotiationsMax; round += 1) {
       const packet = await reader.packet();
@@ -188,20 +199,20 @@ export class ProxyServer {
         if (reader.buffered() > 0) return void client.destroy();
         if (code === sslRequestCode && secured === null && this.options.tls !== null) {
           client.write('S');
-          return this.secure(client, kind, reader.takeBuffered(), false);
+          return this.secure(client, startup, reader.takeBuffered(), false);
         }
         client.write('N');
         continue;
       }
       if (code === cancelRequestCode && packet.length === 16) return this.forwardCancel(client, packet.readInt32BE(8), packet.readInt32BE(12));
       if (code !== protocolVersion3) return refuse(client, sqlStates.protocolViolation, `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: the proxy speaks 3.0`);
-      return await this.route(client, kind, packet.subarray(8), reader.takeBuffered(), secured?.sniCluster ?? null);
+      return await this.route(client, startup, packet.subarray(8), reader.takeBuffered(), secured?.sniCluster ?? null);
     }
     refuse(client, sqlStates.protocolViolation, 'too many negotiation requests before the startup packet');
   }
 
   /** TLS termination with the cell's certificates; `direct` is Postgres 17's TLS-first connection, which must ask for ALPN `postgresql`. */
-  private async secure(client: Socket, kind: EndpointKind, early: Buffer, direct: boolean): Promise<void> {
+  private async secure(client: Socket, startup: ClientStartup, early: Buffer, direct: boolean): Promise<void> {
     const tls = this.options.tls;
     if (tls === null) return void client.destroy();
     // A net.Socket is handed to TLS natively, which would not see bytes already read; direct TLS
@@ -226,11 +237,12 @@ export class ProxyServer {
     if (direct && secure.alpnProtocol !== alpnPostgres) return void secure.destroy();
     const serverName = typeof secure.servername === 'string' ? secure.servername : '';
     const sniCluster = isWithin(serverName, tls.domain) && serverName !== tls.domain ? serverName.slice(0, -(tls.domain.length + 1)) : null;
-    return this.negotiate(secure, kind, { sniCluster: sniCluster !== null && !sniCluster.includes('.') ? sniCluster : null });
+    return this.negotiate(secure, startup, { sniCluster: sniCluster !== null && !sniCluster.includes('.') ? sniCluster : null });
   }
 
-  private async route(client: Socket, kind: EndpointKind, body: Buffer, early: Buffer, sniCluster: string | null): Promise<void> {
+  private async route(client: Socket, startup: ClientStartup, body: Buffer, early: Buffer, sniCluster: string | null): Promise<void> {
     const { metrics, limits, routes } = this.options;
+    const kind = startup.kind;
     const parameters = parseStartupParameters(body);
     if (typeof parameters === 'string') return this.refuse(client, '', 'protocol', sqlStates.protocolViolation, `invalid startup packet: ${parameters}`);
     const key = routingKey(parameters, sniCluster);
@@ -271,7 +283,7 @@ export class ProxyServer {
       state.connections -= 1;
       metrics.connections.labels(cluster, kind).dec();
     });
-    this.connectBackend(client, resolution.target, buildStartupPacket(key.parameters), early, state);
+    this.connectBackend(client, startup, resolution.target, buildStartupPacket(key.parameters), early, state);
   }
 
   /** Waits (bounded by the deadline) for the cluster's connection-rate bucket. */
@@ -302,7 +314,7 @@ export class ProxyServer {
     refuse(client, sqlState, message);
   }
 
-  private connectBackend(client: Socket, target: Target, startup: Buffer, early: Buffer, state: ClusterState): void {
+  private connectBackend(client: Socket, startup: ClientStartup, target: Target, startupPacket: Buffer, early: Buffer, state: ClusterState): void {
     const backend = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
     this.track(backend);
     const connectTimer = setTimeout(() => backend.destroy(new Error('connect timeout')), backendConnectTimeoutMs);
@@ -310,10 +322,10 @@ export class ProxyServer {
     backend.once('connect', () => {
       clearTimeout(connectTimer);
       started = true;
-      backend.write(startup);
+      backend.write(startupPacket);
       if (early.length > 0) backend.write(early);
       this.relay(client, backend, target.clusterKey, 'in', state);
-      this.relayStartup(client, backend, target, state);
+      this.relayStartup(client, backend, startup, target, state);
     });
     backend.on('error', (error) => {
       clearTimeout(connectTimer);
@@ -351,7 +363,7 @@ export class ProxyServer {
   }
 
   /** Server → client until the first ReadyForQuery, swapping BackendKeyData for a proxy key; then a plain pipe. */
-  private relayStartup(client: Socket, backend: Socket, target: Target, state: ClusterState): void {
+  private relayStartup(client: Socket, backend: Socket, startup: ClientStartup, target: Target, state: ClusterState): void {
     const reader = new MessageReader();
     let proxyKey: string | null = null;
     const onData = (chunk: Buffer): void => {
@@ -368,6 +380,7 @@ export class ProxyServer {
         }
         client.write(next.message);
         if (next.type === 'Z') {
+          clearTimeout(startup.timer);
           backend.off('data', onData);
           const rest = reader.rest();
           if (rest.length > 0) client.write(rest);
