@@ -20,7 +20,7 @@ import {
 } from './protocol.js';
 import type { EndpointKind, RouteTable, Target } from './routes.js';
 import type { ProxyMetrics } from './metrics.js';
-import { TokenBucket, throttledPipe } from './throttle.js';
+import { TokenBucket, relayBytes } from './throttle.js';
 import type { SecureContextCache } from './tls.js';
 
 /**
@@ -350,16 +350,13 @@ export class ProxyServer {
   /** Bytes one way: a plain pipe, or a paced one when the cluster has a bandwidth limit; counted either way. */
   private relay(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', state: ClusterState): void {
     const pending = state.bytesPending;
-    from.on('data', (chunk: Buffer) => {
-      pending[direction] += chunk.length;
+    relayBytes(from, to, {
+      bucket: direction === 'in' ? state.bytesIn : state.bytesOut,
+      count: (bytes) => {
+        pending[direction] += bytes;
+      },
+      onThrottle: () => this.options.metrics.throttleEvents.labels(cluster, 'bandwidth').inc(),
     });
-    const bucket = direction === 'in' ? state.bytesIn : state.bytesOut;
-    if (bucket === null) {
-      from.pipe(to);
-      return;
-    }
-    const throttled = this.options.metrics.throttleEvents.labels(cluster, 'bandwidth');
-    throttledPipe(from, to, bucket, () => throttled.inc());
   }
 
   /** Server → client until the first ReadyForQuery, swapping BackendKeyData for a proxy key; then a plain pipe. */

@@ -50,29 +50,36 @@ export class TokenBucket {
   }
 }
 
+export interface RelayOptions {
+  /** Null: no bandwidth limit. */
+  readonly bucket: TokenBucket | null;
+  /** Called with each chunk's size, for the byte metrics. */
+  readonly count: (bytes: number) => void;
+  readonly onThrottle: () => void;
+}
+
 /**
- * Pipes `from` into `to`, paying for each chunk from `bucket`: when the bucket is in debt the
- * source is paused until it is paid, so the average rate is the bucket's rate.
+ * Relays `from` into `to` with one data handler (lighter than pipe plus a counting listener):
+ * backpressure from `to`, and, with a bucket, pacing: when the bucket is in debt the source is
+ * paused until it is paid, so the average rate is the bucket's rate.
  */
-export function throttledPipe(from: Socket, to: Socket, bucket: TokenBucket, onThrottle: () => void): void {
+export function relayBytes(from: Socket, to: Socket, options: RelayOptions): void {
+  const { bucket, count, onThrottle } = options;
+  const resume = (): void => void from.resume();
   from.on('data', (chunk: Buffer) => {
+    count(chunk.length);
     const writable = to.write(chunk);
-    const waitMs = bucket.reserve(chunk.length, performance.now());
+    const waitMs = bucket === null ? 0 : bucket.reserve(chunk.length, performance.now());
     if (waitMs > 0) {
       onThrottle();
       from.pause();
-      setTimeout(() => resumeWhenDrained(from, to), waitMs);
+      setTimeout(() => (to.writableNeedDrain ? to.once('drain', resume) : resume()), waitMs);
     } else if (!writable) {
       from.pause();
-      to.once('drain', () => from.resume());
+      to.once('drain', resume);
     }
   });
   from.once('end', () => to.end());
   // The source may have been paused while the proxy connected the other side.
   from.resume();
-}
-
-function resumeWhenDrained(from: Socket, to: Socket): void {
-  if (to.writableNeedDrain) to.once('drain', () => from.resume());
-  else from.resume();
 }
