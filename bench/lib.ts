@@ -182,28 +182,8 @@ export async function twoFreePorts(): Promise<[number, number]> {
 }
 
 /** `postgres -D pgdata` detached, output to logFile, as the given user; returns its pid. */
-export async function spawnPostmaster(binDir: string, pgdata: string, logFile: string, user: OsUser): Promise<{ pid: number; exited: () => boolean }> {
-  const log = await open(logFile, 'a', 0o644);
-  try {
-    const child: ChildProcess = spawn(join(binDir, 'postgres'), ['-D', pgdata], {
-      detached: true,
-      stdio: ['ignore', log.fd, log.fd],
-      cwd: '/',
-      env: { LC_ALL: 'C' },
-      ...(user.switchUser ? { uid: user.uid, gid: user.gid } : {}),
-    });
-    let exited = false;
-    child.once('exit', () => (exited = true));
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
-    child.unref();
-    if (child.pid === undefined) throw new Error(`postgres -D ${pgdata} has no pid`);
-    return { pid: child.pid, exited: () => exited };
-  } finally {
-    await log.close();
-  }
+export function spawnPostmaster(binDir: string, pgdata: string, logFile: string, user: OsUser): Promise<{ pid: number; exited: () => boolean }> {
+  return spawnLogged(join(binDir, 'postgres'), ['-D', pgdata], logFile, user);
 }
 
 /** The status word (line 8) of postmaster.pid if the file names this pid, else undefined. */

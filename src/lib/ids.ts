@@ -31,6 +31,3 @@ export function newId<K extends IdKind>(kind: K): Id<K> {
   return `${idPrefixes[kind]}_${randomToken(idRandomChars)}` as Id<K>;
 }
 
-export function isId<K extends IdKind>(kind: K, value: string): value is Id<K> {
-  return new RegExp(`^${idPrefixes[kind]}_[a-z2-7]{${idRandomChars}}$`).test(value);
-}

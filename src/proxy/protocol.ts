@@ -27,10 +27,6 @@ export const sqlStates = {
 
 export type SqlState = (typeof sqlStates)[keyof typeof sqlStates];
 
-export interface StartupPacket {
-  readonly parameters: ReadonlyMap<string, string>;
-}
-
 /** Parses a protocol 3.0 startup packet body (after length and version). Returns an error text if malformed. */
 export function parseStartupParameters(body: Buffer): Map<string, string> | string {
   const parameters = new Map<string, string>();

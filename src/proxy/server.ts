@@ -147,10 +147,6 @@ export class ProxyServer {
     await Promise.all(this.servers.map((server) => new Promise((resolve) => server.close(resolve))));
   }
 
-  get connectionCount(): number {
-    return this.sockets.size;
-  }
-
   private listen(kind: EndpointKind, port: number): Promise<void> {
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket, kind));
     server.maxConnections = connectionsMax;

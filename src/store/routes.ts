@@ -50,7 +50,3 @@ export async function freeRouteKey(db: Queryable, name: string): Promise<string>
   return taken.rowCount === 0 ? name : `${name}-${randomToken(4)}`;
 }
 
-/** Pauses or resumes new connections to a cluster through the proxy. */
-export async function setRoutePaused(db: Queryable, clusterId: string, paused: boolean): Promise<void> {
-  await db.query('update clusters set route_paused = $2 where id = $1', [clusterId, paused]);
-}
