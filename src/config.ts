@@ -46,6 +46,22 @@ export interface Config {
   readonly templateEnabled: boolean;
   /** Running clusters of the default spec kept ready for creates to adopt; 0 turns the pool off. */
   readonly warmPoolSize: number;
+  readonly ha: HaSettings;
+}
+
+/** Failover and replica health; each becomes a rod with the control-rod work. */
+export interface HaSettings {
+  /** Failed probes in a row before a primary that still has a process counts as lost. */
+  readonly unreachableProbesMax: number;
+  /** A replica further behind the lost primary than this is not promoted unless forced. */
+  readonly failoverLagBytesMax: number;
+  /** Circuit breaker: automatic failovers across the cell within the window, then a human acts. */
+  readonly failoversMax: number;
+  readonly failoverWindowMs: number;
+  /** A replica that has not served for this long is replaced with a fresh one. */
+  readonly replicaDeadMsMax: number;
+  /** Switchover: how long the target may take to catch up before the switchover is called off. */
+  readonly switchoverCatchUpMsMax: number;
 }
 
 /** Each warm cluster is a primary and a replica running idle: a handful is plenty. */
@@ -127,6 +143,14 @@ export function loadConfig(env: Env = process.env): Config {
     normalTickMs: integer(env, 'CELLAR_NORMAL_TICK_MS', 2_000, 10, 600_000, problems),
     templateEnabled: boolean(env, 'CELLAR_TEMPLATE', true, problems),
     warmPoolSize: integer(env, 'CELLAR_WARM_POOL', 0, 0, warmPoolSizeMax, problems),
+    ha: {
+      unreachableProbesMax: integer(env, 'CELLAR_UNREACHABLE_PROBES', 3, 1, 100, problems),
+      failoverLagBytesMax: integer(env, 'CELLAR_FAILOVER_LAG_BYTES_MAX', 16 * 1024 ** 2, 0, 2 ** 40, problems),
+      failoversMax: integer(env, 'CELLAR_FAILOVERS_MAX', 5, 0, 1_000, problems),
+      failoverWindowMs: integer(env, 'CELLAR_FAILOVER_WINDOW_MS', 10 * 60_000, 1_000, 7 * 24 * 3_600_000, problems),
+      replicaDeadMsMax: integer(env, 'CELLAR_REPLICA_DEAD_MS', 60_000, 1_000, 24 * 3_600_000, problems),
+      switchoverCatchUpMsMax: integer(env, 'CELLAR_SWITCHOVER_CATCH_UP_MS', 10_000, 100, 3_600_000, problems),
+    },
   };
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);

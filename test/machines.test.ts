@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { ClusterSecrets, DataPlane, InstanceSpec, InstanceStatus, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { ClusterSecrets, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { HaSettings } from '../src/config.js';
+import type { Durability } from '../src/lib/sizes.js';
 import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { ClusterId, InstanceId } from '../src/lib/ids.js';
-import { clusterMachine, clusterPhase } from '../src/machines/cluster.js';
-import { instanceMachine, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
+import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
+import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
 import type { ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
 
 /**
@@ -33,13 +35,23 @@ class FakeStore implements MachineStore {
   readonly calls: string[] = [];
   clusterDeleted = false;
   replicas = 1;
+  durability: Durability = 'sync';
+  switchoverTo: string | null = null;
+  failovers = 0;
 
-  add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal): void {
-    this.instancesById.set(id, { id, clusterId, ordinal, role, port, observed: {}, machineLabel: label, machineError: null });
+  add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
+    this.instancesById.set(id, { id, clusterId, ordinal, role, port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
+  }
+
+  update(id: InstanceId, change: Partial<InstanceRecord>): void {
+    const instance = this.instancesById.get(id);
+    assert.ok(instance !== undefined);
+    this.instancesById.set(id, { ...instance, ...change });
   }
 
   async cluster(): Promise<ClusterRecord> {
-    return { id: clusterId, name: 'app', spec: { size: 'small', replicas: this.replicas, storageGb: 10, pgVersion: 15 }, secrets };
+    const spec = { size: 'small', replicas: this.replicas, storageGb: 10, pgVersion: 15, durability: this.durability } as const;
+    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo };
   }
   async instances(): Promise<InstanceRecord[]> {
     return [...this.instancesById.values()].sort((a, b) => a.ordinal - b.ordinal);
@@ -72,13 +84,42 @@ class FakeStore implements MachineStore {
   async requestDestroy(kind: string, entityId: string): Promise<void> {
     this.calls.push(`requestDestroy ${kind} ${entityId}`);
   }
+  async raiseSignal(kind: string, entityId: string, name: string): Promise<void> {
+    this.calls.push(`raiseSignal ${kind} ${entityId} ${name}`);
+  }
+  async setFenced(id: InstanceId, fenced: boolean): Promise<void> {
+    this.calls.push(`setFenced ${id} ${fenced}`);
+    this.update(id, { fenced });
+  }
+  async setRoutePaused(_cluster: ClusterId, paused: boolean): Promise<void> {
+    this.calls.push(`setRoutePaused ${paused}`);
+  }
+  async swapPrimary(_cluster: ClusterId, newPrimaryId: InstanceId): Promise<void> {
+    this.calls.push(`swapPrimary ${newPrimaryId}`);
+    for (const instance of this.instancesById.values()) {
+      this.update(instance.id, instance.id === newPrimaryId ? { role: 'primary', fenced: false } : { role: 'replica' });
+    }
+  }
+  async clearSwitchoverTarget(): Promise<void> {
+    this.switchoverTo = null;
+  }
+  async replaceInstance(id: InstanceId, role: Role): Promise<void> {
+    this.calls.push(`replaceInstance ${id} ${role}`);
+  }
+  async failoversWithin(): Promise<number> {
+    return this.failovers;
+  }
 }
 
-const stopped: InstanceStatus = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined };
+const stopped: InstanceStatus = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined };
 
 class FakeDataPlane implements DataPlane {
   readonly calls: string[] = [];
   status_: InstanceStatus = stopped;
+  /** Per-instance statuses, when a test needs them to differ; else status_. */
+  readonly statuses = new Map<InstanceId, InstanceStatus>();
+  alive_ = true;
+  rejoinMethod: RejoinMethod = 'rewound';
   versions(): readonly number[] {
     return [15];
   }
@@ -91,11 +132,29 @@ class FakeDataPlane implements DataPlane {
   async start(spec: InstanceSpec): Promise<void> {
     this.calls.push(`start ${spec.instanceId}`);
   }
-  async stop(id: InstanceId): Promise<void> {
-    this.calls.push(`stop ${id}`);
+  async stop(id: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    this.calls.push(`stop ${id} ${mode}`);
   }
-  async status(): Promise<InstanceStatus> {
-    return this.status_;
+  async status(spec: InstanceSpec): Promise<InstanceStatus> {
+    return this.statuses.get(spec.instanceId) ?? this.status_;
+  }
+  async alive(): Promise<boolean> {
+    return this.alive_;
+  }
+  async promote(spec: InstanceSpec): Promise<void> {
+    this.calls.push(`promote ${spec.instanceId}`);
+    const status = this.statuses.get(spec.instanceId);
+    if (status !== undefined) this.statuses.set(spec.instanceId, { ...status, inRecovery: false, streaming: undefined });
+  }
+  async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
+    this.calls.push(`follow ${spec.instanceId} ${upstream.port} slot ${upstream.slotName}`);
+  }
+  async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
+    this.calls.push(`rejoin ${spec.instanceId} to ${upstream.port}`);
+    return this.rejoinMethod;
+  }
+  async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
+    this.calls.push(`sync ${spec.instanceId} [${standbys.join(',')}]`);
   }
   async dropSlot(upstream: UpstreamRef): Promise<void> {
     this.calls.push(`dropSlot ${upstream.slotName} on ${upstream.port}`);
@@ -104,6 +163,15 @@ class FakeDataPlane implements DataPlane {
     this.calls.push(`destroy ${id}`);
   }
 }
+
+const ha: HaSettings = {
+  unreachableProbesMax: 3,
+  failoverLagBytesMax: 1024,
+  failoversMax: 2,
+  failoverWindowMs: 60_000,
+  replicaDeadMsMax: 30_000,
+  switchoverCatchUpMsMax: 5_000,
+};
 
 interface Harness {
   store: FakeStore;
@@ -116,7 +184,7 @@ function harness(): Harness {
   const store = new FakeStore();
   const dataPlane = new FakeDataPlane();
   const clock = new FakeClock();
-  return { store, dataPlane, clock, ports: { store, dataPlane, clock, random: fixedRandom } };
+  return { store, dataPlane, clock, ports: { store, dataPlane, clock, random: fixedRandom, ha } };
 }
 
 async function step<L extends string, D extends MachineData>(
@@ -135,7 +203,7 @@ async function step<L extends string, D extends MachineData>(
   return outcome;
 }
 
-const running: InstanceStatus = { running: true, pid: 1, accepting: true, inRecovery: false, timeline: 1, lsn: '0/3000000', streaming: undefined };
+const running: InstanceStatus = { running: true, pid: 1, accepting: true, inRecovery: false, timeline: 1, lsn: '0/3000000', streaming: undefined, receiveLsn: '0/3000000' };
 
 describe('instance machine, label by label', () => {
   test('start allocates a port and hops to create', async () => {
@@ -147,7 +215,7 @@ describe('instance machine, label by label', () => {
   });
 
   test('every label but destroy hops to destroy when the destroy signal is up', async () => {
-    for (const label of ['start', 'create', 'starting', 'waitReady', 'running'] as const) {
+    for (const label of ['start', 'create', 'starting', 'waitReady', 'running', 'down', 'rejoin'] as const) {
       const h = harness();
       h.store.add(primaryId, 'primary', 0, label);
       const outcome = await step(instanceMachine, label, primaryId, h, { signals: ['destroy'] });
@@ -185,6 +253,17 @@ describe('instance machine, label by label', () => {
     assert.deepEqual(h.dataPlane.calls, [`start ${primaryId}`]);
   });
 
+  test('starting never starts a fenced instance, and fails one that has been dead past the limit', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'starting', 5000, { fenced: true });
+    const fenced = await step(instanceMachine, 'starting', primaryId, h);
+    assert.equal(fenced.type === 'hop' && fenced.label, 'down');
+    h.store.add(replicaId, 'replica', 1, 'starting');
+    const dead = await step(instanceMachine, 'starting', replicaId, h, { data: { downSinceMs: h.clock.now - ha.replicaDeadMsMax - 1 } });
+    assert.equal(dead.type, 'fail');
+    assert.deepEqual(h.dataPlane.calls, [], 'nothing was started');
+  });
+
   test('waitReady: a ready primary hops to running and wakes its cluster and siblings', async () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'waitReady');
@@ -215,15 +294,68 @@ describe('instance machine, label by label', () => {
     assert.equal(late.type, 'fail');
   });
 
-  test('running probes and naps; a vanished process is started again', async () => {
+  test('running: a full probe once per interval, the cheap process check in between; changes wake the cluster', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
+    h.dataPlane.status_ = running;
+    const probed = await step(instanceMachine, 'running', primaryId, h);
+    assert.deepEqual(probed, { type: 'nap', ms: livenessIntervalMs, data: { lastProbeMs: h.clock.now, failedProbes: 0 }, wake: [] });
+    assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`]);
+    const between = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - probeIntervalMs + 1 } });
+    assert.deepEqual(between, { type: 'nap', ms: livenessIntervalMs });
+    assert.equal(h.store.calls.length, 1, 'no second probe within the interval');
+    h.store.update(primaryId, { observed: { ...running, inRecovery: true } });
+    const changed = await step(instanceMachine, 'running', primaryId, h);
+    assert.deepEqual(changed.type === 'nap' && changed.wake, [{ kind: 'cluster', entityId: clusterId }]);
+  });
+
+  test('running: a primary whose process is gone goes down for its cluster to decide; a replica is restarted', async () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'running');
-    h.dataPlane.status_ = running;
-    assert.deepEqual(await step(instanceMachine, 'running', primaryId, h), { type: 'nap', ms: probeIntervalMs });
-    assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`]);
-    h.dataPlane.status_ = stopped;
-    const outcome = await step(instanceMachine, 'running', primaryId, h);
+    h.store.add(replicaId, 'replica', 1, 'running');
+    h.dataPlane.alive_ = false;
+    const primary = await step(instanceMachine, 'running', primaryId, h);
+    assert.equal(primary.type === 'hop' && primary.label, 'down');
+    assert.deepEqual(primary.type === 'hop' && primary.wake, [{ kind: 'cluster', entityId: clusterId }]);
+    assert.deepEqual(primary.type === 'hop' && primary.data, { downSinceMs: h.clock.now });
+    const replica = await step(instanceMachine, 'running', replicaId, h);
+    assert.equal(replica.type === 'hop' && replica.label, 'starting');
+  });
+
+  test('running: a primary that cannot be queried counts as lost only after N probes in a row', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.dataPlane.status_ = { ...running, accepting: false };
+    const first = await step(instanceMachine, 'running', primaryId, h, { data: { failedProbes: ha.unreachableProbesMax - 2 } });
+    assert.deepEqual(first.type === 'nap' && first.data, { lastProbeMs: h.clock.now, failedProbes: ha.unreachableProbesMax - 1 });
+    const last = await step(instanceMachine, 'running', primaryId, h, { data: { failedProbes: ha.unreachableProbesMax - 1 } });
+    assert.equal(last.type === 'hop' && last.label, 'down');
+    assert.match(last.type === 'hop' ? (last.reason ?? '') : '', /3 probes in a row/);
+  });
+
+  test('down waits for its cluster: rejoin and restart signals, else a nap', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'down');
+    assert.equal((await step(instanceMachine, 'down', primaryId, h)).type, 'nap');
+    const rejoin = await step(instanceMachine, 'down', primaryId, h, { signals: ['rejoin'] });
+    assert.deepEqual([rejoin.type === 'hop' && rejoin.label, rejoin.type === 'hop' && rejoin.consume], ['rejoin', ['rejoin']]);
+    const restart = await step(instanceMachine, 'down', primaryId, h, { signals: ['restart'] });
+    assert.deepEqual([restart.type === 'hop' && restart.label, restart.type === 'hop' && restart.consume], ['starting', ['restart']]);
+  });
+
+  test('rejoin waits for a running primary, rewinds onto it, unfences, then starts', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'replica', 0, 'rejoin', 5000, { fenced: true });
+    h.store.add(replicaId, 'primary', 1, 'promote');
+    assert.equal((await step(instanceMachine, 'rejoin', primaryId, h)).type, 'nap');
+    h.store.update(replicaId, { machineLabel: 'running' });
+    const outcome = await step(instanceMachine, 'rejoin', primaryId, h);
     assert.equal(outcome.type === 'hop' && outcome.label, 'starting');
+    assert.deepEqual(h.dataPlane.calls, [`rejoin ${primaryId} to 5001`]);
+    assert.deepEqual(h.store.calls, [`setFenced ${primaryId} false`]);
+    h.dataPlane.rejoinMethod = 'cloned';
+    const cloned = await step(instanceMachine, 'rejoin', primaryId, h);
+    assert.match(cloned.type === 'hop' ? (cloned.reason ?? '') : '', /cloned afresh/);
   });
 
   test('destroy of a replica removes the server, its slot on the primary and its port, then is done', async () => {
@@ -270,9 +402,158 @@ describe('cluster machine, label by label', () => {
 
   test('running naps, and hops to destroy on the destroy signal', async () => {
     const h = harness();
-    assert.equal((await step(clusterMachine, 'running', clusterId, h)).type, 'nap');
+    h.store.add(primaryId, 'primary', 0, 'running');
+    assert.equal((await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } })).type, 'nap');
     const outcome = await step(clusterMachine, 'running', clusterId, h, { signals: ['destroy'] });
     assert.equal(outcome.type === 'hop' && outcome.label, 'destroy');
+  });
+
+  const streaming = { ...running, inRecovery: true, streaming: true };
+
+  test('running keeps the synchronous standbys in step: sync drops to async and returns, with an event each way', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    const toSync = await step(clusterMachine, 'running', clusterId, h);
+    assert.deepEqual(toSync.type === 'nap' && toSync.data, { syncStandbys: [replicaId] });
+    assert.match(toSync.type === 'nap' ? (toSync.reason ?? '') : '', /commits wait for a replica \(sync\)/);
+    const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual(steady, { type: 'nap', ms: watchNapMs }, 'no change, no write, no event');
+    h.store.update(replicaId, { machineLabel: 'starting' });
+    const dropped = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.match(dropped.type === 'nap' ? (dropped.reason ?? '') : '', /sync has dropped to async/);
+    assert.deepEqual(h.dataPlane.calls, [`sync ${primaryId} [${replicaId}]`, `sync ${primaryId} []`]);
+  });
+
+  test('desired synchronous standbys per durability', () => {
+    const instances: InstanceRecord[] = [
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', port: 1, fenced: false, observed: running, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', port: 2, fenced: false, observed: {}, machineLabel: 'starting', machineError: null },
+    ];
+    assert.deepEqual(desiredSyncStandbys('async', instances), []);
+    assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
+    assert.deepEqual(desiredSyncStandbys('sync-strict', instances), [replicaId], 'strict: every replica, serving or not');
+  });
+
+  test('running replaces a failed replica', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'failed');
+    const outcome = await step(clusterMachine, 'running', clusterId, h);
+    assert.equal(outcome.type, 'nap');
+    assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica`]);
+  });
+
+  test('running: a primary gone down starts a failover; without a replica it is restarted; past the breaker a human must act', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'down');
+    const alone = await step(clusterMachine, 'running', clusterId, h);
+    assert.equal(alone.type, 'nap');
+    assert.deepEqual(h.store.calls, [`raiseSignal instance ${primaryId} restart`]);
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    const failover = await step(clusterMachine, 'running', clusterId, h);
+    assert.equal(failover.type === 'hop' && failover.label, 'fence');
+    assert.deepEqual(failover.type === 'hop' && failover.data, { op: 'failover', oldPrimaryId: primaryId, force: false, sinceMs: h.clock.now });
+    h.store.failovers = ha.failoversMax;
+    const tripped = await step(clusterMachine, 'running', clusterId, h);
+    assert.equal(tripped.type, 'nap');
+    assert.match(tripped.type === 'nap' ? (tripped.reason ?? '') : '', /automatic failover is off: 2 failovers .* a human must act/);
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: tripped.type === 'nap' ? (tripped.data as ClusterData) : {} });
+    assert.equal(again.type === 'nap' && again.reason, undefined, 'announced once, not every tick');
+    const manual = await step(clusterMachine, 'running', clusterId, h, { signals: ['failover', 'force'] });
+    assert.equal(manual.type === 'hop' && manual.label, 'fence', 'a manual failover still works past the breaker');
+    assert.deepEqual(manual.type === 'hop' && manual.consume, ['failover', 'force']);
+  });
+
+  test('fence takes the old primary out of the routes, then stops it (immediate)', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'down');
+    const outcome = await step(clusterMachine, 'fence', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(outcome.type === 'hop' && outcome.label, 'pick');
+    assert.deepEqual(h.store.calls, [`setFenced ${primaryId} true`]);
+    assert.deepEqual(h.dataPlane.calls, [`stop ${primaryId} immediate`]);
+  });
+
+  test('pick promotes the most advanced serving replica, skips one lagging past the limit unless forced', async () => {
+    const h = harness();
+    const otherId = 'in_otheraaaaaaa' as InstanceId;
+    h.store.add(primaryId, 'primary', 0, 'down', 5000, { fenced: true, observed: { ...running, lsn: '0/5000000' } });
+    h.store.add(replicaId, 'replica', 1, 'running');
+    h.store.add(otherId, 'replica', 2, 'running');
+    h.dataPlane.statuses.set(replicaId, { ...streaming, receiveLsn: '0/4FFFF00' });
+    h.dataPlane.statuses.set(otherId, { ...streaming, receiveLsn: '0/4000000' });
+    const best = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(best.type === 'hop' && best.label, 'promote');
+    assert.equal(best.type === 'hop' && best.data?.candidateId, replicaId);
+    h.dataPlane.statuses.set(replicaId, { ...stopped });
+    const none = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(none.type, 'nap', 'the only serving replica lags past the limit');
+    assert.match(none.type === 'nap' ? (none.reason ?? '') : '', /lags more than 1024 bytes.*--force/);
+    const forced = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId }, signals: ['force'] });
+    assert.equal(forced.type === 'hop' && forced.data?.candidateId, otherId);
+  });
+
+  test('promote, repoint, route: the candidate takes writes, others follow it, the old primary is asked to rejoin', async () => {
+    const h = harness();
+    const otherId = 'in_otheraaaaaaa' as InstanceId;
+    h.store.add(primaryId, 'primary', 0, 'down', 5000, { fenced: true });
+    h.store.add(replicaId, 'replica', 1, 'running');
+    h.store.add(otherId, 'replica', 2, 'running');
+    h.dataPlane.statuses.set(replicaId, streaming);
+    const data: ClusterData = { op: 'failover', oldPrimaryId: primaryId, candidateId: replicaId };
+    const promoted = await step(clusterMachine, 'promote', clusterId, h, { data });
+    assert.equal(promoted.type === 'hop' && promoted.label, 'repoint');
+    const repointed = await step(clusterMachine, 'repoint', clusterId, h, { data });
+    assert.equal(repointed.type === 'hop' && repointed.label, 'route');
+    h.store.durability = 'sync-strict';
+    const routed = await step(clusterMachine, 'route', clusterId, h, { data });
+    assert.equal(routed.type === 'hop' && routed.label, 'rejoin');
+    assert.deepEqual(h.dataPlane.calls, [`promote ${replicaId}`, `follow ${otherId} 5001 slot ${otherId}`, `sync ${replicaId} [${otherId},${primaryId}]`.replace(`${otherId},${primaryId}`, [otherId, primaryId].sort().join(','))]);
+    assert.deepEqual(h.store.calls.slice(-2), [`swapPrimary ${replicaId}`, `raiseSignal instance ${primaryId} rejoin`]);
+  });
+
+  test('rejoin waits (bounded) for the old primary to stream again', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'replica', 0, 'rejoin', 5000, { fenced: true });
+    h.store.add(replicaId, 'primary', 1, 'running');
+    const data: ClusterData = { oldPrimaryId: primaryId, sinceMs: h.clock.now, syncStandbys: [] };
+    assert.equal((await step(clusterMachine, 'rejoin', clusterId, h, { data })).type, 'nap');
+    const late = await step(clusterMachine, 'rejoin', clusterId, h, { data: { ...data, sinceMs: h.clock.now - rejoinWaitMsMax - 1 } });
+    assert.equal(late.type === 'hop' && late.label, 'running');
+    h.store.update(primaryId, { machineLabel: 'running' });
+    const back = await step(clusterMachine, 'rejoin', clusterId, h, { data });
+    assert.deepEqual(back.type === 'hop' && [back.label, back.data], ['running', { syncStandbys: [] }]);
+  });
+
+  test('switchover: refused without a streaming target; else pause, catch up (or call off), stop cleanly, promote', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'starting');
+    const refused = await step(clusterMachine, 'running', clusterId, h, { signals: ['switchover'] });
+    assert.equal(refused.type, 'nap');
+    assert.match(refused.type === 'nap' ? (refused.reason ?? '') : '', /switchover refused: no replica is streaming/);
+    assert.deepEqual(refused.type === 'nap' && refused.consume, ['switchover']);
+    h.store.update(replicaId, { machineLabel: 'running', observed: streaming });
+    const begun = await step(clusterMachine, 'running', clusterId, h, { signals: ['switchover'] });
+    assert.equal(begun.type === 'hop' && begun.label, 'pause');
+    const data = begun.type === 'hop' ? (begun.data as ClusterData) : {};
+    assert.equal(data.candidateId, replicaId);
+    const paused = await step(clusterMachine, 'pause', clusterId, h, { data });
+    assert.equal(paused.type === 'hop' && paused.label, 'catchUp');
+    assert.deepEqual(h.store.calls, ['setRoutePaused true']);
+    h.dataPlane.statuses.set(primaryId, { ...running, lsn: '0/9000000' });
+    h.dataPlane.statuses.set(replicaId, { ...streaming, lsn: '0/1000000' });
+    const behind = { ...data, sinceMs: h.clock.now };
+    assert.deepEqual(await step(clusterMachine, 'catchUp', clusterId, h, { data: behind }), { type: 'nap', ms: catchUpPollMs });
+    const calledOff = await step(clusterMachine, 'catchUp', clusterId, h, { data: { ...behind, sinceMs: h.clock.now - ha.switchoverCatchUpMsMax - 1 } });
+    assert.equal(calledOff.type === 'hop' && calledOff.label, 'running');
+    assert.match(calledOff.type === 'hop' ? (calledOff.reason ?? '') : '', /called off.*route resumed/);
+    h.dataPlane.statuses.set(replicaId, { ...streaming, lsn: '0/8FFFF00' });
+    const caughtUp = await step(clusterMachine, 'catchUp', clusterId, h, { data: behind });
+    assert.equal(caughtUp.type === 'hop' && caughtUp.label, 'stopPrimary');
+    const stoppedPrimary = await step(clusterMachine, 'stopPrimary', clusterId, h, { data: behind });
+    assert.equal(stoppedPrimary.type === 'hop' && stoppedPrimary.label, 'promote');
+    assert.deepEqual(h.dataPlane.calls, [`stop ${primaryId} fast`]);
   });
 
   test('destroy asks every instance to destroy itself and consumes the signal', async () => {
@@ -296,11 +577,15 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', port: 1, observed: {}, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', port: 1, fenced: false, observed: {}, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');
     assert.equal(clusterPhase('waitDestroyed', true, []), 'deleted');
+    assert.equal(clusterPhase('fence', false, []), 'failing-over');
+    assert.equal(clusterPhase('catchUp', false, []), 'switching-over');
+    assert.equal(clusterPhase('route', false, []), 'promoting');
+    assert.equal(clusterPhase('rejoin', false, []), 'rejoining');
     assert.equal(clusterPhase('failed', false, []), 'failed');
   });
 });

@@ -7,7 +7,10 @@ import {
   clusterNameLengthMax,
   defaultReplicas,
   defaultSize,
+  defaultDurability,
   defaultStorageGb,
+  durabilities,
+  isDurability,
   isSizeName,
   replicasMax,
   sizeNames,
@@ -15,7 +18,7 @@ import {
   storageGbMin,
 } from '../lib/sizes.js';
 import { clusterKind } from '../machines/cluster.js';
-import { cellCounts, findCluster, findClusterById, insertCluster, listClusters } from '../store/clusters.js';
+import { type ClusterSnapshot, cellCounts, findCluster, findClusterById, insertCluster, listClusters, requestClusterAction } from '../store/clusters.js';
 import { requestDestroy } from '../store/machine-store.js';
 import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
@@ -48,6 +51,7 @@ const fieldMessages = {
   size: `size must be one of ${sizeNames.join(', ')}`,
   storageGb: `storageGb must be an integer from ${storageGbMin} to ${storageGbMax}`,
   version: 'version must be an installed Postgres major version',
+  durability: `durability must be one of ${durabilities.join(', ')}`,
 } as const;
 
 const errorSchema = {
@@ -71,6 +75,7 @@ const instanceSchema = {
     lsn: { type: ['string', 'null'] },
     lagBytes: { type: ['integer', 'null'] },
     streaming: { type: ['boolean', 'null'] },
+    fenced: { type: 'boolean' },
   },
 } as const;
 
@@ -79,11 +84,13 @@ const clusterSchema = {
   properties: {
     id: { type: 'string' },
     name: { type: 'string' },
-    state: { type: 'string', description: 'creating, running, degraded, deleting, deleted or failed' },
+    state: { type: 'string', description: 'creating, running, degraded, failing-over, switching-over, promoting, rejoining, deleting, deleted or failed' },
     size: { type: 'string' },
     replicas: { type: 'integer' },
     storageGb: { type: 'integer' },
     version: { type: 'integer' },
+    durability: { type: 'string', enum: durabilities },
+    replication: { type: ['string', 'null'], enum: ['sync', 'async', null], description: 'what commits wait for now' },
     routeKey: { type: ['string', 'null'], description: 'cell-unique key the proxy routes by' },
     uri: { type: ['string', 'null'], description: 'read-write connection URI (through the proxy)' },
     readOnlyUri: { type: ['string', 'null'] },
@@ -110,7 +117,20 @@ const createClusterBody = {
     size: { type: 'string', enum: sizeNames, default: defaultSize },
     storageGb: { type: 'integer', minimum: storageGbMin, maximum: storageGbMax, default: defaultStorageGb },
     version: { type: 'integer' },
+    durability: { type: 'string', enum: durabilities },
   },
+} as const;
+
+const failoverBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { force: { type: 'boolean', default: false, description: 'promote the most advanced replica even if it lags past the limit' } },
+} as const;
+
+const switchoverBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { to: { type: 'string', maxLength: 64, description: 'instance id of the replica to promote; default: the most advanced streaming replica' } },
 } as const;
 
 function ownerOf(request: FastifyRequest): TokenOwner {
@@ -193,7 +213,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     return { clusters: (await listClusters(pool, owner.orgId)).map((cluster) => clusterView(cluster, options.proxy)) };
   });
 
-  app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number } }>(
+  app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number; durability?: string } }>(
     '/v1/clusters',
     {
       config: { fieldMessages },
@@ -207,7 +227,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
         throw invalid('version', `version must be one of the installed Postgres versions: ${options.versions.join(', ')}`);
       }
       if (!isSizeName(body.size)) throw invalid('size', fieldMessages.size);
-      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion };
+      const durability = body.durability ?? defaultDurability(body.replicas);
+      if (!isDurability(durability)) throw invalid('durability', fieldMessages.durability);
+      if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
+      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability };
       const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy));
@@ -237,6 +260,46 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       return reply.status(202).send(updated && clusterView(updated, options.proxy));
     },
   );
+
+  app.post<{ Params: { name: string }; Body: { force?: boolean } }>(
+    '/v1/clusters/:name/failover',
+    { config: { fieldMessages }, schema: { summary: 'Fail over to the most advanced replica now (asynchronous: watch its state)', body: failoverBody, response: { 202: clusterSchema, 404: errorSchema, 409: errorSchema } } },
+    async (request, reply) => {
+      const owner = ownerOf(request);
+      const cluster = await actionableCluster(owner, request.params.name, 'fail over');
+      if (!cluster.instances.some((instance) => instance.role === 'replica')) throw new CellarError('CELLAR_E_CONFLICT', `cluster "${cluster.name}" has no replica to fail over to`, 'name');
+      await requestClusterAction(pool, cluster.id, request.body?.force === true ? ['failover', 'force'] : ['failover']);
+      return reply.status(202).send(clusterView(cluster, options.proxy));
+    },
+  );
+
+  app.post<{ Params: { name: string }; Body: { to?: string } }>(
+    '/v1/clusters/:name/switchover',
+    { config: { fieldMessages }, schema: { summary: 'Move the primary role to a replica, gracefully (asynchronous: watch its state)', body: switchoverBody, response: { 202: clusterSchema, 400: errorSchema, 404: errorSchema, 409: errorSchema } } },
+    async (request, reply) => {
+      const owner = ownerOf(request);
+      const cluster = await actionableCluster(owner, request.params.name, 'switch over');
+      const to = request.body?.to ?? null;
+      const replicas = cluster.instances.filter((instance) => instance.role === 'replica');
+      if (replicas.length === 0) throw new CellarError('CELLAR_E_CONFLICT', `cluster "${cluster.name}" has no replica to switch over to`, 'name');
+      if (to !== null && !replicas.some((instance) => instance.id === to)) {
+        throw invalid('to', `to must be the id of a replica of cluster "${cluster.name}": ${replicas.map((instance) => instance.id).join(', ')}`);
+      }
+      await requestClusterAction(pool, cluster.id, ['switchover'], to);
+      return reply.status(202).send(clusterView(cluster, options.proxy));
+    },
+  );
+
+  /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
+  async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {
+    const cluster = await findCluster(pool, owner.orgId, name);
+    if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${name}"`, 'name');
+    if (cluster.machineLabel !== 'running' || cluster.destroyRequested) {
+      const state = clusterView(cluster, options.proxy).state;
+      throw new CellarError('CELLAR_E_CONFLICT', `cannot ${action} cluster "${name}" while it is ${state}; try again when it is running`, 'name');
+    }
+    return cluster;
+  }
 
   return app;
 }

@@ -1,5 +1,6 @@
 import { appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { lagBytes } from '../lib/lsn.js';
+import { durabilityOf } from '../lib/sizes.js';
 import { clusterPhase } from '../machines/cluster.js';
 import { instancePhase } from '../machines/instance.js';
 import type { InstanceRecord } from '../machines/ports.js';
@@ -15,6 +16,8 @@ export interface InstanceView {
   lsn: string | null;
   lagBytes: number | null;
   streaming: boolean | null;
+  /** Out of the routes: an old primary until it has rejoined as a replica. */
+  fenced: boolean;
 }
 
 export interface ClusterView {
@@ -25,6 +28,10 @@ export interface ClusterView {
   replicas: number;
   storageGb: number;
   version: number;
+  /** What the cluster was asked for: sync, sync-strict or async. */
+  durability: string;
+  /** What commits wait for now: `sync` (a replica has them) or `async` (the primary alone). */
+  replication: 'sync' | 'async' | null;
   /** The cell-unique name the proxy routes by (user `role.routeKey`, or options `-c cluster=routeKey`). */
   routeKey: string | null;
   uri: string | null;
@@ -59,6 +66,7 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
     lsn,
     lagBytes: lag,
     streaming: instance.role === 'replica' ? (instance.observed.streaming ?? null) : null,
+    fenced: instance.fenced,
   };
 }
 
@@ -77,6 +85,8 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     replicas: cluster.spec.replicas,
     storageGb: cluster.spec.storageGb,
     version: cluster.spec.pgVersion,
+    durability: durabilityOf(cluster.spec),
+    replication: cluster.syncStandbys === null ? null : cluster.syncStandbys.length > 0 ? 'sync' : 'async',
     routeKey: cluster.routeKey,
     uri: uri(proxy.readWritePort),
     readOnlyUri: uri(proxy.readOnlyPort),

@@ -3,7 +3,7 @@ import type { ClusterView } from '../api/view.js';
 import type { ApiClient } from './client.js';
 import { type Output, formatTable } from './output.js';
 
-/** `cellar clusters …`: create, list, show and delete, each with --json, and --wait on long work. */
+/** `cellar clusters …`: create, list, show, failover, switchover and delete, each with --json, and --wait on long work. */
 
 const waitPollMs = 100;
 const waitTimeoutSecondsDefault = 600;
@@ -11,6 +11,8 @@ const waitTimeoutSecondsDefault = 600;
 interface WaitOptions {
   readonly until: (cluster: ClusterView | null) => boolean;
   readonly timeoutSeconds: number;
+  /** An event reason that means the wait is over without success (e.g. a switchover refused). */
+  readonly abortOn?: RegExp;
 }
 
 function describe(cluster: ClusterView): string {
@@ -34,7 +36,9 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
       const key = `${event.at}|${event.entity}|${event.to}`;
       if (seenEvents.has(key)) continue;
       seenEvents.add(key);
-      if (Date.parse(event.at) >= startedMs - 60_000) out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
+      if (Date.parse(event.at) < startedMs - 60_000) continue;
+      out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
+      if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= startedMs - 1_000) throw new Error(event.reason);
     }
     const line = cluster === null ? 'gone' : describe(cluster);
     if (line !== lastLine) out.progress(`${elapsed}  ${line}`);
@@ -50,6 +54,7 @@ function printCluster(out: Output, cluster: ClusterView): void {
   if (out.json) return out.result(cluster);
   out.line(`${cluster.name} (${cluster.id})  ${cluster.state}`);
   out.line(`  size ${cluster.size}, ${cluster.replicas} replica(s), ${cluster.storageGb} GB, Postgres ${cluster.version}`);
+  out.line(`  durability ${cluster.durability}${cluster.replication === null ? '' : `, commits now ${cluster.replication === 'sync' ? 'wait for a replica' : 'do not wait for a replica'}`}`);
   if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
   if (cluster.readOnlyUri) out.line(`  readOnlyUri   ${cluster.readOnlyUri}`);
   if (cluster.error) out.line(`  error         ${cluster.error}`);
@@ -77,10 +82,11 @@ export function registerClusterCommands(program: Command, connect: () => Promise
     .option('--size <size>', 'instance size: micro, small, medium, large', 'small')
     .option('--storage-gb <gb>', 'storage per instance in GB', '10')
     .option('--version <major>', 'Postgres major version (default: newest installed)')
+    .option('--durability <mode>', 'sync (default with replicas), sync-strict or async (default without)')
     .option('--wait', 'wait until the cluster is running, showing each step')
     .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { replicas: string; size: string; storageGb: string; version?: string; wait?: boolean; timeout: number }) => {
+    .action(async (name: string, options: { replicas: string; size: string; storageGb: string; version?: string; durability?: string; wait?: boolean; timeout: number }) => {
       const { client, out } = await connect();
       const body = {
         name,
@@ -88,6 +94,7 @@ export function registerClusterCommands(program: Command, connect: () => Promise
         size: options.size,
         storageGb: numberOrText(options.storageGb),
         ...(options.version === undefined ? {} : { version: numberOrText(options.version) }),
+        ...(options.durability === undefined ? {} : { durability: options.durability }),
       };
       const created = await client.request<ClusterView>('POST', '/v1/clusters', body);
       if (!options.wait || created.state === 'running') return printCluster(out, created);
@@ -120,6 +127,32 @@ export function registerClusterCommands(program: Command, connect: () => Promise
     });
 
   clusters
+    .command('failover <name>')
+    .description('fail over now: fence the primary and promote the most advanced replica')
+    .option('--force', 'promote even a replica that lags past the limit (writes may be lost)')
+    .option('--wait', 'wait until the new primary takes writes, showing each step')
+    .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { force?: boolean; wait?: boolean; timeout: number }) => {
+      const { client, out } = await connect();
+      const before = await client.request<ClusterView>('POST', `/v1/clusters/${encodeURIComponent(name)}/failover`, { force: options.force === true });
+      await finishRoleChange(client, out, before, 'failover', options);
+    });
+
+  clusters
+    .command('switchover <name>')
+    .description('move the primary role to a replica gracefully: new connections wait, none fail')
+    .option('--to <instance>', 'the replica to promote (default: the most advanced streaming one)')
+    .option('--wait', 'wait until the new primary takes writes, showing each step')
+    .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { to?: string; wait?: boolean; timeout: number }) => {
+      const { client, out } = await connect();
+      const before = await client.request<ClusterView>('POST', `/v1/clusters/${encodeURIComponent(name)}/switchover`, options.to === undefined ? {} : { to: options.to });
+      await finishRoleChange(client, out, before, 'switchover', options);
+    });
+
+  clusters
     .command('delete <name>')
     .description('delete a cluster: stop its servers and remove their data')
     .option('--wait', 'wait until every instance is gone')
@@ -133,6 +166,20 @@ export function registerClusterCommands(program: Command, connect: () => Promise
       if (out.json) return out.result(gone ?? { ...deleting, state: 'deleted' });
       out.line(`${deleting.name}: deleted`);
     });
+}
+
+const primaryOf = (cluster: ClusterView | null): string | undefined => cluster?.instances.find((instance) => instance.role === 'primary')?.id;
+
+/** Prints the request's outcome, or waits until another instance is the primary and the cluster runs. */
+async function finishRoleChange(client: ApiClient, out: Output, before: ClusterView, what: string, options: { wait?: boolean; timeout: number }): Promise<void> {
+  if (!options.wait) return out.json ? out.result(before) : out.line(`${before.name}: ${what} requested (watch with \`cellar clusters show ${before.name}\`)`);
+  out.progress(`${what} of ${before.name} from ${primaryOf(before) ?? '?'}`);
+  const after = await waitFor(client, out, before.id, {
+    until: (cluster) => cluster?.state === 'running' && primaryOf(cluster) !== primaryOf(before),
+    timeoutSeconds: options.timeout,
+    abortOn: /^(switchover refused|switchover called off|cannot fail over|automatic failover is off)/,
+  });
+  if (after) printCluster(out, after);
 }
 
 /** Leaves non-numbers as text so the API, not the CLI, names the field and its limit. */

@@ -10,7 +10,7 @@ import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
 import { newId, randomToken } from '../lib/ids.js';
-import { type ClusterSpec, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
+import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
 import { clusterMachine } from '../machines/cluster.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
@@ -76,7 +76,13 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
 }
 
 function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): WarmPoolPorts {
-  const spec: ClusterSpec = { size: defaultSize, replicas: defaultReplicas, storageGb: defaultStorageGb, pgVersion: Math.max(...dataPlane.versions()) };
+  const spec: ClusterSpec = {
+    size: defaultSize,
+    replicas: defaultReplicas,
+    storageGb: defaultStorageGb,
+    pgVersion: Math.max(...dataPlane.versions()),
+    durability: defaultDurability(defaultReplicas),
+  };
   return { store: new PgWarmPoolStore(pool), target: () => config.warmPoolSize, spec };
 }
 
@@ -91,6 +97,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     random: systemRandom,
     store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax),
     dataPlane,
+    ha: config.ha,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
   const engine = new Engine({

@@ -54,7 +54,15 @@ export interface InstanceStatus {
   readonly lsn: string | undefined;
   /** Replica only: the WAL receiver is connected and streaming. */
   readonly streaming: boolean | undefined;
+  /**
+   * How far this server's WAL goes: a primary's current LSN; a replica's last WAL received and
+   * flushed (what it will have replayed once promoted), else its replay LSN.
+   */
+  readonly receiveLsn: string | undefined;
 }
+
+/** How the old primary came back as a replica after a failover or switchover. */
+export type RejoinMethod = 'rewound' | 'cloned';
 
 export interface DataPlane {
   /** Lists the Postgres major versions the driver has binaries for. */
@@ -65,11 +73,30 @@ export interface DataPlane {
   createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void>;
   /** Starts the server detached (it outlives the control plane) and waits until it accepts. */
   start(spec: InstanceSpec): Promise<void>;
-  /** Fast shutdown, bounded; no-op if not running. */
-  stop(instanceId: InstanceId): Promise<void>;
+  /**
+   * Fast shutdown (a clean stop: connected replicas receive all WAL first), bounded; `immediate`
+   * skips the checkpoint, for fencing a primary being failed away from. No-op if not running.
+   */
+  stop(instanceId: InstanceId, mode?: 'fast' | 'immediate'): Promise<void>;
   status(spec: InstanceSpec): Promise<InstanceStatus>;
+  /** Cheap: whether the postmaster process exists (no connection). Probed often to detect a crash fast. */
+  alive(instanceId: InstanceId): Promise<boolean>;
   /** Removes the slot from an upstream; no-op if the upstream or the slot is gone. */
   dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void>;
+  /** Ends recovery and waits until the server accepts writes; no-op on a primary. */
+  promote(spec: InstanceSpec): Promise<void>;
+  /** A running replica streams from `upstream` from now on: its slot is reserved there, config reloaded. */
+  follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void>;
+  /**
+   * A stopped former primary becomes a replica of `upstream`: pg_rewind after crash recovery and a
+   * checkpoint on the upstream, falling back to a fresh clone. Leaves it stopped, ready to start.
+   */
+  rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod>;
+  /**
+   * On a primary: a commit waits until any one of these replicas (instance ids) has flushed it;
+   * empty means commits do not wait. Takes effect at once (reload); blocked commits are released.
+   */
+  setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void>;
   /** Stops the server and removes everything on disk for this instance; no-op if gone. */
   destroy(instanceId: InstanceId): Promise<void>;
 }

@@ -312,7 +312,8 @@ function eventFor(row: MachineRow, outcome: Outcome<string, MachineData> | Error
     case 'fail':
       return { ...common, to: failedLabel, reason: outcome.reason };
     case 'nap':
-      return null;
+      // A nap with a reason is a change worth a line in the timeline (e.g. durability dropped to async).
+      return outcome.reason === undefined ? null : { ...common, to: row.label, reason: outcome.reason };
   }
 }
 

@@ -8,6 +8,7 @@ export const errorCatalogue = {
   CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known.' },
   CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
+  CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },
   CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
 } as const;
 

@@ -28,4 +28,27 @@ export interface ClusterSpec {
   readonly replicas: number;
   readonly storageGb: number;
   readonly pgVersion: number;
+  readonly durability?: Durability;
+}
+
+/**
+ * How a commit is made durable. `sync`: a commit returns once a replica has it, dropping to async
+ * (with an event) while no replica is healthy; `sync-strict`: never drops, commits wait instead;
+ * `async`: the primary alone.
+ */
+export const durabilities = ['sync', 'sync-strict', 'async'] as const;
+export type Durability = (typeof durabilities)[number];
+
+export function isDurability(value: string): value is Durability {
+  return (durabilities as readonly string[]).includes(value);
+}
+
+/** `sync` when there is a replica to be synchronous with, else `async`. */
+export function defaultDurability(replicas: number): Durability {
+  return replicas > 0 ? 'sync' : 'async';
+}
+
+/** The spec's durability; specs written before it existed take the default. */
+export function durabilityOf(spec: ClusterSpec): Durability {
+  return spec.durability ?? defaultDurability(spec.replicas);
 }

@@ -1,20 +1,53 @@
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
-import type { ClusterId } from '../lib/ids.js';
-import { instanceKind, instancePhase } from './instance.js';
-import type { InstanceRecord, MachinePorts } from './ports.js';
+import { assert } from '../lib/assert.js';
+import type { ClusterId, InstanceId } from '../lib/ids.js';
+import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
+import { type Durability, durabilityOf } from '../lib/sizes.js';
+import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
+import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
 
 /**
  * A cluster: one primary and `replicas` replicas. It creates its instances, waits for them to
- * serve, then watches; on `destroy` it tears them down and waits until they are gone.
+ * serve, then watches them: it keeps the primary's synchronous standbys in step with the healthy
+ * replicas, replaces failed replicas, and moves the primary role.
+ *
+ * Failover (the primary is lost): fence → pick → promote → repoint → route → rejoin.
+ * Switchover (asked for): pause → catchUp → stopPrimary → promote → repoint → route → rejoin.
+ * Every step is idempotent, so a control plane that dies half-way finishes after restart.
  */
-export const clusterLabels = ['start', 'waitInstances', 'running', 'destroy', 'waitDestroyed'] as const;
+export const clusterLabels = [
+  'start', 'waitInstances', 'running',
+  'fence', 'pick', 'pause', 'catchUp', 'stopPrimary', 'promote', 'repoint', 'route', 'rejoin',
+  'destroy', 'waitDestroyed',
+] as const;
 export type ClusterLabel = (typeof clusterLabels)[number];
-export type ClusterData = Record<string, unknown>;
+
+export interface ClusterData extends Record<string, unknown> {
+  readonly op?: 'failover' | 'switchover';
+  readonly oldPrimaryId?: string;
+  readonly candidateId?: string;
+  /** Promote a replica even if it lags past the limit (a human asked). */
+  readonly force?: boolean;
+  /** Clock time the current wait began (catch-up, rejoin). */
+  readonly sinceMs?: number;
+  /** The synchronous standbys last written to the primary; absent until first written. */
+  readonly syncStandbys?: readonly string[];
+  /** The last reason a nap announced, so that a repeated condition makes one event, not one per tick. */
+  readonly announced?: string;
+}
 
 export const clusterKind = 'cluster';
 /** Instances nudge the cluster when they change, so these naps are only a backstop. */
 export const provisioningNapMs = 1_000;
 export const watchNapMs = 5_000;
+/** Switchover: poll the target's LSN this often; stop the primary once it is this close. */
+export const catchUpPollMs = 10;
+export const catchUpLagBytesMax = 1024 * 1024;
+/** Failover: how often to look again when no replica can be promoted. */
+export const pickRetryMs = 500;
+/** How long the cluster waits for its old primary to stream again before carrying on without it. */
+export const rejoinWaitMsMax = 120_000;
+export const rejoinPollMs = 100;
 const stepTimeoutMs = 30_000;
 
 type Context = StepContext<ClusterLabel, ClusterData, MachinePorts>;
@@ -22,6 +55,7 @@ type Result = Outcome<ClusterLabel, ClusterData>;
 
 const clusterIdOf = (context: Context): ClusterId => context.machine.entityId as ClusterId;
 const destroyRequested = (context: Context): boolean => context.signals.has('destroy');
+const nowMs = (context: Context): number => context.ports.clock.nowMs();
 
 async function start(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
@@ -38,6 +72,10 @@ function isServing(instance: InstanceRecord): boolean {
   return instance.machineLabel === 'running';
 }
 
+function isStreamingReplica(instance: InstanceRecord): boolean {
+  return instance.role === 'replica' && !instance.fenced && instance.machineLabel === 'running' && instance.observed.streaming === true;
+}
+
 async function waitInstances(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const instances = await context.ports.store.instances(clusterIdOf(context));
@@ -49,9 +87,257 @@ async function waitInstances(context: Context): Promise<Result> {
   return nap(provisioningNapMs);
 }
 
+/** A nap that records `reason` as an event the first time it is given, not on every tick. */
+function announce(context: Context, ms: number, reason: string, consume: readonly string[] = []): Result {
+  const data = { ...context.machine.data, announced: reason };
+  if (context.machine.data.announced === reason) return nap(ms, { data, consume });
+  return nap(ms, { data, consume, reason });
+}
+
+function withoutAnnouncement(data: ClusterData): ClusterData {
+  const { announced: _announced, ...rest } = data;
+  return rest;
+}
+
+function primaryOf(instances: readonly InstanceRecord[]): InstanceRecord {
+  const primaries = instances.filter((instance) => instance.role === 'primary');
+  assert(primaries.length === 1, `a cluster has exactly one primary, found ${primaries.length}`);
+  return primaries[0] as InstanceRecord;
+}
+
 async function running(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
-  return nap(watchNapMs);
+  const { store } = context.ports;
+  const cluster = await store.cluster(clusterIdOf(context));
+  const instances = await store.instances(cluster.id);
+  const primary = primaryOf(instances);
+  if (context.signals.has('failover')) return beginFailover(context, primary, 'a failover was requested');
+  if (context.signals.has('switchover')) return beginSwitchover(context, cluster, instances, primary);
+  if (primary.machineLabel === 'down') return primaryLost(context, instances, primary);
+  const failedReplica = instances.find((instance) => instance.role === 'replica' && instance.machineLabel === 'failed');
+  if (failedReplica !== undefined) {
+    await store.replaceInstance(failedReplica.id, 'replica');
+    return nap(0, { reason: `replacing replica ${failedReplica.id} (${failedReplica.machineError ?? 'failed'}) with a fresh one` });
+  }
+  return maintainSync(context, cluster, instances, primary);
+}
+
+function beginFailover(context: Context, primary: InstanceRecord, why: string): Result {
+  const force = context.signals.has('force');
+  const data: ClusterData = { op: 'failover', oldPrimaryId: primary.id, force, sinceMs: nowMs(context) };
+  return hop('fence', { data, consume: ['failover', 'force'], reason: `${why}: failing over from ${primary.id}${force ? ' (forced)' : ''}` });
+}
+
+async function primaryLost(context: Context, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
+  const { store, ha } = context.ports;
+  const replicas = instances.filter((instance) => instance.role === 'replica' && !instance.fenced);
+  if (replicas.length === 0) {
+    await store.raiseSignal(instanceKind, primary.id, 'restart');
+    return announce(context, provisioningNapMs, 'the primary is down and there is no replica to fail over to: restarting it in place');
+  }
+  const recent = await store.failoversWithin(ha.failoverWindowMs);
+  if (recent >= ha.failoversMax) {
+    return announce(
+      context,
+      watchNapMs,
+      `automatic failover is off: ${recent} failovers in the cell within ${ha.failoverWindowMs} ms (limit ${ha.failoversMax}); a human must act: cellar clusters failover NAME`,
+    );
+  }
+  return beginFailover(context, primary, `primary ${primary.id} lost`);
+}
+
+async function beginSwitchover(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
+  const refused = (why: string): Result => announce(context, 0, `switchover refused: ${why}`, ['switchover']);
+  await context.ports.store.clearSwitchoverTarget(cluster.id);
+  const replicas = instances.filter(isStreamingReplica);
+  const target = cluster.switchoverTo === null ? mostAdvanced(replicas) : replicas.find((instance) => instance.id === cluster.switchoverTo);
+  if (primary.machineLabel !== 'running') return refused(`the primary ${primary.id} is not running`);
+  if (target === undefined) {
+    return refused(cluster.switchoverTo === null ? 'no replica is streaming' : `${cluster.switchoverTo} is not a streaming replica of this cluster`);
+  }
+  const data: ClusterData = { op: 'switchover', oldPrimaryId: primary.id, candidateId: target.id, syncStandbys: context.machine.data.syncStandbys ?? [] };
+  return hop('pause', { data, consume: ['switchover'], reason: `switchover from ${primary.id} to ${target.id}` });
+}
+
+function mostAdvanced(replicas: readonly InstanceRecord[]): InstanceRecord | undefined {
+  const lsnOf = (instance: InstanceRecord): bigint => lsnToBigInt(instance.observed.receiveLsn ?? instance.observed.lsn ?? '0/0');
+  return [...replicas].sort((a, b) => (lsnOf(b) > lsnOf(a) ? 1 : lsnOf(b) < lsnOf(a) ? -1 : 0))[0];
+}
+
+/** The replicas a commit waits for, per durability. */
+export function desiredSyncStandbys(durability: Durability, instances: readonly InstanceRecord[]): string[] {
+  if (durability === 'async') return [];
+  const replicas = instances.filter((instance) => instance.role === 'replica');
+  // sync-strict names every replica, serving or not: commits wait rather than go unreplicated.
+  const chosen = durability === 'sync-strict' ? replicas : replicas.filter(isStreamingReplica);
+  return chosen.map((instance) => instance.id).sort();
+}
+
+function syncChange(durability: Durability, before: readonly string[] | undefined, after: readonly string[]): string {
+  if (after.length > 0) return `commits wait for a replica (${durability}): any of ${after.join(', ')}`;
+  if (durability === 'async') return 'commits do not wait for a replica (async)';
+  return before === undefined || before.length === 0
+    ? 'no replica is streaming: commits do not wait for one (sync has dropped to async)'
+    : `no replica is streaming: commits no longer wait for one (sync has dropped to async; it returns when a replica streams)`;
+}
+
+async function maintainSync(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
+  if (primary.machineLabel !== 'running') return nap(watchNapMs);
+  const durability = durabilityOf(cluster.spec);
+  const desired = desiredSyncStandbys(durability, instances);
+  const before = context.machine.data.syncStandbys;
+  if (before !== undefined && before.join(',') === desired.join(',')) return nap(watchNapMs);
+  await context.ports.dataPlane.setSynchronousStandbys(instanceSpec(cluster, primary), desired);
+  return nap(watchNapMs, { data: { syncStandbys: desired }, reason: syncChange(durability, before, desired) });
+}
+
+async function load(context: Context, id: string | undefined): Promise<InstanceRecord> {
+  assert(id !== undefined, `cluster machine ${context.machine.id} in ${context.machine.label} lacks an instance id in its data`);
+  const instance = await context.ports.store.instance(id as InstanceId);
+  assert(instance !== null, `instance ${id} of cluster ${context.machine.entityId} is gone`);
+  return instance;
+}
+
+/** Failover: the proxy stops routing to the old primary first, then it is stopped if it still runs. */
+async function fence(context: Context): Promise<Result> {
+  const oldPrimaryId = context.machine.data.oldPrimaryId as InstanceId;
+  await context.ports.store.setFenced(oldPrimaryId, true);
+  await context.ports.dataPlane.stop(oldPrimaryId, 'immediate');
+  return hop('pick', { reason: `${oldPrimaryId} fenced: out of the routes and stopped` });
+}
+
+/** The most advanced healthy replica, by WAL received; one lagging past the limit only when forced. */
+async function pick(context: Context): Promise<Result> {
+  const { store, dataPlane, ha } = context.ports;
+  const data = context.machine.data;
+  const force = data.force === true || context.signals.has('force');
+  const cluster = await store.cluster(clusterIdOf(context));
+  const old = await load(context, data.oldPrimaryId);
+  const replicas = (await store.instances(cluster.id)).filter((instance) => instance.role === 'replica' && !instance.fenced && instance.id !== old.id);
+  const observed = await Promise.all(replicas.map(async (instance) => ({ instance, status: await dataPlane.status(instanceSpec(cluster, instance)) })));
+  const healthy = observed.filter(({ status }) => status.accepting && status.receiveLsn !== undefined);
+  const eligible = healthy.filter(({ status }) => force || (lagBytes(old.observed.lsn, status.receiveLsn) ?? 0) <= ha.failoverLagBytesMax);
+  const best = eligible.sort((a, b) => compareLsn(b.status.receiveLsn, a.status.receiveLsn))[0];
+  if (best === undefined) {
+    const why = healthy.length === 0 ? 'no replica is serving' : `every serving replica lags more than ${ha.failoverLagBytesMax} bytes behind the lost primary`;
+    return announce(context, pickRetryMs, `cannot fail over yet: ${why}; cellar clusters failover NAME --force promotes the most advanced one`);
+  }
+  await store.recordObserved(best.instance.id, best.status);
+  const lag = lagBytes(old.observed.lsn, best.status.receiveLsn) ?? 0;
+  return hop('promote', { data: { ...withoutAnnouncement(data), candidateId: best.instance.id, force }, consume: ['force'], reason: `promoting ${best.instance.id}: received up to ${best.status.receiveLsn} (${lag} bytes behind the last LSN seen on the old primary)` });
+}
+
+function compareLsn(a: string | undefined, b: string | undefined): number {
+  const left = lsnToBigInt(a ?? '0/0');
+  const right = lsnToBigInt(b ?? '0/0');
+  return left > right ? 1 : left < right ? -1 : 0;
+}
+
+/** Switchover: new connections wait in the proxy instead of reaching the primary being replaced. */
+async function pause(context: Context): Promise<Result> {
+  await context.ports.store.setRoutePaused(clusterIdOf(context), true);
+  return hop('catchUp', { data: { ...context.machine.data, sinceMs: nowMs(context) }, reason: 'route paused: new connections wait' });
+}
+
+/** Switchover: the target replays up to (nearly) the primary's LSN; the clean stop ships the rest. */
+async function catchUp(context: Context): Promise<Result> {
+  const { store, dataPlane, ha } = context.ports;
+  const data = context.machine.data;
+  const cluster = await store.cluster(clusterIdOf(context));
+  const [old, target] = [await load(context, data.oldPrimaryId), await load(context, data.candidateId)];
+  const [primaryStatus, targetStatus] = [await dataPlane.status(instanceSpec(cluster, old)), await dataPlane.status(instanceSpec(cluster, target))];
+  const lag = lagBytes(primaryStatus.lsn, targetStatus.lsn);
+  if (primaryStatus.accepting && targetStatus.streaming === true && lag !== null && lag <= catchUpLagBytesMax) {
+    return hop('stopPrimary', { reason: `${target.id} is ${lag} bytes behind: stopping the old primary` });
+  }
+  const waitedMs = nowMs(context) - (data.sinceMs ?? nowMs(context));
+  if (waitedMs > ha.switchoverCatchUpMsMax) {
+    await store.setRoutePaused(cluster.id, false);
+    return hop('running', {
+      data: { syncStandbys: data.syncStandbys ?? [] },
+      reason: `switchover called off: ${target.id} did not catch up within ${ha.switchoverCatchUpMsMax} ms (lag ${lag ?? 'unknown'} bytes, streaming ${String(targetStatus.streaming)}); route resumed`,
+    });
+  }
+  return nap(catchUpPollMs);
+}
+
+/** Switchover: a clean (fast) shutdown sends every last WAL record to the connected replicas. */
+async function stopPrimary(context: Context): Promise<Result> {
+  const oldPrimaryId = context.machine.data.oldPrimaryId as InstanceId;
+  await context.ports.store.setFenced(oldPrimaryId, true);
+  await context.ports.dataPlane.stop(oldPrimaryId, 'fast');
+  return hop('promote', { reason: `${oldPrimaryId} stopped cleanly` });
+}
+
+async function promote(context: Context): Promise<Result> {
+  const { store, dataPlane } = context.ports;
+  const cluster = await store.cluster(clusterIdOf(context));
+  const candidate = await load(context, context.machine.data.candidateId);
+  const spec = instanceSpec(cluster, candidate);
+  await dataPlane.promote(spec);
+  const status = await dataPlane.status(spec);
+  assert(status.inRecovery === false, `${candidate.id} is still in recovery after promote`);
+  await store.recordObserved(candidate.id, status);
+  return hop('repoint', { reason: `${candidate.id} promoted: accepting writes on timeline ${status.timeline ?? '?'}` });
+}
+
+/** The other replicas stream from the new primary (each gets its slot there). */
+async function repoint(context: Context): Promise<Result> {
+  const { store, dataPlane } = context.ports;
+  const data = context.machine.data;
+  const cluster = await store.cluster(clusterIdOf(context));
+  const candidate = await load(context, data.candidateId);
+  assert(candidate.port !== null, `new primary ${candidate.id} has no port`);
+  const others = (await store.instances(cluster.id)).filter(
+    (instance) => instance.role === 'replica' && instance.id !== candidate.id && instance.id !== data.oldPrimaryId && hasDataDirectory(instance),
+  );
+  for (const replica of others) {
+    await dataPlane.follow(instanceSpec(cluster, replica), { host: '127.0.0.1', port: candidate.port, slotName: slotNameFor(replica.id) });
+  }
+  return hop('route', { reason: others.length === 0 ? 'no other replica to repoint' : `${others.map((replica) => replica.id).join(', ')} now follow ${candidate.id}` });
+}
+
+function hasDataDirectory(instance: InstanceRecord): boolean {
+  return ['starting', 'waitReady', 'running', 'down'].includes(instance.machineLabel);
+}
+
+/** Writes go to the new primary (one transaction; the proxy is told at once); the old one is asked to rejoin. */
+async function route(context: Context): Promise<Result> {
+  const { store, dataPlane } = context.ports;
+  const data = context.machine.data;
+  const cluster = await store.cluster(clusterIdOf(context));
+  const candidate = await load(context, data.candidateId);
+  const oldPrimaryId = data.oldPrimaryId as InstanceId;
+  const durability = durabilityOf(cluster.spec);
+  // sync-strict: the new primary waits for a replica before its first routed commit; sync starts
+  // async (nothing streams from it yet) and returns to sync when a replica does.
+  const remaining = (await store.instances(cluster.id)).filter((instance) => instance.id !== candidate.id);
+  const standbys = durability === 'sync-strict' ? remaining.map((instance) => instance.id).sort() : [];
+  await dataPlane.setSynchronousStandbys(instanceSpec(cluster, candidate), standbys);
+  await store.swapPrimary(cluster.id, candidate.id);
+  await store.raiseSignal(instanceKind, oldPrimaryId, 'rejoin');
+  const wait = durability === 'sync' ? '; commits do not wait for a replica until one streams from it' : '';
+  return hop('rejoin', {
+    data: { ...data, sinceMs: nowMs(context), syncStandbys: standbys },
+    reason: `writes now go to ${candidate.id}${data.op === 'switchover' ? ', route resumed' : ''}${wait}`,
+  });
+}
+
+/** The old primary comes back as a streaming replica (bounded wait; the cluster carries on either way). */
+async function rejoin(context: Context): Promise<Result> {
+  const { store } = context.ports;
+  const data = context.machine.data;
+  const old = await store.instance(data.oldPrimaryId as InstanceId);
+  const keep: ClusterData = { syncStandbys: data.syncStandbys ?? [] };
+  if (old === null) return hop('running', { data: keep, reason: 'the old primary was deleted' });
+  if (old.machineLabel === 'running') return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica` });
+  if (old.machineLabel === 'failed') return hop('running', { data: keep, reason: `${old.id} could not rejoin (${old.machineError ?? 'failed'}); it will be replaced` });
+  const primary = primaryOf(await store.instances(clusterIdOf(context)));
+  if (primary.machineLabel === 'down') return hop('running', { data: keep, reason: 'the new primary was lost too' });
+  if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > rejoinWaitMsMax) {
+    return hop('running', { data: keep, reason: `${old.id} is still rejoining after ${rejoinWaitMsMax} ms; carrying on without waiting` });
+  }
+  return nap(rejoinPollMs);
 }
 
 async function destroy(context: Context): Promise<Result> {
@@ -76,16 +362,26 @@ export const clusterMachine: MachineDefinition<ClusterLabel, ClusterData, Machin
   transitions: {
     start: ['waitInstances', 'destroy'],
     waitInstances: ['running', 'destroy'],
-    running: ['destroy'],
+    running: ['fence', 'pause', 'destroy'],
+    fence: ['pick'],
+    pick: ['promote'],
+    pause: ['catchUp'],
+    catchUp: ['stopPrimary', 'running'],
+    stopPrimary: ['promote'],
+    promote: ['repoint'],
+    repoint: ['route'],
+    route: ['rejoin'],
+    rejoin: ['running'],
     destroy: ['waitDestroyed'],
     waitDestroyed: [],
   },
-  steps: { start, waitInstances, running, destroy, waitDestroyed },
+  steps: { start, waitInstances, running, fence, pick, pause, catchUp, stopPrimary, promote, repoint, route, rejoin, destroy, waitDestroyed },
+  // Watching is normal lane (instances wake the cluster when they change); everything else is urgent.
   lane: (label) => (label === 'running' ? 'normal' : 'high'),
   stepTimeoutMs: () => stepTimeoutMs,
 };
 
-/** The human phase of a cluster (creating, running, degraded, deleting, deleted, failed). */
+/** The human phase of a cluster (creating, running, degraded, failing-over, …). */
 export function clusterPhase(machineLabel: string, machineDone: boolean, instances: readonly InstanceRecord[]): string {
   switch (machineLabel) {
     case 'start':
@@ -93,6 +389,19 @@ export function clusterPhase(machineLabel: string, machineDone: boolean, instanc
       return 'creating';
     case 'running':
       return instances.every((instance) => instancePhase(instance) === 'running') ? 'running' : 'degraded';
+    case 'fence':
+    case 'pick':
+      return 'failing-over';
+    case 'pause':
+    case 'catchUp':
+    case 'stopPrimary':
+      return 'switching-over';
+    case 'promote':
+    case 'repoint':
+    case 'route':
+      return 'promoting';
+    case 'rejoin':
+      return 'rejoining';
     case 'destroy':
       return 'deleting';
     case 'waitDestroyed':

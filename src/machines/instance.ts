@@ -8,13 +8,21 @@ import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
 /**
  * One Postgres server: allocate a port, create the data directory (initdb or clone from the
  * primary), start it, wait until it serves (a replica: streams), then probe it on the high lane.
+ * A lost replica is restarted in place; a lost primary (or any fenced instance) waits in `down`
+ * for its cluster to decide: fail over (then `rejoin` as a replica) or restart it.
  */
-export const instanceLabels = ['start', 'create', 'starting', 'waitReady', 'running', 'destroy'] as const;
+export const instanceLabels = ['start', 'create', 'starting', 'waitReady', 'running', 'down', 'rejoin', 'destroy'] as const;
 export type InstanceLabel = (typeof instanceLabels)[number];
 
 export interface InstanceData extends Record<string, unknown> {
   /** Clock time the current wait for readiness began; bounds it. */
   readonly waitSinceMs?: number;
+  /** Clock time of the last full probe (a query); the process check in between is cheaper. */
+  readonly lastProbeMs?: number;
+  /** Full probes in a row that found the process but could not query it. */
+  readonly failedProbes?: number;
+  /** Clock time the server stopped serving; an instance dead longer than the limit fails. */
+  readonly downSinceMs?: number;
 }
 
 export const instanceKind = 'instance';
@@ -24,7 +32,10 @@ const clusterKindName = 'cluster';
 export const readyPollMs = 25;
 export const readyWaitMsMax = 120_000;
 export const replicaWaitForPrimaryMs = 250;
+/** A full probe (connect and query) this often; it records LSNs, lag and recovery state. */
 export const probeIntervalMs = 1_000;
+/** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
+export const livenessIntervalMs = 200;
 const createTimeoutMs = 15 * 60_000;
 const defaultStepTimeoutMs = 60_000;
 
@@ -57,7 +68,7 @@ async function load(context: Context): Promise<{ cluster: ClusterRecord; instanc
 async function primaryUpstream(context: Context, instance: InstanceRecord): Promise<UpstreamRef | null> {
   const siblings = await context.ports.store.instances(instance.clusterId);
   const primary = siblings.find((sibling) => sibling.role === 'primary');
-  if (primary === undefined || primary.port === null || primary.machineLabel !== 'running') return null;
+  if (primary === undefined || primary.port === null || primary.machineLabel !== 'running' || primary.fenced) return null;
   return { host: '127.0.0.1', port: primary.port, slotName: slotNameFor(instance.id) };
 }
 
@@ -91,8 +102,15 @@ async function create(context: Context): Promise<Result> {
 async function starting(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
+  // A fenced old primary must never come back as a primary: only rejoin may start it.
+  if (instance.fenced) return hop('down', { reason: 'fenced by its cluster: not started' });
+  const now = context.ports.clock.nowMs();
+  const downSinceMs = context.machine.data.downSinceMs;
+  if (downSinceMs !== undefined && now - downSinceMs > context.ports.ha.replicaDeadMsMax) {
+    return fail(`not serving for more than ${context.ports.ha.replicaDeadMsMax} ms; its cluster replaces it`);
+  }
   await context.ports.dataPlane.start(instanceSpec(cluster, instance));
-  return hop('waitReady', { data: { waitSinceMs: context.ports.clock.nowMs() }, reason: 'server started' });
+  return hop('waitReady', { data: { ...context.machine.data, waitSinceMs: now }, reason: 'server started' });
 }
 
 async function waitReady(context: Context): Promise<Result> {
@@ -102,7 +120,7 @@ async function waitReady(context: Context): Promise<Result> {
   await context.ports.store.recordObserved(instance.id, status);
   if (isReady(instance, status)) {
     const reason = instance.role === 'primary' ? 'accepting writes' : 'streaming from the primary';
-    return hop('running', { data: {}, reason, wake: await wakeOnReady(context, instance) });
+    return hop('running', { data: { lastProbeMs: context.ports.clock.nowMs() }, reason, wake: await wakeOnReady(context, instance) });
   }
   const waitedMs = context.ports.clock.nowMs() - (context.machine.data.waitSinceMs ?? context.ports.clock.nowMs());
   if (waitedMs > readyWaitMsMax) return fail(`not ready after ${readyWaitMsMax} ms (running=${status.running}, accepting=${status.accepting})`);
@@ -118,13 +136,64 @@ async function wakeOnReady(context: Context, instance: InstanceRecord): Promise<
   return [cluster, ...siblings.filter((sibling) => sibling.id !== instance.id).map((sibling) => ({ kind: instanceKind, entityId: sibling.id }))];
 }
 
+const clusterOf = (instance: InstanceRecord): MachineRef => ({ kind: clusterKindName, entityId: instance.clusterId });
+
+/**
+ * Health: the process check every tick (a process that is gone is a definite signal), a full
+ * probe every second (a server that cannot be queried counts only after N probes in a row).
+ * Any change a cluster acts on (serving, streaming, recovery) wakes the cluster at once.
+ */
 async function running(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
-  const status = await context.ports.dataPlane.status(instanceSpec(cluster, instance));
-  await context.ports.store.recordObserved(instance.id, status);
-  if (!status.running) return hop('starting', { reason: 'server process is gone; starting it again' });
+  const { dataPlane, store, clock, ha } = context.ports;
+  if (!(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
+  const now = clock.nowMs();
+  const data = context.machine.data;
+  if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) return nap(livenessIntervalMs);
+  const status = await dataPlane.status(instanceSpec(cluster, instance));
+  await store.recordObserved(instance.id, status);
+  const wake = healthChanged(instance.observed, status) ? [clusterOf(instance)] : [];
+  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0 }, wake });
+  const failedProbes = (data.failedProbes ?? 0) + 1;
+  if (instance.role === 'primary' && failedProbes >= ha.unreachableProbesMax) {
+    return lost(context, instance, `cannot be queried: ${failedProbes} probes in a row failed`);
+  }
+  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes }, wake });
+}
+
+function healthChanged(before: Partial<InstanceStatus>, after: InstanceStatus): boolean {
+  return before.accepting !== after.accepting || before.streaming !== after.streaming || before.inRecovery !== after.inRecovery;
+}
+
+/** A replica is restarted in place; a primary, or a fenced instance, waits for its cluster. */
+function lost(context: Context, instance: InstanceRecord, why: string): Result {
+  const data = { downSinceMs: context.ports.clock.nowMs() };
+  const wake = [clusterOf(instance)];
+  if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next` });
+  return hop('starting', { data, wake, reason: `${why}; starting it again` });
+}
+
+/** Waits for the cluster: `rejoin` after a failover or switchover, `restart` when there is no one to fail over to. */
+async function down(context: Context): Promise<Result> {
+  if (destroyRequested(context)) return hop('destroy');
+  if (context.signals.has('rejoin')) return hop('rejoin', { consume: ['rejoin'], reason: 'rejoining as a replica of the new primary' });
+  if (context.signals.has('restart')) return hop('starting', { consume: ['restart'], data: {}, reason: 'its cluster restarts it in place' });
   return nap(probeIntervalMs);
+}
+
+/** The old primary becomes a replica of the new one: rewound (or cloned afresh), then started. */
+async function rejoin(context: Context): Promise<Result> {
+  if (destroyRequested(context)) return hop('destroy');
+  const { cluster, instance } = await load(context);
+  assert(instance.role === 'replica', `instance ${instance.id} was asked to rejoin while it is the primary`);
+  const upstream = await primaryUpstream(context, instance);
+  if (upstream === null) return nap(replicaWaitForPrimaryMs);
+  const method = await context.ports.dataPlane.rejoin(instanceSpec(cluster, instance), upstream);
+  // Its data directory is now a standby's: safe to route to once it streams.
+  await context.ports.store.setFenced(instance.id, false);
+  const how = method === 'rewound' ? "rewound onto the new primary's timeline" : 'cloned afresh from the new primary (rewind was not possible)';
+  return hop('starting', { data: {}, reason: how });
 }
 
 async function destroy(context: Context): Promise<Result> {
@@ -156,15 +225,17 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
   transitions: {
     start: ['create', 'destroy'],
     create: ['starting', 'destroy'],
-    starting: ['waitReady', 'destroy'],
+    starting: ['waitReady', 'down', 'destroy'],
     waitReady: ['running', 'starting', 'destroy'],
-    running: ['starting', 'destroy'],
+    running: ['starting', 'down', 'destroy'],
+    down: ['starting', 'rejoin', 'destroy'],
+    rejoin: ['starting', 'destroy'],
     destroy: [],
   },
-  steps: { start, create, starting, waitReady, running, destroy },
+  steps: { start, create, starting, waitReady, running, down, rejoin, destroy },
   // Provisioning and health probes are latency-sensitive: everything an instance does is high lane.
   lane: () => 'high',
-  stepTimeoutMs: (label) => (label === 'create' ? createTimeoutMs : defaultStepTimeoutMs),
+  stepTimeoutMs: (label) => (label === 'create' || label === 'rejoin' ? createTimeoutMs : defaultStepTimeoutMs),
 };
 
 /** The phase a person sees for an instance, from its machine label and what was last observed. */
@@ -178,6 +249,10 @@ export function instancePhase(instance: Pick<InstanceRecord, 'machineLabel' | 'o
       return 'starting';
     case 'running':
       return instance.observed.accepting === false ? 'unreachable' : 'running';
+    case 'down':
+      return 'down';
+    case 'rejoin':
+      return 'rejoining';
     case 'destroy':
       return 'deleting';
     case 'failed':

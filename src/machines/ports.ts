@@ -1,3 +1,4 @@
+import type { HaSettings } from '../config.js';
 import type { ClusterSecrets, DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
 import type { Clock, Random } from '../lib/clock.js';
 import type { ClusterId, InstanceId } from '../lib/ids.js';
@@ -12,6 +13,8 @@ export interface ClusterRecord {
   readonly name: string;
   readonly spec: ClusterSpec;
   readonly secrets: ClusterSecrets;
+  /** The instance a requested switchover should promote; null lets the cluster pick. */
+  readonly switchoverTo: string | null;
 }
 
 export interface InstanceRecord {
@@ -20,6 +23,8 @@ export interface InstanceRecord {
   readonly ordinal: number;
   readonly role: Role;
   readonly port: number | null;
+  /** Never routed: an old primary between losing its role and rejoining as a replica. */
+  readonly fenced: boolean;
   readonly observed: Partial<InstanceStatus>;
   /** The instance machine's current label, and its last error if it failed. */
   readonly machineLabel: string;
@@ -41,6 +46,25 @@ export interface MachineStore {
   markClusterDeleted(clusterId: ClusterId): Promise<void>;
   /** Raises `destroy` on an entity's machine; a machine in `failed` is moved to `destroy` so it can clean up. */
   requestDestroy(kind: string, entityId: string): Promise<void>;
+  /** Raises a signal on an entity's machine and makes it due (idempotent). */
+  raiseSignal(kind: string, entityId: string, name: string): Promise<void>;
+  /** Fencing takes an instance out of the routes; the proxy is told at once. */
+  setFenced(instanceId: InstanceId, fenced: boolean): Promise<void>;
+  /** New connections wait (bounded) in the proxy instead of reaching an instance. */
+  setRoutePaused(clusterId: ClusterId, paused: boolean): Promise<void>;
+  /**
+   * In one transaction: `newPrimaryId` becomes the cluster's only primary, the old one a
+   * replica, the route resumes, and the proxy is told. Invariant 1 holds before and after.
+   */
+  swapPrimary(clusterId: ClusterId, newPrimaryId: InstanceId): Promise<void>;
+  clearSwitchoverTarget(clusterId: ClusterId): Promise<void>;
+  /**
+   * In one transaction: the instance's machine is moved to `destroy` and a fresh instance with a
+   * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).
+   */
+  replaceInstance(instanceId: InstanceId, role: Role): Promise<void>;
+  /** Automatic and manual failovers begun anywhere in the cell within the window (the breaker's count). */
+  failoversWithin(windowMs: number): Promise<number>;
 }
 
 export interface MachinePorts {
@@ -48,4 +72,5 @@ export interface MachinePorts {
   readonly random: Random;
   readonly store: MachineStore;
   readonly dataPlane: DataPlane;
+  readonly ha: HaSettings;
 }

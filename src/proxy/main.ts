@@ -10,8 +10,8 @@ import { RouteTable } from './routes.js';
 import { type ProxyTls, ProxyServer } from './server.js';
 import { SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
 
-/** The proxy process: its own pool of two store connections for routes, and the two listeners. */
-const proxyStorePoolSize = 2;
+/** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
+const proxyStorePoolSize = 3;
 export const routesSnapshotFile = 'routes.json';
 
 export interface RunningProxy {

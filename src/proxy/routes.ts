@@ -1,13 +1,15 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { lagBytes } from '../lib/lsn.js';
+import type { PoolClient } from 'pg';
 import type { Pool } from '../store/pool.js';
-import { type RouteRow, loadRoutes } from '../store/routes.js';
+import { type RouteRow, loadRoutes, routesChannel } from '../store/routes.js';
 
 /**
- * The proxy's cached routes. Polled from the store; when the store cannot be read the last good
- * table is kept (static stability), and it is also kept on disk so a restarted proxy can serve
- * before the store is back.
+ * The proxy's cached routes. Polled from the store, and re-read at once when the store notifies a
+ * change (failover, fencing, pause); when the store cannot be read the last good table is kept
+ * (static stability), and it is also kept on disk so a restarted proxy can serve before the store
+ * is back.
  */
 
 /** One high-lane tick: a new primary reaches the proxy within it. */
@@ -32,6 +34,9 @@ export class RouteTable {
   private storeHealthy = false;
   private inFlight: Promise<void> | null = null;
   private lastPollMs = 0;
+  /** A pooled connection held for LISTEN; null until connected, and again after it breaks. */
+  private listener: PoolClient | null = null;
+  private listening: Promise<void> | null = null;
 
   constructor(
     private readonly pool: Pool,
@@ -49,6 +54,34 @@ export class RouteTable {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+    this.dropListener();
+  }
+
+  /** One attempt per poll while not listening: a down store costs nothing more than the poll. */
+  private ensureListening(): void {
+    if (this.listener !== null || this.listening !== null || this.timer === null) return;
+    this.listening = this.listen().finally(() => (this.listening = null));
+  }
+
+  private async listen(): Promise<void> {
+    let client: PoolClient | null = null;
+    try {
+      client = await this.pool.connect();
+      client.on('notification', () => void this.refresh());
+      client.on('error', () => this.dropListener());
+      await client.query(`listen ${routesChannel}`);
+      if (this.timer === null) throw new Error('stopped');
+      this.listener = client;
+      // A change made while we were not listening is picked up by this read.
+      void this.refresh();
+    } catch {
+      client?.release(true);
+    }
+  }
+
+  private dropListener(): void {
+    this.listener?.release(true);
+    this.listener = null;
   }
 
   get size(): number {
@@ -93,6 +126,7 @@ export class RouteTable {
 
   private async poll(): Promise<void> {
     this.lastPollMs = performance.now();
+    this.ensureListening();
     try {
       this.apply(await loadRoutes(this.pool));
       this.storeHealthy = true;

@@ -91,6 +91,11 @@ interface ClusterState {
 
 const routeWaitPollMs = 25;
 
+/** Nothing listens there (yet): worth waiting for a new route rather than failing the client. */
+function isRefused(error: Error): boolean {
+  return (error as NodeJS.ErrnoException).code === 'ECONNREFUSED';
+}
+
 interface BackendKey {
   readonly port: number;
   readonly processId: number;
@@ -279,7 +284,7 @@ export class ProxyServer {
       state.connections -= 1;
       metrics.connections.labels(cluster, kind).dec();
     });
-    this.connectBackend(client, startup, resolution.target, buildStartupPacket(key.parameters), early, state);
+    this.connectBackend(client, startup, resolution.target, buildStartupPacket(key.parameters), early, state, deadlineMs);
   }
 
   /** Waits (bounded by the deadline) for the cluster's connection-rate bucket. */
@@ -310,14 +315,21 @@ export class ProxyServer {
     refuse(client, sqlState, message);
   }
 
-  private connectBackend(client: Socket, startup: ClientStartup, target: Target, startupPacket: Buffer, early: Buffer, state: ClusterState): void {
+  /**
+   * Connects to the routed instance. A refused connect before the deadline (a primary that just
+   * died, before the failover has re-routed) is retried against the freshest route instead of
+   * failing the client: during a failover new connections wait, like during a switchover.
+   */
+  private connectBackend(client: Socket, startup: ClientStartup, target: Target, startupPacket: Buffer, early: Buffer, state: ClusterState, deadlineMs: number): void {
     const backend = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
     this.track(backend);
     const connectTimer = setTimeout(() => backend.destroy(new Error('connect timeout')), backendConnectTimeoutMs);
     let started = false;
+    const dropBackend = () => backend.destroy();
     backend.once('connect', () => {
       clearTimeout(connectTimer);
       started = true;
+      backend.once('close', () => client.destroy());
       backend.write(startupPacket);
       if (early.length > 0) backend.write(early);
       this.relay(client, backend, target.clusterKey, 'in', state);
@@ -325,11 +337,29 @@ export class ProxyServer {
     });
     backend.on('error', (error) => {
       clearTimeout(connectTimer);
-      if (!started) this.refuse(client, target.clusterKey, 'unreachable', sqlStates.connectionFailure, `cannot reach the server of cluster "${target.clusterKey}": ${error.message}`);
-      else client.destroy();
+      if (started) return client.destroy();
+      client.off('close', dropBackend);
+      if (isRefused(error) && performance.now() < deadlineMs && !client.destroyed) {
+        void this.reconnectBackend(client, startup, target.clusterKey, startupPacket, early, state, deadlineMs);
+        return;
+      }
+      this.refuse(client, target.clusterKey, 'unreachable', sqlStates.connectionFailure, `cannot reach the server of cluster "${target.clusterKey}": ${error.message}`);
     });
-    backend.once('close', () => client.destroy());
-    client.once('close', () => backend.destroy());
+    client.once('close', dropBackend);
+  }
+
+  private async reconnectBackend(client: Socket, startup: ClientStartup, cluster: string, startupPacket: Buffer, early: Buffer, state: ClusterState, deadlineMs: number): Promise<void> {
+    await sleep(routeWaitPollMs);
+    let resolution = this.options.routes.resolve(cluster, startup.kind);
+    while (!('target' in resolution) && performance.now() < deadlineMs && !client.destroyed) {
+      await sleep(routeWaitPollMs);
+      resolution = this.options.routes.resolve(cluster, startup.kind);
+    }
+    if (client.destroyed) return;
+    if (!('target' in resolution)) {
+      return this.refuse(client, cluster, 'unavailable', sqlStates.cannotConnectNow, `cluster "${cluster}" has no instance accepting connections; gave up after ${this.options.limits.waitMsMax} ms`);
+    }
+    this.connectBackend(client, startup, resolution.target, startupPacket, early, state, deadlineMs);
   }
 
   /** Moves the byte counts gathered on the data path into the metrics; called before each scrape. */

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ClusterSecrets } from '../dataplane/dataplane.js';
-import { insertMachine } from '../engine/queries.js';
+import { insertMachine, raiseSignal } from '../engine/queries.js';
 import { CellarError } from '../lib/errors.js';
 import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
@@ -36,6 +36,8 @@ export interface ClusterSnapshot {
   readonly machineDone: boolean;
   readonly machineError: string | null;
   readonly destroyRequested: boolean;
+  /** The replicas the primary's commits currently wait for (any one); null before first set. */
+  readonly syncStandbys: readonly string[] | null;
   readonly instances: readonly InstanceRecord[];
   readonly events: readonly ClusterEvent[];
 }
@@ -53,10 +55,12 @@ interface ClusterRow {
   next_tick_at: Date | null;
   last_error: string | null;
   destroy_requested: boolean;
+  sync_standbys: string[] | null;
 }
 
 const clusterSelect = `
 select c.id, c.org_id, c.name, c.route_key, c.spec, c.secrets, c.created_at, c.deleted_at, m.label, m.next_tick_at, m.last_error,
+       m.data -> 'syncStandbys' as sync_standbys,
        exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy') as destroy_requested
   from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id`;
 
@@ -122,6 +126,7 @@ async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
     machineDone: row.next_tick_at === null && row.label !== 'failed',
     machineError: row.last_error,
     destroyRequested: row.destroy_requested,
+    syncStandbys: row.sync_standbys,
     instances,
     events,
   };
@@ -172,4 +177,15 @@ export async function cellCounts(db: Pool): Promise<CellCounts> {
   );
   const row = result.rows[0];
   return { clusters: row?.clusters ?? 0, instances: row?.instances ?? 0, machinesDue: row?.due ?? 0, machinesFailed: row?.failed ?? 0 };
+}
+
+/** Raises a signal on a cluster's machine (failover, switchover); `switchoverTo` is recorded first. */
+export async function requestClusterAction(db: Pool, clusterId: ClusterId, signals: readonly string[], switchoverTo: string | null = null): Promise<void> {
+  await inTransaction(db, async (client) => {
+    const machine = await client.query<{ id: string }>(`select id from machines where kind = 'cluster' and entity_id = $1 for update`, [clusterId]);
+    const machineId = machine.rows[0]?.id;
+    if (machineId === undefined) throw new Error(`cluster ${clusterId} has no machine`);
+    if (signals.includes('switchover')) await client.query('update clusters set switchover_to = $2 where id = $1', [clusterId, switchoverTo]);
+    for (const name of signals) await raiseSignal(client, machineId, name);
+  });
 }

@@ -1,9 +1,11 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
 import { insertMachine, raiseSignal } from '../engine/queries.js';
+import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
 import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import { isPortFree } from '../lib/net.js';
 import type { ClusterRecord, InstanceRecord, MachineStore, Role } from '../machines/ports.js';
+import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
 /** Candidate ports tried per allocation before giving up (some may be busy outside Cellar). */
@@ -15,13 +17,14 @@ interface InstanceRow {
   ordinal: number;
   role: Role;
   port: number | null;
+  fenced: boolean;
   observed: Partial<InstanceStatus>;
   machine_label: string | null;
   machine_error: string | null;
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.port, i.observed, m.label as machine_label, m.last_error as machine_error
+select i.id, i.cluster_id, i.ordinal, i.role, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id`;
 
 function toInstance(row: InstanceRow): InstanceRecord {
@@ -31,6 +34,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     ordinal: row.ordinal,
     role: row.role,
     port: row.port,
+    fenced: row.fenced,
     observed: row.observed,
     machineLabel: row.machine_label ?? 'start',
     machineError: row.machine_error,
@@ -44,24 +48,37 @@ export async function liveInstances(db: Pool, clusterId: string): Promise<Instan
 
 /** Raises `destroy`; a machine stuck in `failed` is moved to its `destroy` label so it can clean up. */
 export async function requestDestroy(db: Pool, kind: string, entityId: string): Promise<void> {
-  await inTransaction(db, async (client) => {
-    const result = await client.query<{ id: string }>('select id from machines where kind = $1 and entity_id = $2 for update', [kind, entityId]);
-    const machine = result.rows[0];
-    if (machine === undefined) return;
-    const revived = await client.query(
-      `update machines set label = 'destroy', next_tick_at = now(), attempt = 0, version = version + 1
-        where id = $1 and label = 'failed' returning id`,
+  await inTransaction(db, (client) => requestDestroyWith(client, kind, entityId));
+}
+
+async function requestDestroyWith(client: PoolClient, kind: string, entityId: string): Promise<void> {
+  const result = await client.query<{ id: string }>('select id from machines where kind = $1 and entity_id = $2 for update', [kind, entityId]);
+  const machine = result.rows[0];
+  if (machine === undefined) return;
+  const revived = await client.query(
+    `update machines set label = 'destroy', next_tick_at = now(), attempt = 0, version = version + 1
+      where id = $1 and label = 'failed' returning id`,
+    [machine.id],
+  );
+  if (revived.rowCount === 1) {
+    await client.query(
+      `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
+       select id, kind, entity_id, cluster_id, 'failed', 'destroy', 'delete requested' from machines where id = $1`,
       [machine.id],
     );
-    if (revived.rowCount === 1) {
-      await client.query(
-        `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
-         select id, kind, entity_id, cluster_id, 'failed', 'destroy', 'delete requested' from machines where id = $1`,
-        [machine.id],
-      );
-    }
-    await raiseSignal(client, machine.id, 'destroy');
-  });
+  }
+  await raiseSignal(client, machine.id, 'destroy');
+}
+
+async function createInstanceWith(client: PoolClient, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
+  const instanceId = newId('instance');
+  const inserted = await client.query<{ id: string }>(
+    `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
+     on conflict (cluster_id, ordinal) do nothing returning id`,
+    [instanceId, clusterId, ordinal, role],
+  );
+  if (inserted.rowCount !== 1) return;
+  await insertMachine(client, { id: newId('machine'), kind: 'instance', entityId: instanceId, clusterId, label: 'start', lane: 'high', data: {} });
 }
 
 export class PgMachineStore implements MachineStore {
@@ -74,13 +91,13 @@ export class PgMachineStore implements MachineStore {
   }
 
   async cluster(id: ClusterId): Promise<ClusterRecord> {
-    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets'] }>(
-      'select id, name, spec, secrets from clusters where id = $1',
+    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null }>(
+      'select id, name, spec, secrets, switchover_to from clusters where id = $1',
       [id],
     );
     const row = result.rows[0];
     assert(row !== undefined, `cluster ${id} does not exist`);
-    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets };
+    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to };
   }
 
   instances(clusterId: ClusterId): Promise<InstanceRecord[]> {
@@ -94,23 +111,22 @@ export class PgMachineStore implements MachineStore {
   }
 
   async createInstance(clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
+    await inTransaction(this.db, (client) => createInstanceWith(client, clusterId, ordinal, role));
+  }
+
+  async replaceInstance(instanceId: InstanceId, role: Role): Promise<void> {
     await inTransaction(this.db, async (client) => {
-      const instanceId = newId('instance');
-      const inserted = await client.query<{ id: string }>(
-        `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
-         on conflict (cluster_id, ordinal) do nothing returning id`,
-        [instanceId, clusterId, ordinal, role],
+      const found = await client.query<{ cluster_id: string; label: string }>(
+        `select i.cluster_id, m.label from instances i join machines m on m.kind = 'instance' and m.entity_id = i.id
+          where i.id = $1 for update of m`,
+        [instanceId],
       );
-      if (inserted.rowCount !== 1) return;
-      await insertMachine(client, {
-        id: newId('machine'),
-        kind: 'instance',
-        entityId: instanceId,
-        clusterId,
-        label: 'start',
-        lane: 'high',
-        data: {},
-      });
+      const row = found.rows[0];
+      if (row === undefined || row.label !== 'failed') return;
+      // Ordinals are never reused, deleted instances included: the unique key covers them.
+      const next = await client.query<{ ordinal: number }>('select coalesce(max(ordinal), -1)::int + 1 as ordinal from instances where cluster_id = $1', [row.cluster_id]);
+      await requestDestroyWith(client, 'instance', instanceId);
+      await createInstanceWith(client, row.cluster_id as ClusterId, next.rows[0]?.ordinal ?? 0, role);
     });
   }
 
@@ -167,5 +183,55 @@ export class PgMachineStore implements MachineStore {
 
   requestDestroy(kind: string, entityId: string): Promise<void> {
     return requestDestroy(this.db, kind, entityId);
+  }
+
+  async raiseSignal(kind: string, entityId: string, name: string): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      const result = await client.query<{ id: string }>('select id from machines where kind = $1 and entity_id = $2', [kind, entityId]);
+      const machine = result.rows[0];
+      assert(machine !== undefined, `no ${kind} machine for ${entityId}`);
+      await raiseSignal(client, machine.id, name);
+    });
+  }
+
+  async setFenced(instanceId: InstanceId, fenced: boolean): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query('update instances set fenced = $2 where id = $1', [instanceId, fenced]);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async setRoutePaused(clusterId: ClusterId, paused: boolean): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query('update clusters set route_paused = $2 where id = $1', [clusterId, paused]);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async swapPrimary(clusterId: ClusterId, newPrimaryId: InstanceId): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      const target = await client.query('select 1 from instances where id = $1 and cluster_id = $2 and deleted_at is null', [newPrimaryId, clusterId]);
+      assert(target.rowCount === 1, `instance ${newPrimaryId} is not a live instance of cluster ${clusterId}`);
+      // Demote first: the unique shape "one primary" holds at every statement, not only at commit.
+      await client.query(`update instances set role = 'replica' where cluster_id = $1 and role = 'primary' and id <> $2`, [clusterId, newPrimaryId]);
+      await client.query(`update instances set role = 'primary', fenced = false where id = $1`, [newPrimaryId]);
+      await client.query('update clusters set route_paused = false, switchover_to = null where id = $1', [clusterId]);
+      const primaries = await client.query(`select count(*)::int as n from instances where cluster_id = $1 and role = 'primary' and deleted_at is null`, [clusterId]);
+      assert(primaries.rows[0]?.n === 1, `cluster ${clusterId} would have ${String(primaries.rows[0]?.n)} primaries`);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async clearSwitchoverTarget(clusterId: ClusterId): Promise<void> {
+    await this.db.query('update clusters set switchover_to = null where id = $1', [clusterId]);
+  }
+
+  async failoversWithin(windowMs: number): Promise<number> {
+    const result = await this.db.query<{ n: number }>(
+      `select count(*)::int as n from events
+        where kind = 'cluster' and to_label = 'fence' and at > now() - make_interval(secs => $1::double precision / 1000)`,
+      [windowMs],
+    );
+    return result.rows[0]?.n ?? 0;
   }
 }

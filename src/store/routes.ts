@@ -23,7 +23,7 @@ export interface RouteRow {
 const routesSql = `
 select c.route_key, c.id as cluster_id, c.route_paused, i.port, i.role, m.label, i.observed
   from clusters c
-  join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null
+  join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null and not i.fenced
   join machines m on m.kind = 'instance' and m.entity_id = i.id
  where c.deleted_at is null and c.route_key is not null
  order by c.route_key, i.ordinal`;
@@ -42,6 +42,14 @@ export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
     byKey.set(row.route_key, route);
   }
   return [...byKey.values()];
+}
+
+/** Proxies LISTEN here and re-read their routes at once: a failover must not wait for a poll. */
+export const routesChannel = 'cellar_routes';
+
+/** Tells the proxies the routes changed; delivered when the surrounding transaction commits. */
+export async function notifyRoutesChanged(db: Queryable): Promise<void> {
+  await db.query('select pg_notify($1, $2)', [routesChannel, '']);
 }
 
 /** The cluster's name if no live cluster of the cell routes by it yet, else the name with a suffix. */

@@ -11,6 +11,8 @@ import { renderConf } from './server.js';
 
 export const upstreamConfFile = 'cellar.upstream.conf';
 export const standbySignalFile = 'standby.signal';
+/** synchronous_standby_names of a primary; rewritten by the cluster as its replicas come and go. */
+export const syncConfFile = 'cellar.sync.conf';
 
 /** Defaults for every instance; the cluster's size settings may override these. */
 const baseSettings: Readonly<Record<string, string>> = {
@@ -40,7 +42,8 @@ export function renderInstanceConf(spec: InstanceSpec, runDir: string): string {
     assert(!(name in identity), `setting ${name} is owned by the data plane`);
   }
   // The upstream file comes last so nothing here can undo a replica's conninfo.
-  return `${renderConf({ ...baseSettings, ...spec.settings, ...identity })}include_if_exists = '${upstreamConfFile}'\n`;
+  const includes = [syncConfFile, upstreamConfFile].map((file) => `include_if_exists = '${file}'\n`).join('');
+  return `${renderConf({ ...baseSettings, ...spec.settings, ...identity })}${includes}`;
 }
 
 /** A conninfo value: single-quoted, with backslash escapes for `\` and `'`. */
@@ -60,6 +63,13 @@ export function renderUpstreamConf(spec: InstanceSpec, upstream: UpstreamRef): s
     'gssencmode=disable',
   ].join(' ');
   return renderConf({ primary_conninfo: conninfo, primary_slot_name: upstream.slotName });
+}
+
+/** `ANY 1 ("in_a", "in_b")`: a commit waits for whichever replica flushes it first. Empty: async. */
+export function renderSyncConf(standbys: readonly string[]): string {
+  for (const name of standbys) assertSlotName(name);
+  const value = standbys.length === 0 ? '' : `ANY 1 (${standbys.map((name) => `"${name}"`).join(', ')})`;
+  return renderConf({ synchronous_standby_names: value });
 }
 
 export function assertSlotName(slotName: string): void {

@@ -10,11 +10,13 @@ import {
   type DataPlane,
   type InstanceSpec,
   type InstanceStatus,
+  type RejoinMethod,
   type UpstreamRef,
 } from '../dataplane.js';
 import { Binaries, type PgBinaries } from './binaries.js';
-import { assertSlotName, renderHba, renderInstanceConf, renderUpstreamConf, standbySignalFile, upstreamConfFile } from './conf.js';
+import { assertSlotName, renderHba, renderInstanceConf, renderSyncConf, renderUpstreamConf, standbySignalFile, syncConfFile, upstreamConfFile } from './conf.js';
 import { ensureDirFor, resolveRunAs, run, writeFileFor, type RunAs } from './osuser.js';
+import { checkpoint, ensureCleanShutdown, promoteLocal, reloadLocal, rewind, superuserOverTcp } from './promote.js';
 import { instancePaths, prepareDataDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
 import { cellarConfFile, ensureIncludeLine, readPostmasterPid, serverPid, startDetached, stopServer, writeConfText } from './server.js';
 import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from './sql.js';
@@ -94,13 +96,23 @@ export class LocalDataPlane implements DataPlane {
     await ensureSlot(upstream, spec.secrets);
     await buildThenRename(paths.pgdata, async (tmp) => {
       await this.baseBackup(binDir, upstream, spec.secrets, tmp);
-      // pg_basebackup copied the upstream's own cellar files: replace them with this instance's.
-      await ensureIncludeLine(tmp);
-      await writeConfText(tmp, cellarConfFile, renderInstanceConf(spec, paths.run), this.options.runAs);
-      await writeConfText(tmp, upstreamConfFile, renderUpstreamConf(spec, upstream), this.options.runAs);
-      await writeFileFor(join(tmp, standbySignalFile), '', 0o600, this.options.runAs);
+      await this.writeStandbyFiles(spec, upstream, tmp, paths.run);
     });
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, upstreamPort: upstream.port }, 'replica data directory cloned');
+  }
+
+  /**
+   * pg_basebackup and pg_rewind copy the upstream's own cellar files: replace them with this
+   * instance's, as a standby of `upstream` that waits for no one (a promoted replica must not keep
+   * its old primary's synchronous standby list, which names itself).
+   */
+  private async writeStandbyFiles(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string, runDir: string): Promise<void> {
+    const { runAs } = this.options;
+    await ensureIncludeLine(pgdata);
+    await writeConfText(pgdata, cellarConfFile, renderInstanceConf(spec, runDir), runAs);
+    await writeConfText(pgdata, syncConfFile, renderSyncConf([]), runAs);
+    await writeConfText(pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), runAs);
+    await writeFileFor(join(pgdata, standbySignalFile), '', 0o600, runAs);
   }
 
   /**
@@ -146,14 +158,63 @@ export class LocalDataPlane implements DataPlane {
     await writeConfText(paths.pgdata, 'pg_hba.conf', renderHba(), this.options.runAs);
   }
 
-  async stop(instanceId: InstanceId): Promise<void> {
-    await stopServer(this.paths(instanceId).pgdata);
+  async stop(instanceId: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    await stopServer(this.paths(instanceId).pgdata, mode);
+  }
+
+  async promote(spec: InstanceSpec): Promise<void> {
+    const paths = this.paths(spec.instanceId);
+    const startedMs = Date.now();
+    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf([]), this.options.runAs);
+    await reloadLocal(paths.run, spec.port);
+    await promoteLocal(paths.run, spec.port);
+    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance promoted');
+  }
+
+  async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
+    const paths = this.paths(spec.instanceId);
+    await ensureSlot(upstream, spec.secrets);
+    await writeConfText(paths.pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), this.options.runAs);
+    // Postgres 13+ restarts the WAL receiver with the new primary_conninfo on reload.
+    if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+    this.log('info', { instanceId: spec.instanceId, upstreamPort: upstream.port }, 'replica follows a new upstream');
+  }
+
+  async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
+    const paths = this.paths(spec.instanceId);
+    if ((await serverPid(paths.pgdata)) !== undefined) throw new Error(`instance ${spec.instanceId} is running; stop it before it rejoins`);
+    const binDir = this.options.binaries.binFor(spec.pgVersion);
+    const startedMs = Date.now();
+    if (await exists(paths.pgdata)) {
+      try {
+        await ensureCleanShutdown(binDir, paths.pgdata, this.options.runAs);
+        await checkpoint(upstream, spec.secrets);
+        await rewind(binDir, paths.pgdata, upstream, spec.secrets, this.options.runAs);
+        await ensureSlot(upstream, spec.secrets);
+        await this.writeStandbyFiles(spec, upstream, paths.pgdata, paths.run);
+        this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'old primary rewound');
+        return 'rewound';
+      } catch (error) {
+        if (isSharedMemoryBusy(error)) throw error;
+        this.log('warn', { instanceId: spec.instanceId, err: error instanceof Error ? error.message : String(error) }, 'rewind failed; cloning afresh');
+      }
+      await removeStaleBuilds(paths.pgdata);
+      await rm(paths.pgdata, { recursive: true, force: true });
+    }
+    await this.createReplica(spec, upstream);
+    return 'cloned';
+  }
+
+  async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
+    const paths = this.paths(spec.instanceId);
+    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf(standbys), this.options.runAs);
+    if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
   }
 
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
     const paths = this.paths(spec.instanceId);
     const pid = await serverPid(paths.pgdata);
-    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined };
+    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined };
     if (pid === undefined) return stopped;
     const notAccepting = { ...stopped, running: true, pid };
     const pidFile = await readPostmasterPid(paths.pgdata);
@@ -166,6 +227,10 @@ export class LocalDataPlane implements DataPlane {
     } catch {
       return notAccepting;
     }
+  }
+
+  async alive(instanceId: InstanceId): Promise<boolean> {
+    return (await serverPid(this.paths(instanceId).pgdata)) !== undefined;
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
@@ -190,7 +255,7 @@ export class LocalDataPlane implements DataPlane {
   }
 }
 
-type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming'>;
+type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn'>;
 
 /**
  * One round trip. Functions valid only on a primary (pg_current_wal_lsn, pg_walfile_name) sit
@@ -205,7 +270,8 @@ select r.in_recovery,
             then coalesce((select received_tli from pg_stat_wal_receiver), (select timeline_id from pg_control_checkpoint()))
             else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        end as timeline,
-       exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming
+       exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
+       case when r.in_recovery then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end::text as receive_lsn
 from (select pg_is_in_recovery() as in_recovery) r`;
 
 interface StatusQueryRow {
@@ -213,6 +279,7 @@ interface StatusQueryRow {
   lsn: string | null;
   timeline: number | null;
   streaming: boolean;
+  receive_lsn: string | null;
 }
 
 async function queryStatus(client: pg.Client): Promise<StatusRow> {
@@ -224,6 +291,7 @@ async function queryStatus(client: pg.Client): Promise<StatusRow> {
     lsn: row.lsn ?? undefined,
     timeline: row.timeline ?? undefined,
     streaming: row.in_recovery ? row.streaming : undefined,
+    receiveLsn: row.receive_lsn ?? undefined,
   };
 }
 
@@ -252,8 +320,12 @@ async function setPasswords(runDir: string, port: number, secrets: ClusterSecret
   });
 }
 
-function superuserOverTcp(upstream: UpstreamRef, secrets: ClusterSecrets): Parameters<typeof withClient>[0] {
-  return { host: upstream.host, port: upstream.port, user: clusterRoles.superuser, database: 'postgres', password: secrets.superuserPassword };
+/**
+ * Children of a SIGKILLed postmaster exit when they notice; until then single-user recovery
+ * refuses to start. Transient: the step is retried, not answered with a fresh clone.
+ */
+function isSharedMemoryBusy(error: unknown): boolean {
+  return error instanceof Error && /pre-existing shared memory block|lock file .* already exists/.test(error.message);
 }
 
 /** Reserves the replica's slot on the upstream now, so WAL from the base backup on is kept. */

@@ -255,10 +255,10 @@ export async function logTail(logFile: string): Promise<string> {
 }
 
 /**
- * Fast shutdown, escalating to immediate and then SIGKILL if a bound passes. No-op if no server
+ * Fast (or immediate) shutdown, escalating to immediate and then SIGKILL if a bound passes. No-op if no server
  * runs on pgdata (including a stale pid file).
  */
-export async function stopServer(pgdata: string): Promise<void> {
+export async function stopServer(pgdata: string, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
   const pid = await serverPid(pgdata);
   if (pid === undefined) return;
   const steps: ReadonlyArray<readonly [NodeJS.Signals, number]> = [
@@ -266,7 +266,7 @@ export async function stopServer(pgdata: string): Promise<void> {
     ['SIGQUIT', stopImmediateMsMax],
     ['SIGKILL', stopKillMsMax],
   ];
-  for (const [signal, waitMs] of steps) {
+  for (const [signal, waitMs] of mode === 'fast' ? steps : steps.slice(1)) {
     if (!signalIfAlive(pid, signal)) return;
     if (await waitForExit(pid, waitMs)) return;
   }
