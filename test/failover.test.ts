@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
+import { spawn } from 'node:child_process';
+import { Binaries } from '../src/dataplane/local/binaries.js';
 import { TestCellar, eventually, sleep } from './helpers/cellar.js';
 import { startWriter } from './helpers/writer.js';
 
@@ -65,6 +67,8 @@ describe('high availability', () => {
     await eventually('some acknowledged writes', async () => (writer.stats.acknowledged.length >= 50 ? true : undefined), 20_000, 20);
     const killedAtMs = performance.now();
     process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
+    await eventually('the writer to notice', async () => (writer.stats.errors.length > 0 ? true : undefined), 20_000, 5);
+    const noticedAtMs = performance.now();
     const settled = await settledAway(cellar, 'app', oldPrimary.id);
     const countAtSettle = writer.stats.acknowledged.length;
     await eventually('writes after the failover', async () => (writer.stats.acknowledged.length > countAtSettle + 20 ? true : undefined), 20_000, 20);
@@ -75,12 +79,104 @@ describe('high availability', () => {
     assert.deepEqual(lost, [], `no acknowledged id is lost (${stats.acknowledged.length} acknowledged)`);
     const old = settled.instances.find((instance) => instance.id === oldPrimary.id);
     assert.deepEqual([old?.role, old?.state, old?.streaming], ['replica', 'running', true], 'the old primary is back as a streaming replica');
-    const firstAfter = stats.acknowledgedAtMs.find((at) => at > killedAtMs);
-    t.diagnostic(`first acknowledged write ${((firstAfter ?? Number.NaN) - killedAtMs).toFixed(0)} ms after the SIGKILL; ${stats.errors.length} client errors`);
+    const firstAfter = stats.acknowledgedAtMs.find((at) => at > noticedAtMs);
+    t.diagnostic(`first acknowledged write ${((firstAfter ?? Number.NaN) - killedAtMs).toFixed(0)} ms after the SIGKILL (the writer saw it fail ${(noticedAtMs - killedAtMs).toFixed(0)} ms after); ${stats.errors.length} client errors`);
     for (const event of settled.events.slice(-14)) t.diagnostic(`${event.entity} ${event.from ?? '-'} -> ${event.to}: ${event.reason}`);
     const timeline = settled.events.filter((event) => event.entity === app.id).map((event) => event.to);
     for (const label of ['fence', 'pick', 'promote', 'repoint', 'route', 'rejoin']) assert.ok(timeline.includes(label), `the failover passed through ${label}`);
     const [primaryRow] = await query<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
     assert.equal(primaryRow?.replica, false, 'the read-write endpoint reaches the new primary');
+  });
+
+  test('kill a replica: the cluster stays writable (sync drops to async, then returns)', async (t) => {
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const replica = before.instances.find((instance) => instance.role === 'replica') as InstanceView;
+    await query(uri, 'create table acked_replica_kill (id bigint primary key)');
+    const writer = startWriter(uri, 'acked_replica_kill');
+    await eventually('writes before the kill', async () => (writer.stats.acknowledged.length >= 20 ? true : undefined), 20_000, 20);
+    const killedAtMs = performance.now();
+    process.kill(await postmasterPid(cellar.dataDir, replica.id), 'SIGKILL');
+    const countAtKill = writer.stats.acknowledged.length;
+    await eventually('writes after the replica died', async () => (writer.stats.acknowledged.length >= countAtKill + 50 ? true : undefined), 20_000, 20);
+    const stats = await writer.stop();
+    const longestGapMs = Math.max(...stats.acknowledgedAtMs.filter((at) => at > killedAtMs - 1_000).map((at, index, all) => (index === 0 ? 0 : at - (all[index - 1] as number))));
+    t.diagnostic(`longest pause between acknowledged writes around the kill: ${longestGapMs.toFixed(0)} ms`);
+    const settled = await eventually('the replica to stream and sync to return', async () => {
+      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const back = cluster.instances.find((instance) => instance.id === replica.id);
+      return back?.streaming === true && cluster.replication === 'sync' ? cluster : undefined;
+    }, 30_000, 200);
+    const reasons = settled.events.map((event) => event.reason);
+    const dropped = reasons.findIndex((reason) => reason.includes('sync has dropped to async'));
+    assert.ok(dropped >= 0, 'an event says sync dropped to async');
+    assert.ok(reasons.slice(dropped + 1).some((reason) => reason.startsWith('commits wait for a replica (sync)')), 'then an event says it returned');
+    assert.deepEqual(stats.errors, [], 'the writer saw no error');
+  });
+
+  test('SIGKILL the control plane mid-failover: after restart exactly one primary is routed and the cluster is healthy', async () => {
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const oldPrimary = primaryOf(before);
+    const replica = before.instances.find((instance) => instance.role === 'replica') as InstanceView;
+    // A replica that cannot answer holds the failover in `pick`: the kill lands mid-failover every time.
+    const replicaPid = await postmasterPid(cellar.dataDir, replica.id);
+    process.kill(replicaPid, 'SIGSTOP');
+    try {
+      process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
+      await eventually('the failover to reach pick', async () => {
+        const [row] = await cellar.storeQuery<{ label: string }>(`select label from machines where kind = 'cluster' and entity_id = $1`, [app.id]);
+        return row?.label === 'pick' ? true : undefined;
+      }, 30_000, 20);
+      await cellar.stop('SIGKILL');
+    } finally {
+      process.kill(replicaPid, 'SIGCONT');
+    }
+    const fenced = await cellar.storeQuery<{ fenced: boolean }>('select fenced from instances where id = $1', [oldPrimary.id]);
+    assert.equal(fenced[0]?.fenced, true, 'the control plane died after fencing and before promoting');
+    await cellar.start();
+    const settled = await settledAway(cellar, 'app', oldPrimary.id);
+    assert.equal(primaryOf(settled).id, replica.id);
+    const primaries = await cellar.storeQuery<{ id: string }>(`select id from instances where cluster_id = $1 and role = 'primary' and deleted_at is null and not fenced`, [app.id]);
+    assert.deepEqual(primaries.map((row) => row.id), [replica.id], 'exactly one routable primary');
+    const [row] = await query<{ replica: boolean; port: string }>(uri, `select pg_is_in_recovery() as replica, current_setting('port') as port`);
+    assert.deepEqual([row?.replica, Number(row?.port)], [false, replica.port], 'the proxy routes writes to it');
+  });
+
+  test('switchover under pgbench load: new connections made during it all succeed', async (t) => {
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const oldPrimary = primaryOf(before);
+    const pgbench = join((await Binaries.discover({ pgBin: null })).binFor(before.version), 'pgbench');
+    const pgEnv = { ...process.env, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable' };
+    const init = spawn(pgbench, ['-i', '-s', '1', '-q', uri], { env: pgEnv, stdio: 'ignore' });
+    assert.equal(await new Promise((resolve) => init.on('exit', resolve)), 0, 'pgbench -i through the proxy');
+    const load = spawn(pgbench, ['-c', '4', '-T', '12', '-n', uri], { env: pgEnv, stdio: 'ignore' });
+    const loadExited = new Promise((resolve) => load.on('exit', resolve));
+    let connects = 0;
+    const failures: string[] = [];
+    let stopping = false;
+    const connector = (async () => {
+      while (!stopping) {
+        const startedMs = performance.now();
+        try {
+          await query(uri, 'select 1');
+          connects += 1;
+        } catch (error) {
+          failures.push(`${error instanceof Error ? error.message : String(error)} after ${(performance.now() - startedMs).toFixed(0)} ms`);
+        }
+        await sleep(10);
+      }
+    })();
+    await sleep(2_000);
+    const switched = await cellar.cliJson<ClusterView>(['clusters', 'switchover', 'app', '--wait', '--timeout', '60']);
+    await sleep(1_000);
+    stopping = true;
+    await connector;
+    load.kill('SIGINT');
+    await loadExited;
+    t.diagnostic(`${connects} new connections during the run`);
+    assert.notEqual(primaryOf(switched).id, oldPrimary.id, 'another instance is the primary');
+    assert.deepEqual(failures, [], 'no new connection failed');
+    const settled = await settledAway(cellar, 'app', oldPrimary.id);
+    const timeline = settled.events.filter((event) => event.entity === app.id).map((event) => event.to);
+    for (const label of ['pause', 'catchUp', 'stopPrimary', 'promote', 'route']) assert.ok(timeline.includes(label), `the switchover passed through ${label}`);
   });
 });
