@@ -126,7 +126,7 @@ test('a primary and a streaming replica are created, started, stopped and destro
   await plane.stop(primary.instanceId);
   assert.equal(isAlive(primaryPid), false);
   assert.equal(isAlive(replicaPid), false);
-  assert.deepEqual(await plane.status(primary), { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined });
+  assert.deepEqual(await plane.status(primary), { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined });
 
   // Restart both: the replica reconnects through its slot, which dropSlot must then evict.
   await plane.start(primary);
@@ -146,6 +146,84 @@ test('a primary and a streaming replica are created, started, stopped and destro
   for (const pid of pids) assert.ok(pid !== undefined && !isAlive(pid), `postgres ${pid} still alive after destroy`);
   // Upstream gone: dropping its slot is a no-op, not an error.
   await plane.dropSlot(upstream, clusterSecrets);
+});
+
+async function waitStreaming(plane: LocalDataPlane, spec: InstanceSpec): Promise<void> {
+  const deadline = Date.now() + streamingWaitMsMax;
+  while (!(await plane.status(spec)).streaming) {
+    assert.ok(Date.now() < deadline, `${spec.instanceId} did not stream in time`);
+    await sleep(pollMs);
+  }
+}
+
+test('failover operations: sync standbys hold and release commits, promote, follow, and a SIGKILLed primary rejoins by rewind', async (t) => {
+  const dataDir = await tempDataDir();
+  const runAs = await resolveRunAs();
+  const binaries = await Binaries.discover({ pgBin: null });
+  const plane = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: true });
+  const clusterSecrets = secrets();
+  const [primary, first, second] = [
+    specFor(newId('instance'), await freePort(), clusterSecrets),
+    specFor(newId('instance'), await freePort(), clusterSecrets),
+    specFor(newId('instance'), await freePort(), clusterSecrets),
+  ];
+  t.after(async () => {
+    for (const spec of [primary, first, second]) await stopServer(plane.paths(spec.instanceId).pgdata);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  const app = (spec: InstanceSpec, sql: string) => tcpQuery(spec.port, 'app', clusterSecrets.appPassword, 'app', sql);
+  await plane.createPrimary(primary);
+  await plane.start(primary);
+  await app(primary, 'create table t (id int primary key, note text)');
+  for (const replica of [first, second]) {
+    await plane.createReplica(replica, { host: '127.0.0.1', port: primary.port, slotName: replica.instanceId });
+    await plane.start(replica);
+    await waitStreaming(plane, replica);
+  }
+
+  // Commits wait for a named standby: one that is not connected holds them until the list changes.
+  await plane.setSynchronousStandbys(primary, [first.instanceId]);
+  await plane.setSynchronousStandbys(primary, [first.instanceId]);
+  await app(primary, "insert into t values (1, 'acknowledged by a replica')");
+  await plane.setSynchronousStandbys(primary, ['in_nobodyhereaaa']);
+  await sleep(200); // pg_reload_conf signals; the postmaster and backends re-read the file shortly after.
+  const held = app(primary, "insert into t values (2, 'held')");
+  const outcome = await Promise.race([held.then(() => 'committed'), sleep(1_000).then(() => 'waiting')]);
+  assert.equal(outcome, 'waiting', 'a commit waits while no named standby has it');
+  await plane.setSynchronousStandbys(primary, []);
+  await held;
+
+  // Failover by hand: SIGKILL the primary, promote the first replica, the second follows it.
+  const primaryPid = (await plane.status(primary)).pid;
+  assert.ok(primaryPid !== undefined);
+  process.kill(primaryPid, 'SIGKILL');
+  await plane.promote(first);
+  await plane.promote(first);
+  const promoted = await plane.status(first);
+  assert.deepEqual([promoted.inRecovery, promoted.timeline], [false, 2]);
+  await app(first, "insert into t values (3, 'after the failover')");
+  await plane.follow(second, { host: '127.0.0.1', port: first.port, slotName: second.instanceId });
+  await plane.follow(second, { host: '127.0.0.1', port: first.port, slotName: second.instanceId });
+  await waitStreaming(plane, second);
+  assert.equal((await plane.status(second)).timeline, 2, 'the second replica follows onto the new timeline');
+
+  // The old primary comes back as a replica of the new one: crash recovery, then pg_rewind.
+  const back: UpstreamRef = { host: '127.0.0.1', port: first.port, slotName: primary.instanceId };
+  assert.equal(await plane.rejoin(primary, back), 'rewound');
+  assert.equal(await plane.rejoin(primary, back), 'rewound', 'a second run finds the work done');
+  await plane.start(primary);
+  await waitStreaming(plane, primary);
+  const rows = await app(primary, 'select id from t order by id');
+  assert.deepEqual(rows.rows.map((row: { id: number }) => row.id), [1, 2, 3], 'the rejoined server has the new timeline');
+  for (const spec of [primary, second]) assert.equal((await plane.status(spec)).inRecovery, true);
+
+  // A data directory pg_rewind cannot use is replaced by a fresh clone.
+  await plane.stop(primary.instanceId);
+  await rm(join(plane.paths(primary.instanceId).pgdata, 'global', 'pg_control'));
+  await rm(join(plane.paths(primary.instanceId).pgdata, 'standby.signal'));
+  assert.equal(await plane.rejoin(primary, back), 'cloned');
+  await plane.start(primary);
+  await waitStreaming(plane, primary);
 });
 
 async function waitForRow(port: number, appPassword: string): Promise<unknown[]> {

@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import type pg from 'pg';
 import { join } from 'node:path';
 import type { Config } from '../../config.js';
@@ -185,6 +185,7 @@ export class LocalDataPlane implements DataPlane {
     if ((await serverPid(paths.pgdata)) !== undefined) throw new Error(`instance ${spec.instanceId} is running; stop it before it rejoins`);
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
+    if (await this.isStandbyOf(spec, upstream, paths.pgdata)) return 'rewound'; // Done by an earlier run of this step.
     if (await exists(paths.pgdata)) {
       try {
         await ensureCleanShutdown(binDir, paths.pgdata, this.options.runAs);
@@ -203,6 +204,13 @@ export class LocalDataPlane implements DataPlane {
     }
     await this.createReplica(spec, upstream);
     return 'cloned';
+  }
+
+  /** The data directory is already a standby of exactly this upstream (the last thing rejoin writes). */
+  private async isStandbyOf(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string): Promise<boolean> {
+    if (!(await exists(join(pgdata, standbySignalFile)))) return false;
+    const written = await readFile(join(pgdata, upstreamConfFile), 'utf8').catch(() => '');
+    return written === renderUpstreamConf(spec, upstream);
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
