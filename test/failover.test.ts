@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -49,7 +49,8 @@ describe('high availability', () => {
   let uri: string;
 
   before(async () => {
-    cellar = await TestCellar.create();
+    // A short deadline so that the replacement test does not wait a minute.
+    cellar = await TestCellar.create({ CELLAR_REPLICA_DEAD_MS: '3000' });
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
     uri = app.uri as string;
@@ -178,5 +179,36 @@ describe('high availability', () => {
     const settled = await settledAway(cellar, 'app', oldPrimary.id);
     const timeline = settled.events.filter((event) => event.entity === app.id).map((event) => event.to);
     for (const label of ['pause', 'catchUp', 'stopPrimary', 'promote', 'route']) assert.ok(timeline.includes(label), `the switchover passed through ${label}`);
+  });
+
+  test('a replica that cannot be brought back within the deadline is replaced by a fresh one', async () => {
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const replica = before.instances.find((instance) => instance.role === 'replica') as InstanceView;
+    // Without PG_VERSION the server refuses to start: restarting in place can never work.
+    await rm(join(cellar.dataDir, 'instances', replica.id, 'pgdata', 'PG_VERSION'));
+    process.kill(await postmasterPid(cellar.dataDir, replica.id), 'SIGKILL');
+    const replaced = await eventually('a fresh replica streaming in its place', async () => {
+      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const fresh = cluster.instances.find((instance) => instance.role === 'replica' && instance.id !== replica.id);
+      return fresh?.streaming === true && !cluster.instances.some((instance) => instance.id === replica.id) ? cluster : undefined;
+    }, 90_000, 250);
+    assert.equal(replaced.instances.length, 2, 'one primary and one replica, as asked');
+    assert.ok(replaced.events.some((event) => event.reason.startsWith(`replacing replica ${replica.id}`)), 'an event says the replica was replaced');
+    assert.ok(replaced.events.some((event) => event.entity === replica.id && event.to === 'failed' && /not serving for more than 3000 ms/.test(event.reason)));
+  });
+
+  test('failover and switchover requests: bad input and wrong state get clear errors', async () => {
+    const badTarget = await cellar.api<{ error: { code: string; field: string; message: string } }>('POST', '/v1/clusters/app/switchover', { to: 'in_nosuchreplica' });
+    assert.deepEqual([badTarget.status, badTarget.body.error.field], [400, 'to']);
+    assert.match(badTarget.body.error.message, /to must be the id of a replica of cluster "app": in_/);
+    const unknown = await cellar.api<{ error: { code: string } }>('POST', '/v1/clusters/nope/failover', {});
+    assert.equal(unknown.status, 404);
+    await cellar.cliJson<ClusterView>(['clusters', 'create', 'solo', '--replicas', '0', '--wait']);
+    const solo = await cellar.cli(['clusters', 'failover', 'solo']);
+    assert.equal(solo.code, 1);
+    assert.match(solo.stderr, /cluster "solo" has no replica to fail over to \[CELLAR_E_CONFLICT\]/);
+    const strictAlone = await cellar.api<{ error: { field: string; message: string } }>('POST', '/v1/clusters', { name: 'strict', replicas: 0, durability: 'sync-strict' });
+    assert.deepEqual([strictAlone.status, strictAlone.body.error.field], [400, 'durability']);
+    assert.match(strictAlone.body.error.message, /needs at least 1 replica/);
   });
 });
