@@ -400,6 +400,14 @@ describe('cluster machine, label by label', () => {
     assert.equal(failed.type, 'fail');
   });
 
+  test('waitInstances restarts a primary lost while the cluster is being made', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'down');
+    h.store.add(replicaId, 'replica', 1, 'create');
+    assert.equal((await step(clusterMachine, 'waitInstances', clusterId, h)).type, 'nap');
+    assert.deepEqual(h.store.calls, [`raiseSignal instance ${primaryId} restart`]);
+  });
+
   test('running naps, and hops to destroy on the destroy signal', async () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'running');

@@ -81,6 +81,9 @@ async function waitInstances(context: Context): Promise<Result> {
   const instances = await context.ports.store.instances(clusterIdOf(context));
   const failed = instances.find((instance) => instance.machineLabel === 'failed');
   if (failed !== undefined) return fail(`instance ${failed.id} (${failed.role}) failed: ${failed.machineError ?? 'unknown reason'}`);
+  // Nothing to fail over to while the cluster is being made: a primary lost now is restarted.
+  const down = instances.find((instance) => instance.machineLabel === 'down' && !instance.fenced);
+  if (down !== undefined) await context.ports.store.raiseSignal(instanceKind, down.id, 'restart');
   if (instances.length > 0 && instances.every(isServing)) {
     return hop('running', { reason: `${instances.length} instance(s) running` });
   }
