@@ -181,6 +181,28 @@ describe('high availability', () => {
     for (const label of ['pause', 'catchUp', 'stopPrimary', 'promote', 'route']) assert.ok(timeline.includes(label), `the switchover passed through ${label}`);
   });
 
+  test('a primary that hangs (SIGSTOP) is failed over after N failed probes, not at the first', async () => {
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const oldPrimary = primaryOf(before);
+    const pid = await postmasterPid(cellar.dataDir, oldPrimary.id);
+    const stoppedAtMs = Date.now();
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const settled = await settledAway(cellar, 'app', oldPrimary.id, 90_000);
+      const down = settled.events.find((event) => event.entity === oldPrimary.id && event.to === 'down' && Date.parse(event.at) >= stoppedAtMs - 1_000);
+      assert.ok(down !== undefined, 'the hung primary went down');
+      assert.match(down.reason, /3 probes in a row failed/);
+      assert.ok(Date.parse(down.at) - stoppedAtMs >= 2_000, 'not at the first failed probe (probes are a second apart)');
+    } finally {
+      // SIGKILL by the fence has normally ended it; if not, let it run on so cleanup can stop it.
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // Already gone.
+      }
+    }
+  });
+
   test('a replica that cannot be brought back within the deadline is replaced by a fresh one', async () => {
     const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
     const replica = before.instances.find((instance) => instance.role === 'replica') as InstanceView;
