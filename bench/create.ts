@@ -15,11 +15,11 @@ import {
   libpqEnvironment,
   makeTempDir,
   median,
-  postmasterStatus,
   queryOnce,
   seconds,
   serverUser,
-  spawnPostmaster,
+  startServerReady,
+  waitStandbyStreaming,
   stopPid,
   twoFreePorts,
   uptime,
@@ -431,37 +431,13 @@ async function writeStandbyFiles(context: RawContext): Promise<void> {
 }
 
 /** Starts postgres detached and polls postmaster.pid every readyPollMs until ready (or standby). */
-async function startServer(environment: Environment, pgdata: string, logFile: string): Promise<number> {
-  const server = await spawnPostmaster(environment.binDir, pgdata, logFile, environment.user);
-  try {
-    await waitFor(
-      `postgres -D ${pgdata} ready`,
-      async () => {
-        if (server.exited()) throw new Error(`postgres -D ${pgdata} exited during start; see ${logFile}`);
-        const status = await postmasterStatus(pgdata, server.pid);
-        return status === 'ready' || status === 'standby' ? true : undefined;
-      },
-      readyWaitMsMax,
-      readyPollMs,
-    );
-  } catch (error) {
-    await stopPid(server.pid);
-    throw error;
-  }
-  return server.pid;
+function startServer(environment: Environment, pgdata: string, logFile: string): Promise<number> {
+  return startServerReady(environment.binDir, environment.user, pgdata, logFile, readyWaitMsMax, readyPollMs);
 }
 
 async function waitStreaming(context: RawContext): Promise<void> {
   const target = { host: context.sockets, port: context.standbyPort, user: 'postgres', database: 'postgres' };
-  await waitFor(
-    'the standby to stream',
-    async () => {
-      const rows = await queryOnce<{ status: string }>(target, 'select status from pg_stat_wal_receiver');
-      return rows[0]?.status === 'streaming' ? true : undefined;
-    },
-    streamingWaitMsMax,
-    streamingPollMs,
-  );
+  await waitStandbyStreaming(target, streamingWaitMsMax, streamingPollMs);
 }
 
 /**

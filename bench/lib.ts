@@ -186,6 +186,40 @@ export function spawnPostmaster(binDir: string, pgdata: string, logFile: string,
   return spawnLogged(join(binDir, 'postgres'), ['-D', pgdata], logFile, user);
 }
 
+/** Starts postgres detached as `user` and polls postmaster.pid until it is ready (or a standby); returns its pid. */
+export async function startServerReady(binDir: string, user: OsUser, pgdata: string, logFile: string, waitMs: number, pollMs: number): Promise<number> {
+  const server = await spawnPostmaster(binDir, pgdata, logFile, user);
+  try {
+    await waitFor(
+      `postgres -D ${pgdata} ready`,
+      async () => {
+        if (server.exited()) throw new Error(`postgres -D ${pgdata} exited during start; see ${logFile}`);
+        const status = await postmasterStatus(pgdata, server.pid);
+        return status === 'ready' || status === 'standby' ? true : undefined;
+      },
+      waitMs,
+      pollMs,
+    );
+  } catch (error) {
+    await stopPid(server.pid);
+    throw error;
+  }
+  return server.pid;
+}
+
+/** Polls pg_stat_wal_receiver on a standby until it streams. */
+export async function waitStandbyStreaming(target: pg.ClientConfig, waitMs: number, pollMs: number): Promise<void> {
+  await waitFor(
+    'the standby to stream',
+    async () => {
+      const rows = await queryOnce<{ status: string }>(target, 'select status from pg_stat_wal_receiver');
+      return rows[0]?.status === 'streaming' ? true : undefined;
+    },
+    waitMs,
+    pollMs,
+  );
+}
+
 /** The status word (line 8) of postmaster.pid if the file names this pid, else undefined. */
 export async function postmasterStatus(pgdata: string, pid: number): Promise<string | undefined> {
   const text = await readFile(join(pgdata, 'postmaster.pid'), 'utf8').catch(() => '');

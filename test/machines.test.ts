@@ -529,6 +529,8 @@ describe('cluster machine, label by label', () => {
     const late = await step(clusterMachine, 'rejoin', clusterId, h, { data: { ...data, sinceMs: h.clock.now - rejoinWaitMsMax - 1 } });
     assert.equal(late.type === 'hop' && late.label, 'running');
     h.store.update(primaryId, { machineLabel: 'running' });
+    assert.equal((await step(clusterMachine, 'rejoin', clusterId, h, { data })).type, 'nap', 'a stale running label of a fenced instance is not a rejoin');
+    h.store.update(primaryId, { fenced: false, observed: streaming });
     const back = await step(clusterMachine, 'rejoin', clusterId, h, { data });
     assert.deepEqual(back.type === 'hop' && [back.label, back.data], ['running', { syncStandbys: [] }]);
   });

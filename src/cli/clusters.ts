@@ -13,6 +13,8 @@ interface WaitOptions {
   readonly timeoutSeconds: number;
   /** An event reason that means the wait is over without success (e.g. a switchover refused). */
   readonly abortOn?: RegExp;
+  /** Show events from this long before the wait began (a create's first events precede it). */
+  readonly historyMs?: number;
 }
 
 function describe(cluster: ClusterView): string {
@@ -36,7 +38,7 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
       const key = `${event.at}|${event.entity}|${event.to}`;
       if (seenEvents.has(key)) continue;
       seenEvents.add(key);
-      if (Date.parse(event.at) < startedMs - 60_000) continue;
+      if (Date.parse(event.at) < startedMs - (options.historyMs ?? 60_000)) continue;
       out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
       if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= startedMs - 1_000) throw new Error(event.reason);
     }
@@ -178,6 +180,7 @@ async function finishRoleChange(client: ApiClient, out: Output, before: ClusterV
     until: (cluster) => cluster?.state === 'running' && primaryOf(cluster) !== primaryOf(before),
     timeoutSeconds: options.timeout,
     abortOn: /^(switchover refused|switchover called off|cannot fail over|automatic failover is off)/,
+    historyMs: 1_000,
   });
   if (after) printCluster(out, after);
 }

@@ -333,7 +333,10 @@ async function rejoin(context: Context): Promise<Result> {
   const old = await store.instance(data.oldPrimaryId as InstanceId);
   const keep: ClusterData = { syncStandbys: data.syncStandbys ?? [] };
   if (old === null) return hop('running', { data: keep, reason: 'the old primary was deleted' });
-  if (old.machineLabel === 'running') return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica` });
+  // `running` alone can be stale (its machine has not yet noticed the stop); fenced is cleared only by its rejoin.
+  if (old.machineLabel === 'running' && !old.fenced && old.observed.streaming === true) {
+    return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica` });
+  }
   if (old.machineLabel === 'failed') return hop('running', { data: keep, reason: `${old.id} could not rejoin (${old.machineError ?? 'failed'}); it will be replaced` });
   const primary = primaryOf(await store.instances(clusterIdOf(context)));
   if (primary.machineLabel === 'down') return hop('running', { data: keep, reason: 'the new primary was lost too' });

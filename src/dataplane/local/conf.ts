@@ -22,6 +22,9 @@ const baseSettings: Readonly<Record<string, string>> = {
   hot_standby: 'on',
   // pg_rewind and a lagging replica without its slot need recent WAL to still be there.
   wal_keep_size: '256MB',
+  // A standby retries a lost primary this often (default 5 s). A promote that arrives just as its
+  // WAL receiver fails can also sleep out this interval (seen 1 in ~17 failovers, and in raw PG 15).
+  wal_retrieve_retry_interval: '200ms',
   password_encryption: 'scram-sha-256',
 };
 

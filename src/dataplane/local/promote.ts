@@ -12,6 +12,11 @@ import { localSuperuser, withClient, type ConnectTarget } from './sql.js';
 
 /** Promote to writable takes 0.04 s here; pg_ctl -w would poll every 100 ms, so poll ourselves. */
 export const promotePollMs = 5;
+/**
+ * A standby whose WAL receiver has just failed can miss a promote request and sleep out
+ * wal_retrieve_retry_interval first (seen in raw Postgres 15): ask again this often.
+ */
+export const promoteRepeatMs = 100;
 export const promoteWaitMsMax = 60_000;
 /** Crash recovery of the old primary replays WAL since its last checkpoint. */
 export const crashRecoveryMsMax = 10 * 60_000;
@@ -29,10 +34,15 @@ export async function promoteLocal(runDir: string, port: number): Promise<void> 
     if (!(await inRecovery(client))) return;
     // wait => false: pg_promote's own wait polls every 100 ms, most of a promote's cost here.
     await client.query('select pg_promote(false)');
-    const deadline = Date.now() + promoteWaitMsMax;
-    while (Date.now() < deadline) {
+    const startedMs = Date.now();
+    let askedMs = startedMs;
+    while (Date.now() < startedMs + promoteWaitMsMax) {
       if (!(await inRecovery(client))) return;
       await sleep(promotePollMs);
+      if (Date.now() - askedMs < promoteRepeatMs) continue;
+      askedMs = Date.now();
+      // Repeating is harmless: a promote already under way ignores it.
+      if (await inRecovery(client)) await client.query('select pg_promote(false)');
     }
     throw new Error(`still in recovery ${promoteWaitMsMax} ms after pg_promote`);
   });
