@@ -43,14 +43,18 @@ function settledAway(cellar: TestCellar, name: string, oldPrimaryId: string, tim
   }, timeoutMs, 200);
 }
 
+/** The failovers before the breaker test: chaos, control plane killed mid-failover, hung primary. */
+const breakerFailoversMax = 3;
+
 describe('high availability', () => {
   let cellar: TestCellar;
   let app: ClusterView;
   let uri: string;
 
   before(async () => {
-    // A short deadline so that the replacement test does not wait a minute.
-    cellar = await TestCellar.create({ CELLAR_REPLICA_DEAD_MS: '3000' });
+    // A short replica deadline so that the replacement test does not wait a minute; a breaker that
+    // the earlier failovers of this file trip, so that its test finds it open.
+    cellar = await TestCellar.create({ CELLAR_REPLICA_DEAD_MS: '3000', CELLAR_FAILOVERS_MAX: String(breakerFailoversMax) });
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
     uri = app.uri as string;
@@ -232,5 +236,27 @@ describe('high availability', () => {
     const strictAlone = await cellar.api<{ error: { field: string; message: string } }>('POST', '/v1/clusters', { name: 'strict', replicas: 0, durability: 'sync-strict' });
     assert.deepEqual([strictAlone.status, strictAlone.body.error.field], [400, 'durability']);
     assert.match(strictAlone.body.error.message, /needs at least 1 replica/);
+  });
+
+  test('past the circuit breaker automatic failover stops and says a human must act; a manual failover still works', async () => {
+    const [recent] = await cellar.storeQuery<{ n: number }>(`select count(*)::int as n from events where kind = 'cluster' and to_label = 'fence'`);
+    assert.ok((recent?.n ?? 0) >= breakerFailoversMax, `the breaker is tripped (${recent?.n} failovers, limit ${breakerFailoversMax})`);
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const oldPrimary = primaryOf(before);
+    const killedAtMs = Date.now();
+    process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
+    const tripped = await eventually('the breaker event', async () => {
+      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      return cluster.events.find((event) => event.reason.startsWith('automatic failover is off') && Date.parse(event.at) >= killedAtMs - 1_000);
+    }, 30_000, 200);
+    assert.match(tripped.reason, /a human must act: cellar clusters failover NAME/);
+    const still = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    assert.equal(primaryOf(still).id, oldPrimary.id, 'no automatic failover happened');
+    const manual = await cellar.cli(['clusters', 'failover', 'app', '--wait', '--timeout', '60']);
+    assert.equal(manual.code, 0, manual.stderr);
+    const settled = await settledAway(cellar, 'app', oldPrimary.id);
+    const [row] = await query<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
+    assert.equal(row?.replica, false);
+    assert.ok(settled.instances.every((instance) => instance.state === 'running'));
   });
 });
