@@ -47,6 +47,26 @@ export interface Config {
   /** Running clusters of the default spec kept ready for creates to adopt; 0 turns the pool off. */
   readonly warmPoolSize: number;
   readonly ha: HaSettings;
+  /** The backup store's directory; null: `$CELLAR_HOME/backups` (or under the data dir when the postgres user cannot reach it). */
+  readonly backupDir: string | null;
+  /** archive_timeout of every instance: bounds the recovery point under slow writes. */
+  readonly archiveTimeoutMs: number;
+  readonly backups: BackupSettings;
+}
+
+/** Backups; each becomes a rod with the control-rod work. */
+export interface BackupSettings {
+  /** How often each cluster is backed up (the first right after it is created); 0 turns scheduled backups off. */
+  readonly intervalMs: number;
+  /** pg_basebackup --max-rate, bytes per second; 0: no cap. */
+  readonly maxRateBytesPerSecond: number;
+  /** Retention: backups older than this are deleted, except the newest `countMin`. */
+  readonly retentionMs: number;
+  readonly countMin: number;
+  /** Backups beyond this many (newest first) are deleted whatever their age. */
+  readonly countMax: number;
+  /** Restore checks (scratch servers) running at once across the cell. */
+  readonly verifyConcurrency: number;
 }
 
 /** Failover and replica health; each becomes a rod with the control-rod work. */
@@ -143,6 +163,16 @@ export function loadConfig(env: Env = process.env): Config {
     normalTickMs: integer(env, 'CELLAR_NORMAL_TICK_MS', 2_000, 10, 600_000, problems),
     templateEnabled: boolean(env, 'CELLAR_TEMPLATE', true, problems),
     warmPoolSize: integer(env, 'CELLAR_WARM_POOL', 0, 0, warmPoolSizeMax, problems),
+    backupDir: env['CELLAR_BACKUP_DIR'] || null,
+    archiveTimeoutMs: integer(env, 'CELLAR_ARCHIVE_TIMEOUT_MS', 5_000, 1_000, 3_600_000, problems),
+    backups: {
+      intervalMs: integer(env, 'CELLAR_BACKUP_INTERVAL_MS', 24 * 3_600_000, 0, 365 * 24 * 3_600_000, problems),
+      maxRateBytesPerSecond: integer(env, 'CELLAR_BACKUP_MAX_RATE', 0, 0, 1024 ** 3, problems),
+      retentionMs: integer(env, 'CELLAR_BACKUP_RETENTION_MS', 7 * 24 * 3_600_000, 60_000, 10 * 365 * 24 * 3_600_000, problems),
+      countMin: integer(env, 'CELLAR_BACKUP_COUNT_MIN', 2, 1, 1_000, problems),
+      countMax: integer(env, 'CELLAR_BACKUP_COUNT_MAX', 30, 1, 10_000, problems),
+      verifyConcurrency: integer(env, 'CELLAR_BACKUP_VERIFY_CONCURRENCY', 1, 1, 16, problems),
+    },
     ha: {
       unreachableProbesMax: integer(env, 'CELLAR_UNREACHABLE_PROBES', 3, 1, 100, problems),
       failoverLagBytesMax: integer(env, 'CELLAR_FAILOVER_LAG_BYTES_MAX', 16 * 1024 ** 2, 0, 2 ** 40, problems),

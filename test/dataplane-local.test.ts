@@ -8,7 +8,8 @@ import pg from 'pg';
 import type { InstanceSpec, UpstreamRef } from '../src/dataplane/dataplane.js';
 import { Binaries } from '../src/dataplane/local/binaries.js';
 import { LocalDataPlane } from '../src/dataplane/local/driver.js';
-import { ensureDirFor, resolveRunAs } from '../src/dataplane/local/osuser.js';
+import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
+import { ensureDirFor, resolveRunAs, type RunAs } from '../src/dataplane/local/osuser.js';
 import { canTraverseAncestors, fallbackDataRoot, resolveDataDir } from '../src/dataplane/local/paths.js';
 import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/dataplane/local/server.js';
 import { sleep } from '../src/lib/clock.js';
@@ -39,7 +40,14 @@ function secrets(): InstanceSpec['secrets'] {
 }
 
 function specFor(instanceId: InstanceId, port: number, clusterSecrets: InstanceSpec['secrets']): InstanceSpec {
-  return { instanceId, port, pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
+  return { instanceId, clusterId: 'cl_dataplanetest', port, pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
+}
+
+/** A local data plane with its backup store beside the instances (archiving needs one). */
+async function localPlane(dataDir: string, binaries: Binaries, runAs: RunAs, templateEnabled: boolean): Promise<LocalDataPlane> {
+  const backups = new LocalBackupStore(join(dataDir, 'backups'), runAs);
+  await backups.prepare();
+  return new LocalDataPlane({ dataDir, binaries, runAs, backups, archiveTimeoutMs: 60_000, templateEnabled });
 }
 
 async function tcpQuery(port: number, user: string, password: string, database: string, sql: string): Promise<pg.QueryResult> {
@@ -64,7 +72,7 @@ test('a primary and a streaming replica are created, started, stopped and destro
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   assert.ok(binaries.versions().includes(pgVersion), `needs PostgreSQL ${pgVersion}; found ${binaries.versions().join(', ')}`);
-  const plane = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: true });
+  const plane = await localPlane(dataDir, binaries, runAs, true);
   const clusterSecrets = secrets();
   const primary = specFor(newId('instance'), await freePort(), clusterSecrets);
   const replica = specFor(newId('instance'), await freePort(), clusterSecrets);
@@ -126,7 +134,7 @@ test('a primary and a streaming replica are created, started, stopped and destro
   await plane.stop(primary.instanceId);
   assert.equal(isAlive(primaryPid), false);
   assert.equal(isAlive(replicaPid), false);
-  assert.deepEqual(await plane.status(primary), { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined });
+  assert.deepEqual(await plane.status(primary), { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined });
 
   // Restart both: the replica reconnects through its slot, which dropSlot must then evict.
   await plane.start(primary);
@@ -160,7 +168,7 @@ test('failover operations: sync standbys hold and release commits, promote, foll
   const dataDir = await tempDataDir();
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
-  const plane = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: true });
+  const plane = await localPlane(dataDir, binaries, runAs, true);
   const clusterSecrets = secrets();
   const [primary, first, second] = [
     specFor(newId('instance'), await freePort(), clusterSecrets),
@@ -244,8 +252,8 @@ test('a primary built from the template and one built by initdb both accept the 
   const dataDir = await tempDataDir();
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
-  const withTemplate = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: true });
-  const withInitdb = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: false });
+  const withTemplate = await localPlane(dataDir, binaries, runAs, true);
+  const withInitdb = await localPlane(dataDir, binaries, runAs, false);
   const clusterSecrets = secrets();
   const specs = [specFor(newId('instance'), await freePort(), clusterSecrets), specFor(newId('instance'), await freePort(), clusterSecrets), specFor(newId('instance'), await freePort(), clusterSecrets)] as const;
   t.after(async () => {
@@ -271,7 +279,7 @@ test('a crashed build (left-over tmp dir with its bootstrap server still running
   const dataDir = await tempDataDir();
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
-  const plane = new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: true });
+  const plane = await localPlane(dataDir, binaries, runAs, true);
   const spec = specFor(newId('instance'), await freePort(), secrets());
   const paths = plane.paths(spec.instanceId);
   const crashed = `${paths.pgdata}.tmp-crashed`;
@@ -299,7 +307,7 @@ test('a crashed build (left-over tmp dir with its bootstrap server still running
 test('status of an instance that never existed is "not running", not an error', async () => {
   const dataDir = await tempDataDir();
   try {
-    const plane = new LocalDataPlane({ dataDir, binaries: await Binaries.discover({ pgBin: null }), runAs: await resolveRunAs(), templateEnabled: true });
+    const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), await resolveRunAs(), true);
     const status = await plane.status(specFor(newId('instance'), await freePort(), secrets()));
     assert.equal(status.running, false);
     await plane.stop(newId('instance'));

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { ClusterSecrets, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, UpstreamRef } from '../src/dataplane/dataplane.js';
-import type { HaSettings } from '../src/config.js';
+import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { BackupSettings, HaSettings } from '../src/config.js';
 import type { Durability } from '../src/lib/sizes.js';
 import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
-import type { ClusterId, InstanceId } from '../src/lib/ids.js';
+import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
 import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
-import type { ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
+import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
 
 /**
  * Unit tests of the machines, label by label: each asserts the transition a step returns.
@@ -111,7 +111,7 @@ class FakeStore implements MachineStore {
   }
 }
 
-const stopped: InstanceStatus = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined };
+const stopped: InstanceStatus = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
 
 class FakeDataPlane implements DataPlane {
   readonly calls: string[] = [];
@@ -156,6 +156,26 @@ class FakeDataPlane implements DataPlane {
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
     this.calls.push(`sync ${spec.instanceId} [${standbys.join(',')}]`);
   }
+  backupInfo: BaseBackupInfo = { startLsn: '0/2000028', endLsn: '0/2000100', timeline: 1, startWalFile: '000000010000000000000002', bytes: 1000 };
+  check: BackupCheck = { ok: true, detail: 'restored and queried' };
+  async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRate: number): Promise<BaseBackupInfo> {
+    this.calls.push(`takeBaseBackup ${backupId} from ${source.instanceId} (primary ${primary.instanceId}) rate ${maxRate}`);
+    return this.backupInfo;
+  }
+  async checkBackup(_cluster: string, backupId: string): Promise<BackupCheck> {
+    this.calls.push(`checkBackup ${backupId}`);
+    return this.check;
+  }
+  async deleteBackup(_cluster: string, backupId: string): Promise<void> {
+    this.calls.push(`deleteBackup ${backupId}`);
+  }
+  async pruneWal(_cluster: string, oldest: string): Promise<number> {
+    this.calls.push(`pruneWal before ${oldest}`);
+    return 0;
+  }
+  async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
+    this.calls.push(`restorePrimary ${spec.instanceId} from ${source.backupId}`);
+  }
   async dropSlot(upstream: UpstreamRef): Promise<void> {
     this.calls.push(`dropSlot ${upstream.slotName} on ${upstream.port}`);
   }
@@ -173,10 +193,60 @@ const ha: HaSettings = {
   switchoverCatchUpMsMax: 5_000,
 };
 
+const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1 };
+
+class FakeBackups implements BackupRecords {
+  readonly records = new Map<BackupId, BackupRecord>();
+  readonly calls: string[] = [];
+  candidates: BackupCandidate[] = [];
+  slotFree = true;
+  add(record: Partial<BackupRecord> & { id: BackupId }): void {
+    this.records.set(record.id, { clusterId, status: 'running', sourceInstanceId: null, startWalFile: null, finishedAtMs: null, verified: null, ...record });
+  }
+  async backup(id: BackupId): Promise<BackupRecord> {
+    const record = this.records.get(id);
+    assert.ok(record !== undefined);
+    return record;
+  }
+  async createBackup(cluster: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
+    this.calls.push(`createBackup ${cluster} ${reason}`);
+    return 'bk_new' as BackupId;
+  }
+  async recordTaken(id: BackupId, source: InstanceId, info: BaseBackupInfo): Promise<void> {
+    this.calls.push(`recordTaken ${id} ${source} ${info.startWalFile}`);
+    const record = await this.backup(id);
+    this.records.set(id, { ...record, status: 'completed', startWalFile: info.startWalFile });
+  }
+  async recordFailed(id: BackupId, reason: string): Promise<void> {
+    this.calls.push(`recordFailed ${id} ${reason}`);
+  }
+  async tryStartCheck(): Promise<boolean> {
+    return this.slotFree;
+  }
+  async recordCheck(id: BackupId, ok: boolean, detail: string): Promise<void> {
+    this.calls.push(`recordCheck ${id} ${ok} ${detail}`);
+  }
+  async backupCandidates(): Promise<BackupCandidate[]> {
+    return this.candidates;
+  }
+  async backupsOf(): Promise<BackupRecord[]> {
+    return [...this.records.values()].filter((record) => record.status !== 'deleted' && record.status !== 'running');
+  }
+  async clustersWithBackups(): Promise<ClusterId[]> {
+    return this.records.size > 0 ? [clusterId] : [];
+  }
+  async markDeleted(id: BackupId): Promise<void> {
+    this.calls.push(`markDeleted ${id}`);
+    const record = await this.backup(id);
+    this.records.set(id, { ...record, status: 'deleted' });
+  }
+}
+
 interface Harness {
   store: FakeStore;
   dataPlane: FakeDataPlane;
   clock: FakeClock;
+  backups: FakeBackups;
   ports: MachinePorts;
 }
 
@@ -184,7 +254,8 @@ function harness(): Harness {
   const store = new FakeStore();
   const dataPlane = new FakeDataPlane();
   const clock = new FakeClock();
-  return { store, dataPlane, clock, ports: { store, dataPlane, clock, random: fixedRandom, ha } };
+  const backups = new FakeBackups();
+  return { store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings } };
 }
 
 async function step<L extends string, D extends MachineData>(
@@ -203,7 +274,7 @@ async function step<L extends string, D extends MachineData>(
   return outcome;
 }
 
-const running: InstanceStatus = { running: true, pid: 1, accepting: true, inRecovery: false, timeline: 1, lsn: '0/3000000', streaming: undefined, receiveLsn: '0/3000000' };
+const running: InstanceStatus = { running: true, pid: 1, accepting: true, inRecovery: false, timeline: 1, lsn: '0/3000000', streaming: undefined, receiveLsn: '0/3000000', archive: undefined };
 
 describe('instance machine, label by label', () => {
   test('start allocates a port and hops to create', async () => {

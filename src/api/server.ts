@@ -23,6 +23,7 @@ import { requestDestroy } from '../store/machine-store.js';
 import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
 import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
+import { registerBackupRoutes } from './backups.js';
 import { errorHandler } from './errors.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
@@ -91,6 +92,18 @@ const clusterSchema = {
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
     replication: { type: ['string', 'null'], enum: ['sync', 'async', null], description: 'what commits wait for now' },
+    archive: {
+      type: ['object', 'null'],
+      description: 'continuous WAL archiving from the primary',
+      properties: {
+        lastArchivedWal: { type: ['string', 'null'] },
+        lastArchivedAt: { type: ['string', 'null'] },
+        lagBytes: { type: ['integer', 'null'] },
+        failedCount: { type: 'integer' },
+        lastFailedWal: { type: ['string', 'null'] },
+        lastFailedAt: { type: ['string', 'null'] },
+      },
+    },
     routeKey: { type: ['string', 'null'], description: 'cell-unique key the proxy routes by' },
     uri: { type: ['string', 'null'], description: 'read-write connection URI (through the proxy)' },
     readOnlyUri: { type: ['string', 'null'] },
@@ -289,6 +302,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       return reply.status(202).send(clusterView(cluster, options.proxy));
     },
   );
+
+  registerBackupRoutes(app, pool, options.proxy, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

@@ -1,4 +1,4 @@
-import { appDatabase, clusterRoles } from '../dataplane/dataplane.js';
+import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { lagBytes } from '../lib/lsn.js';
 import { durabilityOf } from '../lib/sizes.js';
 import { clusterPhase } from '../machines/cluster.js';
@@ -32,6 +32,8 @@ export interface ClusterView {
   durability: string;
   /** What commits wait for now: `sync` (a replica has them) or `async` (the primary alone). */
   replication: 'sync' | 'async' | null;
+  /** Continuous WAL archiving from the primary: how far behind, and whether it is failing. */
+  archive: ArchiveStatus | null;
   /** The cell-unique name the proxy routes by (user `role.routeKey`, or options `-c cluster=routeKey`). */
   routeKey: string | null;
   uri: string | null;
@@ -87,6 +89,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     version: cluster.spec.pgVersion,
     durability: durabilityOf(cluster.spec),
     replication: cluster.syncStandbys === null ? null : cluster.syncStandbys.length > 0 ? 'sync' : 'async',
+    archive: primary?.observed.archive ?? null,
     routeKey: cluster.routeKey,
     uri: uri(proxy.readWritePort),
     readOnlyUri: uri(proxy.readOnlyPort),

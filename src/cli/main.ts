@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { loadConfig } from '../config.js';
 import { ApiClient, ApiError, resolveCredentials } from './client.js';
+import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
 import { registerHostCommands } from './host.js';
 import { type Output, formatTable, makeOutput } from './output.js';
@@ -34,6 +35,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       out.line(formatTable(['CLUSTERS', 'INSTANCES', 'MACHINES DUE', 'MACHINES FAILED'], [[String(status.cell['clusters']), String(status.cell['instances']), String(status.cell['machinesDue']), String(status.cell['machinesFailed'])]]));
     });
   registerClusterCommands(program, connect);
+  registerBackupCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -11,11 +11,14 @@ import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
 import { newId, randomToken } from '../lib/ids.js';
 import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
+import { backupMachine } from '../machines/backup.js';
+import { backupScheduleEntity, backupScheduleKind, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
 import { type WarmPoolPorts, warmPoolEntity, warmPoolKind, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
+import { PgBackupRecords } from '../store/backups.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
@@ -89,6 +92,7 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): W
 /** The cell's singleton machines exist once, whichever control plane starts first. */
 async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, { id: newId('machine'), kind: warmPoolKind, entityId: warmPoolEntity, clusterId: null, label: 'fill', lane: 'normal', data: {} });
+  await insertMachine(pool, { id: newId('machine'), kind: backupScheduleKind, entityId: backupScheduleEntity, clusterId: null, label: 'tend', lane: 'normal', data: {} });
 }
 
 function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
@@ -98,13 +102,21 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax),
     dataPlane,
     ha: config.ha,
+    backups: new PgBackupRecords(pool),
+    backupSettings: config.backups,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
   const engine = new Engine({
     pool,
     storeUrl,
     owner: `${hostname()}:${process.pid}:${randomToken(6)}`,
-    registrations: [register(clusterMachine, ports), register(instanceMachine, ports), register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane))],
+    registrations: [
+      register(clusterMachine, ports),
+      register(instanceMachine, ports),
+      register(backupMachine, ports),
+      register(backupScheduleMachine, ports),
+      register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
+    ],
     clock: systemClock,
     random: systemRandom,
     log: log.child({ component: 'engine' }),

@@ -25,6 +25,8 @@ export const appDatabase = 'app';
 
 export interface InstanceSpec {
   readonly instanceId: InstanceId;
+  /** The cluster it belongs to: names its WAL archive area. */
+  readonly clusterId: string;
   /** 127.0.0.1 port the server listens on; allocated and recorded by the control plane. */
   readonly port: number;
   /** Postgres major version, e.g. 15; selects the binaries. */
@@ -59,7 +61,43 @@ export interface InstanceStatus {
    * flushed (what it will have replayed once promoted), else its replay LSN.
    */
   readonly receiveLsn: string | undefined;
+  /** Primary: the WAL archiver (pg_stat_archiver); undefined on a replica or when unknown. */
+  readonly archive: ArchiveStatus | undefined;
 }
+
+export interface ArchiveStatus {
+  /** The last WAL file archived, e.g. `000000010000000000000003`, and when (ISO time). */
+  readonly lastArchivedWal: string | null;
+  readonly lastArchivedAt: string | null;
+  /** WAL written but not yet archived: from the end of the last archived segment to the current LSN. */
+  readonly lagBytes: number | null;
+  readonly failedCount: number;
+  readonly lastFailedWal: string | null;
+  readonly lastFailedAt: string | null;
+}
+
+/** What a base backup covers: restore it, replay WAL from startLsn, and it is consistent at endLsn. */
+export interface BaseBackupInfo {
+  readonly startLsn: string;
+  readonly endLsn: string;
+  readonly timeline: number;
+  /** The first WAL segment the backup needs; older WAL is needed by no later backup either. */
+  readonly startWalFile: string;
+  readonly bytes: number;
+}
+
+/** Where a restored primary comes from, and how far to replay. */
+export interface RestoreSource {
+  readonly clusterId: string;
+  readonly backupId: string;
+  /** Stop at this time (ISO) or LSN; neither means replay every archived WAL file (latest). */
+  readonly targetTime?: string;
+  readonly targetLsn?: string;
+  /** The source's running primary, if any: asked to switch and archive its current WAL first. */
+  readonly sourcePrimary?: InstanceSpec;
+}
+
+export type BackupCheck = { readonly ok: true; readonly detail: string } | { readonly ok: false; readonly reason: string };
 
 /** How the old primary came back as a replica after a failover or switchover. */
 export type RejoinMethod = 'rewound' | 'cloned';
@@ -97,6 +135,19 @@ export interface DataPlane {
    * empty means commits do not wait. Takes effect at once (reload); blocked commits are released.
    */
   setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void>;
+  /**
+   * A base backup of `source` (a streaming replica, preferably) into the backup store, with its
+   * manifest and the WAL it needs, at most maxRateBytesPerSecond (0: no cap). `primary` is
+   * checkpointed first: a standby can only start a backup at a restartpoint. Idempotent by id.
+   */
+  takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo>;
+  /** pg_verifybackup, then a restore into a scratch server that is started and queried, then removed. */
+  checkBackup(clusterId: string, backupId: string, pgVersion: number): Promise<BackupCheck>;
+  deleteBackup(clusterId: string, backupId: string): Promise<void>;
+  /** Removes archived WAL that no kept backup needs (segments before `oldestNeededWalFile`); returns how many. */
+  pruneWal(clusterId: string, oldestNeededWalFile: string): Promise<number>;
+  /** A new primary's data directory from a base backup, recovering to the target; no-op if it exists. */
+  restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void>;
   /** Stops the server and removes everything on disk for this instance; no-op if gone. */
   destroy(instanceId: InstanceId): Promise<void>;
 }

@@ -7,6 +7,7 @@ export const idPrefixes = {
   cluster: 'cl',
   instance: 'in',
   machine: 'ma',
+  backup: 'bk',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;
@@ -15,6 +16,7 @@ export type OrgId = Id<'org'>;
 export type ClusterId = Id<'cluster'>;
 export type InstanceId = Id<'instance'>;
 export type MachineId = Id<'machine'>;
+export type BackupId = Id<'backup'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
 const idRandomChars = 12;

@@ -29,6 +29,16 @@ export interface ClusterSpec {
   readonly storageGb: number;
   readonly pgVersion: number;
   readonly durability?: Durability;
+  /** Set on a cluster made by restoring another one's backup. */
+  readonly restore?: RestoreSpec;
+}
+
+export interface RestoreSpec {
+  readonly sourceClusterId: string;
+  readonly backupId: string;
+  /** ISO time or LSN to stop at; neither: everything archived (latest). */
+  readonly targetTime?: string;
+  readonly targetLsn?: string;
 }
 
 /**

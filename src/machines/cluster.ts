@@ -85,7 +85,8 @@ async function waitInstances(context: Context): Promise<Result> {
   const down = instances.find((instance) => instance.machineLabel === 'down' && !instance.fenced);
   if (down !== undefined) await context.ports.store.raiseSignal(instanceKind, down.id, 'restart');
   if (instances.length > 0 && instances.every(isServing)) {
-    return hop('running', { reason: `${instances.length} instance(s) running` });
+    // The backup schedule takes a new cluster's first backup right away.
+    return hop('running', { reason: `${instances.length} instance(s) running`, wake: [{ kind: 'backupSchedule', entityId: 'cell' }] });
   }
   return nap(provisioningNapMs);
 }

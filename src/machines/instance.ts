@@ -2,7 +2,7 @@ import type { InstanceSpec, InstanceStatus, UpstreamRef } from '../dataplane/dat
 import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { InstanceId } from '../lib/ids.js';
-import { sizes } from '../lib/sizes.js';
+import { type RestoreSpec, sizes } from '../lib/sizes.js';
 import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
 
 /**
@@ -51,6 +51,7 @@ export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): 
   assert(instance.port !== null, `instance ${instance.id} has no port yet`);
   return {
     instanceId: instance.id,
+    clusterId: cluster.id,
     port: instance.port,
     pgVersion: cluster.spec.pgVersion,
     settings: sizes[cluster.spec.size],
@@ -89,6 +90,11 @@ async function create(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
   const spec = instanceSpec(cluster, instance);
+  if (instance.role === 'primary' && cluster.spec.restore !== undefined) {
+    const restore = cluster.spec.restore;
+    await context.ports.dataPlane.restorePrimary(spec, { ...restoreTarget(restore), clusterId: restore.sourceClusterId, backupId: restore.backupId, ...(await latestSource(context, restore)) });
+    return hop('starting', { reason: `restored from backup ${restore.backupId} of ${restore.sourceClusterId}; recovers to ${describeTarget(restore)} when started` });
+  }
   if (instance.role === 'primary') {
     await context.ports.dataPlane.createPrimary(spec);
     return hop('starting', { reason: 'data directory created' });
@@ -97,6 +103,27 @@ async function create(context: Context): Promise<Result> {
   if (upstream === null) return nap(replicaWaitForPrimaryMs);
   await context.ports.dataPlane.createReplica(spec, upstream);
   return hop('starting', { reason: `cloned from the primary on port ${upstream.port}` });
+}
+
+function restoreTarget(restore: RestoreSpec): { targetTime?: string; targetLsn?: string } {
+  if (restore.targetTime !== undefined) return { targetTime: restore.targetTime };
+  if (restore.targetLsn !== undefined) return { targetLsn: restore.targetLsn };
+  return {};
+}
+
+function describeTarget(restore: RestoreSpec): string {
+  return restore.targetTime ?? restore.targetLsn ?? 'the end of the archive (latest)';
+}
+
+/**
+ * The source's running primary, so that its current WAL is archived before recovery reads the
+ * archive: latest then means now, and a target a moment ago is reachable.
+ */
+async function latestSource(context: Context, restore: RestoreSpec): Promise<{ sourcePrimary?: InstanceSpec }> {
+  const { store } = context.ports;
+  const source = await store.cluster(restore.sourceClusterId as ClusterRecord['id']);
+  const primary = (await store.instances(source.id)).find((instance) => instance.role === 'primary' && instance.machineLabel === 'running' && !instance.fenced);
+  return primary === undefined ? {} : { sourcePrimary: instanceSpec(source, primary) };
 }
 
 async function starting(context: Context): Promise<Result> {
@@ -235,7 +262,8 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
   steps: { start, create, starting, waitReady, running, down, rejoin, destroy },
   // Provisioning and health probes are latency-sensitive: everything an instance does is high lane.
   lane: () => 'high',
-  stepTimeoutMs: (label) => (label === 'create' || label === 'rejoin' ? createTimeoutMs : defaultStepTimeoutMs),
+  // A restored primary's start includes its recovery: as long as a create.
+  stepTimeoutMs: (label) => (label === 'create' || label === 'rejoin' || label === 'starting' ? createTimeoutMs : defaultStepTimeoutMs),
 };
 
 /** The phase a person sees for an instance, from its machine label and what was last observed. */

@@ -1,7 +1,7 @@
-import type { HaSettings } from '../config.js';
-import type { ClusterSecrets, DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
+import type { BackupSettings, HaSettings } from '../config.js';
+import type { BaseBackupInfo, ClusterSecrets, DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
 import type { Clock, Random } from '../lib/clock.js';
-import type { ClusterId, InstanceId } from '../lib/ids.js';
+import type { BackupId, ClusterId, InstanceId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 
 /** What the cluster and instance machines may read and change in the cell store. */
@@ -67,10 +67,50 @@ export interface MachineStore {
   failoversWithin(windowMs: number): Promise<number>;
 }
 
+export interface BackupRecord {
+  readonly id: BackupId;
+  readonly clusterId: ClusterId;
+  readonly status: 'running' | 'completed' | 'failed' | 'deleted';
+  readonly sourceInstanceId: string | null;
+  readonly startWalFile: string | null;
+  /** Clock time (ms) the backup finished, when it has. */
+  readonly finishedAtMs: number | null;
+  readonly verified: boolean | null;
+}
+
+/** A live cluster as the backup schedule sees it. */
+export interface BackupCandidate {
+  readonly clusterId: ClusterId;
+  /** When its newest backup (running or completed) started; null: never backed up. */
+  readonly lastBackupAtMs: number | null;
+  readonly backupRunning: boolean;
+}
+
+/** What the backup machines may read and change in the cell store. */
+export interface BackupRecords {
+  backup(id: BackupId): Promise<BackupRecord>;
+  /** Creates the backup row and its machine in one transaction. */
+  createBackup(clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId>;
+  recordTaken(id: BackupId, sourceInstanceId: InstanceId, info: BaseBackupInfo): Promise<void>;
+  recordFailed(id: BackupId, reason: string): Promise<void>;
+  /** Takes one of `concurrency` restore-check slots of the cell; false when all are in use. */
+  tryStartCheck(id: BackupId, concurrency: number): Promise<boolean>;
+  recordCheck(id: BackupId, ok: boolean, detail: string): Promise<void>;
+  /** Live, running, non-pooled clusters with their newest backup; at most `limit`. */
+  backupCandidates(limit: number): Promise<BackupCandidate[]>;
+  /** Completed (and failed) backups of a cluster, newest first. */
+  backupsOf(clusterId: ClusterId): Promise<BackupRecord[]>;
+  /** Clusters that have any backup not yet deleted; at most `limit`. */
+  clustersWithBackups(limit: number): Promise<ClusterId[]>;
+  markDeleted(id: BackupId): Promise<void>;
+}
+
 export interface MachinePorts {
   readonly clock: Clock;
   readonly random: Random;
   readonly store: MachineStore;
   readonly dataPlane: DataPlane;
   readonly ha: HaSettings;
+  readonly backups: BackupRecords;
+  readonly backupSettings: BackupSettings;
 }

@@ -67,6 +67,8 @@ export class TestCellar {
       CELLAR_PROXY_RO_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',
+      // Scheduled backups (and their restore checks) would load every test; backup tests turn them on.
+      CELLAR_BACKUP_INTERVAL_MS: '0',
       CELLAR_API: '',
       CELLAR_TOKEN: '',
       ...extraEnv,

@@ -39,13 +39,26 @@ function identitySettings(spec: InstanceSpec, runDir: string): Record<string, st
   };
 }
 
-export function renderInstanceConf(spec: InstanceSpec, runDir: string): string {
-  const identity = identitySettings(spec, runDir);
+/** Continuous archiving to the cluster's area of the backup store; every instance has it, only a primary archives. */
+export interface ArchiveSettings {
+  readonly command: string;
+  readonly timeoutMs: number;
+}
+
+export function renderInstanceConf(spec: InstanceSpec, runDir: string, archive: ArchiveSettings): string {
+  const identity = {
+    ...identitySettings(spec, runDir),
+    archive_mode: 'on',
+    archive_command: archive.command,
+    // Bounds the recovery point when writes are slow to fill a segment.
+    archive_timeout: `${archive.timeoutMs}ms`,
+  };
   for (const name of Object.keys(spec.settings)) {
     assert(!(name in identity), `setting ${name} is owned by the data plane`);
   }
   // The upstream file comes last so nothing here can undo a replica's conninfo.
-  const includes = [syncConfFile, upstreamConfFile].map((file) => `include_if_exists = '${file}'\n`).join('');
+  // The recovery file (a restore's or a scratch check's) comes after everything it must override.
+  const includes = [syncConfFile, upstreamConfFile, 'cellar.recovery.conf'].map((file) => `include_if_exists = '${file}'\n`).join('');
   return `${renderConf({ ...baseSettings, ...spec.settings, ...identity })}${includes}`;
 }
 

@@ -9,21 +9,34 @@ import {
   type ClusterSecrets,
   type DataPlane,
   type InstanceSpec,
+  type ArchiveStatus,
+  type BackupCheck,
+  type BaseBackupInfo,
   type InstanceStatus,
   type RejoinMethod,
+  type RestoreSource,
   type UpstreamRef,
 } from '../dataplane.js';
 import { Binaries, type PgBinaries } from './binaries.js';
 import { assertSlotName, renderHba, renderInstanceConf, renderSyncConf, renderUpstreamConf, standbySignalFile, syncConfFile, upstreamConfFile } from './conf.js';
 import { ensureDirFor, resolveRunAs, run, writeFileFor, type RunAs } from './osuser.js';
 import { checkpoint, ensureCleanShutdown, promoteLocal, reloadLocal, rewind, superuserOverTcp } from './promote.js';
-import { instancePaths, prepareDataDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
-import { cellarConfFile, ensureIncludeLine, readPostmasterPid, serverPid, startDetached, stopServer, writeConfText } from './server.js';
+import { checkBackupFiles, checkpointLocal, copyTree, isRecovering, readBackupInfo, recoveryConfFile, restoreSettings, runBaseBackup, writeRecoveryFiles } from './backup.js';
+import { LocalBackupStore } from './backup-store.js';
+import { segmentEndPosition, walFilesBefore } from './wal.js';
+import { lsnToBigInt } from '../../lib/lsn.js';
+import { instancePaths, prepareDataDir, resolveBackupDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
+import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPid, startDetached, stopServer, writeConfText } from './server.js';
 import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from './sql.js';
 import { bootstrapDataDir, buildThenRename, copyDataDir, exists, removeStaleBuilds, TemplateCache } from './template.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
 export const baseBackupMsMax = 60 * 60_000;
+/** Recovery of a restore replays the archived WAL since the backup: bounded, but generously. */
+export const restoreRecoveryMsMax = 6 * 3_600_000;
+export const restorePollMs = 20;
+/** A latest restore waits this long for the source's current WAL file to be archived. */
+export const archiveWaitMsMax = 60_000;
 /** status() must answer quickly even when a server hangs. */
 export const statusConnectMsMax = 1_000;
 /** A replica reconnects 5 s (wal_retrieve_retry_interval) after its walsender is terminated. */
@@ -38,6 +51,10 @@ export interface DataPlaneLogger {
 
 export interface LocalDataPlaneOptions {
   readonly dataDir: string;
+  /** Continuous WAL archives and base backups, one area per cluster. */
+  readonly backups: LocalBackupStore;
+  /** archive_timeout: how long written WAL may wait for its segment to fill before it is archived. */
+  readonly archiveTimeoutMs: number;
   readonly binaries: PgBinaries;
   readonly runAs: RunAs;
   /** Copy a prepared template data directory instead of running initdb per primary. */
@@ -62,7 +79,17 @@ export class LocalDataPlane implements DataPlane {
     const binaries = await Binaries.discover({ pgBin: config.pgBin });
     const dataDir = resolveDataDir(config, runAs);
     await prepareDataDir(dataDir, runAs);
-    return new LocalDataPlane({ dataDir, binaries, runAs, templateEnabled: config.templateEnabled, ...(logger ? { logger } : {}) });
+    const backups = new LocalBackupStore(resolveBackupDir(config, runAs, dataDir), runAs);
+    await backups.prepare();
+    return new LocalDataPlane({
+      dataDir,
+      binaries,
+      runAs,
+      backups,
+      archiveTimeoutMs: config.archiveTimeoutMs,
+      templateEnabled: config.templateEnabled,
+      ...(logger ? { logger } : {}),
+    });
   }
 
   versions(): readonly number[] {
@@ -109,7 +136,7 @@ export class LocalDataPlane implements DataPlane {
   private async writeStandbyFiles(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string, runDir: string): Promise<void> {
     const { runAs } = this.options;
     await ensureIncludeLine(pgdata);
-    await writeConfText(pgdata, cellarConfFile, renderInstanceConf(spec, runDir), runAs);
+    await writeConfText(pgdata, cellarConfFile, this.instanceConf(spec, runDir), runAs);
     await writeConfText(pgdata, syncConfFile, renderSyncConf([]), runAs);
     await writeConfText(pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), runAs);
     await writeFileFor(join(pgdata, standbySignalFile), '', 0o600, runAs);
@@ -146,16 +173,111 @@ export class LocalDataPlane implements DataPlane {
     if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory; create it before start`);
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
+    await this.options.backups.ensureArea(spec.clusterId);
     if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths);
     await startDetached(binDir, paths.pgdata, paths.log, this.options.runAs);
+    if (await isRecovering(paths.pgdata)) await this.finishRecovery(spec, paths);
     if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
   }
 
+  private instanceConf(spec: InstanceSpec, runDir: string): string {
+    return renderInstanceConf(spec, runDir, { command: this.options.backups.archiveCommand(spec.clusterId), timeoutMs: this.options.archiveTimeoutMs });
+  }
+
   private async writeInstanceFiles(spec: InstanceSpec, paths: InstancePaths): Promise<void> {
     socketPath(paths.run, spec.port);
-    await writeConfText(paths.pgdata, cellarConfFile, renderInstanceConf(spec, paths.run), this.options.runAs);
+    await writeConfText(paths.pgdata, cellarConfFile, this.instanceConf(spec, paths.run), this.options.runAs);
     await writeConfText(paths.pgdata, 'pg_hba.conf', renderHba(), this.options.runAs);
+  }
+
+  /** A restored primary: waits until recovery reached its target and promoted, then drops the recovery settings. */
+  private async finishRecovery(spec: InstanceSpec, paths: InstancePaths): Promise<void> {
+    const deadline = Date.now() + restoreRecoveryMsMax;
+    while (await isRecovering(paths.pgdata)) {
+      if (Date.now() > deadline) throw new Error(`instance ${spec.instanceId} still recovering after ${restoreRecoveryMsMax} ms${await logTail(paths.log)}`);
+      if ((await serverPid(paths.pgdata)) === undefined) throw new Error(`instance ${spec.instanceId} stopped during recovery${await logTail(paths.log)}`);
+      await sleep(restorePollMs);
+    }
+    await rm(join(paths.pgdata, recoveryConfFile), { force: true });
+    await reloadLocal(paths.run, spec.port);
+  }
+
+  async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo> {
+    const { backups, runAs } = this.options;
+    const committed = await backups.baseDirectory(source.clusterId, backupId);
+    if (committed !== null) return readBackupInfo(committed);
+    const staged = await backups.stageBase(source.clusterId, backupId);
+    const startedMs = Date.now();
+    if (source.instanceId !== primary.instanceId) await checkpointLocal(this.paths(primary.instanceId).run, primary.port);
+    try {
+      await runBaseBackup({ binDir: this.options.binaries.binFor(source.pgVersion), host: '127.0.0.1', port: source.port, secrets: source.secrets, target: staged, maxRateBytesPerSecond, runAs });
+      const info = await readBackupInfo(staged);
+      await backups.commitBase(source.clusterId, backupId, staged);
+      this.log('info', { backupId, durationMs: Date.now() - startedMs, bytes: info.bytes, source: source.instanceId }, 'base backup taken');
+      return info;
+    } catch (error) {
+      await rm(staged, { recursive: true, force: true });
+      throw error;
+    }
+  }
+
+  async checkBackup(clusterId: string, backupId: string, pgVersion: number): Promise<BackupCheck> {
+    const backupDir = await this.options.backups.baseDirectory(clusterId, backupId);
+    if (backupDir === null) return { ok: false, reason: `backup ${backupId} has no files in the backup store` };
+    return checkBackupFiles({
+      binDir: this.options.binaries.binFor(pgVersion),
+      backupDir,
+      scratchRoot: join(this.options.dataDir, 'scratch', backupId),
+      restoreCommand: this.options.backups.restoreCommand(clusterId),
+      runAs: this.options.runAs,
+    });
+  }
+
+  async deleteBackup(clusterId: string, backupId: string): Promise<void> {
+    await this.options.backups.deleteBase(clusterId, backupId);
+  }
+
+  async pruneWal(clusterId: string, oldestNeededWalFile: string): Promise<number> {
+    const prunable = walFilesBefore(await this.options.backups.listWal(clusterId), oldestNeededWalFile);
+    await this.options.backups.deleteWal(clusterId, prunable);
+    return prunable.length;
+  }
+
+  async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
+    const paths = await this.prepareInstance(spec);
+    if (paths === undefined) return;
+    const backupDir = await this.options.backups.baseDirectory(source.clusterId, source.backupId);
+    if (backupDir === null) throw new Error(`backup ${source.backupId} of cluster ${source.clusterId} has no files in the backup store`);
+    if (source.sourcePrimary !== undefined) await this.archiveCurrentWal(source.sourcePrimary);
+    const startedMs = Date.now();
+    await buildThenRename(paths.pgdata, async (tmp) => {
+      await copyTree(backupDir, tmp, this.options.runAs);
+      await ensureIncludeLine(tmp);
+      await writeConfText(tmp, cellarConfFile, this.instanceConf(spec, paths.run), this.options.runAs);
+      await writeConfText(tmp, syncConfFile, renderSyncConf([]), this.options.runAs);
+      await rm(join(tmp, upstreamConfFile), { force: true });
+      await writeRecoveryFiles(tmp, restoreSettings(this.options.backups.restoreCommand(source.clusterId), source), this.options.runAs);
+    });
+    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, backupId: source.backupId }, 'primary restored from a base backup; recovery runs at start');
+  }
+
+  /** Latest means "up to now": the source switches to a new WAL file and the old one must reach the archive (bounded). */
+  private async archiveCurrentWal(primary: InstanceSpec): Promise<void> {
+    const paths = this.paths(primary.instanceId);
+    if ((await serverPid(paths.pgdata)) === undefined) return; // Gone: its archive is all there is.
+    const segment = await withClient(localSuperuser(paths.run, primary.port), async (client) => {
+      const result = await client.query<{ name: string }>('select pg_walfile_name(pg_switch_wal()) as name');
+      return result.rows[0]?.name;
+    });
+    if (segment === undefined) return;
+    const deadline = Date.now() + archiveWaitMsMax;
+    while (Date.now() < deadline) {
+      const archived = await this.options.backups.listWal(primary.clusterId);
+      if (archived.some((file) => file.name === segment)) return;
+      await sleep(restorePollMs);
+    }
+    throw new Error(`WAL file ${segment} of the source was not archived within ${archiveWaitMsMax} ms; is archiving failing?`);
   }
 
   async stop(instanceId: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
@@ -222,7 +344,7 @@ export class LocalDataPlane implements DataPlane {
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
     const paths = this.paths(spec.instanceId);
     const pid = await serverPid(paths.pgdata);
-    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined };
+    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
     if (pid === undefined) return stopped;
     const notAccepting = { ...stopped, running: true, pid };
     const pidFile = await readPostmasterPid(paths.pgdata);
@@ -263,7 +385,7 @@ export class LocalDataPlane implements DataPlane {
   }
 }
 
-type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn'>;
+type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn' | 'archive'>;
 
 /**
  * One round trip. Functions valid only on a primary (pg_current_wal_lsn, pg_walfile_name) sit
@@ -279,8 +401,9 @@ select r.in_recovery,
             else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        end as timeline,
        exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
-       case when r.in_recovery then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end::text as receive_lsn
-from (select pg_is_in_recovery() as in_recovery) r`;
+       case when r.in_recovery then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end::text as receive_lsn,
+       a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time
+from pg_stat_archiver a, (select pg_is_in_recovery() as in_recovery) r`;
 
 interface StatusQueryRow {
   in_recovery: boolean;
@@ -288,6 +411,11 @@ interface StatusQueryRow {
   timeline: number | null;
   streaming: boolean;
   receive_lsn: string | null;
+  last_archived_wal: string | null;
+  last_archived_time: Date | null;
+  failed_count: string;
+  last_failed_wal: string | null;
+  last_failed_time: Date | null;
 }
 
 async function queryStatus(client: pg.Client): Promise<StatusRow> {
@@ -300,6 +428,22 @@ async function queryStatus(client: pg.Client): Promise<StatusRow> {
     timeline: row.timeline ?? undefined,
     streaming: row.in_recovery ? row.streaming : undefined,
     receiveLsn: row.receive_lsn ?? undefined,
+    archive: row.in_recovery ? undefined : archiveStatus(row),
+  };
+}
+
+/** The archiver's view, with lag: WAL from the end of the last archived segment to the current LSN. */
+function archiveStatus(row: StatusQueryRow): ArchiveStatus {
+  const archivedEnd = row.last_archived_wal === null ? null : segmentEndPosition(row.last_archived_wal);
+  const current = row.lsn === null ? null : lsnToBigInt(row.lsn);
+  const lag = archivedEnd === null || current === null ? null : current > archivedEnd ? Number(current - archivedEnd) : 0;
+  return {
+    lastArchivedWal: row.last_archived_wal,
+    lastArchivedAt: row.last_archived_time?.toISOString() ?? null,
+    lagBytes: lag,
+    failedCount: Number(row.failed_count),
+    lastFailedWal: row.last_failed_wal,
+    lastFailedAt: row.last_failed_time?.toISOString() ?? null,
   };
 }
 

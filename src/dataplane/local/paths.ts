@@ -28,6 +28,16 @@ export function resolveDataDir(config: Pick<Config, 'home' | 'dataDir'>, runAs: 
 }
 
 /**
+ * Where the backup store lives: CELLAR_BACKUP_DIR, else `$CELLAR_HOME/backups` when the run-as user
+ * (who writes WAL there through archive_command) can reach it, else `<data dir>/backups`.
+ */
+export function resolveBackupDir(config: Pick<Config, 'home' | 'backupDir'>, runAs: RunAs, dataDir: string): string {
+  if (config.backupDir !== null) return resolve(config.backupDir);
+  const preferred = join(resolve(config.home), 'backups');
+  return canTraverseAncestors(preferred, runAs) ? preferred : join(dataDir, 'backups');
+}
+
+/**
  * Whether `runAs` may search every existing ancestor of `path`. Ancestors that do not exist yet
  * will be created 0755 by Cellar, so they do not block. Supplementary groups are ignored: a false
  * "no" only costs the fallback location.

@@ -1,0 +1,144 @@
+import { readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { assert } from '../../lib/assert.js';
+import { randomToken } from '../../lib/ids.js';
+import type { BackupStore, WalFile } from '../backup-store.js';
+import { ensureDirFor, fsyncDir, type RunAs } from './osuser.js';
+import { exists, removeStaleBuilds } from './template.js';
+
+/**
+ * The backup store as a local directory, owned by the run-as user (Postgres writes WAL there
+ * through archive_command): `<root>/<clusterId>/wal/<name>.gz` and `<root>/<clusterId>/base/<id>/`
+ * (a plain-format base backup with its manifest and the WAL it needs). Archived WAL is gzipped:
+ * a segment switched early by archive_timeout is mostly zeros.
+ */
+
+const archiveScriptName = 'archive-wal.sh';
+const restoreScriptName = 'restore-wal.sh';
+
+/**
+ * Archives one WAL file. An existing file with the same content is success (Postgres may retry
+ * after a crash); a different one is refused, so the archive never loses what it holds. The file
+ * is written under a temporary name, fsynced, renamed, and the directory fsynced.
+ */
+const archiveScript = `#!/bin/sh
+# Written by Cellar: archive_command. Usage: archive-wal.sh SOURCE DESTINATION.gz
+set -eu
+src="$1"
+dest="$2"
+if [ -f "$dest" ]; then
+  if gzip -dc "$dest" | cmp -s - "$src"; then exit 0; fi
+  echo "archive-wal: $dest exists with different content; refusing to overwrite it" >&2
+  exit 1
+fi
+tmp="$dest.tmp.$$"
+trap 'rm -f "$tmp"' EXIT
+gzip -1 -c "$src" > "$tmp"
+sync "$tmp"
+mv "$tmp" "$dest"
+trap - EXIT
+sync "$(dirname "$dest")"
+`;
+
+/** Restores one WAL file; a missing one exits non-zero, which Postgres takes as "not archived (yet)". */
+const restoreScript = `#!/bin/sh
+# Written by Cellar: restore_command. Usage: restore-wal.sh ARCHIVED (without .gz) TARGET
+set -eu
+[ -f "$1.gz" ] || exit 1
+gzip -dc "$1.gz" > "$2.tmp"
+mv "$2.tmp" "$2"
+`;
+
+function assertId(id: string): void {
+  assert(/^[a-z0-9_]+$/.test(id), `id ${id} is not safe as a file name`);
+}
+
+export class LocalBackupStore implements BackupStore {
+  constructor(
+    private readonly root: string,
+    private readonly runAs: RunAs,
+  ) {
+    assert(!/['"\s\\%]/.test(root), `backup directory ${root} must not contain quotes, spaces, backslashes or %`);
+  }
+
+  /** Creates the root and (re)writes the two scripts; call once at start. */
+  async prepare(): Promise<void> {
+    await ensureDirFor(this.root, 0o700, this.runAs);
+    for (const [name, text] of [[archiveScriptName, archiveScript], [restoreScriptName, restoreScript]] as const) {
+      const path = join(this.root, name);
+      const staging = `${path}.${randomToken(6)}`;
+      await writeFile(staging, text, { mode: 0o755 });
+      await rename(staging, path);
+    }
+  }
+
+  private area(clusterId: string): { root: string; wal: string; base: string } {
+    assertId(clusterId);
+    const root = join(this.root, clusterId);
+    return { root, wal: join(root, 'wal'), base: join(root, 'base') };
+  }
+
+  async ensureArea(clusterId: string): Promise<void> {
+    const area = this.area(clusterId);
+    for (const dir of [area.root, area.wal, area.base]) await ensureDirFor(dir, 0o700, this.runAs);
+  }
+
+  archiveCommand(clusterId: string): string {
+    return `/bin/sh ${join(this.root, archiveScriptName)} "%p" "${this.area(clusterId).wal}/%f.gz"`;
+  }
+
+  restoreCommand(clusterId: string): string {
+    return `/bin/sh ${join(this.root, restoreScriptName)} "${this.area(clusterId).wal}/%f" "%p"`;
+  }
+
+  async stageBase(clusterId: string, backupId: string): Promise<string> {
+    assertId(backupId);
+    await this.ensureArea(clusterId);
+    const target = join(this.area(clusterId).base, backupId);
+    // One backup machine per id holds the lease: any staging dir is a crash's leftover.
+    await removeStaleBuilds(target);
+    return `${target}.tmp-${randomToken(8)}`;
+  }
+
+  async commitBase(clusterId: string, backupId: string, staged: string): Promise<void> {
+    const target = join(this.area(clusterId).base, backupId);
+    await rename(staged, target);
+    await fsyncDir(this.area(clusterId).base);
+  }
+
+  async baseDirectory(clusterId: string, backupId: string): Promise<string | null> {
+    assertId(backupId);
+    const dir = join(this.area(clusterId).base, backupId);
+    return (await exists(dir)) ? dir : null;
+  }
+
+  async deleteBase(clusterId: string, backupId: string): Promise<void> {
+    assertId(backupId);
+    const target = join(this.area(clusterId).base, backupId);
+    await removeStaleBuilds(target);
+    await rm(target, { recursive: true, force: true });
+  }
+
+  async listWal(clusterId: string): Promise<WalFile[]> {
+    const dir = this.area(clusterId).wal;
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const files: WalFile[] = [];
+    for (const file of names.filter((name) => name.endsWith('.gz'))) {
+      const info = await stat(join(dir, file)).catch(() => null);
+      if (info !== null) files.push({ name: file.slice(0, -'.gz'.length), bytes: info.size });
+    }
+    return files.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async deleteWal(clusterId: string, names: readonly string[]): Promise<void> {
+    const dir = this.area(clusterId).wal;
+    for (const name of names) {
+      assert(/^[0-9A-F]{8}([0-9A-F]{16})?(\.[0-9A-F]{8}\.backup|\.partial|\.history)?$/.test(name), `not a WAL file name: ${name}`);
+      await rm(join(dir, `${name}.gz`), { force: true });
+    }
+  }
+
+  async deleteArea(clusterId: string): Promise<void> {
+    await rm(this.area(clusterId).root, { recursive: true, force: true });
+  }
+}

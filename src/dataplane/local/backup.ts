@@ -1,0 +1,208 @@
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { assert } from '../../lib/assert.js';
+import { sleep } from '../../lib/clock.js';
+import { clusterRoles, type BackupCheck, type BaseBackupInfo, type ClusterSecrets } from '../dataplane.js';
+import { renderConf, startDetached, stopServer, writeConfText } from './server.js';
+import { ensureDirFor, run, type RunAs } from './osuser.js';
+import { localSuperuser, withClient } from './sql.js';
+import { exists } from './template.js';
+
+/**
+ * The backup half of the Postgres domain: base backups with pg_basebackup, their check with
+ * pg_verifybackup and a scratch restore, and the recovery settings of a restore.
+ */
+
+/** A base backup of a large database at a capped rate takes long; bound it anyway. */
+export const baseBackupMsMax = 12 * 3_600_000;
+export const verifyMsMax = 3_600_000;
+export const copyMsMax = 3_600_000;
+/** A scratch restore replays only up to the backup's end: quick, but crash recovery may be slow. */
+export const scratchReadyMsMax = 10 * 60_000;
+export const scratchPollMs = 20;
+/** Cellar's own settings file for recovery; included last, so it overrides what a backup brought. */
+export const recoveryConfFile = 'cellar.recovery.conf';
+export const recoverySignalFile = 'recovery.signal';
+/** The scratch server listens on no TCP port; this only names its socket. */
+const scratchPort = 5432;
+const cpBinary = '/bin/cp';
+
+/** `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` and `START TIMELINE: 1`. */
+export function parseBackupLabel(text: string): { startLsn: string; startWalFile: string; timeline: number } {
+  const start = /^START WAL LOCATION: ([0-9A-F]+\/[0-9A-F]+) \(file ([0-9A-F]{24})\)$/m.exec(text);
+  const timeline = /^START TIMELINE: (\d+)$/m.exec(text);
+  assert(start?.[1] !== undefined && start[2] !== undefined && timeline?.[1] !== undefined, 'backup_label lacks its start location or timeline');
+  return { startLsn: start[1], startWalFile: start[2], timeline: Number(timeline[1]) };
+}
+
+interface Manifest {
+  readonly Files?: ReadonlyArray<{ readonly Size?: number }>;
+  readonly 'WAL-Ranges'?: ReadonlyArray<{ readonly Timeline: number; readonly 'Start-LSN': string; readonly 'End-LSN': string }>;
+}
+
+/** The facts of a committed (or just written) plain-format backup directory. */
+export async function readBackupInfo(dir: string): Promise<BaseBackupInfo> {
+  const label = parseBackupLabel(await readFile(join(dir, 'backup_label'), 'utf8'));
+  const manifest = JSON.parse(await readFile(join(dir, 'backup_manifest'), 'utf8')) as Manifest;
+  const ranges = manifest['WAL-Ranges'] ?? [];
+  const last = ranges[ranges.length - 1];
+  assert(last !== undefined, `backup_manifest in ${dir} has no WAL range`);
+  const bytes = (manifest.Files ?? []).reduce((sum, file) => sum + (file.Size ?? 0), 0);
+  return { ...label, endLsn: last['End-LSN'], bytes };
+}
+
+export interface BaseBackupOptions {
+  readonly binDir: string;
+  readonly host: string;
+  readonly port: number;
+  readonly secrets: ClusterSecrets;
+  readonly target: string;
+  readonly maxRateBytesPerSecond: number;
+  readonly runAs: RunAs;
+}
+
+/** pg_basebackup accepts 32 kB/s to 1 GB/s; below is raised to the minimum, above means no cap. */
+function maxRateArgument(bytesPerSecond: number): string[] {
+  if (bytesPerSecond <= 0 || bytesPerSecond > 1024 ** 3) return [];
+  return [`--max-rate=${Math.max(32, Math.floor(bytesPerSecond / 1024))}k`];
+}
+
+/** Plain format, WAL streamed alongside (the backup restores on its own), fast checkpoint, a manifest. */
+export async function runBaseBackup(options: BaseBackupOptions): Promise<void> {
+  const args = [
+    '-h', options.host, '-p', String(options.port), '-U', clusterRoles.replication,
+    '-D', options.target, '-Fp', '-X', 'stream', '-c', 'fast', '-w', '--manifest-checksums=CRC32C',
+    ...maxRateArgument(options.maxRateBytesPerSecond),
+  ];
+  await run(join(options.binDir, 'pg_basebackup'), args, {
+    runAs: options.runAs,
+    timeoutMs: baseBackupMsMax,
+    env: { PGPASSWORD: options.secrets.replicationPassword, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '10' },
+  });
+}
+
+/** A checkpoint on the primary, so a standby's backup can start at the next restartpoint without waiting minutes. */
+export async function checkpointLocal(runDir: string, port: number): Promise<void> {
+  await withClient(localSuperuser(runDir, port), (client) => client.query('checkpoint'));
+}
+
+/** Copies a directory tree as the run-as user (cp -a keeps modes; the copy belongs to that user). */
+export async function copyTree(source: string, target: string, runAs: RunAs): Promise<void> {
+  await run(cpBinary, ['-a', source, target], { runAs, timeoutMs: copyMsMax });
+}
+
+/** Recovery settings for a restore or a scratch check; the server must also find recovery.signal. */
+export function renderRecoveryConf(settings: Readonly<Record<string, string>>): string {
+  return renderConf(settings);
+}
+
+export async function writeRecoveryFiles(pgdata: string, settings: Readonly<Record<string, string>>, runAs: RunAs): Promise<void> {
+  await rm(join(pgdata, 'standby.signal'), { force: true });
+  await writeConfText(pgdata, recoveryConfFile, renderRecoveryConf(settings), runAs);
+  await writeConfText(pgdata, recoverySignalFile, '', runAs);
+}
+
+export interface ScratchCheckOptions {
+  readonly binDir: string;
+  readonly backupDir: string;
+  /** Removed first and last; must be on a path the run-as user can traverse. */
+  readonly scratchRoot: string;
+  readonly restoreCommand: string;
+  readonly runAs: RunAs;
+}
+
+/**
+ * The proof a backup restores: pg_verifybackup checks every file against the manifest (and the
+ * WAL it carries); then a copy is started as a server that recovers to the backup's end and
+ * pauses there, a query must answer, and the copy is removed.
+ */
+export async function checkBackupFiles(options: ScratchCheckOptions): Promise<BackupCheck> {
+  try {
+    await run(join(options.binDir, 'pg_verifybackup'), ['--quiet', options.backupDir], { runAs: options.runAs, timeoutMs: verifyMsMax });
+  } catch (error) {
+    return { ok: false, reason: `pg_verifybackup: ${firstLines(error)}` };
+  }
+  await rm(options.scratchRoot, { recursive: true, force: true });
+  const pgdata = join(options.scratchRoot, 'pgdata');
+  const runDir = join(options.scratchRoot, 'run');
+  try {
+    await ensureDirFor(options.scratchRoot, 0o700, options.runAs);
+    await ensureDirFor(runDir, 0o700, options.runAs);
+    await copyTree(options.backupDir, pgdata, options.runAs);
+    await writeRecoveryFiles(pgdata, scratchSettings(runDir, options.restoreCommand), options.runAs);
+    const log = join(options.scratchRoot, 'postgres.log');
+    try {
+      await startDetached(options.binDir, pgdata, log, options.runAs);
+    } catch (error) {
+      return { ok: false, reason: `the restored copy did not start: ${firstLines(error)}` };
+    }
+    const detail = await waitPausedAndQuery(runDir);
+    return detail.startsWith('error:') ? { ok: false, reason: detail.slice('error: '.length) } : { ok: true, detail };
+  } finally {
+    await stopServer(pgdata, 'immediate').catch(() => undefined);
+    await rm(options.scratchRoot, { recursive: true, force: true });
+  }
+}
+
+function scratchSettings(runDir: string, restoreCommand: string): Record<string, string> {
+  return {
+    port: String(scratchPort),
+    listen_addresses: '',
+    unix_socket_directories: runDir,
+    archive_mode: 'off',
+    hot_standby: 'on',
+    restore_command: restoreCommand,
+    recovery_target: 'immediate',
+    recovery_target_action: 'pause',
+    primary_conninfo: '',
+    primary_slot_name: '',
+  };
+}
+
+/** Waits until replay has paused at the backup's end, then asks the copy a question a broken one cannot answer. */
+async function waitPausedAndQuery(runDir: string): Promise<string> {
+  const deadline = Date.now() + scratchReadyMsMax;
+  return withClient(localSuperuser(runDir, scratchPort), async (client) => {
+    while (Date.now() < deadline) {
+      const state = await client.query<{ state: string }>('select pg_get_wal_replay_pause_state() as state');
+      if (state.rows[0]?.state === 'paused') {
+        const result = await client.query<{ databases: number; relations: number }>(
+          `select (select count(*)::int from pg_database) as databases, (select count(*)::int from pg_class) as relations`,
+        );
+        const row = result.rows[0];
+        if (row === undefined || row.databases < 1) return 'error: the restored copy lists no database';
+        return `restored and queried: ${row.databases} databases, ${row.relations} relations in postgres`;
+      }
+      await sleep(scratchPollMs);
+    }
+    return `error: the restored copy did not reach the backup's end within ${scratchReadyMsMax} ms`;
+  });
+}
+
+function firstLines(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split('\n').slice(0, 4).join(' ').trim();
+}
+
+/** Restore: recovery from the source cluster's archive up to the target, then promotion. */
+export function restoreSettings(restoreCommand: string, target: { readonly targetTime?: string; readonly targetLsn?: string }): Record<string, string> {
+  const settings: Record<string, string> = {
+    restore_command: restoreCommand,
+    recovery_target_timeline: 'latest',
+    recovery_target_action: 'promote',
+  };
+  if (target.targetTime !== undefined) settings['recovery_target_time'] = postgresTimestamp(target.targetTime);
+  if (target.targetLsn !== undefined) settings['recovery_target_lsn'] = target.targetLsn;
+  return settings;
+}
+
+/** recovery_target_time wants `2026-11-26 11:36:09.551+00`: it refuses ISO's `T` and `Z`. */
+export function postgresTimestamp(iso: string): string {
+  const at = new Date(iso);
+  assert(Number.isFinite(at.getTime()), `not a time: ${iso}`);
+  return `${at.toISOString().replace('T', ' ').replace('Z', '')}+00`;
+}
+
+export async function isRecovering(pgdata: string): Promise<boolean> {
+  return exists(join(pgdata, recoverySignalFile));
+}

@@ -1,0 +1,214 @@
+import type { BaseBackupInfo } from '../dataplane/dataplane.js';
+import { insertMachine, recordEvent } from '../engine/queries.js';
+import { assert } from '../lib/assert.js';
+import { type BackupId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
+import type { BackupCandidate, BackupRecord, BackupRecords } from '../machines/ports.js';
+import { type Pool, type Queryable, inTransaction } from './pool.js';
+
+/** Backups in the cell store: the machines' records, and what the API lists and restores from. */
+
+/** A restore check that has not finished in this long is taken to have died with its engine. */
+const checkSlotStaleMs = 3 * 3_600_000;
+const backupsPerListMax = 200;
+
+interface BackupRow {
+  id: string;
+  cluster_id: string;
+  reason: string;
+  status: BackupRecord['status'];
+  source_instance_id: string | null;
+  start_lsn: string | null;
+  end_lsn: string | null;
+  timeline: number | null;
+  start_wal_file: string | null;
+  bytes: string | null;
+  started_at: Date;
+  finished_at: Date | null;
+  verified: boolean | null;
+  verified_at: Date | null;
+  verify_detail: string | null;
+  error: string | null;
+  machine_label: string | null;
+  machine_error: string | null;
+}
+
+const backupSelect = `
+select b.*, m.label as machine_label, m.last_error as machine_error
+  from backups b left join machines m on m.kind = 'backup' and m.entity_id = b.id`;
+
+function toRecord(row: BackupRow): BackupRecord {
+  return {
+    id: row.id as BackupId,
+    clusterId: row.cluster_id as ClusterId,
+    status: row.status,
+    sourceInstanceId: row.source_instance_id,
+    startWalFile: row.start_wal_file,
+    finishedAtMs: row.finished_at?.getTime() ?? null,
+    verified: row.verified,
+  };
+}
+
+/** Inserts a backup and its machine; the caller supplies the transaction. */
+async function insertBackup(client: Queryable, clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
+  const id = newId('backup');
+  await client.query('insert into backups (id, cluster_id, reason) values ($1, $2, $3)', [id, clusterId, reason]);
+  await insertMachine(client, { id: newId('machine'), kind: 'backup', entityId: id, clusterId, label: 'start', lane: 'normal', data: {} });
+  return id;
+}
+
+export class PgBackupRecords implements BackupRecords {
+  constructor(private readonly db: Pool) {}
+
+  async backup(id: BackupId): Promise<BackupRecord> {
+    const result = await this.db.query<BackupRow>(`${backupSelect} where b.id = $1`, [id]);
+    const row = result.rows[0];
+    assert(row !== undefined, `backup ${id} does not exist`);
+    return toRecord(row);
+  }
+
+  createBackup(clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
+    return inTransaction(this.db, (client) => insertBackup(client, clusterId, reason));
+  }
+
+  async recordTaken(id: BackupId, sourceInstanceId: InstanceId, info: BaseBackupInfo): Promise<void> {
+    await this.db.query(
+      `update backups set status = 'completed', source_instance_id = $2, start_lsn = $3, end_lsn = $4, timeline = $5,
+              start_wal_file = $6, bytes = $7, finished_at = coalesce(finished_at, now())
+        where id = $1`,
+      [id, sourceInstanceId, info.startLsn, info.endLsn, info.timeline, info.startWalFile, info.bytes],
+    );
+  }
+
+  async recordFailed(id: BackupId, reason: string): Promise<void> {
+    await this.db.query(`update backups set status = 'failed', error = $2, finished_at = coalesce(finished_at, now()) where id = $1`, [id, reason]);
+  }
+
+  async tryStartCheck(id: BackupId, concurrency: number): Promise<boolean> {
+    return inTransaction(this.db, async (client) => {
+      // Serialises the count-then-take across engines.
+      await client.query(`select pg_advisory_xact_lock(hashtext('cellar_backup_checks'))`);
+      const busy = await client.query<{ n: number }>(
+        `select count(*)::int as n from backups
+          where verifying_at > now() - make_interval(secs => $2::double precision / 1000) and verified is null and id <> $1`,
+        [id, checkSlotStaleMs],
+      );
+      if ((busy.rows[0]?.n ?? 0) >= concurrency) return false;
+      await client.query('update backups set verifying_at = now() where id = $1', [id]);
+      return true;
+    });
+  }
+
+  async recordCheck(id: BackupId, ok: boolean, detail: string): Promise<void> {
+    await this.db.query('update backups set verified = $2, verify_detail = $3, verified_at = now(), verifying_at = null where id = $1', [id, ok, detail]);
+  }
+
+  async backupCandidates(limit: number): Promise<BackupCandidate[]> {
+    const result = await this.db.query<{ id: string; last: Date | null; running: boolean }>(
+      `select c.id,
+              (select max(b.started_at) from backups b where b.cluster_id = c.id and b.status in ('running', 'completed')) as last,
+              exists (select 1 from backups b join machines bm on bm.kind = 'backup' and bm.entity_id = b.id
+                       where b.cluster_id = c.id and b.status = 'running' and bm.label <> 'failed') as running
+         from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id
+        where c.deleted_at is null and not c.pooled and m.label = 'running'
+        order by last nulls first limit $1`,
+      [limit],
+    );
+    return result.rows.map((row) => ({ clusterId: row.id as ClusterId, lastBackupAtMs: row.last?.getTime() ?? null, backupRunning: row.running }));
+  }
+
+  async backupsOf(clusterId: ClusterId): Promise<BackupRecord[]> {
+    const result = await this.db.query<BackupRow>(`${backupSelect} where b.cluster_id = $1 and b.status in ('completed', 'failed') order by b.started_at desc`, [clusterId]);
+    return result.rows.map(toRecord);
+  }
+
+  async clustersWithBackups(limit: number): Promise<ClusterId[]> {
+    const result = await this.db.query<{ cluster_id: string }>(`select distinct cluster_id from backups where status in ('completed', 'failed') limit $1`, [limit]);
+    return result.rows.map((row) => row.cluster_id as ClusterId);
+  }
+
+  async markDeleted(id: BackupId): Promise<void> {
+    await this.db.query(`update backups set status = 'deleted', deleted_at = coalesce(deleted_at, now()) where id = $1`, [id]);
+  }
+}
+
+/** A backup as the API shows it. */
+export interface BackupSnapshot {
+  readonly id: string;
+  readonly clusterId: string;
+  readonly reason: string;
+  /** running, verifying, completed, failed */
+  readonly status: string;
+  readonly label: string | null;
+  readonly sourceInstanceId: string | null;
+  readonly startLsn: string | null;
+  readonly endLsn: string | null;
+  readonly timeline: number | null;
+  readonly bytes: number | null;
+  readonly startedAt: Date;
+  readonly finishedAt: Date | null;
+  readonly verified: boolean | null;
+  readonly verifiedAt: Date | null;
+  readonly verifyDetail: string | null;
+  readonly error: string | null;
+}
+
+function toSnapshot(row: BackupRow): BackupSnapshot {
+  const machineFailed = row.machine_label === 'failed';
+  const status = machineFailed || row.status === 'failed' ? 'failed' : row.status === 'completed' && row.verified === null ? 'verifying' : row.status;
+  return {
+    id: row.id,
+    clusterId: row.cluster_id,
+    reason: row.reason,
+    status,
+    label: row.machine_label,
+    sourceInstanceId: row.source_instance_id,
+    startLsn: row.start_lsn,
+    endLsn: row.end_lsn,
+    timeline: row.timeline,
+    bytes: row.bytes === null ? null : Number(row.bytes),
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    verified: row.verified,
+    verifiedAt: row.verified_at,
+    verifyDetail: row.verify_detail,
+    error: row.error ?? (machineFailed ? row.machine_error : null),
+  };
+}
+
+export async function listBackups(db: Pool, clusterId: string): Promise<BackupSnapshot[]> {
+  const result = await db.query<BackupRow>(`${backupSelect} where b.cluster_id = $1 and b.status <> 'deleted' order by b.started_at desc limit $2`, [clusterId, backupsPerListMax]);
+  return result.rows.map(toSnapshot);
+}
+
+/** A backup of a cluster of the org, or null. */
+export async function findBackup(db: Pool, orgId: string, id: string): Promise<BackupSnapshot | null> {
+  const result = await db.query<BackupRow>(
+    `${backupSelect} join clusters c on c.id = b.cluster_id where b.id = $1 and c.org_id = $2 and b.status <> 'deleted'`,
+    [id, orgId],
+  );
+  const row = result.rows[0];
+  return row === undefined ? null : toSnapshot(row);
+}
+
+export async function createManualBackup(db: Pool, clusterId: ClusterId): Promise<BackupId> {
+  return inTransaction(db, (client) => insertBackup(client, clusterId, 'manual'));
+}
+
+/** Checks the backup again: its machine goes back to `verify` (an event says who asked). */
+export async function requestVerify(db: Pool, id: string): Promise<void> {
+  await inTransaction(db, async (client) => {
+    const machine = await client.query<{ id: string; label: string; cluster_id: string | null }>(
+      `select id, label, cluster_id from machines where kind = 'backup' and entity_id = $1 for update`,
+      [id],
+    );
+    const row = machine.rows[0];
+    assert(row !== undefined, `backup ${id} has no machine`);
+    await client.query('update backups set verified = null, verified_at = null, verify_detail = null, verifying_at = null where id = $1', [id]);
+    await client.query(
+      `update machines set label = 'verify', next_tick_at = now(), attempt = 0, last_error = null, version = version + 1 where id = $1`,
+      [row.id],
+    );
+    await recordEvent(client, { machineId: row.id, kind: 'backup', entityId: id, clusterId: row.cluster_id, from: row.label, to: 'verify', reason: 'verification requested' });
+    await client.query(`select pg_notify('cellar_nudge', 'normal')`);
+  });
+}
