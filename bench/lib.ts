@@ -317,6 +317,15 @@ export interface TimedLogLine {
   readonly timeMs: number;
 }
 
+/** Any line Cellar logged with a duration, with the ids it names (`base backup taken` names a backup, no instance). */
+export interface DurationLogLine {
+  readonly message: string;
+  readonly durationMs: number;
+  readonly timeMs: number;
+  readonly instanceId: string | null;
+  readonly backupId: string | null;
+}
+
 /** A warning or error Cellar logged (an engine retry, a failed step). */
 export interface WarningLogLine {
   readonly timeMs: number;
@@ -338,6 +347,7 @@ export class BenchCellar {
   private output = new OutputTail();
   private stderrRest = '';
   readonly timedLogLines: TimedLogLine[] = [];
+  readonly durationLogLines: DurationLogLine[] = [];
   readonly warningLogLines: WarningLogLine[] = [];
 
   private constructor(
@@ -399,7 +409,7 @@ export class BenchCellar {
 
   private parseLogLine(line: string): void {
     if (!line.startsWith('{')) return;
-    let record: { level?: unknown; msg?: unknown; durationMs?: unknown; instanceId?: unknown; time?: unknown; err?: unknown; label?: unknown };
+    let record: { level?: unknown; msg?: unknown; durationMs?: unknown; instanceId?: unknown; backupId?: unknown; time?: unknown; err?: unknown; label?: unknown };
     try {
       record = JSON.parse(line) as typeof record;
     } catch {
@@ -410,6 +420,10 @@ export class BenchCellar {
     if (typeof record.level === 'number' && record.level >= pinoWarnLevel && this.warningLogLines.length < logLinesMax) {
       const detail = [record.label, record.err].filter((part) => typeof part === 'string').join(': ');
       this.warningLogLines.push({ timeMs, message: record.msg, detail });
+    }
+    if (typeof record.durationMs === 'number' && this.durationLogLines.length < logLinesMax) {
+      const idOf = (value: unknown): string | null => (typeof value === 'string' ? value : null);
+      this.durationLogLines.push({ message: record.msg, durationMs: record.durationMs, timeMs, instanceId: idOf(record.instanceId), backupId: idOf(record.backupId) });
     }
     if (typeof record.durationMs !== 'number' || typeof record.instanceId !== 'string' || this.timedLogLines.length >= logLinesMax) return;
     this.timedLogLines.push({ instanceId: record.instanceId, message: record.msg, durationMs: record.durationMs, timeMs });

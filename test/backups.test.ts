@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -84,5 +84,95 @@ describe('backups and point-in-time restore', () => {
     await query(uri, 'insert into t (id) select generate_series(31, 40)');
     const restored = await cellar.cliJson<ClusterView>(['backups', 'restore', 'app', '--to', 'latest', '--wait']);
     assert.deepEqual(await ids(restored.uri as string), range(1, 40));
+  });
+
+  test('a damaged backup file: verification marks the backup failed with a clear reason, and restore refuses it', async () => {
+    const fragile = await cellar.cliJson<ClusterView>(['clusters', 'create', 'fragile', '--replicas', '0', '--wait']);
+    const first = await eventually('its first backup verified', async () => {
+      const list = await cellar.cliJson<BackupListView>(['backups', 'list', 'fragile']);
+      return list.backups.find((backup) => backup.verified === true);
+    }, 120_000, 500);
+    const backupDir = await backupDirectory(cellar, fragile.id, first.id);
+    // Flip bytes in the middle of the catalogue's biggest file: its checksum no longer matches the manifest.
+    const victim = join(backupDir, 'global', '1260');
+    const bytes = await readFile(victim);
+    bytes.fill(0x5a, 0, Math.min(bytes.length, 512));
+    await writeFile(victim, bytes);
+    const checked = await cellar.cliJson<BackupView>(['backups', 'verify', first.id, '--wait']).catch((error: Error) => error);
+    const after = await cellar.cliJson<BackupListView>(['backups', 'list', 'fragile']);
+    const damaged = after.backups.find((backup) => backup.id === first.id) as BackupView;
+    assert.ok(checked instanceof Error, 'verify --wait exits non-zero for a failed verification');
+    assert.equal(damaged.verified, false);
+    assert.match(damaged.verifyDetail ?? '', /^pg_verifybackup: checksum mismatch for file "global\/1260"/);
+    const refused = await cellar.api<{ error: { code: string; message: string } }>('POST', '/v1/clusters/fragile/restore', { to: 'from-damaged' });
+    assert.equal(refused.status, 409);
+    assert.match(refused.body.error.message, new RegExp(`backup ${first.id} failed verification .*is never restored`));
+    const made = await cellar.storeQuery<{ n: number }>(`select count(*)::int as n from clusters where name = 'from-damaged'`);
+    assert.equal(made[0]?.n, 0, 'no half-made cluster');
+  });
+
+  test('a restore target outside the window is refused with the window in the message', async () => {
+    const early = await cellar.api<{ error: { field: string; message: string } }>('POST', '/v1/clusters/app/restore', { to: 'early', time: '2001-01-01T00:00:00Z' });
+    assert.deepEqual([early.status, early.body.error.field], [400, 'time']);
+    assert.match(early.body.error.message, /time 2001-01-01T00:00:00Z is outside the restore window: cluster "app" its restore window is \d{4}-.* to now/);
+    const future = await cellar.api<{ error: { field: string } }>('POST', '/v1/clusters/app/restore', { to: 'future', time: new Date(Date.now() + 3_600_000).toISOString() });
+    assert.deepEqual([future.status, future.body.error.field], [400, 'time']);
+    const badTime = await cellar.api<{ error: { field: string; message: string } }>('POST', '/v1/clusters/app/restore', { to: 'bad', time: 'yesterday' });
+    assert.deepEqual([badTime.status, badTime.body.error.field], [400, 'time']);
+    assert.match(badTime.body.error.message, /ISO 8601/);
+    const both = await cellar.api<{ error: { field: string } }>('POST', '/v1/clusters/app/restore', { to: 'both', time: new Date().toISOString(), lsn: '0/3000000' });
+    assert.equal(both.status, 400);
+    const taken = await cellar.api<{ error: { code: string } }>('POST', '/v1/clusters/app/restore', { to: 'app' });
+    assert.equal(taken.body.error.code, 'CELLAR_E_NAME_TAKEN');
+  });
+});
+
+/** Where a committed base backup lives: the backup store is $CELLAR_HOME/backups, or under the data dir. */
+async function backupDirectory(cellar: TestCellar, clusterId: string, backupId: string): Promise<string> {
+  for (const root of [join(cellar.home, 'backups'), join(cellar.dataDir, 'backups')]) {
+    const dir = join(root, clusterId, 'base', backupId);
+    if (await stat(dir).then(() => true, () => false)) return dir;
+  }
+  throw new Error(`backup ${backupId} not found in the backup store`);
+}
+
+describe('backup bandwidth cap', () => {
+  const rateBytesPerSecond = 20 * 1024 * 1024;
+  let cellar: TestCellar;
+
+  before(async () => {
+    cellar = await TestCellar.create({ CELLAR_BACKUP_MAX_RATE: String(rateBytesPerSecond) });
+    await cellar.start();
+  });
+
+  after(async () => {
+    await cellar.destroy();
+  });
+
+  test('a backup of a 200+ MB database runs at the set rate, within 10%', async (t) => {
+    const big = await cellar.cliJson<ClusterView>(['clusters', 'create', 'big', '--replicas', '0', '--wait']);
+    await query(big.uri as string, `create table filler as select g as id, repeat(md5(g::text), 28) as pad from generate_series(1, 230000) g`);
+    const primary = big.instances[0] as InstanceView;
+    // A checkpoint now, so the backup's own (fast) checkpoint has little to write and the copy dominates.
+    const socket = { host: join(cellar.dataDir, 'instances', primary.id, 'run'), port: primary.port as number, user: 'postgres', database: 'postgres' };
+    const admin = new pg.Client(socket);
+    await admin.connect();
+    await admin.query('checkpoint');
+    const [size] = (await admin.query<{ bytes: string }>(`select pg_database_size('app') as bytes`)).rows;
+    await admin.end();
+    const backup = await cellar.cliJson<BackupView>(['backups', 'create', 'big']);
+    const events = await eventually('the backup to be taken', async () => {
+      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'big']);
+      const mine = shown.events.filter((event) => event.entity === backup.id);
+      return mine.some((event) => event.to === 'verify') ? mine : undefined;
+    }, 120_000, 250);
+    const taken = (await cellar.cliJson<BackupListView>(['backups', 'list', 'big'])).backups.find((item) => item.id === backup.id) as BackupView;
+    assert.ok(events.some((event) => event.to === 'take'));
+    // pg_basebackup's own run time, as the data plane measured it.
+    const seconds = taken.takeSeconds as number;
+    const rate = (taken.bytes as number) / seconds;
+    t.diagnostic(`database ${(Number(size?.bytes) / 1024 / 1024).toFixed(0)} MB; backup ${((taken.bytes as number) / 1024 / 1024).toFixed(0)} MB in ${seconds.toFixed(2)} s = ${(rate / 1024 / 1024).toFixed(2)} MB/s (cap ${rateBytesPerSecond / 1024 / 1024} MB/s)`);
+    assert.ok((taken.bytes as number) >= 200 * 1024 * 1024, 'at least 200 MB were backed up');
+    assert.ok(Math.abs(rate - rateBytesPerSecond) / rateBytesPerSecond <= 0.1, `rate ${(rate / 1024 / 1024).toFixed(2)} MB/s within 10% of the cap`);
   });
 });

@@ -156,7 +156,7 @@ class FakeDataPlane implements DataPlane {
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
     this.calls.push(`sync ${spec.instanceId} [${standbys.join(',')}]`);
   }
-  backupInfo: BaseBackupInfo = { startLsn: '0/2000028', endLsn: '0/2000100', timeline: 1, startWalFile: '000000010000000000000002', bytes: 1000 };
+  backupInfo: BaseBackupInfo = { startLsn: '0/2000028', endLsn: '0/2000100', timeline: 1, startWalFile: '000000010000000000000002', bytes: 1000, durationMs: 10 };
   check: BackupCheck = { ok: true, detail: 'restored and queried' };
   async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRate: number): Promise<BaseBackupInfo> {
     this.calls.push(`takeBaseBackup ${backupId} from ${source.instanceId} (primary ${primary.instanceId}) rate ${maxRate}`);

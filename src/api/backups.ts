@@ -25,6 +25,8 @@ export interface BackupView {
   endLsn: string | null;
   timeline: number | null;
   bytes: number | null;
+  /** Seconds pg_basebackup ran; bytes / takeSeconds is the backup's throughput. */
+  takeSeconds: number | null;
   startedAt: string;
   finishedAt: string | null;
   verifiedAt: string | null;
@@ -56,6 +58,7 @@ function backupView(backup: BackupSnapshot, clusterName: string): BackupView {
     endLsn: backup.endLsn,
     timeline: backup.timeline,
     bytes: backup.bytes,
+    takeSeconds: backup.takeMs === null ? null : backup.takeMs / 1000,
     startedAt: backup.startedAt.toISOString(),
     finishedAt: backup.finishedAt?.toISOString() ?? null,
     verifiedAt: backup.verifiedAt?.toISOString() ?? null,
@@ -64,7 +67,7 @@ function backupView(backup: BackupSnapshot, clusterName: string): BackupView {
 
 /** A backup a restore may start from: taken, and not proven broken. */
 function usable(backup: BackupSnapshot): boolean {
-  return backup.finishedAt !== null && (backup.status === 'completed' || backup.status === 'verifying');
+  return backup.finishedAt !== null && (backup.status === 'completed' || backup.status === 'verifying') && backup.verified !== false;
 }
 
 function restoreWindow(backups: readonly BackupSnapshot[], nowMs: number): RestoreWindow {

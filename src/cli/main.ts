@@ -39,7 +39,8 @@ export async function main(argv: readonly string[]): Promise<number> {
 
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
+    // A command that printed its result but must still fail (a backup that failed verification) sets exitCode.
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode;
     reportError(error, json);

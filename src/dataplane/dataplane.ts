@@ -84,6 +84,8 @@ export interface BaseBackupInfo {
   /** The first WAL segment the backup needs; older WAL is needed by no later backup either. */
   readonly startWalFile: string;
   readonly bytes: number;
+  /** How long pg_basebackup ran (null when read back from an earlier run). */
+  readonly durationMs: number | null;
 }
 
 /** Where a restored primary comes from, and how far to replay. */

@@ -22,6 +22,7 @@ interface BackupRow {
   timeline: number | null;
   start_wal_file: string | null;
   bytes: string | null;
+  take_ms: number | null;
   started_at: Date;
   finished_at: Date | null;
   verified: boolean | null;
@@ -73,9 +74,9 @@ export class PgBackupRecords implements BackupRecords {
   async recordTaken(id: BackupId, sourceInstanceId: InstanceId, info: BaseBackupInfo): Promise<void> {
     await this.db.query(
       `update backups set status = 'completed', source_instance_id = $2, start_lsn = $3, end_lsn = $4, timeline = $5,
-              start_wal_file = $6, bytes = $7, finished_at = coalesce(finished_at, now())
+              start_wal_file = $6, bytes = $7, take_ms = coalesce($8, take_ms), finished_at = coalesce(finished_at, now())
         where id = $1`,
-      [id, sourceInstanceId, info.startLsn, info.endLsn, info.timeline, info.startWalFile, info.bytes],
+      [id, sourceInstanceId, info.startLsn, info.endLsn, info.timeline, info.startWalFile, info.bytes, info.durationMs],
     );
   }
 
@@ -144,6 +145,7 @@ export interface BackupSnapshot {
   readonly endLsn: string | null;
   readonly timeline: number | null;
   readonly bytes: number | null;
+  readonly takeMs: number | null;
   readonly startedAt: Date;
   readonly finishedAt: Date | null;
   readonly verified: boolean | null;
@@ -166,6 +168,7 @@ function toSnapshot(row: BackupRow): BackupSnapshot {
     endLsn: row.end_lsn,
     timeline: row.timeline,
     bytes: row.bytes === null ? null : Number(row.bytes),
+    takeMs: row.take_ms,
     startedAt: row.started_at,
     finishedAt: row.finished_at,
     verified: row.verified,

@@ -48,7 +48,7 @@ export async function readBackupInfo(dir: string): Promise<BaseBackupInfo> {
   const last = ranges[ranges.length - 1];
   assert(last !== undefined, `backup_manifest in ${dir} has no WAL range`);
   const bytes = (manifest.Files ?? []).reduce((sum, file) => sum + (file.Size ?? 0), 0);
-  return { ...label, endLsn: last['End-LSN'], bytes };
+  return { ...label, endLsn: last['End-LSN'], bytes, durationMs: null };
 }
 
 export interface BaseBackupOptions {
@@ -120,7 +120,7 @@ export async function checkBackupFiles(options: ScratchCheckOptions): Promise<Ba
   try {
     await run(join(options.binDir, 'pg_verifybackup'), ['--quiet', options.backupDir], { runAs: options.runAs, timeoutMs: verifyMsMax });
   } catch (error) {
-    return { ok: false, reason: `pg_verifybackup: ${firstLines(error)}` };
+    return { ok: false, reason: `pg_verifybackup: ${toolComplaints(error, 'pg_verifybackup')}` };
   }
   await rm(options.scratchRoot, { recursive: true, force: true });
   const pgdata = join(options.scratchRoot, 'pgdata');
@@ -177,6 +177,13 @@ async function waitPausedAndQuery(runDir: string): Promise<string> {
     }
     return `error: the restored copy did not reach the backup's end within ${scratchReadyMsMax} ms`;
   });
+}
+
+/** What a tool said on stderr (the lines after the command line), without its own prefix. */
+function toolComplaints(error: unknown, tool: string): string {
+  const lines = (error instanceof Error ? error.message : String(error)).split('\n').slice(1).map((line) => line.trim().replace(new RegExp(`^${tool}: (error: )?`), ''));
+  const said = lines.filter((line) => line !== '').slice(0, 4).join('; ');
+  return said === '' ? firstLines(error) : said;
 }
 
 function firstLines(error: unknown): string {

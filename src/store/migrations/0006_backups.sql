@@ -13,6 +13,8 @@ create table backups (
   timeline integer,
   start_wal_file text,
   bytes bigint,
+  -- how long pg_basebackup ran: bytes / take_ms is the backup's throughput.
+  take_ms integer,
   started_at timestamptz not null default now(),
   finished_at timestamptz,
   -- null until checked; then whether a restore of it started and answered, and why not.
