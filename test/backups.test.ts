@@ -158,6 +158,11 @@ describe('backup bandwidth cap', () => {
     const admin = new pg.Client(socket);
     await admin.connect();
     await admin.query('checkpoint');
+    // The table's WAL is archived (gzip, sync) meanwhile; let that finish so the copy has the disk.
+    await eventually('archiving to catch up', async () => {
+      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'big']);
+      return shown.archive !== null && (shown.archive.lagBytes ?? Infinity) <= 32 * 1024 * 1024 ? true : undefined;
+    }, 120_000, 500);
     const [size] = (await admin.query<{ bytes: string }>(`select pg_database_size('app') as bytes`)).rows;
     await admin.end();
     const backup = await cellar.cliJson<BackupView>(['backups', 'create', 'big']);

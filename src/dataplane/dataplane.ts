@@ -84,7 +84,7 @@ export interface BaseBackupInfo {
   /** The first WAL segment the backup needs; older WAL is needed by no later backup either. */
   readonly startWalFile: string;
   readonly bytes: number;
-  /** How long pg_basebackup ran (null when read back from an earlier run). */
+  /** How long pg_basebackup's copy ran, before the files were synced (null when read back from an earlier run). */
   readonly durationMs: number | null;
 }
 

@@ -211,9 +211,8 @@ export class LocalDataPlane implements DataPlane {
     const startedMs = Date.now();
     if (source.instanceId !== primary.instanceId) await checkpointLocal(this.paths(primary.instanceId).run, primary.port);
     try {
-      const copyStartedMs = Date.now();
-      await runBaseBackup({ binDir: this.options.binaries.binFor(source.pgVersion), host: '127.0.0.1', port: source.port, secrets: source.secrets, target: staged, maxRateBytesPerSecond, runAs });
-      const info = { ...(await readBackupInfo(staged)), durationMs: Date.now() - copyStartedMs };
+      const copyMs = await runBaseBackup({ binDir: this.options.binaries.binFor(source.pgVersion), host: '127.0.0.1', port: source.port, secrets: source.secrets, target: staged, maxRateBytesPerSecond, runAs });
+      const info = { ...(await readBackupInfo(staged)), durationMs: copyMs };
       await backups.commitBase(source.clusterId, backupId, staged);
       this.log('info', { backupId, durationMs: Date.now() - startedMs, bytes: info.bytes, source: source.instanceId }, 'base backup taken');
       return info;
