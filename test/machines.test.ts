@@ -6,6 +6,8 @@ import type { Durability } from '../src/lib/sizes.js';
 import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
+import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
+import { backupScheduleMachine, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
 import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
 import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
@@ -671,9 +673,96 @@ describe('cluster machine, label by label', () => {
   });
 });
 
+describe('backup machine, label by label', () => {
+  const backupId = 'bk_aaaaaaaaaaaa' as BackupId;
+
+  test('start picks a streaming replica, else the primary; with neither it waits, bounded', async () => {
+    const h = harness();
+    h.backups.add({ id: backupId });
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: { ...running, inRecovery: true, streaming: true } });
+    const fromReplica = await step(backupMachine, 'start', backupId, h);
+    assert.deepEqual(fromReplica.type === 'hop' && [fromReplica.label, fromReplica.data], ['take', { sourceInstanceId: replicaId }]);
+    h.store.update(replicaId, { machineLabel: 'starting' });
+    const fromPrimary = await step(backupMachine, 'start', backupId, h);
+    assert.deepEqual(fromPrimary.type === 'hop' && fromPrimary.data, { sourceInstanceId: primaryId });
+    assert.match(fromPrimary.type === 'hop' ? (fromPrimary.reason ?? '') : '', /no replica streams/);
+    h.store.update(primaryId, { machineLabel: 'down' });
+    assert.equal((await step(backupMachine, 'start', backupId, h)).type, 'nap');
+    const late = await step(backupMachine, 'start', backupId, h, { data: { waitSinceMs: h.clock.now - sourceWaitMsMax - 1 } });
+    assert.equal(late.type, 'fail');
+    assert.deepEqual(h.backups.calls, [`recordFailed ${backupId} no running instance to back up from for ${sourceWaitMsMax} ms`]);
+  });
+
+  test('take backs up from the chosen source at the capped rate and records it; a vanished source is chosen again', async () => {
+    const h = harness();
+    h.backups.add({ id: backupId });
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running');
+    const taken = await step(backupMachine, 'take', backupId, h, { data: { sourceInstanceId: replicaId } });
+    assert.equal(taken.type === 'hop' && taken.label, 'verify');
+    assert.deepEqual(h.dataPlane.calls, [`takeBaseBackup ${backupId} from ${replicaId} (primary ${primaryId}) rate 0`]);
+    assert.deepEqual(h.backups.calls, [`recordTaken ${backupId} ${replicaId} 000000010000000000000002`]);
+    h.store.update(replicaId, { machineLabel: 'starting' });
+    const again = await step(backupMachine, 'take', backupId, h, { data: { sourceInstanceId: replicaId } });
+    assert.equal(again.type === 'hop' && again.label, 'start');
+  });
+
+  test('verify waits for a check slot, then records the verdict and is done', async () => {
+    const h = harness();
+    h.backups.add({ id: backupId, status: 'completed' });
+    h.backups.slotFree = false;
+    assert.deepEqual(await step(backupMachine, 'verify', backupId, h), { type: 'nap', ms: checkSlotPollMs });
+    h.backups.slotFree = true;
+    h.dataPlane.check = { ok: false, reason: 'pg_verifybackup: checksum mismatch for file "global/1260"' };
+    const failed = await step(backupMachine, 'verify', backupId, h);
+    assert.equal(failed.type, 'done');
+    assert.match(failed.type === 'done' ? (failed.reason ?? '') : '', /verification failed: pg_verifybackup: checksum mismatch/);
+    assert.deepEqual(h.backups.calls, [`recordCheck ${backupId} false pg_verifybackup: checksum mismatch for file "global/1260"`]);
+  });
+});
+
+describe('backup schedule', () => {
+  test('starts a backup for each cluster due (never backed up, or older than the interval), none while one runs', async () => {
+    const h = harness();
+    const other = 'cl_otheraaaaaaa' as ClusterId;
+    const third = 'cl_thirdaaaaaaa' as ClusterId;
+    h.backups.candidates = [
+      { clusterId, lastBackupAtMs: null, backupRunning: false },
+      { clusterId: other, lastBackupAtMs: h.clock.now - backupSettings.intervalMs - 1, backupRunning: false },
+      { clusterId: third, lastBackupAtMs: h.clock.now - 1_000, backupRunning: false },
+      { clusterId: 'cl_busyaaaaaaaa' as ClusterId, lastBackupAtMs: null, backupRunning: true },
+    ];
+    const outcome = await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.equal(outcome.type, 'nap');
+    assert.deepEqual(h.backups.calls, [`createBackup ${clusterId} scheduled`, `createBackup ${other} scheduled`]);
+  });
+
+  test('retention: the newest countMin always stay, past countMax or too old they go, the newest verified stays; WAL before the oldest kept goes', async () => {
+    const h = harness();
+    const day = 86_400_000;
+    const backup = (index: number, ageMs: number, verified: boolean | null): BackupRecord => ({
+      id: `bk_${String(index).padStart(12, 'a')}` as BackupId,
+      clusterId,
+      status: 'completed',
+      sourceInstanceId: null,
+      startWalFile: `0000000100000000000000${String(10 - index).padStart(2, '0')}`,
+      finishedAtMs: h.clock.now - ageMs,
+      verified,
+    });
+    // Newest first: 0 and 1 are young; 2 is old but the newest verified; 3 is old; 4 and 5 are past countMax.
+    const all = [backup(0, 1_000, false), backup(1, 2_000, null), backup(2, 2 * day, true), backup(3, 3 * day, true), backup(4, 1_000, true), backup(5, 1_000, true)];
+    assert.deepEqual(expiredBackups(all, backupSettings, h.clock.now).map((item) => item.id), [all[3]?.id, all[4]?.id, all[5]?.id]);
+    for (const item of all) h.backups.add(item);
+    await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('deleteBackup')).length, 3);
+    assert.ok(h.dataPlane.calls.includes(`pruneWal before ${all[2]?.startWalFile}`), 'WAL before the oldest kept backup is pruned');
+  });
+});
+
 describe('transition tables', () => {
   test('every label has a step and every hop target is a label; the table renders as Mermaid', () => {
-    for (const definition of [clusterMachine, instanceMachine] as MachineDefinition<string, MachineData, MachinePorts>[]) {
+    for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine] as MachineDefinition<string, MachineData, MachinePorts>[]) {
       const labels = Object.keys(definition.transitions);
       assert.deepEqual(Object.keys(definition.steps).sort(), [...labels].sort(), definition.kind);
       for (const targets of Object.values(definition.transitions) as string[][]) for (const target of targets) assert.ok(labels.includes(target), `${definition.kind}: ${target}`);
