@@ -131,6 +131,12 @@ export async function down(config: Config, out: Output): Promise<void> {
     await stopServer(pgdata);
     instancesStopped += 1;
   }
+  // A restore check interrupted by the control plane's stop may have left its scratch server running.
+  const scratchDir = join(dataDir, 'scratch');
+  for (const id of await readdir(scratchDir).catch(() => [] as string[])) {
+    await stopServer(join(scratchDir, id, 'pgdata'), 'immediate');
+    await rm(join(scratchDir, id), { recursive: true, force: true });
+  }
   const storeStopped = config.storeUrl === null && (await stopEmbeddedStore(dataDir));
   const result = { controlPlanePid: pid, proxyPid, instancesStopped, storeStopped };
   if (out.json) return out.result(result);
