@@ -572,6 +572,8 @@ describe('cluster machine, label by label', () => {
     assert.match(none.type === 'nap' ? (none.reason ?? '') : '', /lags more than 1024 bytes.*--force/);
     const forced = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId }, signals: ['force'] });
     assert.equal(forced.type === 'hop' && forced.data?.candidateId, otherId);
+    const deleted = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId }, signals: ['destroy'] });
+    assert.equal(deleted.type === 'hop' && deleted.label, 'destroy', 'a delete ends a failover waiting for a replica');
   });
 
   test('promote, repoint, route: the candidate takes writes, others follow it, the old primary is asked to rejoin', async () => {

@@ -212,6 +212,8 @@ async function fence(context: Context): Promise<Result> {
 
 /** The most advanced healthy replica, by WAL received; one lagging past the limit only when forced. */
 async function pick(context: Context): Promise<Result> {
+  // The only failover step that can wait without bound (for a replica to serve): a delete ends it.
+  if (destroyRequested(context)) return hop('destroy', { reason: 'deleted while waiting for a replica to promote' });
   const { store, dataPlane, ha } = context.ports;
   const data = context.machine.data;
   const force = data.force === true || context.signals.has('force');
@@ -371,7 +373,7 @@ export const clusterMachine: MachineDefinition<ClusterLabel, ClusterData, Machin
     waitInstances: ['running', 'destroy'],
     running: ['fence', 'pause', 'destroy'],
     fence: ['pick'],
-    pick: ['promote'],
+    pick: ['promote', 'destroy'],
     pause: ['catchUp'],
     catchUp: ['stopPrimary', 'running'],
     stopPrimary: ['promote'],

@@ -176,7 +176,7 @@ export class LocalDataPlane implements DataPlane {
     await this.options.backups.ensureArea(spec.clusterId);
     if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths);
     await startDetached(binDir, paths.pgdata, paths.log, this.options.runAs);
-    if (await isRecovering(paths.pgdata)) await this.finishRecovery(spec, paths);
+    if (await exists(join(paths.pgdata, recoveryConfFile))) await this.finishRecovery(spec, paths);
     if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
   }
@@ -191,16 +191,28 @@ export class LocalDataPlane implements DataPlane {
     await writeConfText(paths.pgdata, 'pg_hba.conf', renderHba(), this.options.runAs);
   }
 
-  /** A restored primary: waits until recovery reached its target and promoted, then drops the recovery settings. */
+  /**
+   * A restored primary: waits until recovery reached its target and the server left recovery
+   * (recovery.signal goes before the end-of-recovery checkpoint, so the file is not the signal),
+   * then drops the recovery settings. Keyed on the settings file, so a retry finishes the job.
+   */
   private async finishRecovery(spec: InstanceSpec, paths: InstancePaths): Promise<void> {
     const deadline = Date.now() + restoreRecoveryMsMax;
-    while (await isRecovering(paths.pgdata)) {
+    while (await this.inRecovery(spec, paths)) {
       if (Date.now() > deadline) throw new Error(`instance ${spec.instanceId} still recovering after ${restoreRecoveryMsMax} ms${await logTail(paths.log)}`);
       if ((await serverPid(paths.pgdata)) === undefined) throw new Error(`instance ${spec.instanceId} stopped during recovery${await logTail(paths.log)}`);
       await sleep(restorePollMs);
     }
     await rm(join(paths.pgdata, recoveryConfFile), { force: true });
     await reloadLocal(paths.run, spec.port);
+  }
+
+  private async inRecovery(spec: InstanceSpec, paths: InstancePaths): Promise<boolean> {
+    if (await isRecovering(paths.pgdata)) return true;
+    return withClient(localSuperuser(paths.run, spec.port), async (client) => {
+      const result = await client.query<{ in_recovery: boolean }>('select pg_is_in_recovery() as in_recovery');
+      return result.rows[0]?.in_recovery !== false;
+    });
   }
 
   async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo> {
@@ -449,8 +461,9 @@ function archiveStatus(row: StatusQueryRow): ArchiveStatus {
 
 /**
  * Sets the three cluster passwords, as SCRAM verifiers, on every start of a primary: idempotent,
- * a few milliseconds, and it makes a rotated secret take effect. Skipped in recovery, where the
- * catalogue is read-only (a replica gets the roles from its primary).
+ * a few milliseconds, and it makes a rotated secret take effect. Never called for a replica
+ * (standby.signal): it gets the roles from its primary; a primary still recovering is an error
+ * the step retries.
  */
 async function setPasswords(runDir: string, port: number, secrets: ClusterSecrets): Promise<void> {
   const passwords: ReadonlyArray<readonly [string, string]> = [
@@ -460,7 +473,8 @@ async function setPasswords(runDir: string, port: number, secrets: ClusterSecret
   ];
   await withClient(localSuperuser(runDir, port), async (client) => {
     const recovery = await client.query<{ in_recovery: boolean }>('select pg_is_in_recovery() as in_recovery');
-    if (recovery.rows[0]?.in_recovery !== false) return;
+    // Only called for a server that is to be a primary: still recovering means "not yet", not "skip".
+    if (recovery.rows[0]?.in_recovery !== false) throw new Error('the server is still in recovery; its passwords are set once it has finished');
     // Belt and braces: a failing statement must not be logged, even though it holds only a verifier.
     await client.query('set log_min_error_statement = panic');
     await client.query('set log_statement = none');
