@@ -81,6 +81,8 @@ describe('clusters', () => {
       [{ name: 'ok', storageGb: 0 }, 'storageGb', /from 1 to/],
       [{ name: 'ok', version: 9 }, 'version', /installed Postgres versions: 15/],
       [{ name: 'ok', color: 'red' }, 'color', /unknown field/],
+      [{ name: 'ok', durability: 'maybe' }, 'durability', /one of sync, sync-strict, async/],
+      [{ name: 'ok', backupIntervalHours: 0 }, 'backupIntervalHours', /from 1 to 720/],
       [{ name: 'app' }, 'name', /already exists/],
       [{}, 'name', /required/],
     ];

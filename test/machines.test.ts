@@ -725,19 +725,21 @@ describe('backup machine, label by label', () => {
 });
 
 describe('backup schedule', () => {
-  test('starts a backup for each cluster due (never backed up, or older than the interval), none while one runs', async () => {
+  test("starts a backup for each cluster due (never backed up, or older than its own or the cell's interval), none while one runs", async () => {
     const h = harness();
     const other = 'cl_otheraaaaaaa' as ClusterId;
     const third = 'cl_thirdaaaaaaa' as ClusterId;
     h.backups.candidates = [
-      { clusterId, lastBackupAtMs: null, backupRunning: false },
-      { clusterId: other, lastBackupAtMs: h.clock.now - backupSettings.intervalMs - 1, backupRunning: false },
-      { clusterId: third, lastBackupAtMs: h.clock.now - 1_000, backupRunning: false },
-      { clusterId: 'cl_busyaaaaaaaa' as ClusterId, lastBackupAtMs: null, backupRunning: true },
+      { clusterId, lastBackupAtMs: null, backupRunning: false, intervalMs: null },
+      { clusterId: other, lastBackupAtMs: h.clock.now - backupSettings.intervalMs - 1, backupRunning: false, intervalMs: null },
+      { clusterId: third, lastBackupAtMs: h.clock.now - 1_000, backupRunning: false, intervalMs: null },
+      { clusterId: 'cl_busyaaaaaaaa' as ClusterId, lastBackupAtMs: null, backupRunning: true, intervalMs: null },
+      // Its own schedule: every 10 minutes, and its last backup was 11 minutes ago.
+      { clusterId: 'cl_ownschedaaaa' as ClusterId, lastBackupAtMs: h.clock.now - 11 * 60_000, backupRunning: false, intervalMs: 10 * 60_000 },
     ];
     const outcome = await step(backupScheduleMachine, 'tend', 'cell', h);
     assert.equal(outcome.type, 'nap');
-    assert.deepEqual(h.backups.calls, [`createBackup ${clusterId} scheduled`, `createBackup ${other} scheduled`]);
+    assert.deepEqual(h.backups.calls, [`createBackup ${clusterId} scheduled`, `createBackup ${other} scheduled`, 'createBackup cl_ownschedaaaa scheduled']);
   });
 
   test('retention: the newest countMin always stay, past countMax or too old they go, the newest verified stays; WAL before the oldest kept goes', async () => {

@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import { CellarError, errorCatalogue, invalid } from '../lib/errors.js';
 import {
   type ClusterSpec,
+  backupIntervalHoursMax,
+  backupIntervalHoursMin,
   clusterNameLengthMax,
   defaultReplicas,
   defaultSize,
@@ -53,6 +55,7 @@ const fieldMessages = {
   storageGb: `storageGb must be an integer from ${storageGbMin} to ${storageGbMax}`,
   version: 'version must be an installed Postgres major version',
   durability: `durability must be one of ${durabilities.join(', ')}`,
+  backupIntervalHours: `backupIntervalHours must be an integer from ${backupIntervalHoursMin} to ${backupIntervalHoursMax}`,
 } as const;
 
 const errorSchema = {
@@ -91,6 +94,7 @@ const clusterSchema = {
     storageGb: { type: 'integer' },
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
+    backupIntervalHours: { type: 'integer', description: "hours between scheduled base backups (the cell's default unless set)" },
     replication: { type: ['string', 'null'], enum: ['sync', 'async', null], description: 'what commits wait for now' },
     archive: {
       type: ['object', 'null'],
@@ -131,6 +135,7 @@ const createClusterBody = {
     storageGb: { type: 'integer', minimum: storageGbMin, maximum: storageGbMax, default: defaultStorageGb },
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
+    backupIntervalHours: { type: 'integer', minimum: backupIntervalHoursMin, maximum: backupIntervalHoursMax },
   },
 } as const;
 
@@ -226,7 +231,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     return { clusters: (await listClusters(pool, owner.orgId)).map((cluster) => clusterView(cluster, options.proxy)) };
   });
 
-  app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number; durability?: string } }>(
+  app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number; durability?: string; backupIntervalHours?: number } }>(
     '/v1/clusters',
     {
       config: { fieldMessages },
@@ -243,7 +248,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const durability = body.durability ?? defaultDurability(body.replicas);
       if (!isDurability(durability)) throw invalid('durability', fieldMessages.durability);
       if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
-      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability };
+      const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
+      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule };
       const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy));

@@ -30,6 +30,8 @@ export interface ClusterView {
   version: number;
   /** What the cluster was asked for: sync, sync-strict or async. */
   durability: string;
+  /** Hours between scheduled base backups, when the cluster sets its own (else the cell's default). */
+  backupIntervalHours: number | null;
   /** What commits wait for now: `sync` (a replica has them) or `async` (the primary alone). */
   replication: 'sync' | 'async' | null;
   /** Continuous WAL archiving from the primary: how far behind, and whether it is failing. */
@@ -88,6 +90,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     storageGb: cluster.spec.storageGb,
     version: cluster.spec.pgVersion,
     durability: durabilityOf(cluster.spec),
+    backupIntervalHours: cluster.spec.backupIntervalHours ?? null,
     replication: cluster.syncStandbys === null ? null : cluster.syncStandbys.length > 0 ? 'sync' : 'async',
     archive: primary?.observed.archive ?? null,
     routeKey: cluster.routeKey,

@@ -85,10 +85,11 @@ export function registerClusterCommands(program: Command, connect: () => Promise
     .option('--storage-gb <gb>', 'storage per instance in GB', '10')
     .option('--version <major>', 'Postgres major version (default: newest installed)')
     .option('--durability <mode>', 'sync (default with replicas), sync-strict or async (default without)')
+    .option('--backup-interval-hours <hours>', "hours between scheduled base backups (default: the cell's, daily)")
     .option('--wait', 'wait until the cluster is running, showing each step')
     .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
     .option('--json', 'print JSON')
-    .action(async (name: string, options: { replicas: string; size: string; storageGb: string; version?: string; durability?: string; wait?: boolean; timeout: number }) => {
+    .action(async (name: string, options: { replicas: string; size: string; storageGb: string; version?: string; durability?: string; backupIntervalHours?: string; wait?: boolean; timeout: number }) => {
       const { client, out } = await connect();
       const body = {
         name,
@@ -97,6 +98,7 @@ export function registerClusterCommands(program: Command, connect: () => Promise
         storageGb: numberOrText(options.storageGb),
         ...(options.version === undefined ? {} : { version: numberOrText(options.version) }),
         ...(options.durability === undefined ? {} : { durability: options.durability }),
+        ...(options.backupIntervalHours === undefined ? {} : { backupIntervalHours: numberOrText(options.backupIntervalHours) }),
       };
       const created = await client.request<ClusterView>('POST', '/v1/clusters', body);
       if (!options.wait || created.state === 'running') return printCluster(out, created);

@@ -20,6 +20,8 @@ export const storageGbMin = 1;
 export const storageGbMax = 16_384;
 export const defaultStorageGb = 10;
 export const clusterNameLengthMax = 40;
+export const backupIntervalHoursMin = 1;
+export const backupIntervalHoursMax = 720;
 /** A DNS label: the name becomes part of host names (proxy SNI) and must be safe everywhere. */
 export const clusterNamePattern = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 
@@ -29,6 +31,8 @@ export interface ClusterSpec {
   readonly storageGb: number;
   readonly pgVersion: number;
   readonly durability?: Durability;
+  /** How often this cluster gets a scheduled base backup; absent: the cell's default (daily). */
+  readonly backupIntervalHours?: number;
   /** Set on a cluster made by restoring another one's backup. */
   readonly restore?: RestoreSpec;
 }

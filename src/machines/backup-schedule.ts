@@ -4,7 +4,8 @@ import type { BackupRecord, MachinePorts } from './ports.js';
 
 /**
  * The cell's backup schedule, a singleton (`backupSchedule`/`cell`, normal lane, one label):
- * starts a backup for each running cluster whose newest is older than the interval (the first
+ * starts a backup for each running cluster whose newest is older than its interval (the
+ * cluster's own, else the cell's; the cell's 0 turns scheduling off) (the first
  * right after the cluster runs), deletes backups past retention, and prunes the WAL no kept
  * backup needs. Bounded work per tick.
  */
@@ -45,7 +46,8 @@ async function tend(context: Context): Promise<Result> {
   if (backupSettings.intervalMs > 0) {
     for (const candidate of await backups.backupCandidates(clustersPerTickMax)) {
       if (candidate.backupRunning) continue;
-      if (candidate.lastBackupAtMs !== null && now - candidate.lastBackupAtMs < backupSettings.intervalMs) continue;
+      const intervalMs = candidate.intervalMs ?? backupSettings.intervalMs;
+      if (candidate.lastBackupAtMs !== null && now - candidate.lastBackupAtMs < intervalMs) continue;
       await backups.createBackup(candidate.clusterId, 'scheduled');
       started += 1;
     }

@@ -84,6 +84,8 @@ export interface BackupCandidate {
   /** When its newest backup (running or completed) started; null: never backed up. */
   readonly lastBackupAtMs: number | null;
   readonly backupRunning: boolean;
+  /** The cluster's own schedule, if its spec sets one. */
+  readonly intervalMs: number | null;
 }
 
 /** What the backup machines may read and change in the cell store. */

@@ -104,8 +104,8 @@ export class PgBackupRecords implements BackupRecords {
   }
 
   async backupCandidates(limit: number): Promise<BackupCandidate[]> {
-    const result = await this.db.query<{ id: string; last: Date | null; running: boolean }>(
-      `select c.id,
+    const result = await this.db.query<{ id: string; last: Date | null; running: boolean; interval_hours: number | null }>(
+      `select c.id, (c.spec ->> 'backupIntervalHours')::int as interval_hours,
               (select max(b.started_at) from backups b where b.cluster_id = c.id and b.status in ('running', 'completed')) as last,
               exists (select 1 from backups b join machines bm on bm.kind = 'backup' and bm.entity_id = b.id
                        where b.cluster_id = c.id and b.status = 'running' and bm.label <> 'failed') as running
@@ -114,7 +114,12 @@ export class PgBackupRecords implements BackupRecords {
         order by last nulls first limit $1`,
       [limit],
     );
-    return result.rows.map((row) => ({ clusterId: row.id as ClusterId, lastBackupAtMs: row.last?.getTime() ?? null, backupRunning: row.running }));
+    return result.rows.map((row) => ({
+      clusterId: row.id as ClusterId,
+      lastBackupAtMs: row.last?.getTime() ?? null,
+      backupRunning: row.running,
+      intervalMs: row.interval_hours === null ? null : row.interval_hours * 3_600_000,
+    }));
   }
 
   async backupsOf(clusterId: ClusterId): Promise<BackupRecord[]> {
