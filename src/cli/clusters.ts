@@ -11,8 +11,10 @@ const waitTimeoutSecondsDefault = 600;
 interface WaitOptions {
   readonly until: (cluster: ClusterView | null) => boolean;
   readonly timeoutSeconds: number;
-  /** An event reason that means the wait is over without success (e.g. a switchover refused). */
+  /** An event reason that means the wait is over without success (e.g. a switchover refused)... */
   readonly abortOn?: RegExp;
+  /** ...when the event is at least this recent (the request's time: an older one is not its answer). */
+  readonly abortSinceMs?: number;
   /** Show events from this long before the wait began (a create's first events precede it). */
   readonly historyMs?: number;
 }
@@ -40,7 +42,7 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
       seenEvents.add(key);
       if (Date.parse(event.at) < startedMs - (options.historyMs ?? 60_000)) continue;
       out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
-      if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= startedMs - 1_000) throw new Error(event.reason);
+      if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= (options.abortSinceMs ?? startedMs)) throw new Error(event.reason);
     }
     const line = cluster === null ? 'gone' : describe(cluster);
     if (line !== lastLine) out.progress(`${elapsed}  ${line}`);
@@ -57,6 +59,7 @@ function printCluster(out: Output, cluster: ClusterView): void {
   out.line(`${cluster.name} (${cluster.id})  ${cluster.state}`);
   out.line(`  size ${cluster.size}, ${cluster.replicas} replica(s), ${cluster.storageGb} GB, Postgres ${cluster.version}`);
   out.line(`  durability ${cluster.durability}${cluster.replication === null ? '' : `, commits now ${cluster.replication === 'sync' ? 'wait for a replica' : 'do not wait for a replica'}`}`);
+  if (cluster.archive) out.line(`  ${archiveLine(cluster.archive)}`);
   if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
   if (cluster.readOnlyUri) out.line(`  readOnlyUri   ${cluster.readOnlyUri}`);
   if (cluster.error) out.line(`  error         ${cluster.error}`);
@@ -66,6 +69,14 @@ function printCluster(out: Output, cluster: ClusterView): void {
       cluster.instances.map((instance) => [instance.id, instance.role, instance.state, String(instance.port ?? '-'), instance.lsn ?? '-', String(instance.lagBytes ?? '-')]),
     ).replace(/^/gm, '  '),
   );
+}
+
+/** WAL archiving at a glance: how far behind, since when, and whether it fails. */
+function archiveLine(archive: NonNullable<ClusterView['archive']>): string {
+  const lag = archive.lagBytes === null ? 'lag unknown' : `${(archive.lagBytes / 1024 / 1024).toFixed(1)} MB not yet archived`;
+  const age = archive.lastArchivedAt === null ? 'nothing archived yet' : `last archived ${Math.round((Date.now() - Date.parse(archive.lastArchivedAt)) / 1000)} s ago`;
+  const failing = archive.failedCount > 0 && archive.lastFailedAt !== null && (archive.lastArchivedAt === null || archive.lastFailedAt > archive.lastArchivedAt);
+  return `archiving     ${lag}, ${age}${failing ? `; FAILING since ${archive.lastFailedAt ?? '?'} (${archive.lastFailedWal ?? '?'})` : ''}`;
 }
 
 function timeoutOption(value: string): number {
@@ -139,8 +150,9 @@ export function registerClusterCommands(program: Command, connect: () => Promise
     .option('--json', 'print JSON')
     .action(async (name: string, options: { force?: boolean; wait?: boolean; timeout: number }) => {
       const { client, out } = await connect();
+      const requestedAtMs = Date.now();
       const before = await client.request<ClusterView>('POST', `/v1/clusters/${encodeURIComponent(name)}/failover`, { force: options.force === true });
-      await finishRoleChange(client, out, before, 'failover', options);
+      await finishRoleChange(client, out, before, 'failover', { ...options, requestedAtMs });
     });
 
   clusters
@@ -152,8 +164,9 @@ export function registerClusterCommands(program: Command, connect: () => Promise
     .option('--json', 'print JSON')
     .action(async (name: string, options: { to?: string; wait?: boolean; timeout: number }) => {
       const { client, out } = await connect();
+      const requestedAtMs = Date.now();
       const before = await client.request<ClusterView>('POST', `/v1/clusters/${encodeURIComponent(name)}/switchover`, options.to === undefined ? {} : { to: options.to });
-      await finishRoleChange(client, out, before, 'switchover', options);
+      await finishRoleChange(client, out, before, 'switchover', { ...options, requestedAtMs });
     });
 
   clusters
@@ -175,7 +188,7 @@ export function registerClusterCommands(program: Command, connect: () => Promise
 const primaryOf = (cluster: ClusterView | null): string | undefined => cluster?.instances.find((instance) => instance.role === 'primary')?.id;
 
 /** Prints the request's outcome, or waits until another instance is the primary and the cluster runs. */
-async function finishRoleChange(client: ApiClient, out: Output, before: ClusterView, what: string, options: { wait?: boolean; timeout: number }): Promise<void> {
+async function finishRoleChange(client: ApiClient, out: Output, before: ClusterView, what: string, options: { wait?: boolean; timeout: number; requestedAtMs: number }): Promise<void> {
   if (!options.wait) return out.json ? out.result(before) : out.line(`${before.name}: ${what} requested (watch with \`cellar clusters show ${before.name}\`)`);
   out.progress(`${what} of ${before.name} from ${primaryOf(before) ?? '?'}`);
   const after = await waitFor(client, out, before.id, {
@@ -183,6 +196,7 @@ async function finishRoleChange(client: ApiClient, out: Output, before: ClusterV
     timeoutSeconds: options.timeout,
     abortOn: /^(switchover refused|switchover called off|cannot fail over|automatic failover is off)/,
     historyMs: 1_000,
+    abortSinceMs: options.requestedAtMs,
   });
   if (after) printCluster(out, after);
 }
