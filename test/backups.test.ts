@@ -5,27 +5,13 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { BackupListView, BackupView } from '../src/api/backups.js';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
-import { TestCellar, eventually } from './helpers/cellar.js';
+import { postmasterPid, queryUri, TestCellar, eventually } from './helpers/cellar.js';
 
 /** Backups, continuous archiving and point-in-time restore, end to end against real servers. */
 
-async function query<T extends pg.QueryResultRow>(uri: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => undefined);
-  await client.connect();
-  try {
-    return (await client.query<T>(sql, params)).rows;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
 
-async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
-  const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');
-  return Number(text.split('\n')[0]);
-}
 
-const ids = async (uri: string): Promise<number[]> => (await query<{ id: number }>(uri, 'select id from t order by id')).map((row) => row.id);
+const ids = async (uri: string): Promise<number[]> => (await queryUri<{ id: number }>(uri, 'select id from t order by id')).map((row) => row.id);
 const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, index) => from + index);
 
 describe('backups and point-in-time restore', () => {
@@ -38,7 +24,7 @@ describe('backups and point-in-time restore', () => {
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
     uri = app.uri as string;
-    await query(uri, 'create table t (id int primary key, at timestamptz not null default clock_timestamp())');
+    await queryUri(uri, 'create table t (id int primary key, at timestamptz not null default clock_timestamp())');
   });
 
   after(async () => {
@@ -60,13 +46,13 @@ describe('backups and point-in-time restore', () => {
   });
 
   test('rows, a backup, more rows; restore to a time between: exactly the earlier rows', async () => {
-    await query(uri, 'insert into t (id) select generate_series(1, 10)');
+    await queryUri(uri, 'insert into t (id) select generate_series(1, 10)');
     const backup = await cellar.cliJson<BackupView>(['backups', 'create', 'app', '--wait']);
     assert.equal(backup.verified, true, backup.verifyDetail ?? '');
-    await query(uri, 'insert into t (id) select generate_series(11, 20)');
-    const [mark] = await query<{ at: Date }>(uri, 'select clock_timestamp() as at');
+    await queryUri(uri, 'insert into t (id) select generate_series(11, 20)');
+    const [mark] = await queryUri<{ at: Date }>(uri, 'select clock_timestamp() as at');
     await new Promise((resolve) => setTimeout(resolve, 1_000));
-    await query(uri, 'insert into t (id) select generate_series(21, 30)');
+    await queryUri(uri, 'insert into t (id) select generate_series(21, 30)');
     const restored = await cellar.cliJson<ClusterView>(['backups', 'restore', 'app', '--to', 'between', '--time', (mark?.at as Date).toISOString(), '--wait']);
     assert.equal(restored.state, 'running');
     assert.deepEqual(await ids(restored.uri as string), range(1, 20));
@@ -81,7 +67,7 @@ describe('backups and point-in-time restore', () => {
       const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
       return cluster.state === 'running' && cluster.instances.find((instance) => instance.role === 'primary')?.id !== oldPrimary.id ? cluster : undefined;
     }, 60_000, 200);
-    await query(uri, 'insert into t (id) select generate_series(31, 40)');
+    await queryUri(uri, 'insert into t (id) select generate_series(31, 40)');
     const restored = await cellar.cliJson<ClusterView>(['backups', 'restore', 'app', '--to', 'latest', '--wait']);
     assert.deepEqual(await ids(restored.uri as string), range(1, 40));
   });
@@ -151,7 +137,7 @@ describe('backup bandwidth cap', () => {
 
   test('a backup of a 200+ MB database runs at the set rate, within 10%', async (t) => {
     const big = await cellar.cliJson<ClusterView>(['clusters', 'create', 'big', '--replicas', '0', '--wait']);
-    await query(big.uri as string, `create table filler as select g as id, repeat(md5(g::text), 28) as pad from generate_series(1, 230000) g`);
+    await queryUri(big.uri as string, `create table filler as select g as id, repeat(md5(g::text), 28) as pad from generate_series(1, 230000) g`);
     const primary = big.instances[0] as InstanceView;
     // A checkpoint now, so the backup's own (fast) checkpoint has little to write and the copy dominates.
     const socket = { host: join(cellar.dataDir, 'instances', primary.id, 'run'), port: primary.port as number, user: 'postgres', database: 'postgres' };

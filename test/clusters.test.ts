@@ -1,29 +1,15 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { isPortFree } from '../src/lib/net.js';
-import { TestCellar, eventually, processesUsing, sleep } from './helpers/cellar.js';
+import { postmasterPid, queryUri, processesUsing, sleep, TestCellar, eventually } from './helpers/cellar.js';
 
 /** End to end through the real CLI, API, engine and Postgres servers. */
 
-async function query<T extends pg.QueryResultRow>(uri: string, sql: string): Promise<T[]> {
-  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 5_000 });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
-async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
-  const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');
-  return Number(text.split('\n')[0]);
-}
 
 describe('clusters', () => {
   let cellar: TestCellar;
@@ -43,16 +29,16 @@ describe('clusters', () => {
     assert.equal(app.state, 'running');
     assert.deepEqual(app.instances.map((instance) => [instance.role, instance.state]), [['primary', 'running'], ['replica', 'running']]);
     assert.ok(app.uri && app.readOnlyUri);
-    await query(app.uri, 'create table notes (id int primary key, body text)');
-    await query(app.uri, "insert into notes values (1, 'hello')");
+    await queryUri(app.uri, 'create table notes (id int primary key, body text)');
+    await queryUri(app.uri, "insert into notes values (1, 'hello')");
     const rows = await eventually('the row on the replica', async () => {
-      const found = await query<{ body: string }>(app.readOnlyUri as string, 'select body from notes where id = 1').catch(() => []);
+      const found = await queryUri<{ body: string }>(app.readOnlyUri as string, 'select body from notes where id = 1').catch(() => []);
       return found.length === 1 ? found : undefined;
     }, 10_000);
     assert.equal(rows[0]?.body, 'hello');
     // The proxy learns that the replica streams within one route poll; until then it falls back to the primary.
     const replica = await eventually('readOnlyUri to reach the replica', async () => {
-      const [row] = await query<{ replica: boolean }>(app.readOnlyUri as string, 'select pg_is_in_recovery() as replica');
+      const [row] = await queryUri<{ replica: boolean }>(app.readOnlyUri as string, 'select pg_is_in_recovery() as replica');
       return row?.replica === true ? row : undefined;
     }, 5_000, 50);
     assert.equal(replica.replica, true, 'readOnlyUri reaches a server in recovery');
@@ -117,7 +103,7 @@ describe('clusters', () => {
     const pidsBefore = await Promise.all(app.instances.map((instance) => postmasterPid(cellar.dataDir, instance.id)));
     await cellar.stop();
     await sleep(500);
-    const [row] = await query<{ one: number }>(app.uri as string, 'select 1 as one');
+    const [row] = await queryUri<{ one: number }>(app.uri as string, 'select 1 as one');
     assert.equal(row?.one, 1, 'databases serve while the control plane is down');
     await cellar.start();
     await sleep(3_000); // several probe intervals of the instance machines

@@ -1,31 +1,16 @@
 import assert from 'node:assert/strict';
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import pg from 'pg';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { spawn } from 'node:child_process';
 import { Binaries } from '../src/dataplane/local/binaries.js';
-import { TestCellar, eventually, sleep } from './helpers/cellar.js';
+import { postmasterPid, queryUri, sleep, TestCellar, eventually } from './helpers/cellar.js';
 import { startWriter } from './helpers/writer.js';
 
 /** High availability end to end: real servers, real SIGKILLs, a writer going through the proxy. */
 
-async function query<T extends pg.QueryResultRow>(uri: string, sql: string, params: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => undefined);
-  await client.connect();
-  try {
-    return (await client.query<T>(sql, params)).rows;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
 
-async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
-  const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');
-  return Number(text.split('\n')[0]);
-}
 
 const primaryOf = (cluster: ClusterView): InstanceView => {
   const primaries = cluster.instances.filter((instance) => instance.role === 'primary');
@@ -58,7 +43,7 @@ describe('high availability', () => {
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
     uri = app.uri as string;
-    await query(uri, 'create table acked (id bigint primary key)');
+    await queryUri(uri, 'create table acked (id bigint primary key)');
   });
 
   after(async () => {
@@ -78,7 +63,7 @@ describe('high availability', () => {
     const countAtSettle = writer.stats.acknowledged.length;
     await eventually('writes after the failover', async () => (writer.stats.acknowledged.length > countAtSettle + 20 ? true : undefined), 20_000, 20);
     const stats = await writer.stop();
-    const rows = await query<{ id: string }>(uri, 'select id from acked');
+    const rows = await queryUri<{ id: string }>(uri, 'select id from acked');
     const present = new Set(rows.map((row) => Number(row.id)));
     const lost = stats.acknowledged.filter((id) => !present.has(id));
     assert.deepEqual(lost, [], `no acknowledged id is lost (${stats.acknowledged.length} acknowledged)`);
@@ -89,14 +74,14 @@ describe('high availability', () => {
     for (const event of settled.events.slice(-14)) t.diagnostic(`${event.entity} ${event.from ?? '-'} -> ${event.to}: ${event.reason}`);
     const timeline = settled.events.filter((event) => event.entity === app.id).map((event) => event.to);
     for (const label of ['fence', 'pick', 'promote', 'repoint', 'route', 'rejoin']) assert.ok(timeline.includes(label), `the failover passed through ${label}`);
-    const [primaryRow] = await query<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
+    const [primaryRow] = await queryUri<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
     assert.equal(primaryRow?.replica, false, 'the read-write endpoint reaches the new primary');
   });
 
   test('kill a replica: the cluster stays writable (sync drops to async, then returns)', async (t) => {
     const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
     const replica = before.instances.find((instance) => instance.role === 'replica') as InstanceView;
-    await query(uri, 'create table acked_replica_kill (id bigint primary key)');
+    await queryUri(uri, 'create table acked_replica_kill (id bigint primary key)');
     const writer = startWriter(uri, 'acked_replica_kill');
     await eventually('writes before the kill', async () => (writer.stats.acknowledged.length >= 20 ? true : undefined), 20_000, 20);
     const killedAtMs = performance.now();
@@ -142,7 +127,7 @@ describe('high availability', () => {
     assert.equal(primaryOf(settled).id, replica.id);
     const primaries = await cellar.storeQuery<{ id: string }>(`select id from instances where cluster_id = $1 and role = 'primary' and deleted_at is null and not fenced`, [app.id]);
     assert.deepEqual(primaries.map((row) => row.id), [replica.id], 'exactly one routable primary');
-    const [row] = await query<{ replica: boolean; port: string }>(uri, `select pg_is_in_recovery() as replica, current_setting('port') as port`);
+    const [row] = await queryUri<{ replica: boolean; port: string }>(uri, `select pg_is_in_recovery() as replica, current_setting('port') as port`);
     assert.deepEqual([row?.replica, Number(row?.port)], [false, replica.port], 'the proxy routes writes to it');
   });
 
@@ -162,7 +147,7 @@ describe('high availability', () => {
       while (!stopping) {
         const startedMs = performance.now();
         try {
-          await query(uri, 'select 1');
+          await queryUri(uri, 'select 1');
           connects += 1;
         } catch (error) {
           failures.push(`${error instanceof Error ? error.message : String(error)} after ${(performance.now() - startedMs).toFixed(0)} ms`);
@@ -255,7 +240,7 @@ describe('high availability', () => {
     const manual = await cellar.cli(['clusters', 'failover', 'app', '--wait', '--timeout', '60']);
     assert.equal(manual.code, 0, manual.stderr);
     const settled = await settledAway(cellar, 'app', oldPrimary.id);
-    const [row] = await query<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
+    const [row] = await queryUri<{ replica: boolean }>(uri, 'select pg_is_in_recovery() as replica');
     assert.equal(row?.replica, false);
     assert.ok(settled.instances.every((instance) => instance.state === 'running'));
   });

@@ -183,6 +183,25 @@ export async function processesUsing(path: string): Promise<number[]> {
   return pids;
 }
 
+/** One query over a fresh connection (through the proxy, by a cluster's URI); bounded connect. */
+export async function queryUri<T extends pg.QueryResultRow>(uri: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000 });
+  // A server killed under the client emits 'error'; the query's own rejection reports it.
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** The postmaster pid of one of this Cellar's instances (first line of postmaster.pid), for real kills. */
+export async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
+  const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');
+  return Number(text.split('\n')[0]);
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
