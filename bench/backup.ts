@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import type { BackupView } from '../src/api/backups.js';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
-import { readBackupInfo, renderRecoveryConf, restoreSettings } from '../src/dataplane/local/backup.js';
+import { readBackupInfo, restoreSettings } from '../src/dataplane/local/backup.js';
+import { renderConf } from '../src/dataplane/local/server.js';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
 import { instancePaths } from '../src/dataplane/local/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
@@ -710,7 +711,7 @@ async function measureRestoreFloor(setup: Setup, backupId: string): Promise<Floo
     const copyMs = performance.now() - copyStarted;
     const settings = { ...restoreSettings(store.restoreCommand(source.id), {}), port: String(await freePort()), listen_addresses: '', unix_socket_directories: sockets, archive_mode: 'off', primary_conninfo: '', primary_slot_name: '', synchronous_standby_names: '' };
     // postgresql.auto.conf is read last: it overrides the replica's port, socket and upstream the copy brought.
-    await appendFile(join(pgdata, 'postgresql.auto.conf'), renderRecoveryConf(settings).replace(/^#.*\n/, ''));
+    await appendFile(join(pgdata, 'postgresql.auto.conf'), renderConf(settings).replace(/^#.*\n/, ''));
     await rm(join(pgdata, 'standby.signal'), { force: true });
     await writeFile(join(pgdata, 'recovery.signal'), '', { mode: 0o600 });
     if (user.switchUser) await chown(join(pgdata, 'recovery.signal'), user.uid, user.gid);

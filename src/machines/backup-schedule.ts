@@ -56,23 +56,22 @@ async function tend(context: Context): Promise<Result> {
   let pruned = 0;
   for (const clusterId of await backups.clustersWithBackups(clustersPerTickMax)) {
     const all = await backups.backupsOf(clusterId);
-    for (const backup of expiredBackups(all, backupSettings, now)) {
+    const expired = expiredBackups(all, backupSettings, now);
+    for (const backup of expired) {
       await context.ports.dataPlane.deleteBackup(clusterId, backup.id);
       await backups.markDeleted(backup.id);
       deleted += 1;
     }
-    pruned += await pruneWal(context, clusterId, all);
+    pruned += await pruneWal(context, clusterId, all.filter((backup) => !expired.includes(backup)));
   }
   const reason = started + deleted + pruned === 0 ? undefined : `${started} backup(s) started, ${deleted} expired, ${pruned} WAL file(s) pruned`;
   return nap(scheduleNapMs, reason === undefined ? {} : { reason });
 }
 
-/** WAL before the oldest kept completed backup's first segment is needed by no restore. */
-async function pruneWal(context: Context, clusterId: string, all: readonly BackupRecord[]): Promise<number> {
-  const kept = (await context.ports.backups.backupsOf(clusterId as BackupRecord['clusterId'])).filter((backup) => backup.status === 'completed' && backup.startWalFile !== null);
-  const oldest = kept[kept.length - 1];
-  if (oldest?.startWalFile === undefined || oldest.startWalFile === null || all.length === 0) return 0;
-  return context.ports.dataPlane.pruneWal(clusterId, oldest.startWalFile);
+/** WAL before the oldest kept completed backup's first segment (`kept` is newest first) is needed by no restore. */
+async function pruneWal(context: Context, clusterId: string, kept: readonly BackupRecord[]): Promise<number> {
+  const oldest = kept.filter((backup) => backup.status === 'completed').at(-1)?.startWalFile ?? null;
+  return oldest === null ? 0 : context.ports.dataPlane.pruneWal(clusterId, oldest);
 }
 
 export const backupScheduleMachine: MachineDefinition<BackupScheduleLabel, BackupScheduleData, MachinePorts> = {

@@ -1,8 +1,9 @@
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { BackupId, InstanceId } from '../lib/ids.js';
+import { isStreamingReplica } from './cluster.js';
 import { instanceSpec } from './instance.js';
-import type { InstanceRecord, MachinePorts } from './ports.js';
+import type { MachinePorts } from './ports.js';
 
 /**
  * One base backup: pick a source (a streaming replica, else the primary), take it into the
@@ -31,10 +32,6 @@ type Context = StepContext<BackupLabel, BackupData, MachinePorts>;
 type Result = Outcome<BackupLabel, BackupData>;
 
 const backupIdOf = (context: Context): BackupId => context.machine.entityId as BackupId;
-
-function isStreamingReplica(instance: InstanceRecord): boolean {
-  return instance.role === 'replica' && !instance.fenced && instance.machineLabel === 'running' && instance.observed.streaming === true;
-}
 
 /** A healthy replica keeps the backup's read load off the primary; without one, the primary. */
 async function start(context: Context): Promise<Result> {

@@ -72,7 +72,7 @@ function isServing(instance: InstanceRecord): boolean {
   return instance.machineLabel === 'running';
 }
 
-function isStreamingReplica(instance: InstanceRecord): boolean {
+export function isStreamingReplica(instance: InstanceRecord): boolean {
   return instance.role === 'replica' && !instance.fenced && instance.machineLabel === 'running' && instance.observed.streaming === true;
 }
 

@@ -1,5 +1,5 @@
 import type { BaseBackupInfo } from '../dataplane/dataplane.js';
-import { insertMachine, recordEvent } from '../engine/queries.js';
+import { insertMachine, nudgeChannel, recordEvent } from '../engine/queries.js';
 import { assert } from '../lib/assert.js';
 import { type BackupId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { BackupCandidate, BackupRecord, BackupRecords } from '../machines/ports.js';
@@ -217,6 +217,6 @@ export async function requestVerify(db: Pool, id: string): Promise<void> {
       [row.id],
     );
     await recordEvent(client, { machineId: row.id, kind: 'backup', entityId: id, clusterId: row.cluster_id, from: row.label, to: 'verify', reason: 'verification requested' });
-    await client.query(`select pg_notify('cellar_nudge', 'normal')`);
+    await client.query('select pg_notify($1, $2)', [nudgeChannel, 'normal']);
   });
 }

@@ -18,7 +18,7 @@ export const verifyMsMax = 3_600_000;
 export const copyMsMax = 3_600_000;
 /** Cellar's own settings file for recovery; included last, so it overrides what a backup brought. */
 export const recoveryConfFile = 'cellar.recovery.conf';
-export const recoverySignalFile = 'recovery.signal';
+export const recoverySignalFile = 'recovery.signal' as const;
 /** The scratch server listens on no TCP port; this only names its socket. */
 const scratchPort = 5432;
 const cpBinary = '/bin/cp';
@@ -95,15 +95,15 @@ export async function copyTree(source: string, target: string, runAs: RunAs): Pr
   await run(cpBinary, ['-a', source, target], { runAs, timeoutMs: copyMsMax });
 }
 
-/** Recovery settings for a restore or a scratch check; the server must also find recovery.signal. */
-export function renderRecoveryConf(settings: Readonly<Record<string, string>>): string {
-  return renderConf(settings);
-}
-
-export async function writeRecoveryFiles(pgdata: string, settings: Readonly<Record<string, string>>, runAs: RunAs): Promise<void> {
-  await rm(join(pgdata, 'standby.signal'), { force: true });
-  await writeConfText(pgdata, recoveryConfFile, renderRecoveryConf(settings), runAs);
-  await writeConfText(pgdata, recoverySignalFile, '', runAs);
+/**
+ * Recovery settings in Cellar's last-included file, and the one signal file that picks the mode:
+ * recovery.signal (a restore: recover to the target, then promote) or standby.signal (a check).
+ */
+export async function writeRecoveryFiles(pgdata: string, settings: Readonly<Record<string, string>>, runAs: RunAs, signal: 'recovery.signal' | 'standby.signal' = recoverySignalFile): Promise<void> {
+  const other = signal === recoverySignalFile ? 'standby.signal' : recoverySignalFile;
+  await rm(join(pgdata, other), { force: true });
+  await writeConfText(pgdata, recoveryConfFile, renderConf(settings), runAs);
+  await writeConfText(pgdata, signal, '', runAs);
 }
 
 export interface ScratchCheckOptions {
@@ -133,7 +133,7 @@ export async function checkBackupFiles(options: ScratchCheckOptions): Promise<Ba
     await ensureDirFor(options.scratchRoot, 0o700, options.runAs);
     await ensureDirFor(runDir, 0o700, options.runAs);
     await copyTree(options.backupDir, pgdata, options.runAs);
-    await writeScratchFiles(pgdata, scratchSettings(runDir, options.restoreCommand), options.runAs);
+    await writeRecoveryFiles(pgdata, scratchSettings(runDir, options.restoreCommand), options.runAs, 'standby.signal');
     const log = join(options.scratchRoot, 'postgres.log');
     try {
       await startDetached(options.binDir, pgdata, log, options.runAs);
@@ -165,12 +165,6 @@ function scratchSettings(runDir: string, restoreCommand: string): Record<string,
     primary_conninfo: '',
     primary_slot_name: '',
   };
-}
-
-async function writeScratchFiles(pgdata: string, settings: Readonly<Record<string, string>>, runAs: RunAs): Promise<void> {
-  await rm(join(pgdata, recoverySignalFile), { force: true });
-  await writeConfText(pgdata, recoveryConfFile, renderRecoveryConf(settings), runAs);
-  await writeConfText(pgdata, 'standby.signal', '', runAs);
 }
 
 /** The copy is open (startDetached waited for it): ask it a question a broken one cannot answer. */
