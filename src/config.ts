@@ -27,6 +27,8 @@ export interface Config {
   readonly proxyWaitMsMax: number;
   /** A client must finish its startup (TLS, authentication, any wait) within this. */
   readonly proxyStartupMsMax: number;
+  /** Plain connections past startup are relayed by the native relay (native/relay.c) when it is built. */
+  readonly proxyNativeRelay: boolean;
   /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
   readonly domain: string;
   /** Inclusive range of 127.0.0.1 ports given to instances. */
@@ -151,6 +153,7 @@ export function loadConfig(env: Env = process.env): Config {
     proxyClusterBytesPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_BYTES_PER_SECOND', 0, 0, 10 * 1024 ** 3, problems),
     proxyWaitMsMax: integer(env, 'CELLAR_PROXY_WAIT_MS', 10_000, 0, 600_000, problems),
     proxyStartupMsMax: integer(env, 'CELLAR_PROXY_STARTUP_MS', 30_000, 100, 600_000, problems),
+    proxyNativeRelay: boolean(env, 'CELLAR_PROXY_NATIVE_RELAY', true, problems),
     domain: domainName(env, problems),
     instancePortMin,
     instancePortMax,

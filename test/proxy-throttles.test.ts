@@ -24,12 +24,6 @@ function psqlCopy(uri: string, command: string): Promise<number> {
   });
 }
 
-async function metric(cellar: TestCellar, pattern: RegExp): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${cellar.env['CELLAR_PROXY_ADMIN_PORT']}/metrics`)).text();
-  const match = pattern.exec(text);
-  return match?.[1] === undefined ? 0 : Number(match[1]);
-}
-
 describe('proxy throttles, pause and metrics', () => {
   let cellar: TestCellar;
   let app: ClusterView;
@@ -66,23 +60,23 @@ describe('proxy throttles, pause and metrics', () => {
     } finally {
       await Promise.all(open.map((client) => client.end()));
     }
-    assert.ok((await metric(cellar, new RegExp(`cellar_proxy_throttle_events_total\\{cluster="${app.routeKey}",throttle="connections"\\} (\\d+)`))) >= 1);
+    assert.ok((await cellar.proxyMetric(new RegExp(`cellar_proxy_throttle_events_total\\{cluster="${app.routeKey}",throttle="connections"\\} (\\d+)`))) >= 1);
   });
 
   test('a bulk COPY through the proxy runs at the set bandwidth within 10%, in both directions', async () => {
     const rowBytes = 1_000;
     const rows = 6_000;
-    const outBefore = await metric(cellar, new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`));
+    const outBefore = await cellar.proxyMetric(new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`));
     const outMs = await psqlCopy(app.uri as string, `copy (select repeat('x', ${rowBytes}) from generate_series(1, ${rows})) to stdout`);
-    const outBytes = (await metric(cellar, new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`))) - outBefore;
+    const outBytes = (await cellar.proxyMetric(new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`))) - outBefore;
     const outRate = outBytes / (outMs / 1000);
     assert.ok(outBytes >= rowBytes * rows, `copied ${outBytes} bytes out`);
     assert.ok(Math.abs(outRate - bytesPerSecond) / bytesPerSecond <= toleranceRatio, `out: ${Math.round(outRate)} B/s against ${bytesPerSecond}`);
 
     await psqlCopy(app.uri as string, 'create table if not exists sink (body text)');
-    const inBefore = await metric(cellar, new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="in"\\} (\\d+)`));
+    const inBefore = await cellar.proxyMetric(new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="in"\\} (\\d+)`));
     const inMs = await psqlCopy(app.uri as string, `\\copy sink from program 'head -c ${rowBytes * rows} /dev/zero | tr "\\\\000" "y" | fold -w ${rowBytes}'`);
-    const inBytes = (await metric(cellar, new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="in"\\} (\\d+)`))) - inBefore;
+    const inBytes = (await cellar.proxyMetric(new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="in"\\} (\\d+)`))) - inBefore;
     const inRate = inBytes / (inMs / 1000);
     assert.ok(inBytes >= rowBytes * rows, `copied ${inBytes} bytes in`);
     assert.ok(Math.abs(inRate - bytesPerSecond) / bytesPerSecond <= toleranceRatio, `in: ${Math.round(inRate)} B/s against ${bytesPerSecond}`);
@@ -124,9 +118,9 @@ describe('proxy throttles, pause and metrics', () => {
   test('metrics count connections, bytes and routing errors per cluster', async () => {
     const unknown = new pg.Client({ connectionString: (app.uri as string).replace(`app.${app.routeKey}`, 'app.nope') });
     await assert.rejects(unknown.connect());
-    assert.ok((await metric(cellar, new RegExp(`cellar_proxy_connections_total\\{cluster="${app.routeKey}",endpoint="readWrite"\\} (\\d+)`))) >= connectionsMax);
-    assert.ok((await metric(cellar, /cellar_proxy_routing_errors_total\{cluster="",reason="unknown_cluster"\} (\d+)/)) >= 1);
-    assert.equal(await metric(cellar, /cellar_proxy_store_reachable (\d+)/), 1);
-    assert.ok((await metric(cellar, /cellar_proxy_routes (\d+)/)) >= 1);
+    assert.ok((await cellar.proxyMetric(new RegExp(`cellar_proxy_connections_total\\{cluster="${app.routeKey}",endpoint="readWrite"\\} (\\d+)`))) >= connectionsMax);
+    assert.ok((await cellar.proxyMetric(/cellar_proxy_routing_errors_total\{cluster="",reason="unknown_cluster"\} (\d+)/)) >= 1);
+    assert.equal(await cellar.proxyMetric(/cellar_proxy_store_reachable (\d+)/), 1);
+    assert.ok((await cellar.proxyMetric(/cellar_proxy_routes (\d+)/)) >= 1);
   });
 });

@@ -6,6 +6,7 @@ import type { Config } from '../config.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
 import { ProxyMetrics } from './metrics.js';
+import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
 import { type ProxyTls, ProxyServer } from './server.js';
 import { SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
@@ -32,6 +33,8 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
   const metrics = new ProxyMetrics();
+  const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
+  relay?.start();
 
   const server = new ProxyServer({
     host: '127.0.0.1',
@@ -41,6 +44,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     log,
     tls: await proxyTls(config),
     metrics,
+    relay,
     limits: {
       clusterConnectionsMax: config.proxyClusterConnectionsMax,
       clusterConnectsPerSecond: config.proxyClusterConnectsPerSecond,
@@ -59,14 +63,16 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     });
   } catch (error) {
     routes.stop();
+    relay?.stop();
     await server.stop();
     await pool.end();
     throw error;
   }
-  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size }, 'proxy listening');
+  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size, nativeRelay: relay !== null }, 'proxy listening');
   return {
     async stop() {
       routes.stop();
+      relay?.stop();
       await server.stop();
       await new Promise((resolve) => admin?.close(resolve));
       await pool.end();

@@ -20,6 +20,7 @@ import {
 } from './protocol.js';
 import type { EndpointKind, RouteTable, Target } from './routes.js';
 import type { ProxyMetrics } from './metrics.js';
+import type { NativeRelay } from './native-relay.js';
 import { TokenBucket, relayBytes } from './throttle.js';
 import type { SecureContextCache } from './tls.js';
 
@@ -58,6 +59,8 @@ export interface ProxyOptions {
   readonly metrics: ProxyMetrics;
   /** Null: answer SSLRequest with N (plain only). */
   readonly tls: ProxyTls | null;
+  /** Relays plain connections after startup outside the event loop; null: all in JavaScript. */
+  readonly relay: NativeRelay | null;
 }
 
 /** The first byte of a TLS handshake record: a Postgres 17 client doing direct TLS. */
@@ -364,6 +367,7 @@ export class ProxyServer {
 
   /** Moves the byte counts gathered on the data path into the metrics; called before each scrape. */
   flushMetrics(): void {
+    this.options.relay?.flushBytes();
     for (const [cluster, state] of this.clusters) {
       for (const direction of ['in', 'out'] as const) {
         if (state.bytesPending[direction] === 0) continue;
@@ -383,6 +387,24 @@ export class ProxyServer {
       },
       onThrottle: () => this.options.metrics.throttleEvents.labels(cluster, 'bandwidth').inc(),
     });
+  }
+
+  /**
+   * Past startup: both directions go to the native relay when it takes them (plain sockets, idle,
+   * no bandwidth limit on the cluster); otherwise server → client joins client → server in JavaScript.
+   */
+  private relayAfterStartup(client: Socket, backend: Socket, cluster: string, state: ClusterState): void {
+    const relay = this.options.relay;
+    const pending = state.bytesPending;
+    const count = (bytesIn: number, bytesOut: number): void => {
+      pending.in += bytesIn;
+      pending.out += bytesOut;
+    };
+    if (relay !== null && state.bytesIn === null && state.bytesOut === null && relay.adopt({ client, backend, count })) {
+      this.options.metrics.nativeRelayed.labels(cluster).inc();
+      return;
+    }
+    this.relay(backend, client, cluster, 'out', state);
   }
 
   /** Server → client until the first ReadyForQuery, swapping BackendKeyData for a proxy key; then a plain pipe. */
@@ -407,7 +429,7 @@ export class ProxyServer {
           backend.off('data', onData);
           const rest = reader.rest();
           if (rest.length > 0) client.write(rest);
-          this.relay(backend, client, target.clusterKey, 'out', state);
+          this.relayAfterStartup(client, backend, target.clusterKey, state);
           return;
         }
       }

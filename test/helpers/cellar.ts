@@ -76,6 +76,13 @@ export class TestCellar {
     return new TestCellar(root, env);
   }
 
+  /** The first group of `pattern` in the proxy's /metrics text, as a number (0 when absent). */
+  async proxyMetric(pattern: RegExp): Promise<number> {
+    const text = await (await fetch(`http://127.0.0.1:${this.env['CELLAR_PROXY_ADMIN_PORT']}/metrics`)).text();
+    const match = pattern.exec(text);
+    return match?.[1] === undefined ? 0 : Number(match[1]);
+  }
+
   get dataDir(): string {
     return this.env['CELLAR_DATA'] as string;
   }
