@@ -27,7 +27,7 @@ export interface Config {
   readonly proxyWaitMsMax: number;
   /** A client must finish its startup (TLS, authentication, any wait) within this. */
   readonly proxyStartupMsMax: number;
-  /** Plain connections past startup are relayed by the native relay (native/relay.c) when it is built. */
+  /** The native relay (native/relay.c, when built) terminates TLS and relays connections past startup. */
   readonly proxyNativeRelay: boolean;
   /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
   readonly domain: string;

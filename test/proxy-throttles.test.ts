@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
@@ -112,6 +115,28 @@ describe('proxy throttles, pause and metrics', () => {
     await sleep(startupMs * 1.5);
     const result = await client.query<{ one: number }>('select 1 as one');
     await client.end();
+    assert.equal(result.rows[0]?.one, 1);
+  });
+
+  test('TLS (terminated in the native relay): a client silent after its handshake is closed at the startup deadline; an established TLS connection outlives it', async () => {
+    const uri = new URL(app.uri as string);
+    const established = new pg.Client({ host: '127.0.0.1', port: Number(uri.port), user: decodeURIComponent(uri.username), password: decodeURIComponent(uri.password), database: 'app', ssl: { rejectUnauthorized: false } });
+    await established.connect();
+    const sslRequest = Buffer.alloc(8);
+    sslRequest.writeInt32BE(8, 0);
+    sslRequest.writeInt32BE(80877103, 4);
+    const raw = connect({ host: '127.0.0.1', port: Number(uri.port) }, () => raw.write(sslRequest));
+    const [answer] = (await once(raw, 'data')) as [Buffer];
+    assert.equal(answer.toString(), 'S');
+    const silent = tlsConnect({ socket: raw, rejectUnauthorized: false });
+    silent.on('error', () => undefined);
+    await once(silent, 'secureConnect');
+    const connectedMs = performance.now();
+    await once(silent, 'close');
+    const closedAfterMs = performance.now() - connectedMs;
+    assert.ok(closedAfterMs < startupMs * 2, `closed ${Math.round(closedAfterMs)} ms after the handshake`);
+    const result = await established.query<{ one: number }>('select 1 as one');
+    await established.end();
     assert.equal(result.rows[0]?.one, 1);
   });
 

@@ -117,40 +117,45 @@ describe('proxy', () => {
     assert.match(reply.toString('latin1'), /invalid startup packet length 3/);
   });
 
-  test('the native relay carries plain connections after startup: large messages both ways arrive whole, bytes are counted, a vanished client ends its server session; TLS stays in JavaScript', async () => {
+  test('the native relay carries connections after startup, plain and TLS (terminated in its thread): large messages both ways arrive whole, bytes are counted, a vanished client ends its server session', async () => {
     const relayed = new RegExp(`cellar_proxy_native_relay_total\\{cluster="${app.routeKey}"\\} (\\d+)`);
     const bytesIn = new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="in"\\} (\\d+)`);
     const bytesOut = new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`);
-    const relayedBefore = await cellar.proxyMetric(relayed);
-    const [inBefore, outBefore] = [await cellar.proxyMetric(bytesIn), await cellar.proxyMetric(bytesOut)];
-    const client = new pg.Client({ connectionString: app.uri as string });
-    await client.connect();
-    assert.equal(await cellar.proxyMetric(relayed), relayedBefore + 1, 'the plain connection went to the native relay');
-    // 32 MB each way: far past a socket buffer, so both directions go through partial writes and waits.
-    const large = 'x'.repeat(32 * 1024 * 1024);
-    const sent = await client.query<{ length: number; md5: string }>('select length($1) as length, md5($1) as md5', [large]);
-    assert.deepEqual(sent.rows[0], { length: large.length, md5: createHash('md5').update(large).digest('hex') });
-    const received = await client.query<{ text: string }>(`select repeat('y', ${large.length}) as text`);
-    assert.equal(received.rows[0]?.text, 'y'.repeat(large.length));
-    const pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
-    assert.ok((await cellar.proxyMetric(bytesIn)) - inBefore >= large.length, 'bytes in counted while the connection is open');
-    assert.ok((await cellar.proxyMetric(bytesOut)) - outBefore >= large.length, 'bytes out counted while the connection is open');
-    // The client goes away without a Terminate: its server session must end too.
-    client.on('error', () => undefined);
-    (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-    const observer = new pg.Client({ connectionString: app.uri as string });
-    await observer.connect();
-    const gone = await eventually('the server session of the vanished client to end', async () => {
-      const rows = await observer.query('select 1 from pg_stat_activity where pid = $1', [pid]);
-      return rows.rowCount === 0 || undefined;
-    }, 10_000);
-    assert.equal(gone, true);
-    await observer.end();
-    const relayedPlain = await cellar.proxyMetric(relayed);
     const host = `${app.routeKey}.cellar.localhost`;
-    const tls = await psql(['-c', 'select 1'], {}, `host=${host} hostaddr=127.0.0.1 port=${proxyPort} user=app dbname=app sslmode=verify-full sslrootcert=${join(cellar.home, 'ca.crt')} password=${password}`);
-    assert.equal(tls.code, 0, tls.stderr);
-    assert.equal(await cellar.proxyMetric(relayed), relayedPlain, 'a TLS connection is not handed to the native relay');
+    const ca = await readFile(join(cellar.home, 'ca.crt'), 'utf8');
+    const clients = {
+      plain: () => new pg.Client({ connectionString: app.uri as string }),
+      tls: () => new pg.Client({ host: '127.0.0.1', port: proxyPort, user: 'app', password, database: 'app', ssl: { ca, servername: host } }),
+    };
+    // 32 MB each way: far past a socket buffer and a TLS record, so both directions go through partial writes and waits.
+    const large = 'x'.repeat(32 * 1024 * 1024);
+    for (const [mode, makeClient] of Object.entries(clients)) {
+      const relayedBefore = await cellar.proxyMetric(relayed);
+      const [inBefore, outBefore] = [await cellar.proxyMetric(bytesIn), await cellar.proxyMetric(bytesOut)];
+      const client = makeClient();
+      await client.connect();
+      assert.equal(await cellar.proxyMetric(relayed), relayedBefore + 1, `the ${mode} connection went to the native relay`);
+      const encrypted = (client as unknown as { connection: { stream: { encrypted?: boolean } } }).connection.stream.encrypted === true;
+      assert.equal(encrypted, mode === 'tls', `${mode}: encrypted`);
+      const sent = await client.query<{ length: number; md5: string }>('select length($1) as length, md5($1) as md5', [large]);
+      assert.deepEqual(sent.rows[0], { length: large.length, md5: createHash('md5').update(large).digest('hex') }, `${mode}: client to server`);
+      const received = await client.query<{ text: string }>(`select repeat('y', ${large.length}) as text`);
+      assert.equal(received.rows[0]?.text, 'y'.repeat(large.length), `${mode}: server to client`);
+      const pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      assert.ok((await cellar.proxyMetric(bytesIn)) - inBefore >= large.length, `${mode}: bytes in counted while the connection is open`);
+      assert.ok((await cellar.proxyMetric(bytesOut)) - outBefore >= large.length, `${mode}: bytes out counted while the connection is open`);
+      // The client goes away without a Terminate: its server session must end too.
+      client.on('error', () => undefined);
+      (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+      const observer = new pg.Client({ connectionString: app.uri as string });
+      await observer.connect();
+      const gone = await eventually(`the server session of the vanished ${mode} client to end`, async () => {
+        const rows = await observer.query('select 1 from pg_stat_activity where pid = $1', [pid]);
+        return rows.rowCount === 0 || undefined;
+      }, 10_000);
+      assert.equal(gone, true);
+      await observer.end();
+    }
   });
 
   test('a CancelRequest through the proxy cancels the right backend: pg_sleep ends with a cancel error within a second', async () => {

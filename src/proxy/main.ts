@@ -9,7 +9,7 @@ import { ProxyMetrics } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
 import { type ProxyTls, ProxyServer } from './server.js';
-import { SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
+import { type KeyPair, SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
 
 /** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
 const proxyStorePoolSize = 3;
@@ -20,10 +20,10 @@ export interface RunningProxy {
 }
 
 /** The cell CA (made on first start, `$CELLAR_HOME/ca.crt`) and certificates for `*.<domain>`. */
-async function proxyTls(config: Config): Promise<ProxyTls> {
+async function proxyTls(config: Config): Promise<{ tls: ProxyTls; fallback: KeyPair }> {
   const ca = await ensureCellCa(config.home);
   const fallback = await ensureHostCertificate(ca, config.domain);
-  return { domain: config.domain, contexts: new SecureContextCache(ca), defaultContext: createSecureContext(fallback) };
+  return { tls: { domain: config.domain, contexts: new SecureContextCache(ca), defaultContext: createSecureContext(fallback) }, fallback };
 }
 
 export async function startProxy(config: Config, log: Logger): Promise<RunningProxy> {
@@ -35,6 +35,8 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const metrics = new ProxyMetrics();
   const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
   relay?.start();
+  const { tls, fallback } = await proxyTls(config);
+  relay?.configureTls(fallback.cert, fallback.key);
 
   const server = new ProxyServer({
     host: '127.0.0.1',
@@ -42,7 +44,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     readOnlyPort: config.proxyReadOnlyPort,
     routes,
     log,
-    tls: await proxyTls(config),
+    tls,
     metrics,
     relay,
     limits: {

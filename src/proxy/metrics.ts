@@ -7,7 +7,7 @@ export class ProxyMetrics {
   readonly connections = new Gauge({ name: 'cellar_proxy_connections', help: 'Client connections open, per cluster and endpoint', labelNames: ['cluster', 'endpoint'], registers: [this.registry] });
   readonly connectionsTotal = new Counter({ name: 'cellar_proxy_connections_total', help: 'Client connections routed to a server', labelNames: ['cluster', 'endpoint'], registers: [this.registry] });
   readonly bytes = new Counter({ name: 'cellar_proxy_bytes_total', help: 'Bytes relayed after startup; direction in = client to server', labelNames: ['cluster', 'direction'], registers: [this.registry] });
-  readonly nativeRelayed = new Counter({ name: 'cellar_proxy_native_relay_total', help: 'Connections handed to the native relay after startup (plain, no bandwidth limit)', labelNames: ['cluster'], registers: [this.registry] });
+  readonly nativeRelayed = new Counter({ name: 'cellar_proxy_native_relay_total', help: 'Connections handed to the native relay after startup (no bandwidth limit on the cluster)', labelNames: ['cluster'], registers: [this.registry] });
   /** `cluster` is empty when the name is not a known cluster, so unknown names cannot grow the label set. */
   readonly routingErrors = new Counter({ name: 'cellar_proxy_routing_errors_total', help: 'Connections refused before routing', labelNames: ['cluster', 'reason'], registers: [this.registry] });
   readonly throttleEvents = new Counter({ name: 'cellar_proxy_throttle_events_total', help: 'Connections refused or delayed, and transfers paused, by a throttle', labelNames: ['cluster', 'throttle'], registers: [this.registry] });

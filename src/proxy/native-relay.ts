@@ -1,36 +1,66 @@
 import { createRequire } from 'node:module';
-import type { Socket } from 'node:net';
+import { closeSync } from 'node:fs';
+import { Socket as NetSocket, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { assert } from '../lib/assert.js';
 
 /**
- * The native relay (native/relay.c, built by `npm ci`): once a plain connection is past its
- * startup phase, its client and backend sockets are handed to one thread that moves bytes with
- * epoll, read and write, outside Node's event loop, where each read costs a libuv callback, a
- * Buffer and a JavaScript call (BENCHMARKS.md, bench/proxy). TLS connections and clusters with a
- * bandwidth limit stay on the JavaScript relay.
- *
- * The handover: both sockets must be idle in Node (nothing buffered to read, nothing queued to
- * write); Node stops reading them (`readStop` on the handle, leaving its `reading` flag set so
- * Node never starts again) and the thread gets duplicates of their descriptors. The Node sockets
- * stay open, untouched, as the connection's handle for the proxy's bookkeeping; when the thread
- * ends the pair (both ends closed, or a socket error) it says so and they are destroyed.
+ * The native relay (native/relay.c, built by `npm ci`): one thread outside Node's event loop,
+ * where each read costs a libuv callback, a Buffer and a JavaScript call (BENCHMARKS.md,
+ * bench/proxy). It does two things for the proxy:
+ * - relays a connection past its startup phase (`adopt`): both sockets must be idle in Node
+ *   (nothing buffered to read, nothing queued to write); Node stops reading them (`readStop` on
+ *   the handle, leaving its `reading` flag set so Node never starts again) and the thread gets
+ *   duplicates of their descriptors.
+ * - terminates TLS after an SSLRequest (`acceptTls`): the thread runs the handshake (asking for
+ *   the certificate of an SNI name through `CertificateLookup`) and gives back a plaintext socket
+ *   (one end of a socketpair) for the startup phase; when that socket is later adopted with its
+ *   backend, the thread's TLS pair takes the backend in its place.
+ * The Node sockets stay open, untouched, as the connection's handles for the proxy's bookkeeping;
+ * when the thread ends a pair it says so and they are destroyed, and when the proxy closes one
+ * of them itself (a startup deadline) the thread's pair is aborted.
  */
 
 interface RelayBinding {
-  start(onClosed: (id: number, bytesIn: number, bytesOut: number) => void): void;
+  start(onEvent: (kind: number, id: number, bytesIn: number, bytesOut: number, fd: number, name: string) => void): void;
+  configureTls(certificatePem: string, keyPem: string): void;
   adopt(clientFd: number, backendFd: number): number;
+  acceptTls(clientFd: number): number;
+  adoptTls(id: number, plainFd: number, backendFd: number): void;
+  abort(id: number): void;
+  provideCertificate(id: number, certificatePem: string | null, keyPem: string | null): void;
   /** [id, bytesIn, bytesOut, ...] for the pairs that moved bytes since the last call. */
   takeBytes(): number[];
   stop(): void;
 }
+
+/** The binding's event kinds (native/relay.c). */
+const eventClosed = 0;
+const eventTlsReady = 1;
+const eventCertificate = 2;
 
 /** Node's TCP handle, as much of it as the handover needs (not a public API; checked at run time). */
 interface TcpHandle {
   readonly fd: number;
   readonly reading: boolean;
   readStop(): number;
+}
+
+/** A TLS connection whose handshake the relay thread ran: `socket` carries its plaintext. */
+export interface TerminatedTls {
+  readonly socket: Socket;
+  /** The SNI name the client sent, if any. */
+  readonly serverName: string | null;
+}
+
+/** The certificate for an SNI name, or null for the default one (a name outside the cell's domain). */
+export type CertificateLookup = (serverName: string) => Promise<{ readonly key: string; readonly cert: string } | null>;
+
+interface TlsHandshake {
+  readonly client: Socket;
+  readonly certificateFor: CertificateLookup;
+  readonly done: (terminated: TerminatedTls | null) => void;
 }
 
 export interface RelayedPair {
@@ -44,7 +74,13 @@ const bindingPath = '../../../build/Release/relay.node';
 
 export class NativeRelay {
   private readonly pairs = new Map<number, RelayedPair>();
+  private readonly handshakes = new Map<number, TlsHandshake>();
+  /** TLS pairs past their handshake: the client socket, destroyed when the pair ends. */
+  private readonly tlsClients = new Map<number, Socket>();
+  /** The plaintext socket JavaScript got for a TLS pair → the pair's id. */
+  private readonly plainSockets = new WeakMap<Socket, number>();
   private running = false;
+  private tls = false;
 
   private constructor(private readonly binding: RelayBinding) {}
 
@@ -62,8 +98,19 @@ export class NativeRelay {
   /** One per process: the binding's thread is process-wide. */
   start(): void {
     assert(!this.running, 'the native relay is already running');
-    this.binding.start((id, bytesIn, bytesOut) => this.onClosed(id, bytesIn, bytesOut));
+    this.binding.start((kind, id, bytesIn, bytesOut, fd, name) => {
+      if (kind === eventClosed) this.onClosed(id, bytesIn, bytesOut);
+      else if (kind === eventTlsReady) this.onTlsReady(id, fd, name);
+      else if (kind === eventCertificate) this.onCertificate(id, name);
+      else assert(false, `unknown relay event ${kind}`);
+    });
     this.running = true;
+  }
+
+  /** TLS termination in the relay thread, with this certificate when the client sends no SNI name. */
+  configureTls(certificatePem: string, keyPem: string): void {
+    this.binding.configureTls(certificatePem, keyPem);
+    this.tls = true;
   }
 
   /** Ends every pair (their sockets are destroyed) and the thread. */
@@ -86,15 +133,50 @@ export class NativeRelay {
     const client = idleHandle(pair.client);
     const backend = idleHandle(pair.backend);
     if (client === null || backend === null) return false;
+    // The plaintext side of a TLS pair: the thread's TLS pair takes the backend in its place.
+    const tlsId = this.plainSockets.get(pair.client);
+    if (tlsId !== undefined && !this.tlsClients.has(tlsId)) return false;
     for (const [socket, handle] of [[pair.client, client], [pair.backend, backend]] as const) {
       socket.pause();
       const error = handle.readStop();
       assert(error === 0, `readStop failed (${error})`);
     }
+    if (tlsId !== undefined) {
+      this.binding.adoptTls(tlsId, client.fd, backend.fd);
+      this.pairs.set(tlsId, pair);
+      this.abortOnClose(tlsId, pair.backend);
+      return true;
+    }
     const id = this.binding.adopt(client.fd, backend.fd);
     assert(!this.pairs.has(id), `relay pair ${id} is already live`);
     this.pairs.set(id, pair);
+    this.abortOnClose(id, pair.client);
+    this.abortOnClose(id, pair.backend);
     return true;
+  }
+
+  /** A socket the proxy closes itself (a startup deadline, shutdown) takes the thread's pair with it. */
+  private abortOnClose(id: number, socket: Socket): void {
+    socket.once('close', () => {
+      if (this.pairs.has(id) || this.handshakes.has(id) || this.tlsClients.has(id)) this.binding.abort(id);
+    });
+  }
+
+  /**
+   * Hands a client that was just answered `S` to the relay thread for its TLS handshake; null if
+   * the relay cannot take it (then the caller terminates TLS itself). The promise gives the
+   * plaintext socket, or null when the handshake failed (the client is then destroyed).
+   */
+  acceptTls(client: Socket, certificateFor: CertificateLookup): Promise<TerminatedTls | null> | null {
+    if (!this.running || !this.tls) return null;
+    const handle = idleHandle(client);
+    if (handle === null) return null;
+    client.pause();
+    const error = handle.readStop();
+    assert(error === 0, `readStop failed (${error})`);
+    const id = this.binding.acceptTls(handle.fd);
+    this.abortOnClose(id, client);
+    return new Promise((resolve) => this.handshakes.set(id, { client, certificateFor, done: resolve }));
   }
 
   /** Hands the bytes relayed since the last call to each pair's counter (before a metrics scrape). */
@@ -105,13 +187,45 @@ export class NativeRelay {
     }
   }
 
+  private onTlsReady(id: number, fd: number, serverName: string): void {
+    const handshake = this.handshakes.get(id);
+    if (handshake === undefined) return void closeSync(fd);
+    this.handshakes.delete(id);
+    this.tlsClients.set(id, handshake.client);
+    const socket = new NetSocket({ fd, readable: true, writable: true });
+    this.plainSockets.set(socket, id);
+    handshake.done({ socket, serverName: serverName === '' ? null : serverName });
+  }
+
+  private onCertificate(id: number, serverName: string): void {
+    const handshake = this.handshakes.get(id);
+    if (handshake === undefined) return;
+    handshake.certificateFor(serverName).then(
+      (pair) => this.binding.provideCertificate(id, pair?.cert ?? null, pair?.key ?? null),
+      () => this.binding.abort(id),
+    );
+  }
+
   private onClosed(id: number, bytesIn: number, bytesOut: number): void {
+    const handshake = this.handshakes.get(id);
+    if (handshake !== undefined) {
+      this.handshakes.delete(id);
+      handshake.client.destroy();
+      return handshake.done(null);
+    }
+    // A TLS pair past its switch is in both maps: its plaintext socket and backend, and its client.
     const pair = this.pairs.get(id);
-    if (pair === undefined) return;
-    this.pairs.delete(id);
-    pair.count(bytesIn, bytesOut);
-    pair.client.destroy();
-    pair.backend.destroy();
+    if (pair !== undefined) {
+      this.pairs.delete(id);
+      pair.count(bytesIn, bytesOut);
+      pair.client.destroy();
+      pair.backend.destroy();
+    }
+    const tlsClient = this.tlsClients.get(id);
+    if (tlsClient !== undefined) {
+      this.tlsClients.delete(id);
+      tlsClient.destroy();
+    }
   }
 }
 

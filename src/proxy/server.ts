@@ -219,6 +219,18 @@ export class ProxyServer {
   private async secure(client: Socket, startup: ClientStartup, early: Buffer, direct: boolean): Promise<void> {
     const tls = this.options.tls;
     if (tls === null) return void client.destroy();
+    // The relay thread terminates TLS when it can (not direct TLS: its first bytes are already read).
+    const certificateFor = (name: string) => (isWithin(name, tls.domain) ? tls.contexts.keyPair(name) : Promise.resolve(null));
+    const terminating = direct ? null : (this.options.relay?.acceptTls(client, certificateFor) ?? null);
+    if (terminating !== null) {
+      const terminated = await terminating;
+      if (terminated === null) return;
+      const plain = terminated.socket;
+      this.track(plain);
+      plain.on('error', () => plain.destroy());
+      plain.once('close', () => client.destroy());
+      return this.negotiate(plain, startup, { sniCluster: sniCluster(terminated.serverName ?? '', tls.domain) });
+    }
     // A net.Socket is handed to TLS natively, which would not see bytes already read; direct TLS
     // has read the first bytes of the ClientHello, so it goes through a stream that replays them.
     const transport = early.length > 0 ? replaying(client, early) : client;
@@ -239,9 +251,7 @@ export class ProxyServer {
       secure.once('close', () => reject(new Error('closed during the TLS handshake')));
     });
     if (direct && secure.alpnProtocol !== alpnPostgres) return void secure.destroy();
-    const serverName = typeof secure.servername === 'string' ? secure.servername : '';
-    const sniCluster = isWithin(serverName, tls.domain) && serverName !== tls.domain ? serverName.slice(0, -(tls.domain.length + 1)) : null;
-    return this.negotiate(secure, startup, { sniCluster: sniCluster !== null && !sniCluster.includes('.') ? sniCluster : null });
+    return this.negotiate(secure, startup, { sniCluster: sniCluster(typeof secure.servername === 'string' ? secure.servername : '', tls.domain) });
   }
 
   private async route(client: Socket, startup: ClientStartup, body: Buffer, early: Buffer, sniCluster: string | null): Promise<void> {
@@ -390,8 +400,9 @@ export class ProxyServer {
   }
 
   /**
-   * Past startup: both directions go to the native relay when it takes them (plain sockets, idle,
-   * no bandwidth limit on the cluster); otherwise server → client joins client → server in JavaScript.
+   * Past startup: both directions go to the native relay when it takes them (idle sockets, no
+   * bandwidth limit on the cluster; TLS it terminated itself); otherwise server → client joins
+   * client → server in JavaScript.
    */
   private relayAfterStartup(client: Socket, backend: Socket, cluster: string, state: ClusterState): void {
     const relay = this.options.relay;
@@ -492,6 +503,13 @@ function sleep(ms: number): Promise<void> {
 
 function isWithin(name: string, domain: string): boolean {
   return name === domain || name.endsWith(`.${domain}`);
+}
+
+/** The cluster an SNI name `CLUSTER.<domain>` names, or null. */
+function sniCluster(serverName: string, domain: string): string | null {
+  if (!isWithin(serverName, domain) || serverName === domain) return null;
+  const cluster = serverName.slice(0, -(domain.length + 1));
+  return cluster.includes('.') ? null : cluster;
 }
 
 function refuse(client: Socket, sqlState: SqlState, message: string): void {

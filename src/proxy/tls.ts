@@ -37,7 +37,7 @@ export interface CertificateAuthorityPaths {
   readonly caKey: string;
 }
 
-interface KeyPair {
+export interface KeyPair {
   readonly key: string;
   readonly cert: string;
 }
@@ -156,6 +156,7 @@ async function isUsableHostCertificate(ca: CertificateAuthorityPaths, name: stri
 }
 
 interface SecureContextEntry {
+  readonly pair: Promise<KeyPair>;
   readonly context: Promise<tls.SecureContext>;
   /** Set once the context is built: when its certificate enters the renewal window. */
   renewAtMs: number | undefined;
@@ -180,6 +181,15 @@ export class SecureContextCache {
   }
 
   get(serverName: string): Promise<tls.SecureContext> {
+    return this.#entry(serverName).context;
+  }
+
+  /** The key and certificate behind `get`, for TLS terminated outside Node (the native relay). */
+  keyPair(serverName: string): Promise<KeyPair> {
+    return this.#entry(serverName).pair;
+  }
+
+  #entry(serverName: string): SecureContextEntry {
     // No await before the entry is in the map: concurrent callers for one name share one generation.
     let entry = this.#entries.get(serverName);
     // A process that runs past renewal must not keep serving a certificate that is about to lapse.
@@ -191,14 +201,16 @@ export class SecureContextCache {
       assert(oldest.done !== true, 'a cache over its size limit has no entries');
       this.#entries.delete(oldest.value);
     }
-    return entry.context;
+    return entry;
   }
 
   #build(serverName: string): SecureContextEntry {
+    const pair = ensureHostCertificate(this.#ca, serverName);
     const entry: SecureContextEntry = {
-      context: ensureHostCertificate(this.#ca, serverName).then((pair) => {
-        entry.renewAtMs = Date.parse(new X509Certificate(pair.cert).validTo) - renewBeforeDays * dayMs;
-        return tls.createSecureContext({ key: pair.key, cert: pair.cert });
+      pair,
+      context: pair.then((issued) => {
+        entry.renewAtMs = Date.parse(new X509Certificate(issued.cert).validTo) - renewBeforeDays * dayMs;
+        return tls.createSecureContext({ key: issued.key, cert: issued.cert });
       }),
       renewAtMs: undefined,
     };
