@@ -498,15 +498,25 @@ static void switchToBackend(pair_t *p, int plainFd, int backendFd) {
   if (!p->closed) flush(p, CLIENT);
 }
 
+/* Frees a command and what it still owns (descriptors a switch did not take, a certificate). */
+static void freeCommand(command_t *command) {
+  X509_free(command->certificate);
+  EVP_PKEY_free(command->key);
+  if (command->chain != NULL) sk_X509_pop_free(command->chain, X509_free);
+  if (command->plainFd >= 0) close(command->plainFd);
+  if (command->backendFd >= 0) close(command->backendFd);
+  free(command);
+}
+
 static void runCommand(command_t *command) {
   pair_t *p = findLive(command->id);
   if (command->kind == COMMAND_ABORT) {
     if (p != NULL) closePair(p);
   } else if (command->kind == COMMAND_SWITCH) {
-    if (p != NULL) switchToBackend(p, command->plainFd, command->backendFd);
-    else {
-      close(command->plainFd);
-      close(command->backendFd);
+    if (p != NULL) {
+      // switchToBackend owns both descriptors from here.
+      switchToBackend(p, command->plainFd, command->backendFd);
+      command->plainFd = command->backendFd = -1;
     }
   } else if (p != NULL && p->phase == PHASE_CERTIFICATE) {
     p->certificateDone = true;
@@ -516,10 +526,7 @@ static void runCommand(command_t *command) {
     if (usable) handshake(p);
     else closePair(p);
   }
-  X509_free(command->certificate);
-  EVP_PKEY_free(command->key);
-  if (command->chain != NULL) sk_X509_pop_free(command->chain, X509_free);
-  free(command);
+  freeCommand(command);
 }
 
 /* Registers new pairs and runs commands; returns false when asked to stop. Pairs closed here are freed here. */
@@ -842,6 +849,16 @@ static void queueCommand(command_t *command) {
   wakeThread();
 }
 
+/* A command for pair `id`, owning nothing yet; NULL when out of memory. */
+static command_t *newCommand(int kind, uint32_t id) {
+  command_t *command = calloc(1, sizeof *command);
+  if (command == NULL) return NULL;
+  command->kind = kind;
+  command->id = id;
+  command->plainFd = command->backendFd = -1;
+  return command;
+}
+
 /* abort(id): ends the pair if it still lives (JavaScript closed its own socket). */
 static napi_value abortPair(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -850,10 +867,8 @@ static napi_value abortPair(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (!relay.running) return NULL;
   if (argc < 1 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) return throwError(env, "abort needs a pair id");
-  command_t *command = calloc(1, sizeof *command);
+  command_t *command = newCommand(COMMAND_ABORT, id);
   if (command == NULL) return throwError(env, "out of memory");
-  command->kind = COMMAND_ABORT;
-  command->id = id;
   queueCommand(command);
   return NULL;
 }
@@ -866,10 +881,8 @@ static napi_value provideCertificate(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (!relay.running) return NULL;
   if (argc < 3 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) return throwError(env, "provideCertificate needs a pair id, a certificate and a key");
-  command_t *command = calloc(1, sizeof *command);
+  command_t *command = newCommand(COMMAND_CERTIFICATE, id);
   if (command == NULL) return throwError(env, "out of memory");
-  command->kind = COMMAND_CERTIFICATE;
-  command->id = id;
   char *certificatePem = stringArgument(env, argv[1]);
   char *keyPem = stringArgument(env, argv[2]);
   bool parsed = certificatePem != NULL && keyPem != NULL && parseKeyPair(certificatePem, keyPem, &command->certificate, &command->chain, &command->key);
@@ -907,16 +920,13 @@ static napi_value adoptTls(napi_env env, napi_callback_info info) {
       napi_get_value_int32(env, argv[2], &backendFd) != napi_ok || plainFd < 0 || backendFd < 0) {
     return throwError(env, "adoptTls needs a pair id and two file descriptors");
   }
-  command_t *command = calloc(1, sizeof *command);
+  command_t *command = newCommand(COMMAND_SWITCH, id);
   if (command == NULL) return throwError(env, "out of memory");
-  command->kind = COMMAND_SWITCH;
-  command->id = id;
   command->plainFd = duplicateNonBlocking(plainFd);
   command->backendFd = command->plainFd < 0 ? -1 : duplicateNonBlocking(backendFd);
   if (command->plainFd < 0 || command->backendFd < 0) {
     int error = errno;
-    if (command->plainFd >= 0) close(command->plainFd);
-    free(command);
+    freeCommand(command);
     return throwError(env, strerror(error));
   }
   queueCommand(command);
@@ -957,14 +967,7 @@ static napi_value stop(napi_env env, napi_callback_info info) {
   pthread_join(relay.thread, NULL);
   for (command_t *command = relay.commands; command != NULL;) {
     command_t *next = command->next;
-    X509_free(command->certificate);
-    EVP_PKEY_free(command->key);
-    if (command->chain != NULL) sk_X509_pop_free(command->chain, X509_free);
-    if (command->kind == COMMAND_SWITCH) {
-      close(command->plainFd);
-      close(command->backendFd);
-    }
-    free(command);
+    freeCommand(command);
     command = next;
   }
   relay.commands = NULL;
