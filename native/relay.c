@@ -9,7 +9,8 @@
  * - a plain pair (`adopt`): a client socket and its backend socket, handed over after the first
  *   ReadyForQuery. JavaScript has stopped reading them and nothing it wrote is still queued; the
  *   thread works on duplicates of their descriptors.
- * - a TLS pair (`acceptTls`): a client socket that has just been answered `S` to its SSLRequest.
+ * - a TLS pair (`acceptTls`): a client socket that has just been answered `S` to its SSLRequest,
+ *   or a direct-TLS client (Postgres 17) whose first bytes JavaScript read and hands over too.
  *   The thread runs the TLS handshake with OpenSSL (the copy inside the node binary, whose
  *   symbols it exports); the certificate for an SNI name is asked of JavaScript while the
  *   handshake waits (OpenSSL's certificate callback). Then the thread makes a socketpair: the
@@ -58,7 +59,8 @@
 /* What JavaScript is told; the numbers are part of the binding's interface (native-relay.ts). */
 enum { EVENT_CLOSED = 0, EVENT_TLS_READY = 1, EVENT_CERTIFICATE = 2 };
 
-typedef enum { PHASE_RELAY, PHASE_HANDSHAKE, PHASE_CERTIFICATE } phase_t;
+/* PHASE_REFUSED: shut for writing, reading until the client closes (so it sees a clean close, not a reset). */
+typedef enum { PHASE_RELAY, PHASE_HANDSHAKE, PHASE_CERTIFICATE, PHASE_REFUSED } phase_t;
 
 typedef struct pair pair_t;
 
@@ -82,6 +84,8 @@ struct pair {
   bool readWantsWrite;
   /* JavaScript has answered the certificate callback. */
   bool certificateDone;
+  /* Direct TLS (Postgres 17): ALPN `postgresql` is required, as Postgres requires it. */
+  bool alpnRequired;
   /* Bytes read from fd[side] that fd[1 - side] has not taken yet (a partial write). */
   char *pending[2];
   size_t pendingOffset[2];
@@ -137,6 +141,22 @@ static struct {
   /* Default certificate and the callbacks for TLS pairs; set once by configureTls. */
   SSL_CTX *tls;
 } relay = {.lock = PTHREAD_MUTEX_INITIALIZER, .epoll = -1, .wake = -1};
+
+/* ALPN wire format: length, then `postgresql`. */
+static const unsigned char alpnPostgres[] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l'};
+
+/*
+ * Direct TLS: the client's first bytes were read by JavaScript (to see that it is TLS); this read
+ * BIO gives them to OpenSSL before what the socket has.
+ */
+typedef struct {
+  int fd;
+  char *early;
+  size_t earlyLength;
+  size_t earlyOffset;
+} replay_t;
+
+static BIO_METHOD *replayMethod;
 
 /* The eventfd's epoll data: not an endpoint. */
 static int wakeMarker;
@@ -320,6 +340,20 @@ static void flush(pair_t *p, int side) {
 
 /* The handshake is done: plaintext goes to one end of a socketpair, JavaScript gets the other. */
 static void tlsReady(pair_t *p) {
+  if (p->alpnRequired) {
+    const unsigned char *protocol;
+    unsigned int length;
+    SSL_get0_alpn_selected(p->ssl, &protocol, &length);
+    if (length != sizeof alpnPostgres - 1 || memcmp(protocol, alpnPostgres + 1, length) != 0) {
+      // As Postgres does: a direct-TLS client that did not negotiate `postgresql` is closed unanswered.
+      ERR_clear_error();
+      SSL_shutdown(p->ssl);
+      shutdown(p->fd[CLIENT], SHUT_WR);
+      p->phase = PHASE_REFUSED;
+      p->handshakeWants = EPOLLIN;
+      return updateInterest(p);
+    }
+  }
   int ends[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, ends) != 0) return closePair(p);
   p->fd[BACKEND] = ends[0];
@@ -373,8 +407,6 @@ static int onCertificate(SSL *ssl, void *unused) {
   return -1;
 }
 
-static const unsigned char alpnPostgres[] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l'};
-
 /* ALPN: `postgresql` when the client offers it (Postgres 17), else none. */
 static int onAlpn(SSL *ssl, const unsigned char **out, unsigned char *outLength, const unsigned char *in, unsigned int inLength, void *unused) {
   (void)ssl;
@@ -395,6 +427,12 @@ static void onEvent(endpoint_t *endpoint, uint32_t events) {
     return;
   }
   if (p->phase == PHASE_HANDSHAKE) return handshake(p);
+  if (p->phase == PHASE_REFUSED) {
+    // Discards what the client still sends; its close (or the proxy's startup deadline) ends the pair.
+    ssize_t n = read(p->fd[CLIENT], readBuffer, READ_BYTES_MAX);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) closePair(p);
+    return;
+  }
   if (events & EPOLLOUT) {
     flush(p, 1 - side);
     if (!p->closed && side == CLIENT && p->readWantsWrite) {
@@ -557,7 +595,16 @@ static bool takeWork(pair_t **ended) {
         // No event can point at it yet: freed at once.
         closePair(p);
         free(p);
+        p = NULL;
         break;
+      }
+    }
+    // A direct-TLS ClientHello was read before the handover: no socket event will announce it.
+    if (p != NULL && p->phase == PHASE_HANDSHAKE) {
+      handshake(p);
+      if (p->closed) {
+        p->next = *ended;
+        *ended = p;
       }
     }
   }
@@ -734,6 +781,61 @@ static napi_value start(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static int replayRead(BIO *bio, char *out, int size) {
+  replay_t *replay = BIO_get_data(bio);
+  BIO_clear_retry_flags(bio);
+  if (replay == NULL || size <= 0) return 0;
+  if (replay->earlyOffset < replay->earlyLength) {
+    size_t count = replay->earlyLength - replay->earlyOffset;
+    if (count > (size_t)size) count = (size_t)size;
+    memcpy(out, replay->early + replay->earlyOffset, count);
+    replay->earlyOffset += count;
+    return (int)count;
+  }
+  ssize_t n = read(replay->fd, out, (size_t)size);
+  if (n >= 0) return (int)n;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_read(bio);
+  return -1;
+}
+
+static long replayControl(BIO *bio, int command, long number, void *pointer) {
+  (void)bio;
+  (void)number;
+  (void)pointer;
+  return command == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int replayDestroy(BIO *bio) {
+  replay_t *replay = BIO_get_data(bio);
+  if (replay != NULL) {
+    free(replay->early);
+    free(replay);
+  }
+  BIO_set_data(bio, NULL);
+  return 1;
+}
+
+/* Reads from the replay BIO, writes straight to the socket; false when out of memory. */
+static bool setReplayBio(SSL *ssl, int fd, const char *early, size_t earlyLength) {
+  replay_t *replay = calloc(1, sizeof *replay);
+  char *copy = malloc(earlyLength);
+  BIO *reader = replayMethod == NULL ? NULL : BIO_new(replayMethod);
+  BIO *writer = BIO_new_socket(fd, BIO_NOCLOSE);
+  if (replay == NULL || copy == NULL || reader == NULL || writer == NULL) {
+    free(replay);
+    free(copy);
+    BIO_free(reader);
+    BIO_free(writer);
+    return false;
+  }
+  memcpy(copy, early, earlyLength);
+  *replay = (replay_t){.fd = fd, .early = copy, .earlyLength = earlyLength};
+  BIO_set_data(reader, replay);
+  BIO_set_init(reader, 1);
+  SSL_set_bio(ssl, reader, writer);
+  return true;
+}
+
 /* configureTls(certificatePem, keyPem): the default certificate (no SNI, or a name outside the domain). */
 static napi_value configureTls(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -768,12 +870,18 @@ static napi_value configureTls(napi_env env, napi_callback_info info) {
   SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_cert_cb(context, onCertificate, NULL);
   SSL_CTX_set_alpn_select_cb(context, onAlpn, NULL);
+  replayMethod = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cellar direct TLS replay");
+  if (replayMethod == NULL || BIO_meth_set_read(replayMethod, replayRead) != 1 || BIO_meth_set_ctrl(replayMethod, replayControl) != 1 ||
+      BIO_meth_set_destroy(replayMethod, replayDestroy) != 1) {
+    SSL_CTX_free(context);
+    return throwError(env, "could not build the TLS replay BIO");
+  }
   relay.tls = context;
   return NULL;
 }
 
 /* A new pair from two descriptors (backend -1 for a TLS pair), queued for the thread; its id. */
-static napi_value queuePair(napi_env env, int clientFd, int backendFd, bool tls) {
+static napi_value queuePair(napi_env env, int clientFd, int backendFd, bool tls, const char *early, size_t earlyLength) {
   napi_value result;
   pair_t *p = calloc(1, sizeof *p);
   if (p == NULL) return throwError(env, "out of memory");
@@ -790,8 +898,10 @@ static napi_value queuePair(napi_env env, int clientFd, int backendFd, bool tls)
   }
   if (error == 0 && tls) {
     p->ssl = SSL_new(relay.tls);
-    if (p->ssl == NULL || SSL_set_fd(p->ssl, p->fd[CLIENT]) != 1) error = ENOMEM;
+    bool bio = p->ssl != NULL && (earlyLength == 0 ? SSL_set_fd(p->ssl, p->fd[CLIENT]) == 1 : setReplayBio(p->ssl, p->fd[CLIENT], early, earlyLength));
+    if (!bio) error = ENOMEM;
     else {
+      p->alpnRequired = earlyLength > 0;
       SSL_set_accept_state(p->ssl);
       SSL_set_app_data(p->ssl, p);
       p->phase = PHASE_HANDSHAKE;
@@ -826,19 +936,27 @@ static napi_value adopt(napi_env env, napi_callback_info info) {
   if (argc < 2 || napi_get_value_int32(env, argv[0], &fds[0]) != napi_ok || napi_get_value_int32(env, argv[1], &fds[1]) != napi_ok || fds[0] < 0 || fds[1] < 0) {
     return throwError(env, "adopt needs two file descriptors");
   }
-  return queuePair(env, fds[0], fds[1], false);
+  return queuePair(env, fds[0], fds[1], false, NULL, 0);
 }
 
-/* acceptTls(clientFd) → id: the relay takes a duplicate of the socket and runs the TLS handshake. */
+/*
+ * acceptTls(clientFd, early) → id: the relay takes a duplicate of the socket and runs the TLS
+ * handshake. `early` (a Buffer, maybe empty) is what JavaScript already read of a direct-TLS
+ * ClientHello; a direct-TLS client must then negotiate ALPN `postgresql`.
+ */
 static napi_value acceptTls(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   int32_t fd;
+  void *early = NULL;
+  size_t earlyLength = 0;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (!relay.running) return throwError(env, "the relay is not running");
   if (relay.tls == NULL) return throwError(env, "TLS is not configured");
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return throwError(env, "acceptTls needs a file descriptor");
-  return queuePair(env, fd, -1, true);
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 || napi_get_buffer_info(env, argv[1], &early, &earlyLength) != napi_ok) {
+    return throwError(env, "acceptTls needs a file descriptor and a Buffer");
+  }
+  return queuePair(env, fd, -1, true, early, earlyLength);
 }
 
 static void queueCommand(command_t *command) {

@@ -13,7 +13,7 @@ import { assert } from '../lib/assert.js';
  *   (nothing buffered to read, nothing queued to write); Node stops reading them (`readStop` on
  *   the handle, leaving its `reading` flag set so Node never starts again) and the thread gets
  *   duplicates of their descriptors.
- * - terminates TLS after an SSLRequest (`acceptTls`): the thread runs the handshake (asking for
+ * - terminates TLS, after an SSLRequest or direct (`acceptTls`): the thread runs the handshake (asking for
  *   the certificate of an SNI name through `CertificateLookup`) and gives back a plaintext socket
  *   (one end of a socketpair) for the startup phase; when that socket is later adopted with its
  *   backend, the thread's TLS pair takes the backend in its place.
@@ -26,7 +26,7 @@ interface RelayBinding {
   start(onEvent: (kind: number, id: number, bytesIn: number, bytesOut: number, fd: number, name: string) => void): void;
   configureTls(certificatePem: string, keyPem: string): void;
   adopt(clientFd: number, backendFd: number): number;
-  acceptTls(clientFd: number): number;
+  acceptTls(clientFd: number, early: Buffer): number;
   adoptTls(id: number, plainFd: number, backendFd: number): void;
   abort(id: number): void;
   provideCertificate(id: number, certificatePem: string | null, keyPem: string | null): void;
@@ -163,18 +163,20 @@ export class NativeRelay {
   }
 
   /**
-   * Hands a client that was just answered `S` to the relay thread for its TLS handshake; null if
-   * the relay cannot take it (then the caller terminates TLS itself). The promise gives the
-   * plaintext socket, or null when the handshake failed (the client is then destroyed).
+   * Hands a client that was just answered `S` to the relay thread for its TLS handshake, or a
+   * direct-TLS client with the bytes of its ClientHello already read (`early`; it must then
+   * negotiate ALPN `postgresql`); null if the relay cannot take it (then the caller terminates
+   * TLS itself). The promise gives the plaintext socket, or null when the handshake failed (the
+   * client is then destroyed).
    */
-  acceptTls(client: Socket, certificateFor: CertificateLookup): Promise<TerminatedTls | null> | null {
+  acceptTls(client: Socket, early: Buffer, certificateFor: CertificateLookup): Promise<TerminatedTls | null> | null {
     if (!this.running || !this.tls) return null;
     const handle = idleHandle(client);
     if (handle === null) return null;
     client.pause();
     const error = handle.readStop();
     assert(error === 0, `readStop failed (${error})`);
-    const id = this.binding.acceptTls(handle.fd);
+    const id = this.binding.acceptTls(handle.fd, early);
     this.abortOnClose(id, client);
     return new Promise((resolve) => this.handshakes.set(id, { client, certificateFor, done: resolve }));
   }

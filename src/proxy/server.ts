@@ -3,6 +3,7 @@ import { type Server, type Socket, connect, createServer } from 'node:net';
 import { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
+import { assert } from '../lib/assert.js';
 import {
   MessageReader,
   backendKeyData,
@@ -219,9 +220,10 @@ export class ProxyServer {
   private async secure(client: Socket, startup: ClientStartup, early: Buffer, direct: boolean): Promise<void> {
     const tls = this.options.tls;
     if (tls === null) return void client.destroy();
-    // The relay thread terminates TLS when it can (not direct TLS: its first bytes are already read).
+    // The relay thread terminates TLS when it can (for direct TLS it also requires ALPN postgresql).
     const certificateFor = (name: string) => (isWithin(name, tls.domain) ? tls.contexts.keyPair(name) : Promise.resolve(null));
-    const terminating = direct ? null : (this.options.relay?.acceptTls(client, certificateFor) ?? null);
+    assert(direct === early.length > 0, 'direct TLS has read the start of its ClientHello; an SSLRequest leaves nothing unread');
+    const terminating = this.options.relay?.acceptTls(client, early, certificateFor) ?? null;
     if (terminating !== null) {
       const terminated = await terminating;
       if (terminated === null) return;
