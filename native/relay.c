@@ -140,6 +140,8 @@ static struct {
   napi_threadsafe_function onEvent;
   /* Default certificate and the callbacks for TLS pairs; set once by configureTls. */
   SSL_CTX *tls;
+  /* Relay thread only: pairs closed during this batch of events, freed after it (a later event may still point at one). */
+  pair_t *ended;
 } relay = {.lock = PTHREAD_MUTEX_INITIALIZER, .epoll = -1, .wake = -1};
 
 /* ALPN wire format: length, then `postgresql`. */
@@ -222,6 +224,16 @@ static void closePair(pair_t *p) {
   if (p->next != NULL) p->next->prev = p->prev;
   pthread_mutex_unlock(&relay.lock);
   emit(EVENT_CLOSED, p, -1, NULL);
+  p->next = relay.ended;
+  relay.ended = p;
+}
+
+static void freeEnded(void) {
+  while (relay.ended != NULL) {
+    pair_t *p = relay.ended;
+    relay.ended = p->next;
+    free(p);
+  }
 }
 
 /* Writes what it can without blocking: the count written, or -1 on a socket error. */
@@ -567,8 +579,8 @@ static void runCommand(command_t *command) {
   freeCommand(command);
 }
 
-/* Registers new pairs and runs commands; returns false when asked to stop. Pairs closed here are freed here. */
-static bool takeWork(pair_t **ended) {
+/* Registers new pairs and runs commands; returns false when asked to stop. */
+static bool takeWork(void) {
   uint64_t count;
   if (read(relay.wake, &count, sizeof count) < 0 && errno != EAGAIN) return true;
   pthread_mutex_lock(&relay.lock);
@@ -589,24 +601,15 @@ static bool takeWork(pair_t **ended) {
     pthread_mutex_unlock(&relay.lock);
     for (int side = 0; side < 2; side++) {
       if (p->fd[side] < 0) continue;
-      p->interest[side] = p->phase == PHASE_RELAY ? EPOLLIN : side == CLIENT ? p->handshakeWants : 0;
+      p->interest[side] = wantedEvents(p, side);
       struct epoll_event event = {.events = p->interest[side], .data.ptr = &p->endpoint[side]};
       if (epoll_ctl(relay.epoll, EPOLL_CTL_ADD, p->fd[side], &event) != 0) {
-        // No event can point at it yet: freed at once.
         closePair(p);
-        free(p);
-        p = NULL;
         break;
       }
     }
     // A direct-TLS ClientHello was read before the handover: no socket event will announce it.
-    if (p != NULL && p->phase == PHASE_HANDSHAKE) {
-      handshake(p);
-      if (p->closed) {
-        p->next = *ended;
-        *ended = p;
-      }
-    }
+    if (!p->closed && p->phase == PHASE_HANDSHAKE) handshake(p);
   }
   // Commands in the order JavaScript sent them (the list was built newest first).
   command_t *ordered = NULL;
@@ -619,13 +622,7 @@ static bool takeWork(pair_t **ended) {
   while (ordered != NULL) {
     command_t *command = ordered;
     ordered = command->next;
-    pair_t *target = findLive(command->id);
-    bool wasClosed = target == NULL || target->closed;
     runCommand(command);
-    if (!wasClosed && target->closed) {
-      target->next = *ended;
-      *ended = target;
-    }
   }
   return !stopping;
 }
@@ -633,7 +630,6 @@ static bool takeWork(pair_t **ended) {
 static void *run(void *unused) {
   (void)unused;
   struct epoll_event events[EVENTS_MAX];
-  pair_t *ended = NULL;
   bool running = true;
   while (running) {
     int count = epoll_wait(relay.epoll, events, EVENTS_MAX, -1);
@@ -642,24 +638,10 @@ static void *run(void *unused) {
       break;
     }
     for (int i = 0; i < count; i++) {
-      if (events[i].data.ptr == &wakeMarker) {
-        running = takeWork(&ended);
-        continue;
-      }
-      endpoint_t *endpoint = events[i].data.ptr;
-      bool wasClosed = endpoint->pair->closed;
-      onEvent(endpoint, events[i].events);
-      // Freed after the batch: a later event of this batch may still point at it.
-      if (!wasClosed && endpoint->pair->closed) {
-        endpoint->pair->next = ended;
-        ended = endpoint->pair;
-      }
+      if (events[i].data.ptr == &wakeMarker) running = takeWork();
+      else onEvent(events[i].data.ptr, events[i].events);
     }
-    while (ended != NULL) {
-      pair_t *p = ended;
-      ended = p->next;
-      free(p);
-    }
+    freeEnded();
   }
   // Stopping: every pair ends (its descriptors closed, JavaScript told), then the thread exits.
   for (;;) {
@@ -674,8 +656,8 @@ static void *run(void *unused) {
     pthread_mutex_unlock(&relay.lock);
     if (p == NULL) break;
     closePair(p);
-    free(p);
   }
+  freeEnded();
   return NULL;
 }
 

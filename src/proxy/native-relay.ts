@@ -4,6 +4,7 @@ import { Socket as NetSocket, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { assert } from '../lib/assert.js';
+import type { KeyPair } from './tls.js';
 
 /**
  * The native relay (native/relay.c, built by `npm ci`): one thread outside Node's event loop,
@@ -13,8 +14,8 @@ import { assert } from '../lib/assert.js';
  *   (nothing buffered to read, nothing queued to write); Node stops reading them (`readStop` on
  *   the handle, leaving its `reading` flag set so Node never starts again) and the thread gets
  *   duplicates of their descriptors.
- * - terminates TLS, after an SSLRequest or direct (`acceptTls`): the thread runs the handshake (asking for
- *   the certificate of an SNI name through `CertificateLookup`) and gives back a plaintext socket
+ * - terminates TLS, after an SSLRequest or direct (`acceptTls`): the thread runs the handshake
+ *   (asking for the certificate of an SNI name through `CertificateLookup`) and gives back a plaintext socket
  *   (one end of a socketpair) for the startup phase; when that socket is later adopted with its
  *   backend, the thread's TLS pair takes the backend in its place.
  * The Node sockets stay open, untouched, as the connection's handles for the proxy's bookkeeping;
@@ -40,8 +41,8 @@ const eventClosed = 0;
 const eventTlsReady = 1;
 const eventCertificate = 2;
 
-/** Node's TCP handle, as much of it as the handover needs (not a public API; checked at run time). */
-interface TcpHandle {
+/** Node's stream handle (TCP, or a pipe for a socketpair end), as much of it as the handover needs (not a public API; checked at run time). */
+interface StreamHandle {
   readonly fd: number;
   readonly reading: boolean;
   readStop(): number;
@@ -55,7 +56,7 @@ export interface TerminatedTls {
 }
 
 /** The certificate for an SNI name, or null for the default one (a name outside the cell's domain). */
-export type CertificateLookup = (serverName: string) => Promise<{ readonly key: string; readonly cert: string } | null>;
+export type CertificateLookup = (serverName: string) => Promise<KeyPair | null>;
 
 interface TlsHandshake {
   readonly client: Socket;
@@ -120,13 +121,9 @@ export class NativeRelay {
     this.running = false;
   }
 
-  get size(): number {
-    return this.pairs.size;
-  }
-
   /**
-   * Hands both sockets to the relay thread if they are plain TCP sockets and idle in Node; false
-   * leaves them untouched, for the JavaScript relay.
+   * Hands both sockets to the relay thread if they are idle in Node (not Node's TLS); false leaves
+   * them untouched, for the JavaScript relay.
    */
   adopt(pair: RelayedPair): boolean {
     if (!this.running) return false;
@@ -136,11 +133,8 @@ export class NativeRelay {
     // The plaintext side of a TLS pair: the thread's TLS pair takes the backend in its place.
     const tlsId = this.plainSockets.get(pair.client);
     if (tlsId !== undefined && !this.tlsClients.has(tlsId)) return false;
-    for (const [socket, handle] of [[pair.client, client], [pair.backend, backend]] as const) {
-      socket.pause();
-      const error = handle.readStop();
-      assert(error === 0, `readStop failed (${error})`);
-    }
+    stopReading(pair.client, client);
+    stopReading(pair.backend, backend);
     if (tlsId !== undefined) {
       this.binding.adoptTls(tlsId, client.fd, backend.fd);
       this.pairs.set(tlsId, pair);
@@ -173,9 +167,7 @@ export class NativeRelay {
     if (!this.running || !this.tls) return null;
     const handle = idleHandle(client);
     if (handle === null) return null;
-    client.pause();
-    const error = handle.readStop();
-    assert(error === 0, `readStop failed (${error})`);
+    stopReading(client, handle);
     const id = this.binding.acceptTls(handle.fd, early);
     this.abortOnClose(id, client);
     return new Promise((resolve) => this.handshakes.set(id, { client, certificateFor, done: resolve }));
@@ -231,11 +223,18 @@ export class NativeRelay {
   }
 }
 
-/** The socket's TCP handle when the socket is plain TCP, open, reading, and has nothing buffered either way. */
-function idleHandle(socket: Socket): TcpHandle | null {
+/** Node stops reading the socket for good: its handle's `reading` flag stays set, so Node never starts again. */
+function stopReading(socket: Socket, handle: StreamHandle): void {
+  socket.pause();
+  const error = handle.readStop();
+  assert(error === 0, `readStop failed (${error})`);
+}
+
+/** The socket's handle when the socket is not Node's TLS, open, reading, and has nothing buffered either way. */
+function idleHandle(socket: Socket): StreamHandle | null {
   if (socket instanceof TLSSocket || socket.destroyed || socket.readableLength > 0 || socket.writableLength > 0) return null;
-  const handle = (socket as unknown as { _handle?: Partial<TcpHandle> | null })._handle;
+  const handle = (socket as unknown as { _handle?: Partial<StreamHandle> | null })._handle;
   if (handle === null || handle === undefined) return null;
   if (typeof handle.fd !== 'number' || handle.fd < 0 || handle.reading !== true || typeof handle.readStop !== 'function') return null;
-  return handle as TcpHandle;
+  return handle as StreamHandle;
 }

@@ -60,7 +60,7 @@ export interface ProxyOptions {
   readonly metrics: ProxyMetrics;
   /** Null: answer SSLRequest with N (plain only). */
   readonly tls: ProxyTls | null;
-  /** Relays plain connections after startup outside the event loop; null: all in JavaScript. */
+  /** Terminates TLS and relays connections after startup outside the event loop; null: all in JavaScript. */
   readonly relay: NativeRelay | null;
 }
 
