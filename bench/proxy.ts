@@ -1,6 +1,7 @@
-import { access, chown, rm, writeFile } from 'node:fs/promises';
+import { access, chown, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ClusterView } from '../src/api/view.js';
 import { instancePaths } from '../src/dataplane/local/paths.js';
@@ -26,12 +27,14 @@ import {
 } from './lib.js';
 
 /**
- * bench/proxy: pgbench through Cellar's proxy against the same pgbench straight to the primary
- * and through PgBouncer (session mode, SCRAM, same backend) in the same run, plain and TLS.
- * Goal: the proxy reaches at least PgBouncer's TPS in every row, and adds under
- * addedLatencyUsMax to the direct latency at c=1.
+ * bench/proxy: pgbench through Cellar's proxy against the same pgbench straight to the primary,
+ * through PgBouncer (session mode, SCRAM, same backend), and through the floor relay
+ * (bench/floor-relay.c: the least any relay process does, one read and one write per message) in
+ * the same run, plain and TLS. Goal: the proxy reaches at least PgBouncer's TPS in every row, and
+ * adds under addedLatencyUsMax to the direct latency at c=1. The floor shows how much of the
+ * added latency any relay process costs on this machine.
  *
- *   node dist/bench/proxy.js [--seconds N] [--rounds R] [--json]
+ *   node dist/bench/proxy.js [--seconds N] [--rounds R] [--mode plain|tls] [--workload NAME] [--json]
  */
 
 const addedLatencyUsMax = 30;
@@ -53,14 +56,18 @@ const readyWaitMsMax = 30_000;
 const readyPollMs = 50;
 const connectTimeoutSeconds = 10;
 const pgbouncerBinary = '/usr/sbin/pgbouncer';
+const floorRelaySource = fileURLToPath(new URL('../../bench/floor-relay.c', import.meta.url));
+const compileMsMax = 120_000;
 const pgbouncerPackage = 'pgbouncer';
+const opensslHeader = '/usr/include/openssl/ssl.h';
+const opensslHeaderPackage = 'libssl-dev';
 /** pgbench -c 8 plus the readiness probe, with room to spare. */
 const pgbouncerClientsMax = 100;
 const pgbouncerPoolSize = 20;
 const databaseName = 'app';
 const appRole = 'app';
 
-const targets = ['direct', 'proxy', 'pgbouncer'] as const;
+const targets = ['direct', 'floor', 'proxy', 'pgbouncer'] as const;
 type Target = (typeof targets)[number];
 
 const modes = ['plain', 'tls'] as const;
@@ -132,7 +139,7 @@ async function main(): Promise<void> {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => (interruptedBy = signal));
   const options = parseOptions();
   const report: Report = (line) => (options.json ? process.stderr : process.stdout).write(`${line}\n`);
-  const pgbouncerInstalled = await ensurePgbouncer(report);
+  const packagesInstalled = await ensurePackages(report);
   const versions = await toolVersions();
   const loadBefore = await uptime();
   report(`bench/proxy: ${options.seconds} s per run, ${options.rounds} round(s); ${availableParallelism()} cores; ${versions.join('; ')}`);
@@ -155,29 +162,53 @@ async function main(): Promise<void> {
   printSummary(rows, report);
   for (const problem of problems) report(`problem: ${problem}`);
   if (options.json) {
-    const summary = summaryJson(rows, options, { versions, loadBefore, loadAfter, pgbouncerInstalled, problems });
+    const summary = summaryJson(rows, options, { versions, loadBefore, loadAfter, packagesInstalled, problems });
     process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
   }
 }
 
-function parseOptions(): { seconds: number; rounds: number; json: boolean } {
-  const { values } = parseArgs({ options: { seconds: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' } } });
+interface Options {
+  readonly seconds: number;
+  readonly rounds: number;
+  readonly json: boolean;
+  readonly modes: readonly Mode[];
+  readonly workloads: readonly Workload[];
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: { seconds: { type: 'string' }, rounds: { type: 'string' }, json: { type: 'boolean' }, mode: { type: 'string' }, workload: { type: 'string' } },
+  });
   const seconds = values.seconds === undefined ? secondsDefault : Number(values.seconds);
   if (!Number.isInteger(seconds) || seconds < 1 || seconds > secondsMax) throw new Error(`--seconds must be an integer from 1 to ${secondsMax}`);
   const rounds = values.rounds === undefined ? roundsDefault : Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > roundsMax) throw new Error(`--rounds must be an integer from 1 to ${roundsMax}`);
-  return { seconds, rounds, json: values.json === true };
+  const chosenModes = modes.filter((mode) => values.mode === undefined || values.mode === mode);
+  if (chosenModes.length === 0) throw new Error(`--mode must be one of: ${modes.join(', ')}`);
+  const chosenWorkloads = workloads.filter((workload) => values.workload === undefined || values.workload === workload.name);
+  if (chosenWorkloads.length === 0) throw new Error(`--workload must be one of: ${workloads.map((workload) => `'${workload.name}'`).join(', ')}`);
+  return { seconds, rounds, json: values.json === true, modes: chosenModes, workloads: chosenWorkloads };
 }
 
-/** Installs PgBouncer from Debian when missing; returns whether this run installed it. */
-async function ensurePgbouncer(report: Report): Promise<boolean> {
-  if (await exists(pgbouncerBinary)) return false;
-  report(`${pgbouncerBinary} is missing: apt-get install -y ${pgbouncerPackage}`);
+/** Installs PgBouncer and OpenSSL's headers (for the floor relay) from Debian when missing; returns whether this run installed any. */
+async function ensurePackages(report: Report): Promise<boolean> {
+  const needed: Array<{ file: string; pkg: string }> = [];
+  for (const wanted of [
+    { file: pgbouncerBinary, pkg: pgbouncerPackage },
+    { file: opensslHeader, pkg: opensslHeaderPackage },
+  ]) {
+    if (!(await exists(wanted.file))) needed.push(wanted);
+  }
+  if (needed.length === 0) return false;
+  const packages = needed.map((wanted) => wanted.pkg);
+  report(`${needed.map((wanted) => wanted.file).join(', ')} missing: apt-get install -y ${packages.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   await execOk('apt-get', ['update'], { timeoutMs: aptMsMax, env });
-  await execOk('apt-get', ['install', '-y', '--no-install-recommends', pgbouncerPackage], { timeoutMs: aptMsMax, env });
-  if (!(await exists(pgbouncerBinary))) throw new Error(`apt-get install ${pgbouncerPackage} did not provide ${pgbouncerBinary}`);
-  report(`installed ${pgbouncerPackage}`);
+  await execOk('apt-get', ['install', '-y', '--no-install-recommends', ...packages], { timeoutMs: aptMsMax, env });
+  for (const wanted of needed) {
+    if (!(await exists(wanted.file))) throw new Error(`apt-get install ${wanted.pkg} did not provide ${wanted.file}`);
+  }
+  report(`installed ${packages.join(' ')}`);
   return true;
 }
 
@@ -357,40 +388,111 @@ async function stopPgbouncer(bouncer: Pgbouncer): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The floor relay: compiled once per bench run from bench/floor-relay.c, one process per mode,
+// straight to the same primary port.
+
+interface FloorRelay {
+  readonly pid: number;
+  readonly port: number;
+  readonly dir: string;
+}
+
+async function compileFloorRelay(dir: string): Promise<string> {
+  const binary = join(dir, 'floor-relay');
+  await execOk('cc', ['-O2', '-Wall', '-o', binary, floorRelaySource, '-lssl', '-lcrypto'], { timeoutMs: compileMsMax, env: { ...process.env } });
+  return binary;
+}
+
+async function startFloorRelay(setup: Setup, binary: string, mode: Mode): Promise<FloorRelay> {
+  const user = setup.serverUser;
+  const dir = await makeTempDir('cellar-bench-floor-', user);
+  try {
+    const port = await freePort();
+    const tlsArgs = mode === 'tls' ? Object.values(await selfSignedCertificate(dir, 'floor', '127.0.0.1', user)) : [];
+    const logFile = join(dir, 'floor-relay.log');
+    const child = await spawnLogged(binary, [String(port), String(setup.primaryPort), ...tlsArgs], logFile, user);
+    try {
+      await waitFor(
+        `the floor relay (${mode}) to listen`,
+        async () => {
+          if (child.exited()) throw new Error(`the floor relay exited during start; see ${logFile}`);
+          return (await readFile(logFile, 'utf8')).includes('ready') ? true : undefined;
+        },
+        readyWaitMsMax,
+        readyPollMs,
+      );
+    } catch (error) {
+      await stopPid(child.pid);
+      throw error;
+    }
+    return { pid: child.pid, port, dir };
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+async function stopFloorRelay(floor: FloorRelay): Promise<void> {
+  try {
+    await stopPid(floor.pid);
+  } finally {
+    await rm(floor.dir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Runs.
 
-async function runModes(setup: Setup, options: { seconds: number; rounds: number }, report: Report): Promise<Row[]> {
+/** The relays running for one mode besides the proxy. */
+interface Middles {
+  readonly bouncer: Pgbouncer;
+  readonly floor: FloorRelay;
+}
+
+async function runModes(setup: Setup, options: Options, report: Report): Promise<Row[]> {
   const rows: Row[] = [];
-  for (const mode of modes) {
-    throwIfInterrupted();
-    if (mode === 'tls') await enableServerTls(setup, report);
-    const bouncer = await startPgbouncer(setup, mode);
-    try {
-      report(`\n== ${mode}: pgbouncer pid ${bouncer.pid} on port ${bouncer.port}; proxy pid ${setup.proxyPid ?? 'unknown'} on port ${setup.proxyPort}`);
-      await warmUp(setup, bouncer, mode);
-      for (const workload of workloads) rows.push(await runRow(setup, bouncer, mode, workload, options, report));
-    } finally {
-      await stopPgbouncer(bouncer);
+  const buildDir = await makeTempDir('cellar-bench-build-');
+  try {
+    const floorBinary = await compileFloorRelay(buildDir);
+    for (const mode of options.modes) {
+      throwIfInterrupted();
+      if (mode === 'tls') await enableServerTls(setup, report);
+      const floor = await startFloorRelay(setup, floorBinary, mode);
+      try {
+        const bouncer = await startPgbouncer(setup, mode);
+        try {
+          const middles = { bouncer, floor };
+          report(`\n== ${mode}: pgbouncer pid ${bouncer.pid} port ${bouncer.port}; floor relay pid ${floor.pid} port ${floor.port}; proxy pid ${setup.proxyPid ?? 'unknown'} port ${setup.proxyPort}`);
+          await warmUp(setup, middles, mode);
+          for (const workload of options.workloads) rows.push(await runRow(setup, middles, mode, workload, options, report));
+        } finally {
+          await stopPgbouncer(bouncer);
+        }
+      } finally {
+        await stopFloorRelay(floor);
+      }
     }
+  } finally {
+    await rm(buildDir, { recursive: true, force: true });
   }
   return rows;
 }
 
-async function warmUp(setup: Setup, bouncer: Pgbouncer, mode: Mode): Promise<void> {
+async function warmUp(setup: Setup, middles: Middles, mode: Mode): Promise<void> {
   const workload = workloads.find((candidate) => candidate.clients > 1) ?? (workloads[0] as Workload);
-  for (const target of targets) await pgbench(setup, bouncer, mode, target, workload, warmUpSeconds);
+  for (const target of targets) await pgbench(setup, middles, mode, target, workload, warmUpSeconds);
 }
 
 /** The targets interleave within a round, in an order that rotates per round, so all see the same load. */
-async function runRow(setup: Setup, bouncer: Pgbouncer, mode: Mode, workload: Workload, options: { seconds: number; rounds: number }, report: Report): Promise<Row> {
+async function runRow(setup: Setup, middles: Middles, mode: Mode, workload: Workload, options: { seconds: number; rounds: number }, report: Report): Promise<Row> {
   const load = await uptime();
   report(`-- ${mode}, ${workload.name} (pgbench ${workload.args.join(' ')} -T ${options.seconds}); load: ${load}`);
-  const runs: Record<Target, PgbenchRun[]> = { direct: [], proxy: [], pgbouncer: [] };
+  const runs: Record<Target, PgbenchRun[]> = { direct: [], floor: [], proxy: [], pgbouncer: [] };
   for (let round = 0; round < options.rounds; round += 1) {
     for (let index = 0; index < targets.length; index += 1) {
       throwIfInterrupted();
       const target = targets[(index + round) % targets.length] as Target;
-      const run = await pgbench(setup, bouncer, mode, target, workload, options.seconds);
+      const run = await pgbench(setup, middles, mode, target, workload, options.seconds);
       runs[target].push(run);
       const cpu = run.cpuUsPerTransaction === null ? '' : `, ${target} CPU ${run.cpuUsPerTransaction.toFixed(1)} µs/tx`;
       report(`   ${target.padEnd(9)} tps ${run.tps.toFixed(0).padStart(7)}  latency ${(run.latencyMs * 1000).toFixed(0).padStart(5)} µs${cpu}`);
@@ -410,11 +512,11 @@ function summarize(runs: readonly PgbenchRun[]): TargetResult {
   };
 }
 
-function endpointOf(setup: Setup, target: Target, bouncer?: Pgbouncer): Endpoint {
+function endpointOf(setup: Setup, target: Target, middles?: Middles): Endpoint {
   if (target === 'direct') return { port: setup.primaryPort, user: appRole, database: databaseName };
   if (target === 'proxy') return { port: setup.proxyPort, user: `${appRole}.${setup.routeKey}`, database: databaseName };
-  if (bouncer === undefined) throw new Error('no pgbouncer running');
-  return { port: bouncer.port, user: appRole, database: databaseName };
+  if (middles === undefined) throw new Error(`no ${target} running`);
+  return { port: target === 'floor' ? middles.floor.port : middles.bouncer.port, user: appRole, database: databaseName };
 }
 
 function pgbenchEnv(setup: Setup, endpoint: Endpoint, mode: Mode): NodeJS.ProcessEnv {
@@ -432,9 +534,10 @@ function pgbenchEnv(setup: Setup, endpoint: Endpoint, mode: Mode): NodeJS.Proces
   };
 }
 
-async function pgbench(setup: Setup, bouncer: Pgbouncer, mode: Mode, target: Target, workload: Workload, seconds: number): Promise<PgbenchRun> {
-  const endpoint = endpointOf(setup, target, bouncer);
-  const middlePid = target === 'proxy' ? setup.proxyPid : target === 'pgbouncer' ? bouncer.pid : undefined;
+async function pgbench(setup: Setup, middles: Middles, mode: Mode, target: Target, workload: Workload, seconds: number): Promise<PgbenchRun> {
+  const endpoint = endpointOf(setup, target, middles);
+  const middlePids: Record<Target, number | undefined> = { direct: undefined, floor: middles.floor.pid, proxy: setup.proxyPid, pgbouncer: middles.bouncer.pid };
+  const middlePid = middlePids[target];
   const ticksBefore = middlePid === undefined ? undefined : await cpuTicks(middlePid);
   const args = [...workload.args, '-T', String(seconds), '-n'];
   const result = await exec('pgbench', args, { timeoutMs: seconds * 1000 + pgbenchGraceMs, env: pgbenchEnv(setup, endpoint, mode) });
@@ -470,21 +573,24 @@ function goalOf(row: Row): { tpsMet: boolean; latencyMet: boolean | null } {
 
 function printSummary(rows: readonly Row[], report: Report): void {
   report(`\n== summary (median of rounds); goal: proxy TPS >= pgbouncer TPS in every row, added latency at c=1 < ${addedLatencyUsMax} µs`);
-  report(`${'mode'.padEnd(5)} ${'workload'.padEnd(16)} ${'direct tps/µs'.padStart(14)} ${'proxy tps/µs'.padStart(14)} ${'bouncer tps/µs'.padStart(15)}  proxy/bouncer  proxy/direct  added µs proxy/bouncer  goal`);
+  report(
+    `${'mode'.padEnd(5)} ${'workload'.padEnd(16)} ${'direct tps/µs'.padStart(14)} ${'floor tps/µs'.padStart(14)} ${'proxy tps/µs'.padStart(14)} ${'bouncer tps/µs'.padStart(15)}  proxy/bouncer  proxy/floor  proxy/direct  added µs floor/proxy/bouncer  goal`,
+  );
   for (const row of rows) {
     const cell = (target: Target, width: number) => `${row.results[target].tps.toFixed(0)}/${(row.results[target].latencyMs * 1000).toFixed(0)}`.padStart(width);
     const { tpsMet, latencyMet } = goalOf(row);
-    const added = row.workload.clients === 1 ? `${addedLatencyUs(row, 'proxy').toFixed(0)}/${addedLatencyUs(row, 'pgbouncer').toFixed(0)}` : '-';
+    const added = row.workload.clients === 1 ? (['floor', 'proxy', 'pgbouncer'] as const).map((target) => addedLatencyUs(row, target).toFixed(0)).join('/') : '-';
     const goal = [tpsMet ? 'tps met' : 'tps NOT met', latencyMet === null ? '' : latencyMet ? 'latency met' : 'latency NOT met'].filter(Boolean).join(', ');
     report(
-      `${row.mode.padEnd(5)} ${row.workload.name.padEnd(16)} ${cell('direct', 14)} ${cell('proxy', 14)} ${cell('pgbouncer', 15)}  ${ratio(row, 'pgbouncer').padStart(13)}  ${ratio(row, 'direct').padStart(12)}  ${added.padStart(22)}  ${goal}`,
+      `${row.mode.padEnd(5)} ${row.workload.name.padEnd(16)} ${cell('direct', 14)} ${cell('floor', 14)} ${cell('proxy', 14)} ${cell('pgbouncer', 15)}  ${ratio(row, 'pgbouncer').padStart(13)}  ${ratio(row, 'floor').padStart(11)}  ${ratio(row, 'direct').padStart(12)}  ${added.padStart(28)}  ${goal}`,
     );
   }
   const cpuRows = rows.filter((row) => row.results.proxy.cpuUsPerTransaction !== null && row.results.pgbouncer.cpuUsPerTransaction !== null);
   if (cpuRows.length === 0) return;
   report('\nCPU of the middle process per transaction (µs, user+system, clock-tick resolution):');
   for (const row of cpuRows) {
-    report(`${row.mode.padEnd(5)} ${row.workload.name.padEnd(16)} proxy ${row.results.proxy.cpuUsPerTransaction?.toFixed(1)}  pgbouncer ${row.results.pgbouncer.cpuUsPerTransaction?.toFixed(1)}`);
+    const cpu = (target: Target) => `${target} ${row.results[target].cpuUsPerTransaction?.toFixed(1) ?? '?'}`;
+    report(`${row.mode.padEnd(5)} ${row.workload.name.padEnd(16)} ${cpu('proxy')}  ${cpu('pgbouncer')}  ${cpu('floor')}`);
   }
 }
 
@@ -496,7 +602,7 @@ interface RunInfo {
   readonly versions: readonly string[];
   readonly loadBefore: string;
   readonly loadAfter: string;
-  readonly pgbouncerInstalled: boolean;
+  readonly packagesInstalled: boolean;
   readonly problems: readonly string[];
 }
 
@@ -512,7 +618,7 @@ function summaryJson(rows: readonly Row[], options: { seconds: number; rounds: n
     goal: { proxyOverPgbouncerTpsMin: 1, addedLatencyUsMaxAtC1: addedLatencyUsMax },
     loadBefore: info.loadBefore,
     loadAfter: info.loadAfter,
-    pgbouncerInstalled: info.pgbouncerInstalled,
+    packagesInstalled: info.packagesInstalled,
     rows: rows.map((row) => {
       const { tpsMet, latencyMet } = goalOf(row);
       return {
@@ -535,8 +641,12 @@ function summaryJson(rows: readonly Row[], options: { seconds: number; rounds: n
           }),
         ),
         proxyOverPgbouncer: round(row.results.proxy.tps / row.results.pgbouncer.tps, 3),
+        proxyOverFloor: round(row.results.proxy.tps / row.results.floor.tps, 3),
         proxyOverDirect: round(row.results.proxy.tps / row.results.direct.tps, 3),
-        addedLatencyUs: row.workload.clients === 1 ? { proxy: round(addedLatencyUs(row, 'proxy'), 1), pgbouncer: round(addedLatencyUs(row, 'pgbouncer'), 1) } : null,
+        addedLatencyUs:
+          row.workload.clients === 1
+            ? { floor: round(addedLatencyUs(row, 'floor'), 1), proxy: round(addedLatencyUs(row, 'proxy'), 1), pgbouncer: round(addedLatencyUs(row, 'pgbouncer'), 1) }
+            : null,
         goalTpsMet: tpsMet,
         goalLatencyMet: latencyMet,
       };
