@@ -899,12 +899,14 @@ static napi_value queuePair(napi_env env, int clientFd, int backendFd, bool tls,
     return throwError(env, strerror(error));
   }
   pthread_mutex_lock(&relay.lock);
-  p->id = ++relay.nextId;
+  uint32_t id = ++relay.nextId;
+  p->id = id;
   p->next = relay.incoming;
   relay.incoming = p;
   pthread_mutex_unlock(&relay.lock);
+  // From here the pair is the thread's: it may already be closed and freed (a client that has gone).
   wakeThread();
-  napi_create_uint32(env, p->id, &result);
+  napi_create_uint32(env, id, &result);
   return result;
 }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
@@ -156,6 +156,53 @@ describe('proxy', () => {
       assert.equal(gone, true);
       await observer.end();
     }
+  });
+
+  test('churn through the native relay leaves nothing behind: clients that vanish right after startup or mid-result, plain and TLS, end their connections in the proxy', async () => {
+    const open = new RegExp(`cellar_proxy_connections\\{cluster="${app.routeKey}",endpoint="readWrite"\\} (\\d+)`);
+    const proxyPid = Number((await readFile(join(cellar.home, 'proxy.pid'), 'utf8')).trim());
+    const descriptors = async () => (await readdir(`/proc/${proxyPid}/fd`)).length;
+    const ca = await readFile(join(cellar.home, 'ca.crt'), 'utf8');
+    const host = `${app.routeKey}.cellar.localhost`;
+    const openBefore = await cellar.proxyMetric(open);
+    const descriptorsBefore = await descriptors();
+    const sessions = 400;
+    const concurrency = 8;
+    let next = 0;
+    const session = async (index: number): Promise<void> => {
+      // Plain connections are routed by role.cluster, TLS ones by SNI.
+      const tls = index % 2 === 1;
+      const client = new pg.Client({ host: '127.0.0.1', port: proxyPort, user: tls ? 'app' : `app.${app.routeKey}`, password, database: 'app', ssl: tls ? { ca, servername: host } : false });
+      client.on('error', () => undefined);
+      await client.connect();
+      const stream = (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream;
+      const ending = index % 3;
+      if (ending === 0) return stream.destroy();
+      if (ending === 1) {
+        const result = client.query("select repeat('z', 1000) from generate_series(1, 5000)").catch(() => undefined);
+        await new Promise((resolve) => setTimeout(resolve, index % 5));
+        stream.destroy();
+        await result;
+        return;
+      }
+      await client.query('select 1');
+      await client.end();
+    };
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < sessions) await session(next++);
+      }),
+    );
+    await eventually('every churned connection to end in the proxy', async () => {
+      const now = await cellar.proxyMetric(open);
+      if (now !== openBefore) throw new Error(`${now} connections open, ${openBefore} before`);
+      return true;
+    }, 10_000);
+    await eventually('the proxy to hold no more descriptors than before', async () => {
+      const now = await descriptors();
+      if (now > descriptorsBefore) throw new Error(`${now} descriptors, ${descriptorsBefore} before`);
+      return true;
+    }, 10_000);
   });
 
   test('a CancelRequest through the proxy cancels the right backend: pg_sleep ends with a cancel error within a second', async () => {
