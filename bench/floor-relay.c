@@ -18,6 +18,7 @@
 #include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,19 +46,24 @@ static int waitFor(int fd, short events) {
   return poll(&p, 1, POLL_MS_MAX) == 1 ? 0 : -1;
 }
 
-static int writeAll(int fd, const char *data, size_t length) {
+/* Sends (or receives) exactly `length` bytes, waiting for the socket when it is not ready. */
+static int moveAll(int fd, char *data, size_t length, bool sending) {
   while (length > 0) {
-    ssize_t n = send(fd, data, length, MSG_NOSIGNAL);
+    ssize_t n = sending ? send(fd, data, length, MSG_NOSIGNAL) : recv(fd, data, length, 0);
     if (n > 0) {
       data += n;
       length -= (size_t)n;
     } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (waitFor(fd, POLLOUT) != 0) return -1;
+      if (waitFor(fd, sending ? POLLOUT : POLLIN) != 0) return -1;
     } else {
       return -1;
     }
   }
   return 0;
+}
+
+static int writeAll(int fd, const char *data, size_t length) {
+  return moveAll(fd, (char *)data, length, true);
 }
 
 static int sslWriteAll(SSL *ssl, int fd, const char *data, size_t length) {
@@ -76,26 +82,11 @@ static int sslWriteAll(SSL *ssl, int fd, const char *data, size_t length) {
   return 0;
 }
 
-static int readExactly(int fd, char *data, size_t length) {
-  while (length > 0) {
-    ssize_t n = recv(fd, data, length, 0);
-    if (n > 0) {
-      data += n;
-      length -= (size_t)n;
-    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (waitFor(fd, POLLIN) != 0) return -1;
-    } else {
-      return -1;
-    }
-  }
-  return 0;
-}
-
 /* SSLRequest: length 8, code 80877103. The floor serves pgbench with sslmode=require only. */
 static SSL *handshake(SSL_CTX *context, int fd) {
   static const unsigned char request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
   char first[8];
-  if (readExactly(fd, first, sizeof first) != 0 || memcmp(first, request, sizeof request) != 0) return NULL;
+  if (moveAll(fd, first, sizeof first, false) != 0 || memcmp(first, request, sizeof request) != 0) return NULL;
   if (writeAll(fd, "S", 1) != 0) return NULL;
   SSL *ssl = SSL_new(context);
   if (ssl == NULL) return NULL;

@@ -293,13 +293,22 @@ async function enableServerTls(setup: Setup, report: Report): Promise<void> {
 // logs in to the server with the client's SCRAM keys), plain TCP to the same primary port the
 // proxy uses.
 
-interface Pgbouncer {
+/** A relay process the bench started (PgBouncer or the floor relay): its pid, its port, its own temporary directory. */
+interface Middle {
   readonly pid: number;
   readonly port: number;
   readonly dir: string;
 }
 
-async function startPgbouncer(setup: Setup, mode: Mode): Promise<Pgbouncer> {
+async function stopMiddle(middle: Middle): Promise<void> {
+  try {
+    await stopPid(middle.pid);
+  } finally {
+    await rm(middle.dir, { recursive: true, force: true });
+  }
+}
+
+async function startPgbouncer(setup: Setup, mode: Mode): Promise<Middle> {
   const user = setup.serverUser;
   const dir = await makeTempDir('cellar-bench-pgbouncer-', user);
   try {
@@ -353,7 +362,7 @@ async function pgbouncerTlsLines(dir: string, user: OsUser): Promise<string[]> {
   return ['client_tls_sslmode = require', `client_tls_cert_file = ${cert}`, `client_tls_key_file = ${key}`];
 }
 
-async function waitPgbouncerReady(setup: Setup, bouncer: Pgbouncer, mode: Mode, exited: () => boolean, logFile: string): Promise<void> {
+async function waitPgbouncerReady(setup: Setup, bouncer: Middle, mode: Mode, exited: () => boolean, logFile: string): Promise<void> {
   const config = {
     host: '127.0.0.1',
     port: bouncer.port,
@@ -379,23 +388,9 @@ async function writeOwned(path: string, text: string, mode: number, owner: OsUse
   if (owner.switchUser) await chown(path, owner.uid, owner.gid);
 }
 
-async function stopPgbouncer(bouncer: Pgbouncer): Promise<void> {
-  try {
-    await stopPid(bouncer.pid);
-  } finally {
-    await rm(bouncer.dir, { recursive: true, force: true });
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The floor relay: compiled once per bench run from bench/floor-relay.c, one process per mode,
 // straight to the same primary port.
-
-interface FloorRelay {
-  readonly pid: number;
-  readonly port: number;
-  readonly dir: string;
-}
 
 async function compileFloorRelay(dir: string): Promise<string> {
   const binary = join(dir, 'floor-relay');
@@ -403,7 +398,7 @@ async function compileFloorRelay(dir: string): Promise<string> {
   return binary;
 }
 
-async function startFloorRelay(setup: Setup, binary: string, mode: Mode): Promise<FloorRelay> {
+async function startFloorRelay(setup: Setup, binary: string, mode: Mode): Promise<Middle> {
   const user = setup.serverUser;
   const dir = await makeTempDir('cellar-bench-floor-', user);
   try {
@@ -432,21 +427,13 @@ async function startFloorRelay(setup: Setup, binary: string, mode: Mode): Promis
   }
 }
 
-async function stopFloorRelay(floor: FloorRelay): Promise<void> {
-  try {
-    await stopPid(floor.pid);
-  } finally {
-    await rm(floor.dir, { recursive: true, force: true });
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Runs.
 
 /** The relays running for one mode besides the proxy. */
 interface Middles {
-  readonly bouncer: Pgbouncer;
-  readonly floor: FloorRelay;
+  readonly bouncer: Middle;
+  readonly floor: Middle;
 }
 
 async function runModes(setup: Setup, options: Options, report: Report): Promise<Row[]> {
@@ -466,10 +453,10 @@ async function runModes(setup: Setup, options: Options, report: Report): Promise
           await warmUp(setup, middles, mode);
           for (const workload of options.workloads) rows.push(await runRow(setup, middles, mode, workload, options, report));
         } finally {
-          await stopPgbouncer(bouncer);
+          await stopMiddle(bouncer);
         }
       } finally {
-        await stopFloorRelay(floor);
+        await stopMiddle(floor);
       }
     }
   } finally {
