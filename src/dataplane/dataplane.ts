@@ -152,4 +152,9 @@ export interface DataPlane {
   restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void>;
   /** Stops the server and removes everything on disk for this instance; no-op if gone. */
   destroy(instanceId: InstanceId): Promise<void>;
+  /**
+   * A deleted cluster whose backups are past retention: removes its backup area (base backups and
+   * WAL) and its OS user. Its instances must be destroyed first. No-op when already done.
+   */
+  purgeCluster(clusterId: string): Promise<void>;
 }

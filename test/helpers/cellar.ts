@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { ClusterUsers } from '../../src/dataplane/local/osuser.js';
 import { freePort } from '../../src/lib/net.js';
 
 /**
@@ -176,6 +177,8 @@ export class TestCellar {
     await this.cli(['down']);
     for (const pid of await processesUsing(this.root)) process.kill(pid, 'SIGKILL');
     await rm(this.root, { recursive: true, force: true });
+    // The clusters' OS users outlive `down` (their backups are kept); a test leaves none behind.
+    await new ClusterUsers(this.dataDir).removeAllOwn();
   }
 }
 
