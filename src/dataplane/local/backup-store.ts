@@ -1,4 +1,4 @@
-import { readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { randomToken } from '../../lib/ids.js';
@@ -161,8 +161,9 @@ export class LocalBackupStore implements BackupStore {
     const names = await readdir(dir).catch(() => [] as string[]);
     const files: WalFile[] = [];
     for (const file of names.filter((name) => name.endsWith('.gz'))) {
-      const info = await stat(join(dir, file)).catch(() => null);
-      if (info !== null) files.push({ name: file.slice(0, -'.gz'.length), bytes: info.size });
+      // lstat: a link the cluster's user planted is not an archived file, and is not followed.
+      const info = await lstat(join(dir, file)).catch(() => null);
+      if (info?.isFile()) files.push({ name: file.slice(0, -'.gz'.length), bytes: info.size });
     }
     return files.sort((a, b) => a.name.localeCompare(b.name));
   }
