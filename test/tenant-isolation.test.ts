@@ -133,6 +133,18 @@ describe('tenant isolation', () => {
     assert.deepEqual(row, { superuser: false, createrole: false });
   });
 
+  test("the platform's roles cannot connect through the proxy, whatever the password", async () => {
+    const base: string = alpha.uri ?? '';
+    for (const role of ['postgres', 'cellar_replication', 'cellar_role_admin']) {
+      const target: URL = new URL(base);
+      target.username = `${role}.${alpha.routeKey ?? alpha.name}`;
+      const error: unknown = await queryUri(target.toString(), 'select 1').then(() => undefined, (caught: unknown) => caught);
+      assert.ok(error instanceof pg.DatabaseError, `${role} got in`);
+      assert.equal(error.code, '28000', `${role}: ${error.message}`);
+      assert.match(error.message, /reserved for the platform/);
+    }
+  });
+
   test('what a tenant may do works: tables, schemas, databases, trusted extensions, and login roles it makes', async () => {
     assert.ok(alpha.uri);
     await queryUri(alpha.uri, 'create schema reports');

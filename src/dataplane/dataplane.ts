@@ -1,4 +1,5 @@
 import type { InstanceId } from '../lib/ids.js';
+import { platformRoles } from '../lib/roles.js';
 
 /**
  * The data plane port: everything the machines may do to a Postgres instance. Every operation is
@@ -16,8 +17,8 @@ export interface ClusterSecrets {
 }
 
 export const clusterRoles = {
-  superuser: 'postgres',
-  replication: 'cellar_replication',
+  superuser: platformRoles.superuser,
+  replication: platformRoles.replication,
   app: 'app',
 } as const;
 

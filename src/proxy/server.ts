@@ -4,6 +4,7 @@ import { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { assert } from '../lib/assert.js';
+import { isPlatformRole } from '../lib/roles.js';
 import {
   MessageReader,
   backendKeyData,
@@ -264,6 +265,10 @@ export class ProxyServer {
     const key = routingKey(parameters, sniCluster);
     if (key === null) {
       return this.refuse(client, '', 'no_cluster', sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, to host CLUSTER.<domain> with TLS, or pass options=-c cluster=CLUSTER');
+    }
+    const role = key.parameters.get('user') ?? '';
+    if (isPlatformRole(role)) {
+      return this.refuse(client, '', 'reserved_role', sqlStates.invalidAuthorizationSpecification, `role "${role}" is reserved for the platform and cannot connect through the proxy`);
     }
     if (this.sockets.size > connectionsMax) return this.refuse(client, '', 'proxy_full', sqlStates.tooManyConnections, 'the proxy has too many connections');
     const cluster = key.cluster;

@@ -1,3 +1,4 @@
+import { platformRoles } from '../../lib/roles.js';
 import { clusterRoles } from '../dataplane.js';
 
 /**
@@ -13,7 +14,7 @@ import { clusterRoles } from '../dataplane.js';
  * Run once, as the superuser, in database `app` of every new cluster (the template).
  */
 
-export const roleAdmin = 'cellar_role_admin';
+export const roleAdmin = platformRoles.roleAdmin;
 /** Names a tenant may not take: Postgres' own, Cellar's, and the cluster roles. */
 export const reservedRolePattern = '^(pg_|cellar|postgres$|app$|public$|none$|current_user$|session_user$|current_role$)';
 export const rolePasswordLengthMin = 12;
