@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
-import { ProxyMetrics } from './metrics.js';
+import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
 import { ProxyServer } from './server.js';
@@ -43,6 +43,7 @@ async function proxyCertificate(config: Config, log: Logger, relay: NativeRelay 
 export async function startProxy(config: Config, log: Logger): Promise<RunningProxy> {
   const storeUrl = config.storeUrl ?? (await embeddedStoreUrl(config.home));
   if (storeUrl === null) throw new Error(`no cell store known for ${config.home}: run \`cellar up\` first, or set CELLAR_STORE_URL`);
+  const metricsToken = await ensureMetricsToken(config.home);
   const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
   const certificate = await proxyCertificate(config, log, relay);
   const pool = openPool(storeUrl, proxyStorePoolSize);
@@ -71,7 +72,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   let admin: Server | null = null;
   try {
     await server.start();
-    admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, () => {
+    admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, metricsToken, () => {
       server.flushMetrics();
       metrics.routes.set(routes.size);
       metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
