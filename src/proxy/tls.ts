@@ -105,9 +105,9 @@ export function proxyCertificatePaths(ca: CertificateAuthorityPaths): { readonly
  * The names the proxy's one certificate carries: every cluster as `*.<domain>` (one label, as
  * routing wants), the bare domain, and the loopback names a client may use to reach the proxy.
  */
-export function proxyCertificateNames(domain: string): { readonly dns: readonly string[]; readonly ip: readonly string[] } {
+export function proxyCertificateNames(domain: string): { readonly wildcard: string; readonly dns: readonly string[]; readonly ip: readonly string[] } {
   assertHostName(domain);
-  return { dns: [`*.${domain}`, domain, 'localhost'], ip: ['127.0.0.1'] };
+  return { wildcard: `*.${domain}`, dns: [domain, 'localhost'], ip: ['127.0.0.1'] };
 }
 
 export interface RenewalOptions {
@@ -138,11 +138,11 @@ export async function issueProxyCertificate(ca: CertificateAuthorityPaths, domai
   assert(Number.isInteger(validityDays) && validityDays >= 1, `validityDays must be a positive integer, got ${validityDays}`);
   const names = proxyCertificateNames(domain);
   const paths = proxyCertificatePaths(ca);
-  const config = opensslConfig(`*.${domain}`, [
+  const config = opensslConfig(names.wildcard, [
     'basicConstraints = critical,CA:FALSE',
     'keyUsage = critical,digitalSignature',
     'extendedKeyUsage = serverAuth',
-    `subjectAltName = ${[...names.dns.map((name) => `DNS:${name}`), ...names.ip.map((address) => `IP:${address}`)].join(',')}`,
+    `subjectAltName = ${[names.wildcard, ...names.dns].map((name) => `DNS:${name}`).concat(names.ip.map((address) => `IP:${address}`)).join(',')}`,
     'subjectKeyIdentifier = hash',
     'authorityKeyIdentifier = keyid,issuer',
   ]);
@@ -176,8 +176,8 @@ async function isUsableProxyCertificate(ca: CertificateAuthorityPaths, domain: s
   // One made before the names changed (a new CELLAR_DOMAIN) would fail verify-full.
   const names = proxyCertificateNames(domain);
   // checkHost answers with the name that matched: the wildcard for a cluster's name.
-  if (certificate.checkHost(`cluster.${domain}`) !== `*.${domain}`) return false;
-  for (const name of names.dns.slice(1)) if (certificate.checkHost(name, { wildcards: false }) !== name) return false;
+  if (certificate.checkHost(`cluster.${domain}`) !== names.wildcard) return false;
+  for (const name of names.dns) if (certificate.checkHost(name, { wildcards: false }) !== name) return false;
   for (const address of names.ip) if (certificate.checkIP(address) !== address) return false;
   const nowMs = options.nowMs ?? Date.now;
   return renewAtMs(pair, options.renewBeforeMs) > nowMs();
