@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -6,7 +7,7 @@ import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
 import { embeddedStorePaths, ensureEmbeddedStore, stopEmbeddedStore } from '../src/store/embedded.js';
-import { TestCellar, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
+import { TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
 
 /** The cell store dies under a running Cellar: the API says so (503), the proxy serves on, and work resumes once it is back. */
 
@@ -44,6 +45,17 @@ async function holdConnection(uri: string): Promise<pg.Client> {
   return client;
 }
 
+/** `cellar clusters create NAME --wait --json` in the background, with what it has printed so far. */
+function createInBackground(cellar: TestCellar, name: string): { stderr: () => string; result: Promise<{ code: number | null; stdout: string; stderr: string }> } {
+  const child = spawn(process.execPath, [cellarBin, 'clusters', 'create', name, '--wait', '--json'], { env: cellar.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const result = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr })));
+  return { stderr: () => stderr, result };
+}
+
 function countLines(logs: string, message: string): number {
   return logs.split('\n').filter((line) => line.includes(message)).length;
 }
@@ -66,8 +78,8 @@ describe('embedded store SIGKILLed mid-create', () => {
     t.after(() => held.end().catch(() => undefined));
     const token = await cellar.token();
 
-    const created = await cellar.api<ClusterView>('POST', '/v1/clusters', { name: 'midway' });
-    assert.equal(created.status, 201);
+    const create = createInBackground(cellar, 'midway');
+    await eventually('the create request to have been answered', async () => (create.stderr().includes('creating midway (') ? true : undefined), outageWaitMsMax, outagePollMs);
     const storePid = Number((await readFile(join(embeddedStorePaths(cellar.dataDir).pgdata, 'postmaster.pid'), 'utf8')).split('\n')[0]);
     process.kill(storePid, 'SIGKILL');
     const killedAtMs = performance.now();
@@ -100,10 +112,11 @@ describe('embedded store SIGKILLed mid-create', () => {
     assert.deepEqual(JSON.parse((await get(`${cellar.apiUrl}/healthz`)).text), { ok: true });
     assert.notEqual(Number((await readFile(join(embeddedStorePaths(cellar.dataDir).pgdata, 'postmaster.pid'), 'utf8')).split('\n')[0]), storePid, 'a new postmaster');
 
-    const midway = await eventually('the create to finish', async () => {
-      const shown = await cellar.api<ClusterView>('GET', '/v1/clusters/midway');
-      return shown.status === 200 && shown.body.state === 'running' ? shown.body : undefined;
-    }, convergeWaitMsMax, 100);
+    const created = await Promise.race([create.result, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the create did not finish')), convergeWaitMsMax).unref())]);
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stderr, /the cell store is unavailable \(Cellar is restarting it\); try again in 2 s; still waiting/, 'the waiting CLI said what happened, and waited on');
+    const midway = JSON.parse(created.stdout) as ClusterView;
+    assert.equal(midway.state, 'running');
     await held.query('insert into ticks values (2)');
     assert.deepEqual((await held.query<{ n: number }>('select n from ticks order by n')).rows, [{ n: 1 }, { n: 2 }], 'the held connection worked through the outage');
 

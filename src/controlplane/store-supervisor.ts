@@ -40,7 +40,10 @@ export class StoreSupervisor {
   static async start(config: Config, log: Logger): Promise<StoreSupervisor> {
     const dataDir = resolveDataDir(config, await resolveRunAs());
     const supervisor = new StoreSupervisor(config, embeddedStorePaths(dataDir).pgdata, log);
-    supervisor.loop = supervisor.watch();
+    // A bug here must not take the control plane down with it; the log says the store is unwatched.
+    supervisor.loop = supervisor.watch().catch((error: unknown) => {
+      log.error({ err: error instanceof Error ? error.message : String(error) }, 'the store supervisor stopped; the embedded store is no longer restarted');
+    });
     return supervisor;
   }
 
