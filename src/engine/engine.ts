@@ -87,7 +87,7 @@ export class Engine {
    * Leases this engine still holds on machines whose outcome it could not commit because the store
    * went away, by machine id, with the version they were claimed at. Released when the store is
    * back, so those machines run again at once rather than after the lease runs out. At most one
-   * per in-flight step.
+   * per claimed machine, so bounded by the claim batch and the in-flight limit.
    */
   private readonly strandedLeases = new Map<string, string>();
   /** Steps run to completion, per kind and label; exposed for status and tests. */
