@@ -27,6 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { errorHandler } from './errors.js';
+import { registerHealth } from './health.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
@@ -38,6 +39,8 @@ export interface ApiOptions {
   readonly proxy: ProxyEndpoints;
   /** Extra facts for `GET /v1/status` (engine owner, step counts). */
   readonly status?: () => Record<string, unknown>;
+  /** Whether Cellar runs the store itself (and restarts it), for what a 503 tells the user. */
+  readonly embeddedStore?: boolean;
 }
 
 declare module 'fastify' {
@@ -178,7 +181,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       security: [{ bearer: [] }],
     },
   });
-  app.setErrorHandler(errorHandler(log));
+  app.setErrorHandler(errorHandler(log, options.embeddedStore ?? false));
   app.decorateRequest('owner', null);
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
@@ -188,7 +191,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  registerHealth(app, pool);
 
   app.get('/v1/status', { schema: { summary: 'Cell status' } }, async (request) => {
     ownerOf(request);

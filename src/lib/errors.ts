@@ -10,6 +10,7 @@ export const errorCatalogue = {
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
   CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },
   CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
+  CELLAR_E_STORE_UNAVAILABLE: { status: 503, summary: 'The cell store does not answer (restarting or unreachable); retry after the `Retry-After` seconds.' },
 } as const;
 
 export type ErrorCode = keyof typeof errorCatalogue;
