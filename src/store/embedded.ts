@@ -77,7 +77,8 @@ export async function ensureEmbeddedStore(config: Config): Promise<string> {
   await ensureDirectoryTree(config.home, 0o700, selfRunAs());
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: config.pgBin });
-  const binDir = binaries.binFor(Math.max(...binaries.versions()));
+  const storeVersion = Math.max(...binaries.versions());
+  const binDir = binaries.binFor(storeVersion);
   const dataDir = resolveDataDir(config, runAs);
   await prepareDataDir(dataDir);
   const paths = embeddedStorePaths(dataDir);
@@ -98,6 +99,8 @@ export async function ensureEmbeddedStore(config: Config): Promise<string> {
       max_connections: String(storeConnectionsMax),
       ssl: 'off',
       password_encryption: 'scram-sha-256',
+      // After a crash, one syncfs instead of an fsync per file: the store is back sooner (PG 14+).
+      ...(storeVersion >= 14 ? { recovery_init_sync_method: 'syncfs' } : {}),
     },
     runAs,
   );
