@@ -7,7 +7,7 @@ import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, t
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
-import { backupScheduleMachine, expiredBackups } from '../src/machines/backup-schedule.js';
+import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
 import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
 import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
@@ -175,6 +175,9 @@ class FakeDataPlane implements DataPlane {
     this.calls.push(`pruneWal before ${oldest}`);
     return 0;
   }
+  async deleteBackupArea(cluster: string): Promise<void> {
+    this.calls.push(`deleteBackupArea ${cluster}`);
+  }
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
     this.calls.push(`restorePrimary ${spec.instanceId} from ${source.backupId}`);
   }
@@ -195,7 +198,7 @@ const ha: HaSettings = {
   switchoverCatchUpMsMax: 5_000,
 };
 
-const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1 };
+const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
 class FakeBackups implements BackupRecords {
   readonly records = new Map<BackupId, BackupRecord>();
@@ -234,8 +237,22 @@ class FakeBackups implements BackupRecords {
   async backupsOf(): Promise<BackupRecord[]> {
     return [...this.records.values()].filter((record) => record.status !== 'deleted' && record.status !== 'running');
   }
-  async clustersWithBackups(): Promise<ClusterId[]> {
-    return this.records.size > 0 ? [clusterId] : [];
+  /** Live clusters with backups, beyond the one the records belong to; sorted like the store's. */
+  moreClusters: ClusterId[] = [];
+  /** Deleted clusters with the time (clock ms) of their delete. */
+  deleted = new Map<ClusterId, number>();
+  readonly pagesAsked: string[] = [];
+  async clustersWithBackups(after: ClusterId | null, limit: number): Promise<ClusterId[]> {
+    this.pagesAsked.push(`after ${after ?? 'start'}`);
+    const all = [...(this.records.size > 0 ? [clusterId] : []), ...this.moreClusters].sort();
+    return all.filter((id) => after === null || id > after).slice(0, limit);
+  }
+  async deletedClustersToPurge(deletedBeforeMs: number, limit: number): Promise<ClusterId[]> {
+    return [...this.deleted].filter(([, atMs]) => atMs < deletedBeforeMs).map(([id]) => id).slice(0, limit);
+  }
+  async markBackupsPurged(cluster: ClusterId): Promise<void> {
+    this.calls.push(`markBackupsPurged ${cluster}`);
+    this.deleted.delete(cluster);
   }
   async markDeleted(id: BackupId): Promise<void> {
     this.calls.push(`markDeleted ${id}`);
@@ -761,6 +778,35 @@ describe('backup schedule', () => {
     await step(backupScheduleMachine, 'tend', 'cell', h);
     assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('deleteBackup')).length, 3);
     assert.ok(h.dataPlane.calls.includes(`pruneWal before ${all[2]?.startWalFile}`), 'WAL before the oldest kept backup is pruned');
+  });
+});
+
+describe('backup schedule: fairness and deleted clusters', () => {
+  test('retention walks every cluster with a cursor: a full page resumes after its last cluster next tick, a short one starts over', async () => {
+    const h = harness();
+    h.backups.moreClusters = Array.from({ length: clustersPerTickMax + 5 }, (_, index) => `cl_more${String(index).padStart(8, '0')}` as ClusterId);
+    const first = await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.equal(first.type, 'nap');
+    const cursor = (first as { data?: BackupScheduleData }).data?.retentionAfterClusterId;
+    assert.equal(cursor, h.backups.moreClusters[clustersPerTickMax - 1], 'the cursor is the last cluster of the full page');
+    const second = await step(backupScheduleMachine, 'tend', 'cell', h, { data: { retentionAfterClusterId: cursor } as BackupScheduleData });
+    assert.deepEqual(h.backups.pagesAsked, ['after start', `after ${cursor}`]);
+    assert.equal((second as { data?: BackupScheduleData }).data?.retentionAfterClusterId, undefined, 'a short page wraps to the start');
+  });
+
+  test("a deleted cluster's backup area is kept through its retention, then removed and its rows marked, area first", async () => {
+    const h = harness();
+    const young = 'cl_youngaaaaaaa' as ClusterId;
+    const old = 'cl_oldaaaaaaaaa' as ClusterId;
+    h.backups.deleted.set(young, h.clock.now - backupSettings.deletedRetentionMs + 1_000);
+    h.backups.deleted.set(old, h.clock.now - backupSettings.deletedRetentionMs - 1_000);
+    const outcome = await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.dataPlane.calls, [`deleteBackupArea ${old}`]);
+    assert.ok(h.backups.calls.includes(`markBackupsPurged ${old}`));
+    assert.match((outcome as { reason?: string }).reason ?? '', /1 deleted cluster\(s\) purged/);
+    h.clock.now += 2_000;
+    await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.dataPlane.calls, [`deleteBackupArea ${old}`, `deleteBackupArea ${young}`]);
   });
 });
 

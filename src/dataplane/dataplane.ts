@@ -148,6 +148,8 @@ export interface DataPlane {
   deleteBackup(clusterId: string, backupId: string): Promise<void>;
   /** Removes archived WAL that no kept backup needs (segments before `oldestNeededWalFile`); returns how many. */
   pruneWal(clusterId: string, oldestNeededWalFile: string): Promise<number>;
+  /** Removes a deleted cluster's whole backup area: every base backup and all archived WAL; no-op if gone. */
+  deleteBackupArea(clusterId: string): Promise<void>;
   /** A new primary's data directory from a base backup, recovering to the target; no-op if it exists. */
   restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void>;
   /** Stops the server and removes everything on disk for this instance; no-op if gone. */

@@ -256,6 +256,10 @@ export class LocalDataPlane implements DataPlane {
     return prunable.length;
   }
 
+  async deleteBackupArea(clusterId: string): Promise<void> {
+    await this.options.backups.deleteArea(clusterId);
+  }
+
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
     const paths = await this.prepareInstance(spec);
     if (paths === undefined) return;
