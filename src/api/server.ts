@@ -38,6 +38,8 @@ export interface ApiOptions {
   readonly proxy: ProxyEndpoints;
   /** Extra facts for `GET /v1/status` (engine owner, step counts). */
   readonly status?: () => Record<string, unknown>;
+  /** How long a deleted cluster's backups are kept: shown as each one's purge time. */
+  readonly deletedBackupRetentionMs: number;
 }
 
 declare module 'fastify' {
@@ -309,7 +311,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   );
 
-  registerBackupRoutes(app, pool, options.proxy, ownerOf);
+  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

@@ -133,6 +133,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     versions: dataPlane.versions(),
     proxy: { host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort },
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
+    deletedBackupRetentionMs: config.backups.deletedRetentionMs,
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });
