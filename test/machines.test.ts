@@ -9,7 +9,7 @@ import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
-import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
+import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
 
 /**
@@ -131,8 +131,11 @@ class FakeDataPlane implements DataPlane {
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
     this.calls.push(`createReplica ${spec.instanceId} from ${upstream.port} slot ${upstream.slotName}`);
   }
+  /** Thrown by start, as a server that exits during its start makes the real one throw. */
+  startError: Error | null = null;
   async start(spec: InstanceSpec): Promise<void> {
     this.calls.push(`start ${spec.instanceId}`);
+    if (this.startError !== null) throw this.startError;
   }
   async stop(id: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     this.calls.push(`stop ${id} ${mode}`);
@@ -282,10 +285,10 @@ async function step<L extends string, D extends MachineData>(
   label: L,
   entityId: string,
   h: Harness,
-  options: { signals?: string[]; data?: D } = {},
+  options: { signals?: string[]; data?: D; attempt?: number } = {},
 ): Promise<Outcome<L, D>> {
   const outcome = await definition.steps[label]({
-    machine: { id: 'ma_test', kind: definition.kind, entityId, clusterId, label, attempt: 0, data: options.data ?? ({} as D) },
+    machine: { id: 'ma_test', kind: definition.kind, entityId, clusterId, label, attempt: options.attempt ?? 0, data: options.data ?? ({} as D) },
     signals: new Set(options.signals ?? []),
     ports: h.ports,
   });
@@ -341,6 +344,22 @@ describe('instance machine, label by label', () => {
     const outcome = await step(instanceMachine, 'starting', primaryId, h);
     assert.deepEqual(outcome, { type: 'hop', label: 'waitReady', data: { waitSinceMs: h.clock.now }, reason: 'server started' });
     assert.deepEqual(h.dataPlane.calls, [`start ${primaryId}`]);
+  });
+
+  test("starting a restored primary whose server died in recovery fails on the second try, not after minutes of retries; a live (slow) recovery is retried", async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'starting');
+    h.dataPlane.startError = new Error('postgres -D /x/pgdata exited during start\n  FATAL:  recovery ended before configured recovery target was reached');
+    h.dataPlane.alive_ = false;
+    const restoring = { restoring: true } as InstanceData;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { data: restoring }), /exited during start/, 'the first failure is retried');
+    const final = await step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 });
+    assert.equal(final.type, 'fail');
+    assert.match(final.type === 'fail' ? final.reason : '', /^restore failed: the server stopped during recovery 2 times: .*recovery ended before configured recovery target/s);
+    h.dataPlane.alive_ = true;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 }), /exited during start/, 'a server still recovering is retried');
+    h.dataPlane.alive_ = false;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { attempt: 10 }), /exited during start/, 'an ordinary start failure keeps the usual retries');
   });
 
   test('starting never starts a fenced instance, and fails one that has been dead past the limit', async () => {

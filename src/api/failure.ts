@@ -12,7 +12,7 @@ export const failureTextMax = 400;
 const restoreAdvice: readonly (readonly [RegExp, string])[] = [
   [
     /recovery ended before configured recovery target was reached/,
-    'the archive ends before the restore target (no transaction after the target time, or WAL past the target position, was archived); restore to an earlier time or position, or to the latest',
+    'the archive ends before the restore target (no later transaction was archived); restore to an earlier time or position, or to the latest',
   ],
   [/requested timeline \d+ is not a child of this server's history/, 'the restore target lies on another timeline than the backup; pick a backup taken on the target timeline'],
   [/could not locate required checkpoint record/, "the backup's WAL is missing from the archive; restore from another backup"],
