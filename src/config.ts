@@ -72,6 +72,8 @@ export interface BackupSettings {
   readonly countMax: number;
   /** Restore checks (scratch servers) running at once across the cell. */
   readonly verifyConcurrency: number;
+  /** A deleted cluster's backups stay restorable this long after the delete, then go with its WAL. */
+  readonly deletedRetentionMs: number;
 }
 
 /** Failover and replica health; each becomes a rod with the control-rod work. */
@@ -181,6 +183,7 @@ export function loadConfig(env: Env = process.env): Config {
       countMin: integer(env, 'CELLAR_BACKUP_COUNT_MIN', 2, 1, 1_000, problems),
       countMax: integer(env, 'CELLAR_BACKUP_COUNT_MAX', 30, 1, 10_000, problems),
       verifyConcurrency: integer(env, 'CELLAR_BACKUP_VERIFY_CONCURRENCY', 1, 1, 16, problems),
+      deletedRetentionMs: integer(env, 'CELLAR_DELETED_BACKUP_RETENTION_MS', 7 * 24 * 3_600_000, 1_000, 10 * 365 * 24 * 3_600_000, problems),
     },
     ha: {
       unreachableProbesMax: integer(env, 'CELLAR_UNREACHABLE_PROBES', 3, 1, 100, problems),

@@ -7,9 +7,9 @@ import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, t
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
-import { backupScheduleMachine, expiredBackups } from '../src/machines/backup-schedule.js';
+import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
-import { instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax } from '../src/machines/instance.js';
+import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
 
 /**
@@ -131,8 +131,11 @@ class FakeDataPlane implements DataPlane {
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
     this.calls.push(`createReplica ${spec.instanceId} from ${upstream.port} slot ${upstream.slotName}`);
   }
+  /** Thrown by start, as a server that exits during its start makes the real one throw. */
+  startError: Error | null = null;
   async start(spec: InstanceSpec): Promise<void> {
     this.calls.push(`start ${spec.instanceId}`);
+    if (this.startError !== null) throw this.startError;
   }
   async stop(id: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     this.calls.push(`stop ${id} ${mode}`);
@@ -175,14 +178,15 @@ class FakeDataPlane implements DataPlane {
     this.calls.push(`pruneWal before ${oldest}`);
     return 0;
   }
+  async purgeCluster(cluster: string): Promise<void> {
+    this.calls.push(`purgeCluster ${cluster}`);
+  }
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
     this.calls.push(`restorePrimary ${spec.instanceId} from ${source.backupId}`);
   }
   async dropSlot(upstream: UpstreamRef): Promise<void> {
     this.calls.push(`dropSlot ${upstream.slotName} on ${upstream.port}`);
   }
-  async purgeCluster(_clusterId: string): Promise<void> {}
-
   async destroy(id: InstanceId): Promise<void> {
     this.calls.push(`destroy ${id}`);
   }
@@ -197,7 +201,7 @@ const ha: HaSettings = {
   switchoverCatchUpMsMax: 5_000,
 };
 
-const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1 };
+const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
 class FakeBackups implements BackupRecords {
   readonly records = new Map<BackupId, BackupRecord>();
@@ -236,8 +240,22 @@ class FakeBackups implements BackupRecords {
   async backupsOf(): Promise<BackupRecord[]> {
     return [...this.records.values()].filter((record) => record.status !== 'deleted' && record.status !== 'running');
   }
-  async clustersWithBackups(): Promise<ClusterId[]> {
-    return this.records.size > 0 ? [clusterId] : [];
+  /** Live clusters with backups, beyond the one the records belong to; sorted like the store's. */
+  moreClusters: ClusterId[] = [];
+  /** Deleted clusters with the time (clock ms) of their delete. */
+  deleted = new Map<ClusterId, number>();
+  readonly pagesAsked: string[] = [];
+  async clustersWithBackups(after: ClusterId | null, limit: number): Promise<ClusterId[]> {
+    this.pagesAsked.push(`after ${after ?? 'start'}`);
+    const all = [...(this.records.size > 0 ? [clusterId] : []), ...this.moreClusters].sort();
+    return all.filter((id) => after === null || id > after).slice(0, limit);
+  }
+  async deletedClustersToPurge(deletedBeforeMs: number, limit: number): Promise<ClusterId[]> {
+    return [...this.deleted].filter(([, atMs]) => atMs < deletedBeforeMs).map(([id]) => id).slice(0, limit);
+  }
+  async markBackupsPurged(cluster: ClusterId): Promise<void> {
+    this.calls.push(`markBackupsPurged ${cluster}`);
+    this.deleted.delete(cluster);
   }
   async markDeleted(id: BackupId): Promise<void> {
     this.calls.push(`markDeleted ${id}`);
@@ -267,10 +285,10 @@ async function step<L extends string, D extends MachineData>(
   label: L,
   entityId: string,
   h: Harness,
-  options: { signals?: string[]; data?: D } = {},
+  options: { signals?: string[]; data?: D; attempt?: number } = {},
 ): Promise<Outcome<L, D>> {
   const outcome = await definition.steps[label]({
-    machine: { id: 'ma_test', kind: definition.kind, entityId, clusterId, label, attempt: 0, data: options.data ?? ({} as D) },
+    machine: { id: 'ma_test', kind: definition.kind, entityId, clusterId, label, attempt: options.attempt ?? 0, data: options.data ?? ({} as D) },
     signals: new Set(options.signals ?? []),
     ports: h.ports,
   });
@@ -326,6 +344,22 @@ describe('instance machine, label by label', () => {
     const outcome = await step(instanceMachine, 'starting', primaryId, h);
     assert.deepEqual(outcome, { type: 'hop', label: 'waitReady', data: { waitSinceMs: h.clock.now }, reason: 'server started' });
     assert.deepEqual(h.dataPlane.calls, [`start ${primaryId}`]);
+  });
+
+  test("starting a restored primary whose server died in recovery fails on the second try, not after minutes of retries; a live (slow) recovery is retried", async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'starting');
+    h.dataPlane.startError = new Error('postgres -D /x/pgdata exited during start\n  FATAL:  recovery ended before configured recovery target was reached');
+    h.dataPlane.alive_ = false;
+    const restoring = { restoring: true } as InstanceData;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { data: restoring }), /exited during start/, 'the first failure is retried');
+    const final = await step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 });
+    assert.equal(final.type, 'fail');
+    assert.match(final.type === 'fail' ? final.reason : '', /^restore failed: the server stopped during recovery 2 times: .*recovery ended before configured recovery target/s);
+    h.dataPlane.alive_ = true;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 }), /exited during start/, 'a server still recovering is retried');
+    h.dataPlane.alive_ = false;
+    await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { attempt: 10 }), /exited during start/, 'an ordinary start failure keeps the usual retries');
   });
 
   test('starting never starts a fenced instance, and fails one that has been dead past the limit', async () => {
@@ -763,6 +797,35 @@ describe('backup schedule', () => {
     await step(backupScheduleMachine, 'tend', 'cell', h);
     assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('deleteBackup')).length, 3);
     assert.ok(h.dataPlane.calls.includes(`pruneWal before ${all[2]?.startWalFile}`), 'WAL before the oldest kept backup is pruned');
+  });
+});
+
+describe('backup schedule: fairness and deleted clusters', () => {
+  test('retention walks every cluster with a cursor: a full page resumes after its last cluster next tick, a short one starts over', async () => {
+    const h = harness();
+    h.backups.moreClusters = Array.from({ length: clustersPerTickMax + 5 }, (_, index) => `cl_more${String(index).padStart(8, '0')}` as ClusterId);
+    const first = await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.equal(first.type, 'nap');
+    const cursor = (first as { data?: BackupScheduleData }).data?.retentionAfterClusterId;
+    assert.equal(cursor, h.backups.moreClusters[clustersPerTickMax - 1], 'the cursor is the last cluster of the full page');
+    const second = await step(backupScheduleMachine, 'tend', 'cell', h, { data: { retentionAfterClusterId: cursor } as BackupScheduleData });
+    assert.deepEqual(h.backups.pagesAsked, ['after start', `after ${cursor}`]);
+    assert.equal((second as { data?: BackupScheduleData }).data?.retentionAfterClusterId, undefined, 'a short page wraps to the start');
+  });
+
+  test("a deleted cluster's backup area is kept through its retention, then removed and its rows marked, area first", async () => {
+    const h = harness();
+    const young = 'cl_youngaaaaaaa' as ClusterId;
+    const old = 'cl_oldaaaaaaaaa' as ClusterId;
+    h.backups.deleted.set(young, h.clock.now - backupSettings.deletedRetentionMs + 1_000);
+    h.backups.deleted.set(old, h.clock.now - backupSettings.deletedRetentionMs - 1_000);
+    const outcome = await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.dataPlane.calls, [`purgeCluster ${old}`]);
+    assert.ok(h.backups.calls.includes(`markBackupsPurged ${old}`));
+    assert.match((outcome as { reason?: string }).reason ?? '', /1 deleted cluster\(s\) purged/);
+    h.clock.now += 2_000;
+    await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.dataPlane.calls, [`purgeCluster ${old}`, `purgeCluster ${young}`]);
   });
 });
 

@@ -1,15 +1,28 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { CellarError, invalid } from '../lib/errors.js';
+import { CellarError } from '../lib/errors.js';
 import type { ClusterId } from '../lib/ids.js';
-import { lsnToBigInt } from '../lib/lsn.js';
-import { type ClusterSpec, type RestoreSpec, clusterNameLengthMax, clusterNamePattern } from '../lib/sizes.js';
-import { type BackupSnapshot, createManualBackup, findBackup, listBackups, requestVerify } from '../store/backups.js';
+import { type ClusterSpec, clusterNameLengthMax, clusterNamePattern } from '../lib/sizes.js';
+import {
+  type BackupSnapshot,
+  createManualBackup,
+  findBackup,
+  listBackups,
+  listDeletedClustersWithBackups,
+  observedWal,
+  requestVerify,
+} from '../store/backups.js';
 import { type ClusterSnapshot, findCluster, findClusterById, insertCluster } from '../store/clusters.js';
 import type { Pool } from '../store/pool.js';
 import type { TokenOwner } from '../store/tenancy.js';
+import { type RestoreChoice, type RestoreRequest, type RestoreSourceFacts, type RestoreWindow, chooseBackup, lsnFormat, restoreWindow, timeFormat } from './restore.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
-/** Backups, their verification, and restore into a new cluster (point in time). */
+/**
+ * Backups, their verification, and restore into a new cluster (point in time); a deleted
+ * cluster's backups stay listed and restorable by id until its deleted-backup retention passes.
+ */
+
+export type { RestoreWindow } from './restore.js';
 
 export interface BackupView {
   id: string;
@@ -32,16 +45,24 @@ export interface BackupView {
   verifiedAt: string | null;
 }
 
-export interface RestoreWindow {
-  /** The earliest time (ISO) a restore can reach: the end of the oldest usable backup; null without one. */
-  earliest: string | null;
-  latest: string;
-}
-
 export interface BackupListView {
   cluster: string;
   window: RestoreWindow;
   backups: BackupView[];
+}
+
+export interface DeletedClusterView {
+  id: string;
+  name: string;
+  deletedAt: string;
+  /** When the backups and WAL go for good, unless restored into a new cluster before. */
+  purgeAt: string;
+  window: RestoreWindow;
+  backups: BackupView[];
+}
+
+export interface DeletedClusterListView {
+  clusters: DeletedClusterView[];
 }
 
 function backupView(backup: BackupSnapshot, clusterName: string): BackupView {
@@ -65,22 +86,10 @@ function backupView(backup: BackupSnapshot, clusterName: string): BackupView {
   };
 }
 
-/** A backup a restore may start from: taken, and not proven broken. */
-function usable(backup: BackupSnapshot): boolean {
-  return backup.finishedAt !== null && (backup.status === 'completed' || backup.status === 'verifying') && backup.verified !== false;
-}
-
-function restoreWindow(backups: readonly BackupSnapshot[], nowMs: number): RestoreWindow {
-  const ends = backups.filter(usable).map((backup) => (backup.finishedAt as Date).getTime());
-  return { earliest: ends.length === 0 ? null : new Date(Math.min(...ends)).toISOString(), latest: new Date(nowMs).toISOString() };
-}
-
-const lsnPattern = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
-
 const restoreFieldMessages = {
   to: `to must be a new cluster name: a DNS label of 1-${clusterNameLengthMax} characters`,
-  time: 'time must be an ISO 8601 time with a zone, e.g. 2026-11-26T10:15:00Z',
-  lsn: 'lsn must be a WAL position such as 0/3000148',
+  time: `time must be ${timeFormat}`,
+  lsn: `lsn must be a WAL position: ${lsnFormat}`,
 } as const;
 
 const restoreBody = {
@@ -94,53 +103,54 @@ const restoreBody = {
   },
 } as const;
 
-interface RestoreRequest {
-  to: string;
-  time?: string;
-  lsn?: string;
+export interface BackupRouteOptions {
+  readonly proxy: ProxyEndpoints;
+  /** How long a deleted cluster's backups are kept (the backup schedule purges them after). */
+  readonly deletedRetentionMs: number;
 }
 
-/** The backup to start from, and the target, or a 400/409 that says why and what the window is. */
-function chooseBackup(source: ClusterSnapshot, backups: readonly BackupSnapshot[], request: RestoreRequest, nowMs: number): { backup: BackupSnapshot; target: Pick<RestoreSpec, 'targetTime' | 'targetLsn'> } {
-  const window = restoreWindow(backups, nowMs);
-  const windowText = window.earliest === null ? 'it has no completed backup yet' : `its restore window is ${window.earliest} to now (${window.latest})`;
-  if (request.time !== undefined && request.lsn !== undefined) throw invalid('time', 'give time or lsn, not both');
-  const candidates = backups.filter(usable);
-  const damaged = backups.find((backup) => backup.verified === false);
-  const refuse = (field: string, why: string): CellarError => {
-    const note = damaged === undefined ? '' : `; backup ${damaged.id} failed verification (${damaged.verifyDetail ?? 'no detail'}) and is never restored`;
-    return new CellarError(candidates.length === 0 && damaged !== undefined ? 'CELLAR_E_CONFLICT' : 'CELLAR_E_INVALID', `${why}: cluster "${source.name}" ${windowText}${note}`, field);
-  };
-  if (request.time !== undefined) {
-    const atMs = Date.parse(request.time);
-    if (!Number.isFinite(atMs) || !/(Z|[+-]\d\d:?\d\d)$/.test(request.time)) throw invalid('time', restoreFieldMessages.time);
-    const backup = candidates.filter((candidate) => (candidate.finishedAt as Date).getTime() <= atMs)[0];
-    if (backup === undefined || atMs > nowMs) throw refuse('time', `time ${request.time} is outside the restore window`);
-    return { backup, target: { targetTime: new Date(atMs).toISOString() } };
-  }
-  if (request.lsn !== undefined) {
-    if (!lsnPattern.test(request.lsn)) throw invalid('lsn', restoreFieldMessages.lsn);
-    const target = lsnToBigInt(request.lsn);
-    const backup = candidates.find((candidate) => candidate.endLsn !== null && lsnToBigInt(candidate.endLsn) <= target);
-    if (backup === undefined) throw refuse('lsn', `lsn ${request.lsn} is before the end of every usable backup`);
-    return { backup, target: { targetLsn: request.lsn.toUpperCase() } };
-  }
-  const newest = candidates[0];
-  if (newest === undefined) throw refuse('name', 'nothing to restore');
-  return { backup: newest, target: {} };
-}
-
-export function registerBackupRoutes(app: FastifyInstance, pool: Pool, proxy: ProxyEndpoints, ownerOf: (request: FastifyRequest) => TokenOwner): void {
+export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: BackupRouteOptions, ownerOf: (request: FastifyRequest) => TokenOwner): void {
   async function liveCluster(owner: TokenOwner, name: string): Promise<ClusterSnapshot> {
     const cluster = await findCluster(pool, owner.orgId, name);
     if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${name}"`, 'name');
     return cluster;
   }
 
+  async function sourceFacts(cluster: { id: string; name: string; deletedAt: Date | null }): Promise<RestoreSourceFacts> {
+    return { name: cluster.name, deletedAt: cluster.deletedAt, wal: await observedWal(pool, cluster.id) };
+  }
+
+  /** The new cluster: the source's spec, and where its primary is restored from; one transaction. */
+  async function createRestored(owner: TokenOwner, source: ClusterSnapshot, to: string, choice: RestoreChoice): Promise<ClusterSnapshot | null> {
+    const { restore: _previous, ...sourceSpec } = source.spec;
+    const spec: ClusterSpec = { ...sourceSpec, restore: { sourceClusterId: source.id, backupId: choice.backup.id, ...choice.target } };
+    const id = await insertCluster(pool, owner.orgId, to, spec);
+    return findClusterById(pool, owner.orgId, id);
+  }
+
   app.get<{ Params: { name: string } }>('/v1/clusters/:name/backups', { schema: { summary: "A cluster's backups and its restore window" } }, async (request) => {
     const cluster = await liveCluster(ownerOf(request), request.params.name);
     const backups = await listBackups(pool, cluster.id);
-    const view: BackupListView = { cluster: cluster.name, window: restoreWindow(backups, Date.now()), backups: backups.map((backup) => backupView(backup, cluster.name)) };
+    const window = restoreWindow(await sourceFacts(cluster), backups, Date.now());
+    const view: BackupListView = { cluster: cluster.name, window, backups: backups.map((backup) => backupView(backup, cluster.name)) };
+    return view;
+  });
+
+  app.get('/v1/deleted-clusters', { schema: { summary: "The org's deleted clusters whose backups are still kept, with each restore window and when they are purged" } }, async (request) => {
+    const owner = ownerOf(request);
+    const clusters: DeletedClusterView[] = [];
+    for (const cluster of await listDeletedClustersWithBackups(pool, owner.orgId)) {
+      const backups = await listBackups(pool, cluster.id);
+      clusters.push({
+        id: cluster.id,
+        name: cluster.name,
+        deletedAt: cluster.deletedAt.toISOString(),
+        purgeAt: new Date(cluster.deletedAt.getTime() + options.deletedRetentionMs).toISOString(),
+        window: restoreWindow(await sourceFacts(cluster), backups, Date.now()),
+        backups: backups.map((backup) => backupView(backup, cluster.name)),
+      });
+    }
+    const view: DeletedClusterListView = { clusters };
     return view;
   });
 
@@ -152,7 +162,7 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, proxy: Pr
     return reply.status(202).send(backup && backupView(backup, cluster.name));
   });
 
-  app.get<{ Params: { id: string } }>('/v1/backups/:id', { schema: { summary: 'One backup' } }, async (request) => {
+  app.get<{ Params: { id: string } }>('/v1/backups/:id', { schema: { summary: 'One backup (of a live cluster, or of a deleted one until it is purged)' } }, async (request) => {
     const owner = ownerOf(request);
     const backup = await findBackup(pool, owner.orgId, request.params.id);
     if (backup === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no backup ${request.params.id}`, 'id');
@@ -178,12 +188,29 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, proxy: Pr
       const owner = ownerOf(request);
       const source = await liveCluster(owner, request.params.name);
       const backups = await listBackups(pool, source.id);
-      const { backup, target } = chooseBackup(source, backups, request.body, Date.now());
-      const { restore: _previous, ...sourceSpec } = source.spec;
-      const spec: ClusterSpec = { ...sourceSpec, restore: { sourceClusterId: source.id, backupId: backup.id, ...target } };
-      const id = await insertCluster(pool, owner.orgId, request.body.to, spec);
-      const created = await findClusterById(pool, owner.orgId, id);
-      return reply.status(201).send(created && clusterView(created, proxy));
+      const choice = chooseBackup(await sourceFacts(source), backups, request.body, Date.now());
+      return reply.status(201).send(clusterViewOrNull(await createRestored(owner, source, request.body.to, choice)));
     },
   );
+
+  app.post<{ Params: { id: string }; Body: RestoreRequest }>(
+    '/v1/backups/:id/restore',
+    {
+      config: { fieldMessages: restoreFieldMessages },
+      schema: { summary: "Restore this backup (of a live cluster, or of a deleted one until it is purged) into a new cluster, to a time or LSN after the backup's end (default latest)", body: restoreBody },
+    },
+    async (request, reply) => {
+      const owner = ownerOf(request);
+      const backup = await findBackup(pool, owner.orgId, request.params.id);
+      if (backup === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no backup ${request.params.id}`, 'id');
+      const source = await findClusterById(pool, owner.orgId, backup.clusterId);
+      if (source === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no backup ${request.params.id}`, 'id');
+      const choice = chooseBackup(await sourceFacts(source), [backup], request.body, Date.now(), backup.id);
+      return reply.status(201).send(clusterViewOrNull(await createRestored(owner, source, request.body.to, choice)));
+    },
+  );
+
+  function clusterViewOrNull(cluster: ClusterSnapshot | null): ReturnType<typeof clusterView> | null {
+    return cluster && clusterView(cluster, options.proxy);
+  }
 }

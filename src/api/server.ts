@@ -41,6 +41,8 @@ export interface ApiOptions {
   readonly status?: () => Record<string, unknown>;
   /** Whether Cellar runs the store itself (and restarts it), for what a 503 tells the user. */
   readonly embeddedStore?: boolean;
+  /** How long a deleted cluster's backups are kept: shown as each one's purge time. */
+  readonly deletedBackupRetentionMs: number;
 }
 
 declare module 'fastify' {
@@ -312,7 +314,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   );
 
-  registerBackupRoutes(app, pool, options.proxy, ownerOf);
+  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

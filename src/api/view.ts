@@ -1,4 +1,5 @@
 import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
+import { briefFailure } from './failure.js';
 import { lagBytes } from '../lib/lsn.js';
 import { durabilityOf } from '../lib/sizes.js';
 import { clusterPhase } from '../machines/cluster.js';
@@ -96,7 +97,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     routeKey: cluster.routeKey,
     uri: uri(proxy.readWritePort),
     readOnlyUri: uri(proxy.readOnlyPort),
-    error: cluster.machineLabel === 'failed' ? cluster.machineError : null,
+    error: cluster.machineLabel === 'failed' ? briefFailure(cluster.machineError) : null,
     createdAt: cluster.createdAt.toISOString(),
     instances,
     events: cluster.events.map((event) => ({

@@ -1,10 +1,13 @@
 import type { Command } from 'commander';
-import type { BackupListView, BackupView } from '../api/backups.js';
+import type { BackupListView, BackupView, DeletedClusterListView } from '../api/backups.js';
 import type { ClusterView } from '../api/view.js';
 import type { ApiClient } from './client.js';
 import { type Output, formatTable } from './output.js';
 
-/** `cellar backups …`: list, create, verify and restore, each with --json, and --wait on long work. */
+/**
+ * `cellar backups …`: list (a live cluster's, or `--deleted` clusters' kept until purged), create,
+ * verify and restore (from a cluster, or `--backup ID`), each with --json, and --wait on long work.
+ */
 
 const waitPollMs = 250;
 const waitTimeoutSecondsDefault = 3_600;
@@ -47,22 +50,19 @@ export function registerBackupCommands(program: Command, connect: () => Promise<
   const backups = program.command('backups').description('list, take, verify and restore backups');
 
   backups
-    .command('list <cluster>')
-    .description("a cluster's backups, whether each was proven to restore, and its restore window")
+    .command('list [cluster]')
+    .description("a cluster's backups, whether each was proven to restore, and its restore window; --deleted: deleted clusters' backups, kept until purged")
+    .option('--deleted', "list deleted clusters' backups (only CLUSTER's, if given), restorable with `backups restore --backup ID`")
     .option('--json', 'print JSON')
-    .action(async (cluster: string) => {
+    .action(async (cluster: string | undefined, options: { deleted?: boolean }) => {
       const { client, out } = await connect();
+      if (options.deleted) return listDeleted(client, out, cluster);
+      if (cluster === undefined) throw new Error('give a cluster, or --deleted for deleted clusters');
       const list = await client.request<BackupListView>('GET', `/v1/clusters/${encodeURIComponent(cluster)}/backups`);
       if (out.json) return out.result(list);
       out.line(list.window.earliest === null ? `${list.cluster}: no completed backup yet` : `${list.cluster}: restore window ${list.window.earliest} to now`);
       if (list.backups.length === 0) return out.line('no backups; take one with `cellar backups create CLUSTER --wait`');
-      out.line(
-        formatTable(
-          ['BACKUP', 'STATUS', 'VERIFIED', 'STARTED', 'FINISHED', 'SIZE', 'REASON'],
-          list.backups.map((backup) => [backup.id, backup.status, backup.verified === null ? '-' : backup.verified ? 'yes' : 'NO', backup.startedAt, backup.finishedAt ?? '-', megabytes(backup.bytes), backup.reason]),
-        ),
-      );
-      for (const backup of list.backups.filter((item) => item.verified === false || item.error)) out.line(`  ${backup.id}: ${backup.error ?? backup.verifyDetail ?? ''}`);
+      printBackupTable(out, list.backups);
     });
 
   backups
@@ -97,20 +97,24 @@ export function registerBackupCommands(program: Command, connect: () => Promise<
     });
 
   backups
-    .command('restore <cluster>')
-    .description('restore a backup into a NEW cluster, to a time or LSN (default: latest)')
+    .command('restore [cluster]')
+    .description('restore a backup into a NEW cluster, to a time or LSN (default: latest): the newest fitting backup of CLUSTER, or --backup ID (of a live or a deleted cluster)')
     .requiredOption('--to <name>', 'the new cluster')
-    .option('--time <iso>', 'recover up to this time, e.g. 2026-11-26T10:15:00Z')
+    .option('--backup <id>', 'restore from this backup (see `backups list --deleted` for deleted clusters)')
+    .option('--time <timestamp>', 'recover up to this time, with a zone: 2026-11-30 10:22:58.94+00 (as Postgres prints it) or 2026-11-30T10:22:58Z')
     .option('--lsn <lsn>', 'recover up to this WAL position, e.g. 0/3000148')
     .option('--wait', 'wait until the new cluster is running, showing each step')
     .option('--timeout <seconds>', 'give up waiting after this long', timeoutOption, waitTimeoutSecondsDefault)
     .option('--json', 'print JSON')
-    .action(async (cluster: string, options: { to: string; time?: string; lsn?: string; wait?: boolean; timeout: number }) => {
+    .action(async (cluster: string | undefined, options: { to: string; backup?: string; time?: string; lsn?: string; wait?: boolean; timeout: number }) => {
+      if ((cluster === undefined) === (options.backup === undefined)) throw new Error('give either a cluster or --backup ID, not both');
       const { client, out } = await connect();
       const body = { to: options.to, ...(options.time === undefined ? {} : { time: options.time }), ...(options.lsn === undefined ? {} : { lsn: options.lsn }) };
-      const created = await client.request<ClusterView>('POST', `/v1/clusters/${encodeURIComponent(cluster)}/restore`, body);
-      if (!options.wait) return out.json ? out.result(created) : out.line(`${created.name} (${created.id}): ${created.state}; restoring from ${cluster}`);
-      out.progress(`restoring ${cluster} into ${created.name} (${created.id})`);
+      const path = options.backup === undefined ? `/v1/clusters/${encodeURIComponent(cluster as string)}/restore` : `/v1/backups/${encodeURIComponent(options.backup)}/restore`;
+      const from = options.backup === undefined ? (cluster as string) : `backup ${options.backup}`;
+      const created = await client.request<ClusterView>('POST', path, body);
+      if (!options.wait) return out.json ? out.result(created) : out.line(`${created.name} (${created.id}): ${created.state}; restoring from ${from}`);
+      out.progress(`restoring ${from} into ${created.name} (${created.id})`);
       const startedMs = Date.now();
       for (;;) {
         const now = await client.request<ClusterView>('GET', `/v1/clusters/${encodeURIComponent(created.id)}`);
@@ -120,4 +124,27 @@ export function registerBackupCommands(program: Command, connect: () => Promise<
         await new Promise((resolve) => setTimeout(resolve, waitPollMs));
       }
     });
+}
+
+function printBackupTable(out: Output, backups: readonly BackupView[]): void {
+  out.line(
+    formatTable(
+      ['BACKUP', 'STATUS', 'VERIFIED', 'STARTED', 'FINISHED', 'SIZE', 'REASON'],
+      backups.map((backup) => [backup.id, backup.status, backup.verified === null ? '-' : backup.verified ? 'yes' : 'NO', backup.startedAt, backup.finishedAt ?? '-', megabytes(backup.bytes), backup.reason]),
+    ),
+  );
+  for (const backup of backups.filter((item) => item.verified === false || item.error)) out.line(`  ${backup.id}: ${backup.error ?? backup.verifyDetail ?? ''}`);
+}
+
+async function listDeleted(client: ApiClient, out: Output, name: string | undefined): Promise<void> {
+  const list = await client.request<DeletedClusterListView>('GET', '/v1/deleted-clusters');
+  const clusters = list.clusters.filter((cluster) => name === undefined || cluster.name === name || cluster.id === name);
+  if (out.json) return out.result({ clusters });
+  if (clusters.length === 0) return out.line(name === undefined ? 'no deleted cluster has backups kept' : `no deleted cluster named "${name}" has backups kept`);
+  for (const cluster of clusters) {
+    const window = cluster.window.earliest === null ? 'nothing restorable' : `restore window ${cluster.window.earliest} to ${cluster.window.latest}`;
+    out.line(`${cluster.name} (${cluster.id}): deleted ${cluster.deletedAt}, purged at ${cluster.purgeAt}; ${window}`);
+    printBackupTable(out, cluster.backups);
+  }
+  out.line('restore one with `cellar backups restore --backup ID --to NEW`');
 }

@@ -138,6 +138,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     proxy: { host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort },
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
     embeddedStore: config.storeUrl === null,
+    deletedBackupRetentionMs: config.backups.deletedRetentionMs,
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });

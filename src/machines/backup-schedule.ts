@@ -1,5 +1,6 @@
 import type { BackupSettings } from '../config.js';
 import { type MachineDefinition, type Outcome, type StepContext, nap } from '../engine/machine.js';
+import type { ClusterId } from '../lib/ids.js';
 import type { BackupRecord, MachinePorts } from './ports.js';
 
 /**
@@ -7,17 +8,24 @@ import type { BackupRecord, MachinePorts } from './ports.js';
  * starts a backup for each running cluster whose newest is older than its interval (the
  * cluster's own, else the cell's; the cell's 0 turns scheduling off) (the first
  * right after the cluster runs), deletes backups past retention, and prunes the WAL no kept
- * backup needs. Bounded work per tick.
+ * backup needs. A deleted cluster's backups are left as they were at the delete, restorable,
+ * until the deleted-backup retention has passed; then its whole backup area goes. Bounded work
+ * per tick.
  */
 export const backupScheduleLabels = ['tend'] as const;
 export type BackupScheduleLabel = (typeof backupScheduleLabels)[number];
-export type BackupScheduleData = Record<string, unknown>;
+export interface BackupScheduleData extends Record<string, unknown> {
+  /** Retention resumes after this cluster id next tick; absent: from the first. */
+  readonly retentionAfterClusterId?: string;
+}
 
 export const backupScheduleKind = 'backupSchedule';
 export const backupScheduleEntity = 'cell';
 export const scheduleNapMs = 10_000;
 /** Clusters looked at per tick, for scheduling and for retention. */
 export const clustersPerTickMax = 50;
+/** Deleted clusters whose backup areas are removed per tick: each removal may be gigabytes. */
+export const deletedClustersPerTickMax = 10;
 
 type Context = StepContext<BackupScheduleLabel, BackupScheduleData, MachinePorts>;
 type Result = Outcome<BackupScheduleLabel, BackupScheduleData>;
@@ -40,32 +48,63 @@ export function expiredBackups(backups: readonly BackupRecord[], settings: Backu
 }
 
 async function tend(context: Context): Promise<Result> {
+  const started = await startDue(context);
+  const { deleted, pruned, nextAfterClusterId } = await applyRetention(context);
+  const purged = await purgeDeleted(context);
+  const counts = [`${started} backup(s) started`, `${deleted} expired`, `${pruned} WAL file(s) pruned`, `${purged} deleted cluster(s) purged`];
+  const data: BackupScheduleData = nextAfterClusterId === null ? {} : { retentionAfterClusterId: nextAfterClusterId };
+  return nap(scheduleNapMs, started + deleted + pruned + purged === 0 ? { data } : { data, reason: counts.join(', ') });
+}
+
+async function startDue(context: Context): Promise<number> {
   const { backups, backupSettings, clock } = context.ports;
+  if (backupSettings.intervalMs <= 0) return 0;
   const now = clock.nowMs();
   let started = 0;
-  if (backupSettings.intervalMs > 0) {
-    for (const candidate of await backups.backupCandidates(clustersPerTickMax)) {
-      if (candidate.backupRunning) continue;
-      const intervalMs = candidate.intervalMs ?? backupSettings.intervalMs;
-      if (candidate.lastBackupAtMs !== null && now - candidate.lastBackupAtMs < intervalMs) continue;
-      await backups.createBackup(candidate.clusterId, 'scheduled');
-      started += 1;
-    }
+  for (const candidate of await backups.backupCandidates(clustersPerTickMax)) {
+    if (candidate.backupRunning) continue;
+    const intervalMs = candidate.intervalMs ?? backupSettings.intervalMs;
+    if (candidate.lastBackupAtMs !== null && now - candidate.lastBackupAtMs < intervalMs) continue;
+    await backups.createBackup(candidate.clusterId, 'scheduled');
+    started += 1;
   }
+  return started;
+}
+
+/** One page of live clusters per tick, resuming where the last tick stopped and wrapping at the end. */
+async function applyRetention(context: Context): Promise<{ deleted: number; pruned: number; nextAfterClusterId: string | null }> {
+  const { backups, backupSettings, clock, dataPlane } = context.ports;
+  const now = clock.nowMs();
+  const after = (context.machine.data.retentionAfterClusterId ?? null) as ClusterId | null;
+  const page = await backups.clustersWithBackups(after, clustersPerTickMax);
   let deleted = 0;
   let pruned = 0;
-  for (const clusterId of await backups.clustersWithBackups(clustersPerTickMax)) {
+  for (const clusterId of page) {
     const all = await backups.backupsOf(clusterId);
     const expired = expiredBackups(all, backupSettings, now);
     for (const backup of expired) {
-      await context.ports.dataPlane.deleteBackup(clusterId, backup.id);
+      await dataPlane.deleteBackup(clusterId, backup.id);
       await backups.markDeleted(backup.id);
       deleted += 1;
     }
     pruned += await pruneWal(context, clusterId, all.filter((backup) => !expired.includes(backup)));
   }
-  const reason = started + deleted + pruned === 0 ? undefined : `${started} backup(s) started, ${deleted} expired, ${pruned} WAL file(s) pruned`;
-  return nap(scheduleNapMs, reason === undefined ? {} : { reason });
+  const nextAfterClusterId = page.length < clustersPerTickMax ? null : (page.at(-1) ?? null);
+  return { deleted, pruned, nextAfterClusterId };
+}
+
+/**
+ * A deleted cluster's whole backup area (and its OS user) goes once its retention has passed: the data plane first, then
+ * the rows, so a crash in between repeats an idempotent removal rather than leaving files no row names.
+ */
+async function purgeDeleted(context: Context): Promise<number> {
+  const { backups, backupSettings, clock, dataPlane } = context.ports;
+  const due = await backups.deletedClustersToPurge(clock.nowMs() - backupSettings.deletedRetentionMs, deletedClustersPerTickMax);
+  for (const clusterId of due) {
+    await dataPlane.purgeCluster(clusterId);
+    await backups.markBackupsPurged(clusterId);
+  }
+  return due.length;
 }
 
 /** WAL before the oldest kept completed backup's first segment (`kept` is newest first) is needed by no restore. */

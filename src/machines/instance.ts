@@ -23,6 +23,8 @@ export interface InstanceData extends Record<string, unknown> {
   readonly failedProbes?: number;
   /** Clock time the server stopped serving; an instance dead longer than the limit fails. */
   readonly downSinceMs?: number;
+  /** A restored primary before its first start has finished: its recovery is still to run. */
+  readonly restoring?: boolean;
 }
 
 export const instanceKind = 'instance';
@@ -37,6 +39,11 @@ export const probeIntervalMs = 1_000;
 /** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
 export const livenessIntervalMs = 200;
 const createTimeoutMs = 15 * 60_000;
+/**
+ * Starts of a restored primary whose server died in recovery before it fails: recovery replays
+ * the same WAL to the same end each time, so more tries only make the user wait minutes of backoff.
+ */
+export const restoreStartAttemptsMax = 2;
 const defaultStepTimeoutMs = 60_000;
 
 type Context = StepContext<InstanceLabel, InstanceData, MachinePorts>;
@@ -93,7 +100,7 @@ async function create(context: Context): Promise<Result> {
   if (instance.role === 'primary' && cluster.spec.restore !== undefined) {
     const restore = cluster.spec.restore;
     await context.ports.dataPlane.restorePrimary(spec, { ...restoreTarget(restore), clusterId: restore.sourceClusterId, backupId: restore.backupId, ...(await latestSource(context, restore)) });
-    return hop('starting', { reason: `restored from backup ${restore.backupId} of ${restore.sourceClusterId}; recovers to ${describeTarget(restore)} when started` });
+    return hop('starting', { data: { ...context.machine.data, restoring: true }, reason: `restored from backup ${restore.backupId} of ${restore.sourceClusterId}; recovers to ${describeTarget(restore)} when started` });
   }
   if (instance.role === 'primary') {
     await context.ports.dataPlane.createPrimary(spec);
@@ -136,8 +143,19 @@ async function starting(context: Context): Promise<Result> {
   if (downSinceMs !== undefined && now - downSinceMs > context.ports.ha.replicaDeadMsMax) {
     return fail(`not serving for more than ${context.ports.ha.replicaDeadMsMax} ms; its cluster replaces it`);
   }
-  await context.ports.dataPlane.start(instanceSpec(cluster, instance));
+  try {
+    await context.ports.dataPlane.start(instanceSpec(cluster, instance));
+  } catch (error) {
+    if (await recoveryDied(context, instance)) return fail(`restore failed: the server stopped during recovery ${restoreStartAttemptsMax} times: ${(error as Error).message}`);
+    throw error;
+  }
   return hop('waitReady', { data: { ...context.machine.data, waitSinceMs: now }, reason: 'server started' });
+}
+
+/** A slow recovery keeps its server alive and is retried as usual; a dead one is final after a few tries. */
+async function recoveryDied(context: Context, instance: InstanceRecord): Promise<boolean> {
+  if (context.machine.data.restoring !== true || context.machine.attempt + 1 < restoreStartAttemptsMax) return false;
+  return !(await context.ports.dataPlane.alive(instance.id));
 }
 
 async function waitReady(context: Context): Promise<Result> {

@@ -102,9 +102,21 @@ export interface BackupRecords {
   backupCandidates(limit: number): Promise<BackupCandidate[]>;
   /** Completed (and failed) backups of a cluster, newest first. */
   backupsOf(clusterId: ClusterId): Promise<BackupRecord[]>;
-  /** Clusters that have any backup not yet deleted; at most `limit`. */
-  clustersWithBackups(limit: number): Promise<ClusterId[]>;
+  /**
+   * Live clusters that have any completed or failed backup, in id order after `afterClusterId`
+   * (null: from the start); at most `limit`. The schedule walks them with a cursor, so every
+   * cluster's retention runs however many there are.
+   */
+  clustersWithBackups(afterClusterId: ClusterId | null, limit: number): Promise<ClusterId[]>;
   markDeleted(id: BackupId): Promise<void>;
+  /**
+   * Deleted clusters whose backup area is due to go: deleted before `deletedBeforeMs`, not purged
+   * yet, with no backup machine at work and no new cluster still restoring from them; oldest
+   * delete first, at most `limit`.
+   */
+  deletedClustersToPurge(deletedBeforeMs: number, limit: number): Promise<ClusterId[]>;
+  /** After the area is gone: every backup row of the cluster is marked deleted and the cluster purged. */
+  markBackupsPurged(clusterId: ClusterId): Promise<void>;
 }
 
 export interface MachinePorts {

@@ -127,13 +127,41 @@ export class PgBackupRecords implements BackupRecords {
     return result.rows.map(toRecord);
   }
 
-  async clustersWithBackups(limit: number): Promise<ClusterId[]> {
-    const result = await this.db.query<{ cluster_id: string }>(`select distinct cluster_id from backups where status in ('completed', 'failed') limit $1`, [limit]);
-    return result.rows.map((row) => row.cluster_id as ClusterId);
+  async clustersWithBackups(afterClusterId: ClusterId | null, limit: number): Promise<ClusterId[]> {
+    const result = await this.db.query<{ id: string }>(
+      `select c.id from clusters c
+        where c.deleted_at is null and c.id > coalesce($1, '')
+          and exists (select 1 from backups b where b.cluster_id = c.id and b.status in ('completed', 'failed'))
+        order by c.id limit $2`,
+      [afterClusterId, limit],
+    );
+    return result.rows.map((row) => row.id as ClusterId);
   }
 
   async markDeleted(id: BackupId): Promise<void> {
     await this.db.query(`update backups set status = 'deleted', deleted_at = coalesce(deleted_at, now()) where id = $1`, [id]);
+  }
+
+  async deletedClustersToPurge(deletedBeforeMs: number, limit: number): Promise<ClusterId[]> {
+    // A backup machine still at work (a take or a restore check) reads the area; so does the
+    // recovery of a new cluster restored from it until that cluster first runs.
+    const result = await this.db.query<{ id: string }>(
+      `select c.id from clusters c
+        where c.deleted_at is not null and c.backups_purged_at is null and c.deleted_at < to_timestamp($1::double precision / 1000)
+          and not exists (select 1 from machines m where m.kind = 'backup' and m.cluster_id = c.id and m.next_tick_at is not null and m.label <> 'failed')
+          and not exists (select 1 from clusters r join machines rm on rm.kind = 'cluster' and rm.entity_id = r.id
+                           where r.spec -> 'restore' ->> 'sourceClusterId' = c.id and r.deleted_at is null and rm.label in ('start', 'waitInstances'))
+        order by c.deleted_at, c.id limit $2`,
+      [deletedBeforeMs, limit],
+    );
+    return result.rows.map((row) => row.id as ClusterId);
+  }
+
+  async markBackupsPurged(clusterId: ClusterId): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query(`update backups set status = 'deleted', deleted_at = coalesce(deleted_at, now()) where cluster_id = $1 and status <> 'deleted'`, [clusterId]);
+      await client.query('update clusters set backups_purged_at = coalesce(backups_purged_at, now()) where id = $1', [clusterId]);
+    });
   }
 }
 
@@ -219,4 +247,50 @@ export async function requestVerify(db: Pool, id: string): Promise<void> {
     await recordEvent(client, { machineId: row.id, kind: 'backup', entityId: id, clusterId: row.cluster_id, from: row.label, to: 'verify', reason: 'verification requested' });
     await client.query('select pg_notify($1, $2)', [nudgeChannel, 'normal']);
   });
+}
+
+/** What a cluster's primary last reported of its WAL: how far it wrote and what its archive holds. */
+export interface ObservedWal {
+  /** The primary's current LSN at its last probe. */
+  readonly lsn: string | null;
+  readonly lastArchivedWal: string | null;
+  readonly lastArchivedAt: Date | null;
+}
+
+/** From the live primary's last probe; for a deleted cluster, from the last primary it had. */
+export async function observedWal(db: Pool, clusterId: string): Promise<ObservedWal> {
+  const result = await db.query<{ lsn: string | null; last_archived_wal: string | null; last_archived_at: string | null }>(
+    `select observed ->> 'lsn' as lsn, observed -> 'archive' ->> 'lastArchivedWal' as last_archived_wal,
+            observed -> 'archive' ->> 'lastArchivedAt' as last_archived_at
+       from instances where cluster_id = $1 and role = 'primary'
+      order by deleted_at is null desc, observed_at desc nulls last limit 1`,
+    [clusterId],
+  );
+  const row = result.rows[0];
+  const archivedAt = row?.last_archived_at ? new Date(row.last_archived_at) : null;
+  return {
+    lsn: row?.lsn ?? null,
+    lastArchivedWal: row?.last_archived_wal ?? null,
+    lastArchivedAt: archivedAt !== null && Number.isFinite(archivedAt.getTime()) ? archivedAt : null,
+  };
+}
+
+/** A deleted cluster of the org whose backups are still kept. */
+export interface DeletedClusterSnapshot {
+  readonly id: string;
+  readonly name: string;
+  readonly deletedAt: Date;
+}
+
+export const deletedClustersPerListMax = 200;
+
+export async function listDeletedClustersWithBackups(db: Pool, orgId: string): Promise<DeletedClusterSnapshot[]> {
+  const result = await db.query<{ id: string; name: string; deleted_at: Date }>(
+    `select c.id, c.name, c.deleted_at from clusters c
+      where c.org_id = $1 and c.deleted_at is not null and c.backups_purged_at is null
+        and exists (select 1 from backups b where b.cluster_id = c.id and b.status <> 'deleted')
+      order by c.deleted_at desc limit $2`,
+    [orgId, deletedClustersPerListMax],
+  );
+  return result.rows.map((row) => ({ id: row.id, name: row.name, deletedAt: row.deleted_at }));
 }

@@ -202,8 +202,14 @@ export function restoreSettings(restoreCommand: string, target: { readonly targe
   return settings;
 }
 
-/** recovery_target_time wants `2026-11-26 11:36:09.551+00`: it refuses ISO's `T` and `Z`. */
+/**
+ * recovery_target_time wants `2026-11-26 11:36:09.551+00`: it refuses ISO's `T` and `Z`. A UTC
+ * ISO time keeps every fractional digit (Postgres has microseconds, Date only milliseconds: a
+ * target of .123456 cut to .123 could leave out a commit the user saw).
+ */
 export function postgresTimestamp(iso: string): string {
+  const utc = /^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)Z$/.exec(iso);
+  if (utc !== null) return `${utc[1]} ${utc[2]}+00`;
   const at = new Date(iso);
   assert(Number.isFinite(at.getTime()), `not a time: ${iso}`);
   return `${at.toISOString().replace('T', ' ').replace('Z', '')}+00`;
