@@ -6,6 +6,7 @@ import type { BackupView, DeletedClusterListView } from '../src/api/backups.js';
 import { failureTextMax } from '../src/api/failure.js';
 import type { ClusterView } from '../src/api/view.js';
 import { lsnToBigInt, walSegmentEnd } from '../src/lib/lsn.js';
+import { clusterUserName, lookupUser } from '../src/dataplane/local/osuser.js';
 import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
 
 /**
@@ -133,6 +134,8 @@ describe("a deleted cluster's backups", () => {
 
   test('after the retention its backup area, WAL included, and its rows are purged; the clusters restored from it keep running', async () => {
     assert.ok((await backupArea(cellar, doomed.id)) !== null, 'the area is there before');
+    const runsAsRoot = process.getuid?.() === 0;
+    if (runsAsRoot) assert.ok((await lookupUser(clusterUserName(doomed.id))) !== undefined, "the deleted cluster's OS user is kept with its backups");
     await cellar.stop();
     await cellar.start([], { CELLAR_DELETED_BACKUP_RETENTION_MS: '1000' });
     await eventually('the purge', async () => {
@@ -142,6 +145,7 @@ describe("a deleted cluster's backups", () => {
       );
       return row?.kept === 0 && row.purged !== null && (await backupArea(cellar, doomed.id)) === null ? true : undefined;
     }, 60_000, 250);
+    assert.equal(await lookupUser(clusterUserName(doomed.id)), undefined, "the purged cluster's OS user is gone");
     const list = await cellar.api<DeletedClusterListView>('GET', '/v1/deleted-clusters');
     assert.ok(!list.body.clusters.some((cluster) => cluster.id === doomed.id), 'no longer listed');
     const restore = await cellar.api<ErrorBody>('POST', `/v1/backups/${backup.id}/restore`, { to: 'too-late' });
@@ -150,5 +154,6 @@ describe("a deleted cluster's backups", () => {
     assert.equal(reborn.state, 'running');
     assert.deepEqual(await ids(reborn.uri as string), range(1, 20));
     assert.ok((await backupArea(cellar, reborn.id)) !== null, "a live cluster's own area stays");
+    if (runsAsRoot) assert.ok((await lookupUser(clusterUserName(reborn.id))) !== undefined, "a live cluster's OS user stays");
   });
 });

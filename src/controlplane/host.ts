@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { startControlPlane } from './controlplane.js';
-import { resolveRunAs } from '../dataplane/local/osuser.js';
+import { isRoot, resolveRunAs } from '../dataplane/local/osuser.js';
 import { resolveDataDir } from '../dataplane/local/paths.js';
 import { isAlive, serverPid, stopServer, waitForExit } from '../dataplane/local/server.js';
 import { makeLogger } from '../lib/log.js';
@@ -99,13 +99,18 @@ export async function up(config: Config, out: Output, options: { api: boolean })
     throw error;
   }
   const proxyEndpoints = { readWrite: `127.0.0.1:${config.proxyReadWritePort}`, readOnly: `127.0.0.1:${config.proxyReadOnlyPort}`, pid: proxyPid };
-  const summary = { home: config.home, api: controlPlane.apiUrl, proxy: proxyEndpoints, credentials: join(config.home, 'credentials'), pid: process.pid };
+  // Without root every server runs as the invoking user, so one cluster could reach another's files.
+  const isolation = isRoot() ? 'multi-tenant' : 'single-tenant';
+  const summary = { home: config.home, api: controlPlane.apiUrl, proxy: proxyEndpoints, credentials: join(config.home, 'credentials'), pid: process.pid, isolation };
   if (out.json) out.result(summary);
   else {
     out.line(`Cellar is up (pid ${process.pid}).`);
     if (controlPlane.apiUrl) out.line(`  API          ${controlPlane.apiUrl}   (OpenAPI: ${controlPlane.apiUrl}/openapi.json)`);
     out.line(`  proxy        read-write ${proxyEndpoints.readWrite}, read-only ${proxyEndpoints.readOnly} (pid ${proxyPid})`);
     out.line(`  credentials  ${summary.credentials}`);
+    out.line(isRoot()
+      ? '  isolation    multi-tenant: each cluster runs as its own OS user'
+      : '  isolation    SINGLE-TENANT: not root, so every cluster runs as this user; run as root to isolate tenants');
     out.line('  Try: npx cellar clusters create app --wait');
     out.line('Ctrl-C stops the control plane; the proxy and the databases keep running until `cellar down`.');
   }
