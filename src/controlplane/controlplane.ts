@@ -24,6 +24,7 @@ import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { ensureCredentials } from './credentials.js';
+import { checkStartPaths } from './preflight.js';
 
 /**
  * The control plane of one cell: store connection, engine and API, wired together. Stateless:
@@ -43,6 +44,7 @@ export interface ControlPlaneOptions {
 }
 
 export async function startControlPlane(config: Config, log: Logger, options: ControlPlaneOptions): Promise<ControlPlane> {
+  await checkStartPaths(config);
   const storeUrl = config.storeUrl ?? (await ensureEmbeddedStore(config));
   const pool = openPool(storeUrl);
   let engine: Engine | null = null;
