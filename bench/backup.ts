@@ -8,6 +8,7 @@ import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { readBackupInfo, restoreSettings } from '../src/dataplane/local/backup.js';
 import { renderConf } from '../src/dataplane/local/server.js';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
+import { ClusterUsers } from '../src/dataplane/local/osuser.js';
 import { instancePaths } from '../src/dataplane/local/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import { freePort } from '../src/lib/net.js';
@@ -702,7 +703,8 @@ async function measureRestoreFloor(setup: Setup, backupId: string): Promise<Floo
   await mkdir(sockets, { recursive: true, mode: 0o700 });
   if (user.switchUser) await chown(root, user.uid, user.gid);
   if (user.switchUser) await chown(sockets, user.uid, user.gid);
-  const store = new LocalBackupStore(setup.backupRoot, { name: 'postgres', ...user });
+  // Only its restore_command is used: the bench restores by hand, as root would.
+  const store = new LocalBackupStore(setup.backupRoot, new ClusterUsers(setup.backupRoot));
   let pid: number | null = null;
   try {
     await syncDisks();

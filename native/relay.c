@@ -12,8 +12,8 @@
  * - a TLS pair (`acceptTls`): a client socket that has just been answered `S` to its SSLRequest,
  *   or a direct-TLS client (Postgres 17) whose first bytes JavaScript read and hands over too.
  *   The thread runs the TLS handshake with OpenSSL (the copy inside the node binary, whose
- *   symbols it exports); the certificate for an SNI name is asked of JavaScript while the
- *   handshake waits (OpenSSL's certificate callback). Then the thread makes a socketpair: the
+ *   symbols it exports) and the proxy's one certificate (`*.<domain>`, whatever server name the
+ *   client sends: a name never makes key material). Then the thread makes a socketpair: the
  *   pair relays TLS on the client side to plaintext on one end, and JavaScript gets the other end
  *   as an ordinary socket, on which the startup phase runs unchanged and which it later hands
  *   over as the client of a plain pair.
@@ -57,10 +57,10 @@
 #define BACKEND 1
 
 /* What JavaScript is told; the numbers are part of the binding's interface (native-relay.ts). */
-enum { EVENT_CLOSED = 0, EVENT_TLS_READY = 1, EVENT_CERTIFICATE = 2 };
+enum { EVENT_CLOSED = 0, EVENT_TLS_READY = 1 };
 
 /* PHASE_REFUSED: shut for writing, reading until the client closes (so it sees a clean close, not a reset). */
-typedef enum { PHASE_RELAY, PHASE_HANDSHAKE, PHASE_CERTIFICATE, PHASE_REFUSED } phase_t;
+typedef enum { PHASE_RELAY, PHASE_HANDSHAKE, PHASE_REFUSED } phase_t;
 
 typedef struct pair pair_t;
 
@@ -78,12 +78,10 @@ struct pair {
   /* The client side's TLS session (TLS pairs only). */
   SSL *ssl;
   phase_t phase;
-  /* What the handshake waits for on the client socket (EPOLLIN, EPOLLOUT, or 0 for JavaScript). */
+  /* What the handshake waits for on the client socket (EPOLLIN or EPOLLOUT). */
   uint32_t handshakeWants;
   /* SSL_read needs the client socket writable (a TLS message it must answer). */
   bool readWantsWrite;
-  /* JavaScript has answered the certificate callback. */
-  bool certificateDone;
   /* Direct TLS (Postgres 17): ALPN `postgresql` is required, as Postgres requires it. */
   bool alpnRequired;
   /* Bytes read from fd[side] that fd[1 - side] has not taken yet (a partial write). */
@@ -103,15 +101,11 @@ struct pair {
 
 /* A request from JavaScript about a live pair. */
 typedef struct command {
-  enum { COMMAND_ABORT, COMMAND_CERTIFICATE, COMMAND_SWITCH } kind;
+  enum { COMMAND_ABORT, COMMAND_SWITCH } kind;
   uint32_t id;
   /* COMMAND_SWITCH: duplicates of JavaScript's end of the socketpair and of the backend socket. */
   int plainFd;
   int backendFd;
-  /* COMMAND_CERTIFICATE: null key means "the default certificate". */
-  X509 *certificate;
-  STACK_OF(X509) *chain;
-  EVP_PKEY *key;
   struct command *next;
 } command_t;
 
@@ -138,7 +132,10 @@ static struct {
   bool stopping;
   uint32_t nextId;
   napi_threadsafe_function onEvent;
-  /* Default certificate and the callbacks for TLS pairs; set once by configureTls. */
+  /*
+   * The certificate and settings for TLS pairs; replaced by configureTls when the certificate is
+   * renewed. Read and replaced on JavaScript's thread only (SSL_new takes its own reference).
+   */
   SSL_CTX *tls;
   /* Relay thread only: pairs closed during this batch of events, freed after it (a later event may still point at one). */
   pair_t *ended;
@@ -397,26 +394,10 @@ static void handshake(pair_t *p) {
     case SSL_ERROR_WANT_WRITE:
       p->handshakeWants = EPOLLOUT;
       break;
-    case SSL_ERROR_WANT_X509_LOOKUP:
-      // Waiting for JavaScript's certificate; a hang-up or error still ends the pair.
-      p->phase = PHASE_CERTIFICATE;
-      p->handshakeWants = 0;
-      break;
     default:
       return closePair(p);
   }
   updateInterest(p);
-}
-
-/* OpenSSL's certificate callback: an SNI name asks JavaScript for its certificate, once. */
-static int onCertificate(SSL *ssl, void *unused) {
-  (void)unused;
-  pair_t *p = SSL_get_app_data(ssl);
-  if (p == NULL || p->certificateDone) return 1;
-  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (name == NULL) return 1;
-  if (!emit(EVENT_CERTIFICATE, p, -1, name)) return 0;
-  return -1;
 }
 
 /* ALPN: `postgresql` when the client offers it (Postgres 17), else none. */
@@ -434,10 +415,6 @@ static void onEvent(endpoint_t *endpoint, uint32_t events) {
   int side = endpoint->side;
   if (p->closed) return;
   if (events & EPOLLERR) return closePair(p);
-  if (p->phase == PHASE_CERTIFICATE) {
-    if (events & EPOLLHUP) closePair(p);
-    return;
-  }
   if (p->phase == PHASE_HANDSHAKE) return handshake(p);
   if (p->phase == PHASE_REFUSED) {
     // Discards what the client still sends; its close (or the proxy's startup deadline) ends the pair.
@@ -548,11 +525,8 @@ static void switchToBackend(pair_t *p, int plainFd, int backendFd) {
   if (!p->closed) flush(p, CLIENT);
 }
 
-/* Frees a command and what it still owns (descriptors a switch did not take, a certificate). */
+/* Frees a command and the descriptors a switch did not take. */
 static void freeCommand(command_t *command) {
-  X509_free(command->certificate);
-  EVP_PKEY_free(command->key);
-  if (command->chain != NULL) sk_X509_pop_free(command->chain, X509_free);
   if (command->plainFd >= 0) close(command->plainFd);
   if (command->backendFd >= 0) close(command->backendFd);
   free(command);
@@ -562,19 +536,10 @@ static void runCommand(command_t *command) {
   pair_t *p = findLive(command->id);
   if (command->kind == COMMAND_ABORT) {
     if (p != NULL) closePair(p);
-  } else if (command->kind == COMMAND_SWITCH) {
-    if (p != NULL) {
-      // switchToBackend owns both descriptors from here.
-      switchToBackend(p, command->plainFd, command->backendFd);
-      command->plainFd = command->backendFd = -1;
-    }
-  } else if (p != NULL && p->phase == PHASE_CERTIFICATE) {
-    p->certificateDone = true;
-    p->phase = PHASE_HANDSHAKE;
-    bool usable = command->key == NULL || (SSL_use_certificate(p->ssl, command->certificate) == 1 && SSL_use_PrivateKey(p->ssl, command->key) == 1 &&
-                                           (command->chain == NULL || SSL_set1_chain(p->ssl, command->chain) == 1));
-    if (usable) handshake(p);
-    else closePair(p);
+  } else if (command->kind == COMMAND_SWITCH && p != NULL) {
+    // switchToBackend owns both descriptors from here.
+    switchToBackend(p, command->plainFd, command->backendFd);
+    command->plainFd = command->backendFd = -1;
   }
   freeCommand(command);
 }
@@ -818,14 +783,52 @@ static bool setReplayBio(SSL *ssl, int fd, const char *early, size_t earlyLength
   return true;
 }
 
-/* configureTls(certificatePem, keyPem): the default certificate (no SNI, or a name outside the domain). */
+/* The context TLS pairs are made from, serving `certificate`; NULL (errors cleared) if OpenSSL refuses a part. */
+static SSL_CTX *newServerContext(X509 *certificate, STACK_OF(X509) *chain, EVP_PKEY *key) {
+  const uint64_t options = SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET;
+  const long modes = SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
+  SSL_CTX *context = SSL_CTX_new(TLS_server_method());
+  // Partial writes and moving buffers: a write retried from the pending buffer; no tickets, no
+  // renegotiation; a client that closes without close_notify (libpq does) is an end-of-file.
+  bool ok = context != NULL && SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 && SSL_CTX_use_certificate(context, certificate) == 1 &&
+            SSL_CTX_use_PrivateKey(context, key) == 1 && SSL_CTX_check_private_key(context) == 1 && (chain == NULL || SSL_CTX_set1_chain(context, chain) == 1) &&
+            (SSL_CTX_set_mode(context, modes) & modes) == modes && (SSL_CTX_set_options(context, options) & options) == options &&
+            SSL_CTX_set_num_tickets(context, 0) == 1;
+  if (!ok) {
+    SSL_CTX_free(context);
+    ERR_clear_error();
+    return NULL;
+  }
+  // Returns the previous mode: it cannot fail.
+  SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_alpn_select_cb(context, onAlpn, NULL);
+  return context;
+}
+
+/* The read BIO for direct TLS, made once for the process; false if OpenSSL refuses. */
+static bool ensureReplayMethod(void) {
+  if (replayMethod != NULL) return true;
+  BIO_METHOD *method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cellar direct TLS replay");
+  if (method == NULL || BIO_meth_set_read(method, replayRead) != 1 || BIO_meth_set_ctrl(method, replayControl) != 1 || BIO_meth_set_destroy(method, replayDestroy) != 1) {
+    BIO_meth_free(method);
+    ERR_clear_error();
+    return false;
+  }
+  replayMethod = method;
+  return true;
+}
+
+/*
+ * configureTls(certificatePem, keyPem): the certificate of every TLS pair made from now on, for
+ * every server name. Called again with a renewed certificate, it replaces the context; a pair
+ * already made keeps the context its SSL took a reference to.
+ */
 static napi_value configureTls(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (relay.tls != NULL) return throwError(env, "TLS is already configured");
-  char *certificatePem = argc >= 2 ? stringArgument(env, argv[0]) : NULL;
-  char *keyPem = argc >= 2 ? stringArgument(env, argv[1]) : NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return throwError(env, "configureTls needs a PEM certificate and key");
+  char *certificatePem = stringArgument(env, argv[0]);
+  char *keyPem = stringArgument(env, argv[1]);
   X509 *certificate;
   STACK_OF(X509) *chain;
   EVP_PKEY *key;
@@ -833,32 +836,19 @@ static napi_value configureTls(napi_env env, napi_callback_info info) {
   free(certificatePem);
   free(keyPem);
   if (!parsed) return throwError(env, "configureTls needs a PEM certificate and key");
-  SSL_CTX *context = SSL_CTX_new(TLS_server_method());
-  bool ok = context != NULL && SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1 && SSL_CTX_use_certificate(context, certificate) == 1 &&
-            SSL_CTX_use_PrivateKey(context, key) == 1 && (chain == NULL || SSL_CTX_set1_chain(context, chain) == 1);
+  SSL_CTX *context = newServerContext(certificate, chain, key);
   X509_free(certificate);
   EVP_PKEY_free(key);
   if (chain != NULL) sk_X509_pop_free(chain, X509_free);
-  if (!ok) {
-    SSL_CTX_free(context);
-    ERR_clear_error();
-    return throwError(env, "could not build the TLS context");
-  }
-  // Partial writes and moving buffers: a write retried from the pending buffer; no tickets, no
-  // renegotiation; a client that closes without close_notify (libpq does) is an end-of-file.
-  SSL_CTX_set_mode(context, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  SSL_CTX_set_options(context, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET);
-  SSL_CTX_set_num_tickets(context, 0);
-  SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_cert_cb(context, onCertificate, NULL);
-  SSL_CTX_set_alpn_select_cb(context, onAlpn, NULL);
-  replayMethod = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cellar direct TLS replay");
-  if (replayMethod == NULL || BIO_meth_set_read(replayMethod, replayRead) != 1 || BIO_meth_set_ctrl(replayMethod, replayControl) != 1 ||
-      BIO_meth_set_destroy(replayMethod, replayDestroy) != 1) {
+  if (context == NULL) return throwError(env, "could not build the TLS context (does the key match the certificate?)");
+  if (!ensureReplayMethod()) {
     SSL_CTX_free(context);
     return throwError(env, "could not build the TLS replay BIO");
   }
+  // The relay thread never reads relay.tls: SSL_new (in queuePair) runs on this thread.
+  SSL_CTX *previous = relay.tls;
   relay.tls = context;
+  SSL_CTX_free(previous);
   return NULL;
 }
 
@@ -975,27 +965,6 @@ static napi_value abortPair(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* provideCertificate(id, certificatePem | null, keyPem | null): answers EVENT_CERTIFICATE (null: the default). */
-static napi_value provideCertificate(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  uint32_t id;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (!relay.running) return NULL;
-  if (argc < 3 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) return throwError(env, "provideCertificate needs a pair id, a certificate and a key");
-  command_t *command = newCommand(COMMAND_CERTIFICATE, id);
-  if (command == NULL) return throwError(env, "out of memory");
-  char *certificatePem = stringArgument(env, argv[1]);
-  char *keyPem = stringArgument(env, argv[2]);
-  bool parsed = certificatePem != NULL && keyPem != NULL && parseKeyPair(certificatePem, keyPem, &command->certificate, &command->chain, &command->key);
-  // A bad certificate ends the handshake rather than falling back to a certificate for another name.
-  if ((certificatePem != NULL || keyPem != NULL) && !parsed) command->kind = COMMAND_ABORT;
-  free(certificatePem);
-  free(keyPem);
-  queueCommand(command);
-  return NULL;
-}
-
 /* A duplicate of `fd` that never blocks, or -1 (errno set). */
 static int duplicateNonBlocking(int fd) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -1089,7 +1058,6 @@ NAPI_MODULE_INIT() {
       {"acceptTls", NULL, acceptTls, NULL, NULL, NULL, napi_default, NULL},
       {"adoptTls", NULL, adoptTls, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abortPair, NULL, NULL, NULL, napi_default, NULL},
-      {"provideCertificate", NULL, provideCertificate, NULL, NULL, NULL, napi_default, NULL},
       {"takeBytes", NULL, takeBytes, NULL, NULL, NULL, napi_default, NULL},
       {"stop", NULL, stop, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -27,6 +27,9 @@ export interface Config {
   readonly proxyWaitMsMax: number;
   /** A client must finish its startup (TLS, authentication, any wait) within this. */
   readonly proxyStartupMsMax: number;
+  /** The proxy's one certificate (`*.<domain>`) is replaced when it has fewer days left than this; the proxy checks every `proxyCertificateCheckMs`. */
+  readonly proxyCertificateRenewDays: number;
+  readonly proxyCertificateCheckMs: number;
   /** The native relay (native/relay.c, when built) terminates TLS and relays connections past startup. */
   readonly proxyNativeRelay: boolean;
   /** Clusters are reachable with TLS as `<routeKey>.<domain>` (SNI and certificate names). */
@@ -153,6 +156,9 @@ export function loadConfig(env: Env = process.env): Config {
     proxyClusterBytesPerSecond: integer(env, 'CELLAR_PROXY_CLUSTER_BYTES_PER_SECOND', 0, 0, 10 * 1024 ** 3, problems),
     proxyWaitMsMax: integer(env, 'CELLAR_PROXY_WAIT_MS', 10_000, 0, 600_000, problems),
     proxyStartupMsMax: integer(env, 'CELLAR_PROXY_STARTUP_MS', 30_000, 100, 600_000, problems),
+    // Below the certificate's 397 days of validity, or it would be renewed at every check.
+    proxyCertificateRenewDays: integer(env, 'CELLAR_PROXY_CERTIFICATE_RENEW_DAYS', 30, 1, 365, problems),
+    proxyCertificateCheckMs: integer(env, 'CELLAR_PROXY_CERTIFICATE_CHECK_MS', 3_600_000, 1_000, 86_400_000, problems),
     proxyNativeRelay: boolean(env, 'CELLAR_PROXY_NATIVE_RELAY', true, problems),
     domain: domainName(env, problems),
     instancePortMin,

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
-import { resolveRunAs } from '../src/dataplane/local/osuser.js';
+import { ClusterUsers } from '../src/dataplane/local/osuser.js';
 import { walFilesBefore } from '../src/dataplane/local/wal.js';
 
 /** The archive and restore commands Postgres runs, exercised with real files and /bin/sh. */
@@ -24,11 +24,13 @@ async function runCommand(template: string, path: string, file: string): Promise
   }
 }
 
-test('archive_command never overwrites a different file, accepts the same one again, and restore_command gives it back', async () => {
+test('archive_command never overwrites a different file, accepts the same one again, and restore_command gives it back', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'cellar-store-'));
   await chmod(root, 0o755);
   try {
-    const store = new LocalBackupStore(join(root, 'backups'), { ...(await resolveRunAs()), switchUser: false });
+    const users = new ClusterUsers(root);
+    t.after(() => users.remove('cl_storetestaaa'));
+    const store = new LocalBackupStore(join(root, 'backups'), users);
     await store.prepare();
     await store.ensureArea('cl_storetestaaa');
     const segment = '000000010000000000000003';

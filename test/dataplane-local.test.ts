@@ -3,14 +3,15 @@ import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import pg from 'pg';
 import type { InstanceSpec, UpstreamRef } from '../src/dataplane/dataplane.js';
 import { Binaries } from '../src/dataplane/local/binaries.js';
 import { LocalDataPlane } from '../src/dataplane/local/driver.js';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
-import { ensureDirFor, resolveRunAs, type RunAs } from '../src/dataplane/local/osuser.js';
-import { canTraverseAncestors, fallbackDataRoot, resolveDataDir } from '../src/dataplane/local/paths.js';
+import { ensureDirectory } from '../src/dataplane/local/files.js';
+import { ClusterUsers, resolveRunAs, selfRunAs, type RunAs } from '../src/dataplane/local/osuser.js';
+import { canTraverseAncestors, fallbackDataRoot, prepareDataDir, resolveDataDir } from '../src/dataplane/local/paths.js';
 import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/dataplane/local/server.js';
 import { sleep } from '../src/lib/clock.js';
 import { newId, type InstanceId } from '../src/lib/ids.js';
@@ -39,15 +40,21 @@ function secrets(): InstanceSpec['secrets'] {
   return { superuserPassword: 'su-Pa$$\'"\\word', replicationPassword: "repl-'quoted' \\back", appPassword: "app-it's-secret" };
 }
 
+const clusterId = 'cl_dataplanetest';
+// The cluster's OS user (made by the data plane when the test runs as root) goes with the file.
+after(() => new ClusterUsers('/nonexistent').remove(clusterId));
+
 function specFor(instanceId: InstanceId, port: number, clusterSecrets: InstanceSpec['secrets']): InstanceSpec {
-  return { instanceId, clusterId: 'cl_dataplanetest', port, pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
+  return { instanceId, clusterId, port, pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
 }
 
 /** A local data plane with its backup store beside the instances (archiving needs one). */
-async function localPlane(dataDir: string, binaries: Binaries, runAs: RunAs, templateEnabled: boolean): Promise<LocalDataPlane> {
-  const backups = new LocalBackupStore(join(dataDir, 'backups'), runAs);
+async function localPlane(dataDir: string, binaries: Binaries, templateOwner: RunAs, templateEnabled: boolean): Promise<LocalDataPlane> {
+  await prepareDataDir(dataDir);
+  const users = new ClusterUsers(dataDir);
+  const backups = new LocalBackupStore(join(dataDir, 'backups'), users);
   await backups.prepare();
-  return new LocalDataPlane({ dataDir, binaries, runAs, backups, archiveTimeoutMs: 60_000, templateEnabled });
+  return new LocalDataPlane({ dataDir, binaries, users, templateOwner, backups, archiveTimeoutMs: 60_000, templateEnabled });
 }
 
 async function tcpQuery(port: number, user: string, password: string, database: string, sql: string): Promise<pg.QueryResult> {
@@ -119,7 +126,7 @@ test('a primary and a streaming replica are created, started, stopped and destro
 
   const upstreamConf = await stat(join(plane.paths(replica.instanceId).pgdata, 'cellar.upstream.conf'));
   assert.equal(upstreamConf.mode & 0o777, 0o600, 'the file holding the replication password is private');
-  assert.equal(upstreamConf.uid, runAs.uid);
+  assert.equal(upstreamConf.uid, (await new ClusterUsers(dataDir).ensure(clusterId)).uid, "the file is the cluster's own OS user's");
   for (const spec of [primary, replica]) {
     const log = await readFile(plane.paths(spec.instanceId).log, 'utf8');
     for (const password of Object.values(clusterSecrets)) assert.ok(!log.includes(password), 'a password reached a server log');
@@ -288,12 +295,14 @@ test('a crashed build (left-over tmp dir with its bootstrap server still running
     await stopServer(paths.pgdata);
     await rm(dataDir, { recursive: true, force: true });
   });
-  await ensureDirFor(paths.root, 0o700, runAs);
-  await ensureDirFor(paths.run, 0o700, runAs);
+  const owner = await new ClusterUsers(dataDir).ensure(clusterId);
+  await ensureDirectory(paths.root, 0o711, selfRunAs());
+  await ensureDirectory(paths.run, 0o700, owner);
+  await ensureDirectory(crashed, 0o700, owner);
   const binDir = binaries.binFor(pgVersion);
-  await initdb({ binDir, pgdata: crashed, runAs });
-  await writeConf(crashed, 'cellar.conf', { port: String(spec.port), listen_addresses: '', unix_socket_directories: paths.run }, runAs);
-  const orphanPid = await startDetached(binDir, crashed, paths.log, runAs);
+  await initdb({ binDir, pgdata: crashed, runAs: owner });
+  await writeConf(crashed, 'cellar.conf', { port: String(spec.port), listen_addresses: '', unix_socket_directories: paths.run }, owner);
+  const orphanPid = await startDetached(binDir, crashed, paths.log, owner);
 
   await plane.createPrimary(spec);
   assert.equal(isAlive(orphanPid), false, 'the orphaned bootstrap server was stopped');

@@ -181,6 +181,8 @@ class FakeDataPlane implements DataPlane {
   async dropSlot(upstream: UpstreamRef): Promise<void> {
     this.calls.push(`dropSlot ${upstream.slotName} on ${upstream.port}`);
   }
+  async purgeCluster(_clusterId: string): Promise<void> {}
+
   async destroy(id: InstanceId): Promise<void> {
     this.calls.push(`destroy ${id}`);
   }

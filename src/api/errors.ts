@@ -1,6 +1,19 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { CellarError } from '../lib/errors.js';
+import { isStoreUnavailable } from '../store/pool.js';
+
+/**
+ * What a client is told to wait while the store does not answer: about what the embedded store's
+ * restart takes (crash recovery included), so one retry usually lands.
+ */
+export const storeRetryAfterSeconds = 2;
+
+/** The sentence a user reads (the CLI prints it as is): what is wrong, what Cellar does, when to retry. */
+export function storeUnavailableMessage(embeddedStore: boolean): string {
+  const doing = embeddedStore ? 'Cellar is restarting it' : 'check the server at CELLAR_STORE_URL';
+  return `the cell store is unavailable (${doing}); try again in ${storeRetryAfterSeconds} s`;
+}
 
 /** Per-field messages a route gives for schema failures, so a 400 names the field and its limit. */
 export type FieldMessages = Readonly<Record<string, string>>;
@@ -35,11 +48,15 @@ function validationError(errors: readonly AjvError[], messages: FieldMessages): 
   return new CellarError('CELLAR_E_INVALID', messages[field] ?? `${field} ${first.message ?? 'is not valid'}`, field);
 }
 
-export function errorHandler(log: Logger) {
+export function errorHandler(log: Logger, embeddedStore: boolean) {
   return (error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply => {
     let cellarError: CellarError;
     if (error instanceof CellarError) {
       cellarError = error;
+    } else if (isStoreUnavailable(error)) {
+      // Not logged per request: the store supervisor and the engine log the outage once.
+      cellarError = new CellarError('CELLAR_E_STORE_UNAVAILABLE', storeUnavailableMessage(embeddedStore));
+      reply.header('retry-after', String(storeRetryAfterSeconds));
     } else if (error.validation) {
       cellarError = validationError(error.validation as AjvError[], request.routeOptions.config.fieldMessages ?? {});
     } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {

@@ -29,6 +29,7 @@ import { registerBackupRoutes } from './backups.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
+import { registerHealth } from './health.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
@@ -40,6 +41,8 @@ export interface ApiOptions {
   readonly proxy: ProxyEndpoints;
   /** Extra facts for `GET /v1/status` (engine owner, step counts). */
   readonly status?: () => Record<string, unknown>;
+  /** Whether Cellar runs the store itself (and restarts it), for what a 503 tells the user. */
+  readonly embeddedStore?: boolean;
 }
 
 declare module 'fastify' {
@@ -178,7 +181,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       security: [{ bearer: [] }],
     },
   });
-  app.setErrorHandler(errorHandler(log));
+  app.setErrorHandler(errorHandler(log, options.embeddedStore ?? false));
   app.addSchema({ $id: 'cellarError', ...errorSchema });
   registerInputGuards(app);
   app.decorateRequest('owner', null);
@@ -193,7 +196,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  registerHealth(app, pool);
 
   app.get('/v1/status', { schema: { summary: "Cell status; an org token's counts cover its own org only" } }, async (request) => {
     const owner = ownerOf(request);

@@ -1,10 +1,13 @@
 import { join } from 'node:path';
 import type { Config } from '../config.js';
 import { type Credentials, credentialsFileName, readCredentials } from '../lib/credentials.js';
+import type { ErrorCode } from '../lib/errors.js';
 
 /** The CLI's only way into Cellar: the HTTP API, found through credentials or the environment. */
 
 const requestTimeoutMs = 30_000;
+/** The API's answer while the cell store does not answer; its message is the sentence the user reads. */
+export const storeUnavailableCode: ErrorCode = 'CELLAR_E_STORE_UNAVAILABLE';
 
 export class ApiError extends Error {
   override name = 'ApiError';

@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import type { ClusterView } from '../api/view.js';
-import type { ApiClient } from './client.js';
+import { type ApiClient, ApiError, storeUnavailableCode } from './client.js';
 import { type Output, formatTable } from './output.js';
 
 /** `cellar clusters …`: create, list, show, failover, switchover and delete, each with --json, and --wait on long work. */
 
 const waitPollMs = 100;
+/** While the cell store is down a wait keeps going (its deadline still holds), asking less often. */
+const storeOutagePollMs = 500;
 const waitTimeoutSecondsDefault = 600;
 
 interface WaitOptions {
@@ -31,27 +33,43 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
   const seenEvents = new Set<string>();
   let lastLine = '';
   for (;;) {
-    const cluster = await client.request<ClusterView>('GET', `/v1/clusters/${encodeURIComponent(id)}`).catch((error: { status?: number }) => {
-      if (error.status === 404) return null;
-      throw error;
-    });
-    const elapsed = `${((Date.now() - startedMs) / 1000).toFixed(1).padStart(6)}s`;
+    let cluster: ClusterView | null;
+    try {
+      cluster = await client.request<ClusterView>('GET', `/v1/clusters/${encodeURIComponent(id)}`);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      if (error.code === storeUnavailableCode) {
+        // The work goes on once the store is back (Cellar restarts its own); only the deadline ends the wait.
+        if (lastLine !== error.message) out.progress(`${elapsed(startedMs)}  ${error.message}; still waiting`);
+        lastLine = error.message;
+        if (Date.now() > deadlineMs) throw new Error(`gave up waiting after ${options.timeoutSeconds} s; ${error.message}`);
+        await new Promise((resolve) => setTimeout(resolve, storeOutagePollMs));
+        continue;
+      }
+      if (error.status !== 404) throw error;
+      cluster = null;
+    }
+    const since = elapsed(startedMs);
     for (const event of cluster?.events ?? []) {
       const key = `${event.at}|${event.entity}|${event.to}`;
       if (seenEvents.has(key)) continue;
       seenEvents.add(key);
       if (Date.parse(event.at) < startedMs - (options.historyMs ?? 60_000)) continue;
-      out.progress(`${elapsed}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
+      out.progress(`${since}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
       if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= (options.abortSinceMs ?? startedMs)) throw new Error(event.reason);
     }
     const line = cluster === null ? 'gone' : describe(cluster);
-    if (line !== lastLine) out.progress(`${elapsed}  ${line}`);
+    if (line !== lastLine) out.progress(`${since}  ${line}`);
     lastLine = line;
     if (options.until(cluster)) return cluster;
     if (cluster?.state === 'failed') throw new Error(`cluster ${cluster.name} failed: ${cluster.error ?? 'see its events'}`);
     if (Date.now() > deadlineMs) throw new Error(`gave up waiting after ${options.timeoutSeconds} s; the cluster is ${line}`);
     await new Promise((resolve) => setTimeout(resolve, waitPollMs));
   }
+}
+
+function elapsed(startedMs: number): string {
+  return `${((Date.now() - startedMs) / 1000).toFixed(1).padStart(6)}s`;
 }
 
 function printCluster(out: Output, cluster: ClusterView): void {

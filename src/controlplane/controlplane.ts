@@ -25,6 +25,7 @@ import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { ensureCredentials } from './credentials.js';
 import { checkStartPaths } from './preflight.js';
+import { StoreSupervisor } from './store-supervisor.js';
 
 /**
  * The control plane of one cell: store connection, engine and API, wired together. Stateless:
@@ -46,6 +47,7 @@ export interface ControlPlaneOptions {
 export async function startControlPlane(config: Config, log: Logger, options: ControlPlaneOptions): Promise<ControlPlane> {
   await checkStartPaths(config);
   const storeUrl = config.storeUrl ?? (await ensureEmbeddedStore(config));
+  const supervisor = config.storeUrl === null ? await StoreSupervisor.start(config, log.child({ component: 'store' })) : null;
   const pool = openPool(storeUrl);
   let engine: Engine | null = null;
   let api: FastifyInstance | null = null;
@@ -67,12 +69,14 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
       credentials,
       engine,
       async stop() {
+        await supervisor?.stop();
         await running.api?.close();
         await running.engine?.stop();
         await pool.end();
       },
     };
   } catch (error) {
+    await supervisor?.stop();
     await api?.close();
     await engine?.stop();
     await pool.end();
@@ -135,6 +139,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     versions: dataPlane.versions(),
     proxy: { host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort },
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
+    embeddedStore: config.storeUrl === null,
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });

@@ -1,4 +1,5 @@
 import type { InstanceId } from '../lib/ids.js';
+import { platformRoles } from '../lib/roles.js';
 
 /**
  * The data plane port: everything the machines may do to a Postgres instance. Every operation is
@@ -16,8 +17,8 @@ export interface ClusterSecrets {
 }
 
 export const clusterRoles = {
-  superuser: 'postgres',
-  replication: 'cellar_replication',
+  superuser: platformRoles.superuser,
+  replication: platformRoles.replication,
   app: 'app',
 } as const;
 
@@ -152,4 +153,9 @@ export interface DataPlane {
   restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void>;
   /** Stops the server and removes everything on disk for this instance; no-op if gone. */
   destroy(instanceId: InstanceId): Promise<void>;
+  /**
+   * A deleted cluster whose backups are past retention: removes its backup area (base backups and
+   * WAL) and its OS user. Its instances must be destroyed first. No-op when already done.
+   */
+  purgeCluster(clusterId: string): Promise<void>;
 }

@@ -2,7 +2,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import { InvariantError, assert } from '../lib/assert.js';
 import type { Clock, Random } from '../lib/clock.js';
-import { inTransaction, type Pool } from '../store/pool.js';
+import { inTransaction, isStoreUnavailable, type Pool } from '../store/pool.js';
 import { backoffMs } from './backoff.js';
 import {
   type Lane,
@@ -22,6 +22,7 @@ import {
   consumeSignals,
   nudgeChannel,
   recordEvent,
+  releaseLease,
   releaseLeases,
   renewLease,
   signalsFor,
@@ -80,6 +81,15 @@ export class Engine {
   private listener: pg.Client | null = null;
   private listenRetryAtMs = 0;
   private stopping = false;
+  /** False from the first claim that finds the store unreachable until one succeeds: the outage is logged once each way. */
+  private storeReachable = true;
+  /**
+   * Leases this engine still holds on machines whose outcome it could not commit because the store
+   * went away, by machine id, with the version they were claimed at. Released when the store is
+   * back, so those machines run again at once rather than after the lease runs out. At most one
+   * per claimed machine, so bounded by the claim batch and the in-flight limit.
+   */
+  private readonly strandedLeases = new Map<string, string>();
   /** Steps run to completion, per kind and label; exposed for status and tests. */
   readonly stepCounts = new Map<string, number>();
 
@@ -116,12 +126,30 @@ export class Engine {
       await this.ensureListening();
       let claimed = 0;
       try {
+        await this.releaseStrandedLeases();
         claimed = (await this.claimAndStart(lane)).length;
+        this.noteStoreReachable(true, null);
       } catch (error) {
-        this.options.log.warn({ lane, err: errorMessage(error) }, 'claim failed; retrying next tick');
+        if (isStoreUnavailable(error)) this.noteStoreReachable(false, error);
+        else this.options.log.warn({ lane, err: errorMessage(error) }, 'claim failed; retrying next tick');
       }
       const full = claimed > 0 && claimed >= this.claimLimit();
       if (!full) await this.sleepUntilTickOrNudge(lane);
+    }
+  }
+
+  /** Logs only changes: an outage is one line when it starts and one when it ends, however many ticks it lasts. */
+  private noteStoreReachable(reachable: boolean, error: unknown): void {
+    if (reachable === this.storeReachable) return;
+    this.storeReachable = reachable;
+    if (reachable) this.options.log.info('the cell store answers again; the engine resumes');
+    else this.options.log.warn({ err: errorMessage(error) }, 'the cell store is unreachable; the engine waits for it (machines resume where they were)');
+  }
+
+  private async releaseStrandedLeases(): Promise<void> {
+    for (const [id, version] of [...this.strandedLeases]) {
+      await releaseLease(this.options.pool, id, version, this.options.owner);
+      this.strandedLeases.delete(id);
     }
   }
 
@@ -135,10 +163,17 @@ export class Engine {
     if (limit === 0) return [];
     const rows = await claimDue(this.options.pool, lane, this.options.owner, this.options.leaseMs, limit, [...this.kinds.keys()]);
     if (rows.length === 0) return [];
-    const signals = await signalsFor(this.options.pool, rows.map((row) => row.id));
+    let signals: Map<string, Set<string>>;
+    try {
+      signals = await signalsFor(this.options.pool, rows.map((row) => row.id));
+    } catch (error) {
+      if (isStoreUnavailable(error)) for (const row of rows) this.strandedLeases.set(row.id, row.version);
+      throw error;
+    }
     return rows.map((row) => {
       const run = this.runClaimed(row, signals.get(row.id) ?? new Set()).catch((error: unknown) => {
-        this.options.log.error({ machine: row.id, err: errorMessage(error) }, 'engine fault while running a machine');
+        // A store outage is logged once by the lane loop; the machine's lease is released when it is back.
+        if (!isStoreUnavailable(error)) this.options.log.error({ machine: row.id, err: errorMessage(error) }, 'engine fault while running a machine');
       });
       const tracked = run.finally(() => this.inFlight.delete(tracked));
       this.inFlight.add(tracked);
@@ -195,7 +230,14 @@ export class Engine {
     for (let hops = 0; hops < hopsPerClaimMax; hops += 1) {
       const outcome = await this.runStep(registration, row, signals);
       const transition = this.transitionFor(registration, row, outcome, hops + 1 < hopsPerClaimMax);
-      const version = await this.commit(row, outcome, transition, signals);
+      let version: string | null;
+      try {
+        version = await this.commit(row, outcome, transition, signals);
+      } catch (error) {
+        // The step's work is not recorded; steps are idempotent, so the machine simply runs it again.
+        if (isStoreUnavailable(error)) this.strandedLeases.set(row.id, row.version);
+        throw error;
+      }
       if (version === null) {
         this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
         return;
@@ -273,7 +315,8 @@ export class Engine {
       this.options.log.error({ machine: row.id, label: row.label, err: error.message }, 'machine failed');
       return { ...base, label: failedLabel, nextTickInMs: null, attempt, lastError: reason };
     }
-    this.options.log.warn({ machine: row.id, label: row.label, attempt, err: error.message }, 'step failed; backing off');
+    // A store outage is logged once by the lane loop, not once per machine it interrupts.
+    if (!isStoreUnavailable(error)) this.options.log.warn({ machine: row.id, label: row.label, attempt, err: error.message }, 'step failed; backing off');
     return { ...base, label: row.label, nextTickInMs: backoffMs(attempt, this.options.random), attempt };
   }
 

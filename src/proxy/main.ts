@@ -1,15 +1,15 @@
 import type { Server } from 'node:http';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
-import { ProxyMetrics } from './metrics.js';
+import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
-import { type ProxyTls, ProxyServer } from './server.js';
-import { type KeyPair, SecureContextCache, ensureCellCa, ensureHostCertificate } from './tls.js';
+import { ProxyServer } from './server.js';
+import { ProxyCertificate, dayMs, ensureCellCa } from './tls.js';
 
 /** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
 const proxyStorePoolSize = 3;
@@ -19,24 +19,38 @@ export interface RunningProxy {
   stop(): Promise<void>;
 }
 
-/** The cell CA (made on first start, `$CELLAR_HOME/ca.crt`) and certificates for `*.<domain>`. */
-async function proxyTls(config: Config): Promise<{ tls: ProxyTls; fallback: KeyPair }> {
+/**
+ * The cell CA (made on first start, `$CELLAR_HOME/ca.crt`) and the proxy's one certificate,
+ * `*.<domain>`, which the native relay presents too and gets again at each renewal.
+ */
+async function proxyCertificate(config: Config, log: Logger, relay: NativeRelay | null): Promise<ProxyCertificate> {
   const ca = await ensureCellCa(config.home);
-  const fallback = await ensureHostCertificate(ca, config.domain);
-  return { tls: { domain: config.domain, contexts: new SecureContextCache(ca), defaultContext: createSecureContext(fallback) }, fallback };
+  // Earlier versions cached a certificate per server name here; nothing reads them any more.
+  await rm(join(ca.dir, 'hosts'), { recursive: true, force: true });
+  const certificate = await ProxyCertificate.start(ca, config.domain, {
+    renewBeforeMs: config.proxyCertificateRenewDays * dayMs,
+    checkIntervalMs: config.proxyCertificateCheckMs,
+    onRenewed: (pair) => {
+      relay?.configureTls(pair.cert, pair.key);
+      log.info({ domain: config.domain }, 'proxy certificate renewed');
+    },
+    onRenewalFailed: (error) => log.warn({ err: error instanceof Error ? error.message : String(error) }, 'proxy certificate renewal failed; the current one still serves'),
+  });
+  relay?.configureTls(certificate.pair.cert, certificate.pair.key);
+  return certificate;
 }
 
 export async function startProxy(config: Config, log: Logger): Promise<RunningProxy> {
   const storeUrl = config.storeUrl ?? (await embeddedStoreUrl(config.home));
   if (storeUrl === null) throw new Error(`no cell store known for ${config.home}: run \`cellar up\` first, or set CELLAR_STORE_URL`);
+  const metricsToken = await ensureMetricsToken(config.home);
+  const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
+  const certificate = await proxyCertificate(config, log, relay);
   const pool = openPool(storeUrl, proxyStorePoolSize);
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
   const metrics = new ProxyMetrics();
-  const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
   relay?.start();
-  const { tls, fallback } = await proxyTls(config);
-  relay?.configureTls(fallback.cert, fallback.key);
 
   const server = new ProxyServer({
     host: '127.0.0.1',
@@ -44,7 +58,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     readOnlyPort: config.proxyReadOnlyPort,
     routes,
     log,
-    tls,
+    tls: { domain: config.domain, secureContext: () => certificate.secureContext },
     metrics,
     relay,
     limits: {
@@ -58,12 +72,13 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   let admin: Server | null = null;
   try {
     await server.start();
-    admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, () => {
+    admin = await metrics.listen('127.0.0.1', config.proxyAdminPort, metricsToken, () => {
       server.flushMetrics();
       metrics.routes.set(routes.size);
       metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
     });
   } catch (error) {
+    certificate.stop();
     routes.stop();
     relay?.stop();
     await server.stop();
@@ -73,6 +88,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size, nativeRelay: relay !== null }, 'proxy listening');
   return {
     async stop() {
+      certificate.stop();
       routes.stop();
       relay?.stop();
       await server.stop();

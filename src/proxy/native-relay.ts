@@ -4,7 +4,6 @@ import { Socket as NetSocket, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { assert } from '../lib/assert.js';
-import type { KeyPair } from './tls.js';
 
 /**
  * The native relay (native/relay.c, built by `npm ci`): one thread outside Node's event loop,
@@ -15,7 +14,7 @@ import type { KeyPair } from './tls.js';
  *   the handle, leaving its `reading` flag set so Node never starts again) and the thread gets
  *   duplicates of their descriptors.
  * - terminates TLS, after an SSLRequest or direct (`acceptTls`): the thread runs the handshake
- *   (asking for the certificate of an SNI name through `CertificateLookup`) and gives back a plaintext socket
+ *   with the proxy's one certificate (`configureTls`) and gives back a plaintext socket
  *   (one end of a socketpair) for the startup phase; when that socket is later adopted with its
  *   backend, the thread's TLS pair takes the backend in its place.
  * The Node sockets stay open, untouched, as the connection's handles for the proxy's bookkeeping;
@@ -30,7 +29,6 @@ interface RelayBinding {
   acceptTls(clientFd: number, early: Buffer): number;
   adoptTls(id: number, plainFd: number, backendFd: number): void;
   abort(id: number): void;
-  provideCertificate(id: number, certificatePem: string | null, keyPem: string | null): void;
   /** [id, bytesIn, bytesOut, ...] for the pairs that moved bytes since the last call. */
   takeBytes(): number[];
   stop(): void;
@@ -39,7 +37,6 @@ interface RelayBinding {
 /** The binding's event kinds (native/relay.c). */
 const eventClosed = 0;
 const eventTlsReady = 1;
-const eventCertificate = 2;
 
 /** Node's stream handle (TCP, or a pipe for a socketpair end), as much of it as the handover needs (not a public API; checked at run time). */
 interface StreamHandle {
@@ -55,12 +52,8 @@ export interface TerminatedTls {
   readonly serverName: string | null;
 }
 
-/** The certificate for an SNI name, or null for the default one (a name outside the cell's domain). */
-export type CertificateLookup = (serverName: string) => Promise<KeyPair | null>;
-
 interface TlsHandshake {
   readonly client: Socket;
-  readonly certificateFor: CertificateLookup;
   readonly done: (terminated: TerminatedTls | null) => void;
 }
 
@@ -102,13 +95,15 @@ export class NativeRelay {
     this.binding.start((kind, id, bytesIn, bytesOut, fd, name) => {
       if (kind === eventClosed) this.onClosed(id, bytesIn, bytesOut);
       else if (kind === eventTlsReady) this.onTlsReady(id, fd, name);
-      else if (kind === eventCertificate) this.onCertificate(id, name);
       else assert(false, `unknown relay event ${kind}`);
     });
     this.running = true;
   }
 
-  /** TLS termination in the relay thread, with this certificate when the client sends no SNI name. */
+  /**
+   * TLS termination in the relay thread with this certificate, for every server name; called
+   * again with a renewed one, it serves handshakes that start afterwards.
+   */
   configureTls(certificatePem: string, keyPem: string): void {
     this.binding.configureTls(certificatePem, keyPem);
     this.tls = true;
@@ -163,14 +158,14 @@ export class NativeRelay {
    * TLS itself). The promise gives the plaintext socket, or null when the handshake failed (the
    * client is then destroyed).
    */
-  acceptTls(client: Socket, early: Buffer, certificateFor: CertificateLookup): Promise<TerminatedTls | null> | null {
+  acceptTls(client: Socket, early: Buffer): Promise<TerminatedTls | null> | null {
     if (!this.running || !this.tls) return null;
     const handle = idleHandle(client);
     if (handle === null) return null;
     stopReading(client, handle);
     const id = this.binding.acceptTls(handle.fd, early);
     this.abortOnClose(id, client);
-    return new Promise((resolve) => this.handshakes.set(id, { client, certificateFor, done: resolve }));
+    return new Promise((resolve) => this.handshakes.set(id, { client, done: resolve }));
   }
 
   /** Hands the bytes relayed since the last call to each pair's counter (before a metrics scrape). */
@@ -189,15 +184,6 @@ export class NativeRelay {
     const socket = new NetSocket({ fd, readable: true, writable: true });
     this.plainSockets.set(socket, id);
     handshake.done({ socket, serverName: serverName === '' ? null : serverName });
-  }
-
-  private onCertificate(id: number, serverName: string): void {
-    const handshake = this.handshakes.get(id);
-    if (handshake === undefined) return;
-    handshake.certificateFor(serverName).then(
-      (pair) => this.binding.provideCertificate(id, pair?.cert ?? null, pair?.key ?? null),
-      () => this.binding.abort(id),
-    );
   }
 
   private onClosed(id: number, bytesIn: number, bytesOut: number): void {

@@ -32,6 +32,8 @@ export class RouteTable {
   private timer: NodeJS.Timeout | null = null;
   private lastJson = '';
   private storeHealthy = false;
+  /** Set when a store that answered stops answering, so its return is logged once too. */
+  private storeLost = false;
   private inFlight: Promise<void> | null = null;
   private lastPollMs = 0;
   /** A pooled connection held for LISTEN; null until connected, and again after it breaks. */
@@ -129,9 +131,12 @@ export class RouteTable {
     this.ensureListening();
     try {
       this.apply(await loadRoutes(this.pool));
+      if (this.storeLost) this.log.info('the store answers again; routes are read from it again');
       this.storeHealthy = true;
+      this.storeLost = false;
     } catch (error) {
       if (this.storeHealthy) this.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot read routes from the store; serving the cached routes');
+      this.storeLost ||= this.storeHealthy;
       this.storeHealthy = false;
     }
   }

@@ -4,6 +4,7 @@ import { Duplex } from 'node:stream';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { assert } from '../lib/assert.js';
+import { isPlatformRole } from '../lib/roles.js';
 import {
   MessageReader,
   backendKeyData,
@@ -23,7 +24,6 @@ import type { EndpointKind, RouteTable, Target } from './routes.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { NativeRelay } from './native-relay.js';
 import { TokenBucket, relayBytes } from './throttle.js';
-import type { SecureContextCache } from './tls.js';
 
 /**
  * The proxy's data path: speak the startup phase (negotiation, routing, BackendKeyData), then
@@ -31,11 +31,13 @@ import type { SecureContextCache } from './tls.js';
  */
 
 export interface ProxyTls {
-  /** Clusters are `<routeKey>.<domain>` for SNI and certificates. */
+  /** Clusters are `<routeKey>.<domain>` for SNI routing. */
   readonly domain: string;
-  readonly contexts: SecureContextCache;
-  /** Presented when the client sends no SNI (it connected by IP address) or a name outside the domain. */
-  readonly defaultContext: SecureContext;
+  /**
+   * The one certificate (`*.<domain>`), whatever server name the client sends: a name never makes
+   * key material. A function because renewal replaces it.
+   */
+  secureContext(): SecureContext;
 }
 
 /** The proxy's throttles, per cluster; each becomes a control rod later. */
@@ -221,9 +223,8 @@ export class ProxyServer {
     const tls = this.options.tls;
     if (tls === null) return void client.destroy();
     // The relay thread terminates TLS when it can (for direct TLS it also requires ALPN postgresql).
-    const certificateFor = (name: string) => (isWithin(name, tls.domain) ? tls.contexts.keyPair(name) : Promise.resolve(null));
     assert(direct === early.length > 0, 'direct TLS has read the start of its ClientHello; an SSLRequest leaves nothing unread');
-    const terminating = this.options.relay?.acceptTls(client, early, certificateFor) ?? null;
+    const terminating = this.options.relay?.acceptTls(client, early) ?? null;
     if (terminating !== null) {
       const terminated = await terminating;
       if (terminated === null) return;
@@ -238,12 +239,8 @@ export class ProxyServer {
     const transport = early.length > 0 ? replaying(client, early) : client;
     const secure = new TLSSocket(transport as Socket, {
       isServer: true,
-      secureContext: tls.defaultContext,
+      secureContext: tls.secureContext(),
       ALPNProtocols: [alpnPostgres],
-      SNICallback: (name, callback) => {
-        if (!isWithin(name, tls.domain)) return callback(null, tls.defaultContext);
-        tls.contexts.get(name).then((context) => callback(null, context), (error: Error) => callback(error, undefined));
-      },
     });
     this.track(secure);
     secure.on('error', () => client.destroy());
@@ -264,6 +261,10 @@ export class ProxyServer {
     const key = routingKey(parameters, sniCluster);
     if (key === null) {
       return this.refuse(client, '', 'no_cluster', sqlStates.invalidCatalogName, 'no cluster named: connect as user ROLE.CLUSTER, to host CLUSTER.<domain> with TLS, or pass options=-c cluster=CLUSTER');
+    }
+    const role = key.parameters.get('user') ?? '';
+    if (isPlatformRole(role)) {
+      return this.refuse(client, '', 'reserved_role', sqlStates.invalidAuthorizationSpecification, `role "${role}" is reserved for the platform and cannot connect through the proxy`);
     }
     if (this.sockets.size > connectionsMax) return this.refuse(client, '', 'proxy_full', sqlStates.tooManyConnections, 'the proxy has too many connections');
     const cluster = key.cluster;

@@ -1,6 +1,6 @@
 /**
- * The cell CA and the per-cluster server certificates the proxy presents, so that clients can use
- * `sslmode=verify-full sslrootcert=$CELLAR_HOME/ca.crt` against `<cluster>.<domain>`.
+ * The cell CA and the one server certificate the proxy presents, `*.<domain>`, so that clients can
+ * use `sslmode=verify-full sslrootcert=$CELLAR_HOME/ca.crt` against `<cluster>.<domain>`.
  *
  * Node's crypto cannot issue X.509 certificates, so this shells out to the `openssl` CLI (3.0+).
  * Private keys never travel on argv: openssl writes them into a private temporary directory.
@@ -20,16 +20,14 @@ import { invalid } from '../lib/errors.js';
 export const caValidityDays = 3650;
 /** The most browsers and Apple clients accept for a server certificate. */
 export const hostValidityDays = 397;
-export const renewBeforeDays = 30;
 export const opensslTimeoutMs = 10_000;
-export const secureContextsMax = 1024;
 /** 253 characters is the longest name DNS can carry (255 octets on the wire). */
 export const hostNameLengthMax = 253;
 export const hostLabelLengthMax = 63;
 
 const opensslCommand = 'openssl';
 const opensslOutputBytesMax = 64 * 1024;
-const dayMs = 24 * 60 * 60 * 1000;
+export const dayMs = 24 * 60 * 60 * 1000;
 
 export interface CertificateAuthorityPaths {
   readonly dir: string;
@@ -98,127 +96,165 @@ async function createCa(ca: CertificateAuthorityPaths): Promise<void> {
   });
 }
 
-/** Returns the cached certificate for `name`, issuing a new one if it is absent, foreign or about to expire. */
-export async function ensureHostCertificate(ca: CertificateAuthorityPaths, name: string): Promise<KeyPair> {
-  assertHostName(name);
-  const text = await readFileOrNull(hostKeyPath(ca, name));
-  // The hosts directory is a cache: anything unreadable in it is replaced, not reported.
-  const cached = text === null ? null : parseKeyPair(text);
-  if (cached !== null && (await isUsableHostCertificate(ca, name, cached))) return cached;
-  return issueHostCertificate(ca, name);
+/** Where the proxy's certificate lives, as a key+certificate bundle like the CA's. */
+export function proxyCertificatePaths(ca: CertificateAuthorityPaths): { readonly key: string; readonly cert: string } {
+  return { key: join(ca.dir, 'proxy.key'), cert: join(ca.dir, 'proxy.crt') };
 }
 
 /**
- * Issues and stores a certificate for `name` valid for `validityDays`, replacing any cached one.
+ * The names the proxy's one certificate carries: every cluster as `*.<domain>` (one label, as
+ * routing wants), the bare domain, and the loopback names a client may use to reach the proxy.
+ */
+export function proxyCertificateNames(domain: string): { readonly wildcard: string; readonly dns: readonly string[]; readonly ip: readonly string[] } {
+  assertHostName(domain);
+  return { wildcard: `*.${domain}`, dns: [domain, 'localhost'], ip: ['127.0.0.1'] };
+}
+
+export interface RenewalOptions {
+  /** A certificate with less than this left is replaced. */
+  readonly renewBeforeMs: number;
+  /** The clock the margin is measured on; a seam for tests. */
+  readonly nowMs?: () => number;
+}
+
+/**
+ * The proxy's certificate from disk when it is usable (signed by the current CA, the right names,
+ * more than the margin left), else a fresh one. Only the proxy's start and its renewal timer call
+ * this: nothing a client sends makes key material.
+ */
+export async function ensureProxyCertificate(ca: CertificateAuthorityPaths, domain: string, options: RenewalOptions): Promise<KeyPair> {
+  const text = await readFileOrNull(proxyCertificatePaths(ca).key);
+  // Anything unreadable is replaced, not reported: the CA, not this file, is what clients trust.
+  const current = text === null ? null : parseKeyPair(text);
+  if (current !== null && (await isUsableProxyCertificate(ca, domain, current, options))) return current;
+  return issueProxyCertificate(ca, domain);
+}
+
+/**
+ * Issues and stores the proxy's certificate valid for `validityDays`, replacing the one on disk.
  * Exported so tests can plant a certificate that is about to expire.
  */
-export async function issueHostCertificate(ca: CertificateAuthorityPaths, name: string, validityDays = hostValidityDays): Promise<KeyPair> {
-  assertHostName(name);
+export async function issueProxyCertificate(ca: CertificateAuthorityPaths, domain: string, validityDays = hostValidityDays): Promise<KeyPair> {
   assert(Number.isInteger(validityDays) && validityDays >= 1, `validityDays must be a positive integer, got ${validityDays}`);
-  const hostsDir = join(ca.dir, 'hosts');
-  await mkdir(hostsDir, { recursive: true, mode: 0o700 });
-  const config = opensslConfig(name, [
+  const names = proxyCertificateNames(domain);
+  const paths = proxyCertificatePaths(ca);
+  const config = opensslConfig(names.wildcard, [
     'basicConstraints = critical,CA:FALSE',
     'keyUsage = critical,digitalSignature',
     'extendedKeyUsage = serverAuth',
-    `subjectAltName = DNS:${name}`,
+    `subjectAltName = ${[names.wildcard, ...names.dns].map((name) => `DNS:${name}`).concat(names.ip.map((address) => `IP:${address}`)).join(',')}`,
     'subjectKeyIdentifier = hash',
     'authorityKeyIdentifier = keyid,issuer',
   ]);
-  return withTemporaryDirectory(hostsDir, async (temporary) => {
+  return withTemporaryDirectory(ca.dir, async (temporary) => {
     const bundle = await issue(temporary, config, validityDays, ['-CA', ca.caCert, '-CAkey', ca.caKey]);
     const pair = parseKeyPair(await readFile(bundle, 'utf8'));
-    assert(pair !== null, `openssl wrote no key and certificate for ${name}`);
+    assert(pair !== null, `openssl wrote no key and certificate for *.${domain}`);
     // rename() replaces atomically: a reader sees the old pair or the new one, never half of each.
-    await rename(bundle, hostKeyPath(ca, name));
-    await writeFileIfDifferent(join(hostsDir, `${name}.crt`), pair.cert, 0o644);
+    await rename(bundle, paths.key);
+    await writeFileIfDifferent(paths.cert, pair.cert, 0o644);
     return pair;
   });
 }
 
-function hostKeyPath(ca: CertificateAuthorityPaths, name: string): string {
-  return join(ca.dir, 'hosts', `${name}.key`);
+/** When `pair` must be replaced: the renewal margin before it expires. */
+export function renewAtMs(pair: KeyPair, renewBeforeMs: number): number {
+  return Date.parse(new X509Certificate(pair.cert).validTo) - renewBeforeMs;
 }
 
-async function isUsableHostCertificate(ca: CertificateAuthorityPaths, name: string, pair: KeyPair): Promise<boolean> {
+async function isUsableProxyCertificate(ca: CertificateAuthorityPaths, domain: string, pair: KeyPair, options: RenewalOptions): Promise<boolean> {
   const authority = new X509Certificate(await readFile(ca.caCert, 'utf8'));
   let certificate: X509Certificate;
   try {
     certificate = new X509Certificate(pair.cert);
     if (!certificate.checkPrivateKey(createPrivateKey(pair.key))) return false;
   } catch {
-    return false; // Not parseable: replace it like any other unusable cache entry.
+    return false; // Not parseable: replace it like any other unusable file.
   }
   // A certificate from an earlier CA (the tls directory was reset) would fail every client.
   if (!certificate.checkIssued(authority) || !certificate.verify(authority.publicKey)) return false;
-  if (certificate.checkHost(name) !== name) return false;
-  return Date.parse(certificate.validTo) - Date.now() > renewBeforeDays * dayMs;
+  // One made before the names changed (a new CELLAR_DOMAIN) would fail verify-full.
+  const names = proxyCertificateNames(domain);
+  // checkHost answers with the name that matched: the wildcard for a cluster's name.
+  if (certificate.checkHost(`cluster.${domain}`) !== names.wildcard) return false;
+  for (const name of names.dns) if (certificate.checkHost(name, { wildcards: false }) !== name) return false;
+  for (const address of names.ip) if (certificate.checkIP(address) !== address) return false;
+  const nowMs = options.nowMs ?? Date.now;
+  return renewAtMs(pair, options.renewBeforeMs) > nowMs();
 }
 
-interface SecureContextEntry {
-  readonly pair: Promise<KeyPair>;
-  readonly context: Promise<tls.SecureContext>;
-  /** Set once the context is built: when its certificate enters the renewal window. */
-  renewAtMs: number | undefined;
+export interface ProxyCertificateOptions extends RenewalOptions {
+  /** How often the renewal timer looks at the expiry date. */
+  readonly checkIntervalMs: number;
+  /** Told of each renewed certificate (the native relay's copy); a throw is logged like a failed renewal. */
+  readonly onRenewed: (pair: KeyPair) => void;
+  readonly onRenewalFailed: (error: unknown) => void;
 }
 
-/** A bounded, least-recently-used map from server name to TLS context, for an SNICallback. */
-export class SecureContextCache {
+/**
+ * The one certificate the proxy presents for every server name, made or loaded at start and
+ * replaced by a timer before it expires. Memory and files stay one certificate whatever clients send.
+ */
+export class ProxyCertificate {
   readonly #ca: CertificateAuthorityPaths;
-  readonly #entriesMax: number;
-  // Map iteration order is insertion order and get() re-inserts, so the first key is the least recently used.
-  readonly #entries = new Map<string, SecureContextEntry>();
+  readonly #domain: string;
+  readonly #options: ProxyCertificateOptions;
+  #pair: KeyPair;
+  #context: tls.SecureContext;
+  #timer: NodeJS.Timeout | null = null;
+  #renewing: Promise<void> | null = null;
 
-  constructor(ca: CertificateAuthorityPaths, options?: { entriesMax?: number }) {
-    const entriesMax = options?.entriesMax ?? secureContextsMax;
-    assert(Number.isInteger(entriesMax) && entriesMax >= 1, `entriesMax must be a positive integer, got ${entriesMax}`);
+  private constructor(ca: CertificateAuthorityPaths, domain: string, options: ProxyCertificateOptions, pair: KeyPair) {
     this.#ca = ca;
-    this.#entriesMax = entriesMax;
+    this.#domain = domain;
+    this.#options = options;
+    this.#pair = pair;
+    this.#context = tls.createSecureContext({ key: pair.key, cert: pair.cert });
   }
 
-  get size(): number {
-    return this.#entries.size;
+  static async start(ca: CertificateAuthorityPaths, domain: string, options: ProxyCertificateOptions): Promise<ProxyCertificate> {
+    assert(Number.isInteger(options.checkIntervalMs) && options.checkIntervalMs >= 1, `checkIntervalMs must be a positive integer, got ${options.checkIntervalMs}`);
+    assert(options.renewBeforeMs >= 0 && options.renewBeforeMs < hostValidityDays * dayMs, `renewBeforeMs must be below the validity of ${hostValidityDays} days, got ${options.renewBeforeMs}`);
+    const certificate = new ProxyCertificate(ca, domain, options, await ensureProxyCertificate(ca, domain, options));
+    certificate.#timer = setInterval(() => void certificate.renewIfDue(), options.checkIntervalMs);
+    // The proxy's listeners keep the process alive, not a timer that runs once an hour.
+    certificate.#timer.unref();
+    return certificate;
   }
 
-  get(serverName: string): Promise<tls.SecureContext> {
-    return this.#entry(serverName).context;
+  get pair(): KeyPair {
+    return this.#pair;
   }
 
-  /** The key and certificate behind `get`, for TLS terminated outside Node (the native relay). */
-  keyPair(serverName: string): Promise<KeyPair> {
-    return this.#entry(serverName).pair;
+  get secureContext(): tls.SecureContext {
+    return this.#context;
   }
 
-  #entry(serverName: string): SecureContextEntry {
-    // No await before the entry is in the map: concurrent callers for one name share one generation.
-    let entry = this.#entries.get(serverName);
-    // A process that runs past renewal must not keep serving a certificate that is about to lapse.
-    if (entry === undefined || (entry.renewAtMs !== undefined && entry.renewAtMs <= Date.now())) entry = this.#build(serverName);
-    this.#entries.delete(serverName);
-    this.#entries.set(serverName, entry);
-    while (this.#entries.size > this.#entriesMax) {
-      const oldest = this.#entries.keys().next();
-      assert(oldest.done !== true, 'a cache over its size limit has no entries');
-      this.#entries.delete(oldest.value);
+  stop(): void {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  /** Replaces the certificate when it is within the margin of expiry; one renewal at a time. */
+  renewIfDue(): Promise<void> {
+    const nowMs = this.#options.nowMs ?? Date.now;
+    if (this.#renewing !== null || renewAtMs(this.#pair, this.#options.renewBeforeMs) > nowMs()) return this.#renewing ?? Promise.resolve();
+    this.#renewing = this.#renew().finally(() => (this.#renewing = null));
+    return this.#renewing;
+  }
+
+  async #renew(): Promise<void> {
+    try {
+      // Through the file: another proxy on this home may have renewed it already.
+      const pair = await ensureProxyCertificate(this.#ca, this.#domain, this.#options);
+      const context = tls.createSecureContext({ key: pair.key, cert: pair.cert });
+      this.#pair = pair;
+      this.#context = context;
+      this.#options.onRenewed(pair);
+    } catch (error) {
+      // The old certificate still serves; the next check tries again.
+      this.#options.onRenewalFailed(error);
     }
-    return entry;
-  }
-
-  #build(serverName: string): SecureContextEntry {
-    const pair = ensureHostCertificate(this.#ca, serverName);
-    const entry: SecureContextEntry = {
-      pair,
-      context: pair.then((issued) => {
-        entry.renewAtMs = Date.parse(new X509Certificate(issued.cert).validTo) - renewBeforeDays * dayMs;
-        return tls.createSecureContext({ key: issued.key, cert: issued.cert });
-      }),
-      renewAtMs: undefined,
-    };
-    // A failure is not cached: the next handshake for the name tries again.
-    entry.context.catch(() => {
-      if (this.#entries.get(serverName) === entry) this.#entries.delete(serverName);
-    });
-    return entry;
   }
 }
 

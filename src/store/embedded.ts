@@ -3,9 +3,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Config } from '../config.js';
 import { Binaries } from '../dataplane/local/binaries.js';
-import { ensureDirFor, resolveRunAs } from '../dataplane/local/osuser.js';
-import { prepareDataDir, resolveDataDir } from '../dataplane/local/paths.js';
-import { cellarConfFile, initdb, serverPid, startDetached, stopServer, writeConf } from '../dataplane/local/server.js';
+import { ensureDirectory, ensureDirectoryTree } from '../dataplane/local/files.js';
+import { resolveRunAs, selfRunAs } from '../dataplane/local/osuser.js';
+import { dataDirMode, prepareDataDir, resolveDataDir } from '../dataplane/local/paths.js';
+import { cellarConfFile, initdb, localHbaLine, serverPid, startDetached, stopServer, writeAuthFiles, writeConf } from '../dataplane/local/server.js';
 import { escapeIdentifier, escapeLiteral, localSuperuser, withClient } from '../dataplane/local/sql.js';
 import { buildThenRename, exists } from '../dataplane/local/template.js';
 import { freePort } from '../lib/net.js';
@@ -63,21 +64,30 @@ export async function embeddedStoreUrl(home: string): Promise<string | null> {
   }
 }
 
+/** No trust: Cellar's own OS user on the socket (peer, mapped), and the control plane's password over TCP. */
+const storeHba = [
+  '# Written by Cellar; rewritten on every start. Do not edit.',
+  localHbaLine,
+  'host    all          postgres             127.0.0.1/32  scram-sha-256',
+  '',
+].join('\n');
+
 /** Makes (first time) and starts (if stopped) the embedded store; returns its connection URL. */
 export async function ensureEmbeddedStore(config: Config): Promise<string> {
-  await ensureDirFor(config.home, 0o700, { name: 'self', uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, switchUser: false });
+  await ensureDirectoryTree(config.home, 0o700, selfRunAs());
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: config.pgBin });
   const binDir = binaries.binFor(Math.max(...binaries.versions()));
   const dataDir = resolveDataDir(config, runAs);
-  await prepareDataDir(dataDir, runAs);
+  await prepareDataDir(dataDir);
   const paths = embeddedStorePaths(dataDir);
   const state = await loadOrCreateState(config.home);
-  await ensureDirFor(paths.root, 0o700, runAs);
-  await ensureDirFor(paths.run, 0o700, runAs);
+  await ensureDirectory(paths.root, dataDirMode, selfRunAs());
+  await ensureDirectory(paths.run, 0o700, runAs);
   if (!(await exists(paths.pgdata))) {
-    await buildThenRename(paths.pgdata, (tmp) => initdb({ binDir, pgdata: tmp, runAs }));
+    await buildThenRename(paths.pgdata, runAs, (tmp) => initdb({ binDir, pgdata: tmp, runAs }));
   }
+  await writeAuthFiles(paths.pgdata, storeHba, runAs);
   await writeConf(
     paths.pgdata,
     cellarConfFile,

@@ -16,8 +16,11 @@ export function openPool(url: string, max: number = storePoolSizeMax): pg.Pool {
     statement_timeout: statementTimeoutMs,
     application_name: 'cellar',
   });
-  // An idle client losing its connection (store restart) must not crash the process.
+  // A client losing its connection (store restart) must not crash the process: idle ones report
+  // to the pool, and checked-out ones between two queries (a transaction, a held LISTEN) to their
+  // own listener. Either way the next query on it fails, and the pool drops it when released.
   pool.on('error', () => undefined);
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return pool;
 }
 
@@ -34,4 +37,29 @@ export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClie
   } finally {
     client.release();
   }
+}
+
+/**
+ * SQLSTATEs that mean the server is going away or not yet there (admin_shutdown, crash_shutdown,
+ * cannot_connect_now); all of class 08 (connection exception) counts too.
+ */
+const unavailableSqlStates: ReadonlySet<string> = new Set(['57P01', '57P02', '57P03']);
+/** Socket errors of a store that is gone, restarting or out of reach. */
+const unavailableErrnoCodes: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+/** node-postgres reports a lost or timed-out connection by message only, without a code. */
+const unavailableMessages: readonly RegExp[] = [/^Connection terminated/, /^timeout exceeded when trying to connect/, /not queryable/];
+/** Errors wrap errors (cause, AggregateError); a few levels are all node-postgres and net use. */
+const causeDepthMax = 4;
+
+/**
+ * Whether an error says the store cannot be reached now (as opposed to a bad query): callers turn it
+ * into "try again shortly" rather than a fault.
+ */
+export function isStoreUnavailable(error: unknown, depth = 0): boolean {
+  if (depth > causeDepthMax || !(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (unavailableSqlStates.has(code) || /^08[0-9A-Z]{3}$/.test(code) || unavailableErrnoCodes.has(code))) return true;
+  if (unavailableMessages.some((pattern) => pattern.test(error.message))) return true;
+  if (error instanceof AggregateError && error.errors.some((inner) => isStoreUnavailable(inner, depth + 1))) return true;
+  return isStoreUnavailable(error.cause, depth + 1);
 }

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { ClusterUsers } from '../../src/dataplane/local/osuser.js';
 import { freePort } from '../../src/lib/net.js';
+import { metricsTokenFileName } from '../../src/proxy/metrics.js';
 
 /**
  * A real Cellar for tests: `cellar up` as a child process with its own home, data directory, API
@@ -76,9 +78,16 @@ export class TestCellar {
     return new TestCellar(root, env);
   }
 
+  /** The proxy's metrics token, which every scrape must carry. */
+  async proxyMetricsToken(): Promise<string> {
+    return (await readFile(join(this.home, metricsTokenFileName), 'utf8')).trim();
+  }
+
   /** The first group of `pattern` in the proxy's /metrics text, as a number (0 when absent). */
   async proxyMetric(pattern: RegExp): Promise<number> {
-    const text = await (await fetch(`http://127.0.0.1:${this.env['CELLAR_PROXY_ADMIN_PORT']}/metrics`)).text();
+    const response = await fetch(`http://127.0.0.1:${this.env['CELLAR_PROXY_ADMIN_PORT']}/metrics`, { headers: { authorization: `Bearer ${await this.proxyMetricsToken()}` } });
+    const text = await response.text();
+    if (response.status !== 200) throw new Error(`the proxy's /metrics answered ${response.status}: ${text}`);
     const match = pattern.exec(text);
     return match?.[1] === undefined ? 0 : Number(match[1]);
   }
@@ -178,6 +187,8 @@ export class TestCellar {
     await this.cli(['down']);
     for (const pid of await processesUsing(this.root)) process.kill(pid, 'SIGKILL');
     await rm(this.root, { recursive: true, force: true });
+    // The clusters' OS users outlive `down` (their backups are kept); a test leaves none behind.
+    await new ClusterUsers(this.dataDir).removeAllOwn();
   }
 }
 

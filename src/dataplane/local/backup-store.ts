@@ -1,16 +1,21 @@
-import { readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { randomToken } from '../../lib/ids.js';
 import type { BackupStore, WalFile } from '../backup-store.js';
-import { ensureDirFor, fsyncDir, type RunAs } from './osuser.js';
+import { copyTreeBetween, ensureDirectory, ensureDirectoryTree, removeTree, replaceFile } from './files.js';
+import { fsyncDir, selfRunAs, type ClusterUsers, type RunAs } from './osuser.js';
+import { dataDirMode } from './paths.js';
 import { exists, removeStaleBuilds } from './template.js';
 
 /**
- * The backup store as a local directory, owned by the run-as user (Postgres writes WAL there
- * through archive_command): `<root>/<clusterId>/wal/<name>.gz` and `<root>/<clusterId>/base/<id>/`
- * (a plain-format base backup with its manifest and the WAL it needs). Archived WAL is gzipped:
- * a segment switched early by archive_timeout is mostly zeros.
+ * The backup store as a local directory: `<root>/<clusterId>/wal/<name>.gz` and
+ * `<root>/<clusterId>/base/<id>/` (a plain-format base backup with its manifest and the WAL it
+ * needs). Archived WAL is gzipped: a segment switched early by archive_timeout is mostly zeros.
+ * The root, the scripts and each area belong to Cellar (0711: nothing can be planted or listed);
+ * `wal/` and `base/` belong to the cluster's OS user (0700), which writes them through
+ * archive_command and pg_basebackup, so one cluster can read no other cluster's backups.
+ * A restore into a new cluster gets its own copy of the source's WAL in `restore-wal/`.
  */
 
 const archiveScriptName = 'archive-wal.sh';
@@ -56,31 +61,59 @@ function assertId(id: string): void {
 export class LocalBackupStore implements BackupStore {
   constructor(
     private readonly root: string,
-    private readonly runAs: RunAs,
+    private readonly users: ClusterUsers,
   ) {
     assert(!/['"\s\\%]/.test(root), `backup directory ${root} must not contain quotes, spaces, backslashes or %`);
   }
 
   /** Creates the root and (re)writes the two scripts; call once at start. */
   async prepare(): Promise<void> {
-    await ensureDirFor(this.root, 0o700, this.runAs);
+    await ensureDirectoryTree(this.root, dataDirMode, selfRunAs());
     for (const [name, text] of [[archiveScriptName, archiveScript], [restoreScriptName, restoreScript]] as const) {
-      const path = join(this.root, name);
-      const staging = `${path}.${randomToken(6)}`;
-      await writeFile(staging, text, { mode: 0o755 });
-      await rename(staging, path);
+      await replaceFile(join(this.root, name), text, 0o755, selfRunAs());
     }
   }
 
-  private area(clusterId: string): { root: string; wal: string; base: string } {
+  private area(clusterId: string): { root: string; wal: string; base: string; restoreWal: string } {
     assertId(clusterId);
     const root = join(this.root, clusterId);
-    return { root, wal: join(root, 'wal'), base: join(root, 'base') };
+    return { root, wal: join(root, 'wal'), base: join(root, 'base'), restoreWal: join(root, 'restore-wal') };
+  }
+
+  private async owner(clusterId: string): Promise<RunAs> {
+    return this.users.ensure(clusterId);
   }
 
   async ensureArea(clusterId: string): Promise<void> {
     const area = this.area(clusterId);
-    for (const dir of [area.root, area.wal, area.base]) await ensureDirFor(dir, 0o700, this.runAs);
+    const owner = await this.owner(clusterId);
+    await ensureDirectory(area.root, dataDirMode, selfRunAs());
+    for (const dir of [area.wal, area.base]) await ensureDirectory(dir, 0o700, owner);
+  }
+
+  /**
+   * A copy of the source cluster's archived WAL for `clusterId`'s restore, readable by its user
+   * (a restore crosses users); returns the restore_command that reads it.
+   */
+  async stageRestoreWal(sourceClusterId: string, clusterId: string): Promise<string> {
+    const sourceOwner = await this.users.find(sourceClusterId);
+    if (sourceOwner === undefined) throw new Error(`cluster ${sourceClusterId}'s backups are gone (purged)`);
+    await this.ensureArea(clusterId);
+    const target = this.area(clusterId).restoreWal;
+    await removeTree(target);
+    await ensureDirectory(target, 0o700, await this.owner(clusterId));
+    await copyTreeBetween(this.area(sourceClusterId).wal, sourceOwner, target, await this.owner(clusterId));
+    return this.restoreCommandFrom(target);
+  }
+
+  /** Drops the copy of a restore's source WAL once recovery has finished. */
+  async dropRestoreWal(clusterId: string): Promise<void> {
+    await removeTree(this.area(clusterId).restoreWal);
+  }
+
+  /** The user a cluster's backup files belong to, while its user exists. */
+  async areaOwner(clusterId: string): Promise<RunAs | undefined> {
+    return this.users.find(clusterId);
   }
 
   archiveCommand(clusterId: string): string {
@@ -88,7 +121,11 @@ export class LocalBackupStore implements BackupStore {
   }
 
   restoreCommand(clusterId: string): string {
-    return `/bin/sh ${join(this.root, restoreScriptName)} "${this.area(clusterId).wal}/%f" "%p"`;
+    return this.restoreCommandFrom(this.area(clusterId).wal);
+  }
+
+  private restoreCommandFrom(walDir: string): string {
+    return `/bin/sh ${join(this.root, restoreScriptName)} "${walDir}/%f" "%p"`;
   }
 
   async stageBase(clusterId: string, backupId: string): Promise<string> {
@@ -116,7 +153,7 @@ export class LocalBackupStore implements BackupStore {
     assertId(backupId);
     const target = join(this.area(clusterId).base, backupId);
     await removeStaleBuilds(target);
-    await rm(target, { recursive: true, force: true });
+    await removeTree(target);
   }
 
   async listWal(clusterId: string): Promise<WalFile[]> {
@@ -124,8 +161,9 @@ export class LocalBackupStore implements BackupStore {
     const names = await readdir(dir).catch(() => [] as string[]);
     const files: WalFile[] = [];
     for (const file of names.filter((name) => name.endsWith('.gz'))) {
-      const info = await stat(join(dir, file)).catch(() => null);
-      if (info !== null) files.push({ name: file.slice(0, -'.gz'.length), bytes: info.size });
+      // lstat: a link the cluster's user planted is not an archived file, and is not followed.
+      const info = await lstat(join(dir, file)).catch(() => null);
+      if (info?.isFile()) files.push({ name: file.slice(0, -'.gz'.length), bytes: info.size });
     }
     return files.sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -134,11 +172,12 @@ export class LocalBackupStore implements BackupStore {
     const dir = this.area(clusterId).wal;
     for (const name of names) {
       assert(/^[0-9A-F]{8}([0-9A-F]{16})?(\.[0-9A-F]{8}\.backup|\.partial|\.history)?$/.test(name), `not a WAL file name: ${name}`);
+      // wal/ is the cluster user's, but its entry sits in Cellar's area; unlink never follows a link.
       await rm(join(dir, `${name}.gz`), { force: true });
     }
   }
 
   async deleteArea(clusterId: string): Promise<void> {
-    await rm(this.area(clusterId).root, { recursive: true, force: true });
+    await removeTree(this.area(clusterId).root);
   }
 }

@@ -1,9 +1,10 @@
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { clusterRoles, type BackupCheck, type BaseBackupInfo, type ClusterSecrets } from '../dataplane.js';
 import { renderConf, startDetached, stopServer, writeConfText } from './server.js';
-import { ensureDirFor, run, type RunAs } from './osuser.js';
+import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree } from './files.js';
+import { run, selfRunAs, type RunAs } from './osuser.js';
 import { localSuperuser, withClient } from './sql.js';
 import { exists } from './template.js';
 
@@ -15,13 +16,13 @@ import { exists } from './template.js';
 /** A base backup of a large database at a capped rate takes long; bound it anyway. */
 export const baseBackupMsMax = 12 * 3_600_000;
 export const verifyMsMax = 3_600_000;
-export const copyMsMax = 3_600_000;
 /** Cellar's own settings file for recovery; included last, so it overrides what a backup brought. */
 export const recoveryConfFile = 'cellar.recovery.conf';
 export const recoverySignalFile = 'recovery.signal' as const;
 /** The scratch server listens on no TCP port; this only names its socket. */
 const scratchPort = 5432;
-const cpBinary = '/bin/cp';
+/** A manifest lists every file of the backup: large for a large database, still bounded. */
+const manifestBytesMax = 512 * 1024 * 1024;
 
 /** `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` and `START TIMELINE: 1`. */
 export function parseBackupLabel(text: string): { startLsn: string; startWalFile: string; timeline: number } {
@@ -38,8 +39,9 @@ interface Manifest {
 
 /** The facts of a committed (or just written) plain-format backup directory. */
 export async function readBackupInfo(dir: string): Promise<BaseBackupInfo> {
-  const label = parseBackupLabel(await readFile(join(dir, 'backup_label'), 'utf8'));
-  const manifest = JSON.parse(await readFile(join(dir, 'backup_manifest'), 'utf8')) as Manifest;
+  // The backup directory belongs to the cluster's user: read without following links.
+  const label = parseBackupLabel((await readSmallFile(join(dir, 'backup_label'))) ?? '');
+  const manifest = JSON.parse((await readSmallFile(join(dir, 'backup_manifest'), manifestBytesMax)) ?? '{}') as Manifest;
   const ranges = manifest['WAL-Ranges'] ?? [];
   const last = ranges[ranges.length - 1];
   assert(last !== undefined, `backup_manifest in ${dir} has no WAL range`);
@@ -90,10 +92,6 @@ export async function checkpointLocal(runDir: string, port: number): Promise<voi
   await withClient(localSuperuser(runDir, port), (client) => client.query('checkpoint'));
 }
 
-/** Copies a directory tree as the run-as user (cp -a keeps modes; the copy belongs to that user). */
-export async function copyTree(source: string, target: string, runAs: RunAs): Promise<void> {
-  await run(cpBinary, ['-a', source, target], { runAs, timeoutMs: copyMsMax });
-}
 
 /**
  * Recovery settings in Cellar's last-included file, and the one signal file that picks the mode:
@@ -126,13 +124,14 @@ export async function checkBackupFiles(options: ScratchCheckOptions): Promise<Ba
   } catch (error) {
     return { ok: false, reason: `pg_verifybackup: ${toolComplaints(error, 'pg_verifybackup')}` };
   }
-  await rm(options.scratchRoot, { recursive: true, force: true });
+  await removeTree(options.scratchRoot);
   const pgdata = join(options.scratchRoot, 'pgdata');
   const runDir = join(options.scratchRoot, 'run');
   try {
-    await ensureDirFor(options.scratchRoot, 0o700, options.runAs);
-    await ensureDirFor(runDir, 0o700, options.runAs);
-    await copyTree(options.backupDir, pgdata, options.runAs);
+    await ensureDirectory(options.scratchRoot, 0o711, selfRunAs());
+    await ensureDirectory(runDir, 0o700, options.runAs);
+    await ensureDirectory(pgdata, 0o700, options.runAs);
+    await copyTreeBetween(options.backupDir, options.runAs, pgdata, options.runAs);
     await writeRecoveryFiles(pgdata, scratchSettings(runDir, options.restoreCommand), options.runAs, 'standby.signal');
     const log = join(options.scratchRoot, 'postgres.log');
     try {
@@ -144,7 +143,7 @@ export async function checkBackupFiles(options: ScratchCheckOptions): Promise<Ba
     return detail.startsWith('error:') ? { ok: false, reason: detail.slice('error: '.length) } : { ok: true, detail };
   } finally {
     await stopServer(pgdata, 'immediate').catch(() => undefined);
-    await rm(options.scratchRoot, { recursive: true, force: true });
+    await removeTree(options.scratchRoot);
   }
 }
 

@@ -1,6 +1,6 @@
 import { clusterRoles, type InstanceSpec, type UpstreamRef } from '../dataplane.js';
 import { assert } from '../../lib/assert.js';
-import { renderConf } from './server.js';
+import { localHbaLine, renderConf } from './server.js';
 
 /**
  * The files Cellar owns inside a data directory. postgresql.conf only gains an include of
@@ -94,18 +94,17 @@ export function assertSlotName(slotName: string): void {
 }
 
 /**
- * Local socket connections are trusted: the socket directory is 0700, so only root and the
- * run-as user reach it, and that is how the control plane administers instances. Over TCP only
- * the three cluster roles, each with its SCRAM password; nothing else gets in.
+ * No trust anywhere: on the local socket only Cellar's own OS user, mapped to `postgres` (peer);
+ * over TCP every role with its SCRAM password: `postgres` (the control plane's, for pg_rewind),
+ * `cellar_replication` for replication only, the tenant's `app` and the login roles it made.
  */
 export function renderHba(): string {
   return [
     '# Written by Cellar; rewritten on every start. Do not edit.',
     '# TYPE  DATABASE     USER                 ADDRESS       METHOD',
-    'local   all          all                                trust',
-    `host    all          ${clusterRoles.superuser}             127.0.0.1/32  scram-sha-256`,
+    localHbaLine,
     `host    replication  ${clusterRoles.replication}   127.0.0.1/32  scram-sha-256`,
-    `host    all          ${clusterRoles.app}                  127.0.0.1/32  scram-sha-256`,
+    'host    all          all                  127.0.0.1/32  scram-sha-256',
     '',
   ].join('\n');
 }

@@ -1,4 +1,4 @@
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import type pg from 'pg';
 import { join } from 'node:path';
 import type { Config } from '../../config.js';
@@ -19,14 +19,15 @@ import {
 } from '../dataplane.js';
 import { Binaries, type PgBinaries } from './binaries.js';
 import { assertSlotName, renderHba, renderInstanceConf, renderSyncConf, renderUpstreamConf, standbySignalFile, syncConfFile, upstreamConfFile } from './conf.js';
-import { ensureDirFor, resolveRunAs, run, writeFileFor, type RunAs } from './osuser.js';
+import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree, replaceFile } from './files.js';
+import { ClusterUsers, resolveRunAs, run, selfRunAs, type RunAs } from './osuser.js';
 import { checkpoint, ensureCleanShutdown, promoteLocal, reloadLocal, rewind, superuserOverTcp } from './promote.js';
-import { checkBackupFiles, checkpointLocal, copyTree, isRecovering, readBackupInfo, recoveryConfFile, restoreSettings, runBaseBackup, writeRecoveryFiles } from './backup.js';
+import { checkBackupFiles, checkpointLocal, isRecovering, readBackupInfo, recoveryConfFile, restoreSettings, runBaseBackup, writeRecoveryFiles } from './backup.js';
 import { LocalBackupStore } from './backup-store.js';
 import { segmentEndPosition, walFilesBefore } from './wal.js';
 import { lsnToBigInt } from '../../lib/lsn.js';
-import { instancePaths, prepareDataDir, resolveBackupDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
-import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPid, startDetached, stopServer, writeConfText } from './server.js';
+import { dataDirMode, instancePaths, prepareDataDir, resolveBackupDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
+import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPid, startDetached, stopServer, writeAuthFiles, writeConfText } from './server.js';
 import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from './sql.js';
 import { bootstrapDataDir, buildThenRename, copyDataDir, exists, removeStaleBuilds, TemplateCache } from './template.js';
 
@@ -56,7 +57,10 @@ export interface LocalDataPlaneOptions {
   /** archive_timeout: how long written WAL may wait for its segment to fill before it is archived. */
   readonly archiveTimeoutMs: number;
   readonly binaries: PgBinaries;
-  readonly runAs: RunAs;
+  /** Each cluster's OS user (one per cluster when Cellar is root; Cellar itself otherwise). */
+  readonly users: ClusterUsers;
+  /** Who builds and owns the templates every new primary is copied from. */
+  readonly templateOwner: RunAs;
   /** Copy a prepared template data directory instead of running initdb per primary. */
   readonly templateEnabled: boolean;
   readonly logger?: DataPlaneLogger;
@@ -70,21 +74,23 @@ export class LocalDataPlane implements DataPlane {
   private readonly templates: TemplateCache;
 
   constructor(private readonly options: LocalDataPlaneOptions) {
-    this.templates = new TemplateCache(options.dataDir, options.runAs);
+    this.templates = new TemplateCache(options.dataDir, options.templateOwner);
   }
 
   /** Discovers binaries and the run-as user, resolves and prepares the data directory. */
   static async fromConfig(config: Config, logger?: DataPlaneLogger): Promise<LocalDataPlane> {
-    const runAs = await resolveRunAs();
+    const templateOwner = await resolveRunAs();
     const binaries = await Binaries.discover({ pgBin: config.pgBin });
-    const dataDir = resolveDataDir(config, runAs);
-    await prepareDataDir(dataDir, runAs);
-    const backups = new LocalBackupStore(resolveBackupDir(config, runAs, dataDir), runAs);
+    const dataDir = resolveDataDir(config, templateOwner);
+    await prepareDataDir(dataDir);
+    const users = new ClusterUsers(dataDir);
+    const backups = new LocalBackupStore(resolveBackupDir(config, templateOwner, dataDir), users);
     await backups.prepare();
     return new LocalDataPlane({
       dataDir,
       binaries,
-      runAs,
+      users,
+      templateOwner,
       backups,
       archiveTimeoutMs: config.archiveTimeoutMs,
       templateEnabled: config.templateEnabled,
@@ -100,30 +106,36 @@ export class LocalDataPlane implements DataPlane {
     return instancePaths(this.options.dataDir, instanceId);
   }
 
+  private owner(clusterId: string): Promise<RunAs> {
+    return this.options.users.ensure(clusterId);
+  }
+
   async createPrimary(spec: InstanceSpec): Promise<void> {
-    const paths = await this.prepareInstance(spec);
+    const owner = await this.owner(spec.clusterId);
+    const paths = await this.prepareInstance(spec, owner);
     if (paths === undefined) return;
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
-    await buildThenRename(paths.pgdata, async (tmp) => {
+    await buildThenRename(paths.pgdata, owner, async (tmp) => {
       if (this.options.templateEnabled) {
-        await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), tmp, this.options.runAs);
+        await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), this.options.templateOwner, tmp, owner);
       } else {
-        await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: this.options.runAs });
+        await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: owner });
       }
     });
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template: this.options.templateEnabled }, 'primary data directory created');
   }
 
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    const paths = await this.prepareInstance(spec);
+    const owner = await this.owner(spec.clusterId);
+    const paths = await this.prepareInstance(spec, owner);
     if (paths === undefined) return;
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
     await ensureSlot(upstream, spec.secrets);
-    await buildThenRename(paths.pgdata, async (tmp) => {
-      await this.baseBackup(binDir, upstream, spec.secrets, tmp);
-      await this.writeStandbyFiles(spec, upstream, tmp, paths.run);
+    await buildThenRename(paths.pgdata, owner, async (tmp) => {
+      await this.baseBackup(binDir, upstream, spec.secrets, tmp, owner);
+      await this.writeStandbyFiles(spec, upstream, tmp, paths.run, owner);
     });
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, upstreamPort: upstream.port }, 'replica data directory cloned');
   }
@@ -133,36 +145,36 @@ export class LocalDataPlane implements DataPlane {
    * instance's, as a standby of `upstream` that waits for no one (a promoted replica must not keep
    * its old primary's synchronous standby list, which names itself).
    */
-  private async writeStandbyFiles(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string, runDir: string): Promise<void> {
-    const { runAs } = this.options;
-    await ensureIncludeLine(pgdata);
+  private async writeStandbyFiles(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string, runDir: string, runAs: RunAs): Promise<void> {
+    await ensureIncludeLine(pgdata, runAs);
     await writeConfText(pgdata, cellarConfFile, this.instanceConf(spec, runDir), runAs);
     await writeConfText(pgdata, syncConfFile, renderSyncConf([]), runAs);
     await writeConfText(pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), runAs);
-    await writeFileFor(join(pgdata, standbySignalFile), '', 0o600, runAs);
+    await replaceFile(join(pgdata, standbySignalFile), '', 0o600, runAs);
   }
 
   /**
    * Common first half of both creates: undefined when the data directory already exists (the
    * rename is the commit point, so it is complete), else the prepared, stale-free paths.
    */
-  private async prepareInstance(spec: InstanceSpec): Promise<InstancePaths | undefined> {
+  private async prepareInstance(spec: InstanceSpec, owner: RunAs): Promise<InstancePaths | undefined> {
     const paths = this.paths(spec.instanceId);
     if (await exists(paths.pgdata)) return undefined;
     socketPath(paths.run, spec.port);
-    await ensureDirFor(paths.root, 0o700, this.options.runAs);
-    await ensureDirFor(paths.run, 0o700, this.options.runAs);
+    // The instance root is Cellar's (nothing can be planted beside pgdata, run and the log); the leaves are the cluster's.
+    await ensureDirectory(paths.root, dataDirMode, selfRunAs());
+    await ensureDirectory(paths.run, 0o700, owner);
     // The machine's lease guarantees one builder per instance, so any tmp dir is a crash's leftover.
     await removeStaleBuilds(paths.pgdata);
     return paths;
   }
 
-  private async baseBackup(binDir: string, upstream: UpstreamRef, secrets: ClusterSecrets, target: string): Promise<void> {
+  private async baseBackup(binDir: string, upstream: UpstreamRef, secrets: ClusterSecrets, target: string, runAs: RunAs): Promise<void> {
     // No -S: the slot belongs to the running standby; an orphaned pg_basebackup must not hold it.
     // -X stream uses its own temporary slot, which dies with its connection.
     const args = ['-h', upstream.host, '-p', String(upstream.port), '-U', clusterRoles.replication, '-D', target, '-X', 'stream', '-c', 'fast', '-w'];
     await run(join(binDir, 'pg_basebackup'), args, {
-      runAs: this.options.runAs,
+      runAs,
       timeoutMs: baseBackupMsMax,
       env: { PGPASSWORD: secrets.replicationPassword, PGSSLMODE: 'disable', PGGSSENCMODE: 'disable', PGCONNECT_TIMEOUT: '10' },
     });
@@ -173,9 +185,10 @@ export class LocalDataPlane implements DataPlane {
     if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory; create it before start`);
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
+    const owner = await this.owner(spec.clusterId);
     await this.options.backups.ensureArea(spec.clusterId);
-    if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths);
-    await startDetached(binDir, paths.pgdata, paths.log, this.options.runAs);
+    if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths, owner);
+    await startDetached(binDir, paths.pgdata, paths.log, owner);
     if (await exists(join(paths.pgdata, recoveryConfFile))) await this.finishRecovery(spec, paths);
     if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
@@ -185,10 +198,10 @@ export class LocalDataPlane implements DataPlane {
     return renderInstanceConf(spec, runDir, { command: this.options.backups.archiveCommand(spec.clusterId), timeoutMs: this.options.archiveTimeoutMs });
   }
 
-  private async writeInstanceFiles(spec: InstanceSpec, paths: InstancePaths): Promise<void> {
+  private async writeInstanceFiles(spec: InstanceSpec, paths: InstancePaths, owner: RunAs): Promise<void> {
     socketPath(paths.run, spec.port);
-    await writeConfText(paths.pgdata, cellarConfFile, this.instanceConf(spec, paths.run), this.options.runAs);
-    await writeConfText(paths.pgdata, 'pg_hba.conf', renderHba(), this.options.runAs);
+    await writeConfText(paths.pgdata, cellarConfFile, this.instanceConf(spec, paths.run), owner);
+    await writeAuthFiles(paths.pgdata, renderHba(), owner);
   }
 
   /**
@@ -205,6 +218,7 @@ export class LocalDataPlane implements DataPlane {
     }
     await rm(join(paths.pgdata, recoveryConfFile), { force: true });
     await reloadLocal(paths.run, spec.port);
+    await this.options.backups.dropRestoreWal(spec.clusterId);
   }
 
   private async inRecovery(spec: InstanceSpec, paths: InstancePaths): Promise<boolean> {
@@ -216,7 +230,8 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo> {
-    const { backups, runAs } = this.options;
+    const { backups } = this.options;
+    const runAs = await this.owner(source.clusterId);
     const committed = await backups.baseDirectory(source.clusterId, backupId);
     if (committed !== null) return readBackupInfo(committed);
     const staged = await backups.stageBase(source.clusterId, backupId);
@@ -237,12 +252,14 @@ export class LocalDataPlane implements DataPlane {
   async checkBackup(clusterId: string, backupId: string, pgVersion: number): Promise<BackupCheck> {
     const backupDir = await this.options.backups.baseDirectory(clusterId, backupId);
     if (backupDir === null) return { ok: false, reason: `backup ${backupId} has no files in the backup store` };
+    const owner = await this.options.backups.areaOwner(clusterId);
+    if (owner === undefined) return { ok: false, reason: `cluster ${clusterId}'s backups are gone (purged)` };
     return checkBackupFiles({
       binDir: this.options.binaries.binFor(pgVersion),
       backupDir,
       scratchRoot: join(this.options.dataDir, 'scratch', backupId),
       restoreCommand: this.options.backups.restoreCommand(clusterId),
-      runAs: this.options.runAs,
+      runAs: owner,
     });
   }
 
@@ -257,19 +274,24 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
-    const paths = await this.prepareInstance(spec);
+    const owner = await this.owner(spec.clusterId);
+    const paths = await this.prepareInstance(spec, owner);
     if (paths === undefined) return;
-    const backupDir = await this.options.backups.baseDirectory(source.clusterId, source.backupId);
-    if (backupDir === null) throw new Error(`backup ${source.backupId} of cluster ${source.clusterId} has no files in the backup store`);
+    const { backups } = this.options;
+    const backupDir = await backups.baseDirectory(source.clusterId, source.backupId);
+    const sourceOwner = await backups.areaOwner(source.clusterId);
+    if (backupDir === null || sourceOwner === undefined) throw new Error(`backup ${source.backupId} of cluster ${source.clusterId} has no files in the backup store`);
     if (source.sourcePrimary !== undefined) await this.archiveCurrentWal(source.sourcePrimary);
     const startedMs = Date.now();
-    await buildThenRename(paths.pgdata, async (tmp) => {
-      await copyTree(backupDir, tmp, this.options.runAs);
-      await ensureIncludeLine(tmp);
-      await writeConfText(tmp, cellarConfFile, this.instanceConf(spec, paths.run), this.options.runAs);
-      await writeConfText(tmp, syncConfFile, renderSyncConf([]), this.options.runAs);
+    // The source's files belong to its own user: copied across users, never read as root.
+    const restoreCommand = await backups.stageRestoreWal(source.clusterId, spec.clusterId);
+    await buildThenRename(paths.pgdata, owner, async (tmp) => {
+      await copyTreeBetween(backupDir, sourceOwner, tmp, owner);
+      await ensureIncludeLine(tmp, owner);
+      await writeConfText(tmp, cellarConfFile, this.instanceConf(spec, paths.run), owner);
+      await writeConfText(tmp, syncConfFile, renderSyncConf([]), owner);
       await rm(join(tmp, upstreamConfFile), { force: true });
-      await writeRecoveryFiles(tmp, restoreSettings(this.options.backups.restoreCommand(source.clusterId), source), this.options.runAs);
+      await writeRecoveryFiles(tmp, restoreSettings(restoreCommand, source), owner);
     });
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, backupId: source.backupId }, 'primary restored from a base backup; recovery runs at start');
   }
@@ -299,7 +321,7 @@ export class LocalDataPlane implements DataPlane {
   async promote(spec: InstanceSpec): Promise<void> {
     const paths = this.paths(spec.instanceId);
     const startedMs = Date.now();
-    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf([]), this.options.runAs);
+    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf([]), await this.owner(spec.clusterId));
     await reloadLocal(paths.run, spec.port);
     await promoteLocal(paths.run, spec.port);
     this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance promoted');
@@ -308,7 +330,7 @@ export class LocalDataPlane implements DataPlane {
   async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
     const paths = this.paths(spec.instanceId);
     await ensureSlot(upstream, spec.secrets);
-    await writeConfText(paths.pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), this.options.runAs);
+    await writeConfText(paths.pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), await this.owner(spec.clusterId));
     // Postgres 13+ restarts the WAL receiver with the new primary_conninfo on reload.
     if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
     this.log('info', { instanceId: spec.instanceId, upstreamPort: upstream.port }, 'replica follows a new upstream');
@@ -319,14 +341,15 @@ export class LocalDataPlane implements DataPlane {
     if ((await serverPid(paths.pgdata)) !== undefined) throw new Error(`instance ${spec.instanceId} is running; stop it before it rejoins`);
     const binDir = this.options.binaries.binFor(spec.pgVersion);
     const startedMs = Date.now();
+    const owner = await this.owner(spec.clusterId);
     if (await this.isStandbyOf(spec, upstream, paths.pgdata)) return 'rewound'; // Done by an earlier run of this step.
     if (await exists(paths.pgdata)) {
       try {
-        await ensureCleanShutdown(binDir, paths.pgdata, this.options.runAs);
+        await ensureCleanShutdown(binDir, paths.pgdata, owner);
         await checkpoint(upstream, spec.secrets);
-        await rewind(binDir, paths.pgdata, upstream, spec.secrets, this.options.runAs);
+        await rewind(binDir, paths.pgdata, upstream, spec.secrets, owner);
         await ensureSlot(upstream, spec.secrets);
-        await this.writeStandbyFiles(spec, upstream, paths.pgdata, paths.run);
+        await this.writeStandbyFiles(spec, upstream, paths.pgdata, paths.run, owner);
         this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'old primary rewound');
         return 'rewound';
       } catch (error) {
@@ -334,7 +357,7 @@ export class LocalDataPlane implements DataPlane {
         this.log('warn', { instanceId: spec.instanceId, err: error instanceof Error ? error.message : String(error) }, 'rewind failed; cloning afresh');
       }
       await removeStaleBuilds(paths.pgdata);
-      await rm(paths.pgdata, { recursive: true, force: true });
+      await removeTree(paths.pgdata);
     }
     await this.createReplica(spec, upstream);
     return 'cloned';
@@ -343,13 +366,13 @@ export class LocalDataPlane implements DataPlane {
   /** The data directory is already a standby of exactly this upstream (the last thing rejoin writes). */
   private async isStandbyOf(spec: InstanceSpec, upstream: UpstreamRef, pgdata: string): Promise<boolean> {
     if (!(await exists(join(pgdata, standbySignalFile)))) return false;
-    const written = await readFile(join(pgdata, upstreamConfFile), 'utf8').catch(() => '');
+    const written = await readSmallFile(join(pgdata, upstreamConfFile)).catch(() => '');
     return written === renderUpstreamConf(spec, upstream);
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
     const paths = this.paths(spec.instanceId);
-    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf(standbys), this.options.runAs);
+    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf(standbys), await this.owner(spec.clusterId));
     if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
   }
 
@@ -389,7 +412,13 @@ export class LocalDataPlane implements DataPlane {
     const paths = this.paths(instanceId);
     await stopServer(paths.pgdata);
     await removeStaleBuilds(paths.pgdata);
-    await rm(paths.root, { recursive: true, force: true });
+    await removeTree(paths.root);
+  }
+
+  async purgeCluster(clusterId: string): Promise<void> {
+    await this.options.backups.deleteArea(clusterId);
+    await this.options.users.remove(clusterId);
+    this.log('info', { clusterId }, 'cluster purged: backups and OS user removed');
   }
 
   private log(level: 'info' | 'warn', fields: Record<string, unknown>, message: string): void {
@@ -482,6 +511,8 @@ async function setPasswords(runDir: string, port: number, secrets: ClusterSecret
     for (const [role, password] of passwords) {
       await client.query(`alter role ${escapeIdentifier(role)} password ${escapeLiteral(scramVerifier(password))}`);
     }
+    // A data directory made before tenants lost CREATEROLE (or one restored from its backup) gets the same lockdown.
+    await client.query(`alter role ${escapeIdentifier(clusterRoles.app)} nosuperuser nocreaterole noreplication nobypassrls`);
     await client.query('commit');
   });
 }

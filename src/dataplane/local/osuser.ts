@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { chown, chmod, mkdir, open, writeFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { userInfo } from 'node:os';
 import { basename } from 'node:path';
 import { assert } from '../../lib/assert.js';
 
@@ -23,35 +24,155 @@ const outputBytesMax = 1024 * 1024;
 /** Between SIGTERM and SIGKILL of a timed-out child's process group. */
 const killGraceMs = 2_000;
 
+/** The cell store (and the template every new primary is copied from) runs as this user when Cellar is root. */
 export const postgresUserName = 'postgres';
+/** useradd and userdel lock /etc/passwd; another Cellar may hold it for a moment. */
+const userCommandAttemptsMax = 5;
+const userCommandRetryMs = 200;
+const userCommandMsMax = 30_000;
 
-/** The user servers run as: `postgres` when Cellar is root, the current user otherwise. */
-export async function resolveRunAs(): Promise<RunAs> {
+/** Cellar itself, as a RunAs: children run without switching user. */
+export function selfRunAs(): RunAs {
   const uid = process.getuid?.();
   const gid = process.getgid?.();
   assert(uid !== undefined && gid !== undefined, 'the local data plane needs a POSIX host');
-  if (uid !== 0) return { name: `uid ${uid}`, uid, gid, switchUser: false };
-  const result = await run('getent', ['passwd', postgresUserName], { inheritEnvironment: true, timeoutMs: lookupTimeoutMs });
-  const fields = result.stdout.trim().split(':');
-  const userUid = Number(fields[2]);
-  const userGid = Number(fields[3]);
-  assert(Number.isInteger(userUid) && Number.isInteger(userGid), `cannot parse getent passwd ${postgresUserName}: ${result.stdout}`);
-  assert(userUid !== 0, `OS user ${postgresUserName} must not be root`);
-  return { name: postgresUserName, uid: userUid, gid: userGid, switchUser: true };
+  return { name: userInfo().username, uid, gid, switchUser: false };
 }
 
-/** Creates a directory (and missing parents) and gives it to the run-as user with this mode. */
-export async function ensureDirFor(path: string, mode: number, runAs: RunAs): Promise<void> {
-  await mkdir(path, { recursive: true, mode: 0o755 });
-  await chmod(path, mode);
-  if (runAs.switchUser) await chown(path, runAs.uid, runAs.gid);
+/** The OS user whose local socket connections are mapped to the `postgres` role (peer auth): Cellar's own. */
+export function controlPlaneUserName(): string {
+  return userInfo().username;
 }
 
-/** Writes a file owned by the run-as user. Mode is applied at creation so secrets are never world-readable. */
-export async function writeFileFor(path: string, content: string, mode: number, runAs: RunAs): Promise<void> {
-  await writeFile(path, content, { mode });
-  await chmod(path, mode);
-  if (runAs.switchUser) await chown(path, runAs.uid, runAs.gid);
+export function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+/** The user the cell store and templates run as: `postgres` when Cellar is root, the current user otherwise. */
+export async function resolveRunAs(): Promise<RunAs> {
+  if (!isRoot()) return selfRunAs();
+  const user = await lookupUser(postgresUserName);
+  if (user === undefined) throw new Error(`OS user ${postgresUserName} does not exist; install the PostgreSQL server package, which creates it`);
+  return user;
+}
+
+/** The OS user by name, or undefined when there is none. */
+export async function lookupUser(name: string): Promise<RunAs | undefined> {
+  let stdout: string;
+  try {
+    ({ stdout } = await run('getent', ['passwd', name], { inheritEnvironment: true, timeoutMs: lookupTimeoutMs }));
+  } catch (error) {
+    // getent exits 2 for "no such key".
+    if (error instanceof CommandError && /exited with 2/.test(error.message)) return undefined;
+    throw error;
+  }
+  const fields = stdout.trim().split(':');
+  const uid = Number(fields[2]);
+  const gid = Number(fields[3]);
+  if (!Number.isInteger(uid) || !Number.isInteger(gid)) throw new Error(`cannot parse getent passwd ${name}: ${stdout}`);
+  if (uid === 0) throw new Error(`OS user ${name} is root; Cellar runs servers only as unprivileged users`);
+  return { name, uid, gid, switchUser: true };
+}
+
+/** `cellar_cl_abc…`: within useradd's 32 characters, and a valid Postgres-style name. */
+export function clusterUserName(clusterId: string): string {
+  assert(/^cl_[a-z0-9]{1,24}$/.test(clusterId), `cluster id ${clusterId} cannot name an OS user`);
+  return `cellar_${clusterId}`;
+}
+
+/**
+ * One OS user per cluster when Cellar is root (DESIGN §3a): a shell obtained inside one cluster's
+ * server reaches only that cluster's files. Without root every cluster runs as Cellar itself, and
+ * the cell is single-tenant. Each user is tagged with the data directory in its comment, so the
+ * users of one Cellar can be found (and removed) without touching anything else.
+ */
+export class ClusterUsers {
+  private readonly known = new Map<string, RunAs>();
+  /** useradd/userdel of this process one at a time; across processes the retry handles the lock. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly dataDir: string) {}
+
+  get perCluster(): boolean {
+    return isRoot();
+  }
+
+  /** The cluster's user, made when missing. */
+  async ensure(clusterId: string): Promise<RunAs> {
+    if (!this.perCluster) return selfRunAs();
+    const cached = this.known.get(clusterId);
+    if (cached !== undefined) return cached;
+    const name = clusterUserName(clusterId);
+    const user = (await lookupUser(name)) ?? (await this.serialised(() => this.add(name, clusterId)));
+    this.known.set(clusterId, user);
+    return user;
+  }
+
+  /** The cluster's user if it exists (a purged cluster's does not). */
+  async find(clusterId: string): Promise<RunAs | undefined> {
+    if (!this.perCluster) return selfRunAs();
+    return this.known.get(clusterId) ?? lookupUser(clusterUserName(clusterId));
+  }
+
+  /** Removes the cluster's user; its processes must be gone. No-op when it is gone. */
+  async remove(clusterId: string): Promise<void> {
+    if (!this.perCluster) return;
+    const name = clusterUserName(clusterId);
+    this.known.delete(clusterId);
+    if ((await lookupUser(name)) === undefined) return;
+    await this.serialised(() => withRetries(() => run('userdel', [name], { inheritEnvironment: true, timeoutMs: userCommandMsMax })));
+  }
+
+  comment(): string {
+    return `Cellar cluster, data ${this.dataDir}`.replace(/[:\n]/g, '_');
+  }
+
+  /** The names of every cluster user this data directory made (by their comment). */
+  async listOwn(): Promise<string[]> {
+    const { stdout } = await run('getent', ['passwd'], { inheritEnvironment: true, timeoutMs: lookupTimeoutMs });
+    return stdout
+      .split('\n')
+      .map((line) => line.split(':'))
+      .filter((fields) => fields[4] === this.comment() && /^cellar_cl_[a-z0-9]+$/.test(fields[0] ?? ''))
+      .map((fields) => fields[0] ?? '');
+  }
+
+  /** Removes every cluster user of this data directory (an uninstall, or a test's clean-up); their processes must be gone. */
+  async removeAllOwn(): Promise<number> {
+    const names = await this.listOwn();
+    for (const name of names) await this.remove(name.slice('cellar_'.length));
+    return names.length;
+  }
+
+  private async add(name: string, clusterId: string): Promise<RunAs> {
+    const again = await lookupUser(name);
+    if (again !== undefined) return again;
+    const args = ['--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--user-group', '--comment', this.comment(), name];
+    await withRetries(async () => {
+      if ((await lookupUser(name)) !== undefined) return;
+      await run('useradd', args, { inheritEnvironment: true, timeoutMs: userCommandMsMax });
+    });
+    const user = await lookupUser(name);
+    if (user === undefined) throw new Error(`useradd ${name} for cluster ${clusterId} succeeded but the user is not there`);
+    return user;
+  }
+
+  private serialised<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(work, work);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+}
+
+async function withRetries<T>(work: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= userCommandAttemptsMax) throw error;
+      await new Promise((resolve) => setTimeout(resolve, userCommandRetryMs * attempt));
+    }
+  }
 }
 
 /** fsync a directory so a rename inside it survives an OS crash. */

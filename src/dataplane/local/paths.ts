@@ -4,7 +4,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { Config } from '../../config.js';
 import { assert } from '../../lib/assert.js';
 import type { InstanceId } from '../../lib/ids.js';
-import { ensureDirFor, type RunAs } from './osuser.js';
+import { ensureDirectory, ensureDirectoryTree } from './files.js';
+import { selfRunAs, type RunAs } from './osuser.js';
 
 /**
  * Where data directories live. The run-as user must traverse every ancestor of a data directory,
@@ -74,19 +75,28 @@ function statOrUndefined(path: string): Stats | undefined {
   }
 }
 
-/** Creates the data dir and its `instances/` and `templates/` folders for the run-as user. */
-export async function prepareDataDir(dataDir: string, runAs: RunAs): Promise<void> {
-  await ensureDirFor(dataDir, 0o755, runAs);
-  await ensureDirFor(join(dataDir, 'instances'), 0o755, runAs);
-  await ensureDirFor(join(dataDir, 'templates'), 0o755, runAs);
+/**
+ * Creates the data dir and its `instances/`, `templates/` and `scratch/` folders. They belong to
+ * Cellar and are 0711: servers may pass through to their own directories, nobody may list them
+ * or plant anything in them.
+ */
+export async function prepareDataDir(dataDir: string): Promise<void> {
+  const self = selfRunAs();
+  await ensureDirectoryTree(dataDir, dataDirMode, self);
+  for (const folder of ['instances', 'templates', 'scratch']) await ensureDirectory(join(dataDir, folder), dataDirMode, self);
 }
 
+/** Cellar's directories on the way to a server's own: traversable, not listable, not writable by others. */
+export const dataDirMode = 0o711;
+
 export interface InstancePaths {
-  /** Everything of the instance; destroy removes this. */
+  /** Everything of the instance; destroy removes this. Cellar's own (0711), so nothing can be planted in it. */
   readonly root: string;
+  /** The cluster user's, 0700. */
   readonly pgdata: string;
-  /** Unix socket directory, 0700: only root and the run-as user can connect through it. */
+  /** Unix socket directory, the cluster user's, 0700: only root and that user can connect through it. */
   readonly run: string;
+  /** Cellar's, opened by Cellar and handed to the server as its stdout and stderr. */
   readonly log: string;
 }
 
@@ -95,6 +105,9 @@ export function instancePaths(dataDir: string, instanceId: InstanceId): Instance
   const root = join(dataDir, 'instances', instanceId);
   return { root, pgdata: join(root, 'pgdata'), run: join(root, 'run'), log: join(root, 'postgres.log') };
 }
+
+/** 2: the tenant role without CREATEROLE, the cellar schema of role functions, peer auth. */
+export const templateRevision = 2;
 
 export interface TemplatePaths {
   readonly root: string;
@@ -105,7 +118,8 @@ export interface TemplatePaths {
 
 export function templatePaths(dataDir: string, pgVersion: number): TemplatePaths {
   assert(Number.isInteger(pgVersion) && pgVersion >= 10, `bad Postgres major ${pgVersion}`);
-  const root = join(dataDir, 'templates', `pg${pgVersion}`);
+  // The revision changes when what a template holds changes, so an old one is never copied.
+  const root = join(dataDir, 'templates', `pg${pgVersion}-r${templateRevision}`);
   return { root, pgdata: join(root, 'pgdata'), run: join(root, 'run'), log: join(root, 'postgres.log') };
 }
 

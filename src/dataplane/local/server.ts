@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { appendFile, open, readFile, rename, rm } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { sleep } from '../../lib/clock.js';
-import { formatTail, run, writeFileFor, type RunAs } from './osuser.js';
+import { openLogForAppend, readSmallFile, replaceFile } from './files.js';
+import { controlPlaneUserName, formatTail, run, type RunAs } from './osuser.js';
 
 /**
  * Server primitives for one data directory: initdb, config files, start detached, wait, stop.
@@ -43,19 +44,39 @@ export async function initdb(options: InitdbOptions): Promise<void> {
     '--no-locale', '-E', 'UTF8',
     '--data-checksums',
     '-U', options.superuser ?? 'postgres',
-    '--auth-local=trust', '--auth-host=scram-sha-256',
+    // Never trust: Cellar's pg_hba.conf and pg_ident.conf replace initdb's before the first start.
+    '--auth-local=peer', '--auth-host=scram-sha-256',
   ];
   await run(join(options.binDir, 'initdb'), args, { runAs: options.runAs, timeoutMs: initdbMsMax });
-  await ensureIncludeLine(options.pgdata);
+  await ensureIncludeLine(options.pgdata, options.runAs);
 }
 
 /** Idempotent: postgresql.conf ends with the include of cellar.conf exactly once. */
-export async function ensureIncludeLine(pgdata: string): Promise<void> {
+export async function ensureIncludeLine(pgdata: string, runAs: RunAs): Promise<void> {
   const path = join(pgdata, 'postgresql.conf');
-  const text = await readFile(path, 'utf8');
+  const text = await readSmallFile(path);
+  if (text === undefined) throw new Error(`${path} is missing`);
   if (text.split('\n').includes(includeLine)) return;
-  // appendFile keeps the file's owner and mode (postgres, 0600).
-  await appendFile(path, `${text.endsWith('\n') ? '' : '\n'}${includeLine}\n`);
+  await replaceFile(path, `${text}${text.endsWith('\n') ? '' : '\n'}${includeLine}\n`, 0o600, runAs);
+}
+
+/** The ident map that admits Cellar's own OS user, and only it, as the `postgres` role on the local socket. */
+export const identMapName = 'cellar';
+
+export function renderIdent(): string {
+  const osUser = controlPlaneUserName();
+  assert(/^[a-z_][a-z0-9_.-]*$/i.test(osUser), `OS user name ${osUser} cannot go in pg_ident.conf`);
+  return ['# Written by Cellar; rewritten on every start. Do not edit.', `${identMapName}  ${osUser}  postgres`, ''].join('\n');
+}
+
+/** The local line every server of Cellar's has: peer authentication through the map, never trust. */
+export const localHbaLine = `local   all          postgres                           peer map=${identMapName}`;
+
+/** pg_hba.conf and pg_ident.conf, written together (a map named in one must exist in the other). */
+export async function writeAuthFiles(pgdata: string, hba: string, runAs: RunAs): Promise<void> {
+  assert(!/\strust\b/.test(hba), 'no trust in any pg_hba.conf');
+  await writeConfText(pgdata, 'pg_ident.conf', renderIdent(), runAs);
+  await writeConfText(pgdata, 'pg_hba.conf', hba, runAs);
 }
 
 /** Postgres config string literal: single quotes doubled, backslashes escaped. */
@@ -82,12 +103,7 @@ export async function writeConf(pgdata: string, fileName: string, settings: Read
 }
 
 export async function writeConfText(pgdata: string, fileName: string, text: string, runAs: RunAs): Promise<void> {
-  const path = join(pgdata, fileName);
-  const staging = `${path}.new`;
-  // A left-over staging file might have a wider mode; writeFile keeps an existing file's mode.
-  await rm(staging, { force: true });
-  await writeFileFor(staging, text, 0o600, runAs);
-  await rename(staging, path);
+  await replaceFile(join(pgdata, fileName), text, 0o600, runAs);
 }
 
 export interface PostmasterPid {
@@ -101,12 +117,13 @@ export interface PostmasterPid {
 
 /** Parses pgdata/postmaster.pid (layout from pidfile.h); undefined if absent or still empty. */
 export async function readPostmasterPid(pgdata: string): Promise<PostmasterPid | undefined> {
-  let text: string;
+  let text: string | undefined;
   try {
-    text = await readFile(join(pgdata, 'postmaster.pid'), 'utf8');
+    text = await readSmallFile(join(pgdata, 'postmaster.pid'));
   } catch {
     return undefined;
   }
+  if (text === undefined) return undefined;
   const lines = text.split('\n');
   const pid = Number(lines[0]);
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
@@ -198,9 +215,9 @@ async function removeForeignPidFile(pgdata: string): Promise<void> {
 }
 
 async function spawnPostmaster(binDir: string, pgdata: string, logFile: string, runAs: RunAs): Promise<{ pid: number; exited: () => boolean }> {
-  const log = await open(logFile, 'a', 0o600);
+  // The log sits in Cellar's own directory and stays Cellar's: the server writes to the descriptor.
+  const log = await openLogForAppend(logFile);
   try {
-    if (runAs.switchUser) await log.chown(runAs.uid, runAs.gid);
     const child = spawn(join(binDir, 'postgres'), ['-D', pgdata], {
       detached: true,
       stdio: ['ignore', log.fd, log.fd],

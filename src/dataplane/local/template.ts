@@ -1,11 +1,13 @@
-import { access, constants, readdir, rename, rm, stat } from 'node:fs/promises';
+import { access, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { appDatabase, clusterRoles } from '../dataplane.js';
 import { randomToken } from '../../lib/ids.js';
 import { renderHba } from './conf.js';
-import { ensureDirFor, fsyncDir, run, type RunAs } from './osuser.js';
-import { socketPath, templatePaths } from './paths.js';
-import { cellarConfFile, initdb, startDetached, stopServer, writeConf, writeConfText } from './server.js';
+import { copyTreeBetween, ensureDirectory, removeTree } from './files.js';
+import { fsyncDir, run, selfRunAs, type RunAs } from './osuser.js';
+import { dataDirMode, socketPath, templatePaths } from './paths.js';
+import { cellarConfFile, initdb, startDetached, stopServer, writeAuthFiles, writeConf } from './server.js';
+import { tenantRoleSql } from './tenant.js';
 import { escapeIdentifier, localSuperuser, withClient } from './sql.js';
 
 /**
@@ -16,17 +18,16 @@ import { escapeIdentifier, localSuperuser, withClient } from './sql.js';
 
 /** The bootstrap server listens on no TCP port; this only names its socket file. */
 const bootstrapPort = 5432;
-/** cp -a of a fresh 40 MB data directory takes ~0.1 s; fsync of the copy a little more. */
-const copyMsMax = 120_000;
+/** Syncing a fresh 40 MB copy takes a fraction of a second. */
+const syncMsMax = 120_000;
 /** A template build older than this left behind by a crashed Cellar is abandoned. */
 const templateBuildMsMax = 10 * 60_000;
-const copyBinaries = ['/usr/bin/cp', '/bin/cp'];
 
 export interface BootstrapOptions {
   readonly binDir: string;
   /** Must not exist. */
   readonly pgdata: string;
-  /** A 0700 directory for the bootstrap server's socket. */
+  /** A 0700 directory of the run-as user for the bootstrap server's socket. */
   readonly runDir: string;
   readonly logFile: string;
   readonly runAs: RunAs;
@@ -34,7 +35,7 @@ export interface BootstrapOptions {
 
 export async function bootstrapDataDir(options: BootstrapOptions): Promise<void> {
   await initdb({ binDir: options.binDir, pgdata: options.pgdata, runAs: options.runAs });
-  await writeConfText(options.pgdata, 'pg_hba.conf', renderHba(), options.runAs);
+  await writeAuthFiles(options.pgdata, renderHba(), options.runAs);
   socketPath(options.runDir, bootstrapPort);
   await writeConf(options.pgdata, cellarConfFile, {
     port: String(bootstrapPort),
@@ -57,36 +58,33 @@ async function createClusterObjects(runDir: string): Promise<void> {
     const replication = escapeIdentifier(clusterRoles.replication);
     const app = escapeIdentifier(clusterRoles.app);
     await client.query(`create role ${replication} with replication login`);
-    await client.query(`create role ${app} with login createdb createrole`);
+    // No CREATEROLE: on Postgres 15 it can grant pg_execute_server_program (DESIGN §3a). The
+    // tenant makes further login roles through the cellar schema's functions instead.
+    await client.query(`create role ${app} with login createdb`);
     // CREATE DATABASE cannot run inside the implicit transaction of a multi-statement query.
     await client.query(`create database ${escapeIdentifier(appDatabase)} owner ${app}`);
   });
+  await withClient({ ...localSuperuser(runDir, bootstrapPort), database: appDatabase }, async (client) => {
+    await client.query(tenantRoleSql);
+  });
 }
 
-/** Copies a stopped data directory preserving modes and ownership, then makes it durable. */
-export async function copyDataDir(binDir: string, source: string, target: string, runAs: RunAs): Promise<void> {
-  await run(await copyBinary(), ['-a', source, target], { runAs, timeoutMs: copyMsMax });
-  // cp does not fsync; without this an OS crash after the rename could leave a torn data dir
+/** Copies a stopped data directory (as its owner) into `target` (as the target's owner), then makes it durable. */
+export async function copyDataDir(binDir: string, source: string, sourceOwner: RunAs, target: string, targetOwner: RunAs): Promise<void> {
+  await copyTreeBetween(source, sourceOwner, target, targetOwner);
+  // tar does not fsync; without this an OS crash after the rename could leave a torn data dir
   // that Postgres, seeing a clean shutdown in pg_control, would not repair.
-  await run(join(binDir, 'initdb'), ['--sync-only', '-D', target], { runAs, timeoutMs: copyMsMax });
+  await run(join(binDir, 'initdb'), ['--sync-only', '-D', target], { runAs: targetOwner, timeoutMs: syncMsMax });
 }
 
-async function copyBinary(): Promise<string> {
-  for (const candidate of copyBinaries) {
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // Try the next location.
-    }
-  }
-  throw new Error(`no cp found at ${copyBinaries.join(' or ')}`);
-}
-
-/** Builds `target` via `build(tmp)` then renames: the rename is the commit point. */
-export async function buildThenRename(target: string, build: (tmp: string) => Promise<void>): Promise<void> {
+/**
+ * Builds `target` via `build(tmp)` then renames: the rename is the commit point. `tmp` exists,
+ * empty, owned by `owner` (the builder runs as that user and cannot create it in Cellar's directory).
+ */
+export async function buildThenRename(target: string, owner: RunAs, build: (tmp: string) => Promise<void>): Promise<void> {
   const tmp = `${target}.tmp-${randomToken(8)}`;
   try {
+    await ensureDirectory(tmp, 0o700, owner);
     await build(tmp);
     await renameUnlessPresent(tmp, target);
     await fsyncDir(dirname(target));
@@ -110,7 +108,7 @@ async function renameUnlessPresent(tmp: string, target: string): Promise<void> {
 /** Stops a bootstrap server a crashed build may have left running, then removes the directory. */
 export async function discardBuild(tmp: string): Promise<void> {
   await stopServer(tmp);
-  await rm(tmp, { recursive: true, force: true });
+  await removeTree(tmp);
 }
 
 /** Removes `<base>.tmp-*` siblings of `target` (older than minAgeMs, if given). */
@@ -161,10 +159,10 @@ export class TemplateCache {
   private async build(pgVersion: number, binDir: string): Promise<string> {
     const paths = templatePaths(this.dataDir, pgVersion);
     if (await exists(paths.pgdata)) return paths.pgdata;
-    await ensureDirFor(paths.root, 0o700, this.runAs);
-    await ensureDirFor(paths.run, 0o700, this.runAs);
+    await ensureDirectory(paths.root, dataDirMode, selfRunAs());
+    await ensureDirectory(paths.run, 0o700, this.runAs);
     await removeStaleBuilds(paths.pgdata, templateBuildMsMax);
-    await buildThenRename(paths.pgdata, (tmp) =>
+    await buildThenRename(paths.pgdata, this.runAs, (tmp) =>
       bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: this.runAs }),
     );
     return paths.pgdata;
