@@ -59,6 +59,8 @@ export function errorHandler(log: Logger, embeddedStore: boolean) {
       reply.header('retry-after', String(storeRetryAfterSeconds));
     } else if (error.validation) {
       cellarError = validationError(error.validation as AjvError[], request.routeOptions.config.fieldMessages ?? {});
+    } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      cellarError = new CellarError('CELLAR_E_TOO_LARGE', `the request body is larger than the limit of ${request.routeOptions.bodyLimit} bytes`, 'body');
     } else if (error.statusCode !== undefined && error.statusCode < 500) {
       // Fastify's own client errors: malformed JSON, wrong content type, body too large.
       cellarError = new CellarError('CELLAR_E_INVALID', error.message, 'body');

@@ -24,9 +24,11 @@ import { type ClusterSnapshot, cellCounts, findCluster, findClusterById, insertC
 import { requestDestroy } from '../store/machine-store.js';
 import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
-import { type TokenOwner, createOrg, createToken, findTokenOwner, listOrgs, orgByName } from '../store/tenancy.js';
+import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { errorHandler } from './errors.js';
+import { guardedServerOptions, registerInputGuards } from './guards.js';
+import { registerTokenRoutes } from './tokens.js';
 import { registerHealth } from './health.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
@@ -50,8 +52,6 @@ declare module 'fastify' {
     owner: TokenOwner | null;
   }
 }
-
-const bodyLimitBytes = 64 * 1024;
 
 const fieldMessages = {
   name: `name must be a DNS label of 1-${clusterNameLengthMax} characters: a-z, 0-9 and '-', starting and ending with a letter or digit`,
@@ -99,7 +99,7 @@ const clusterSchema = {
     storageGb: { type: 'integer' },
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
-    backupIntervalHours: { type: 'integer', description: "hours between scheduled base backups (the cell's default unless set)" },
+    backupIntervalHours: { type: ['integer', 'null'], description: "hours between scheduled base backups; null: the cell's default" },
     replication: { type: ['string', 'null'], enum: ['sync', 'async', null], description: 'what commits wait for now' },
     archive: {
       type: ['object', 'null'],
@@ -172,7 +172,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     // Requests are logged at info by Fastify; the API child logs only warnings and worse.
     loggerInstance: log.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
-    bodyLimit: bodyLimitBytes,
+    ...guardedServerOptions,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
   });
   await app.register(swagger, {
@@ -184,20 +184,26 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   });
   app.setErrorHandler(errorHandler(log, options.embeddedStore ?? false));
+  app.addSchema({ $id: 'cellarError', ...errorSchema });
+  registerInputGuards(app);
   app.decorateRequest('owner', null);
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
     if (header === undefined || !request.url.startsWith('/v1/')) return;
     const match = /^Bearer\s+(\S+)$/i.exec(header);
-    request.owner = match?.[1] ? await findTokenOwner(pool, match[1]) : null;
+    if (!match?.[1]) throw new CellarError('CELLAR_E_UNAUTHENTICATED', 'the Authorization header must be "Bearer <token>"');
+    const authentication = await authenticate(pool, match[1]);
+    if (authentication.refused !== undefined) throw new CellarError('CELLAR_E_UNAUTHENTICATED', authentication.refused);
+    request.owner = authentication.owner;
   });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   registerHealth(app, pool);
 
-  app.get('/v1/status', { schema: { summary: 'Cell status' } }, async (request) => {
-    ownerOf(request);
-    return { ok: true, versions: options.versions, cell: await cellCounts(pool), warmPool: await warmPoolCounts(pool), ...options.status?.() };
+  app.get('/v1/status', { schema: { summary: "Cell status; an org token's counts cover its own org only" } }, async (request) => {
+    const owner = ownerOf(request);
+    if (!owner.admin) return { ok: true, versions: options.versions, scope: 'org', org: owner.orgName, cell: await cellCounts(pool, owner.orgId) };
+    return { ok: true, versions: options.versions, scope: 'cell', cell: await cellCounts(pool, null), warmPool: await warmPoolCounts(pool), ...options.status?.() };
   });
 
   app.get('/v1/orgs', { schema: { summary: 'List orgs (admin)' } }, async (request) => {
@@ -315,6 +321,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   );
 
   registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
+  registerTokenRoutes(app, pool, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

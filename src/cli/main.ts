@@ -4,6 +4,7 @@ import { ApiClient, ApiError, resolveCredentials } from './client.js';
 import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
 import { registerHostCommands } from './host.js';
+import { registerTokenCommands } from './tokens.js';
 import { type Output, formatTable, makeOutput } from './output.js';
 
 /** The `cellar` command line. Every command takes --json; errors exit 1 with a one-line reason. */
@@ -29,13 +30,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     .option('--json', 'print JSON')
     .action(async () => {
       const { client, out } = await connect();
-      const status = await client.request<{ versions: number[]; cell: Record<string, number> }>('GET', '/v1/status');
+      const status = await client.request<{ versions: number[]; cell: Record<string, number>; org?: string }>('GET', '/v1/status');
       if (out.json) return out.result(status);
-      out.line(`Cellar is up; Postgres versions ${status.versions.join(', ')}`);
+      out.line(`Cellar is up; Postgres versions ${status.versions.join(', ')}${status.org === undefined ? '' : `; counts for org ${status.org}`}`);
       out.line(formatTable(['CLUSTERS', 'INSTANCES', 'MACHINES DUE', 'MACHINES FAILED'], [[String(status.cell['clusters']), String(status.cell['instances']), String(status.cell['machinesDue']), String(status.cell['machinesFailed'])]]));
     });
   registerClusterCommands(program, connect);
   registerBackupCommands(program, connect);
+  registerTokenCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -24,6 +24,7 @@ import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { ensureCredentials } from './credentials.js';
+import { checkStartPaths } from './preflight.js';
 import { StoreSupervisor } from './store-supervisor.js';
 
 /**
@@ -44,6 +45,7 @@ export interface ControlPlaneOptions {
 }
 
 export async function startControlPlane(config: Config, log: Logger, options: ControlPlaneOptions): Promise<ControlPlane> {
+  await checkStartPaths(config);
   const storeUrl = config.storeUrl ?? (await ensureEmbeddedStore(config));
   const supervisor = config.storeUrl === null ? await StoreSupervisor.start(config, log.child({ component: 'store' })) : null;
   const pool = openPool(storeUrl);

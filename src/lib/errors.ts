@@ -5,10 +5,13 @@
 export const errorCatalogue = {
   CELLAR_E_INVALID: { status: 400, summary: 'A request field is missing, malformed or out of its limits.' },
   CELLAR_E_NAME_TAKEN: { status: 400, summary: 'A cluster with this name already exists in the organisation.' },
-  CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known.' },
+  CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known, revoked or expired (the message says which).' },
   CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
   CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },
+  CELLAR_E_TOO_LARGE: { status: 413, summary: 'The request body is larger than the limit the message states.' },
+  CELLAR_E_URI_TOO_LONG: { status: 414, summary: 'The URL is longer than the limit the message states.' },
+  CELLAR_E_HEADERS_TOO_LARGE: { status: 431, summary: 'The request line and headers are larger than the limit the message states.' },
   CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
   CELLAR_E_STORE_UNAVAILABLE: { status: 503, summary: 'The cell store does not answer (restarting or unreachable); retry after the `Retry-After` seconds.' },
 } as const;

@@ -168,12 +168,15 @@ export interface CellCounts {
   readonly machinesFailed: number;
 }
 
-export async function cellCounts(db: Pool): Promise<CellCounts> {
+/** Counts across the cell, or across one org's clusters. */
+export async function cellCounts(db: Pool, orgId: OrgId | null): Promise<CellCounts> {
   const result = await db.query<{ clusters: number; instances: number; due: number; failed: number }>(
-    `select (select count(*)::int from clusters where deleted_at is null and not pooled) as clusters,
-            (select count(*)::int from instances where deleted_at is null) as instances,
-            (select count(*)::int from machines where next_tick_at <= now()) as due,
-            (select count(*)::int from machines where label = 'failed') as failed`,
+    `with scope as (select id, pooled, deleted_at from clusters where $1::text is null or org_id = $1)
+     select (select count(*)::int from scope where deleted_at is null and not pooled) as clusters,
+            (select count(*)::int from instances where deleted_at is null and ($1::text is null or cluster_id in (select id from scope))) as instances,
+            (select count(*)::int from machines where next_tick_at <= now() and ($1::text is null or cluster_id in (select id from scope))) as due,
+            (select count(*)::int from machines where label = 'failed' and ($1::text is null or cluster_id in (select id from scope))) as failed`,
+    [orgId],
   );
   const row = result.rows[0];
   return { clusters: row?.clusters ?? 0, instances: row?.instances ?? 0, machinesDue: row?.due ?? 0, machinesFailed: row?.failed ?? 0 };

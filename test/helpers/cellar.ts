@@ -110,6 +110,8 @@ export class TestCellar {
 
   /** Starts `cellar up` and waits until the API answers with the credentials it wrote. */
   async start(extraArgs: readonly string[] = [], extraEnv: Record<string, string> = {}): Promise<void> {
+    // A restart must wait for its own "Cellar is up", not find the previous start's.
+    const outputFrom = this.output.length;
     const child = spawn(process.execPath, [cellarBin, 'up', ...extraArgs], { env: { ...this.env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     child.stdout?.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
@@ -117,7 +119,7 @@ export class TestCellar {
     const deadline = Date.now() + upWaitMsMax;
     while (Date.now() < deadline) {
       if (child.exitCode !== null) throw new Error(`cellar up exited ${child.exitCode}:\n${this.output}`);
-      if (this.output.includes('Cellar is up')) return;
+      if (this.output.includes('Cellar is up', outputFrom)) return;
       await sleep(pollMs);
     }
     throw new Error(`cellar up did not come up in ${upWaitMsMax} ms:\n${this.output}`);

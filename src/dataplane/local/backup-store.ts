@@ -5,7 +5,7 @@ import { randomToken } from '../../lib/ids.js';
 import type { BackupStore, WalFile } from '../backup-store.js';
 import { copyTreeBetween, ensureDirectory, ensureDirectoryTree, removeTree, replaceFile } from './files.js';
 import { fsyncDir, selfRunAs, type ClusterUsers, type RunAs } from './osuser.js';
-import { dataDirMode } from './paths.js';
+import { dataDirMode, shellUnsafePathCharacters } from './paths.js';
 import { exists, removeStaleBuilds } from './template.js';
 
 /**
@@ -63,7 +63,7 @@ export class LocalBackupStore implements BackupStore {
     private readonly root: string,
     private readonly users: ClusterUsers,
   ) {
-    assert(!/['"\s\\%]/.test(root), `backup directory ${root} must not contain quotes, spaces, backslashes or %`);
+    assert(!shellUnsafePathCharacters.test(root), `backup directory ${root} must not contain quotes, spaces, backslashes or %`);
   }
 
   /** Creates the root and (re)writes the two scripts; call once at start. */

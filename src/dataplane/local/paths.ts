@@ -22,20 +22,38 @@ export function resolveDataDir(config: Pick<Config, 'home' | 'dataDir'>, runAs: 
   if (config.dataDir !== null) return resolve(config.dataDir);
   const preferred = join(resolve(config.home), 'data');
   if (canTraverseAncestors(preferred, runAs)) return preferred;
-  const home = resolve(config.home);
-  const hash = createHash('sha256').update(home).digest('hex').slice(0, homeHashHexChars);
-  // `~/.cellar` becomes `cellar-<hash>`: a visible name an operator can find with ls.
-  return join(fallbackDataRoot, `${basename(home).replace(/^\.+/, '') || 'home'}-${hash}`);
+  return fallbackDataDir(config.home);
 }
 
 /**
- * Where the backup store lives: CELLAR_BACKUP_DIR, else `$CELLAR_HOME/backups` when the run-as user
- * (who writes WAL there through archive_command) can reach it, else `<data dir>/backups`.
+ * `~/.cellar` becomes `/var/lib/cellar/cellar-<hash>`: a visible name an operator can find with ls,
+ * made of safe characters whatever the home is called (`my home` → `my-home-<hash>`).
+ */
+function fallbackDataDir(home: string): string {
+  const absolute = resolve(home);
+  const hash = createHash('sha256').update(absolute).digest('hex').slice(0, homeHashHexChars);
+  const name = basename(absolute).replace(/^\.+/, '').replace(/[^A-Za-z0-9._-]+/g, '-').slice(0, homeNameCharsMax) || 'home';
+  return join(fallbackDataRoot, `${name}-${hash}`);
+}
+
+/**
+ * archive_command and restore_command carry the backup directory through a shell and Postgres'
+ * `%` escapes, so it may hold none of these.
+ */
+export const shellUnsafePathCharacters = /['"\s\\%]/;
+const homeNameCharsMax = 40;
+
+/**
+ * Where the backup store lives: CELLAR_BACKUP_DIR, else the first of `$CELLAR_HOME/backups`,
+ * `<data dir>/backups` and the fallback data root's that the run-as user (who writes WAL there
+ * through archive_command) can reach and whose path a shell command can carry.
  */
 export function resolveBackupDir(config: Pick<Config, 'home' | 'backupDir'>, runAs: RunAs, dataDir: string): string {
   if (config.backupDir !== null) return resolve(config.backupDir);
-  const preferred = join(resolve(config.home), 'backups');
-  return canTraverseAncestors(preferred, runAs) ? preferred : join(dataDir, 'backups');
+  const candidates = [join(resolve(config.home), 'backups'), join(dataDir, 'backups'), join(fallbackDataDir(config.home), 'backups')];
+  const usable = candidates.find((path) => !shellUnsafePathCharacters.test(path) && canTraverseAncestors(path, runAs));
+  // The last candidate is always safe to name; whether it can be made is preflight's to say.
+  return usable ?? join(fallbackDataDir(config.home), 'backups');
 }
 
 /**
