@@ -237,7 +237,7 @@ describe('bad input', () => {
         await spaced.start();
         const created = await spaced.cliJson<ClusterView>(['clusters', 'create', 'spaced', '--replicas', '0', '--wait']);
         assert.equal(created.state, 'running');
-        await queryUri(created.uri as string, 'select pg_switch_wal()');
+        await queryUri(created.uri as string, 'create table t as select generate_series(1, 1000) as id');
         const archived = await eventually('a WAL file archived', async () => {
           const shown = await spaced.cliJson<ClusterView>(['clusters', 'show', 'spaced']);
           return shown.archive?.lastArchivedWal ?? undefined;

@@ -4,22 +4,11 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
-import { TestCellar, eventually, processesUsing } from './helpers/cellar.js';
+import { TestCellar, eventually, processesUsing, postmasters } from './helpers/cellar.js';
 
 /** SIGKILL of the control plane in the middle of provisioning: the cluster converges, nothing leaks. */
 
 const leaseMs = 1_500;
-
-/** Postmasters (not their backends, whose command lines are rewritten) running on this Cellar's data. */
-async function postmasters(dataDir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await processesUsing(dataDir)) {
-    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    const dataArg = cmdline.indexOf('-D');
-    if (cmdline[0]?.endsWith('/postgres') && dataArg >= 0) found.push(cmdline[dataArg + 1] ?? '');
-  }
-  return found.sort();
-}
 
 async function showCluster(cellar: TestCellar, name: string): Promise<ClusterView | undefined> {
   const response = await cellar.api<ClusterView>('GET', `/v1/clusters/${name}`).catch(() => undefined);

@@ -7,7 +7,7 @@ import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
 import { embeddedStorePaths, ensureEmbeddedStore, stopEmbeddedStore } from '../src/store/embedded.js';
-import { TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
+import { TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri, postmasters } from './helpers/cellar.js';
 
 /** The cell store dies under a running Cellar: the API says so (503), the proxy serves on, and work resumes once it is back. */
 
@@ -23,17 +23,6 @@ interface ErrorBody {
 async function get(url: string, token?: string): Promise<{ status: number; retryAfter: string | null; text: string }> {
   const response = await fetch(url, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });
   return { status: response.status, retryAfter: response.headers.get('retry-after'), text: await response.text() };
-}
-
-/** Postmasters (not their backends, whose command lines are rewritten) running on a data directory. */
-async function postmasters(dataDir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await processesUsing(dataDir)) {
-    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    const dataArg = cmdline.indexOf('-D');
-    if (cmdline[0]?.endsWith('/postgres') && dataArg >= 0) found.push(cmdline[dataArg + 1] ?? '');
-  }
-  return found.sort();
 }
 
 /** A client held open through the proxy across the outage; its errors surface in its queries. */

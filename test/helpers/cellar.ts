@@ -216,6 +216,17 @@ export async function queryUri<T extends pg.QueryResultRow>(uri: string, sql: st
   }
 }
 
+/** Postmasters (not their backends, whose command lines are rewritten) running on a data directory. */
+export async function postmasters(dataDir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await processesUsing(dataDir)) {
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const dataArg = cmdline.indexOf('-D');
+    if (cmdline[0]?.endsWith('/postgres') && dataArg >= 0) found.push(cmdline[dataArg + 1] ?? '');
+  }
+  return found.sort();
+}
+
 /** The postmaster pid of one of this Cellar's instances (first line of postmaster.pid), for real kills. */
 export async function postmasterPid(dataDir: string, instanceId: string): Promise<number> {
   const text = await readFile(join(dataDir, 'instances', instanceId, 'pgdata', 'postmaster.pid'), 'utf8');

@@ -21,7 +21,10 @@ const homeHashHexChars = 8;
 export function resolveDataDir(config: Pick<Config, 'home' | 'dataDir'>, runAs: RunAs): string {
   if (config.dataDir !== null) return resolve(config.dataDir);
   const preferred = join(resolve(config.home), 'data');
-  if (canTraverseAncestors(preferred, runAs)) return preferred;
+  // A home Cellar has yet to make will be 0700 (it holds secrets): decide now as it will be then,
+  // so that the answer before the first start (preflight) and after it agree.
+  const homeWillBeClosed = statOrUndefined(resolve(config.home)) === undefined && runAs.uid !== process.getuid?.();
+  if (!homeWillBeClosed && canTraverseAncestors(preferred, runAs)) return preferred;
   return fallbackDataDir(config.home);
 }
 
