@@ -7,7 +7,7 @@ import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
 import { embeddedStorePaths, ensureEmbeddedStore, stopEmbeddedStore } from '../src/store/embedded.js';
-import { TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri, postmasters } from './helpers/cellar.js';
+import { TestCellar, cellarBin, eventually, makeTempDir, queryUri, postmasters } from './helpers/cellar.js';
 
 /** The cell store dies under a running Cellar: the API says so (503), the proxy serves on, and work resumes once it is back. */
 
