@@ -136,12 +136,12 @@ export async function recordEvent(db: Queryable, event: EventInput): Promise<voi
   );
 }
 
-/** Gives back leases this engine holds, so another engine need not wait for them to expire. */
 /** Gives up one lease, only if nobody has claimed the machine since (the version is the fencing token). */
 export async function releaseLease(db: Queryable, id: string, version: string, owner: string): Promise<void> {
   await db.query('update machines set lease_owner = null, lease_expires_at = null where id = $1 and version = $2 and lease_owner = $3', [id, version, owner]);
 }
 
+/** Gives back leases this engine holds, so another engine need not wait for them to expire. */
 export async function releaseLeases(db: Queryable, owner: string): Promise<void> {
   await db.query('update machines set lease_owner = null, lease_expires_at = null where lease_owner = $1', [owner]);
 }
