@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -341,6 +341,9 @@ test('the data dir falls back to /var/lib/cellar when the home sits under a dire
   assert.equal(resolveDataDir({ home, dataDir: null }, runAs), fallback, 'the fallback is stable for one home');
 
   await chmod(locked, 0o755);
-  assert.equal(resolveDataDir({ home, dataDir: null }, runAs), join(home, 'data'));
+  assert.equal(resolveDataDir({ home, dataDir: null }, runAs), fallback, 'a home Cellar has yet to make will be 0700: the same answer before and after it exists');
+  await mkdir(home, { mode: 0o755 });
+  await chmod(home, 0o755);
+  assert.equal(resolveDataDir({ home, dataDir: null }, runAs), join(home, 'data'), 'an existing home the postgres user can enter keeps the data');
   assert.equal(resolveDataDir({ home, dataDir: '/srv/x' }, runAs), '/srv/x');
 });
