@@ -5,10 +5,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ClusterView } from '../src/api/view.js';
 import { isPortFree } from '../src/lib/net.js';
-import { postmasterPid, queryUri, processesUsing, sleep, TestCellar, eventually } from './helpers/cellar.js';
+import { postmasterPid, queryUri, processesUsing, TestCellar, eventually } from './helpers/cellar.js';
 
 /** End to end through the real CLI, API, engine and Postgres servers. */
 
+/** Probes of each instance by a restarted control plane before checking it restarted none. */
+const probesAfterRestart = 3;
 
 
 describe('clusters', () => {
@@ -102,11 +104,18 @@ describe('clusters', () => {
   test('control plane stopped and started again re-adopts running clusters without restarting them', async () => {
     const pidsBefore = await Promise.all(app.instances.map((instance) => postmasterPid(cellar.dataDir, instance.id)));
     await cellar.stop();
-    await sleep(500);
     const [row] = await queryUri<{ one: number }>(app.uri as string, 'select 1 as one');
     assert.equal(row?.one, 1, 'databases serve while the control plane is down');
+    const instanceIds = app.instances.map((instance) => instance.id);
+    const versionsSql = `select entity_id, version::int as version from machines where kind = 'instance' and entity_id = any($1::text[])`;
+    const versionsBefore = new Map((await cellar.storeQuery<{ entity_id: string; version: number }>(versionsSql, [instanceIds])).map((machine) => [machine.entity_id, machine.version]));
     await cellar.start();
-    await sleep(3_000); // several probe intervals of the instance machines
+    // Each tick of a machine claims and saves it (two versions): wait until the new control plane
+    // has probed every instance several times, so a restart it would have made has happened.
+    await eventually('several probes of every instance by the restarted control plane', async () => {
+      const now = await cellar.storeQuery<{ entity_id: string; version: number }>(versionsSql, [instanceIds]);
+      return now.length === instanceIds.length && now.every((machine) => machine.version >= (versionsBefore.get(machine.entity_id) ?? Infinity) + 2 * probesAfterRestart) ? true : undefined;
+    }, 30_000);
     const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
     assert.equal(shown.state, 'running');
     const pidsAfter = await Promise.all(app.instances.map((instance) => postmasterPid(cellar.dataDir, instance.id)));

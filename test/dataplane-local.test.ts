@@ -13,10 +13,13 @@ import { ensureDirectory } from '../src/dataplane/local/files.js';
 import { ClusterUsers, resolveRunAs, selfRunAs, type RunAs } from '../src/dataplane/local/osuser.js';
 import { canTraverseAncestors, fallbackDataRoot, prepareDataDir, resolveDataDir } from '../src/dataplane/local/paths.js';
 import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/dataplane/local/server.js';
+import { localSuperuser, withClient } from '../src/dataplane/local/sql.js';
 import { sleep } from '../src/lib/clock.js';
 import { newId, type InstanceId } from '../src/lib/ids.js';
+import { eventually } from './helpers/cellar.js';
 
-const pgVersion = 15;
+/** The newest installed major: the tests run on whatever Postgres the host has. */
+const pgVersion = Math.max(...(await Binaries.discover({ pgBin: null })).versions());
 const streamingWaitMsMax = 30_000;
 const pollMs = 20;
 
@@ -201,10 +204,29 @@ test('failover operations: sync standbys hold and release commits, promote, foll
   await plane.setSynchronousStandbys(primary, [first.instanceId]);
   await app(primary, "insert into t values (1, 'acknowledged by a replica')");
   await plane.setSynchronousStandbys(primary, ['in_nobodyhereaaa']);
-  await sleep(200); // pg_reload_conf signals; the postmaster and backends re-read the file shortly after.
-  const held = app(primary, "insert into t values (2, 'held')");
-  const outcome = await Promise.race([held.then(() => 'committed'), sleep(1_000).then(() => 'waiting')]);
-  assert.equal(outcome, 'waiting', 'a commit waits while no named standby has it');
+  const superuser = localSuperuser(plane.paths(primary.instanceId).run, primary.port);
+  // pg_reload_conf only signals: once the replica's walsender has re-read the list it reports
+  // priority 0 (it is no longer a sync standby) and can release no commit.
+  await eventually('the walsender of the first replica to drop out of the sync list', () =>
+    withClient(superuser, async (client) => {
+      const rows = (await client.query<{ priority: number }>('select sync_priority as priority from pg_stat_replication where application_name = $1', [first.instanceId])).rows;
+      return rows[0]?.priority === 0 ? true : undefined;
+    }), streamingWaitMsMax, pollMs);
+  let committed = false;
+  const held = app(primary, "insert into t values (2, 'held')").then(() => (committed = true));
+  const heldAt = await eventually('the commit to wait for a sync standby', () =>
+    withClient(superuser, async (client) => {
+      const rows = (await client.query<{ lsn: string }>(`select pg_current_wal_lsn()::text as lsn from pg_stat_activity where wait_event = 'SyncRep' and query like 'insert into t values (2,%'`)).rows;
+      return rows[0]?.lsn;
+    }), streamingWaitMsMax, pollMs);
+  // Once the replica has flushed past the commit, only the sync list can still hold it.
+  await eventually('the first replica to flush past the held commit', () =>
+    withClient(superuser, async (client) => {
+      const rows = (await client.query<{ past: boolean }>('select flush_lsn >= $2::pg_lsn as past from pg_stat_replication where application_name = $1', [first.instanceId, heldAt])).rows;
+      return rows[0]?.past === true ? true : undefined;
+    }), streamingWaitMsMax, pollMs);
+  const stillWaiting = await withClient(superuser, async (client) => (await client.query(`select 1 from pg_stat_activity where wait_event = 'SyncRep'`)).rowCount);
+  assert.deepEqual([committed, stillWaiting], [false, 1], 'a commit waits while no named standby has it, though a replica has its WAL');
   await plane.setSynchronousStandbys(primary, []);
   await held;
 

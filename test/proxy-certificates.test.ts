@@ -15,10 +15,11 @@ import { type RunningProxy, routesSnapshotFile, startProxy } from '../src/proxy/
 import { metricsTokenFileName } from '../src/proxy/metrics.js';
 import { dayMs, ensureCellCa, hostValidityDays, issueProxyCertificate } from '../src/proxy/tls.js';
 import { TestCellar } from './helpers/cellar.js';
+import { postgresTool } from './helpers/tools.js';
 
 /** The proxy makes no key material for what clients send, renews its one certificate, and keeps its metrics to the operator. */
 
-const psqlBin = '/usr/lib/postgresql/15/bin/psql';
+const psqlBin = await postgresTool('psql');
 const domain = 'cellar.localhost';
 const floodHandshakes = 50;
 const handshakeTimeoutMs = 5_000;

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { ClusterUsers } from '../../src/dataplane/local/osuser.js';
 import { freePort } from '../../src/lib/net.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
+import { seedDataDir } from './prepared.js';
 
 /**
  * A real Cellar for tests: `cellar up` as a child process with its own home, data directory, API
@@ -59,7 +60,7 @@ export class TestCellar {
   static async create(extraEnv: Record<string, string> = {}): Promise<TestCellar> {
     const root = await makeTempDir('cellar-test-');
     const [portLow, portHigh] = await freePortBlock();
-    const env = {
+    const env: NodeJS.ProcessEnv = {
       ...process.env,
       CELLAR_HOME: join(root, 'home'),
       CELLAR_DATA: join(root, 'data'),
@@ -75,6 +76,9 @@ export class TestCellar {
       CELLAR_TOKEN: '',
       ...extraEnv,
     };
+    // A Cellar given its own data directory starts from the run's prepared store and template
+    // instead of running initdb and building the template itself (test/helpers/prepared.ts).
+    if (env['CELLAR_DATA'] === join(root, 'data')) await seedDataDir(env['CELLAR_DATA'], { store: !env['CELLAR_STORE_URL'], templates: true });
     return new TestCellar(root, env);
   }
 

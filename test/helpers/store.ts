@@ -5,6 +5,7 @@ import { ensureEmbeddedStore, stopEmbeddedStore } from '../../src/store/embedded
 import { migrate } from '../../src/store/migrate.js';
 import { type Pool, openPool } from '../../src/store/pool.js';
 import { makeTempDir } from './cellar.js';
+import { seedDataDir } from './prepared.js';
 
 /** A real, migrated cell store (the embedded Postgres) in a temporary directory. */
 export interface TestStore {
@@ -15,6 +16,8 @@ export interface TestStore {
 
 export async function startTestStore(): Promise<TestStore> {
   const root = await makeTempDir('cellar-store-');
+  // A copy of the run's prepared store: already initialised and migrated.
+  await seedDataDir(join(root, 'data'), { store: true, templates: false });
   const config = loadConfig({ CELLAR_HOME: join(root, 'home'), CELLAR_DATA: join(root, 'data') });
   const url = await ensureEmbeddedStore(config);
   const pool = openPool(url);
