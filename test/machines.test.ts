@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
 import type { BackupSettings, HaSettings } from '../src/config.js';
-import type { Durability } from '../src/lib/sizes.js';
 import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
@@ -10,7 +9,8 @@ import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
-import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachinePorts, MachineStore, Role } from '../src/machines/ports.js';
+import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
+import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
 
 /**
  * Unit tests of the machines, label by label: each asserts the transition a step returns.
@@ -18,10 +18,8 @@ import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, Insta
  * end-to-end tests exercise for real; here they make every branch reachable and deterministic.
  */
 
-const clusterId = 'cl_aaaaaaaaaaaa' as ClusterId;
 const primaryId = 'in_primaryaaaaa' as InstanceId;
 const replicaId = 'in_replicaaaaaa' as InstanceId;
-const secrets: ClusterSecrets = { superuserPassword: 's', replicationPassword: 'r', appPassword: 'a' };
 
 class FakeClock implements Clock {
   constructor(public now = 1_000_000) {}
@@ -31,87 +29,6 @@ class FakeClock implements Clock {
 }
 
 const fixedRandom: Random = { next: () => 0.5 };
-
-class FakeStore implements MachineStore {
-  readonly instancesById = new Map<InstanceId, InstanceRecord>();
-  readonly calls: string[] = [];
-  clusterDeleted = false;
-  replicas = 1;
-  durability: Durability = 'sync';
-  switchoverTo: string | null = null;
-  failovers = 0;
-
-  add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
-    this.instancesById.set(id, { id, clusterId, ordinal, role, port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
-  }
-
-  update(id: InstanceId, change: Partial<InstanceRecord>): void {
-    const instance = this.instancesById.get(id);
-    assert.ok(instance !== undefined);
-    this.instancesById.set(id, { ...instance, ...change });
-  }
-
-  async cluster(): Promise<ClusterRecord> {
-    const spec = { size: 'small', replicas: this.replicas, storageGb: 10, pgVersion: 15, durability: this.durability } as const;
-    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo };
-  }
-  async instances(): Promise<InstanceRecord[]> {
-    return [...this.instancesById.values()].sort((a, b) => a.ordinal - b.ordinal);
-  }
-  async instance(id: InstanceId): Promise<InstanceRecord | null> {
-    return this.instancesById.get(id) ?? null;
-  }
-  async createInstance(_cluster: ClusterId, ordinal: number, role: Role): Promise<void> {
-    this.calls.push(`createInstance ${ordinal} ${role}`);
-    if ([...this.instancesById.values()].some((instance) => instance.ordinal === ordinal)) return;
-    this.add(`in_new${ordinal}aaaaaaaa` as InstanceId, role, ordinal, 'start', null);
-  }
-  async allocatePort(id: InstanceId): Promise<number> {
-    this.calls.push(`allocatePort ${id}`);
-    return 6000;
-  }
-  async releasePort(id: InstanceId): Promise<void> {
-    this.calls.push(`releasePort ${id}`);
-  }
-  async recordObserved(id: InstanceId): Promise<void> {
-    this.calls.push(`recordObserved ${id}`);
-  }
-  async markInstanceDeleted(id: InstanceId): Promise<void> {
-    this.calls.push(`markInstanceDeleted ${id}`);
-    this.instancesById.delete(id);
-  }
-  async markClusterDeleted(): Promise<void> {
-    this.clusterDeleted = true;
-  }
-  async requestDestroy(kind: string, entityId: string): Promise<void> {
-    this.calls.push(`requestDestroy ${kind} ${entityId}`);
-  }
-  async raiseSignal(kind: string, entityId: string, name: string): Promise<void> {
-    this.calls.push(`raiseSignal ${kind} ${entityId} ${name}`);
-  }
-  async setFenced(id: InstanceId, fenced: boolean): Promise<void> {
-    this.calls.push(`setFenced ${id} ${fenced}`);
-    this.update(id, { fenced });
-  }
-  async setRoutePaused(_cluster: ClusterId, paused: boolean): Promise<void> {
-    this.calls.push(`setRoutePaused ${paused}`);
-  }
-  async swapPrimary(_cluster: ClusterId, newPrimaryId: InstanceId): Promise<void> {
-    this.calls.push(`swapPrimary ${newPrimaryId}`);
-    for (const instance of this.instancesById.values()) {
-      this.update(instance.id, instance.id === newPrimaryId ? { role: 'primary', fenced: false } : { role: 'replica' });
-    }
-  }
-  async clearSwitchoverTarget(): Promise<void> {
-    this.switchoverTo = null;
-  }
-  async replaceInstance(id: InstanceId, role: Role): Promise<void> {
-    this.calls.push(`replaceInstance ${id} ${role}`);
-  }
-  async failoversWithin(): Promise<number> {
-    return this.failovers;
-  }
-}
 
 const stopped: InstanceStatus = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
 
@@ -202,67 +119,6 @@ const ha: HaSettings = {
 };
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
-
-class FakeBackups implements BackupRecords {
-  readonly records = new Map<BackupId, BackupRecord>();
-  readonly calls: string[] = [];
-  candidates: BackupCandidate[] = [];
-  slotFree = true;
-  add(record: Partial<BackupRecord> & { id: BackupId }): void {
-    this.records.set(record.id, { clusterId, status: 'running', sourceInstanceId: null, startWalFile: null, finishedAtMs: null, verified: null, ...record });
-  }
-  async backup(id: BackupId): Promise<BackupRecord> {
-    const record = this.records.get(id);
-    assert.ok(record !== undefined);
-    return record;
-  }
-  async createBackup(cluster: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
-    this.calls.push(`createBackup ${cluster} ${reason}`);
-    return 'bk_new' as BackupId;
-  }
-  async recordTaken(id: BackupId, source: InstanceId, info: BaseBackupInfo): Promise<void> {
-    this.calls.push(`recordTaken ${id} ${source} ${info.startWalFile}`);
-    const record = await this.backup(id);
-    this.records.set(id, { ...record, status: 'completed', startWalFile: info.startWalFile });
-  }
-  async recordFailed(id: BackupId, reason: string): Promise<void> {
-    this.calls.push(`recordFailed ${id} ${reason}`);
-  }
-  async tryStartCheck(): Promise<boolean> {
-    return this.slotFree;
-  }
-  async recordCheck(id: BackupId, ok: boolean, detail: string): Promise<void> {
-    this.calls.push(`recordCheck ${id} ${ok} ${detail}`);
-  }
-  async backupCandidates(): Promise<BackupCandidate[]> {
-    return this.candidates;
-  }
-  async backupsOf(): Promise<BackupRecord[]> {
-    return [...this.records.values()].filter((record) => record.status !== 'deleted' && record.status !== 'running');
-  }
-  /** Live clusters with backups, beyond the one the records belong to; sorted like the store's. */
-  moreClusters: ClusterId[] = [];
-  /** Deleted clusters with the time (clock ms) of their delete. */
-  deleted = new Map<ClusterId, number>();
-  readonly pagesAsked: string[] = [];
-  async clustersWithBackups(after: ClusterId | null, limit: number): Promise<ClusterId[]> {
-    this.pagesAsked.push(`after ${after ?? 'start'}`);
-    const all = [...(this.records.size > 0 ? [clusterId] : []), ...this.moreClusters].sort();
-    return all.filter((id) => after === null || id > after).slice(0, limit);
-  }
-  async deletedClustersToPurge(deletedBeforeMs: number, limit: number): Promise<ClusterId[]> {
-    return [...this.deleted].filter(([, atMs]) => atMs < deletedBeforeMs).map(([id]) => id).slice(0, limit);
-  }
-  async markBackupsPurged(cluster: ClusterId): Promise<void> {
-    this.calls.push(`markBackupsPurged ${cluster}`);
-    this.deleted.delete(cluster);
-  }
-  async markDeleted(id: BackupId): Promise<void> {
-    this.calls.push(`markDeleted ${id}`);
-    const record = await this.backup(id);
-    this.records.set(id, { ...record, status: 'deleted' });
-  }
-}
 
 interface Harness {
   store: FakeStore;
