@@ -67,8 +67,9 @@ describe('three engine processes against one store', () => {
     });
     const victim = workers.find((worker) => `worker-${worker.pid}` === holder);
     assert.ok(victim, `the lease holder ${holder} is one of our workers`);
+    const [lease] = (await store.pool.query<{ expires: Date }>('select lease_expires_at as expires from machines where id = $1 and lease_owner = $2', [machineId, holder])).rows;
+    assert.ok(lease !== undefined, 'the holder holds the lease');
     victim.kill('SIGKILL');
-    const killedAtMs = Date.now();
     const finisher = await eventually(
       'another engine to finish the slow step',
       async () => {
@@ -78,7 +79,9 @@ describe('three engine processes against one store', () => {
       30_000,
     );
     assert.notEqual(finisher, holder, 'the killed engine did not finish');
-    assert.ok(Date.now() - killedAtMs >= leaseMs, 'the work was taken over only after the lease expired');
+    // Both times are the store's clock: the takeover began only once the holder's lease had run out.
+    const [takeover] = (await store.pool.query<{ at: Date }>("select at from slow_log where machine_id = $1 and event = 'started' and owner = $2", [machineId, finisher])).rows;
+    assert.ok(takeover !== undefined && takeover.at.getTime() >= lease.expires.getTime(), `taken over at ${takeover?.at.toISOString()}, the lease ran to ${lease.expires.toISOString()}`);
     await eventually('the machine to be done', async () => {
       const row = (await store.pool.query<{ label: string; next_tick_at: Date | null }>('select label, next_tick_at from machines where id = $1', [machineId])).rows[0];
       return row?.label === 'finished' && row.next_tick_at === null ? true : undefined;
