@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,17 +41,24 @@ export function preparedDataDir(): Promise<string> {
 }
 
 /**
- * Fills an empty data directory from the prepared one: `cp -a` keeps owners and modes (the store
- * and templates belong to `postgres` when tests run as root), as `cellar up` would have made them.
+ * Fills an empty data directory from the prepared one. The store is written to, so each Cellar
+ * gets its own copy (`cp -a` keeps owners and modes: the store belongs to `postgres` when tests
+ * run as root). A template is only ever read (copied for each new primary; a change of what it
+ * holds changes its revision, so its path), so all Cellars share the prepared one through a link:
+ * copying it cost as much as building it on this disk.
  */
 export async function seedDataDir(dataDir: string, parts: { store: boolean; templates: boolean }): Promise<void> {
   const source = await preparedDataDir();
-  const sources = [...(parts.store ? ['store'] : []), ...(parts.templates ? ['templates'] : [])].map((part) => join(source, part));
-  if (sources.length === 0) return;
   await mkdir(dataDir, { recursive: true, mode: 0o711 });
-  await new Promise<void>((resolve, reject) => {
-    execFile('cp', ['-a', ...sources, `${dataDir}/`], { timeout: copyMsMax }, (error, _stdout, stderr) => (error ? reject(new Error(`cp -a into ${dataDir}: ${stderr}`)) : resolve()));
-  });
+  if (parts.store) {
+    await new Promise<void>((resolve, reject) => {
+      execFile('cp', ['-a', join(source, 'store'), `${dataDir}/`], { timeout: copyMsMax }, (error, _stdout, stderr) => (error ? reject(new Error(`cp -a into ${dataDir}: ${stderr}`)) : resolve()));
+    });
+  }
+  if (parts.templates) {
+    await mkdir(join(dataDir, 'templates'), { mode: 0o711 });
+    for (const template of await readdir(join(source, 'templates'))) await symlink(join(source, 'templates', template), join(dataDir, 'templates', template));
+  }
 }
 
 async function prepare(): Promise<string> {
