@@ -4,8 +4,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
-import { Binaries } from '../src/dataplane/local/binaries.js';
-import { instancePaths } from '../src/dataplane/local/paths.js';
+import { Binaries } from '../src/postgres/binaries.js';
+import { instancePaths } from '../src/postgres/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import {
   type BenchCellar,

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ClusterView } from '../src/api/view.js';
-import { instancePaths } from '../src/dataplane/local/paths.js';
+import { instancePaths } from '../src/postgres/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import { freePort } from '../src/lib/net.js';
 import {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { assert } from '../../lib/assert.js';
+import { assert } from '../lib/assert.js';
 import { formatTail, run, type RunAs } from './osuser.js';
 
 /**
