@@ -11,7 +11,7 @@ import { resolveBackupDir, resolveDataDir, shellUnsafePathCharacters, socketPath
  * bare errno text; all problems are reported at once.
  */
 
-/** The longest socket path Cellar makes under a data directory: an instance's (see dataplane/local/paths). */
+/** The longest socket path Cellar makes under a data directory: an instance's (see postgres/paths). */
 const longestSocketSuffix = join('instances', 'in_xxxxxxxxxxxx', 'run', '.s.PGSQL.65535');
 const controlCharacter = /[\u0000-\u001f\u007f]/;
 
