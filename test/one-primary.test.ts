@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { classifyFailure } from '../src/lib/failure.js';
 import type { ClusterId, InstanceId, OrgId } from '../src/lib/ids.js';
 import { defaultSize } from '../src/lib/sizes.js';
 import { clusterMachine } from '../src/machines/cluster.js';
@@ -42,6 +43,7 @@ test('a second routed primary in a cluster is refused by the store itself (SQLST
   const { clusterId, ids } = await clusterWithInstances('refused', 2);
   const refused = await rejection(store.pool.query(`update instances set role = 'primary' where id = $1`, [ids[1]]));
   assert.deepEqual([refused.code, refused.constraint], ['23505', 'instances_one_routed_primary']);
+  assert.equal(classifyFailure(refused), 'invariant', 'a step that hits it fails at once as a bug, not retried as a race');
   const inserted = await rejection(store.pool.query(`insert into instances (id, cluster_id, ordinal, role) values ('in_secondprimary', $1, 9, 'primary')`, [clusterId]));
   assert.deepEqual([inserted.code, inserted.constraint], ['23505', 'instances_one_routed_primary']);
 });

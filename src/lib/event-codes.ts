@@ -6,6 +6,7 @@
 export const eventCodes = {
   // The engine, for any kind.
   gave_up: 'a step kept failing and the machine gave up after its bounded attempts',
+  failed_permanently: 'a step failed in a way retrying cannot help: the machine failed at once with the reason',
   bug: 'a step broke an invariant of Cellar (a bug): the machine failed at once',
   resumed_by_signal: 'a finished machine acted on a request (a delete of a failed machine, a new verification)',
 
