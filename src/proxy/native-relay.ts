@@ -81,10 +81,13 @@ export class NativeRelay {
     private readonly log: Logger,
   ) {}
 
-  /** The built relay, or null (logged) when it is missing: the proxy then relays in JavaScript. */
-  static load(log: Logger): NativeRelay | null {
+  /**
+   * The built relay, or null (logged) when it is missing: the proxy then relays in JavaScript.
+   * `path` is another build of the addon (bench/asan-relay.sh loads one built with AddressSanitizer).
+   */
+  static load(log: Logger, path = bindingPath): NativeRelay | null {
     try {
-      const binding = createRequire(import.meta.url)(bindingPath) as RelayBinding;
+      const binding = createRequire(import.meta.url)(path) as RelayBinding;
       return new NativeRelay(binding, log);
     } catch (error) {
       log.warn({ err: error instanceof Error ? error.message : String(error) }, 'native relay not built (npm ci builds it): relaying in JavaScript');
