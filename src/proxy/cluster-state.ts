@@ -1,4 +1,6 @@
 import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { guarded } from './connection.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { EndpointKind } from './routes.js';
 import { TokenBucket } from './throttle.js';
@@ -33,6 +35,7 @@ export class ClusterStates {
   private readonly states = new Map<string, ClusterState>();
 
   constructor(
+    private readonly log: Logger,
     private readonly throttles: ClusterThrottles,
     private readonly metrics: ProxyMetrics,
     /** Whether the route table still has the cluster. */
@@ -61,11 +64,14 @@ export class ClusterStates {
     state.connections += 1;
     this.metrics.connections.labels(cluster, kind).inc();
     this.metrics.connectionsTotal.labels(cluster, kind).inc();
-    client.once('close', () => {
-      state.connections -= 1;
-      this.metrics.connections.labels(cluster, kind).dec();
-      this.prune(cluster);
-    });
+    client.once(
+      'close',
+      guarded(this.log, 'counting a closed connection', [client], () => {
+        state.connections -= 1;
+        this.metrics.connections.labels(cluster, kind).dec();
+        this.prune(cluster);
+      }),
+    );
     return state;
   }
 

@@ -137,7 +137,12 @@ export class ProxyMetrics {
         sendError(response, new CellarError('CELLAR_E_NOT_FOUND', `${request.method ?? ''} ${request.url ?? ''}: the proxy's admin port serves GET /metrics only`));
         return;
       }
-      beforeScrape();
+      try {
+        beforeScrape();
+      } catch {
+        // A gauge that could not be read (the native relay's counts) must not take the proxy down with the scrape.
+        return sendError(response, new CellarError('CELLAR_E_INTERNAL', 'the metrics could not be gathered'));
+      }
       this.registry.metrics().then(
         (text) => response.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
         () => sendError(response, new CellarError('CELLAR_E_INTERNAL', 'the metrics could not be rendered')),

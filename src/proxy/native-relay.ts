@@ -159,7 +159,13 @@ export class NativeRelay {
   /** A socket the proxy closes itself (a startup deadline, shutdown) takes the thread's pair with it. */
   private abortOnClose(id: number, socket: Socket): void {
     socket.once('close', () => {
-      if (this.pairs.has(id) || this.handshakes.has(id) || this.tlsClients.has(id)) this.binding.abort(id);
+      if (!(this.pairs.has(id) || this.handshakes.has(id) || this.tlsClients.has(id))) return;
+      try {
+        this.binding.abort(id);
+      } catch (error) {
+        // Out of memory in the binding: the pair ends when its sockets do; a throw here would end the process.
+        this.log.warn({ err: error instanceof Error ? error.message : String(error), pair: id }, 'native relay: could not abort a pair');
+      }
     });
   }
 

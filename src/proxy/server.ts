@@ -48,7 +48,7 @@ export class ProxyServer {
     const { log, limits, metrics, routes, relay, tls } = options;
     const track = (socket: Socket): void => this.track(socket);
     this.cancelKeys = options.cancelKeys ?? new CancelKeys();
-    this.clusters = new ClusterStates(limits, metrics, (cluster) => routes.has(cluster));
+    this.clusters = new ClusterStates(log, limits, metrics, (cluster) => routes.has(cluster));
     routes.onChange(() => this.clusters.pruneAll());
     this.admission = new Admission({ routes, limits, metrics, clusters: this.clusters, connectionCount: () => this.sockets.size });
     this.backends = new BackendConnector({ log, routes, admission: this.admission, waitMsMax: limits.waitMsMax, track });
