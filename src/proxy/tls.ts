@@ -235,11 +235,6 @@ export class ProxyCertificate {
     this.#timer = null;
   }
 
-  /** Resolves when no renewal is under way (one started before `stop` still writes in the CA's directory until then). */
-  settled(): Promise<void> {
-    return this.#renewing ?? Promise.resolve();
-  }
-
   /** Replaces the certificate when it is within the margin of expiry; one renewal at a time. */
   renewIfDue(): Promise<void> {
     const nowMs = this.#options.nowMs ?? Date.now;
