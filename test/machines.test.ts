@@ -291,6 +291,7 @@ async function step<L extends string, D extends MachineData>(
     machine: { id: 'ma_test', kind: definition.kind, entityId, clusterId, label, attempt: options.attempt ?? 0, data: options.data ?? ({} as D) },
     signals: new Set(options.signals ?? []),
     ports: h.ports,
+    abort: new AbortController().signal,
   });
   if (outcome.type === 'hop') assert.ok(isAllowedHop(definition, label, outcome.label), `${label} -> ${outcome.label} is in the table`);
   return outcome;

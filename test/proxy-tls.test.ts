@@ -162,7 +162,7 @@ describe('cell CA and the proxy certificate', () => {
       // Without the cell CA the same certificate is untrusted: the CA, not luck, makes it verify.
       await assert.rejects(connect(port, { servername: 'app.cellar.localhost' }), { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' });
     } finally {
-      certificate.stop();
+      await certificate.stop();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
   });
@@ -243,7 +243,7 @@ describe('cell CA and the proxy certificate', () => {
       await certificate.renewIfDue();
       assert.equal(renewed.length, 1, 'a fresh certificate is not renewed again');
     } finally {
-      certificate.stop();
+      await certificate.stop();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
   });
@@ -258,12 +258,12 @@ describe('cell CA and the proxy certificate', () => {
     try {
       clock.nowMs += 15 * dayMs;
       await waitFor('the failed renewal', () => failures.length > 0);
-      certificate.stop();
+      await certificate.stop();
       assert.deepEqual(renewed, []);
       assert.deepEqual(certificate.pair, planted);
       assert.match(String(failures[0]), /openssl req failed/);
     } finally {
-      certificate.stop();
+      await certificate.stop();
     }
   });
 });

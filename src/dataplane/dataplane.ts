@@ -105,6 +105,37 @@ export type BackupCheck = { readonly ok: true; readonly detail: string } | { rea
 /** How the old primary came back as a replica after a failover or switchover. */
 export type RejoinMethod = 'rewound' | 'cloned';
 
+const minuteMs = 60_000;
+const hourMs = 60 * minuteMs;
+
+/**
+ * The longest each operation may take, every wait, retry and child process inside it included.
+ * A driver enforces them (the local one aborts the operation's waits and children when its bound
+ * passes), and machines size their step timeouts on them, checked when a kind is registered.
+ */
+export const dataPlaneLimitsMs = {
+  status: 15_000,
+  alive: 5_000,
+  stop: 45_000,
+  setSynchronousStandbys: 30_000,
+  follow: minuteMs,
+  promote: 90_000,
+  dropSlot: minuteMs,
+  start: 6 * hourMs + 10 * minuteMs,
+  createPrimary: 70 * minuteMs,
+  createReplica: 70 * minuteMs,
+  restorePrimary: 2 * hourMs + 10 * minuteMs,
+  rejoin: 3 * hourMs + 30 * minuteMs,
+  takeBaseBackup: 13 * hourMs,
+  checkBackup: 4 * hourMs,
+  deleteBackup: 35 * minuteMs,
+  pruneWal: 10 * minuteMs,
+  destroy: 35 * minuteMs,
+  purgeCluster: 40 * minuteMs,
+} as const satisfies Partial<Record<keyof DataPlane, number>>;
+
+export type BoundedOperation = keyof typeof dataPlaneLimitsMs;
+
 export interface DataPlane {
   /** Lists the Postgres major versions the driver has binaries for. */
   versions(): readonly number[];

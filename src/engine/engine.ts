@@ -1,7 +1,9 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { InvariantError, assert } from '../lib/assert.js';
+import { runWithAbortSignal } from '../lib/abort.js';
 import type { Clock, Random } from '../lib/clock.js';
+import { TransientError, classifyFailure } from '../lib/failure.js';
 import { inTransaction, isStoreUnavailable, type Pool } from '../store/pool.js';
 import { backoffMs } from './backoff.js';
 import {
@@ -11,6 +13,7 @@ import {
   type Outcome,
   doneLabel,
   failedLabel,
+  assertStepTimeouts,
   isAllowedHop,
   lanes,
 } from './machine.js';
@@ -39,6 +42,7 @@ export function register<L extends string, D extends MachineData, P>(
   definition: MachineDefinition<L, D, P>,
   ports: P,
 ): Registration {
+  assertStepTimeouts(definition);
   return { definition: definition as unknown as MachineDefinition<string, MachineData, unknown>, ports };
 }
 
@@ -65,6 +69,10 @@ const inFlightMaxDefault = 6;
 /** Failed attempts of one label before the machine lands in `failed`. */
 const attemptsMaxDefault = 12;
 const stopWaitMsMax = 30_000;
+/** After a step's time is up and it is aborted: how long it may take to stop (a child's SIGTERM-to-SIGKILL grace fits). */
+const abortSettleMsMax = 10_000;
+/** The store's now() and ours differ a little; waking a nap this much late keeps it from being not yet due. */
+const napWakeSlackMs = 5;
 const listenRetryMs = 5_000;
 
 /**
@@ -77,6 +85,8 @@ export class Engine {
   /** The way to end a lane's current sleep early; absent while the lane is awake. */
   private readonly wakeups = new Map<Lane, () => void>();
   private readonly nudged = new Set<Lane>();
+  /** The pending wake-up of each lane for a nap shorter than its tick. */
+  private readonly napWakeups = new Map<Lane, { readonly atMs: number; readonly timer: NodeJS.Timeout }>();
   private readonly loops: Promise<void>[] = [];
   private listener: pg.Client | null = null;
   private listenRetryAtMs = 0;
@@ -106,6 +116,8 @@ export class Engine {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    for (const pending of this.napWakeups.values()) clearTimeout(pending.timer);
+    this.napWakeups.clear();
     for (const finish of [...this.wakeups.values()]) finish();
     await Promise.all(this.loops);
     await Promise.race([Promise.allSettled([...this.inFlight]), delay(stopWaitMsMax)]);
@@ -181,6 +193,25 @@ export class Engine {
     });
   }
 
+  /**
+   * A nap shorter than the lane's tick is resumed when it ends, not at the next tick: the lane is
+   * woken then. One timer per lane, the earliest wanted, so the timers are bounded by the lanes.
+   */
+  private wakeLaneAfter(lane: Lane, ms: number): void {
+    if (ms >= this.options.tickMs(lane) || this.stopping) return;
+    const atMs = this.options.clock.nowMs() + ms;
+    const pending = this.napWakeups.get(lane);
+    if (pending !== undefined && pending.atMs <= atMs) return;
+    if (pending !== undefined) clearTimeout(pending.timer);
+    // A little after the nap's end, so the machine is due when the lane claims.
+    const timer = setTimeout(() => {
+      this.napWakeups.delete(lane);
+      this.wake(lane);
+    }, ms + napWakeSlackMs);
+    timer.unref();
+    this.napWakeups.set(lane, { atMs, timer });
+  }
+
   /** A nudge that arrives while the lane is claiming is kept, so the next sleep ends at once. */
   private wake(lane: Lane): void {
     const sleeping = this.wakeups.get(lane);
@@ -242,7 +273,10 @@ export class Engine {
         this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
         return;
       }
-      if (!transition.keepLease) return;
+      if (!transition.keepLease) {
+        if (transition.nextTickInMs !== null) this.wakeLaneAfter(transition.lane, transition.nextTickInMs);
+        return;
+      }
       row = { ...row, label: transition.label, lane: transition.lane, attempt: 0, version, data: transition.data };
     }
   }
@@ -269,12 +303,13 @@ export class Engine {
         signals,
         ports,
       };
-      const outcome = await withTimeout(step(context), timeoutMs, `step ${row.kind}.${row.label} exceeded ${timeoutMs} ms`);
+      const outcome = await runBounded((abort) => step({ ...context, abort }), timeoutMs, `step ${row.kind}.${row.label} exceeded ${timeoutMs} ms`);
       this.stepCounts.set(`${row.kind}.${row.label}`, (this.stepCounts.get(`${row.kind}.${row.label}`) ?? 0) + 1);
       return outcome;
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error));
     } finally {
+      // Only now: the lease is held (and renewed) until the step has really stopped.
       clearInterval(heartbeat);
     }
   }
@@ -305,13 +340,17 @@ export class Engine {
     }
   }
 
-  /** A bug fails at once; anything else is retried with capped, jittered backoff, a bounded number of times. */
+  /**
+   * By the kind of failure (lib/failure.ts): a bug and a permanent failure fail at once, with the
+   * reason; a transient one is retried with capped, jittered backoff, a bounded number of times.
+   */
   private transitionForError(row: MachineRow, error: Error): Transition {
     const attempt = row.attempt + 1;
     const attemptsMax = this.options.attemptsMax ?? attemptsMaxDefault;
     const base = { lane: row.lane, data: row.data, keepLease: false, leaseMs: this.options.leaseMs, lastError: error.message };
-    if (error instanceof InvariantError || attempt >= attemptsMax) {
-      const reason = error instanceof InvariantError ? `bug: ${error.message}` : `gave up after ${attempt} attempts: ${error.message}`;
+    const kind = classifyFailure(error);
+    if (kind !== 'transient' || attempt >= attemptsMax) {
+      const reason = kind === 'invariant' ? `bug: ${error.message}` : kind === 'permanent' ? error.message : `gave up after ${attempt} attempts: ${error.message}`;
       this.options.log.error({ machine: row.id, label: row.label, err: error.message }, 'machine failed');
       return { ...base, label: failedLabel, nextTickInMs: null, attempt, lastError: reason };
     }
@@ -364,18 +403,32 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-async function withTimeout<T>(work: Promise<T>, timeoutMs: number, message: string): Promise<T> {
+/**
+ * Runs a step with its abort signal in scope (lib/abort.ts). When its time is up the signal is
+ * aborted, which ends its waits, connections and child processes; the step is then awaited (up to
+ * abortSettleMsMax more) so that its retry never starts while it still runs. A step that ignores
+ * its signal past that is reported, and its lease then expires with nobody renewing it.
+ */
+async function runBounded<T>(step: (abort: AbortSignal) => Promise<T>, timeoutMs: number, message: string): Promise<T> {
+  const controller = new AbortController();
+  const work = runWithAbortSignal(controller.signal, () => step(controller.signal));
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), timeoutMs);
+  const timeout = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
   });
   try {
-    return await Promise.race([work, timeout]);
+    const first = await Promise.race([work, timeout]);
+    if (first !== 'timeout') return first;
   } finally {
     clearTimeout(timer);
   }
+  const timedOut = new TransientError(message);
+  controller.abort(timedOut);
+  const settled = await Promise.race([work.then(() => true, () => true), delay(abortSettleMsMax).then(() => false)]);
+  if (!settled) throw new Error(`${message}, and it did not stop within ${abortSettleMsMax} ms of being aborted`);
+  throw timedOut;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

@@ -70,6 +70,11 @@ export interface StepContext<L extends string, D, P> {
   /** Names of the signals raised on this machine and not yet consumed. */
   readonly signals: ReadonlySet<string>;
   readonly ports: P;
+  /**
+   * Aborted when the step's time is up. The engine also carries it (lib/abort.ts) to the data
+   * plane's waits, connections and child processes, so a step that ran out of time stops.
+   */
+  readonly abort: AbortSignal;
 }
 
 export type Step<L extends string, D, P> = (context: StepContext<L, D, P>) => Promise<Outcome<L, D>>;
@@ -83,6 +88,28 @@ export interface MachineDefinition<L extends string, D extends MachineData, P> {
   readonly lane: (label: L) => Lane;
   /** Bound on one step; long data-plane work (a base backup) gets its own, larger bound. */
   readonly stepTimeoutMs: (label: L) => number;
+  /**
+   * The longest wait the step of a label may make inside it (the data-plane bounds it relies on,
+   * e.g. a promote's or a stop's). Checked at registration: a step timeout shorter than a limit
+   * inside it would cut that wait short and retry it while it still runs.
+   */
+  readonly innerLimitMs?: (label: L) => number;
+}
+
+/** Headroom a step timeout keeps above the longest wait inside it (the step's own queries and bookkeeping). */
+export const stepTimeoutMarginMs = 10_000;
+
+/** Every label's step timeout covers the limits inside it with the margin; a definition that does not is a bug. */
+export function assertStepTimeouts<L extends string, D extends MachineData, P>(definition: MachineDefinition<L, D, P>): void {
+  for (const label of Object.keys(definition.transitions) as L[]) {
+    const timeoutMs = definition.stepTimeoutMs(label);
+    const innerMs = definition.innerLimitMs?.(label) ?? 0;
+    assert(Number.isFinite(timeoutMs) && timeoutMs > 0, `${definition.kind}.${label}: step timeout ${timeoutMs} ms`);
+    assert(
+      innerMs === 0 || timeoutMs >= innerMs + stepTimeoutMarginMs,
+      `${definition.kind}.${label}: step timeout ${timeoutMs} ms does not cover the ${innerMs} ms wait inside it plus ${stepTimeoutMarginMs} ms`,
+    );
+  }
 }
 
 export function isAllowedHop<L extends string, D extends MachineData, P>(

@@ -1,5 +1,6 @@
 import type { BackupSettings } from '../config.js';
-import { type MachineDefinition, type Outcome, type StepContext, nap } from '../engine/machine.js';
+import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type MachineDefinition, type Outcome, type StepContext, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import type { ClusterId } from '../lib/ids.js';
 import type { BackupRecord, MachinePorts } from './ports.js';
 
@@ -26,6 +27,12 @@ export const scheduleNapMs = 10_000;
 export const clustersPerTickMax = 50;
 /** Deleted clusters whose backup areas are removed per tick: each removal may be gigabytes. */
 export const deletedClustersPerTickMax = 10;
+/**
+ * No data-plane removal starts later than this into a tick; what is left waits for the next
+ * tick, where the cursor resumes. So the step's length is bounded by this plus one removal.
+ */
+export const scheduleWorkMsMax = 5 * 60_000;
+const longestRemovalMs = Math.max(dataPlaneLimitsMs.deleteBackup + dataPlaneLimitsMs.pruneWal, dataPlaneLimitsMs.purgeCluster);
 
 type Context = StepContext<BackupScheduleLabel, BackupScheduleData, MachinePorts>;
 type Result = Outcome<BackupScheduleLabel, BackupScheduleData>;
@@ -48,9 +55,10 @@ export function expiredBackups(backups: readonly BackupRecord[], settings: Backu
 }
 
 async function tend(context: Context): Promise<Result> {
+  const workDeadlineMs = context.ports.clock.nowMs() + scheduleWorkMsMax;
   const started = await startDue(context);
-  const { deleted, pruned, nextAfterClusterId } = await applyRetention(context);
-  const purged = await purgeDeleted(context);
+  const { deleted, pruned, nextAfterClusterId } = await applyRetention(context, workDeadlineMs);
+  const purged = await purgeDeleted(context, workDeadlineMs);
   const counts = [`${started} backup(s) started`, `${deleted} expired`, `${pruned} WAL file(s) pruned`, `${purged} deleted cluster(s) purged`];
   const data: BackupScheduleData = nextAfterClusterId === null ? {} : { retentionAfterClusterId: nextAfterClusterId };
   return nap(scheduleNapMs, started + deleted + pruned + purged === 0 ? { data } : { data, reason: counts.join(', ') });
@@ -61,7 +69,7 @@ async function startDue(context: Context): Promise<number> {
   if (backupSettings.intervalMs <= 0) return 0;
   const now = clock.nowMs();
   let started = 0;
-  for (const candidate of await backups.backupCandidates(clustersPerTickMax)) {
+  for (const candidate of await backups.backupCandidates(clustersPerTickMax, backupSettings.intervalMs)) {
     if (candidate.backupRunning) continue;
     const intervalMs = candidate.intervalMs ?? backupSettings.intervalMs;
     if (candidate.lastBackupAtMs !== null && now - candidate.lastBackupAtMs < intervalMs) continue;
@@ -72,14 +80,16 @@ async function startDue(context: Context): Promise<number> {
 }
 
 /** One page of live clusters per tick, resuming where the last tick stopped and wrapping at the end. */
-async function applyRetention(context: Context): Promise<{ deleted: number; pruned: number; nextAfterClusterId: string | null }> {
+async function applyRetention(context: Context, workDeadlineMs: number): Promise<{ deleted: number; pruned: number; nextAfterClusterId: string | null }> {
   const { backups, backupSettings, clock, dataPlane } = context.ports;
   const now = clock.nowMs();
   const after = (context.machine.data.retentionAfterClusterId ?? null) as ClusterId | null;
   const page = await backups.clustersWithBackups(after, clustersPerTickMax);
   let deleted = 0;
   let pruned = 0;
-  for (const clusterId of page) {
+  for (const [index, clusterId] of page.entries()) {
+    // Out of time for this tick: the next one resumes right after the last cluster done.
+    if (clock.nowMs() >= workDeadlineMs) return { deleted, pruned, nextAfterClusterId: index === 0 ? after : (page[index - 1] ?? null) };
     const all = await backups.backupsOf(clusterId);
     const expired = expiredBackups(all, backupSettings, now);
     for (const backup of expired) {
@@ -97,14 +107,17 @@ async function applyRetention(context: Context): Promise<{ deleted: number; prun
  * A deleted cluster's whole backup area (and its OS user) goes once its retention has passed: the data plane first, then
  * the rows, so a crash in between repeats an idempotent removal rather than leaving files no row names.
  */
-async function purgeDeleted(context: Context): Promise<number> {
+async function purgeDeleted(context: Context, workDeadlineMs: number): Promise<number> {
   const { backups, backupSettings, clock, dataPlane } = context.ports;
   const due = await backups.deletedClustersToPurge(clock.nowMs() - backupSettings.deletedRetentionMs, deletedClustersPerTickMax);
+  let purged = 0;
   for (const clusterId of due) {
+    if (clock.nowMs() >= workDeadlineMs) break;
     await dataPlane.purgeCluster(clusterId);
     await backups.markBackupsPurged(clusterId);
+    purged += 1;
   }
-  return due.length;
+  return purged;
 }
 
 /** WAL before the oldest kept completed backup's first segment (`kept` is newest first) is needed by no restore. */
@@ -119,5 +132,6 @@ export const backupScheduleMachine: MachineDefinition<BackupScheduleLabel, Backu
   transitions: { tend: [] },
   steps: { tend },
   lane: () => 'normal',
-  stepTimeoutMs: () => 10 * 60_000,
+  stepTimeoutMs: () => scheduleWorkMsMax + longestRemovalMs + stepTimeoutMarginMs,
+  innerLimitMs: () => scheduleWorkMsMax + longestRemovalMs,
 };

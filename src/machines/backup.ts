@@ -1,4 +1,5 @@
-import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
+import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { BackupId, InstanceId } from '../lib/ids.js';
 import { isStreamingReplica } from './cluster.js';
@@ -24,9 +25,14 @@ export const sourceWaitMsMax = 10 * 60_000;
 export const sourceWaitPollMs = 1_000;
 /** How often a backup waiting for a restore-check slot looks again. */
 export const checkSlotPollMs = 1_000;
-const takeTimeoutMs = 12 * 3_600_000;
-const checkTimeoutMs = 2 * 3_600_000;
 const defaultStepTimeoutMs = 60_000;
+
+/** The data-plane waits inside each label's step: the port's bounds. */
+function innerLimitMs(label: BackupLabel): number {
+  if (label === 'take') return dataPlaneLimitsMs.takeBaseBackup + dataPlaneLimitsMs.status;
+  if (label === 'verify') return dataPlaneLimitsMs.checkBackup;
+  return dataPlaneLimitsMs.status;
+}
 
 type Context = StepContext<BackupLabel, BackupData, MachinePorts>;
 type Result = Outcome<BackupLabel, BackupData>;
@@ -88,5 +94,6 @@ export const backupMachine: MachineDefinition<BackupLabel, BackupData, MachinePo
   },
   steps: { start, take, verify },
   lane: () => 'normal',
-  stepTimeoutMs: (label) => (label === 'take' ? takeTimeoutMs : label === 'verify' ? checkTimeoutMs : defaultStepTimeoutMs),
+  stepTimeoutMs: (label) => Math.max(defaultStepTimeoutMs, innerLimitMs(label) + stepTimeoutMarginMs),
+  innerLimitMs,
 };

@@ -1,8 +1,10 @@
-import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
+import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
+import { TransientError } from '../lib/failure.js';
 import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
-import { type Durability, durabilityOf } from '../lib/sizes.js';
+import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
 import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
 
@@ -48,7 +50,30 @@ export const pickRetryMs = 500;
 /** How long the cluster waits for its old primary to stream again before carrying on without it. */
 export const rejoinWaitMsMax = 120_000;
 export const rejoinPollMs = 100;
-const stepTimeoutMs = 30_000;
+/** Steps that only read and write the store still get this long. */
+const stepTimeoutMsMin = 30_000;
+
+/** The data-plane waits inside each label's step: the port's bounds, times the replicas where it goes through them one by one. */
+function innerLimitMs(label: ClusterLabel): number {
+  switch (label) {
+    case 'running':
+    case 'route':
+      return dataPlaneLimitsMs.setSynchronousStandbys;
+    case 'fence':
+    case 'stopPrimary':
+      return dataPlaneLimitsMs.stop;
+    case 'pick': // every replica at once
+      return dataPlaneLimitsMs.status;
+    case 'catchUp':
+      return 2 * dataPlaneLimitsMs.status;
+    case 'promote':
+      return dataPlaneLimitsMs.promote + dataPlaneLimitsMs.status;
+    case 'repoint':
+      return replicasMax * dataPlaneLimitsMs.follow;
+    default:
+      return 0;
+  }
+}
 
 type Context = StepContext<ClusterLabel, ClusterData, MachinePorts>;
 type Result = Outcome<ClusterLabel, ClusterData>;
@@ -282,7 +307,8 @@ async function promote(context: Context): Promise<Result> {
   const spec = instanceSpec(cluster, candidate);
   await dataPlane.promote(spec);
   const status = await dataPlane.status(spec);
-  assert(status.inRecovery === false, `${candidate.id} is still in recovery after promote`);
+  // Observed, not ours to assert: a status query that failed says undefined. Try the step again.
+  if (status.inRecovery !== false) throw new TransientError(`${candidate.id} is not seen out of recovery after promote (in recovery: ${String(status.inRecovery)})`);
   await store.recordObserved(candidate.id, status);
   return hop('repoint', { reason: `${candidate.id} promoted: accepting writes on timeline ${status.timeline ?? '?'}` });
 }
@@ -387,7 +413,8 @@ export const clusterMachine: MachineDefinition<ClusterLabel, ClusterData, Machin
   steps: { start, waitInstances, running, fence, pick, pause, catchUp, stopPrimary, promote, repoint, route, rejoin, destroy, waitDestroyed },
   // Watching is normal lane (instances wake the cluster when they change); everything else is urgent.
   lane: (label) => (label === 'running' ? 'normal' : 'high'),
-  stepTimeoutMs: () => stepTimeoutMs,
+  stepTimeoutMs: (label) => Math.max(stepTimeoutMsMin, innerLimitMs(label) + stepTimeoutMarginMs),
+  innerLimitMs,
 };
 
 /** The human phase of a cluster (creating, running, degraded, failing-over, …). */

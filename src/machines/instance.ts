@@ -1,5 +1,5 @@
-import type { InstanceSpec, InstanceStatus, UpstreamRef } from '../dataplane/dataplane.js';
-import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap } from '../engine/machine.js';
+import { type InstanceSpec, type InstanceStatus, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { InstanceId } from '../lib/ids.js';
 import { type RestoreSpec, sizes } from '../lib/sizes.js';
@@ -38,13 +38,34 @@ export const replicaWaitForPrimaryMs = 250;
 export const probeIntervalMs = 1_000;
 /** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
 export const livenessIntervalMs = 200;
-const createTimeoutMs = 15 * 60_000;
 /**
  * Starts of a restored primary whose server died in recovery before it fails: recovery replays
  * the same WAL to the same end each time, so more tries only make the user wait minutes of backoff.
  */
 export const restoreStartAttemptsMax = 2;
-const defaultStepTimeoutMs = 60_000;
+/** Steps that only read and write the store still get this long. */
+const stepTimeoutMsMin = 60_000;
+
+/** The data-plane waits inside each label's step: the port's bounds (a restored primary's recovery runs inside start). */
+function innerLimitMs(label: InstanceLabel): number {
+  const limits = dataPlaneLimitsMs;
+  switch (label) {
+    case 'create':
+      return Math.max(limits.createPrimary, limits.createReplica, limits.restorePrimary);
+    case 'starting':
+      return limits.start + limits.alive;
+    case 'waitReady':
+      return limits.status;
+    case 'running':
+      return limits.alive + limits.status;
+    case 'rejoin':
+      return limits.rejoin;
+    case 'destroy':
+      return limits.destroy + limits.dropSlot;
+    default:
+      return 0;
+  }
+}
 
 type Context = StepContext<InstanceLabel, InstanceData, MachinePorts>;
 type Result = Outcome<InstanceLabel, InstanceData>;
@@ -281,7 +302,8 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
   // Provisioning and health probes are latency-sensitive: everything an instance does is high lane.
   lane: () => 'high',
   // A restored primary's start includes its recovery: as long as a create.
-  stepTimeoutMs: (label) => (label === 'create' || label === 'rejoin' || label === 'starting' ? createTimeoutMs : defaultStepTimeoutMs),
+  stepTimeoutMs: (label) => Math.max(stepTimeoutMsMin, innerLimitMs(label) + stepTimeoutMarginMs),
+  innerLimitMs,
 };
 
 /** The phase a person sees for an instance, from its machine label and what was last observed. */

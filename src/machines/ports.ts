@@ -98,8 +98,8 @@ export interface BackupRecords {
   /** Takes one of `concurrency` restore-check slots of the cell; false when all are in use. */
   tryStartCheck(id: BackupId, concurrency: number): Promise<boolean>;
   recordCheck(id: BackupId, ok: boolean, detail: string): Promise<void>;
-  /** Live, running, non-pooled clusters with their newest backup; at most `limit`. */
-  backupCandidates(limit: number): Promise<BackupCandidate[]>;
+  /** Live, running, non-pooled clusters without a running backup, most overdue first (by their interval, else `defaultIntervalMs`); at most `limit`. */
+  backupCandidates(limit: number, defaultIntervalMs: number): Promise<BackupCandidate[]>;
   /** Completed (and failed) backups of a cluster, newest first. */
   backupsOf(clusterId: ClusterId): Promise<BackupRecord[]>;
   /**

@@ -78,7 +78,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
       metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
     });
   } catch (error) {
-    certificate.stop();
+    await certificate.stop();
     routes.stop();
     relay?.stop();
     await server.stop();
@@ -88,7 +88,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size, nativeRelay: relay !== null }, 'proxy listening');
   return {
     async stop() {
-      certificate.stop();
+      await certificate.stop();
       routes.stop();
       relay?.stop();
       await server.stop();

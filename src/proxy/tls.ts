@@ -230,9 +230,11 @@ export class ProxyCertificate {
     return this.#context;
   }
 
-  stop(): void {
+  /** No renewal starts after this; one already under way is awaited, so nothing writes the files after stop. */
+  async stop(): Promise<void> {
     if (this.#timer !== null) clearInterval(this.#timer);
     this.#timer = null;
+    await this.#renewing;
   }
 
   /** Replaces the certificate when it is within the margin of expiry; one renewal at a time. */

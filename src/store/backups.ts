@@ -103,16 +103,22 @@ export class PgBackupRecords implements BackupRecords {
     await this.db.query('update backups set verified = $2, verify_detail = $3, verified_at = now(), verifying_at = null where id = $1', [id, ok, detail]);
   }
 
-  async backupCandidates(limit: number): Promise<BackupCandidate[]> {
+  async backupCandidates(limit: number, defaultIntervalMs: number): Promise<BackupCandidate[]> {
+    // Most overdue first (by each cluster's own interval), and none with a backup running: a page of
+    // clusters that are not due cannot hold back one that is, however many clusters there are.
     const result = await this.db.query<{ id: string; last: Date | null; running: boolean; interval_hours: number | null }>(
-      `select c.id, (c.spec ->> 'backupIntervalHours')::int as interval_hours,
-              (select max(b.started_at) from backups b where b.cluster_id = c.id and b.status in ('running', 'completed')) as last,
-              exists (select 1 from backups b join machines bm on bm.kind = 'backup' and bm.entity_id = b.id
-                       where b.cluster_id = c.id and b.status = 'running' and bm.label <> 'failed') as running
-         from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id
-        where c.deleted_at is null and not c.pooled and m.label = 'running'
-        order by last nulls first limit $1`,
-      [limit],
+      `select * from (
+         select c.id, (c.spec ->> 'backupIntervalHours')::int as interval_hours,
+                (select max(b.started_at) from backups b where b.cluster_id = c.id and b.status in ('running', 'completed')) as last,
+                exists (select 1 from backups b join machines bm on bm.kind = 'backup' and bm.entity_id = b.id
+                         where b.cluster_id = c.id and b.status = 'running' and bm.label <> 'failed') as running
+           from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id
+          where c.deleted_at is null and not c.pooled and m.label = 'running'
+       ) candidates
+       where not running
+       order by last + make_interval(secs => coalesce(interval_hours * 3600, $2::bigint / 1000)) nulls first, id
+       limit $1`,
+      [limit, defaultIntervalMs],
     );
     return result.rows.map((row) => ({
       clusterId: row.id as ClusterId,

@@ -1,6 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
+import { PermanentError } from '../../lib/failure.js';
 import { clusterRoles, type BackupCheck, type BaseBackupInfo, type ClusterSecrets } from '../dataplane.js';
 import { renderConf, startDetached, stopServer, writeConfText } from './server.js';
 import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree } from './files.js';
@@ -28,7 +29,8 @@ const manifestBytesMax = 512 * 1024 * 1024;
 export function parseBackupLabel(text: string): { startLsn: string; startWalFile: string; timeline: number } {
   const start = /^START WAL LOCATION: ([0-9A-F]+\/[0-9A-F]+) \(file ([0-9A-F]{24})\)$/m.exec(text);
   const timeline = /^START TIMELINE: (\d+)$/m.exec(text);
-  assert(start?.[1] !== undefined && start[2] !== undefined && timeline?.[1] !== undefined, 'backup_label lacks its start location or timeline');
+  // The label is read from disk: a damaged one is a damaged backup, not a bug in Cellar.
+  if (start?.[1] === undefined || start[2] === undefined || timeline?.[1] === undefined) throw new PermanentError('backup_label lacks its start location or timeline');
   return { startLsn: start[1], startWalFile: start[2], timeline: Number(timeline[1]) };
 }
 
@@ -44,7 +46,7 @@ export async function readBackupInfo(dir: string): Promise<BaseBackupInfo> {
   const manifest = JSON.parse((await readSmallFile(join(dir, 'backup_manifest'), manifestBytesMax)) ?? '{}') as Manifest;
   const ranges = manifest['WAL-Ranges'] ?? [];
   const last = ranges[ranges.length - 1];
-  assert(last !== undefined, `backup_manifest in ${dir} has no WAL range`);
+  if (last === undefined) throw new PermanentError(`backup_manifest in ${dir} has no WAL range`);
   const bytes = (manifest.Files ?? []).reduce((sum, file) => sum + (file.Size ?? 0), 0);
   return { ...label, endLsn: last['End-LSN'], bytes, durationMs: null };
 }

@@ -4,8 +4,12 @@ import { join } from 'node:path';
 import type { Config } from '../../config.js';
 import { sleep } from '../../lib/clock.js';
 import type { InstanceId } from '../../lib/ids.js';
+import { currentAbortSignal, runWithAbortSignal } from '../../lib/abort.js';
+import { TransientError } from '../../lib/failure.js';
 import {
+  type BoundedOperation,
   clusterRoles,
+  dataPlaneLimitsMs,
   type ClusterSecrets,
   type DataPlane,
   type InstanceSpec,
@@ -106,38 +110,62 @@ export class LocalDataPlane implements DataPlane {
     return instancePaths(this.options.dataDir, instanceId);
   }
 
+  /**
+   * Runs one operation within its bound from the port (`dataPlaneLimitsMs`): past it, the
+   * operation's waits end and its child processes are stopped, as when its step runs out of time.
+   */
+  private bounded<T>(operation: BoundedOperation, work: () => Promise<T>): Promise<T> {
+    const limitMs = dataPlaneLimitsMs[operation];
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new TransientError(`data plane ${operation} exceeded its bound of ${limitMs} ms`)), limitMs);
+    timer.unref();
+    // The step's own abort (its time is up) ends the operation too.
+    const outer = currentAbortSignal();
+    const onOuterAbort = (): void => controller.abort(outer?.reason);
+    if (outer?.aborted) onOuterAbort();
+    outer?.addEventListener('abort', onOuterAbort, { once: true });
+    return runWithAbortSignal(controller.signal, work).finally(() => {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuterAbort);
+    });
+  }
+
   private owner(clusterId: string): Promise<RunAs> {
     return this.options.users.ensure(clusterId);
   }
 
   async createPrimary(spec: InstanceSpec): Promise<void> {
-    const owner = await this.owner(spec.clusterId);
-    const paths = await this.prepareInstance(spec, owner);
-    if (paths === undefined) return;
-    const binDir = this.options.binaries.binFor(spec.pgVersion);
-    const startedMs = Date.now();
-    await buildThenRename(paths.pgdata, owner, async (tmp) => {
-      if (this.options.templateEnabled) {
-        await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), this.options.templateOwner, tmp, owner);
-      } else {
-        await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: owner });
-      }
+    return this.bounded('createPrimary', async () => {
+      const owner = await this.owner(spec.clusterId);
+      const paths = await this.prepareInstance(spec, owner);
+      if (paths === undefined) return;
+      const binDir = this.options.binaries.binFor(spec.pgVersion);
+      const startedMs = Date.now();
+      await buildThenRename(paths.pgdata, owner, async (tmp) => {
+        if (this.options.templateEnabled) {
+          await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), this.options.templateOwner, tmp, owner);
+        } else {
+          await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: owner });
+        }
+      });
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template: this.options.templateEnabled }, 'primary data directory created');
     });
-    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template: this.options.templateEnabled }, 'primary data directory created');
   }
 
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    const owner = await this.owner(spec.clusterId);
-    const paths = await this.prepareInstance(spec, owner);
-    if (paths === undefined) return;
-    const binDir = this.options.binaries.binFor(spec.pgVersion);
-    const startedMs = Date.now();
-    await ensureSlot(upstream, spec.secrets);
-    await buildThenRename(paths.pgdata, owner, async (tmp) => {
-      await this.baseBackup(binDir, upstream, spec.secrets, tmp, owner);
-      await this.writeStandbyFiles(spec, upstream, tmp, paths.run, owner);
+    return this.bounded('createReplica', async () => {
+      const owner = await this.owner(spec.clusterId);
+      const paths = await this.prepareInstance(spec, owner);
+      if (paths === undefined) return;
+      const binDir = this.options.binaries.binFor(spec.pgVersion);
+      const startedMs = Date.now();
+      await ensureSlot(upstream, spec.secrets);
+      await buildThenRename(paths.pgdata, owner, async (tmp) => {
+        await this.baseBackup(binDir, upstream, spec.secrets, tmp, owner);
+        await this.writeStandbyFiles(spec, upstream, tmp, paths.run, owner);
+      });
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, upstreamPort: upstream.port }, 'replica data directory cloned');
     });
-    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, upstreamPort: upstream.port }, 'replica data directory cloned');
   }
 
   /**
@@ -181,17 +209,19 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async start(spec: InstanceSpec): Promise<void> {
-    const paths = this.paths(spec.instanceId);
-    if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory; create it before start`);
-    const binDir = this.options.binaries.binFor(spec.pgVersion);
-    const startedMs = Date.now();
-    const owner = await this.owner(spec.clusterId);
-    await this.options.backups.ensureArea(spec.clusterId);
-    if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths, owner);
-    await startDetached(binDir, paths.pgdata, paths.log, owner);
-    if (await exists(join(paths.pgdata, recoveryConfFile))) await this.finishRecovery(spec, paths);
-    if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
-    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
+    return this.bounded('start', async () => {
+      const paths = this.paths(spec.instanceId);
+      if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory; create it before start`);
+      const binDir = this.options.binaries.binFor(spec.pgVersion);
+      const startedMs = Date.now();
+      const owner = await this.owner(spec.clusterId);
+      await this.options.backups.ensureArea(spec.clusterId);
+      if ((await serverPid(paths.pgdata)) === undefined) await this.writeInstanceFiles(spec, paths, owner);
+      await startDetached(binDir, paths.pgdata, paths.log, owner);
+      if (await exists(join(paths.pgdata, recoveryConfFile))) await this.finishRecovery(spec, paths);
+      if (!(await exists(join(paths.pgdata, standbySignalFile)))) await setPasswords(paths.run, spec.port, spec.secrets);
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance started');
+    });
   }
 
   private instanceConf(spec: InstanceSpec, runDir: string): string {
@@ -230,70 +260,80 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo> {
-    const { backups } = this.options;
-    const runAs = await this.owner(source.clusterId);
-    const committed = await backups.baseDirectory(source.clusterId, backupId);
-    if (committed !== null) return readBackupInfo(committed);
-    const staged = await backups.stageBase(source.clusterId, backupId);
-    const startedMs = Date.now();
-    if (source.instanceId !== primary.instanceId) await checkpointLocal(this.paths(primary.instanceId).run, primary.port);
-    try {
-      const copyMs = await runBaseBackup({ binDir: this.options.binaries.binFor(source.pgVersion), host: '127.0.0.1', port: source.port, secrets: source.secrets, target: staged, maxRateBytesPerSecond, runAs });
-      const info = { ...(await readBackupInfo(staged)), durationMs: copyMs };
-      await backups.commitBase(source.clusterId, backupId, staged);
-      this.log('info', { backupId, durationMs: Date.now() - startedMs, bytes: info.bytes, source: source.instanceId }, 'base backup taken');
-      return info;
-    } catch (error) {
-      await rm(staged, { recursive: true, force: true });
-      throw error;
-    }
+    return this.bounded('takeBaseBackup', async () => {
+      const { backups } = this.options;
+      const runAs = await this.owner(source.clusterId);
+      const committed = await backups.baseDirectory(source.clusterId, backupId);
+      if (committed !== null) return readBackupInfo(committed);
+      const staged = await backups.stageBase(source.clusterId, backupId);
+      const startedMs = Date.now();
+      if (source.instanceId !== primary.instanceId) await checkpointLocal(this.paths(primary.instanceId).run, primary.port);
+      try {
+        const copyMs = await runBaseBackup({ binDir: this.options.binaries.binFor(source.pgVersion), host: '127.0.0.1', port: source.port, secrets: source.secrets, target: staged, maxRateBytesPerSecond, runAs });
+        const info = { ...(await readBackupInfo(staged)), durationMs: copyMs };
+        await backups.commitBase(source.clusterId, backupId, staged);
+        this.log('info', { backupId, durationMs: Date.now() - startedMs, bytes: info.bytes, source: source.instanceId }, 'base backup taken');
+        return info;
+      } catch (error) {
+        await rm(staged, { recursive: true, force: true });
+        throw error;
+      }
+    });
   }
 
   async checkBackup(clusterId: string, backupId: string, pgVersion: number): Promise<BackupCheck> {
-    const backupDir = await this.options.backups.baseDirectory(clusterId, backupId);
-    if (backupDir === null) return { ok: false, reason: `backup ${backupId} has no files in the backup store` };
-    const owner = await this.options.backups.areaOwner(clusterId);
-    if (owner === undefined) return { ok: false, reason: `cluster ${clusterId}'s backups are gone (purged)` };
-    return checkBackupFiles({
-      binDir: this.options.binaries.binFor(pgVersion),
-      backupDir,
-      scratchRoot: join(this.options.dataDir, 'scratch', backupId),
-      restoreCommand: this.options.backups.restoreCommand(clusterId),
-      runAs: owner,
+    return this.bounded('checkBackup', async () => {
+      const backupDir = await this.options.backups.baseDirectory(clusterId, backupId);
+      if (backupDir === null) return { ok: false, reason: `backup ${backupId} has no files in the backup store` };
+      const owner = await this.options.backups.areaOwner(clusterId);
+      if (owner === undefined) return { ok: false, reason: `cluster ${clusterId}'s backups are gone (purged)` };
+      return checkBackupFiles({
+        binDir: this.options.binaries.binFor(pgVersion),
+        backupDir,
+        scratchRoot: join(this.options.dataDir, 'scratch', backupId),
+        restoreCommand: this.options.backups.restoreCommand(clusterId),
+        runAs: owner,
+      });
     });
   }
 
   async deleteBackup(clusterId: string, backupId: string): Promise<void> {
-    await this.options.backups.deleteBase(clusterId, backupId);
+    return this.bounded('deleteBackup', async () => {
+      await this.options.backups.deleteBase(clusterId, backupId);
+    });
   }
 
   async pruneWal(clusterId: string, oldestNeededWalFile: string): Promise<number> {
-    const prunable = walFilesBefore(await this.options.backups.listWal(clusterId), oldestNeededWalFile);
-    await this.options.backups.deleteWal(clusterId, prunable);
-    return prunable.length;
+    return this.bounded('pruneWal', async () => {
+      const prunable = walFilesBefore(await this.options.backups.listWal(clusterId), oldestNeededWalFile);
+      await this.options.backups.deleteWal(clusterId, prunable);
+      return prunable.length;
+    });
   }
 
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
-    const owner = await this.owner(spec.clusterId);
-    const paths = await this.prepareInstance(spec, owner);
-    if (paths === undefined) return;
-    const { backups } = this.options;
-    const backupDir = await backups.baseDirectory(source.clusterId, source.backupId);
-    const sourceOwner = await backups.areaOwner(source.clusterId);
-    if (backupDir === null || sourceOwner === undefined) throw new Error(`backup ${source.backupId} of cluster ${source.clusterId} has no files in the backup store`);
-    if (source.sourcePrimary !== undefined) await this.archiveCurrentWal(source.sourcePrimary);
-    const startedMs = Date.now();
-    // The source's files belong to its own user: copied across users, never read as root.
-    const restoreCommand = await backups.stageRestoreWal(source.clusterId, spec.clusterId);
-    await buildThenRename(paths.pgdata, owner, async (tmp) => {
-      await copyTreeBetween(backupDir, sourceOwner, tmp, owner);
-      await ensureIncludeLine(tmp, owner);
-      await writeConfText(tmp, cellarConfFile, this.instanceConf(spec, paths.run), owner);
-      await writeConfText(tmp, syncConfFile, renderSyncConf([]), owner);
-      await rm(join(tmp, upstreamConfFile), { force: true });
-      await writeRecoveryFiles(tmp, restoreSettings(restoreCommand, source), owner);
+    return this.bounded('restorePrimary', async () => {
+      const owner = await this.owner(spec.clusterId);
+      const paths = await this.prepareInstance(spec, owner);
+      if (paths === undefined) return;
+      const { backups } = this.options;
+      const backupDir = await backups.baseDirectory(source.clusterId, source.backupId);
+      const sourceOwner = await backups.areaOwner(source.clusterId);
+      if (backupDir === null || sourceOwner === undefined) throw new Error(`backup ${source.backupId} of cluster ${source.clusterId} has no files in the backup store`);
+      if (source.sourcePrimary !== undefined) await this.archiveCurrentWal(source.sourcePrimary);
+      const startedMs = Date.now();
+      // The source's files belong to its own user: copied across users, never read as root.
+      const restoreCommand = await backups.stageRestoreWal(source.clusterId, spec.clusterId);
+      await buildThenRename(paths.pgdata, owner, async (tmp) => {
+        await copyTreeBetween(backupDir, sourceOwner, tmp, owner);
+        await ensureIncludeLine(tmp, owner);
+        await writeConfText(tmp, cellarConfFile, this.instanceConf(spec, paths.run), owner);
+        await writeConfText(tmp, syncConfFile, renderSyncConf([]), owner);
+        await rm(join(tmp, upstreamConfFile), { force: true });
+        await writeRecoveryFiles(tmp, restoreSettings(restoreCommand, source), owner);
+      });
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, backupId: source.backupId }, 'primary restored from a base backup; recovery runs at start');
     });
-    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, backupId: source.backupId }, 'primary restored from a base backup; recovery runs at start');
   }
 
   /** Latest means "up to now": the source switches to a new WAL file and the old one must reach the archive (bounded). */
@@ -315,52 +355,60 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async stop(instanceId: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
-    await stopServer(this.paths(instanceId).pgdata, mode);
+    return this.bounded('stop', async () => {
+      await stopServer(this.paths(instanceId).pgdata, mode);
+    });
   }
 
   async promote(spec: InstanceSpec): Promise<void> {
-    const paths = this.paths(spec.instanceId);
-    const startedMs = Date.now();
-    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf([]), await this.owner(spec.clusterId));
-    await reloadLocal(paths.run, spec.port);
-    await promoteLocal(paths.run, spec.port);
-    this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance promoted');
+    return this.bounded('promote', async () => {
+      const paths = this.paths(spec.instanceId);
+      const startedMs = Date.now();
+      await writeConfText(paths.pgdata, syncConfFile, renderSyncConf([]), await this.owner(spec.clusterId));
+      await reloadLocal(paths.run, spec.port);
+      await promoteLocal(paths.run, spec.port);
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'instance promoted');
+    });
   }
 
   async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    const paths = this.paths(spec.instanceId);
-    await ensureSlot(upstream, spec.secrets);
-    await writeConfText(paths.pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), await this.owner(spec.clusterId));
-    // Postgres 13+ restarts the WAL receiver with the new primary_conninfo on reload.
-    if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
-    this.log('info', { instanceId: spec.instanceId, upstreamPort: upstream.port }, 'replica follows a new upstream');
+    return this.bounded('follow', async () => {
+      const paths = this.paths(spec.instanceId);
+      await ensureSlot(upstream, spec.secrets);
+      await writeConfText(paths.pgdata, upstreamConfFile, renderUpstreamConf(spec, upstream), await this.owner(spec.clusterId));
+      // Postgres 13+ restarts the WAL receiver with the new primary_conninfo on reload.
+      if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+      this.log('info', { instanceId: spec.instanceId, upstreamPort: upstream.port }, 'replica follows a new upstream');
+    });
   }
 
   async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
-    const paths = this.paths(spec.instanceId);
-    if ((await serverPid(paths.pgdata)) !== undefined) throw new Error(`instance ${spec.instanceId} is running; stop it before it rejoins`);
-    const binDir = this.options.binaries.binFor(spec.pgVersion);
-    const startedMs = Date.now();
-    const owner = await this.owner(spec.clusterId);
-    if (await this.isStandbyOf(spec, upstream, paths.pgdata)) return 'rewound'; // Done by an earlier run of this step.
-    if (await exists(paths.pgdata)) {
-      try {
-        await ensureCleanShutdown(binDir, paths.pgdata, owner);
-        await checkpoint(upstream, spec.secrets);
-        await rewind(binDir, paths.pgdata, upstream, spec.secrets, owner);
-        await ensureSlot(upstream, spec.secrets);
-        await this.writeStandbyFiles(spec, upstream, paths.pgdata, paths.run, owner);
-        this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'old primary rewound');
-        return 'rewound';
-      } catch (error) {
-        if (isSharedMemoryBusy(error)) throw error;
-        this.log('warn', { instanceId: spec.instanceId, err: error instanceof Error ? error.message : String(error) }, 'rewind failed; cloning afresh');
+    return this.bounded('rejoin', async () => {
+      const paths = this.paths(spec.instanceId);
+      if ((await serverPid(paths.pgdata)) !== undefined) throw new Error(`instance ${spec.instanceId} is running; stop it before it rejoins`);
+      const binDir = this.options.binaries.binFor(spec.pgVersion);
+      const startedMs = Date.now();
+      const owner = await this.owner(spec.clusterId);
+      if (await this.isStandbyOf(spec, upstream, paths.pgdata)) return 'rewound'; // Done by an earlier run of this step.
+      if (await exists(paths.pgdata)) {
+        try {
+          await ensureCleanShutdown(binDir, paths.pgdata, owner);
+          await checkpoint(upstream, spec.secrets);
+          await rewind(binDir, paths.pgdata, upstream, spec.secrets, owner);
+          await ensureSlot(upstream, spec.secrets);
+          await this.writeStandbyFiles(spec, upstream, paths.pgdata, paths.run, owner);
+          this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs }, 'old primary rewound');
+          return 'rewound';
+        } catch (error) {
+          if (isSharedMemoryBusy(error)) throw error;
+          this.log('warn', { instanceId: spec.instanceId, err: error instanceof Error ? error.message : String(error) }, 'rewind failed; cloning afresh');
+        }
+        await removeStaleBuilds(paths.pgdata);
+        await removeTree(paths.pgdata);
       }
-      await removeStaleBuilds(paths.pgdata);
-      await removeTree(paths.pgdata);
-    }
-    await this.createReplica(spec, upstream);
-    return 'cloned';
+      await this.createReplica(spec, upstream);
+      return 'cloned';
+    });
   }
 
   /** The data directory is already a standby of exactly this upstream (the last thing rejoin writes). */
@@ -371,54 +419,66 @@ export class LocalDataPlane implements DataPlane {
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
-    const paths = this.paths(spec.instanceId);
-    await writeConfText(paths.pgdata, syncConfFile, renderSyncConf(standbys), await this.owner(spec.clusterId));
-    if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+    return this.bounded('setSynchronousStandbys', async () => {
+      const paths = this.paths(spec.instanceId);
+      await writeConfText(paths.pgdata, syncConfFile, renderSyncConf(standbys), await this.owner(spec.clusterId));
+      if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+    });
   }
 
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
-    const paths = this.paths(spec.instanceId);
-    const pid = await serverPid(paths.pgdata);
-    const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
-    if (pid === undefined) return stopped;
-    const notAccepting = { ...stopped, running: true, pid };
-    const pidFile = await readPostmasterPid(paths.pgdata);
-    if (pidFile?.status !== 'ready' && pidFile?.status !== 'standby') return notAccepting;
-    // The running server's own port, in case the spec has changed since it started.
-    const port = pidFile.port ?? spec.port;
-    try {
-      const row = await withClient(localSuperuser(paths.run, port, statusConnectMsMax), (client) => queryStatus(client));
-      return { running: true, pid, accepting: true, ...row };
-    } catch {
-      return notAccepting;
-    }
+    return this.bounded('status', async () => {
+      const paths = this.paths(spec.instanceId);
+      const pid = await serverPid(paths.pgdata);
+      const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
+      if (pid === undefined) return stopped;
+      const notAccepting = { ...stopped, running: true, pid };
+      const pidFile = await readPostmasterPid(paths.pgdata);
+      if (pidFile?.status !== 'ready' && pidFile?.status !== 'standby') return notAccepting;
+      // The running server's own port, in case the spec has changed since it started.
+      const port = pidFile.port ?? spec.port;
+      try {
+        const row = await withClient(localSuperuser(paths.run, port, statusConnectMsMax), (client) => queryStatus(client));
+        return { running: true, pid, accepting: true, ...row };
+      } catch {
+        return notAccepting;
+      }
+    });
   }
 
   async alive(instanceId: InstanceId): Promise<boolean> {
-    return (await serverPid(this.paths(instanceId).pgdata)) !== undefined;
+    return this.bounded('alive', async () => {
+      return (await serverPid(this.paths(instanceId).pgdata)) !== undefined;
+    });
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
-    assertSlotName(upstream.slotName);
-    try {
-      await withClient(superuserOverTcp(upstream, secrets), (client) => dropSlotWith(client, upstream.slotName));
-    } catch (error) {
-      if (isNotListening(error)) return; // The upstream is gone, and its slots with it.
-      throw error;
-    }
+    return this.bounded('dropSlot', async () => {
+      assertSlotName(upstream.slotName);
+      try {
+        await withClient(superuserOverTcp(upstream, secrets), (client) => dropSlotWith(client, upstream.slotName));
+      } catch (error) {
+        if (isNotListening(error)) return; // The upstream is gone, and its slots with it.
+        throw error;
+      }
+    });
   }
 
   async destroy(instanceId: InstanceId): Promise<void> {
-    const paths = this.paths(instanceId);
-    await stopServer(paths.pgdata);
-    await removeStaleBuilds(paths.pgdata);
-    await removeTree(paths.root);
+    return this.bounded('destroy', async () => {
+      const paths = this.paths(instanceId);
+      await stopServer(paths.pgdata);
+      await removeStaleBuilds(paths.pgdata);
+      await removeTree(paths.root);
+    });
   }
 
   async purgeCluster(clusterId: string): Promise<void> {
-    await this.options.backups.deleteArea(clusterId);
-    await this.options.users.remove(clusterId);
-    this.log('info', { clusterId }, 'cluster purged: backups and OS user removed');
+    return this.bounded('purgeCluster', async () => {
+      await this.options.backups.deleteArea(clusterId);
+      await this.options.users.remove(clusterId);
+      this.log('info', { clusterId }, 'cluster purged: backups and OS user removed');
+    });
   }
 
   private log(level: 'info' | 'warn', fields: Record<string, unknown>, message: string): void {

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { currentAbortSignal } from '../../lib/abort.js';
 import { assert } from '../../lib/assert.js';
 import { formatTail, run, type RunAs } from './osuser.js';
 
@@ -172,10 +173,14 @@ export async function copyTreeBetween(source: string, sourceOwner: RunAs, target
   const reader = spawnAs(tarBinary, ['-C', source, '-cf', '-', '.'], sourceOwner, ['ignore', 'pipe', 'pipe']);
   const writer = spawnAs(tarBinary, ['-C', target, '--no-same-owner', '--preserve-permissions', '-xf', '-'], targetOwner, ['pipe', 'ignore', 'pipe']);
   reader.child.stdout?.pipe(writer.child.stdin as NodeJS.WritableStream);
-  const timer = setTimeout(() => {
+  const stop = (): void => {
     reader.child.kill('SIGKILL');
     writer.child.kill('SIGKILL');
-  }, copyTreeMsMax);
+  };
+  const timer = setTimeout(stop, copyTreeMsMax);
+  // A copy must not outlive the step that started it.
+  const stepSignal = currentAbortSignal();
+  stepSignal?.addEventListener('abort', stop, { once: true });
   try {
     const [readEnd, writeEnd] = await Promise.all([reader.ended, writer.ended]);
     if (readEnd !== 0 || writeEnd !== 0) {
@@ -183,6 +188,7 @@ export async function copyTreeBetween(source: string, sourceOwner: RunAs, target
     }
   } finally {
     clearTimeout(timer);
+    stepSignal?.removeEventListener('abort', stop);
   }
 }
 

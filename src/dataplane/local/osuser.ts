@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { basename } from 'node:path';
+import { currentAbortSignal } from '../../lib/abort.js';
 import { assert } from '../../lib/assert.js';
 
 /**
@@ -228,22 +229,37 @@ export function run(binary: string, args: readonly string[], options: RunOptions
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
     child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
     let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
+    let aborted = false;
+    const terminate = (): void => {
       killGroup(child.pid, 'SIGTERM');
       setTimeout(() => killGroup(child.pid, 'SIGKILL'), killGraceMs).unref();
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      terminate();
     }, options.timeoutMs);
-    child.on('error', (error) => {
+    // The step that started this tool ran out of time: the tool must not outlive it.
+    const stepSignal = currentAbortSignal();
+    const onAbort = (): void => {
+      aborted = true;
+      terminate();
+    };
+    stepSignal?.addEventListener('abort', onAbort, { once: true });
+    const settle = (): void => {
       clearTimeout(timer);
+      stepSignal?.removeEventListener('abort', onAbort);
+    };
+    child.on('error', (error) => {
+      settle();
       reject(new CommandError(`${command}: ${error.message}`));
     });
     child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0 && !timedOut) {
+      settle();
+      if (code === 0 && !timedOut && !aborted) {
         resolve({ stdout: stdout.text(), stderr: stderr.text() });
         return;
       }
-      const ending = timedOut ? `timed out after ${options.timeoutMs} ms` : signal ? `killed by ${signal}` : `exited with ${code}`;
+      const ending = aborted ? 'stopped: its step ran out of time' : timedOut ? `timed out after ${options.timeoutMs} ms` : signal ? `killed by ${signal}` : `exited with ${code}`;
       reject(new CommandError(`${command}: ${ending}${formatTail(stderr.text())}`));
     });
   });

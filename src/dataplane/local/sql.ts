@@ -1,5 +1,6 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import pg from 'pg';
+import { currentAbortSignal } from '../../lib/abort.js';
 import { assert } from '../../lib/assert.js';
 
 /**
@@ -39,10 +40,16 @@ export async function withClient<T>(target: ConnectTarget, use: (client: pg.Clie
   });
   // A server shutting down under an idle client emits 'error'; unhandled it would crash Cellar.
   client.on('error', () => {});
-  await client.connect();
+  // The step using this connection ran out of time: end the connection, and with it the query.
+  const stepSignal = currentAbortSignal();
+  stepSignal?.throwIfAborted();
+  const onAbort = (): void => void client.end().catch(() => {});
+  stepSignal?.addEventListener('abort', onAbort, { once: true });
   try {
+    await client.connect();
     return await use(client);
   } finally {
+    stepSignal?.removeEventListener('abort', onAbort);
     await client.end().catch(() => {});
   }
 }
