@@ -6,13 +6,13 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import pg from 'pg';
 import type { InstanceSpec, UpstreamRef } from '../src/dataplane/dataplane.js';
-import { Binaries } from '../src/dataplane/local/binaries.js';
+import { Binaries } from '../src/postgres/binaries.js';
 import { LocalDataPlane } from '../src/dataplane/local/driver.js';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
-import { ensureDirectory } from '../src/dataplane/local/files.js';
-import { ClusterUsers, resolveRunAs, selfRunAs, type RunAs } from '../src/dataplane/local/osuser.js';
-import { canTraverseAncestors, fallbackDataRoot, prepareDataDir, resolveDataDir } from '../src/dataplane/local/paths.js';
-import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/dataplane/local/server.js';
+import { ensureDirectory } from '../src/postgres/files.js';
+import { ClusterUsers, resolveRunAs, selfRunAs, type RunAs } from '../src/postgres/osuser.js';
+import { canTraverseAncestors, fallbackDataRoot, prepareDataDir, resolveDataDir } from '../src/postgres/paths.js';
+import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/postgres/server.js';
 import { sleep } from '../src/lib/clock.js';
 import { newId, type InstanceId } from '../src/lib/ids.js';
 

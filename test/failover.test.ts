@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { spawn } from 'node:child_process';
-import { Binaries } from '../src/dataplane/local/binaries.js';
+import { Binaries } from '../src/postgres/binaries.js';
 import { postmasterPid, queryUri, sleep, TestCellar, eventually } from './helpers/cellar.js';
 import { startWriter } from './helpers/writer.js';
 

@@ -5,7 +5,7 @@ import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { Engine, register } from '../engine/engine.js';
-import { insertMachine } from '../engine/queries.js';
+import { insertMachine } from '../store/machines-table.js';
 import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';

@@ -30,7 +30,7 @@ import {
   renewLease,
   signalsFor,
   wakeMachines,
-} from './queries.js';
+} from '../store/machines-table.js';
 
 /** A machine kind bound to the ports its steps use. */
 export interface Registration {

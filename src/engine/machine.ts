@@ -1,4 +1,5 @@
 import { assert } from '../lib/assert.js';
+import { type Lane, lanes } from '../store/machines-table.js';
 
 /**
  * A machine kind is a typed transition table plus one step function per label (DESIGN.md §2).
@@ -6,8 +7,8 @@ import { assert } from '../lib/assert.js';
  * transitions. Steps reach time, randomness, the store and the data plane only through `ports`.
  */
 
-export const lanes = ['high', 'normal'] as const;
-export type Lane = (typeof lanes)[number];
+// The lanes are the machines table's (its check constraint), so the store defines them.
+export { type Lane, lanes };
 
 /** The label every kind may land in after a bug or too many failed attempts. */
 export const failedLabel = 'failed';

@@ -6,7 +6,7 @@ import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
-import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
 
 /**
  * A cluster: one primary and `replicas` replicas. It creates its instances, waits for them to
@@ -38,7 +38,7 @@ export interface ClusterData extends Record<string, unknown> {
   readonly announced?: string;
 }
 
-export const clusterKind = 'cluster';
+export { clusterKind };
 /** Instances nudge the cluster when they change, so these naps are only a backstop. */
 export const provisioningNapMs = 1_000;
 export const watchNapMs = 5_000;

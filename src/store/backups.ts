@@ -1,5 +1,5 @@
 import type { BaseBackupInfo } from '../dataplane/dataplane.js';
-import { insertMachine, nudgeChannel, recordEvent } from '../engine/queries.js';
+import { insertMachine, nudgeChannel, recordEvent } from './machines-table.js';
 import { assert } from '../lib/assert.js';
 import { type BackupId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { BackupCandidate, BackupRecord, BackupRecords } from '../machines/ports.js';

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ClusterSecrets } from '../dataplane/dataplane.js';
-import { insertMachine, raiseSignal } from '../engine/queries.js';
+import { insertMachine, raiseSignal } from './machines-table.js';
 import { CellarError } from '../lib/errors.js';
 import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';

@@ -1,5 +1,5 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
-import { insertMachine, raiseSignal } from '../engine/queries.js';
+import { insertMachine, raiseSignal } from './machines-table.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
 import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';

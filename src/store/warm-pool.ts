@@ -1,8 +1,7 @@
-import { wakeMachines } from '../engine/queries.js';
+import { wakeMachines } from './machines-table.js';
 import { type ClusterId, type OrgId, randomToken } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
-import { clusterKind } from '../machines/cluster.js';
-import { type PooledCluster, type PooledPhase, type WarmPoolStore, warmPoolEntity, warmPoolKind } from '../machines/warmpool.js';
+import { type PooledCluster, type PooledPhase, type WarmPoolStore, clusterKind, warmPoolEntity, warmPoolKind } from '../machines/ports.js';
 import { insertCluster, isUniqueViolation, nameTaken } from './clusters.js';
 import { freeRouteKey } from './routes.js';
 import { requestDestroy } from './machine-store.js';

@@ -1,7 +1,9 @@
-import type { Queryable } from '../store/pool.js';
-import type { Lane } from './machine.js';
+import type { Queryable } from './pool.js';
 
-/** The engine's SQL, one statement per purpose. The machines table is the queue. */
+/** The machines table's SQL, one statement per purpose. The table is the engine's queue. */
+
+export const lanes = ['high', 'normal'] as const;
+export type Lane = (typeof lanes)[number];
 
 export interface MachineRow {
   id: string;
