@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
-import { Binaries } from '../src/dataplane/local/binaries.js';
-import { instancePaths } from '../src/dataplane/local/paths.js';
+import { Binaries } from '../src/postgres/binaries.js';
+import { instancePaths } from '../src/postgres/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import {
   BenchCellar,
@@ -38,7 +38,7 @@ import {
 const goalRatioMax = 1.5;
 const runsDefault = 5;
 const runsMax = 50;
-/** Cellar's own poll of postmaster.pid (src/dataplane/local/server.ts); the raw recipes use the same. */
+/** Cellar's own poll of postmaster.pid (src/postgres/server.ts); the raw recipes use the same. */
 const readyPollMs = 10;
 const streamingPollMs = 10;
 const initdbMsMax = 120_000;
@@ -53,7 +53,7 @@ const showMsMax = 30_000;
 const statusCliRuns = 3;
 const copyBinary = '/usr/bin/cp';
 const syncBinary = '/usr/bin/sync';
-/** Cellar's initdb flags (src/dataplane/local/server.ts) except --auth-host=trust (Cellar: scram-sha-256), so no password is needed. */
+/** Cellar's initdb flags (src/postgres/server.ts) except --auth-host=trust (Cellar: scram-sha-256), so no password is needed. */
 const initdbFlags = ['--no-locale', '-E', 'UTF8', '--data-checksums', '-U', 'postgres', '--auth-local=trust', '--auth-host=trust'];
 
 interface Variant {

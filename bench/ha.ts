@@ -4,8 +4,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
-import { Binaries } from '../src/dataplane/local/binaries.js';
-import { instancePaths } from '../src/dataplane/local/paths.js';
+import { Binaries } from '../src/postgres/binaries.js';
+import { instancePaths } from '../src/postgres/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import {
   type BenchCellar,
@@ -56,7 +56,7 @@ const writerReconnectPauseMs = 10;
 /** ~20 minutes of writes at the fastest pace here: a stuck stop cannot grow memory without bound. */
 const writeAttemptsMax = 1_000_000;
 const connectAttemptsMax = 200_000;
-/** Cellar's initdb flags (src/dataplane/local/server.ts) except host auth trust, so no password is needed. */
+/** Cellar's initdb flags (src/postgres/server.ts) except host auth trust, so no password is needed. */
 const initdbFlags = ['--no-locale', '-E', 'UTF8', '--data-checksums', '-U', 'postgres', '--auth-local=trust', '--auth-host=trust'];
 
 export type Report = (line: string) => void;
@@ -251,7 +251,7 @@ export function describeCluster(cluster: ClusterView): string {
   return `${cluster.state}, replication ${cluster.replication ?? '-'}; ${instances.join('; ')}`;
 }
 
-/** The first line of postmaster.pid (src/dataplane/local/paths.ts). */
+/** The first line of postmaster.pid (src/postgres/paths.ts). */
 export async function postmasterPid(cellar: BenchCellar, instanceId: string): Promise<number> {
   const text = await readFile(join(instancePaths(cellar.dataDir, instanceId as InstanceId).pgdata, 'postmaster.pid'), 'utf8');
   const pid = Number(text.split('\n')[0]);

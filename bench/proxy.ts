@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { ClusterView } from '../src/api/view.js';
-import { instancePaths } from '../src/dataplane/local/paths.js';
+import { instancePaths } from '../src/postgres/paths.js';
 import type { InstanceId } from '../src/lib/ids.js';
 import { freePort } from '../src/lib/net.js';
 import {
@@ -25,6 +25,9 @@ import {
   uptime,
   waitFor,
 } from './lib.js';
+
+/** `cellar up` starts the proxy from its own entry; its argv names this file. */
+const cellarProxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
 
 /**
  * bench/proxy: pgbench through Cellar's proxy against the same pgbench straight to the primary,
@@ -240,7 +243,7 @@ async function createCluster(cellar: BenchCellar): Promise<Setup> {
     throw new Error(`cluster has no uri, route key or primary port: ${created.stdout}`);
   }
   const uri = new URL(cluster.uri);
-  const proxyPids = await processesWith(['proxy'], `CELLAR_HOME=${cellar.env['CELLAR_HOME'] as string}`);
+  const proxyPids = await processesWith([cellarProxyBin], `CELLAR_HOME=${cellar.env['CELLAR_HOME'] as string}`);
   return {
     cellar,
     serverUser: await serverUser(),

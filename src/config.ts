@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 export interface Config {
   /** Credentials, logs and (unless CELLAR_DATA says otherwise) the data of this Cellar. */
   readonly home: string;
-  /** Where Postgres data directories live; null means "derive from home" (see dataplane/local/paths). */
+  /** Where Postgres data directories live; null means "derive from home" (see postgres/paths). */
   readonly dataDir: string | null;
   /** External cell store; null means the embedded one under home. */
   readonly storeUrl: string | null;

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
-import { ClusterUsers } from '../src/dataplane/local/osuser.js';
+import { ClusterUsers } from '../src/postgres/osuser.js';
 import { walFilesBefore } from '../src/dataplane/local/wal.js';
 
 /** The archive and restore commands Postgres runs, exercised with real files and /bin/sh. */

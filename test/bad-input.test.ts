@@ -6,8 +6,8 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ClusterView } from '../src/api/view.js';
-import { ClusterUsers, resolveRunAs } from '../src/dataplane/local/osuser.js';
-import { resolveDataDir } from '../src/dataplane/local/paths.js';
+import { ClusterUsers, resolveRunAs } from '../src/postgres/osuser.js';
+import { resolveDataDir } from '../src/postgres/paths.js';
 import { type RunResult, TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
 
 /** Bad requests and bad start-up paths get a 4xx (or a sentence) in the one error shape, never a 5xx or errno text. */

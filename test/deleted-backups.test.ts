@@ -6,7 +6,7 @@ import type { BackupView, DeletedClusterListView } from '../src/api/backups.js';
 import { failureTextMax } from '../src/api/failure.js';
 import type { ClusterView } from '../src/api/view.js';
 import { lsnToBigInt, walSegmentEnd } from '../src/lib/lsn.js';
-import { clusterUserName, lookupUser } from '../src/dataplane/local/osuser.js';
+import { clusterUserName, lookupUser } from '../src/postgres/osuser.js';
 import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
 
 /**

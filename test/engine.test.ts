@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { backoffCapMs, backoffMs } from '../src/engine/backoff.js';
 import { Engine, register } from '../src/engine/engine.js';
 import { type MachineDefinition, hop } from '../src/engine/machine.js';
-import { claimDue, commitTransition, insertMachine } from '../src/engine/queries.js';
+import { claimDue, commitTransition, insertMachine } from '../src/store/machines-table.js';
 import { systemClock, systemRandom } from '../src/lib/clock.js';
 import { newId } from '../src/lib/ids.js';
 import { makeLogger } from '../src/lib/log.js';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ClusterView, InstanceView } from '../src/api/view.js';
 import { spawn } from 'node:child_process';
-import { Binaries } from '../src/dataplane/local/binaries.js';
+import { Binaries } from '../src/postgres/binaries.js';
 import { postmasterPid, queryUri, sleep, TestCellar, eventually } from './helpers/cellar.js';
 import { startWriter } from './helpers/writer.js';
 
@@ -98,10 +98,10 @@ describe('high availability', () => {
       const back = cluster.instances.find((instance) => instance.id === replica.id);
       return back?.streaming === true && cluster.replication === 'sync' ? cluster : undefined;
     }, 30_000, 200);
-    const reasons = settled.events.map((event) => event.reason);
-    const dropped = reasons.findIndex((reason) => reason.includes('sync has dropped to async'));
+    const codes = settled.events.map((event) => event.code);
+    const dropped = codes.indexOf('sync_dropped_to_async');
     assert.ok(dropped >= 0, 'an event says sync dropped to async');
-    assert.ok(reasons.slice(dropped + 1).some((reason) => reason.startsWith('commits wait for a replica (sync)')), 'then an event says it returned');
+    assert.ok(codes.slice(dropped + 1).includes('commits_wait_for_replica'), 'then an event says it returned');
     assert.deepEqual(stats.errors, [], 'the writer saw no error');
   });
 
@@ -208,8 +208,10 @@ describe('high availability', () => {
       return fresh?.streaming === true && !cluster.instances.some((instance) => instance.id === replica.id) ? cluster : undefined;
     }, 90_000, 250);
     assert.equal(replaced.instances.length, 2, 'one primary and one replica, as asked');
-    assert.ok(replaced.events.some((event) => event.reason.startsWith(`replacing replica ${replica.id}`)), 'an event says the replica was replaced');
-    assert.ok(replaced.events.some((event) => event.entity === replica.id && event.to === 'failed' && /not serving for more than 3000 ms/.test(event.reason)));
+    assert.ok(replaced.events.some((event) => event.code === 'replica_replaced' && event.reason.includes(replica.id)), 'an event says the replica was replaced');
+    const failed = replaced.events.find((event) => event.entity === replica.id && event.to === 'failed');
+    assert.equal(failed?.code, 'not_serving');
+    assert.match(failed.reason, /not serving for more than 3000 ms/);
   });
 
   test('failover and switchover requests: bad input and wrong state get clear errors', async () => {
@@ -236,7 +238,7 @@ describe('high availability', () => {
     process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
     const tripped = await eventually('the breaker event', async () => {
       const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
-      return cluster.events.find((event) => event.reason.startsWith('automatic failover is off') && Date.parse(event.at) >= killedAtMs - 1_000);
+      return cluster.events.find((event) => event.code === 'circuit_breaker_open' && Date.parse(event.at) >= killedAtMs - 1_000);
     }, 30_000, 200);
     assert.match(tripped.reason, /a human must act: cellar clusters failover NAME/);
     const still = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);

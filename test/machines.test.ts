@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
 import type { BackupSettings, HaSettings } from '../src/config.js';
-import { type MachineData, type MachineDefinition, type Outcome, isAllowedHop, toMermaid } from '../src/engine/machine.js';
+import { type MachineData, type MachineDefinition, type Outcome, failedLabel, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
@@ -199,7 +199,7 @@ describe('instance machine, label by label', () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'starting');
     const outcome = await step(instanceMachine, 'starting', primaryId, h);
-    assert.deepEqual(outcome, { type: 'hop', label: 'waitReady', data: { waitSinceMs: h.clock.now }, reason: 'server started' });
+    assert.deepEqual(outcome, { type: 'hop', label: 'waitReady', data: { waitSinceMs: h.clock.now }, reason: 'server started', code: 'server_started' });
     assert.deepEqual(h.dataPlane.calls, [`start ${primaryId}`]);
   });
 
@@ -213,6 +213,7 @@ describe('instance machine, label by label', () => {
     const final = await step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 });
     assert.equal(final.type, 'fail');
     assert.match(final.type === 'fail' ? final.reason : '', /^restore failed: the server stopped during recovery 2 times: .*recovery ended before configured recovery target/s);
+    assert.equal(final.code, 'restore_failed');
     h.dataPlane.alive_ = true;
     await assert.rejects(step(instanceMachine, 'starting', primaryId, h, { data: restoring, attempt: restoreStartAttemptsMax - 1 }), /exited during start/, 'a server still recovering is retried');
     h.dataPlane.alive_ = false;
@@ -297,6 +298,7 @@ describe('instance machine, label by label', () => {
     const last = await step(instanceMachine, 'running', primaryId, h, { data: { failedProbes: ha.unreachableProbesMax - 1 } });
     assert.equal(last.type === 'hop' && last.label, 'down');
     assert.match(last.type === 'hop' ? (last.reason ?? '') : '', /3 probes in a row/);
+    assert.equal(last.code, 'instance_lost');
   });
 
   test('down waits for its cluster: rejoin and restart signals, else a nap', async () => {
@@ -322,6 +324,7 @@ describe('instance machine, label by label', () => {
     h.dataPlane.rejoinMethod = 'cloned';
     const cloned = await step(instanceMachine, 'rejoin', primaryId, h);
     assert.match(cloned.type === 'hop' ? (cloned.reason ?? '') : '', /cloned afresh/);
+    assert.equal(cloned.code, 'cloned_afresh');
   });
 
   test('destroy of a replica removes the server, its slot on the primary and its port, then is done', async () => {
@@ -391,11 +394,13 @@ describe('cluster machine, label by label', () => {
     const toSync = await step(clusterMachine, 'running', clusterId, h);
     assert.deepEqual(toSync.type === 'nap' && toSync.data, { syncStandbys: [replicaId] });
     assert.match(toSync.type === 'nap' ? (toSync.reason ?? '') : '', /commits wait for a replica \(sync\)/);
+    assert.equal(toSync.code, 'commits_wait_for_replica');
     const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
     assert.deepEqual(steady, { type: 'nap', ms: watchNapMs }, 'no change, no write, no event');
     h.store.update(replicaId, { machineLabel: 'starting' });
     const dropped = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
     assert.match(dropped.type === 'nap' ? (dropped.reason ?? '') : '', /sync has dropped to async/);
+    assert.equal(dropped.code, 'sync_dropped_to_async');
     assert.deepEqual(h.dataPlane.calls, [`sync ${primaryId} [${replicaId}]`, `sync ${primaryId} []`]);
   });
 
@@ -432,6 +437,7 @@ describe('cluster machine, label by label', () => {
     const tripped = await step(clusterMachine, 'running', clusterId, h);
     assert.equal(tripped.type, 'nap');
     assert.match(tripped.type === 'nap' ? (tripped.reason ?? '') : '', /automatic failover is off: 2 failovers .* a human must act/);
+    assert.equal(tripped.code, 'circuit_breaker_open');
     const again = await step(clusterMachine, 'running', clusterId, h, { data: tripped.type === 'nap' ? (tripped.data as ClusterData) : {} });
     assert.equal(again.type === 'nap' && again.reason, undefined, 'announced once, not every tick');
     const manual = await step(clusterMachine, 'running', clusterId, h, { signals: ['failover', 'force'] });
@@ -463,6 +469,7 @@ describe('cluster machine, label by label', () => {
     const none = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId } });
     assert.equal(none.type, 'nap', 'the only serving replica lags past the limit');
     assert.match(none.type === 'nap' ? (none.reason ?? '') : '', /lags more than 1024 bytes.*--force/);
+    assert.equal(none.code, 'failover_refused_lag');
     const forced = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId }, signals: ['force'] });
     assert.equal(forced.type === 'hop' && forced.data?.candidateId, otherId);
     const deleted = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId }, signals: ['destroy'] });
@@ -510,6 +517,7 @@ describe('cluster machine, label by label', () => {
     const refused = await step(clusterMachine, 'running', clusterId, h, { signals: ['switchover'] });
     assert.equal(refused.type, 'nap');
     assert.match(refused.type === 'nap' ? (refused.reason ?? '') : '', /switchover refused: no replica is streaming/);
+    assert.equal(refused.code, 'switchover_refused');
     assert.deepEqual(refused.type === 'nap' && refused.consume, ['switchover']);
     h.store.update(replicaId, { machineLabel: 'running', observed: streaming });
     const begun = await step(clusterMachine, 'running', clusterId, h, { signals: ['switchover'] });
@@ -526,6 +534,7 @@ describe('cluster machine, label by label', () => {
     const calledOff = await step(clusterMachine, 'catchUp', clusterId, h, { data: { ...behind, sinceMs: h.clock.now - ha.switchoverCatchUpMsMax - 1 } });
     assert.equal(calledOff.type === 'hop' && calledOff.label, 'running');
     assert.match(calledOff.type === 'hop' ? (calledOff.reason ?? '') : '', /called off.*route resumed/);
+    assert.equal(calledOff.code, 'switchover_called_off');
     h.dataPlane.statuses.set(replicaId, { ...streaming, lsn: '0/8FFFF00' });
     const caughtUp = await step(clusterMachine, 'catchUp', clusterId, h, { data: behind });
     assert.equal(caughtUp.type === 'hop' && caughtUp.label, 'stopPrimary');
@@ -613,6 +622,7 @@ describe('backup machine, label by label', () => {
     const failed = await step(backupMachine, 'verify', backupId, h);
     assert.equal(failed.type, 'done');
     assert.match(failed.type === 'done' ? (failed.reason ?? '') : '', /verification failed: pg_verifybackup: checksum mismatch/);
+    assert.equal(failed.code, 'backup_verification_failed');
     assert.deepEqual(h.backups.calls, [`recordCheck ${backupId} false pg_verifybackup: checksum mismatch for file "global/1260"`]);
   });
 });
@@ -689,9 +699,14 @@ describe('backup schedule: fairness and deleted clusters', () => {
 describe('transition tables', () => {
   test('every label has a step and every hop target is a label; the table renders as Mermaid', () => {
     for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine] as MachineDefinition<string, MachineData, MachinePorts>[]) {
-      const labels = Object.keys(definition.transitions);
+      // `failed` is the engine's label, not a step's: its row only says where a signal may take a failed machine.
+      const labels = Object.keys(definition.transitions).filter((label) => label !== failedLabel);
       assert.deepEqual(Object.keys(definition.steps).sort(), [...labels].sort(), definition.kind);
       for (const targets of Object.values(definition.transitions) as string[][]) for (const target of targets) assert.ok(labels.includes(target), `${definition.kind}: ${target}`);
+      for (const [signal, target] of Object.entries(definition.resumeOn ?? {})) {
+        const from = [failedLabel, ...labels].filter((label) => isAllowedHop(definition, label, target));
+        assert.ok(from.length > 0, `${definition.kind}: the ${signal} signal resumes at ${target}, which the table allows from nowhere`);
+      }
       assert.match(toMermaid(definition), new RegExp(`^stateDiagram-v2\\n  \\[\\*\\] --> ${definition.initial}`));
     }
   });

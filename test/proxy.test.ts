@@ -217,8 +217,10 @@ describe('proxy', () => {
       return rows.length === 1 ? rows : undefined;
     }, 10_000, 20);
     const cancelledAt = Date.now();
+    // Expected before the cancel is sent: the query may fail before the proxy has closed the cancelling connection.
+    const cancelled = assert.rejects(sleeping, (error: { code?: string }) => error.code === '57014');
     await rawExchange(proxyPort, cancelRequestPacket(processId, secretKey));
-    await assert.rejects(sleeping, (error: { code?: string }) => error.code === '57014');
+    await cancelled;
     t.diagnostic(`cancelled in ${Date.now() - cancelledAt} ms`);
     const [after] = await queryUri<{ count: number }>(app.uri as string, 'select count(*)::int as count from pg_stat_activity where pid = $1', [backend?.pid]);
     assert.equal(after?.count, 1, 'the query was cancelled, not its backend ended');

@@ -2,6 +2,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { BaseBackupInfo } from '../src/dataplane/dataplane.js';
 import type { ClusterId, InstanceId } from '../src/lib/ids.js';
+import { backupMachine } from '../src/machines/backup.js';
+import { clusterMachine } from '../src/machines/cluster.js';
+import { instanceMachine } from '../src/machines/instance.js';
 import type { BackupRecord, BackupRecords, InstanceRecord, MachineStore } from '../src/machines/ports.js';
 import { PgBackupRecords } from '../src/store/backups.js';
 import { insertCluster } from '../src/store/clusters.js';
@@ -58,8 +61,8 @@ const implementations: Implementation[] = [
       clustersMade += 1;
       const org = await createOrg(pool, `contract-${clustersMade}`);
       assert.ok(org !== null);
-      const cluster = await insertCluster(pool, org.id, 'app', { size: 'small', replicas: 1, storageGb: 10, pgVersion: 15, durability: 'sync' });
-      return { store: new PgMachineStore(pool, portMin, portMax), backups: new PgBackupRecords(pool), cluster };
+      const cluster = await insertCluster(pool, clusterMachine, org.id, 'app', { size: 'small', replicas: 1, storageGb: 10, pgVersion: 15, durability: 'sync' });
+      return { store: new PgMachineStore(pool, portMin, portMax, instanceMachine), backups: new PgBackupRecords(pool, backupMachine), cluster };
     },
   },
 ];

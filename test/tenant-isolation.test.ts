@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
-import { Binaries } from '../src/dataplane/local/binaries.js';
-import { clusterUserName, lookupUser, type RunAs } from '../src/dataplane/local/osuser.js';
+import { Binaries } from '../src/postgres/binaries.js';
+import { clusterUserName, lookupUser, type RunAs } from '../src/postgres/osuser.js';
 import { eventually, postmasterPid, queryUri, TestCellar } from './helpers/cellar.js';
 
 /**

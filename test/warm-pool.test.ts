@@ -37,7 +37,7 @@ test('a create of the default spec is answered from the warm pool, already runni
   const created = await cellar.cliJson<ClusterView>(['clusters', 'create', 'quick']);
   assert.equal(created.state, 'running', 'running as soon as the create returns');
   assert.equal(created.name, 'quick');
-  assert.ok(created.events.some((event) => event.reason === 'adopted from the warm pool'));
+  assert.ok(created.events.some((event) => event.code === 'adopted_from_warm_pool'));
 
   const primary = new pg.Client({ connectionString: created.uri as string });
   await primary.connect();
@@ -62,7 +62,7 @@ test('a create of the default spec is answered from the warm pool, already runni
 test('a create with another spec takes the ordinary path and leaves the pool alone', async () => {
   const created = await cellar.cliJson<ClusterView>(['clusters', 'create', 'solo', '--replicas', '0']);
   assert.equal(created.state, 'creating');
-  assert.ok(!created.events.some((event) => event.reason === 'adopted from the warm pool'));
+  assert.ok(!created.events.some((event) => event.code === 'adopted_from_warm_pool'));
   const duplicate = await cellar.cli(['clusters', 'create', 'quick']);
   assert.match(duplicate.stderr, /already exists in this organisation \[CELLAR_E_NAME_TAKEN\]/, 'a taken name is refused even when a warm cluster is ready');
   const status = await poolReady();

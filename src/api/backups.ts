@@ -2,6 +2,8 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { CellarError } from '../lib/errors.js';
 import type { ClusterId } from '../lib/ids.js';
 import { type ClusterSpec, clusterNameLengthMax, clusterNamePattern } from '../lib/sizes.js';
+import { backupMachine, verifySignal } from '../machines/backup.js';
+import { clusterMachine } from '../machines/cluster.js';
 import {
   type BackupSnapshot,
   createManualBackup,
@@ -124,7 +126,7 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
   async function createRestored(owner: TokenOwner, source: ClusterSnapshot, to: string, choice: RestoreChoice): Promise<ClusterSnapshot | null> {
     const { restore: _previous, ...sourceSpec } = source.spec;
     const spec: ClusterSpec = { ...sourceSpec, restore: { sourceClusterId: source.id, backupId: choice.backup.id, ...choice.target } };
-    const id = await insertCluster(pool, owner.orgId, to, spec);
+    const id = await insertCluster(pool, clusterMachine, owner.orgId, to, spec);
     return findClusterById(pool, owner.orgId, id);
   }
 
@@ -157,7 +159,7 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
   app.post<{ Params: { name: string } }>('/v1/clusters/:name/backups', { schema: { summary: 'Take a backup now (asynchronous: watch its status)' } }, async (request, reply) => {
     const cluster = await liveCluster(ownerOf(request), request.params.name);
     if (cluster.machineLabel !== 'running') throw new CellarError('CELLAR_E_CONFLICT', `cluster "${cluster.name}" is not running; back it up once it is`, 'name');
-    const id = await createManualBackup(pool, cluster.id as ClusterId);
+    const id = await createManualBackup(pool, backupMachine, cluster.id as ClusterId);
     const backup = await findBackup(pool, ownerOf(request).orgId, id);
     return reply.status(202).send(backup && backupView(backup, cluster.name));
   });
@@ -175,7 +177,7 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
     const backup = await findBackup(pool, owner.orgId, request.params.id);
     if (backup === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no backup ${request.params.id}`, 'id');
     if (backup.finishedAt === null || backup.status === 'failed') throw new CellarError('CELLAR_E_CONFLICT', `backup ${backup.id} is ${backup.status}; only a taken backup can be verified`, 'id');
-    await requestVerify(pool, backup.id);
+    await requestVerify(pool, backupMachine, backup.id, verifySignal);
     const again = await findBackup(pool, owner.orgId, backup.id);
     const cluster = await findClusterById(pool, owner.orgId, backup.clusterId);
     return reply.status(202).send(again && backupView(again, cluster?.name ?? backup.clusterId));

@@ -19,7 +19,7 @@ import {
   storageGbMax,
   storageGbMin,
 } from '../lib/sizes.js';
-import { clusterKind } from '../machines/cluster.js';
+import { clusterKind, clusterMachine } from '../machines/cluster.js';
 import { type ClusterSnapshot, cellCounts, findCluster, findClusterById, insertCluster, listClusters, requestClusterAction } from '../store/clusters.js';
 import { requestDestroy } from '../store/machine-store.js';
 import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
@@ -123,7 +123,14 @@ const clusterSchema = {
       type: 'array',
       items: {
         type: 'object',
-        properties: { at: { type: 'string' }, entity: { type: 'string' }, from: { type: ['string', 'null'] }, to: { type: 'string' }, reason: { type: 'string' } },
+        properties: {
+          at: { type: 'string' },
+          entity: { type: 'string' },
+          from: { type: ['string', 'null'] },
+          to: { type: 'string' },
+          reason: { type: 'string', description: 'why, for people; the wording may change' },
+          code: { type: ['string', 'null'], description: 'what happened, stable: decide by this (null for a plain move)' },
+        },
       },
     },
   },
@@ -261,7 +268,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
       const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule };
-      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, owner.orgId, body.name, spec));
+      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy));
     },

@@ -44,7 +44,7 @@ export interface ClusterView {
   error: string | null;
   createdAt: string;
   instances: InstanceView[];
-  events: { at: string; entity: string; from: string | null; to: string; reason: string }[];
+  events: { at: string; entity: string; from: string | null; to: string; reason: string; code: string | null }[];
 }
 
 /** Where clients connect: the proxy's two endpoints. */
@@ -106,6 +106,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
       from: event.from,
       to: event.to,
       reason: event.reason,
+      code: event.code,
     })),
   };
 }

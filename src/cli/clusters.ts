@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import type { ClusterView } from '../api/view.js';
+import { type EventCode, isEventCode } from '../lib/event-codes.js';
 import { type ApiClient, ApiError, storeUnavailableCode } from './client.js';
 import { type Output, formatTable } from './output.js';
 
@@ -13,8 +14,8 @@ const waitTimeoutSecondsDefault = 600;
 interface WaitOptions {
   readonly until: (cluster: ClusterView | null) => boolean;
   readonly timeoutSeconds: number;
-  /** An event reason that means the wait is over without success (e.g. a switchover refused)... */
-  readonly abortOn?: RegExp;
+  /** Event codes that mean the wait is over without success (e.g. a switchover refused)... */
+  readonly abortOn?: readonly EventCode[];
   /** ...when the event is at least this recent (the request's time: an older one is not its answer). */
   readonly abortSinceMs?: number;
   /** Show events from this long before the wait began (a create's first events precede it). */
@@ -56,7 +57,7 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
       seenEvents.add(key);
       if (Date.parse(event.at) < startedMs - (options.historyMs ?? 60_000)) continue;
       out.progress(`${since}  ${event.entity}: ${event.from ?? '-'} -> ${event.to}${event.reason ? ` (${event.reason})` : ''}`);
-      if (options.abortOn?.test(event.reason) === true && Date.parse(event.at) >= (options.abortSinceMs ?? startedMs)) throw new Error(event.reason);
+      if (isAbortEvent(event.code, options.abortOn) && Date.parse(event.at) >= (options.abortSinceMs ?? startedMs)) throw new Error(event.reason);
     }
     const line = cluster === null ? 'gone' : describe(cluster);
     if (line !== lastLine) out.progress(`${since}  ${line}`);
@@ -67,6 +68,19 @@ async function waitFor(client: ApiClient, out: Output, id: string, options: Wait
     await new Promise((resolve) => setTimeout(resolve, waitPollMs));
   }
 }
+
+function isAbortEvent(code: string | null, abortOn: readonly EventCode[] = []): boolean {
+  return code !== null && isEventCode(code) && abortOn.includes(code);
+}
+
+/** A role change asked for is over without success when one of these is recorded after the request. */
+export const roleChangeAbortCodes: readonly EventCode[] = [
+  'switchover_refused',
+  'switchover_called_off',
+  'failover_refused_no_replica',
+  'failover_refused_lag',
+  'circuit_breaker_open',
+];
 
 function elapsed(startedMs: number): string {
   return `${((Date.now() - startedMs) / 1000).toFixed(1).padStart(6)}s`;
@@ -212,7 +226,7 @@ async function finishRoleChange(client: ApiClient, out: Output, before: ClusterV
   const after = await waitFor(client, out, before.id, {
     until: (cluster) => cluster?.state === 'running' && primaryOf(cluster) !== primaryOf(before),
     timeoutSeconds: options.timeout,
-    abortOn: /^(switchover refused|switchover called off|cannot fail over|automatic failover is off)/,
+    abortOn: roleChangeAbortCodes,
     historyMs: 1_000,
     abortSinceMs: options.requestedAtMs,
   });

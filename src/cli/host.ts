@@ -18,7 +18,8 @@ export function registerHostCommands(program: Command, output: (json: boolean) =
   program
     .command('proxy')
     .description('run the proxy in the foreground (`cellar up` starts one in the background if none runs)')
-    .action(async () => (await host()).proxy(loadConfig(), output(false)));
+    // Lazily, like `up`: the proxy loads no API, engine, machine or local driver module.
+    .action(async () => (await import('../proxy/main.js')).serveProxy(loadConfig(), output(false)));
 
   program
     .command('down')

@@ -1,13 +1,6 @@
-/**
- * Where CLI text goes. With --json, stdout carries exactly one JSON document (the result) and
- * progress goes to stderr, so scripts can pipe stdout and still see a long wait advance.
- */
-export interface Output {
-  readonly json: boolean;
-  line(text: string): void;
-  progress(text: string): void;
-  result(value: unknown): void;
-}
+import type { Output } from '../lib/output.js';
+
+export type { Output };
 
 export function makeOutput(json: boolean): Output {
   return {

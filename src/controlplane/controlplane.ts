@@ -5,18 +5,18 @@ import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { Engine, register } from '../engine/engine.js';
-import { insertMachine } from '../engine/queries.js';
+import { insertMachine, newMachine } from '../store/machines-table.js';
 import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
-import { newId, randomToken } from '../lib/ids.js';
+import { randomToken } from '../lib/ids.js';
 import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
 import { backupMachine } from '../machines/backup.js';
-import { backupScheduleEntity, backupScheduleKind, backupScheduleMachine } from '../machines/backup-schedule.js';
+import { backupScheduleEntity, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
-import { type WarmPoolPorts, warmPoolEntity, warmPoolKind, warmPoolMachine } from '../machines/warmpool.js';
+import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
 import { PgMachineStore } from '../store/machine-store.js';
@@ -92,23 +92,23 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): W
     pgVersion: Math.max(...dataPlane.versions()),
     durability: defaultDurability(defaultReplicas),
   };
-  return { store: new PgWarmPoolStore(pool), target: () => config.warmPoolSize, spec };
+  return { store: new PgWarmPoolStore(pool, clusterMachine), target: () => config.warmPoolSize, spec };
 }
 
 /** The cell's singleton machines exist once, whichever control plane starts first. */
 async function ensureSingletonMachines(pool: Pool): Promise<void> {
-  await insertMachine(pool, { id: newId('machine'), kind: warmPoolKind, entityId: warmPoolEntity, clusterId: null, label: 'fill', lane: 'normal', data: {} });
-  await insertMachine(pool, { id: newId('machine'), kind: backupScheduleKind, entityId: backupScheduleEntity, clusterId: null, label: 'tend', lane: 'normal', data: {} });
+  await insertMachine(pool, newMachine(warmPoolMachine, warmPoolEntity, null));
+  await insertMachine(pool, newMachine(backupScheduleMachine, backupScheduleEntity, null));
 }
 
 function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
-    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax),
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine),
     dataPlane,
     ha: config.ha,
-    backups: new PgBackupRecords(pool),
+    backups: new PgBackupRecords(pool, backupMachine),
     backupSettings: config.backups,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };

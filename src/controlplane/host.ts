@@ -4,13 +4,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
 import { startControlPlane } from './controlplane.js';
-import { isRoot, resolveRunAs } from '../dataplane/local/osuser.js';
-import { resolveDataDir } from '../dataplane/local/paths.js';
-import { isAlive, serverPid, stopServer, waitForExit } from '../dataplane/local/server.js';
+import { isRoot, resolveRunAs } from '../postgres/osuser.js';
+import { resolveDataDir } from '../postgres/paths.js';
+import { isAlive, serverPid, stopServer, waitForExit } from '../postgres/server.js';
 import { makeLogger } from '../lib/log.js';
-import { startProxy } from '../proxy/main.js';
+import { untilSignal } from '../lib/signals.js';
+import { proxyPidFileName } from '../proxy/main.js';
 import { stopEmbeddedStore } from '../store/embedded.js';
-import type { Output } from '../cli/output.js';
+import type { Output } from '../lib/output.js';
 
 /**
  * Host commands: `up` runs the control plane in the foreground; `down` stops it and every server
@@ -18,12 +19,12 @@ import type { Output } from '../cli/output.js';
  */
 
 const pidFileName = 'cellar.pid';
-const proxyPidFileName = 'proxy.pid';
 const proxyLogFileName = 'proxy.log';
 const controlPlaneStopWaitMs = 30_000;
 const proxyStartWaitMs = 20_000;
 const proxyStartPollMs = 25;
-const cellarBin = fileURLToPath(new URL('../bin/cellar.js', import.meta.url));
+// The proxy's own entry: it loads neither the API, the engine, the machines nor the local driver.
+const cellarProxyBin = fileURLToPath(new URL('../bin/cellar-proxy.js', import.meta.url));
 
 async function readPid(home: string, fileName: string = pidFileName): Promise<number | null> {
   const text = await readFile(join(home, fileName), 'utf8').catch(() => '');
@@ -31,19 +32,8 @@ async function readPid(home: string, fileName: string = pidFileName): Promise<nu
   return Number.isInteger(pid) && pid > 0 && isAlive(pid) ? pid : null;
 }
 
-/** `cellar proxy` in the foreground: serves until SIGINT or SIGTERM. */
-export async function proxy(config: Config, out: Output): Promise<void> {
-  const log = makeLogger(config.logLevel, process.stderr);
-  const running = await startProxy(config, log);
-  await writeFile(join(config.home, proxyPidFileName), `${process.pid}\n`);
-  out.progress(`Cellar proxy is up (pid ${process.pid}): read-write 127.0.0.1:${config.proxyReadWritePort}, read-only 127.0.0.1:${config.proxyReadOnlyPort}`);
-  await untilSignal();
-  await running.stop();
-  await rm(join(config.home, proxyPidFileName), { force: true });
-}
-
 /**
- * Makes sure a proxy serves this Cellar: starts `cellar proxy` detached (it outlives `up`, like
+ * Makes sure a proxy serves this Cellar: starts the proxy's entry detached (it outlives `up`, like
  * the databases) and waits until it has written its pid file, or fails with its log.
  */
 async function ensureProxy(config: Config): Promise<number> {
@@ -53,7 +43,7 @@ async function ensureProxy(config: Config): Promise<number> {
   const log = await open(logFile, 'a', 0o600);
   let child;
   try {
-    child = spawn(process.execPath, [cellarBin, 'proxy'], { detached: true, stdio: ['ignore', log.fd, log.fd], env: process.env });
+    child = spawn(process.execPath, [cellarProxyBin], { detached: true, stdio: ['ignore', log.fd, log.fd], env: process.env });
   } finally {
     await log.close();
   }
@@ -67,14 +57,6 @@ async function ensureProxy(config: Config): Promise<number> {
   if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
   const tail = (await readFile(logFile, 'utf8').catch(() => '')).split('\n').slice(-5).join('\n');
   throw new Error(`the proxy did not start (see ${logFile}):\n${tail}`);
-}
-
-function untilSignal(): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
 }
 
 async function stopPid(pid: number): Promise<void> {

@@ -1,9 +1,9 @@
 import { mkdir, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Config, ConfigError } from '../config.js';
-import { resolveRunAs } from '../dataplane/local/osuser.js';
+import { resolveRunAs } from '../postgres/osuser.js';
 import { randomToken } from '../lib/ids.js';
-import { resolveBackupDir, resolveDataDir, shellUnsafePathCharacters, socketPathBytesMax } from '../dataplane/local/paths.js';
+import { resolveBackupDir, resolveDataDir, shellUnsafePathCharacters, socketPathBytesMax } from '../postgres/paths.js';
 
 /**
  * Checks, before anything starts (no store, no server, no directory made), that the directories
@@ -11,7 +11,7 @@ import { resolveBackupDir, resolveDataDir, shellUnsafePathCharacters, socketPath
  * bare errno text; all problems are reported at once.
  */
 
-/** The longest socket path Cellar makes under a data directory: an instance's (see dataplane/local/paths). */
+/** The longest socket path Cellar makes under a data directory: an instance's (see postgres/paths). */
 const longestSocketSuffix = join('instances', 'in_xxxxxxxxxxxx', 'run', '.s.PGSQL.65535');
 const controlCharacter = /[\u0000-\u001f\u007f]/;
 

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { resolveRunAs } from '../dataplane/local/osuser.js';
-import { resolveDataDir } from '../dataplane/local/paths.js';
-import { serverPid } from '../dataplane/local/server.js';
+import { resolveRunAs } from '../postgres/osuser.js';
+import { resolveDataDir } from '../postgres/paths.js';
+import { serverPid } from '../postgres/server.js';
 import { embeddedStorePaths, ensureEmbeddedStore } from '../store/embedded.js';
 
 /**

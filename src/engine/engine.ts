@@ -3,7 +3,8 @@ import type { Logger } from 'pino';
 import { InvariantError, assert } from '../lib/assert.js';
 import { runWithAbortSignal } from '../lib/abort.js';
 import type { Clock, Random } from '../lib/clock.js';
-import { TransientError, classifyFailure } from '../lib/failure.js';
+import type { EventCode } from '../lib/event-codes.js';
+import { type FailureKind, TransientError, classifyFailure } from '../lib/failure.js';
 import { inTransaction, isStoreUnavailable, type Pool } from '../store/pool.js';
 import { backoffMs } from './backoff.js';
 import {
@@ -14,10 +15,13 @@ import {
   doneLabel,
   failedLabel,
   assertStepTimeouts,
+  hop,
   isAllowedHop,
   lanes,
+  nap,
 } from './machine.js';
 import {
+  type EventInput,
   type MachineRow,
   type Transition,
   claimDue,
@@ -30,7 +34,7 @@ import {
   renewLease,
   signalsFor,
   wakeMachines,
-} from './queries.js';
+} from '../store/machines-table.js';
 
 /** A machine kind bound to the ports its steps use. */
 export interface Registration {
@@ -257,28 +261,46 @@ export class Engine {
   private async runClaimed(claimed: MachineRow, signals: Set<string>): Promise<void> {
     const registration = this.kinds.get(claimed.kind);
     assert(registration !== undefined, `no machine kind ${claimed.kind} registered (machine ${claimed.id})`);
-    let row = claimed;
-    for (let hops = 0; hops < hopsPerClaimMax; hops += 1) {
+    let row: MachineRow | null = claimed.finished ? await this.resume(registration, claimed, signals) : claimed;
+    for (let hops = 0; row !== null && hops < hopsPerClaimMax; hops += 1) {
       const outcome = await this.runStep(registration, row, signals);
       const transition = this.transitionFor(registration, row, outcome, hops + 1 < hopsPerClaimMax);
-      let version: string | null;
-      try {
-        version = await this.commit(row, outcome, transition, signals);
-      } catch (error) {
-        // The step's work is not recorded; steps are idempotent, so the machine simply runs it again.
-        if (isStoreUnavailable(error)) this.strandedLeases.set(row.id, row.version);
-        throw error;
-      }
-      if (version === null) {
-        this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
-        return;
-      }
-      if (!transition.keepLease) {
-        if (transition.nextTickInMs !== null) this.wakeLaneAfter(transition.lane, transition.nextTickInMs);
-        return;
-      }
-      row = { ...row, label: transition.label, lane: transition.lane, attempt: 0, version, data: transition.data };
+      row = await this.commitAndContinue(row, outcome, transition, signals);
     }
+  }
+
+  /**
+   * A finished machine is claimed only for a signal raised on it. It resumes where its kind's
+   * `resumeOn` and transition table allow; otherwise the signals are dropped and it stays finished.
+   */
+  private async resume(registration: Registration, row: MachineRow, signals: Set<string>): Promise<MachineRow | null> {
+    const outcome = resumeOutcome(registration.definition, row, signals);
+    if (outcome !== null) return this.commitAndContinue(row, outcome, this.transitionFor(registration, row, outcome, true), signals);
+    this.options.log.info({ machine: row.id, label: row.label, signals: [...signals] }, 'a finished machine does not act on these requests; dropped');
+    const settle: Transition = { label: row.label, lane: row.lane, nextTickInMs: null, attempt: row.attempt, data: row.data, lastError: row.last_error, keepLease: false, leaseMs: this.options.leaseMs };
+    await this.commitAndContinue(row, nap(0, { consume: [...signals] }), settle, signals);
+    return null;
+  }
+
+  /** Commits one outcome; returns the row to run next under the same lease, or null when this claim ends. */
+  private async commitAndContinue(row: MachineRow, outcome: Outcome<string, MachineData> | Error, transition: Transition, signals: Set<string>): Promise<MachineRow | null> {
+    let version: string | null;
+    try {
+      version = await this.commit(row, outcome, transition, signals);
+    } catch (error) {
+      // The step's work is not recorded; steps are idempotent, so the machine simply runs it again.
+      if (isStoreUnavailable(error)) this.strandedLeases.set(row.id, row.version);
+      throw error;
+    }
+    if (version === null) {
+      this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
+      return null;
+    }
+    if (!transition.keepLease) {
+      if (transition.nextTickInMs !== null) this.wakeLaneAfter(transition.lane, transition.nextTickInMs);
+      return null;
+    }
+    return { ...row, label: transition.label, lane: transition.lane, attempt: 0, version, data: transition.data, last_error: null, finished: false };
   }
 
   private async runStep(registration: Registration, row: MachineRow, signals: Set<string>): Promise<Outcome<string, MachineData> | Error> {
@@ -380,22 +402,35 @@ export class Engine {
   }
 }
 
-function eventFor(row: MachineRow, outcome: Outcome<string, MachineData> | Error, transition: Transition) {
+/** The first pending request the kind acts on from the label the machine finished at, as a hop. */
+function resumeOutcome(definition: MachineDefinition<string, MachineData, unknown>, row: MachineRow, signals: ReadonlySet<string>): Outcome<string, MachineData> | null {
+  for (const name of [...signals].sort()) {
+    const target = definition.resumeOn?.[name];
+    if (target === undefined || !isAllowedHop(definition, row.label, target)) continue;
+    return hop(target, { consume: [name], reason: `${name} requested while ${row.label}`, code: 'resumed_by_signal' });
+  }
+  return null;
+}
+
+const failureEventCodes: Readonly<Record<FailureKind, EventCode>> = { transient: 'gave_up', permanent: 'failed_permanently', invariant: 'bug' };
+
+function eventFor(row: MachineRow, outcome: Outcome<string, MachineData> | Error, transition: Transition): EventInput | null {
   const common = { machineId: row.id, kind: row.kind, entityId: row.entity_id, clusterId: row.cluster_id, from: row.label };
   if (outcome instanceof Error) {
     // Retries are visible on the machine (attempt, last_error); only giving up is an event.
-    return transition.label === failedLabel ? { ...common, to: failedLabel, reason: transition.lastError ?? '' } : null;
+    if (transition.label !== failedLabel) return null;
+    return { ...common, to: failedLabel, reason: transition.lastError ?? '', code: failureEventCodes[classifyFailure(outcome)] };
   }
   switch (outcome.type) {
     case 'hop':
-      return { ...common, to: outcome.label, reason: outcome.reason ?? '' };
+      return { ...common, to: outcome.label, reason: outcome.reason ?? '', code: outcome.code ?? null };
     case 'done':
-      return { ...common, to: doneLabel, reason: outcome.reason ?? '' };
+      return { ...common, to: doneLabel, reason: outcome.reason ?? '', code: outcome.code ?? null };
     case 'fail':
-      return { ...common, to: failedLabel, reason: outcome.reason };
+      return { ...common, to: failedLabel, reason: outcome.reason, code: outcome.code };
     case 'nap':
       // A nap with a reason is a change worth a line in the timeline (e.g. durability dropped to async).
-      return outcome.reason === undefined ? null : { ...common, to: row.label, reason: outcome.reason };
+      return outcome.reason === undefined ? null : { ...common, to: row.label, reason: outcome.reason, code: outcome.code };
   }
 }
 

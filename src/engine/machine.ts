@@ -1,4 +1,6 @@
 import { assert } from '../lib/assert.js';
+import { type Lane, lanes } from '../store/machines-table.js';
+import type { EventCode } from '../lib/event-codes.js';
 
 /**
  * A machine kind is a typed transition table plus one step function per label (DESIGN.md §2).
@@ -6,8 +8,8 @@ import { assert } from '../lib/assert.js';
  * transitions. Steps reach time, randomness, the store and the data plane only through `ports`.
  */
 
-export const lanes = ['high', 'normal'] as const;
-export type Lane = (typeof lanes)[number];
+// The lanes are the machines table's (its check constraint), so the store defines them.
+export { type Lane, lanes };
 
 /** The label every kind may land in after a bug or too many failed attempts. */
 export const failedLabel = 'failed';
@@ -16,16 +18,22 @@ export const doneLabel = 'done';
 
 export type MachineData = Readonly<Record<string, unknown>>;
 
-interface OutcomeOptions<D> {
+interface OutcomeEffects<D> {
   /** Replaces the machine's data (steps keep small facts there: when a wait began, a target). */
   readonly data?: D;
   /** Signals this step has acted on; removed in the same transaction as the outcome. */
   readonly consume?: readonly string[];
-  /** Why, for the event log. Never a secret. */
-  readonly reason?: string;
   /** Machines to make due now, in the same transaction as this outcome, so they see its effect. */
   readonly wake?: readonly MachineRef[];
 }
+
+/**
+ * An event's reason (why, for people; never a secret) comes with its code (what happened, stable
+ * for programs to decide by): one is never given without the other.
+ */
+export type Explained = { readonly reason?: undefined; readonly code?: undefined } | { readonly reason: string; readonly code: EventCode };
+
+type OutcomeOptions<D> = OutcomeEffects<D> & Explained;
 
 export interface MachineRef {
   readonly kind: string;
@@ -36,7 +44,7 @@ export type Outcome<L extends string, D> =
   | ({ readonly type: 'hop'; readonly label: L } & OutcomeOptions<D>)
   | ({ readonly type: 'nap'; readonly ms: number } & OutcomeOptions<D>)
   | ({ readonly type: 'done' } & OutcomeOptions<D>)
-  | { readonly type: 'fail'; readonly reason: string };
+  | { readonly type: 'fail'; readonly reason: string; readonly code: EventCode };
 
 export function hop<L extends string, D>(label: L, options: OutcomeOptions<D> = {}): Outcome<L, D> {
   return { type: 'hop', label, ...options };
@@ -51,8 +59,8 @@ export function done<L extends string, D>(options: OutcomeOptions<D> = {}): Outc
   return { type: 'done', ...options };
 }
 
-export function fail<L extends string, D>(reason: string): Outcome<L, D> {
-  return { type: 'fail', reason };
+export function fail<L extends string, D>(reason: string, code: EventCode): Outcome<L, D> {
+  return { type: 'fail', reason, code };
 }
 
 export interface MachineView<L extends string, D> {
@@ -82,8 +90,17 @@ export type Step<L extends string, D, P> = (context: StepContext<L, D, P>) => Pr
 export interface MachineDefinition<L extends string, D extends MachineData, P> {
   readonly kind: string;
   readonly initial: L;
-  /** Every hop a step may return, per label. A hop outside the table is a bug. */
-  readonly transitions: { readonly [From in L]: readonly L[] };
+  /**
+   * Every hop a step may return, per label. A hop outside the table is a bug. The optional
+   * `failed` row lists where a signal may bring a failed machine back to (see `resumeOn`).
+   */
+  readonly transitions: { readonly [From in L]: readonly L[] } & { readonly [failedLabel]?: readonly L[] };
+  /**
+   * Requests a finished machine (done, or failed) acts on: signal name to the label it resumes
+   * at. The engine makes that hop only where the table allows it from the label the machine
+   * finished at; any other signal raised on a finished machine is dropped.
+   */
+  readonly resumeOn?: { readonly [signal: string]: L };
   readonly steps: { readonly [From in L]: Step<L, D, P> };
   readonly lane: (label: L) => Lane;
   /** Bound on one step; long data-plane work (a base backup) gets its own, larger bound. */
@@ -114,17 +131,19 @@ export function assertStepTimeouts<L extends string, D extends MachineData, P>(d
 
 export function isAllowedHop<L extends string, D extends MachineData, P>(
   definition: MachineDefinition<L, D, P>,
-  from: L,
+  from: L | typeof failedLabel,
   to: L,
 ): boolean {
-  return definition.transitions[from].includes(to);
+  const rows: { readonly [from: string]: readonly L[] | undefined } = definition.transitions;
+  return rows[from]?.includes(to) ?? false;
 }
 
 /** Renders the transition table as a Mermaid state diagram (docs and the console use it). */
 export function toMermaid<L extends string, D extends MachineData, P>(definition: MachineDefinition<L, D, P>): string {
   const lines = ['stateDiagram-v2', `  [*] --> ${definition.initial}`];
-  for (const from of Object.keys(definition.transitions) as L[]) {
-    for (const to of definition.transitions[from]) lines.push(`  ${from} --> ${to}`);
+  const rows: { readonly [from: string]: readonly L[] | undefined } = definition.transitions;
+  for (const [from, targets] of Object.entries(rows)) {
+    for (const to of targets ?? []) lines.push(`  ${from} --> ${to}`);
   }
   return lines.join('\n');
 }

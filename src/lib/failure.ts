@@ -72,8 +72,15 @@ export const systemErrorFailures: Readonly<Record<string, FailureKind>> = {
   ENAMETOOLONG: 'permanent',
 };
 
+/**
+ * Constraints that state an invariant of Cellar (DESIGN.md §8): a violation is a bug to stop at,
+ * not a race to retry like other unique violations.
+ */
+export const invariantConstraints: ReadonlySet<string> = new Set(['instances_one_routed_primary']);
+
 interface CodedError {
   readonly code?: unknown;
+  readonly constraint?: unknown;
   readonly cause?: unknown;
 }
 
@@ -83,6 +90,8 @@ export function classifyFailure(error: unknown, depth = 0): FailureKind {
   if (error instanceof PermanentError) return 'permanent';
   if (error instanceof TransientError) return 'transient';
   const code = (error as CodedError | undefined)?.code;
+  const constraint = (error as CodedError | undefined)?.constraint;
+  if (code === '23505' && typeof constraint === 'string' && invariantConstraints.has(constraint)) return 'invariant';
   if (typeof code === 'string') {
     // errno first: `EROFS` has a SQLSTATE's shape, but no SQLSTATE class starts with E.
     const known = systemErrorFailures[code] ?? (/^[0-9A-Z]{5}$/.test(code) ? (sqlStateFailures[code] ?? sqlStateFailures[code.slice(0, 2)]) : undefined);

@@ -61,7 +61,7 @@ async function tend(context: Context): Promise<Result> {
   const purged = await purgeDeleted(context, workDeadlineMs);
   const counts = [`${started} backup(s) started`, `${deleted} expired`, `${pruned} WAL file(s) pruned`, `${purged} deleted cluster(s) purged`];
   const data: BackupScheduleData = nextAfterClusterId === null ? {} : { retentionAfterClusterId: nextAfterClusterId };
-  return nap(scheduleNapMs, started + deleted + pruned + purged === 0 ? { data } : { data, reason: counts.join(', ') });
+  return nap(scheduleNapMs, started + deleted + pruned + purged === 0 ? { data } : { data, reason: counts.join(', '), code: 'backup_schedule_ran' });
 }
 
 async function startDue(context: Context): Promise<number> {

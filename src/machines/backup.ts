@@ -21,6 +21,8 @@ export interface BackupData extends Record<string, unknown> {
 }
 
 export const backupKind = 'backup';
+/** Raised by the API to check a finished backup again. */
+export const verifySignal = 'verify';
 export const sourceWaitMsMax = 10 * 60_000;
 export const sourceWaitPollMs = 1_000;
 /** How often a backup waiting for a restore-check slot looks again. */
@@ -50,12 +52,12 @@ async function start(context: Context): Promise<Result> {
     const since = context.machine.data.waitSinceMs ?? clock.nowMs();
     if (clock.nowMs() - since > sourceWaitMsMax) {
       await backups.recordFailed(backup.id, `no running instance to back up from for ${sourceWaitMsMax} ms`);
-      return fail(`no running instance to back up from for ${sourceWaitMsMax} ms`);
+      return fail(`no running instance to back up from for ${sourceWaitMsMax} ms`, 'no_backup_source');
     }
     return nap(sourceWaitPollMs, { data: { waitSinceMs: since } });
   }
   const from = source.role === 'replica' ? `replica ${source.id}` : `the primary ${source.id} (no replica streams)`;
-  return hop('take', { data: { sourceInstanceId: source.id }, reason: `backing up from ${from}` });
+  return hop('take', { data: { sourceInstanceId: source.id }, reason: `backing up from ${from}`, code: 'backup_source_chosen' });
 }
 
 async function take(context: Context): Promise<Result> {
@@ -66,11 +68,11 @@ async function take(context: Context): Promise<Result> {
   const source = instances.find((instance) => instance.id === context.machine.data.sourceInstanceId);
   const primary = instances.find((instance) => instance.role === 'primary');
   // The source went away (failover, replacement): choose again.
-  if (source === undefined || primary === undefined || source.machineLabel !== 'running') return hop('start', { data: {}, reason: 'the source is no longer running; choosing again' });
+  if (source === undefined || primary === undefined || source.machineLabel !== 'running') return hop('start', { data: {}, reason: 'the source is no longer running; choosing again', code: 'backup_source_gone' });
   const info = await dataPlane.takeBaseBackup(instanceSpec(cluster, source), instanceSpec(cluster, primary), backup.id, backupSettings.maxRateBytesPerSecond);
   await backups.recordTaken(backup.id, source.id as InstanceId, info);
   const megabytes = (info.bytes / 1024 / 1024).toFixed(1);
-  return hop('verify', { reason: `${megabytes} MB taken, timeline ${info.timeline}, WAL ${info.startLsn} to ${info.endLsn}` });
+  return hop('verify', { reason: `${megabytes} MB taken, timeline ${info.timeline}, WAL ${info.startLsn} to ${info.endLsn}`, code: 'backup_taken' });
 }
 
 async function verify(context: Context): Promise<Result> {
@@ -81,7 +83,10 @@ async function verify(context: Context): Promise<Result> {
   const cluster = await store.cluster(backup.clusterId);
   const check = await dataPlane.checkBackup(backup.clusterId, backup.id, cluster.spec.pgVersion);
   await backups.recordCheck(backup.id, check.ok, check.ok ? check.detail : check.reason);
-  return done({ reason: check.ok ? `verified: ${check.detail}` : `verification failed: ${check.reason}` });
+  // A request to verify again that was already pending is answered by this check.
+  const consume = context.signals.has(verifySignal) ? [verifySignal] : [];
+  if (check.ok) return done({ consume, reason: `verified: ${check.detail}`, code: 'backup_verified' });
+  return done({ consume, reason: `verification failed: ${check.reason}`, code: 'backup_verification_failed' });
 }
 
 export const backupMachine: MachineDefinition<BackupLabel, BackupData, MachinePorts> = {
@@ -90,8 +95,10 @@ export const backupMachine: MachineDefinition<BackupLabel, BackupData, MachinePo
   transitions: {
     start: ['take'],
     take: ['verify', 'start'],
-    verify: [],
+    // Verified (or not) already: a new request checks it again.
+    verify: ['verify'],
   },
+  resumeOn: { [verifySignal]: 'verify' },
   steps: { start, take, verify },
   lane: () => 'normal',
   stepTimeoutMs: (label) => Math.max(defaultStepTimeoutMs, innerLimitMs(label) + stepTimeoutMarginMs),

@@ -1,12 +1,13 @@
 import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
+import type { EventCode } from '../lib/event-codes.js';
 import { TransientError } from '../lib/failure.js';
 import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
-import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
 
 /**
  * A cluster: one primary and `replicas` replicas. It creates its instances, waits for them to
@@ -38,7 +39,7 @@ export interface ClusterData extends Record<string, unknown> {
   readonly announced?: string;
 }
 
-export const clusterKind = 'cluster';
+export { clusterKind };
 /** Instances nudge the cluster when they change, so these naps are only a backstop. */
 export const provisioningNapMs = 1_000;
 export const watchNapMs = 5_000;
@@ -90,7 +91,7 @@ async function start(context: Context): Promise<Result> {
   for (let ordinal = 0; ordinal <= cluster.spec.replicas; ordinal += 1) {
     if (!existing.has(ordinal)) await store.createInstance(cluster.id, ordinal, ordinal === 0 ? 'primary' : 'replica');
   }
-  return hop('waitInstances', { reason: `1 primary and ${cluster.spec.replicas} replica(s) requested` });
+  return hop('waitInstances', { reason: `1 primary and ${cluster.spec.replicas} replica(s) requested`, code: 'instances_requested' });
 }
 
 function isServing(instance: InstanceRecord): boolean {
@@ -105,22 +106,22 @@ async function waitInstances(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const instances = await context.ports.store.instances(clusterIdOf(context));
   const failed = instances.find((instance) => instance.machineLabel === 'failed');
-  if (failed !== undefined) return fail(`instance ${failed.id} (${failed.role}) failed: ${failed.machineError ?? 'unknown reason'}`);
+  if (failed !== undefined) return fail(`instance ${failed.id} (${failed.role}) failed: ${failed.machineError ?? 'unknown reason'}`, 'instance_failed');
   // Nothing to fail over to while the cluster is being made: a primary lost now is restarted.
   const down = instances.find((instance) => instance.machineLabel === 'down' && !instance.fenced);
   if (down !== undefined) await context.ports.store.raiseSignal(instanceKind, down.id, 'restart');
   if (instances.length > 0 && instances.every(isServing)) {
     // The backup schedule takes a new cluster's first backup right away.
-    return hop('running', { reason: `${instances.length} instance(s) running`, wake: [{ kind: 'backupSchedule', entityId: 'cell' }] });
+    return hop('running', { reason: `${instances.length} instance(s) running`, code: 'cluster_running', wake: [{ kind: 'backupSchedule', entityId: 'cell' }] });
   }
   return nap(provisioningNapMs);
 }
 
 /** A nap that records `reason` as an event the first time it is given, not on every tick. */
-function announce(context: Context, ms: number, reason: string, consume: readonly string[] = []): Result {
+function announce(context: Context, ms: number, reason: string, code: EventCode, consume: readonly string[] = []): Result {
   const data = { ...context.machine.data, announced: reason };
   if (context.machine.data.announced === reason) return nap(ms, { data, consume });
-  return nap(ms, { data, consume, reason });
+  return nap(ms, { data, consume, reason, code });
 }
 
 function withoutAnnouncement(data: ClusterData): ClusterData {
@@ -146,7 +147,7 @@ async function running(context: Context): Promise<Result> {
   const failedReplica = instances.find((instance) => instance.role === 'replica' && instance.machineLabel === 'failed');
   if (failedReplica !== undefined) {
     await store.replaceInstance(failedReplica.id, 'replica');
-    return nap(0, { reason: `replacing replica ${failedReplica.id} (${failedReplica.machineError ?? 'failed'}) with a fresh one` });
+    return nap(0, { reason: `replacing replica ${failedReplica.id} (${failedReplica.machineError ?? 'failed'}) with a fresh one`, code: 'replica_replaced' });
   }
   return maintainSync(context, cluster, instances, primary);
 }
@@ -154,7 +155,7 @@ async function running(context: Context): Promise<Result> {
 function beginFailover(context: Context, primary: InstanceRecord, why: string): Result {
   const force = context.signals.has('force');
   const data: ClusterData = { op: 'failover', oldPrimaryId: primary.id, force, sinceMs: nowMs(context) };
-  return hop('fence', { data, consume: ['failover', 'force'], reason: `${why}: failing over from ${primary.id}${force ? ' (forced)' : ''}` });
+  return hop('fence', { data, consume: ['failover', 'force'], reason: `${why}: failing over from ${primary.id}${force ? ' (forced)' : ''}`, code: 'failover_started' });
 }
 
 async function primaryLost(context: Context, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
@@ -162,7 +163,7 @@ async function primaryLost(context: Context, instances: readonly InstanceRecord[
   const replicas = instances.filter((instance) => instance.role === 'replica' && !instance.fenced);
   if (replicas.length === 0) {
     await store.raiseSignal(instanceKind, primary.id, 'restart');
-    return announce(context, provisioningNapMs, 'the primary is down and there is no replica to fail over to: restarting it in place');
+    return announce(context, provisioningNapMs, 'the primary is down and there is no replica to fail over to: restarting it in place', 'primary_restarting_in_place');
   }
   const recent = await store.failoversWithin(ha.failoverWindowMs);
   if (recent >= ha.failoversMax) {
@@ -170,13 +171,14 @@ async function primaryLost(context: Context, instances: readonly InstanceRecord[
       context,
       watchNapMs,
       `automatic failover is off: ${recent} failovers in the cell within ${ha.failoverWindowMs} ms (limit ${ha.failoversMax}); a human must act: cellar clusters failover NAME`,
+      'circuit_breaker_open',
     );
   }
   return beginFailover(context, primary, `primary ${primary.id} lost`);
 }
 
 async function beginSwitchover(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
-  const refused = (why: string): Result => announce(context, 0, `switchover refused: ${why}`, ['switchover']);
+  const refused = (why: string): Result => announce(context, 0, `switchover refused: ${why}`, 'switchover_refused', ['switchover']);
   await context.ports.store.clearSwitchoverTarget(cluster.id);
   const replicas = instances.filter(isStreamingReplica);
   const target = cluster.switchoverTo === null ? mostAdvanced(replicas) : replicas.find((instance) => instance.id === cluster.switchoverTo);
@@ -185,7 +187,7 @@ async function beginSwitchover(context: Context, cluster: ClusterRecord, instanc
     return refused(cluster.switchoverTo === null ? 'no replica is streaming' : `${cluster.switchoverTo} is not a streaming replica of this cluster`);
   }
   const data: ClusterData = { op: 'switchover', oldPrimaryId: primary.id, candidateId: target.id, syncStandbys: context.machine.data.syncStandbys ?? [] };
-  return hop('pause', { data, consume: ['switchover'], reason: `switchover from ${primary.id} to ${target.id}` });
+  return hop('pause', { data, consume: ['switchover'], reason: `switchover from ${primary.id} to ${target.id}`, code: 'switchover_started' });
 }
 
 function mostAdvanced(replicas: readonly InstanceRecord[]): InstanceRecord | undefined {
@@ -202,12 +204,13 @@ export function desiredSyncStandbys(durability: Durability, instances: readonly 
   return chosen.map((instance) => instance.id).sort();
 }
 
-function syncChange(durability: Durability, before: readonly string[] | undefined, after: readonly string[]): string {
-  if (after.length > 0) return `commits wait for a replica (${durability}): any of ${after.join(', ')}`;
-  if (durability === 'async') return 'commits do not wait for a replica (async)';
-  return before === undefined || before.length === 0
+function syncChange(durability: Durability, before: readonly string[] | undefined, after: readonly string[]): { reason: string; code: EventCode } {
+  if (after.length > 0) return { reason: `commits wait for a replica (${durability}): any of ${after.join(', ')}`, code: 'commits_wait_for_replica' };
+  if (durability === 'async') return { reason: 'commits do not wait for a replica (async)', code: 'commits_async' };
+  const reason = before === undefined || before.length === 0
     ? 'no replica is streaming: commits do not wait for one (sync has dropped to async)'
     : `no replica is streaming: commits no longer wait for one (sync has dropped to async; it returns when a replica streams)`;
+  return { reason, code: 'sync_dropped_to_async' };
 }
 
 async function maintainSync(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
@@ -217,7 +220,7 @@ async function maintainSync(context: Context, cluster: ClusterRecord, instances:
   const before = context.machine.data.syncStandbys;
   if (before !== undefined && before.join(',') === desired.join(',')) return nap(watchNapMs);
   await context.ports.dataPlane.setSynchronousStandbys(instanceSpec(cluster, primary), desired);
-  return nap(watchNapMs, { data: { syncStandbys: desired }, reason: syncChange(durability, before, desired) });
+  return nap(watchNapMs, { data: { syncStandbys: desired }, ...syncChange(durability, before, desired) });
 }
 
 async function load(context: Context, id: string | undefined): Promise<InstanceRecord> {
@@ -232,13 +235,13 @@ async function fence(context: Context): Promise<Result> {
   const oldPrimaryId = context.machine.data.oldPrimaryId as InstanceId;
   await context.ports.store.setFenced(oldPrimaryId, true);
   await context.ports.dataPlane.stop(oldPrimaryId, 'immediate');
-  return hop('pick', { reason: `${oldPrimaryId} fenced: out of the routes and stopped` });
+  return hop('pick', { reason: `${oldPrimaryId} fenced: out of the routes and stopped`, code: 'primary_fenced' });
 }
 
 /** The most advanced healthy replica, by WAL received; one lagging past the limit only when forced. */
 async function pick(context: Context): Promise<Result> {
   // The only failover step that can wait without bound (for a replica to serve): a delete ends it.
-  if (destroyRequested(context)) return hop('destroy', { reason: 'deleted while waiting for a replica to promote' });
+  if (destroyRequested(context)) return hop('destroy', { reason: 'deleted while waiting for a replica to promote', code: 'deleted_during_failover' });
   const { store, dataPlane, ha } = context.ports;
   const data = context.machine.data;
   const force = data.force === true || context.signals.has('force');
@@ -251,11 +254,12 @@ async function pick(context: Context): Promise<Result> {
   const best = eligible.sort((a, b) => compareLsn(b.status.receiveLsn, a.status.receiveLsn))[0];
   if (best === undefined) {
     const why = healthy.length === 0 ? 'no replica is serving' : `every serving replica lags more than ${ha.failoverLagBytesMax} bytes behind the lost primary`;
-    return announce(context, pickRetryMs, `cannot fail over yet: ${why}; cellar clusters failover NAME --force promotes the most advanced one`);
+    const code = healthy.length === 0 ? 'failover_refused_no_replica' : 'failover_refused_lag';
+    return announce(context, pickRetryMs, `cannot fail over yet: ${why}; cellar clusters failover NAME --force promotes the most advanced one`, code);
   }
   await store.recordObserved(best.instance.id, best.status);
   const lag = lagBytes(old.observed.lsn, best.status.receiveLsn) ?? 0;
-  return hop('promote', { data: { ...withoutAnnouncement(data), candidateId: best.instance.id, force }, consume: ['force'], reason: `promoting ${best.instance.id}: received up to ${best.status.receiveLsn} (${lag} bytes behind the last LSN seen on the old primary)` });
+  return hop('promote', { data: { ...withoutAnnouncement(data), candidateId: best.instance.id, force }, consume: ['force'], reason: `promoting ${best.instance.id}: received up to ${best.status.receiveLsn} (${lag} bytes behind the last LSN seen on the old primary)`, code: 'candidate_picked' });
 }
 
 function compareLsn(a: string | undefined, b: string | undefined): number {
@@ -267,7 +271,7 @@ function compareLsn(a: string | undefined, b: string | undefined): number {
 /** Switchover: new connections wait in the proxy instead of reaching the primary being replaced. */
 async function pause(context: Context): Promise<Result> {
   await context.ports.store.setRoutePaused(clusterIdOf(context), true);
-  return hop('catchUp', { data: { ...context.machine.data, sinceMs: nowMs(context) }, reason: 'route paused: new connections wait' });
+  return hop('catchUp', { data: { ...context.machine.data, sinceMs: nowMs(context) }, reason: 'route paused: new connections wait', code: 'route_paused' });
 }
 
 /** Switchover: the target replays up to (nearly) the primary's LSN; the clean stop ships the rest. */
@@ -279,7 +283,7 @@ async function catchUp(context: Context): Promise<Result> {
   const [primaryStatus, targetStatus] = [await dataPlane.status(instanceSpec(cluster, old)), await dataPlane.status(instanceSpec(cluster, target))];
   const lag = lagBytes(primaryStatus.lsn, targetStatus.lsn);
   if (primaryStatus.accepting && targetStatus.streaming === true && lag !== null && lag <= catchUpLagBytesMax) {
-    return hop('stopPrimary', { reason: `${target.id} is ${lag} bytes behind: stopping the old primary` });
+    return hop('stopPrimary', { reason: `${target.id} is ${lag} bytes behind: stopping the old primary`, code: 'target_caught_up' });
   }
   const waitedMs = nowMs(context) - (data.sinceMs ?? nowMs(context));
   if (waitedMs > ha.switchoverCatchUpMsMax) {
@@ -287,6 +291,7 @@ async function catchUp(context: Context): Promise<Result> {
     return hop('running', {
       data: { syncStandbys: data.syncStandbys ?? [] },
       reason: `switchover called off: ${target.id} did not catch up within ${ha.switchoverCatchUpMsMax} ms (lag ${lag ?? 'unknown'} bytes, streaming ${String(targetStatus.streaming)}); route resumed`,
+      code: 'switchover_called_off',
     });
   }
   return nap(catchUpPollMs);
@@ -297,7 +302,7 @@ async function stopPrimary(context: Context): Promise<Result> {
   const oldPrimaryId = context.machine.data.oldPrimaryId as InstanceId;
   await context.ports.store.setFenced(oldPrimaryId, true);
   await context.ports.dataPlane.stop(oldPrimaryId, 'fast');
-  return hop('promote', { reason: `${oldPrimaryId} stopped cleanly` });
+  return hop('promote', { reason: `${oldPrimaryId} stopped cleanly`, code: 'old_primary_stopped' });
 }
 
 async function promote(context: Context): Promise<Result> {
@@ -310,7 +315,7 @@ async function promote(context: Context): Promise<Result> {
   // Observed, not ours to assert: a status query that failed says undefined. Try the step again.
   if (status.inRecovery !== false) throw new TransientError(`${candidate.id} is not seen out of recovery after promote (in recovery: ${String(status.inRecovery)})`);
   await store.recordObserved(candidate.id, status);
-  return hop('repoint', { reason: `${candidate.id} promoted: accepting writes on timeline ${status.timeline ?? '?'}` });
+  return hop('repoint', { reason: `${candidate.id} promoted: accepting writes on timeline ${status.timeline ?? '?'}`, code: 'promoted' });
 }
 
 /** The other replicas stream from the new primary (each gets its slot there). */
@@ -326,7 +331,7 @@ async function repoint(context: Context): Promise<Result> {
   for (const replica of others) {
     await dataPlane.follow(instanceSpec(cluster, replica), { host: '127.0.0.1', port: candidate.port, slotName: slotNameFor(replica.id) });
   }
-  return hop('route', { reason: others.length === 0 ? 'no other replica to repoint' : `${others.map((replica) => replica.id).join(', ')} now follow ${candidate.id}` });
+  return hop('route', { reason: others.length === 0 ? 'no other replica to repoint' : `${others.map((replica) => replica.id).join(', ')} now follow ${candidate.id}`, code: 'replicas_repointed' });
 }
 
 function hasDataDirectory(instance: InstanceRecord): boolean {
@@ -352,6 +357,7 @@ async function route(context: Context): Promise<Result> {
   return hop('rejoin', {
     data: { ...data, sinceMs: nowMs(context), syncStandbys: standbys },
     reason: `writes now go to ${candidate.id}${data.op === 'switchover' ? ', route resumed' : ''}${wait}`,
+    code: 'routed_to_new_primary',
   });
 }
 
@@ -361,16 +367,16 @@ async function rejoin(context: Context): Promise<Result> {
   const data = context.machine.data;
   const old = await store.instance(data.oldPrimaryId as InstanceId);
   const keep: ClusterData = { syncStandbys: data.syncStandbys ?? [] };
-  if (old === null) return hop('running', { data: keep, reason: 'the old primary was deleted' });
+  if (old === null) return hop('running', { data: keep, reason: 'the old primary was deleted', code: 'old_primary_deleted' });
   // `running` alone can be stale (its machine has not yet noticed the stop); fenced is cleared only by its rejoin.
   if (old.machineLabel === 'running' && !old.fenced && old.observed.streaming === true) {
-    return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica` });
+    return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica`, code: 'old_primary_rejoined' });
   }
-  if (old.machineLabel === 'failed') return hop('running', { data: keep, reason: `${old.id} could not rejoin (${old.machineError ?? 'failed'}); it will be replaced` });
+  if (old.machineLabel === 'failed') return hop('running', { data: keep, reason: `${old.id} could not rejoin (${old.machineError ?? 'failed'}); it will be replaced`, code: 'old_primary_rejoin_failed' });
   const primary = primaryOf(await store.instances(clusterIdOf(context)));
-  if (primary.machineLabel === 'down') return hop('running', { data: keep, reason: 'the new primary was lost too' });
+  if (primary.machineLabel === 'down') return hop('running', { data: keep, reason: 'the new primary was lost too', code: 'new_primary_lost' });
   if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > rejoinWaitMsMax) {
-    return hop('running', { data: keep, reason: `${old.id} is still rejoining after ${rejoinWaitMsMax} ms; carrying on without waiting` });
+    return hop('running', { data: keep, reason: `${old.id} is still rejoining after ${rejoinWaitMsMax} ms; carrying on without waiting`, code: 'rejoin_wait_exceeded' });
   }
   return nap(rejoinPollMs);
 }
@@ -380,7 +386,7 @@ async function destroy(context: Context): Promise<Result> {
   for (const instance of await store.instances(clusterIdOf(context))) {
     await store.requestDestroy(instanceKind, instance.id);
   }
-  return hop('waitDestroyed', { consume: ['destroy'], reason: 'deleting every instance' });
+  return hop('waitDestroyed', { consume: ['destroy'], reason: 'deleting every instance', code: 'deleting_instances' });
 }
 
 async function waitDestroyed(context: Context): Promise<Result> {
@@ -388,7 +394,7 @@ async function waitDestroyed(context: Context): Promise<Result> {
   const remaining = await store.instances(clusterIdOf(context));
   if (remaining.length > 0) return nap(provisioningNapMs);
   await store.markClusterDeleted(clusterIdOf(context));
-  return done({ reason: 'all instances deleted' });
+  return done({ reason: 'all instances deleted', code: 'cluster_deleted' });
 }
 
 export const clusterMachine: MachineDefinition<ClusterLabel, ClusterData, MachinePorts> = {
@@ -409,7 +415,10 @@ export const clusterMachine: MachineDefinition<ClusterLabel, ClusterData, Machin
     rejoin: ['running'],
     destroy: ['waitDestroyed'],
     waitDestroyed: [],
+    // A failed cluster is deleted like any other.
+    failed: ['destroy'],
   },
+  resumeOn: { destroy: 'destroy' },
   steps: { start, waitInstances, running, fence, pick, pause, catchUp, stopPrimary, promote, repoint, route, rejoin, destroy, waitDestroyed },
   // Watching is normal lane (instances wake the cluster when they change); everything else is urgent.
   lane: (label) => (label === 'running' ? 'normal' : 'high'),

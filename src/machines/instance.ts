@@ -111,7 +111,7 @@ const destroyRequested = (context: Context): boolean => context.signals.has('des
 async function start(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const port = await context.ports.store.allocatePort(context.machine.entityId as InstanceId);
-  return hop('create', { reason: `port ${port} allocated` });
+  return hop('create', { reason: `port ${port} allocated`, code: 'port_allocated' });
 }
 
 async function create(context: Context): Promise<Result> {
@@ -121,16 +121,16 @@ async function create(context: Context): Promise<Result> {
   if (instance.role === 'primary' && cluster.spec.restore !== undefined) {
     const restore = cluster.spec.restore;
     await context.ports.dataPlane.restorePrimary(spec, { ...restoreTarget(restore), clusterId: restore.sourceClusterId, backupId: restore.backupId, ...(await latestSource(context, restore)) });
-    return hop('starting', { data: { ...context.machine.data, restoring: true }, reason: `restored from backup ${restore.backupId} of ${restore.sourceClusterId}; recovers to ${describeTarget(restore)} when started` });
+    return hop('starting', { data: { ...context.machine.data, restoring: true }, reason: `restored from backup ${restore.backupId} of ${restore.sourceClusterId}; recovers to ${describeTarget(restore)} when started`, code: 'restored_from_backup' });
   }
   if (instance.role === 'primary') {
     await context.ports.dataPlane.createPrimary(spec);
-    return hop('starting', { reason: 'data directory created' });
+    return hop('starting', { reason: 'data directory created', code: 'data_directory_created' });
   }
   const upstream = await primaryUpstream(context, instance);
   if (upstream === null) return nap(replicaWaitForPrimaryMs);
   await context.ports.dataPlane.createReplica(spec, upstream);
-  return hop('starting', { reason: `cloned from the primary on port ${upstream.port}` });
+  return hop('starting', { reason: `cloned from the primary on port ${upstream.port}`, code: 'cloned_from_primary' });
 }
 
 function restoreTarget(restore: RestoreSpec): { targetTime?: string; targetLsn?: string } {
@@ -158,19 +158,19 @@ async function starting(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
   // A fenced old primary must never come back as a primary: only rejoin may start it.
-  if (instance.fenced) return hop('down', { reason: 'fenced by its cluster: not started' });
+  if (instance.fenced) return hop('down', { reason: 'fenced by its cluster: not started', code: 'fenced_not_started' });
   const now = context.ports.clock.nowMs();
   const downSinceMs = context.machine.data.downSinceMs;
   if (downSinceMs !== undefined && now - downSinceMs > context.ports.ha.replicaDeadMsMax) {
-    return fail(`not serving for more than ${context.ports.ha.replicaDeadMsMax} ms; its cluster replaces it`);
+    return fail(`not serving for more than ${context.ports.ha.replicaDeadMsMax} ms; its cluster replaces it`, 'not_serving');
   }
   try {
     await context.ports.dataPlane.start(instanceSpec(cluster, instance));
   } catch (error) {
-    if (await recoveryDied(context, instance)) return fail(`restore failed: the server stopped during recovery ${restoreStartAttemptsMax} times: ${(error as Error).message}`);
+    if (await recoveryDied(context, instance)) return fail(`restore failed: the server stopped during recovery ${restoreStartAttemptsMax} times: ${(error as Error).message}`, 'restore_failed');
     throw error;
   }
-  return hop('waitReady', { data: { ...context.machine.data, waitSinceMs: now }, reason: 'server started' });
+  return hop('waitReady', { data: { ...context.machine.data, waitSinceMs: now }, reason: 'server started', code: 'server_started' });
 }
 
 /** A slow recovery keeps its server alive and is retried as usual; a dead one is final after a few tries. */
@@ -186,11 +186,11 @@ async function waitReady(context: Context): Promise<Result> {
   await context.ports.store.recordObserved(instance.id, status);
   if (isReady(instance, status)) {
     const reason = instance.role === 'primary' ? 'accepting writes' : 'streaming from the primary';
-    return hop('running', { data: { lastProbeMs: context.ports.clock.nowMs() }, reason, wake: await wakeOnReady(context, instance) });
+    return hop('running', { data: { lastProbeMs: context.ports.clock.nowMs() }, reason, code: 'instance_ready', wake: await wakeOnReady(context, instance) });
   }
   const waitedMs = context.ports.clock.nowMs() - (context.machine.data.waitSinceMs ?? context.ports.clock.nowMs());
-  if (waitedMs > readyWaitMsMax) return fail(`not ready after ${readyWaitMsMax} ms (running=${status.running}, accepting=${status.accepting})`);
-  if (!status.running) return hop('starting', { reason: 'server exited before it was ready' });
+  if (waitedMs > readyWaitMsMax) return fail(`not ready after ${readyWaitMsMax} ms (running=${status.running}, accepting=${status.accepting})`, 'not_ready_in_time');
+  if (!status.running) return hop('starting', { reason: 'server exited before it was ready', code: 'exited_before_ready' });
   return nap(readyPollMs);
 }
 
@@ -236,15 +236,15 @@ function healthChanged(before: Partial<InstanceStatus>, after: InstanceStatus): 
 function lost(context: Context, instance: InstanceRecord, why: string): Result {
   const data = { downSinceMs: context.ports.clock.nowMs() };
   const wake = [clusterOf(instance)];
-  if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next` });
-  return hop('starting', { data, wake, reason: `${why}; starting it again` });
+  if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next`, code: 'instance_lost' });
+  return hop('starting', { data, wake, reason: `${why}; starting it again`, code: 'instance_lost' });
 }
 
 /** Waits for the cluster: `rejoin` after a failover or switchover, `restart` when there is no one to fail over to. */
 async function down(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
-  if (context.signals.has('rejoin')) return hop('rejoin', { consume: ['rejoin'], reason: 'rejoining as a replica of the new primary' });
-  if (context.signals.has('restart')) return hop('starting', { consume: ['restart'], data: {}, reason: 'its cluster restarts it in place' });
+  if (context.signals.has('rejoin')) return hop('rejoin', { consume: ['rejoin'], reason: 'rejoining as a replica of the new primary', code: 'rejoin_requested' });
+  if (context.signals.has('restart')) return hop('starting', { consume: ['restart'], data: {}, reason: 'its cluster restarts it in place', code: 'restart_requested' });
   return nap(probeIntervalMs);
 }
 
@@ -259,7 +259,7 @@ async function rejoin(context: Context): Promise<Result> {
   // Its data directory is now a standby's: safe to route to once it streams.
   await context.ports.store.setFenced(instance.id, false);
   const how = method === 'rewound' ? "rewound onto the new primary's timeline" : 'cloned afresh from the new primary (rewind was not possible)';
-  return hop('starting', { data: {}, reason: how });
+  return hop('starting', { data: {}, reason: how, code: method === 'rewound' ? 'rewound' : 'cloned_afresh' });
 }
 
 async function destroy(context: Context): Promise<Result> {
@@ -271,9 +271,9 @@ async function destroy(context: Context): Promise<Result> {
     if (instance.role === 'replica') await dropSlotOnPrimary(context, instance);
     await store.releasePort(instanceId);
     await store.markInstanceDeleted(instanceId);
-    return done({ consume: ['destroy'], reason: 'server stopped, data and port released', wake: [{ kind: clusterKindName, entityId: instance.clusterId }] });
+    return done({ consume: ['destroy'], reason: 'server stopped, data and port released', code: 'instance_deleted', wake: [{ kind: clusterKindName, entityId: instance.clusterId }] });
   }
-  return done({ consume: ['destroy'], reason: 'already gone' });
+  return done({ consume: ['destroy'], reason: 'already gone', code: 'instance_deleted' });
 }
 
 async function dropSlotOnPrimary(context: Context, instance: InstanceRecord): Promise<void> {
@@ -297,7 +297,10 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
     down: ['starting', 'rejoin', 'destroy'],
     rejoin: ['starting', 'destroy'],
     destroy: [],
+    // A failed instance is deleted (its cluster replaces it, or is deleted itself).
+    failed: ['destroy'],
   },
+  resumeOn: { destroy: 'destroy' },
   steps: { start, create, starting, waitReady, running, down, rejoin, destroy },
   // Provisioning and health probes are latency-sensitive: everything an instance does is high lane.
   lane: () => 'high',

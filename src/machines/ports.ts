@@ -128,3 +128,24 @@ export interface MachinePorts {
   readonly backups: BackupRecords;
   readonly backupSettings: BackupSettings;
 }
+
+/**
+ * Kinds and entities the store names (it inserts, wakes and destroys these machines) and the
+ * warm pool's port: here, below the store, because the store may not import the machines.
+ */
+export const clusterKind = 'cluster';
+export const warmPoolKind = 'warmPool';
+export const warmPoolEntity = 'cell';
+
+export type PooledPhase = 'creating' | 'ready' | 'failed' | 'deleting';
+
+export interface PooledCluster {
+  readonly id: string;
+  readonly phase: PooledPhase;
+}
+
+export interface WarmPoolStore {
+  pooledClusters(): Promise<PooledCluster[]>;
+  createPooledCluster(spec: ClusterSpec): Promise<void>;
+  destroyPooledCluster(id: string): Promise<void>;
+}

@@ -1,28 +1,15 @@
 import { type MachineDefinition, type Outcome, type StepContext, nap } from '../engine/machine.js';
 import type { ClusterSpec } from '../lib/sizes.js';
+import { type WarmPoolStore, warmPoolEntity, warmPoolKind } from './ports.js';
 
 /**
  * The warm pool: keeps `target` running clusters of one spec ready in a reserved org, so a create
  * with that spec is answered by adopting one instead of waiting for initdb and pg_basebackup.
  * It only creates and deletes clusters; the cluster machine does the provisioning.
  */
-export const warmPoolKind = 'warmPool';
-export const warmPoolEntity = 'cell';
+export { warmPoolEntity, warmPoolKind };
 export type WarmPoolLabel = 'fill';
 export type WarmPoolData = Record<string, unknown>;
-
-export type PooledPhase = 'creating' | 'ready' | 'failed' | 'deleting';
-
-export interface PooledCluster {
-  readonly id: string;
-  readonly phase: PooledPhase;
-}
-
-export interface WarmPoolStore {
-  pooledClusters(): Promise<PooledCluster[]>;
-  createPooledCluster(spec: ClusterSpec): Promise<void>;
-  destroyPooledCluster(id: string): Promise<void>;
-}
 
 export interface WarmPoolPorts {
   readonly store: WarmPoolStore;

@@ -1,8 +1,11 @@
 import type { Server } from 'node:http';
-import { rm } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
+import { makeLogger } from '../lib/log.js';
+import type { Output } from '../lib/output.js';
+import { untilSignal } from '../lib/signals.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
 import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
@@ -14,6 +17,8 @@ import { ProxyCertificate, dayMs, ensureCellCa } from './tls.js';
 /** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
 const proxyStorePoolSize = 3;
 export const routesSnapshotFile = 'routes.json';
+/** `cellar up` and `cellar down` find the running proxy by this file in `$CELLAR_HOME`. */
+export const proxyPidFileName = 'proxy.pid';
 
 export interface RunningProxy {
   stop(): Promise<void>;
@@ -96,4 +101,15 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
       await pool.end();
     },
   };
+}
+
+/** `cellar proxy` in the foreground: serves until SIGINT or SIGTERM. */
+export async function serveProxy(config: Config, out: Output): Promise<void> {
+  const log = makeLogger(config.logLevel, process.stderr);
+  const running = await startProxy(config, log);
+  await writeFile(join(config.home, proxyPidFileName), `${process.pid}\n`);
+  out.progress(`Cellar proxy is up (pid ${process.pid}): read-write 127.0.0.1:${config.proxyReadWritePort}, read-only 127.0.0.1:${config.proxyReadOnlyPort}`);
+  await untilSignal();
+  await running.stop();
+  await rm(join(config.home, proxyPidFileName), { force: true });
 }

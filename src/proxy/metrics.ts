@@ -79,6 +79,16 @@ function sendError(response: ServerResponse, error: CellarError, headers: Record
   response.writeHead(error.status, { 'content-type': 'application/json', ...headers }).end(`${JSON.stringify({ error: error.toJSON() })}\n`);
 }
 
+/** Why a connection to a known cluster was refused (the `reason` of cellar_proxy_routing_errors_total with a cluster). */
+export const clusterRefusalReasons = ['paused', 'unavailable', 'throttled', 'unreachable'] as const;
+export type ClusterRefusalReason = (typeof clusterRefusalReasons)[number];
+/** Refusals before a cluster is known: counted with an empty cluster. */
+export type RefusalReason = ClusterRefusalReason | 'protocol' | 'no_cluster' | 'reserved_role' | 'proxy_full' | 'unknown_cluster';
+export const throttleKinds = ['connections', 'connect_rate', 'bandwidth'] as const;
+export type ThrottleKind = (typeof throttleKinds)[number];
+const endpointLabels = ['readWrite', 'readOnly'] as const;
+const directionLabels = ['in', 'out'] as const;
+
 /** The proxy's Prometheus metrics, served at /metrics on the admin port. */
 export class ProxyMetrics {
   readonly registry = new Registry();
@@ -91,6 +101,24 @@ export class ProxyMetrics {
   readonly throttleEvents = new Counter({ name: 'cellar_proxy_throttle_events_total', help: 'Connections refused or delayed, and transfers paused, by a throttle', labelNames: ['cluster', 'throttle'], registers: [this.registry] });
   readonly routes = new Gauge({ name: 'cellar_proxy_routes', help: 'Clusters in the cached route table', registers: [this.registry] });
   readonly storeReachable = new Gauge({ name: 'cellar_proxy_store_reachable', help: '1 if the last route poll reached the cell store', registers: [this.registry] });
+
+  /** Drops every series of a cluster that has gone (no route, no connection), so deleted clusters do not grow the registry. */
+  forgetCluster(cluster: string): void {
+    for (const endpoint of endpointLabels) {
+      this.connections.remove(cluster, endpoint);
+      this.connectionsTotal.remove(cluster, endpoint);
+    }
+    for (const direction of directionLabels) this.bytes.remove(cluster, direction);
+    this.nativeRelayed.remove(cluster);
+    for (const reason of clusterRefusalReasons) this.routingErrors.remove(cluster, reason);
+    for (const throttle of throttleKinds) this.throttleEvents.remove(cluster, throttle);
+  }
+
+  /** How many series the registry holds for `cluster` (tests check that pruning drops them). */
+  async seriesOf(cluster: string): Promise<number> {
+    const metrics = await this.registry.getMetricsAsJSON();
+    return metrics.reduce((count, metric) => count + metric.values.filter((value) => value.labels['cluster'] === cluster).length, 0);
+  }
 
   /**
    * Serves GET /metrics to requests that carry `token`. `beforeScrape` sets the gauges that are
@@ -109,7 +137,12 @@ export class ProxyMetrics {
         sendError(response, new CellarError('CELLAR_E_NOT_FOUND', `${request.method ?? ''} ${request.url ?? ''}: the proxy's admin port serves GET /metrics only`));
         return;
       }
-      beforeScrape();
+      try {
+        beforeScrape();
+      } catch {
+        // A gauge that could not be read (the native relay's counts) must not take the proxy down with the scrape.
+        return sendError(response, new CellarError('CELLAR_E_INTERNAL', 'the metrics could not be gathered'));
+      }
       this.registry.metrics().then(
         (text) => response.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
         () => sendError(response, new CellarError('CELLAR_E_INTERNAL', 'the metrics could not be rendered')),

@@ -76,13 +76,19 @@ export class NativeRelay {
   private running = false;
   private tls = false;
 
-  private constructor(private readonly binding: RelayBinding) {}
+  private constructor(
+    private readonly binding: RelayBinding,
+    private readonly log: Logger,
+  ) {}
 
-  /** The built relay, or null (logged) when it is missing: the proxy then relays in JavaScript. */
-  static load(log: Logger): NativeRelay | null {
+  /**
+   * The built relay, or null (logged) when it is missing: the proxy then relays in JavaScript.
+   * `path` is another build of the addon (bench/asan-relay.sh loads one built with AddressSanitizer).
+   */
+  static load(log: Logger, path = bindingPath): NativeRelay | null {
     try {
-      const binding = createRequire(import.meta.url)(bindingPath) as RelayBinding;
-      return new NativeRelay(binding);
+      const binding = createRequire(import.meta.url)(path) as RelayBinding;
+      return new NativeRelay(binding, log);
     } catch (error) {
       log.warn({ err: error instanceof Error ? error.message : String(error) }, 'native relay not built (npm ci builds it): relaying in JavaScript');
       return null;
@@ -93,9 +99,15 @@ export class NativeRelay {
   start(): void {
     assert(!this.running, 'the native relay is already running');
     this.binding.start((kind, id, bytesIn, bytesOut, fd, name) => {
-      if (kind === eventClosed) this.onClosed(id, bytesIn, bytesOut);
-      else if (kind === eventTlsReady) this.onTlsReady(id, fd, name);
-      else assert(false, `unknown relay event ${kind}`);
+      // A throw here would reach the process as an uncaught exception: it ends this pair instead.
+      try {
+        if (kind === eventClosed) this.onClosed(id, bytesIn, bytesOut);
+        else if (kind === eventTlsReady) this.onTlsReady(id, fd, name);
+        else assert(false, `unknown relay event ${kind}`);
+      } catch (error) {
+        this.log.warn({ err: error instanceof Error ? error.message : String(error), pair: id }, 'native relay: handling an event failed; the pair ends');
+        this.binding.abort(id);
+      }
     });
     this.running = true;
   }
@@ -147,7 +159,13 @@ export class NativeRelay {
   /** A socket the proxy closes itself (a startup deadline, shutdown) takes the thread's pair with it. */
   private abortOnClose(id: number, socket: Socket): void {
     socket.once('close', () => {
-      if (this.pairs.has(id) || this.handshakes.has(id) || this.tlsClients.has(id)) this.binding.abort(id);
+      if (!(this.pairs.has(id) || this.handshakes.has(id) || this.tlsClients.has(id))) return;
+      try {
+        this.binding.abort(id);
+      } catch (error) {
+        // Out of memory in the binding: the pair ends when its sockets do; a throw here would end the process.
+        this.log.warn({ err: error instanceof Error ? error.message : String(error), pair: id }, 'native relay: could not abort a pair');
+      }
     });
   }
 
@@ -180,8 +198,16 @@ export class NativeRelay {
     const handshake = this.handshakes.get(id);
     if (handshake === undefined) return void closeSync(fd);
     this.handshakes.delete(id);
+    let socket: NetSocket;
+    try {
+      socket = new NetSocket({ fd, readable: true, writable: true });
+    } catch (error) {
+      closeSync(fd);
+      handshake.client.destroy();
+      handshake.done(null);
+      throw error;
+    }
     this.tlsClients.set(id, handshake.client);
-    const socket = new NetSocket({ fd, readable: true, writable: true });
     this.plainSockets.set(socket, id);
     handshake.done({ socket, serverName: serverName === '' ? null : serverName });
   }

@@ -27,7 +27,18 @@ export interface Target {
 
 export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string } | { readonly paused: true };
 
-export class RouteTable {
+/** What the proxy's data path reads of the routes. */
+export interface ProxyRoutes {
+  resolve(key: string, kind: EndpointKind): Resolution;
+  /** Reads the store now (a cluster created a moment ago); bounded in rate. */
+  refreshNow(): Promise<void>;
+  /** Whether the table has a route for `key`, whatever its state. */
+  has(key: string): boolean;
+  /** Called after each change of the table (the proxy drops state kept for clusters that have gone). */
+  onChange(listener: () => void): void;
+}
+
+export class RouteTable implements ProxyRoutes {
   private routes = new Map<string, RouteRow>();
   private timer: NodeJS.Timeout | null = null;
   private lastJson = '';
@@ -39,6 +50,7 @@ export class RouteTable {
   /** A pooled connection held for LISTEN; null until connected, and again after it breaks. */
   private listener: PoolClient | null = null;
   private listening: Promise<void> | null = null;
+  private readonly changeListeners: (() => void)[] = [];
 
   constructor(
     private readonly pool: Pool,
@@ -94,6 +106,14 @@ export class RouteTable {
     return this.storeHealthy;
   }
 
+  has(key: string): boolean {
+    return this.routes.has(key);
+  }
+
+  onChange(listener: () => void): void {
+    this.changeListeners.push(listener);
+  }
+
   resolve(key: string, kind: EndpointKind): Resolution {
     const route = this.routes.get(key);
     if (route === undefined) return { unknown: true };
@@ -147,6 +167,7 @@ export class RouteTable {
     this.lastJson = json;
     this.routes = new Map(rows.map((row) => [row.key, row]));
     void this.saveSnapshot(json);
+    for (const listener of this.changeListeners) listener();
   }
 
   private async loadSnapshot(): Promise<void> {

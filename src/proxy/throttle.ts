@@ -56,6 +56,8 @@ export interface RelayOptions {
   /** Called with each chunk's size, for the byte metrics. */
   readonly count: (bytes: number) => void;
   readonly onThrottle: () => void;
+  /** Wraps the data and drain handlers so that a throw ends this pair, not the process. */
+  readonly guard: <Arguments extends unknown[]>(handler: (...args: Arguments) => void) => (...args: Arguments) => void;
 }
 
 /**
@@ -64,9 +66,9 @@ export interface RelayOptions {
  * paused until it is paid, so the average rate is the bucket's rate.
  */
 export function relayBytes(from: Socket, to: Socket, options: RelayOptions): void {
-  const { bucket, count, onThrottle } = options;
-  const resume = (): void => void from.resume();
-  from.on('data', (chunk: Buffer) => {
+  const { bucket, count, onThrottle, guard } = options;
+  const resume = guard((): void => void from.resume());
+  const onData = guard((chunk: Buffer): void => {
     count(chunk.length);
     const writable = to.write(chunk);
     const waitMs = bucket === null ? 0 : bucket.reserve(chunk.length, performance.now());
@@ -79,6 +81,7 @@ export function relayBytes(from: Socket, to: Socket, options: RelayOptions): voi
       to.once('drain', resume);
     }
   });
+  from.on('data', onData);
   from.once('end', () => to.end());
   // The source may have been paused while the proxy connected the other side.
   from.resume();

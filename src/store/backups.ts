@@ -1,5 +1,5 @@
 import type { BaseBackupInfo } from '../dataplane/dataplane.js';
-import { insertMachine, nudgeChannel, recordEvent } from '../engine/queries.js';
+import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { assert } from '../lib/assert.js';
 import { type BackupId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { BackupCandidate, BackupRecord, BackupRecords } from '../machines/ports.js';
@@ -49,16 +49,19 @@ function toRecord(row: BackupRow): BackupRecord {
   };
 }
 
-/** Inserts a backup and its machine; the caller supplies the transaction. */
-async function insertBackup(client: Queryable, clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
+/** Inserts a backup and its machine (of the backup machine's definition); the caller supplies the transaction. */
+async function insertBackup(client: Queryable, backupMachine: MachineOrigin, clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
   const id = newId('backup');
   await client.query('insert into backups (id, cluster_id, reason) values ($1, $2, $3)', [id, clusterId, reason]);
-  await insertMachine(client, { id: newId('machine'), kind: 'backup', entityId: id, clusterId, label: 'start', lane: 'normal', data: {} });
+  await insertMachine(client, newMachine(backupMachine, id, clusterId));
   return id;
 }
 
 export class PgBackupRecords implements BackupRecords {
-  constructor(private readonly db: Pool) {}
+  constructor(
+    private readonly db: Pool,
+    private readonly backupMachine: MachineOrigin,
+  ) {}
 
   async backup(id: BackupId): Promise<BackupRecord> {
     const result = await this.db.query<BackupRow>(`${backupSelect} where b.id = $1`, [id]);
@@ -68,7 +71,7 @@ export class PgBackupRecords implements BackupRecords {
   }
 
   createBackup(clusterId: ClusterId, reason: 'scheduled' | 'manual'): Promise<BackupId> {
-    return inTransaction(this.db, (client) => insertBackup(client, clusterId, reason));
+    return inTransaction(this.db, (client) => insertBackup(client, this.backupMachine, clusterId, reason));
   }
 
   async recordTaken(id: BackupId, sourceInstanceId: InstanceId, info: BaseBackupInfo): Promise<void> {
@@ -232,26 +235,21 @@ export async function findBackup(db: Pool, orgId: string, id: string): Promise<B
   return row === undefined ? null : toSnapshot(row);
 }
 
-export async function createManualBackup(db: Pool, clusterId: ClusterId): Promise<BackupId> {
-  return inTransaction(db, (client) => insertBackup(client, clusterId, 'manual'));
+export async function createManualBackup(db: Pool, backupMachine: MachineOrigin, clusterId: ClusterId): Promise<BackupId> {
+  return inTransaction(db, (client) => insertBackup(client, backupMachine, clusterId, 'manual'));
 }
 
-/** Checks the backup again: its machine goes back to `verify` (an event says who asked). */
-export async function requestVerify(db: Pool, id: string): Promise<void> {
+/**
+ * Checks the backup again: the result so far is cleared and `signal` is raised on its machine,
+ * which acts on it from where it finished (the engine records who asked as an event).
+ */
+export async function requestVerify(db: Pool, backupMachine: MachineOrigin, id: string, signal: string): Promise<void> {
   await inTransaction(db, async (client) => {
-    const machine = await client.query<{ id: string; label: string; cluster_id: string | null }>(
-      `select id, label, cluster_id from machines where kind = 'backup' and entity_id = $1 for update`,
-      [id],
-    );
+    const machine = await client.query<{ id: string }>('select id from machines where kind = $1 and entity_id = $2 for update', [backupMachine.kind, id]);
     const row = machine.rows[0];
     assert(row !== undefined, `backup ${id} has no machine`);
     await client.query('update backups set verified = null, verified_at = null, verify_detail = null, verifying_at = null where id = $1', [id]);
-    await client.query(
-      `update machines set label = 'verify', next_tick_at = now(), attempt = 0, last_error = null, version = version + 1 where id = $1`,
-      [row.id],
-    );
-    await recordEvent(client, { machineId: row.id, kind: 'backup', entityId: id, clusterId: row.cluster_id, from: row.label, to: 'verify', reason: 'verification requested' });
-    await client.query('select pg_notify($1, $2)', [nudgeChannel, 'normal']);
+    await raiseSignal(client, row.id, signal);
   });
 }
 

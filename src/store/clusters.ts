@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ClusterSecrets } from '../dataplane/dataplane.js';
-import { insertMachine, raiseSignal } from '../engine/queries.js';
+import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { CellarError } from '../lib/errors.js';
 import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
@@ -21,6 +21,8 @@ export interface ClusterEvent {
   readonly from: string | null;
   readonly to: string;
   readonly reason: string;
+  /** An `EventCode` (src/lib/event-codes.ts); null for a plain move, or an event older than codes. */
+  readonly code: string | null;
 }
 
 export interface ClusterSnapshot {
@@ -75,8 +77,8 @@ function newSecrets(): ClusterSecrets {
 /** Attempts at a cell-unique route key when two creates race for the same name. */
 const routeKeyAttemptsMax = 3;
 
-/** Creates the cluster and its machine in one transaction: nothing half-made on any failure. */
-export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
+/** Creates the cluster and its machine (of the cluster machine's definition) in one transaction: nothing half-made on any failure. */
+export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, orgId: OrgId, name: string, spec: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
   const id = newId('cluster');
   const pooled = options.pooled === true;
   for (let attempt = 1; ; attempt += 1) {
@@ -92,7 +94,7 @@ export async function insertCluster(db: Pool, orgId: OrgId, name: string, spec: 
           pooled,
           routeKey,
         ]);
-        await insertMachine(client, { id: newId('machine'), kind: 'cluster', entityId: id, clusterId: id, label: 'start', lane: 'high', data: {} });
+        await insertMachine(client, newMachine(clusterMachine, id, id));
       });
       return id;
     } catch (error) {
@@ -133,13 +135,13 @@ async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
 }
 
 async function clusterEvents(db: Pool, clusterId: string): Promise<ClusterEvent[]> {
-  const result = await db.query<{ at: Date; kind: string; entity_id: string; from_label: string | null; to_label: string; reason: string }>(
-    `select at, kind, entity_id, from_label, to_label, reason from (
+  const result = await db.query<{ at: Date; kind: string; entity_id: string; from_label: string | null; to_label: string; reason: string; code: string | null }>(
+    `select at, kind, entity_id, from_label, to_label, reason, code from (
        select * from events where cluster_id = $1 order by id desc limit $2) recent
      order by id`,
     [clusterId, eventsPerClusterMax],
   );
-  return result.rows.map((row) => ({ at: row.at, kind: row.kind, entityId: row.entity_id, from: row.from_label, to: row.to_label, reason: row.reason }));
+  return result.rows.map((row) => ({ at: row.at, kind: row.kind, entityId: row.entity_id, from: row.from_label, to: row.to_label, reason: row.reason, code: row.code }));
 }
 
 /** A live cluster by name or id, in the org. */

@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Config } from '../config.js';
-import { Binaries } from '../dataplane/local/binaries.js';
-import { ensureDirectory, ensureDirectoryTree } from '../dataplane/local/files.js';
-import { resolveRunAs, selfRunAs } from '../dataplane/local/osuser.js';
-import { dataDirMode, prepareDataDir, resolveDataDir } from '../dataplane/local/paths.js';
-import { cellarConfFile, initdb, localHbaLine, serverPid, startDetached, stopServer, writeAuthFiles, writeConf } from '../dataplane/local/server.js';
-import { escapeIdentifier, escapeLiteral, localSuperuser, withClient } from '../dataplane/local/sql.js';
-import { buildThenRename, exists } from '../dataplane/local/template.js';
+import { Binaries } from '../postgres/binaries.js';
+import { ensureDirectory, ensureDirectoryTree } from '../postgres/files.js';
+import { resolveRunAs, selfRunAs } from '../postgres/osuser.js';
+import { dataDirMode, prepareDataDir, resolveDataDir } from '../postgres/paths.js';
+import { cellarConfFile, initdb, localHbaLine, serverPid, startDetached, stopServer, writeAuthFiles, writeConf } from '../postgres/server.js';
+import { escapeIdentifier, escapeLiteral, localSuperuser, withClient } from '../postgres/sql.js';
+import { buildThenRename, exists } from '../postgres/build.js';
 import { freePort } from '../lib/net.js';
 
 /**

@@ -1,5 +1,5 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
-import { insertMachine, raiseSignal } from '../engine/queries.js';
+import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
 import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';
@@ -46,7 +46,7 @@ export async function liveInstances(db: Pool, clusterId: string): Promise<Instan
   return result.rows.map(toInstance);
 }
 
-/** Raises `destroy`; a machine stuck in `failed` is moved to its `destroy` label so it can clean up. */
+/** Raises `destroy`; the machine acts on it on its next tick, a failed one included (its table allows it). */
 export async function requestDestroy(db: Pool, kind: string, entityId: string): Promise<void> {
   await inTransaction(db, (client) => requestDestroyWith(client, kind, entityId));
 }
@@ -55,22 +55,10 @@ async function requestDestroyWith(client: PoolClient, kind: string, entityId: st
   const result = await client.query<{ id: string }>('select id from machines where kind = $1 and entity_id = $2 for update', [kind, entityId]);
   const machine = result.rows[0];
   if (machine === undefined) return;
-  const revived = await client.query(
-    `update machines set label = 'destroy', next_tick_at = now(), attempt = 0, version = version + 1
-      where id = $1 and label = 'failed' returning id`,
-    [machine.id],
-  );
-  if (revived.rowCount === 1) {
-    await client.query(
-      `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
-       select id, kind, entity_id, cluster_id, 'failed', 'destroy', 'delete requested' from machines where id = $1`,
-      [machine.id],
-    );
-  }
   await raiseSignal(client, machine.id, 'destroy');
 }
 
-async function createInstanceWith(client: PoolClient, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
+async function createInstanceWith(client: PoolClient, instanceMachine: MachineOrigin, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
   const instanceId = newId('instance');
   const inserted = await client.query<{ id: string }>(
     `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
@@ -78,7 +66,7 @@ async function createInstanceWith(client: PoolClient, clusterId: ClusterId, ordi
     [instanceId, clusterId, ordinal, role],
   );
   if (inserted.rowCount !== 1) return;
-  await insertMachine(client, { id: newId('machine'), kind: 'instance', entityId: instanceId, clusterId, label: 'start', lane: 'high', data: {} });
+  await insertMachine(client, newMachine(instanceMachine, instanceId, clusterId));
 }
 
 export class PgMachineStore implements MachineStore {
@@ -86,6 +74,7 @@ export class PgMachineStore implements MachineStore {
     private readonly db: Pool,
     private readonly portMin: number,
     private readonly portMax: number,
+    private readonly instanceMachine: MachineOrigin,
   ) {
     assert(portMin <= portMax, `port range ${portMin}-${portMax} is empty`);
   }
@@ -111,7 +100,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   async createInstance(clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
-    await inTransaction(this.db, (client) => createInstanceWith(client, clusterId, ordinal, role));
+    await inTransaction(this.db, (client) => createInstanceWith(client, this.instanceMachine, clusterId, ordinal, role));
   }
 
   async replaceInstance(instanceId: InstanceId, role: Role): Promise<void> {
@@ -125,8 +114,8 @@ export class PgMachineStore implements MachineStore {
       if (row === undefined || row.label !== 'failed') return;
       // Ordinals are never reused, deleted instances included: the unique key covers them.
       const next = await client.query<{ ordinal: number }>('select coalesce(max(ordinal), -1)::int + 1 as ordinal from instances where cluster_id = $1', [row.cluster_id]);
-      await requestDestroyWith(client, 'instance', instanceId);
-      await createInstanceWith(client, row.cluster_id as ClusterId, next.rows[0]?.ordinal ?? 0, role);
+      await requestDestroyWith(client, this.instanceMachine.kind, instanceId);
+      await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, next.rows[0]?.ordinal ?? 0, role);
     });
   }
 

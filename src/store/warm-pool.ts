@@ -1,8 +1,8 @@
-import { wakeMachines } from '../engine/queries.js';
+import { type MachineOrigin, wakeMachines } from './machines-table.js';
+import type { EventCode } from '../lib/event-codes.js';
 import { type ClusterId, type OrgId, randomToken } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
-import { clusterKind } from '../machines/cluster.js';
-import { type PooledCluster, type PooledPhase, type WarmPoolStore, warmPoolEntity, warmPoolKind } from '../machines/warmpool.js';
+import { type PooledCluster, type PooledPhase, type WarmPoolStore, clusterKind, warmPoolEntity, warmPoolKind } from '../machines/ports.js';
 import { insertCluster, isUniqueViolation, nameTaken } from './clusters.js';
 import { freeRouteKey } from './routes.js';
 import { requestDestroy } from './machine-store.js';
@@ -24,18 +24,21 @@ select c.id,
  where c.pooled and c.deleted_at is null`;
 
 export class PgWarmPoolStore implements WarmPoolStore {
-  constructor(private readonly db: Pool) {}
+  constructor(
+    private readonly db: Pool,
+    private readonly clusterMachine: MachineOrigin,
+  ) {}
 
   async pooledClusters(): Promise<PooledCluster[]> {
     return (await this.db.query<{ id: string; phase: PooledPhase }>(`${pooledSelect} order by c.created_at`)).rows;
   }
 
   async createPooledCluster(spec: ClusterSpec): Promise<void> {
-    await insertCluster(this.db, warmPoolOrgId, `warm-${randomToken(8)}`, spec, { pooled: true });
+    await insertCluster(this.db, this.clusterMachine, warmPoolOrgId, `warm-${randomToken(8)}`, spec, { pooled: true });
   }
 
   destroyPooledCluster(id: string): Promise<void> {
-    return requestDestroy(this.db, clusterKind, id);
+    return requestDestroy(this.db, this.clusterMachine.kind, id);
   }
 }
 
@@ -67,9 +70,9 @@ export async function adoptWarmCluster(db: Pool, orgId: OrgId, name: string, spe
       const row = adopted.rows[0];
       if (row === undefined) return null;
       await client.query(
-        `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
-         values ($1, $2, $3, $3, 'running', 'running', 'adopted from the warm pool')`,
-        [row.machine_id, clusterKind, row.id],
+        `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason, code)
+         values ($1, $2, $3, $3, 'running', 'running', 'adopted from the warm pool', $4)`,
+        [row.machine_id, clusterKind, row.id, 'adopted_from_warm_pool' satisfies EventCode],
       );
       await wakeMachines(client, [{ kind: warmPoolKind, entityId: warmPoolEntity }]);
       return row.id as ClusterId;

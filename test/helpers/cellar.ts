@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { ClusterUsers } from '../../src/dataplane/local/osuser.js';
+import { ClusterUsers } from '../../src/postgres/osuser.js';
 import { freePort } from '../../src/lib/net.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
 import { seedDataDir } from './prepared.js';

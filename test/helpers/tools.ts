@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { Binaries } from '../../src/dataplane/local/binaries.js';
+import { Binaries } from '../../src/postgres/binaries.js';
 
 /** A Postgres client tool (psql, pg_dump, …) of the newest installed major, found as Cellar finds its servers. */
 export async function postgresTool(name: string): Promise<string> {

@@ -3,10 +3,10 @@ import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { randomToken } from '../../lib/ids.js';
 import type { BackupStore, WalFile } from '../backup-store.js';
-import { copyTreeBetween, ensureDirectory, ensureDirectoryTree, removeTree, replaceFile } from './files.js';
-import { fsyncDir, selfRunAs, type ClusterUsers, type RunAs } from './osuser.js';
-import { dataDirMode, shellUnsafePathCharacters } from './paths.js';
-import { exists, removeStaleBuilds } from './template.js';
+import { copyTreeBetween, ensureDirectory, ensureDirectoryTree, removeTree, replaceFile } from '../../postgres/files.js';
+import { fsyncDir, selfRunAs, type ClusterUsers, type RunAs } from '../../postgres/osuser.js';
+import { dataDirMode, shellUnsafePathCharacters } from '../../postgres/paths.js';
+import { exists, removeStaleBuilds } from '../../postgres/build.js';
 
 /**
  * The backup store as a local directory: `<root>/<clusterId>/wal/<name>.gz` and

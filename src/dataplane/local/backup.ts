@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import { assert } from '../../lib/assert.js';
 import { PermanentError } from '../../lib/failure.js';
 import { clusterRoles, type BackupCheck, type BaseBackupInfo, type ClusterSecrets } from '../dataplane.js';
-import { renderConf, startDetached, stopServer, writeConfText } from './server.js';
-import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree } from './files.js';
-import { run, selfRunAs, type RunAs } from './osuser.js';
-import { localSuperuser, withClient } from './sql.js';
-import { exists } from './template.js';
+import { renderConf, startDetached, stopServer, writeConfText } from '../../postgres/server.js';
+import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree } from '../../postgres/files.js';
+import { run, selfRunAs, type RunAs } from '../../postgres/osuser.js';
+import { localSuperuser, withClient } from '../../postgres/sql.js';
+import { exists } from '../../postgres/build.js';
 
 /**
  * The backup half of the Postgres domain: base backups with pg_basebackup, their check with

@@ -1,6 +1,6 @@
 import { clusterRoles, type InstanceSpec, type UpstreamRef } from '../dataplane.js';
 import { assert } from '../../lib/assert.js';
-import { localHbaLine, renderConf } from './server.js';
+import { localHbaLine, renderConf } from '../../postgres/server.js';
 
 /**
  * The files Cellar owns inside a data directory. postgresql.conf only gains an include of

@@ -21,19 +21,20 @@ import {
   type RestoreSource,
   type UpstreamRef,
 } from '../dataplane.js';
-import { Binaries, type PgBinaries } from './binaries.js';
+import { Binaries, type PgBinaries } from '../../postgres/binaries.js';
 import { assertSlotName, renderHba, renderInstanceConf, renderSyncConf, renderUpstreamConf, standbySignalFile, syncConfFile, upstreamConfFile } from './conf.js';
-import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree, replaceFile } from './files.js';
-import { ClusterUsers, resolveRunAs, run, selfRunAs, type RunAs } from './osuser.js';
+import { copyTreeBetween, ensureDirectory, readSmallFile, removeTree, replaceFile } from '../../postgres/files.js';
+import { ClusterUsers, resolveRunAs, run, selfRunAs, type RunAs } from '../../postgres/osuser.js';
 import { checkpoint, ensureCleanShutdown, promoteLocal, reloadLocal, rewind, superuserOverTcp } from './promote.js';
 import { checkBackupFiles, checkpointLocal, isRecovering, readBackupInfo, recoveryConfFile, restoreSettings, runBaseBackup, writeRecoveryFiles } from './backup.js';
 import { LocalBackupStore } from './backup-store.js';
 import { segmentEndPosition, walFilesBefore } from './wal.js';
 import { lsnToBigInt } from '../../lib/lsn.js';
-import { dataDirMode, instancePaths, prepareDataDir, resolveBackupDir, resolveDataDir, socketPath, type InstancePaths } from './paths.js';
-import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPid, startDetached, stopServer, writeAuthFiles, writeConfText } from './server.js';
-import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from './sql.js';
-import { bootstrapDataDir, buildThenRename, copyDataDir, exists, removeStaleBuilds, TemplateCache } from './template.js';
+import { dataDirMode, instancePaths, prepareDataDir, resolveBackupDir, resolveDataDir, socketPath, type InstancePaths } from '../../postgres/paths.js';
+import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPid, startDetached, stopServer, writeAuthFiles, writeConfText } from '../../postgres/server.js';
+import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from '../../postgres/sql.js';
+import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build.js';
+import { bootstrapDataDir, copyDataDir, TemplateCache } from './template.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
 export const baseBackupMsMax = 60 * 60_000;

@@ -2,8 +2,8 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import { sleep } from '../../lib/clock.js';
 import { clusterRoles, type ClusterSecrets, type UpstreamRef } from '../dataplane.js';
-import { run, type RunAs } from './osuser.js';
-import { localSuperuser, withClient, type ConnectTarget } from './sql.js';
+import { run, type RunAs } from '../../postgres/osuser.js';
+import { localSuperuser, withClient, type ConnectTarget } from '../../postgres/sql.js';
 
 /**
  * The failover half of the Postgres domain: promote a standby, checkpoint a new primary, bring a

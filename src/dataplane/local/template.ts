@@ -1,14 +1,14 @@
-import { access, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { appDatabase, clusterRoles } from '../dataplane.js';
-import { randomToken } from '../../lib/ids.js';
 import { renderHba } from './conf.js';
-import { copyTreeBetween, ensureDirectory, removeTree } from './files.js';
-import { fsyncDir, run, selfRunAs, type RunAs } from './osuser.js';
-import { dataDirMode, socketPath, templatePaths } from './paths.js';
-import { cellarConfFile, initdb, startDetached, stopServer, writeAuthFiles, writeConf } from './server.js';
+import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build.js';
+import { copyTreeBetween, ensureDirectory } from '../../postgres/files.js';
+import { run, selfRunAs, type RunAs } from '../../postgres/osuser.js';
+import { dataDirMode, socketPath, templatePaths } from '../../postgres/paths.js';
+import { cellarConfFile, initdb, startDetached, stopServer, writeAuthFiles, writeConf } from '../../postgres/server.js';
 import { tenantRoleSql } from './tenant.js';
-import { escapeIdentifier, localSuperuser, withClient } from './sql.js';
+import { escapeIdentifier, localSuperuser, withClient } from '../../postgres/sql.js';
 
 /**
  * A bootstrapped data directory: initdb plus the cluster roles and database, no passwords (those
@@ -75,66 +75,6 @@ export async function copyDataDir(binDir: string, source: string, sourceOwner: R
   // tar does not fsync; without this an OS crash after the rename could leave a torn data dir
   // that Postgres, seeing a clean shutdown in pg_control, would not repair.
   await run(join(binDir, 'initdb'), ['--sync-only', '-D', target], { runAs: targetOwner, timeoutMs: syncMsMax });
-}
-
-/**
- * Builds `target` via `build(tmp)` then renames: the rename is the commit point. `tmp` exists,
- * empty, owned by `owner` (the builder runs as that user and cannot create it in Cellar's directory).
- */
-export async function buildThenRename(target: string, owner: RunAs, build: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = `${target}.tmp-${randomToken(8)}`;
-  try {
-    await ensureDirectory(tmp, 0o700, owner);
-    await build(tmp);
-    await renameUnlessPresent(tmp, target);
-    await fsyncDir(dirname(target));
-  } catch (error) {
-    await discardBuild(tmp);
-    throw error;
-  }
-}
-
-async function renameUnlessPresent(tmp: string, target: string): Promise<void> {
-  try {
-    await rename(tmp, target);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    // Another builder won the race: its directory is as good as ours.
-    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
-    await discardBuild(tmp);
-  }
-}
-
-/** Stops a bootstrap server a crashed build may have left running, then removes the directory. */
-export async function discardBuild(tmp: string): Promise<void> {
-  await stopServer(tmp);
-  await removeTree(tmp);
-}
-
-/** Removes `<base>.tmp-*` siblings of `target` (older than minAgeMs, if given). */
-export async function removeStaleBuilds(target: string, minAgeMs = 0): Promise<void> {
-  const dir = dirname(target);
-  const prefix = `${basename(target)}.tmp-`;
-  let entries: string[];
-  try {
-    entries = await readdir(dir);
-  } catch {
-    return;
-  }
-  for (const entry of entries.filter((name) => name.startsWith(prefix))) {
-    const path = join(dir, entry);
-    const age = Date.now() - (await stat(path)).mtimeMs;
-    if (age >= minAgeMs) await discardBuild(path);
-  }
-}
-
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { currentAbortSignal } from '../../lib/abort.js';
-import { assert } from '../../lib/assert.js';
+import { currentAbortSignal } from '../lib/abort.js';
+import { assert } from '../lib/assert.js';
 import { formatTail, run, type RunAs } from './osuser.js';
 
 /**

@@ -1,7 +1,10 @@
-import type { Queryable } from '../store/pool.js';
-import type { Lane } from './machine.js';
+import { newId } from '../lib/ids.js';
+import type { Queryable } from './pool.js';
 
-/** The engine's SQL, one statement per purpose. The machines table is the queue. */
+/** The machines table's SQL, one statement per purpose. The table is the engine's queue. */
+
+export const lanes = ['high', 'normal'] as const;
+export type Lane = (typeof lanes)[number];
 
 export interface MachineRow {
   id: string;
@@ -13,6 +16,9 @@ export interface MachineRow {
   attempt: number;
   version: string;
   data: Record<string, unknown>;
+  last_error: string | null;
+  /** Done or failed: claimed only because a signal was raised on it since. */
+  finished: boolean;
 }
 
 export const nudgeChannel = 'cellar_nudge';
@@ -27,13 +33,17 @@ update machines m
        lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
        version = m.version + 1
   from (select id from machines
-         where lane = $1 and next_tick_at <= now() and kind = any($5::text[])
+         where id in (select id from machines where lane = $1 and next_tick_at <= now()
+                      union all
+                      -- A finished machine with a request on it: the engine decides whether its kind acts on it.
+                      select machine_id from signals)
+           and lane = $1 and (next_tick_at <= now() or next_tick_at is null) and kind = any($5::text[])
            and (lease_expires_at is null or lease_expires_at < now())
-         order by next_tick_at
+         order by next_tick_at nulls first
          limit $4
          for no key update skip locked) due
  where m.id = due.id
-returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data`;
+returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data, m.last_error, m.next_tick_at is null as finished`;
 
 /** Only kinds this engine can run are claimed, so engines of different versions can share a store. */
 export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number, kinds: readonly string[]): Promise<MachineRow[]> {
@@ -126,13 +136,15 @@ export interface EventInput {
   readonly from: string | null;
   readonly to: string;
   readonly reason: string;
+  /** An `EventCode`, or null for a plain move whose labels say it all. */
+  readonly code: string | null;
 }
 
 export async function recordEvent(db: Queryable, event: EventInput): Promise<void> {
   await db.query(
-    `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason)
-     values ($1, $2, $3, $4, $5, $6, $7)`,
-    [event.machineId, event.kind, event.entityId, event.clusterId, event.from, event.to, event.reason],
+    `insert into events (machine_id, kind, entity_id, cluster_id, from_label, to_label, reason, code)
+     values ($1, $2, $3, $4, $5, $6, $7, $8)`,
+    [event.machineId, event.kind, event.entityId, event.clusterId, event.from, event.to, event.reason, event.code],
   );
 }
 
@@ -146,12 +158,12 @@ export async function releaseLeases(db: Queryable, owner: string): Promise<void>
   await db.query('update machines set lease_owner = null, lease_expires_at = null where lease_owner = $1', [owner]);
 }
 
-/** Makes a machine due now and wakes the engines listening on its lane. */
+/** Makes a machine due now and wakes the engines listening on its lane (a finished one stays finished). */
 export async function nudge(db: Queryable, machineId: string): Promise<void> {
   await db.query(
     `with touched as (
-       update machines set next_tick_at = now() where id = $1 and next_tick_at is not null returning lane)
-     select pg_notify($2, lane) from touched`,
+       update machines set next_tick_at = now() where id = $1 and next_tick_at is not null returning id)
+     select pg_notify($2, lane) from machines where id = $1`,
     [machineId, nudgeChannel],
   );
 }
@@ -169,7 +181,7 @@ export async function wakeMachines(db: Queryable, refs: readonly { kind: string;
   );
 }
 
-/** Raises a signal (idempotent) and nudges the machine so it acts on its next tick. */
+/** Raises a signal (idempotent) and nudges the machine so it acts on its next tick; a finished one is claimed for it too. */
 export async function raiseSignal(db: Queryable, machineId: string, name: string): Promise<void> {
   await db.query('insert into signals (machine_id, name) values ($1, $2) on conflict do nothing', [machineId, name]);
   await nudge(db, machineId);
@@ -183,6 +195,18 @@ export interface NewMachine {
   readonly label: string;
   readonly lane: Lane;
   readonly data: Record<string, unknown>;
+}
+
+/** What making a machine needs from its definition (a `MachineDefinition` is one). */
+export interface MachineOrigin {
+  readonly kind: string;
+  readonly initial: string;
+  lane(label: string): Lane;
+}
+
+/** The one way to make a machine: kind, initial label and lane come from its definition, never restated. */
+export function newMachine(definition: MachineOrigin, entityId: string, clusterId: string | null): NewMachine {
+  return { id: newId('machine'), kind: definition.kind, entityId, clusterId, label: definition.initial, lane: definition.lane(definition.initial), data: {} };
 }
 
 /** Creates a machine due now; a second call for the same (kind, entity) is a no-op. */

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { statSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { Config } from '../../config.js';
-import { assert } from '../../lib/assert.js';
-import type { InstanceId } from '../../lib/ids.js';
+import type { Config } from '../config.js';
+import { assert } from '../lib/assert.js';
+import type { InstanceId } from '../lib/ids.js';
 import { ensureDirectory, ensureDirectoryTree } from './files.js';
 import { selfRunAs, type RunAs } from './osuser.js';
 

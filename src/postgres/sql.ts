@@ -1,7 +1,7 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { currentAbortSignal } from '../../lib/abort.js';
-import { assert } from '../../lib/assert.js';
+import { currentAbortSignal } from '../lib/abort.js';
+import { assert } from '../lib/assert.js';
 
 /**
  * Short-lived node-postgres connections the driver makes to its instances: over the 0700 unix

@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { basename } from 'node:path';
-import { currentAbortSignal } from '../../lib/abort.js';
-import { assert } from '../../lib/assert.js';
+import { currentAbortSignal } from '../lib/abort.js';
+import { assert } from '../lib/assert.js';
 
 /**
  * Who Postgres runs as. Postgres refuses to run as root, so a root Cellar runs every server and

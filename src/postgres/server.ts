@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { assert } from '../../lib/assert.js';
-import { sleep } from '../../lib/clock.js';
+import { assert } from '../lib/assert.js';
+import { sleep } from '../lib/clock.js';
 import { openLogForAppend, readSmallFile, replaceFile } from './files.js';
 import { controlPlaneUserName, formatTail, run, type RunAs } from './osuser.js';
 

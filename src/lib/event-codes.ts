@@ -1,0 +1,84 @@
+/**
+ * What an event says happened, stable for programs to decide by (the CLI's --wait, tests, a
+ * console); the event's reason is the sentence for people and may change wording at any time.
+ * A code is never renamed once released: add one instead.
+ */
+export const eventCodes = {
+  // The engine, for any kind.
+  gave_up: 'a step kept failing and the machine gave up after its bounded attempts',
+  failed_permanently: 'a step failed in a way retrying cannot help: the machine failed at once with the reason',
+  bug: 'a step broke an invariant of Cellar (a bug): the machine failed at once',
+  resumed_by_signal: 'a finished machine acted on a request (a delete of a failed machine, a new verification)',
+
+  // Clusters: creation, watching, deletion.
+  instances_requested: 'the cluster asked for its primary and replicas',
+  instance_failed: 'an instance failed while the cluster was being created',
+  cluster_running: 'every instance of a new cluster serves',
+  replica_replaced: 'a failed replica is being replaced with a fresh one',
+  commits_wait_for_replica: 'the primary now waits for a replica at commit (sync or sync-strict)',
+  commits_async: 'the primary does not wait for a replica at commit (durability async)',
+  sync_dropped_to_async: 'no replica streams: sync commits stopped waiting until one does',
+  deleting_instances: 'the cluster asked each of its instances to delete itself',
+  deleted_during_failover: 'the cluster was deleted while waiting for a replica to promote',
+  cluster_deleted: 'every instance is deleted; the cluster is gone',
+
+  // Failover and switchover.
+  failover_started: 'a failover began (asked for, or the primary was lost)',
+  failover_refused_no_replica: 'no replica serves: failover waits (or a human forces it)',
+  failover_refused_lag: 'every serving replica lags past the limit: failover waits (or a human forces it)',
+  circuit_breaker_open: 'too many failovers in the cell recently: automatic failover is off until a human acts',
+  primary_restarting_in_place: 'the primary is down and there is no replica: it is restarted where it is',
+  primary_fenced: 'the old primary is out of the routes and stopped',
+  candidate_picked: 'the replica to promote was chosen',
+  switchover_started: 'a switchover began',
+  switchover_refused: 'a switchover was asked for and could not begin',
+  switchover_called_off: 'the switchover target did not catch up in time: the route resumed on the old primary',
+  route_paused: 'new connections wait while the primary role moves',
+  target_caught_up: 'the switchover target is close enough: the old primary is stopped',
+  old_primary_stopped: 'the old primary stopped cleanly',
+  promoted: 'the new primary accepts writes',
+  replicas_repointed: 'the other replicas follow the new primary',
+  routed_to_new_primary: 'the proxy sends writes to the new primary',
+  old_primary_rejoined: 'the old primary is back as a streaming replica',
+  old_primary_deleted: 'the old primary was deleted before it rejoined',
+  old_primary_rejoin_failed: 'the old primary could not rejoin; it will be replaced',
+  new_primary_lost: 'the new primary was lost while the old one rejoined',
+  rejoin_wait_exceeded: 'the old primary is still rejoining after the bound; the cluster carries on',
+
+  // Instances.
+  port_allocated: 'the instance has its port',
+  data_directory_created: 'a fresh data directory was made',
+  restored_from_backup: 'the data directory was restored from a backup; recovery runs at start',
+  cloned_from_primary: 'the replica was cloned from the primary',
+  server_started: 'the server process started',
+  instance_ready: 'the instance serves (a primary accepts writes, a replica streams)',
+  not_ready_in_time: 'the server did not become ready within its bound',
+  exited_before_ready: 'the server exited before it was ready; it is started again',
+  fenced_not_started: 'a fenced old primary is never started as a primary',
+  instance_lost: 'the server is gone or cannot be queried',
+  not_serving: 'the instance has not served for too long; its cluster replaces it',
+  restore_failed: 'the restored server stopped during recovery too many times',
+  rejoin_requested: 'the old primary rejoins as a replica of the new primary',
+  restart_requested: 'the cluster restarts the instance in place',
+  rewound: "the old primary was rewound onto the new primary's timeline",
+  cloned_afresh: 'the old primary could not be rewound and was cloned afresh',
+  instance_deleted: 'the server is stopped and its data and port released',
+
+  // Backups.
+  backup_source_chosen: 'the instance to back up from was chosen',
+  backup_source_gone: 'the chosen source stopped running; choosing again',
+  no_backup_source: 'no instance ran to back up from within the bound',
+  backup_taken: 'the base backup is in the backup store',
+  backup_verified: 'the backup was restored on a scratch server and checked',
+  backup_verification_failed: 'the backup did not restore or did not check',
+  backup_schedule_ran: 'the schedule started backups, deleted expired ones or purged deleted clusters',
+
+  // The warm pool.
+  adopted_from_warm_pool: 'a create was answered with a ready warm cluster',
+} as const;
+
+export type EventCode = keyof typeof eventCodes;
+
+export function isEventCode(value: string): value is EventCode {
+  return Object.hasOwn(eventCodes, value);
+}

@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { freePort } from '../src/lib/net.js';
+import { cellarBin, eventually, makeTempDir } from './helpers/cellar.js';
+
+const recorder = fileURLToPath(new URL('./fixtures/module-recorder.js', import.meta.url));
+const proxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
+const srcUrl = pathToFileURL(fileURLToPath(new URL('../src/', import.meta.url))).href;
+/** What the proxy must never load (DESIGN §6a): the API, the engine, the machines, the local driver, the control plane. */
+const forbiddenFolders = ['api/', 'engine/', 'machines/', 'dataplane/local/', 'controlplane/'];
+/** Making the cell CA and the proxy's certificate with the openssl CLI takes seconds on a busy machine. */
+const proxyStartWaitMs = 60_000;
+const proxyStopWaitMs = 30_000;
+
+/**
+ * Starts the proxy from `argv` with every loaded module recorded, waits until it serves (its pid
+ * file), stops it, and returns the modules under src/ it loaded, relative to src/.
+ */
+async function modulesLoadedBy(argv: readonly string[]): Promise<string[]> {
+  const home = await makeTempDir('cellar-proxy-entry-');
+  try {
+    const listFile = join(home, 'modules.txt');
+    // No store answers there: a proxy starts and serves its cached routes without one.
+    const env = {
+      ...process.env,
+      CELLAR_HOME: home,
+      CELLAR_STORE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/cellar`,
+      CELLAR_PROXY_PORT: String(await freePort()),
+      CELLAR_PROXY_RO_PORT: String(await freePort()),
+      CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
+      CELLAR_TEST_MODULE_LIST: listFile,
+    };
+    const child = spawn(process.execPath, ['--import', pathToFileURL(recorder).href, ...argv], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      await eventually(
+        'the proxy to write its pid file',
+        async () => {
+          if (child.exitCode !== null) throw new Error(`the proxy exited ${child.exitCode}: ${stderr}`);
+          const pid = Number((await readFile(join(home, 'proxy.pid'), 'utf8').catch(() => '')).trim());
+          return pid === child.pid ? pid : undefined;
+        },
+        proxyStartWaitMs,
+      );
+    } finally {
+      if (child.exitCode === null) child.kill('SIGTERM');
+    }
+    const code = await Promise.race([exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), proxyStopWaitMs).unref())]);
+    if (code === 'hung') child.kill('SIGKILL');
+    assert.equal(code, 0, `the proxy did not stop cleanly on SIGTERM: ${stderr}`);
+    const urls = (await readFile(listFile, 'utf8')).split('\n').filter((url) => url.startsWith(srcUrl));
+    return urls.map((url) => url.slice(srcUrl.length));
+  } finally {
+    await rm(home, { recursive: true, force: true });
+  }
+}
+
+function assertProxyOnly(modules: readonly string[]): void {
+  // The recorder saw the proxy itself: an empty list would prove nothing.
+  assert.ok(modules.includes('proxy/main.js'), `proxy/main.js not among the loaded modules: ${modules.join(', ')}`);
+  const forbidden = modules.filter((module) => forbiddenFolders.some((folder) => module.startsWith(folder)));
+  assert.deepEqual(forbidden, [], `the proxy loaded ${forbidden.join(', ')}`);
+}
+
+describe('the proxy entry', () => {
+  test('bin/cellar-proxy.js, which `cellar up` starts, loads no API, engine, machine, local driver or control plane module', async () => {
+    assertProxyOnly(await modulesLoadedBy([proxyBin]));
+  });
+
+  test('`cellar proxy` loads none of them either', async () => {
+    assertProxyOnly(await modulesLoadedBy([cellarBin, 'proxy']));
+  });
+});
