@@ -11,6 +11,9 @@ import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
 import { makeLogger } from '../src/lib/log.js';
 import { freePort } from '../src/lib/net.js';
+
+/** Fresh ports for a second proxy are picked again after a collision this many times at most. */
+const portAttemptsMax = 5;
 import { type RunningProxy, routesSnapshotFile, startProxy } from '../src/proxy/main.js';
 import { metricsTokenFileName } from '../src/proxy/metrics.js';
 import { dayMs, ensureCellCa, hostValidityDays, issueProxyCertificate } from '../src/proxy/tls.js';
@@ -141,19 +144,31 @@ describe('proxy certificates and metrics', () => {
     assert.deepEqual([result.code, result.stdout], [0, 'app'], result.stderr);
   }
 
-  /** A second proxy on fresh ports for this Cellar, in this process, with TLS terminated in JavaScript. */
+  /**
+   * A second proxy on fresh ports for this Cellar, in this process, with TLS terminated in JavaScript.
+   * A port that was free a moment ago can be taken by then (an outgoing connection's local port):
+   * then it tries other ports, a bounded number of times.
+   */
   async function startSecondProxy(extraEnv: Record<string, string> = {}): Promise<{ proxy: RunningProxy; port: number; adminPort: number }> {
-    const port = await freePort();
-    const adminPort = await freePort();
-    const config = loadConfig({
-      ...cellar.env,
-      CELLAR_PROXY_PORT: String(port),
-      CELLAR_PROXY_RO_PORT: String(await freePort()),
-      CELLAR_PROXY_ADMIN_PORT: String(adminPort),
-      CELLAR_PROXY_NATIVE_RELAY: 'false',
-      ...extraEnv,
-    });
-    return { proxy: await startProxy(config, makeLogger('warn', process.stderr)), port, adminPort };
+    for (let attempt = 1; attempt <= portAttemptsMax; attempt++) {
+      const ports = await Promise.all([freePort(), freePort(), freePort()]);
+      const [port, readOnlyPort, adminPort] = ports;
+      if (new Set(ports).size < ports.length) continue;
+      const config = loadConfig({
+        ...cellar.env,
+        CELLAR_PROXY_PORT: String(port),
+        CELLAR_PROXY_RO_PORT: String(readOnlyPort),
+        CELLAR_PROXY_ADMIN_PORT: String(adminPort),
+        CELLAR_PROXY_NATIVE_RELAY: 'false',
+        ...extraEnv,
+      });
+      try {
+        return { proxy: await startProxy(config, makeLogger('warn', process.stderr)), port, adminPort };
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+      }
+    }
+    throw new Error(`no three free ports for a second proxy in ${portAttemptsMax} attempts`);
   }
 
   test(`a flood of ${floodHandshakes} TLS handshakes with random server names (native relay) creates no file and gets the one wildcard certificate; verify-full still works`, async () => {
