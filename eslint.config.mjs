@@ -6,6 +6,10 @@ import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescrip
 import tseslint from 'typescript-eslint';
 import { filesWithoutLayer, restrictedPathZones, typeOnlyRestrictions } from './lint/layers.mjs';
 
+// The zones cover every folder of src/, bottom first: src/lib, src/config.ts, the ports
+// (src/dataplane/dataplane.ts, backup-store.ts, src/machines/ports.ts), src/postgres, src/store,
+// src/engine, src/machines, src/dataplane/local, src/proxy, src/api, src/controlplane, src/cli,
+// src/bin. Their rows, and what each may import, are in lint/layers.mjs (docs/LAYERS.md).
 // A file under src/ that no layer holds would escape every zone: a new folder gets its layer first.
 const unplaced = filesWithoutLayer(import.meta.dirname);
 if (unplaced.length > 0) throw new Error(`no layer in lint/layers.mjs holds ${unplaced.join(', ')}: add one (and its row in the docs)`);
