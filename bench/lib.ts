@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { freePort } from '../src/lib/net.js';
+import { ClusterUsers } from '../src/postgres/osuser.js';
 
 /**
  * Helpers shared by bench/ programs: bounded child processes, raw Postgres servers started by pid,
@@ -466,6 +467,8 @@ export class BenchCellar {
       await stopPid(pid).catch((error: unknown) => problems.push(String(error)));
     }
     await rm(this.root, { recursive: true, force: true });
+    // Its clusters' OS users outlive `down` (their backups are kept): a bench leaves none behind.
+    await new ClusterUsers(join(this.root, 'data')).removeAllOwn().catch((error: unknown) => problems.push(`removing cluster users: ${String(error)}`));
     return problems;
   }
 }
