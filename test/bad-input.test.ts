@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { rm, rmdir, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { ClusterView } from '../src/api/view.js';
 import { ClusterUsers, resolveRunAs } from '../src/postgres/osuser.js';
-import { resolveDataDir } from '../src/postgres/paths.js';
+import { fallbackDataRoot, resolveDataDir } from '../src/postgres/paths.js';
 import { type RunResult, TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
 
 /** Bad requests and bad start-up paths get a 4xx (or a sentence) in the one error shape, never a 5xx or errno text. */
@@ -232,6 +232,8 @@ describe('bad input', () => {
       const home = join(root, 'my home');
       const spaced = await TestCellar.create({ CELLAR_HOME: home, CELLAR_DATA: '' });
       const dataDir = resolveDataDir({ home, dataDir: null }, await resolveRunAs());
+      // The fallback root is made by this test when the host has none: it goes too.
+      const fallbackRootExisted = existsSync(fallbackDataRoot);
       try {
         assert.doesNotMatch(dataDir, /\s/, `the data dir derived from the home is safe: ${dataDir}`);
         await spaced.start();
@@ -247,6 +249,7 @@ describe('bad input', () => {
         await spaced.destroy();
         await new ClusterUsers(dataDir).removeAllOwn();
         await rm(dataDir, { recursive: true, force: true });
+        if (!fallbackRootExisted) await rmdir(fallbackDataRoot).catch(() => undefined);
       }
     });
 
