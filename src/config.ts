@@ -57,7 +57,35 @@ export interface Config {
   /** archive_timeout of every instance: bounds the recovery point under slow writes. */
   readonly archiveTimeoutMs: number;
   readonly backups: BackupSettings;
+  readonly hosts: HostSettings;
 }
+
+/**
+ * Many hosts (docs/HOSTS.md): the control plane's listener for agents, each agent's own listener,
+ * and the lease that fences a primary cut off from the control plane.
+ */
+export interface HostSettings {
+  /** Where the control plane listens for agents (join and heartbeats), mutual TLS only. */
+  readonly controlListenHost: string;
+  readonly controlListenPort: number;
+  /** The port each agent serves the data-plane operations on, at its host's address. */
+  readonly agentPort: number;
+  /** An agent holds its lease this long from the moment it sent the heartbeat that renewed it. */
+  readonly leaseMs: number;
+  /** How often an agent sends its heartbeat (and so asks for a renewal); at most a third of the lease. */
+  readonly heartbeatMs: number;
+  /**
+   * Added to the lease before the control plane treats it as certainly expired: covers the rate
+   * at which two clocks may drift apart over one lease and the time the agent takes to fence.
+   */
+  readonly clockMarginMs: number;
+  /** A join token printed by `cellar hosts add` works once, within this. */
+  readonly joinTokenTtlMs: number;
+}
+
+/** Bounds of the host settings, shared by config and docs. */
+export const hostLeaseMsMin = 300;
+export const hostLeaseMsMax = 60_000;
 
 /** Backups; each becomes a rod with the control-rod work. */
 export interface BackupSettings {
@@ -193,7 +221,19 @@ export function loadConfig(env: Env = process.env): Config {
       replicaDeadMsMax: integer(env, 'CELLAR_REPLICA_DEAD_MS', 60_000, 1_000, 24 * 3_600_000, problems),
       switchoverCatchUpMsMax: integer(env, 'CELLAR_SWITCHOVER_CATCH_UP_MS', 10_000, 100, 3_600_000, problems),
     },
+    hosts: {
+      controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',
+      controlListenPort: integer(env, 'CELLAR_AGENT_LISTEN_PORT', 8433, 1, 65535, problems),
+      agentPort: integer(env, 'CELLAR_AGENT_PORT', 8435, 1, 65535, problems),
+      leaseMs: integer(env, 'CELLAR_HOST_LEASE_MS', 1_500, hostLeaseMsMin, hostLeaseMsMax, problems),
+      heartbeatMs: integer(env, 'CELLAR_HOST_HEARTBEAT_MS', 250, 20, 20_000, problems),
+      clockMarginMs: integer(env, 'CELLAR_HOST_CLOCK_MARGIN_MS', 250, 0, 60_000, problems),
+      joinTokenTtlMs: integer(env, 'CELLAR_HOST_JOIN_TOKEN_TTL_MS', 3_600_000, 60_000, 7 * 24 * 3_600_000, problems),
+    },
   };
+  if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {
+    problems.push(`CELLAR_HOST_HEARTBEAT_MS=${config.hosts.heartbeatMs}: must be at most a third of CELLAR_HOST_LEASE_MS=${config.hosts.leaseMs}, so that one lost heartbeat does not cost the lease`);
+  }
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);
   if (problems.length > 0) throw new ConfigError(`bad configuration:\n  ${problems.join('\n  ')}`);
