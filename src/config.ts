@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -81,6 +82,11 @@ export interface HostSettings {
   readonly clockMarginMs: number;
   /** A join token printed by `cellar hosts add` works once, within this. */
   readonly joinTokenTtlMs: number;
+  /**
+   * The addresses the control plane and the proxy connect to instances from: every instance's
+   * pg_hba lets them in, besides the cluster's own hosts.
+   */
+  readonly controlAddresses: readonly string[];
 }
 
 /** Bounds of the host settings, shared by config and docs. */
@@ -160,6 +166,21 @@ function boolean(env: Env, name: string, fallback: boolean, problems: string[]):
   return fallback;
 }
 
+/** A comma-separated list of IP literals, each at most once; at most `addressesMax`. */
+function addressList(env: Env, name: string, fallback: readonly string[], problems: string[]): readonly string[] {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const addresses = [...new Set(raw.split(',').map((part) => part.trim()))];
+  const bad = addresses.filter((address) => isIP(address) === 0);
+  if (bad.length > 0 || addresses.length > addressesMax) {
+    problems.push(`${name}=${raw}: must be at most ${addressesMax} IPv4 or IPv6 addresses separated by commas${bad.length > 0 ? ` (not an address: ${bad.join(', ')})` : ''}`);
+    return fallback;
+  }
+  return addresses;
+}
+
+const addressesMax = 16;
+
 function domainName(env: Env, problems: string[]): string {
   const domain = env['CELLAR_DOMAIN'] || 'cellar.localhost';
   const label = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -229,6 +250,7 @@ export function loadConfig(env: Env = process.env): Config {
       heartbeatMs: integer(env, 'CELLAR_HOST_HEARTBEAT_MS', 250, 20, 20_000, problems),
       clockMarginMs: integer(env, 'CELLAR_HOST_CLOCK_MARGIN_MS', 250, 0, 60_000, problems),
       joinTokenTtlMs: integer(env, 'CELLAR_HOST_JOIN_TOKEN_TTL_MS', 3_600_000, 60_000, 7 * 24 * 3_600_000, problems),
+      controlAddresses: addressList(env, 'CELLAR_CONTROL_ADDRESSES', ['127.0.0.1'], problems),
     },
   };
   if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {

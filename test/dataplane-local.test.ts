@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -16,21 +15,13 @@ import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from
 import { localSuperuser, withClient } from '../src/postgres/sql.js';
 import { sleep } from '../src/lib/clock.js';
 import { newId, type InstanceId } from '../src/lib/ids.js';
+import { testPort } from './helpers/ports.js';
 import { eventually } from './helpers/cellar.js';
 
 /** The newest installed major: the tests run on whatever Postgres the host has. */
 const pgVersion = Math.max(...(await Binaries.discover({ pgBin: null })).versions());
 const streamingWaitMsMax = 30_000;
 const pollMs = 20;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  assert.ok(address !== null && typeof address === 'object');
-  return address.port;
-}
 
 async function tempDataDir(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'cellar-dp-'));
@@ -48,7 +39,7 @@ const clusterId = 'cl_dataplanetest';
 after(() => new ClusterUsers('/nonexistent').remove(clusterId));
 
 function specFor(instanceId: InstanceId, port: number, clusterSecrets: InstanceSpec['secrets']): InstanceSpec {
-  return { instanceId, clusterId, port, pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
+  return { instanceId, clusterId, host: '127.0.0.1', port, peers: [], pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets: clusterSecrets };
 }
 
 /** A local data plane with its backup store beside the instances (archiving needs one). */
@@ -84,8 +75,8 @@ test('a primary and a streaming replica are created, started, stopped and destro
   assert.ok(binaries.versions().includes(pgVersion), `needs PostgreSQL ${pgVersion}; found ${binaries.versions().join(', ')}`);
   const plane = await localPlane(dataDir, binaries, runAs, true);
   const clusterSecrets = secrets();
-  const primary = specFor(newId('instance'), await freePort(), clusterSecrets);
-  const replica = specFor(newId('instance'), await freePort(), clusterSecrets);
+  const primary = specFor(newId('instance'), await testPort(), clusterSecrets);
+  const replica = specFor(newId('instance'), await testPort(), clusterSecrets);
   const upstream: UpstreamRef = { host: '127.0.0.1', port: primary.port, slotName: replica.instanceId };
   t.after(async () => {
     // Stop by pid file even if an assertion failed half way, then remove everything.
@@ -181,9 +172,9 @@ test('failover operations: sync standbys hold and release commits, promote, foll
   const plane = await localPlane(dataDir, binaries, runAs, true);
   const clusterSecrets = secrets();
   const [primary, first, second] = [
-    specFor(newId('instance'), await freePort(), clusterSecrets),
-    specFor(newId('instance'), await freePort(), clusterSecrets),
-    specFor(newId('instance'), await freePort(), clusterSecrets),
+    specFor(newId('instance'), await testPort(), clusterSecrets),
+    specFor(newId('instance'), await testPort(), clusterSecrets),
+    specFor(newId('instance'), await testPort(), clusterSecrets),
   ];
   t.after(async () => {
     for (const spec of [primary, first, second]) await stopServer(plane.paths(spec.instanceId).pgdata);
@@ -284,7 +275,7 @@ test('a primary built from the template and one built by initdb both accept the 
   const withTemplate = await localPlane(dataDir, binaries, runAs, true);
   const withInitdb = await localPlane(dataDir, binaries, runAs, false);
   const clusterSecrets = secrets();
-  const specs = [specFor(newId('instance'), await freePort(), clusterSecrets), specFor(newId('instance'), await freePort(), clusterSecrets), specFor(newId('instance'), await freePort(), clusterSecrets)] as const;
+  const specs = [specFor(newId('instance'), await testPort(), clusterSecrets), specFor(newId('instance'), await testPort(), clusterSecrets), specFor(newId('instance'), await testPort(), clusterSecrets)] as const;
   t.after(async () => {
     for (const spec of specs) await stopServer(withTemplate.paths(spec.instanceId).pgdata);
     await rm(dataDir, { recursive: true, force: true });
@@ -309,7 +300,7 @@ test('a crashed build (left-over tmp dir with its bootstrap server still running
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   const plane = await localPlane(dataDir, binaries, runAs, true);
-  const spec = specFor(newId('instance'), await freePort(), secrets());
+  const spec = specFor(newId('instance'), await testPort(), secrets());
   const paths = plane.paths(spec.instanceId);
   const crashed = `${paths.pgdata}.tmp-crashed`;
   t.after(async () => {
@@ -339,7 +330,7 @@ test('status of an instance that never existed is "not running", not an error', 
   const dataDir = await tempDataDir();
   try {
     const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), await resolveRunAs(), true);
-    const status = await plane.status(specFor(newId('instance'), await freePort(), secrets()));
+    const status = await plane.status(specFor(newId('instance'), await testPort(), secrets()));
     assert.equal(status.running, false);
     await plane.stop(newId('instance'));
     await plane.destroy(newId('instance'));

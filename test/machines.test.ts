@@ -75,6 +75,9 @@ class FakeDataPlane implements DataPlane {
     this.calls.push(`rejoin ${spec.instanceId} to ${upstream.port}`);
     return this.rejoinMethod;
   }
+  async allowPeers(spec: InstanceSpec): Promise<void> {
+    this.calls.push(`allowPeers ${spec.instanceId}`);
+  }
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
     this.calls.push(`sync ${spec.instanceId} [${standbys.join(',')}]`);
   }
@@ -406,8 +409,8 @@ describe('cluster machine, label by label', () => {
 
   test('desired synchronous standbys per durability', () => {
     const instances: InstanceRecord[] = [
-      { id: primaryId, clusterId, ordinal: 0, role: 'primary', port: 1, fenced: false, observed: running, machineLabel: 'running', machineError: null },
-      { id: replicaId, clusterId, ordinal: 1, role: 'replica', port: 2, fenced: false, observed: {}, machineLabel: 'starting', machineError: null },
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, address: '127.0.0.1', port: 1, fenced: false, observed: running, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, address: '127.0.0.1', port: 2, fenced: false, observed: {}, machineLabel: 'starting', machineError: null },
     ];
     assert.deepEqual(desiredSyncStandbys('async', instances), []);
     assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
@@ -564,7 +567,7 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', port: 1, fenced: false, observed: {}, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, address: '127.0.0.1', port: 1, fenced: false, observed: {}, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');

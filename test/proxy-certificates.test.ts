@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import type { ClusterView } from '../src/api/view.js';
 import { loadConfig } from '../src/config.js';
 import { makeLogger } from '../src/lib/log.js';
-import { freePort } from '../src/lib/net.js';
+import { testPort } from './helpers/ports.js';
 
 /** Fresh ports for a second proxy are picked again after a collision this many times at most. */
 const portAttemptsMax = 5;
@@ -151,7 +151,7 @@ describe('proxy certificates and metrics', () => {
    */
   async function startSecondProxy(extraEnv: Record<string, string> = {}): Promise<{ proxy: RunningProxy; port: number; adminPort: number }> {
     for (let attempt = 1; attempt <= portAttemptsMax; attempt++) {
-      const ports = await Promise.all([freePort(), freePort(), freePort()]);
+      const ports = await Promise.all([testPort(), testPort(), testPort()]);
       const [port, readOnlyPort, adminPort] = ports;
       if (new Set(ports).size < ports.length) continue;
       const config = loadConfig({

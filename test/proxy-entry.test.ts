@@ -4,7 +4,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { freePort } from '../src/lib/net.js';
+import { testPort } from './helpers/ports.js';
 import { cellarBin, eventually, makeTempDir } from './helpers/cellar.js';
 
 const recorder = fileURLToPath(new URL('./fixtures/module-recorder.js', import.meta.url));
@@ -28,10 +28,10 @@ async function modulesLoadedBy(argv: readonly string[]): Promise<string[]> {
     const env = {
       ...process.env,
       CELLAR_HOME: home,
-      CELLAR_STORE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/cellar`,
-      CELLAR_PROXY_PORT: String(await freePort()),
-      CELLAR_PROXY_RO_PORT: String(await freePort()),
-      CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
+      CELLAR_STORE_URL: `postgres://postgres@127.0.0.1:${await testPort()}/cellar`,
+      CELLAR_PROXY_PORT: String(await testPort()),
+      CELLAR_PROXY_RO_PORT: String(await testPort()),
+      CELLAR_PROXY_ADMIN_PORT: String(await testPort()),
       CELLAR_TEST_MODULE_LIST: listFile,
     };
     const child = spawn(process.execPath, ['--import', pathToFileURL(recorder).href, ...argv], { env, stdio: ['ignore', 'ignore', 'pipe'] });

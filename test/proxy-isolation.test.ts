@@ -4,7 +4,7 @@ import { type Server, type Socket, connect, createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { pino } from 'pino';
-import { freePort } from '../src/lib/net.js';
+import { testPort } from './helpers/ports.js';
 import type { ProxyLimits } from '../src/proxy/admission.js';
 import { type BackendKey, CancelKeys, type CancelKeyRegistry, type ProxyKey } from '../src/proxy/cancel-keys.js';
 import { ProxyMetrics } from '../src/proxy/metrics.js';
@@ -43,7 +43,7 @@ class TestRoutes implements ProxyRoutes {
 
   resolve(key: string, _kind: EndpointKind): Resolution {
     const port = this.ports.get(key);
-    return port === undefined ? { unknown: true } : { target: { port, clusterKey: key } };
+    return port === undefined ? { unknown: true } : { target: { host: '127.0.0.1', port, clusterKey: key } };
   }
 
   refreshNow(): Promise<void> {
@@ -156,8 +156,8 @@ describe('proxy isolation: failures stay in their connection, per-cluster state 
     metrics = new ProxyMetrics();
     relay = NativeRelay.load(log);
     relay?.start();
-    proxyPort = await freePort();
-    proxy = new ProxyServer({ host: '127.0.0.1', readWritePort: proxyPort, readOnlyPort: await freePort(), routes, log, limits, metrics, tls: null, relay, cancelKeys });
+    proxyPort = await testPort();
+    proxy = new ProxyServer({ host: '127.0.0.1', readWritePort: proxyPort, readOnlyPort: await testPort(), routes, log, limits, metrics, tls: null, relay, cancelKeys });
     await proxy.start();
   });
 

@@ -115,7 +115,7 @@ describe('proxy protocol parsers', () => {
 
   test('CancelKeys: issued keys are unique, found until released, and gone after', () => {
     const keys = new CancelKeys();
-    const issued = Array.from({ length: 1000 }, (_, index) => keys.issue({ port: 5432, processId: index, secretKey: -index }));
+    const issued = Array.from({ length: 1000 }, (_, index) => keys.issue({ host: '127.0.0.1', port: 5432, processId: index, secretKey: -index }));
     assert.equal(new Set(issued.map((key) => `${key.processId}:${key.secretKey}`)).size, issued.length);
     const first = issued[0] as (typeof issued)[number];
     assert.deepEqual(keys.find(first.processId, first.secretKey), { port: 5432, processId: 0, secretKey: -0 });

@@ -1,9 +1,13 @@
-import { hostname } from 'node:os';
+import { statfs } from 'node:fs/promises';
+import { hostname, totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
+import type { DataPlane, HostTarget } from '../dataplane/dataplane.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
+import { HostRouter } from '../dataplane/remote/router.js';
+import { PermanentError } from '../lib/failure.js';
 import { Engine, register } from '../engine/engine.js';
 import { insertMachine, newMachine } from '../store/machines-table.js';
 import type { Lane } from '../engine/machine.js';
@@ -19,6 +23,7 @@ import type { MachinePorts } from '../machines/ports.js';
 import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
+import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
@@ -55,8 +60,11 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
+    await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir));
     await ensureSingletonMachines(pool);
-    engine = options.engine ? makeEngine(config, log, pool, storeUrl, dataPlane) : null;
+    // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
+    const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet);
+    engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
     api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
     engine?.start();
@@ -84,7 +92,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   }
 }
 
-function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): WarmPoolPorts {
+function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane): WarmPoolPorts {
   const spec: ClusterSpec = {
     size: defaultSize,
     replicas: defaultReplicas,
@@ -95,17 +103,33 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: LocalDataPlane): W
   return { store: new PgWarmPoolStore(pool, clusterMachine), target: () => config.warmPoolSize, spec };
 }
 
+/** What the control plane's own machine offers: its memory, the data directory's disk, one slot per instance port. */
+async function localHostCapacity(config: Config, dataDir: string): Promise<LocalHostCapacity> {
+  const stats = await statfs(dataDir);
+  const mib = 1024 ** 2;
+  return {
+    memoryMb: Math.max(1, Math.floor(totalmem() / mib)),
+    diskGb: Math.max(1, Math.floor((stats.blocks * stats.bsize) / 1024 ** 3)),
+    slots: config.instancePortMax - config.instancePortMin + 1,
+    agentPort: config.hosts.agentPort,
+  };
+}
+
 /** The cell's singleton machines exist once, whichever control plane starts first. */
 async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, newMachine(warmPoolMachine, warmPoolEntity, null));
   await insertMachine(pool, newMachine(backupScheduleMachine, backupScheduleEntity, null));
 }
 
-function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: LocalDataPlane): Engine {
+function remoteHostsNotYet(host: HostTarget): DataPlane {
+  throw new PermanentError(`instance on host ${host.hostId} (${host.address}): operations on other hosts need the agent client`);
+}
+
+function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
-    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine),
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, config.hosts.controlAddresses),
     dataPlane,
     ha: config.ha,
     backups: new PgBackupRecords(pool, backupMachine),

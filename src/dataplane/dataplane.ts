@@ -28,8 +28,15 @@ export interface InstanceSpec {
   readonly instanceId: InstanceId;
   /** The cluster it belongs to: names its WAL archive area. */
   readonly clusterId: string;
-  /** 127.0.0.1 port the server listens on; allocated and recorded by the control plane. */
+  /** The address of the instance's host: the server listens there (and on 127.0.0.1 for its host's own tools). */
+  readonly host: string;
+  /** Port the server listens on; allocated and recorded by the control plane. */
   readonly port: number;
+  /**
+   * The only addresses besides 127.0.0.1 that may connect over TCP (pg_hba): the hosts of the
+   * cluster's other instances (replication, rewind) and the control plane's and proxy's.
+   */
+  readonly peers: readonly string[];
   /** Postgres major version, e.g. 15; selects the binaries. */
   readonly pgVersion: number;
   /** Extra postgresql.conf settings from the cluster's size (shared_buffers, max_connections, …). */
@@ -118,6 +125,7 @@ export const dataPlaneLimitsMs = {
   alive: 5_000,
   stop: 45_000,
   setSynchronousStandbys: 30_000,
+  allowPeers: 30_000,
   follow: minuteMs,
   promote: 90_000,
   dropSlot: minuteMs,
@@ -164,6 +172,8 @@ export interface DataPlane {
    * checkpoint on the upstream, falling back to a fresh clone. Leaves it stopped, ready to start.
    */
   rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod>;
+  /** Rewrites who may connect (pg_hba from `spec.peers`) and reloads a running server; before a new host clones it. */
+  allowPeers(spec: InstanceSpec): Promise<void>;
   /**
    * On a primary: a commit waits until any one of these replicas (instance ids) has flushed it;
    * empty means commits do not wait. Takes effect at once (reload); blocked commits are released.
@@ -190,3 +200,21 @@ export interface DataPlane {
    */
   purgeCluster(clusterId: string): Promise<void>;
 }
+
+/** Where instances live when there are many hosts (docs/HOSTS.md); the store answers, the router asks. */
+export interface HostTarget {
+  readonly hostId: string;
+  readonly address: string;
+  readonly agentPort: number;
+  /** The control plane's own machine: its operations run in process. */
+  readonly local: boolean;
+}
+
+/** Where hosts and instances are: the store, behind a short cache. */
+export interface HostDirectory {
+  /** The live host with this address, or null. */
+  hostByAddress(address: string): Promise<HostTarget | null>;
+  /** The host of an instance, or null when the instance is gone (its operations are then no-ops). */
+  hostOfInstance(instanceId: InstanceId): Promise<HostTarget | null>;
+}
+

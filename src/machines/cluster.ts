@@ -329,7 +329,7 @@ async function repoint(context: Context): Promise<Result> {
     (instance) => instance.role === 'replica' && instance.id !== candidate.id && instance.id !== data.oldPrimaryId && hasDataDirectory(instance),
   );
   for (const replica of others) {
-    await dataPlane.follow(instanceSpec(cluster, replica), { host: '127.0.0.1', port: candidate.port, slotName: slotNameFor(replica.id) });
+    await dataPlane.follow(instanceSpec(cluster, replica), { host: candidate.address, port: candidate.port, slotName: slotNameFor(replica.id) });
   }
   return hop('route', { reason: others.length === 0 ? 'no other replica to repoint' : `${others.map((replica) => replica.id).join(', ')} now follow ${candidate.id}`, code: 'replicas_repointed' });
 }

@@ -80,7 +80,9 @@ export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): 
   return {
     instanceId: instance.id,
     clusterId: cluster.id,
+    host: instance.address,
     port: instance.port,
+    peers: cluster.peerAddresses,
     pgVersion: cluster.spec.pgVersion,
     settings: sizes[cluster.spec.size],
     secrets: cluster.secrets,
@@ -98,7 +100,12 @@ async function primaryUpstream(context: Context, instance: InstanceRecord): Prom
   const siblings = await context.ports.store.instances(instance.clusterId);
   const primary = siblings.find((sibling) => sibling.role === 'primary');
   if (primary === undefined || primary.port === null || primary.machineLabel !== 'running' || primary.fenced) return null;
-  return { host: '127.0.0.1', port: primary.port, slotName: slotNameFor(instance.id) };
+  return { host: primary.address, port: primary.port, slotName: slotNameFor(instance.id) };
+}
+
+async function allowOnPrimary(context: Context, cluster: ClusterRecord, instance: InstanceRecord): Promise<void> {
+  const primary = (await context.ports.store.instances(instance.clusterId)).find((sibling) => sibling.role === 'primary');
+  if (primary !== undefined && primary.port !== null) await context.ports.dataPlane.allowPeers(instanceSpec(cluster, primary));
 }
 
 function isReady(instance: InstanceRecord, status: InstanceStatus): boolean {
@@ -129,6 +136,8 @@ async function create(context: Context): Promise<Result> {
   }
   const upstream = await primaryUpstream(context, instance);
   if (upstream === null) return nap(replicaWaitForPrimaryMs);
+  // The primary's pg_hba names the cluster's hosts: one placed on a new host must be let in first.
+  if (instance.address !== upstream.host) await allowOnPrimary(context, cluster, instance);
   await context.ports.dataPlane.createReplica(spec, upstream);
   return hop('starting', { reason: `cloned from the primary on port ${upstream.port}`, code: 'cloned_from_primary' });
 }
@@ -281,7 +290,7 @@ async function dropSlotOnPrimary(context: Context, instance: InstanceRecord): Pr
   const primary = siblings.find((sibling) => sibling.role === 'primary' && sibling.port !== null);
   if (primary === undefined || primary.port === null) return;
   const cluster = await context.ports.store.cluster(instance.clusterId);
-  const upstream = { host: '127.0.0.1', port: primary.port, slotName: slotNameFor(instance.id) };
+  const upstream = { host: primary.address, port: primary.port, slotName: slotNameFor(instance.id) };
   await context.ports.dataPlane.dropSlot(upstream, cluster.secrets);
 }
 

@@ -15,6 +15,11 @@ export interface ClusterRecord {
   readonly secrets: ClusterSecrets;
   /** The instance a requested switchover should promote; null lets the cluster pick. */
   readonly switchoverTo: string | null;
+  /**
+   * Who may connect to its instances besides their own host: the hosts of its live instances and
+   * the control plane's and proxy's addresses (InstanceSpec.peers).
+   */
+  readonly peerAddresses: readonly string[];
 }
 
 export interface InstanceRecord {
@@ -22,6 +27,9 @@ export interface InstanceRecord {
   readonly clusterId: ClusterId;
   readonly ordinal: number;
   readonly role: Role;
+  /** The host it lives on and that host's address; an instance from before hosts lives on the local one. */
+  readonly hostId: string | null;
+  readonly address: string;
   readonly port: number | null;
   /** Never routed: an old primary between losing its role and rejoining as a replica. */
   readonly fenced: boolean;

@@ -39,7 +39,7 @@ export class BackendConnector {
 
   private attempt(client: Socket, kind: EndpointKind, admitted: Admitted, target: Target, onConnected: (backend: Socket, target: Target) => void): void {
     const { log, track, admission } = this.options;
-    const backend = connect({ host: '127.0.0.1', port: target.port, noDelay: true });
+    const backend = connect({ host: target.host, port: target.port, noDelay: true });
     track(backend);
     const connectTimer = setTimeout(() => backend.destroy(new Error('connect timeout')), backendConnectTimeoutMs);
     let started = false;

@@ -11,6 +11,7 @@ import { cancelRequestPacket } from './protocol.js';
 
 /** A server's own BackendKeyData, and where that server listens. */
 export interface BackendKey {
+  readonly host: string;
   readonly port: number;
   readonly processId: number;
   readonly secretKey: number;
@@ -72,7 +73,7 @@ export function forwardCancel(keys: CancelKeyRegistry, client: Socket, processId
   client.end();
   const key = keys.find(processId, secretKey);
   if (key === undefined) return;
-  const backend = connect({ host: '127.0.0.1', port: key.port });
+  const backend = connect({ host: key.host, port: key.port });
   backend.setTimeout(backendConnectTimeoutMs, () => backend.destroy());
   backend.on('error', () => backend.destroy());
   backend.once('connect', () => backend.end(cancelRequestPacket(key.processId, key.secretKey)));

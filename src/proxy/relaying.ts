@@ -52,7 +52,7 @@ export class Relaying {
         if (next.type === 'K') {
           const key = parseBackendKeyData(next.message);
           if (typeof key === 'string') return malformed(key);
-          proxyKey = cancelKeys.issue({ port: target.port, ...key });
+          proxyKey = cancelKeys.issue({ host: target.host, port: target.port, ...key });
           client.write(backendKeyData(proxyKey.processId, proxyKey.secretKey));
           continue;
         }

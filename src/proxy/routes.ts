@@ -21,6 +21,7 @@ const refreshNowIntervalMsMin = 50;
 export type EndpointKind = 'readWrite' | 'readOnly';
 
 export interface Target {
+  readonly host: string;
   readonly port: number;
   readonly clusterKey: string;
 }
@@ -125,10 +126,10 @@ export class RouteTable implements ProxyRoutes {
         .sort((a, b) => (lagBytes(primary?.lsn ?? undefined, a.lsn ?? undefined) ?? 0) - (lagBytes(primary?.lsn ?? undefined, b.lsn ?? undefined) ?? 0))[0];
       const target = replica ?? primary;
       if (target === undefined) return { unavailable: `cluster "${key}" has no instance accepting connections` };
-      return { target: { port: target.port, clusterKey: key } };
+      return { target: { host: target.host, port: target.port, clusterKey: key } };
     }
     if (primary === undefined) return { unavailable: `cluster "${key}" has no primary accepting connections` };
-    return { target: { port: primary.port, clusterKey: key } };
+    return { target: { host: primary.host, port: primary.port, clusterKey: key } };
   }
 
   /**

@@ -16,6 +16,8 @@ interface InstanceRow {
   cluster_id: string;
   ordinal: number;
   role: Role;
+  host_id: string | null;
+  address: string | null;
   port: number | null;
   fenced: boolean;
   observed: Partial<InstanceStatus>;
@@ -24,8 +26,12 @@ interface InstanceRow {
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
-  from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id`;
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, h.address, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
+  from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
+  left join hosts h on h.id = i.host_id`;
+
+/** Instances from before hosts (no host_id) live on the control plane's own machine. */
+export const localAddress = '127.0.0.1';
 
 function toInstance(row: InstanceRow): InstanceRecord {
   return {
@@ -33,6 +39,8 @@ function toInstance(row: InstanceRow): InstanceRecord {
     clusterId: row.cluster_id as ClusterId,
     ordinal: row.ordinal,
     role: row.role,
+    hostId: row.host_id,
+    address: row.address ?? localAddress,
     port: row.port,
     fenced: row.fenced,
     observed: row.observed,
@@ -61,7 +69,8 @@ async function requestDestroyWith(client: PoolClient, kind: string, entityId: st
 async function createInstanceWith(client: PoolClient, instanceMachine: MachineOrigin, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
   const instanceId = newId('instance');
   const inserted = await client.query<{ id: string }>(
-    `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
+    `insert into instances (id, cluster_id, ordinal, role, host_id)
+     values ($1, $2, $3, $4, (select id from hosts where local and removed_at is null))
      on conflict (cluster_id, ordinal) do nothing returning id`,
     [instanceId, clusterId, ordinal, role],
   );
@@ -75,6 +84,8 @@ export class PgMachineStore implements MachineStore {
     private readonly portMin: number,
     private readonly portMax: number,
     private readonly instanceMachine: MachineOrigin,
+    /** The addresses the control plane and the proxy reach instances from. */
+    private readonly controlAddresses: readonly string[] = [localAddress],
   ) {
     assert(portMin <= portMax, `port range ${portMin}-${portMax} is empty`);
   }
@@ -86,7 +97,13 @@ export class PgMachineStore implements MachineStore {
     );
     const row = result.rows[0];
     assert(row !== undefined, `cluster ${id} does not exist`);
-    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to };
+    const hosts = await this.db.query<{ address: string }>(
+      `select distinct h.address from instances i join hosts h on h.id = i.host_id
+        where i.cluster_id = $1 and i.deleted_at is null order by h.address`,
+      [id],
+    );
+    const peerAddresses = [...new Set([...this.controlAddresses, ...hosts.rows.map((host) => host.address)])];
+    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses };
   }
 
   instances(clusterId: ClusterId): Promise<InstanceRecord[]> {

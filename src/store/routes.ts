@@ -5,6 +5,8 @@ import type { Queryable } from './pool.js';
 /** What the proxy reads: per live cluster, where its primary and replicas listen. */
 
 export interface RouteInstance {
+  /** Its host's address (127.0.0.1 for the control plane's own machine) and port. */
+  readonly host: string;
   readonly port: number;
   readonly role: 'primary' | 'replica';
   /** The instance machine is running and the last probe saw it serve (a replica: streaming). */
@@ -21,10 +23,11 @@ export interface RouteRow {
 }
 
 const routesSql = `
-select c.route_key, c.id as cluster_id, c.route_paused, i.port, i.role, m.label, i.observed
+select c.route_key, c.id as cluster_id, c.route_paused, coalesce(h.address, '127.0.0.1') as host, i.port, i.role, m.label, i.observed
   from clusters c
   join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null and not i.fenced
   join machines m on m.kind = 'instance' and m.entity_id = i.id
+  left join hosts h on h.id = i.host_id
  where c.deleted_at is null and c.route_key is not null
  order by c.route_key, i.ordinal`;
 
@@ -34,11 +37,11 @@ function isHealthy(role: string, label: string, observed: Partial<InstanceStatus
 }
 
 export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
-  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
+  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; host: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
   const byKey = new Map<string, { key: string; clusterId: string; paused: boolean; instances: RouteInstance[] }>();
   for (const row of result.rows) {
     const route = byKey.get(row.route_key) ?? { key: row.route_key, clusterId: row.cluster_id, paused: row.route_paused, instances: [] };
-    route.instances.push({ port: row.port, role: row.role, healthy: isHealthy(row.role, row.label, row.observed), lsn: row.observed.lsn ?? null });
+    route.instances.push({ host: row.host, port: row.port, role: row.role, healthy: isHealthy(row.role, row.label, row.observed), lsn: row.observed.lsn ?? null });
     byKey.set(row.route_key, route);
   }
   return [...byKey.values()];

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { ClusterUsers } from '../../src/postgres/osuser.js';
-import { freePort } from '../../src/lib/net.js';
+import { testPorts } from './ports.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
 import { seedDataDir } from './prepared.js';
 
@@ -32,21 +32,6 @@ export async function makeTempDir(prefix: string): Promise<string> {
   return dir;
 }
 
-const portBlocks = 500;
-let firstBlock: number | undefined;
-let blocksHanded = 0;
-
-/**
- * A block of ports for one Cellar's instances: consecutive blocks within a test process, so two
- * Cellars of one test never share a port; a random start, so test files rarely meet either.
- */
-async function freePortBlock(): Promise<[number, number]> {
-  firstBlock ??= (await freePort()) % portBlocks;
-  const block = (firstBlock + blocksHanded) % portBlocks;
-  blocksHanded += 1;
-  const low = 20_000 + block * portRangeSize;
-  return [low, low + portRangeSize - 1];
-}
 
 export class TestCellar {
   private child: ChildProcess | null = null;
@@ -59,15 +44,20 @@ export class TestCellar {
 
   static async create(extraEnv: Record<string, string> = {}): Promise<TestCellar> {
     const root = await makeTempDir('cellar-test-');
-    const [portLow, portHigh] = await freePortBlock();
+    // Instances get a range of their own; the services a port each, all from this process's blocks.
+    const instancePorts = await testPorts(portRangeSize);
+    const [apiPort, proxyPort, proxyAdminPort, proxyReadOnlyPort, agentListenPort] = await testPorts(5);
+    const portLow = instancePorts[0] ?? 0;
+    const portHigh = instancePorts[instancePorts.length - 1] ?? 0;
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       CELLAR_HOME: join(root, 'home'),
       CELLAR_DATA: join(root, 'data'),
-      CELLAR_API_PORT: String(await freePort()),
-      CELLAR_PROXY_PORT: String(await freePort()),
-      CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
-      CELLAR_PROXY_RO_PORT: String(await freePort()),
+      CELLAR_API_PORT: String(apiPort),
+      CELLAR_PROXY_PORT: String(proxyPort),
+      CELLAR_PROXY_ADMIN_PORT: String(proxyAdminPort),
+      CELLAR_PROXY_RO_PORT: String(proxyReadOnlyPort),
+      CELLAR_AGENT_LISTEN_PORT: String(agentListenPort),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',
       // Scheduled backups (and their restore checks) would load every test; backup tests turn them on.

@@ -23,7 +23,7 @@ export class FakeStore implements MachineStore {
   failovers = 0;
 
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
-    this.instancesById.set(id, { id, clusterId, ordinal, role, port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, address: '127.0.0.1', port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
@@ -34,7 +34,7 @@ export class FakeStore implements MachineStore {
 
   async cluster(): Promise<ClusterRecord> {
     const spec = { size: 'small', replicas: this.replicas, storageGb: 10, pgVersion: 15, durability: this.durability } as const;
-    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo };
+    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo, peerAddresses: ['127.0.0.1'] };
   }
   async instances(): Promise<InstanceRecord[]> {
     return [...this.instancesById.values()].sort((a, b) => a.ordinal - b.ordinal);

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { clusterRoles, type InstanceSpec, type UpstreamRef } from '../dataplane.js';
 import { assert } from '../../lib/assert.js';
 import { localHbaLine, renderConf } from '../../postgres/server.js';
@@ -32,11 +33,24 @@ const baseSettings: Readonly<Record<string, string>> = {
 function identitySettings(spec: InstanceSpec, runDir: string): Record<string, string> {
   return {
     port: String(spec.port),
-    listen_addresses: '127.0.0.1',
+    listen_addresses: listenAddresses(spec.host),
     unix_socket_directories: runDir,
-    // TLS is terminated by the proxy; instances are reached on 127.0.0.1 only.
+    // TLS is terminated by the proxy; instances are reached on their hosts' network only.
     ssl: 'off',
   };
+}
+
+/** The host's address, and loopback for the host's own tools (status, pg_rewind's source). */
+function listenAddresses(host: string): string {
+  assertAddress(host);
+  return host === loopback ? loopback : `${host},${loopback}`;
+}
+
+const loopback = '127.0.0.1';
+
+/** Addresses reach postgresql.conf and pg_hba.conf: only IP literals pass. */
+function assertAddress(address: string): void {
+  assert(isIP(address) !== 0, `bad instance address ${JSON.stringify(address)}: an IPv4 or IPv6 literal is required`);
 }
 
 /** Continuous archiving to the cluster's area of the backup store; every instance has it, only a primary archives. */
@@ -98,13 +112,22 @@ export function assertSlotName(slotName: string): void {
  * over TCP every role with its SCRAM password: `postgres` (the control plane's, for pg_rewind),
  * `cellar_replication` for replication only, the tenant's `app` and the login roles it made.
  */
-export function renderHba(): string {
+export function renderHba(peers: readonly string[] = []): string {
+  const networks = [...new Set([`${loopback}/32`, ...peers.map(hostNetwork)])];
   return [
     '# Written by Cellar; rewritten on every start. Do not edit.',
     '# TYPE  DATABASE     USER                 ADDRESS       METHOD',
     localHbaLine,
-    `host    replication  ${clusterRoles.replication}   127.0.0.1/32  scram-sha-256`,
-    'host    all          all                  127.0.0.1/32  scram-sha-256',
+    ...networks.flatMap((network) => [
+      `host    replication  ${clusterRoles.replication}   ${network}  scram-sha-256`,
+      `host    all          all                  ${network}  scram-sha-256`,
+    ]),
     '',
   ].join('\n');
+}
+
+/** One address as a network of one host. */
+function hostNetwork(address: string): string {
+  assertAddress(address);
+  return isIP(address) === 6 ? `${address}/128` : `${address}/32`;
 }

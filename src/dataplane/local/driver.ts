@@ -107,6 +107,11 @@ export class LocalDataPlane implements DataPlane {
     return this.options.binaries.versions();
   }
 
+  /** Where this host's instances live (the host's disk capacity is measured there). */
+  get dataDir(): string {
+    return this.options.dataDir;
+  }
+
   paths(instanceId: InstanceId): InstancePaths {
     return instancePaths(this.options.dataDir, instanceId);
   }
@@ -232,7 +237,7 @@ export class LocalDataPlane implements DataPlane {
   private async writeInstanceFiles(spec: InstanceSpec, paths: InstancePaths, owner: RunAs): Promise<void> {
     socketPath(paths.run, spec.port);
     await writeConfText(paths.pgdata, cellarConfFile, this.instanceConf(spec, paths.run), owner);
-    await writeAuthFiles(paths.pgdata, renderHba(), owner);
+    await writeAuthFiles(paths.pgdata, renderHba(spec.peers), owner);
   }
 
   /**
@@ -417,6 +422,15 @@ export class LocalDataPlane implements DataPlane {
     if (!(await exists(join(pgdata, standbySignalFile)))) return false;
     const written = await readSmallFile(join(pgdata, upstreamConfFile)).catch(() => '');
     return written === renderUpstreamConf(spec, upstream);
+  }
+
+  async allowPeers(spec: InstanceSpec): Promise<void> {
+    return this.bounded('allowPeers', async () => {
+      const paths = this.paths(spec.instanceId);
+      if (!(await exists(paths.pgdata))) return;
+      await writeAuthFiles(paths.pgdata, renderHba(spec.peers), await this.owner(spec.clusterId));
+      if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+    });
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {

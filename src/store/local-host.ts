@@ -1,0 +1,86 @@
+import type { HostDirectory, HostTarget } from '../dataplane/dataplane.js';
+import type { InstanceId } from '../lib/ids.js';
+import { newId } from '../lib/ids.js';
+import { type Pool, type Queryable, inTransaction } from './pool.js';
+
+/**
+ * The control plane's own machine as a host (docs/HOSTS.md): one machine stays the default, so
+ * `cellar up` registers it without any set-up and instances from before hosts move onto it.
+ */
+
+export const localHostName = 'local';
+export const localHostAddress = '127.0.0.1';
+
+export interface LocalHostCapacity {
+  readonly memoryMb: number;
+  readonly diskGb: number;
+  readonly slots: number;
+  readonly agentPort: number;
+}
+
+/** The local host's id, registering it (and adopting instances without a host) the first time. */
+export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity): Promise<string> {
+  return inTransaction(db, async (client) => {
+    // Two control planes starting at once: the unique index on `local` lets one insert win.
+    await client.query(
+      `insert into hosts (id, name, address, agent_port, zone, memory_mb, disk_gb, slots, local, joined_at)
+       values ($1, $2, $3, $4, 'default', $5, $6, $7, true, now())
+       on conflict do nothing`,
+      [newId('host'), localHostName, localHostAddress, capacity.agentPort, capacity.memoryMb, capacity.diskGb, capacity.slots],
+    );
+    const found = await client.query<{ id: string }>('select id from hosts where local and removed_at is null');
+    const id = found.rows[0]?.id;
+    if (id === undefined) throw new Error('the local host is neither registered nor insertable (another host holds its name or address)');
+    await client.query('update instances set host_id = $1 where host_id is null', [id]);
+    return id;
+  });
+}
+
+/** How long the host of an address or an instance is remembered: hosts and instances rarely move. */
+const directoryCacheMs = 1_000;
+const directoryCacheEntriesMax = 10_000;
+
+interface HostRow {
+  id: string;
+  address: string;
+  agent_port: number;
+  local: boolean;
+}
+
+function toTarget(row: HostRow): HostTarget {
+  return { hostId: row.id, address: row.address, agentPort: row.agent_port, local: row.local };
+}
+
+/** The router's view of where things are, read from the store and cached for a second. */
+export class StoreHostDirectory implements HostDirectory {
+  private readonly cache = new Map<string, { readonly atMs: number; readonly host: HostTarget | null }>();
+
+  constructor(private readonly db: Queryable) {}
+
+  async hostByAddress(address: string): Promise<HostTarget | null> {
+    return this.cached(`address:${address}`, async () => {
+      const result = await this.db.query<HostRow>('select id, address, agent_port, local from hosts where address = $1 and removed_at is null', [address]);
+      return result.rows[0] === undefined ? null : toTarget(result.rows[0]);
+    });
+  }
+
+  async hostOfInstance(instanceId: InstanceId): Promise<HostTarget | null> {
+    return this.cached(`instance:${instanceId}`, async () => {
+      const result = await this.db.query<HostRow>(
+        `select h.id, h.address, h.agent_port, h.local from instances i join hosts h on h.id = i.host_id where i.id = $1`,
+        [instanceId],
+      );
+      return result.rows[0] === undefined ? null : toTarget(result.rows[0]);
+    });
+  }
+
+  private async cached(key: string, load: () => Promise<HostTarget | null>): Promise<HostTarget | null> {
+    const nowMs = performance.now();
+    const hit = this.cache.get(key);
+    if (hit !== undefined && nowMs - hit.atMs < directoryCacheMs) return hit.host;
+    const host = await load();
+    if (this.cache.size >= directoryCacheEntriesMax) this.cache.clear();
+    this.cache.set(key, { atMs: nowMs, host });
+    return host;
+  }
+}
