@@ -1,3 +1,4 @@
+import { HostUnreachableError } from '../src/lib/failure.js';
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
@@ -54,13 +55,20 @@ class FakeDataPlane implements DataPlane {
     this.calls.push(`start ${spec.instanceId}`);
     if (this.startError !== null) throw this.startError;
   }
+  /** Thrown by every operation on the host of these instances, as the router does for a silent host. */
+  readonly unreachable = new Set<InstanceId>();
+  private reach(id: InstanceId): void {
+    if (this.unreachable.has(id)) throw new HostUnreachableError('host_b', 2_000);
+  }
   async stop(id: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     this.calls.push(`stop ${id} ${mode}`);
+    this.reach(id);
   }
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
     return this.statuses.get(spec.instanceId) ?? this.status_;
   }
-  async alive(): Promise<boolean> {
+  async alive(id: InstanceId): Promise<boolean> {
+    this.reach(id);
     return this.alive_;
   }
   async promote(spec: InstanceSpec): Promise<void> {
@@ -73,6 +81,7 @@ class FakeDataPlane implements DataPlane {
   }
   async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
     this.calls.push(`rejoin ${spec.instanceId} to ${upstream.port}`);
+    this.reach(spec.instanceId);
     return this.rejoinMethod;
   }
   async allowPeers(spec: InstanceSpec): Promise<void> {
@@ -292,6 +301,33 @@ describe('instance machine, label by label', () => {
     assert.equal(replica.type === 'hop' && replica.label, 'starting');
   });
 
+  test('running: an instance whose host went silent past its lease is lost (host_unreachable): a primary goes down for its cluster', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.dataPlane.unreachable.add(primaryId);
+    const outcome = await step(instanceMachine, 'running', primaryId, h);
+    assert.equal(outcome.type === 'hop' && outcome.label, 'down');
+    assert.equal(outcome.code, 'host_unreachable');
+    assert.match(outcome.type === 'hop' ? (outcome.reason ?? '') : '', /host host_b is unreachable/);
+  });
+
+  test('rejoin on an unreachable host waits for it (one event), and fails past the limit so the cluster replaces it', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'replica', 0, 'rejoin', 5000, { fenced: true });
+    h.store.add(replicaId, 'primary', 1, 'running');
+    h.dataPlane.unreachable.add(primaryId);
+    const first = await step(instanceMachine, 'rejoin', primaryId, h);
+    assert.equal(first.type, 'nap');
+    assert.equal(first.code, 'waiting_for_host');
+    const again = await step(instanceMachine, 'rejoin', primaryId, h, { data: { downSinceMs: h.clock.now, waitingForHost: true } });
+    assert.equal(again.type === 'nap' && again.code, undefined, 'said once');
+    const late = await step(instanceMachine, 'rejoin', primaryId, h, { data: { downSinceMs: h.clock.now - ha.replicaDeadMsMax - 1, waitingForHost: true } });
+    assert.equal(late.type, 'fail');
+    h.dataPlane.unreachable.delete(primaryId);
+    const back = await step(instanceMachine, 'rejoin', primaryId, h, { data: { downSinceMs: h.clock.now, waitingForHost: true } });
+    assert.equal(back.type === 'hop' && back.label, 'starting');
+  });
+
   test('running: a primary that cannot be queried counts as lost only after N probes in a row', async () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'running');
@@ -455,6 +491,21 @@ describe('cluster machine, label by label', () => {
     assert.equal(outcome.type === 'hop' && outcome.label, 'pick');
     assert.deepEqual(h.store.calls, [`setFenced ${primaryId} true`]);
     assert.deepEqual(h.dataPlane.calls, [`stop ${primaryId} immediate`]);
+  });
+
+  test('fence of a primary on an unreachable host waits until its lease has certainly expired, then goes on (invariant 7)', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'down');
+    h.dataPlane.unreachable.add(primaryId);
+    h.store.leaseExpired.set(primaryId, false);
+    const waiting = await step(clusterMachine, 'fence', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(waiting.type, 'nap', 'no pick (so no promote) while the lease may still hold');
+    assert.equal(waiting.code, 'waiting_for_host_lease');
+    assert.deepEqual(h.store.calls, [`setFenced ${primaryId} true`], 'out of the routes at once');
+    h.store.leaseExpired.set(primaryId, true);
+    const fenced = await step(clusterMachine, 'fence', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(fenced.type === 'hop' && fenced.label, 'pick');
+    assert.equal(fenced.code, 'primary_fenced_by_lease');
   });
 
   test('pick promotes the most advanced serving replica, skips one lagging past the limit unless forced', async () => {

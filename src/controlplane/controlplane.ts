@@ -63,7 +63,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir));
     await ensureSingletonMachines(pool);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
-    const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet);
+    const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet, { silentMs: () => undefined, unreachableAfterMs: config.hosts.leaseMs });
     engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
     api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
@@ -129,7 +129,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
-    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, config.hosts.controlAddresses),
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, config.hosts),
     dataPlane,
     ha: config.ha,
     backups: new PgBackupRecords(pool, backupMachine),

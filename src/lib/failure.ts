@@ -23,6 +23,22 @@ export class TransientError extends Error {
 }
 
 /**
+ * The instance's host has sent no heartbeat for longer than its lease: nothing can be done there
+ * until it comes back. Machines act on it (a primary is failed away from once the lease has
+ * certainly expired; a replica waits, then is replaced) rather than retrying blindly.
+ */
+export class HostUnreachableError extends TransientError {
+  override name = 'HostUnreachableError';
+
+  constructor(
+    readonly hostId: string,
+    readonly silentMs: number | null,
+  ) {
+    super(`host ${hostId} is unreachable: ${silentMs === null ? 'no heartbeat since the control plane started' : `no heartbeat for ${Math.round(silentMs)} ms`}`);
+  }
+}
+
+/**
  * SQLSTATEs by what retrying can do (Postgres appendix A). Classes first, then exact codes that
  * differ from their class. Anything not listed is transient, bounded by the attempts.
  */

@@ -2,7 +2,7 @@ import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { EventCode } from '../lib/event-codes.js';
-import { TransientError } from '../lib/failure.js';
+import { HostUnreachableError, TransientError } from '../lib/failure.js';
 import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
@@ -46,6 +46,8 @@ export const watchNapMs = 5_000;
 /** Switchover: poll the target's LSN this often; stop the primary once it is this close. */
 export const catchUpPollMs = 10;
 export const catchUpLagBytesMax = 1024 * 1024;
+/** Failover from an unreachable host: how often to look at its lease until it has certainly expired. */
+const leaseWaitPollMs = 50;
 /** Failover: how often to look again when no replica can be promoted. */
 export const pickRetryMs = 500;
 /** How long the cluster waits for its old primary to stream again before carrying on without it. */
@@ -233,9 +235,20 @@ async function load(context: Context, id: string | undefined): Promise<InstanceR
 /** Failover: the proxy stops routing to the old primary first, then it is stopped if it still runs. */
 async function fence(context: Context): Promise<Result> {
   const oldPrimaryId = context.machine.data.oldPrimaryId as InstanceId;
-  await context.ports.store.setFenced(oldPrimaryId, true);
-  await context.ports.dataPlane.stop(oldPrimaryId, 'immediate');
-  return hop('pick', { reason: `${oldPrimaryId} fenced: out of the routes and stopped`, code: 'primary_fenced' });
+  const { store, dataPlane } = context.ports;
+  await store.setFenced(oldPrimaryId, true);
+  try {
+    await dataPlane.stop(oldPrimaryId, 'immediate');
+  } catch (error) {
+    if (!(error instanceof HostUnreachableError)) throw error;
+    // Invariant 7: nothing is promoted while the old primary may still take writes. Its agent
+    // stops it when the lease runs out; the store's clock says when that has certainly happened.
+    if ((await store.hostLeaseExpired(oldPrimaryId)) !== true) {
+      return announce(context, leaseWaitPollMs, `${oldPrimaryId} is on an unreachable host (${error.message}): waiting until its lease has certainly expired`, 'waiting_for_host_lease');
+    }
+    return hop('pick', { data: withoutAnnouncement(context.machine.data), reason: `${oldPrimaryId} fenced: out of the routes, and its host's lease has certainly expired (${error.message}), so its agent has stopped it`, code: 'primary_fenced_by_lease' });
+  }
+  return hop('pick', { data: withoutAnnouncement(context.machine.data), reason: `${oldPrimaryId} fenced: out of the routes and stopped`, code: 'primary_fenced' });
 }
 
 /** The most advanced healthy replica, by WAL received; one lagging past the limit only when forced. */

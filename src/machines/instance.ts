@@ -1,6 +1,7 @@
-import { type InstanceSpec, type InstanceStatus, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type InstanceSpec, type InstanceStatus, type RejoinMethod, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
+import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
 import { type RestoreSpec, sizes } from '../lib/sizes.js';
 import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
@@ -25,6 +26,8 @@ export interface InstanceData extends Record<string, unknown> {
   readonly downSinceMs?: number;
   /** A restored primary before its first start has finished: its recovery is still to run. */
   readonly restoring?: boolean;
+  /** Rejoin found its host unreachable and said so once; it waits for the host, bounded by replicaDeadMsMax. */
+  readonly waitingForHost?: boolean;
 }
 
 export const instanceKind = 'instance';
@@ -34,6 +37,8 @@ const clusterKindName = 'cluster';
 export const readyPollMs = 25;
 export const readyWaitMsMax = 120_000;
 export const replicaWaitForPrimaryMs = 250;
+/** How often an instance on an unreachable host looks again whether it is back. */
+const hostWaitPollMs = 1_000;
 /** A full probe (connect and query) this often; it records LSNs, lag and recovery state. */
 export const probeIntervalMs = 1_000;
 /** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
@@ -222,7 +227,14 @@ async function running(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
   const { dataPlane, store, clock, ha } = context.ports;
-  if (!(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
+  let alive: boolean;
+  try {
+    alive = await dataPlane.alive(instance.id);
+  } catch (error) {
+    if (error instanceof HostUnreachableError) return lost(context, instance, error.message, 'host_unreachable');
+    throw error;
+  }
+  if (!alive) return lost(context, instance, 'server process is gone');
   const now = clock.nowMs();
   const data = context.machine.data;
   if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) return nap(livenessIntervalMs);
@@ -242,11 +254,11 @@ function healthChanged(before: Partial<InstanceStatus>, after: InstanceStatus): 
 }
 
 /** A replica is restarted in place; a primary, or a fenced instance, waits for its cluster. */
-function lost(context: Context, instance: InstanceRecord, why: string): Result {
+function lost(context: Context, instance: InstanceRecord, why: string, code: 'instance_lost' | 'host_unreachable' = 'instance_lost'): Result {
   const data = { downSinceMs: context.ports.clock.nowMs() };
   const wake = [clusterOf(instance)];
-  if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next`, code: 'instance_lost' });
-  return hop('starting', { data, wake, reason: `${why}; starting it again`, code: 'instance_lost' });
+  if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next`, code });
+  return hop('starting', { data, wake, reason: `${why}; starting it again`, code });
 }
 
 /** Waits for the cluster: `rejoin` after a failover or switchover, `restart` when there is no one to fail over to. */
@@ -264,7 +276,19 @@ async function rejoin(context: Context): Promise<Result> {
   assert(instance.role === 'replica', `instance ${instance.id} was asked to rejoin while it is the primary`);
   const upstream = await primaryUpstream(context, instance);
   if (upstream === null) return nap(replicaWaitForPrimaryMs);
-  const method = await context.ports.dataPlane.rejoin(instanceSpec(cluster, instance), upstream);
+  let method: RejoinMethod;
+  try {
+    method = await context.ports.dataPlane.rejoin(instanceSpec(cluster, instance), upstream);
+  } catch (error) {
+    if (!(error instanceof HostUnreachableError)) throw error;
+    // A host cut off for a while comes back and its old primary rejoins; one lost for good is replaced.
+    const now = context.ports.clock.nowMs();
+    const downSinceMs = context.machine.data.downSinceMs ?? now;
+    if (now - downSinceMs > context.ports.ha.replicaDeadMsMax) return fail(`${error.message}; not back within ${context.ports.ha.replicaDeadMsMax} ms, so its cluster replaces it`, 'not_serving');
+    const data = { ...context.machine.data, downSinceMs };
+    if (context.machine.data.waitingForHost === true) return nap(hostWaitPollMs, { data });
+    return nap(hostWaitPollMs, { data: { ...data, waitingForHost: true }, reason: `${error.message}: rejoins when it is back`, code: 'waiting_for_host' });
+  }
   // Its data directory is now a standby's: safe to route to once it streams.
   await context.ports.store.setFenced(instance.id, false);
   const how = method === 'rewound' ? "rewound onto the new primary's timeline" : 'cloned afresh from the new primary (rewind was not possible)';

@@ -71,6 +71,12 @@ export interface MachineStore {
    * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).
    */
   replaceInstance(instanceId: InstanceId, role: Role): Promise<void>;
+  /**
+   * For an instance on another host: whether that host's lease has certainly expired by the
+   * store's clock (last renewal + lease + clock margin), so its agent has fenced its primaries.
+   * Null for an instance on the control plane's own machine, which holds no lease.
+   */
+  hostLeaseExpired(instanceId: InstanceId): Promise<boolean | null>;
   /** Automatic and manual failovers begun anywhere in the cell within the window (the breaker's count). */
   failoversWithin(windowMs: number): Promise<number>;
 }

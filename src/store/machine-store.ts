@@ -78,14 +78,22 @@ async function createInstanceWith(client: PoolClient, instanceMachine: MachineOr
   await insertMachine(client, newMachine(instanceMachine, instanceId, clusterId));
 }
 
+export interface HostOptions {
+  /** The addresses the control plane and the proxy reach instances from. */
+  readonly controlAddresses: readonly string[];
+  readonly leaseMs: number;
+  readonly clockMarginMs: number;
+}
+
+const defaultHostOptions: HostOptions = { controlAddresses: [localAddress], leaseMs: 1_500, clockMarginMs: 250 };
+
 export class PgMachineStore implements MachineStore {
   constructor(
     private readonly db: Pool,
     private readonly portMin: number,
     private readonly portMax: number,
     private readonly instanceMachine: MachineOrigin,
-    /** The addresses the control plane and the proxy reach instances from. */
-    private readonly controlAddresses: readonly string[] = [localAddress],
+    private readonly hosts: HostOptions = defaultHostOptions,
   ) {
     assert(portMin <= portMax, `port range ${portMin}-${portMax} is empty`);
   }
@@ -102,7 +110,7 @@ export class PgMachineStore implements MachineStore {
         where i.cluster_id = $1 and i.deleted_at is null order by h.address`,
       [id],
     );
-    const peerAddresses = [...new Set([...this.controlAddresses, ...hosts.rows.map((host) => host.address)])];
+    const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...hosts.rows.map((host) => host.address)])];
     return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses };
   }
 
@@ -134,6 +142,21 @@ export class PgMachineStore implements MachineStore {
       await requestDestroyWith(client, this.instanceMachine.kind, instanceId);
       await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, next.rows[0]?.ordinal ?? 0, role);
     });
+  }
+
+  async hostLeaseExpired(instanceId: InstanceId): Promise<boolean | null> {
+    // clock_timestamp(): the store's clock now, the one lease_renewed_at was written with.
+    const result = await this.db.query<{ local: boolean; expired: boolean }>(
+      `select h.local,
+              h.lease_renewed_at is null
+              or clock_timestamp() > h.lease_renewed_at + make_interval(secs => ($2::double precision + $3::double precision) / 1000) as expired
+         from instances i join hosts h on h.id = i.host_id
+        where i.id = $1`,
+      [instanceId, this.hosts.leaseMs, this.hosts.clockMarginMs],
+    );
+    const row = result.rows[0];
+    if (row === undefined || row.local) return null;
+    return row.expired;
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {

@@ -96,6 +96,11 @@ export class FakeStore implements MachineStore {
   async failoversWithin(): Promise<number> {
     return this.failovers;
   }
+  /** Instances on a remote host and whether its lease has expired; absent: on the local host. */
+  readonly leaseExpired = new Map<InstanceId, boolean>();
+  async hostLeaseExpired(id: InstanceId): Promise<boolean | null> {
+    return this.leaseExpired.get(id) ?? null;
+  }
 }
 
 export class FakeBackups implements BackupRecords {

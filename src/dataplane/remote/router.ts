@@ -1,6 +1,6 @@
 import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../dataplane.js';
 import type { InstanceId } from '../../lib/ids.js';
-import { PermanentError } from '../../lib/failure.js';
+import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
 
 /**
  * The data plane the machines see when instances live on many hosts (docs/HOSTS.md): each
@@ -9,13 +9,28 @@ import { PermanentError } from '../../lib/failure.js';
  * its host up; those over the backup store run where the store is mounted, on the local driver.
  */
 
+/** How recently each host was heard from: the latest heartbeat's age, undefined if none yet. */
+export interface HostReachability {
+  silentMs(hostId: string): number | undefined;
+  /** A host silent longer than this is unreachable: operations there fail at once instead of waiting out their bounds. */
+  readonly unreachableAfterMs: number;
+}
+
 export class HostRouter implements DataPlane {
   constructor(
     private readonly local: DataPlane,
     private readonly directory: HostDirectory,
     /** One client per remote host, kept by the caller (connections are reused). */
-    private readonly remote: (host: HostTarget) => DataPlane,
+    private readonly remoteClient: (host: HostTarget) => DataPlane,
+    private readonly reachability: HostReachability,
   ) {}
+
+  /** The client for a remote host that has been heard from lately. */
+  private remote(host: HostTarget): DataPlane {
+    const silentMs = this.reachability.silentMs(host.hostId);
+    if (silentMs === undefined || silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs ?? null);
+    return this.remoteClient(host);
+  }
 
   versions(): readonly number[] {
     return this.local.versions();
