@@ -198,7 +198,12 @@ async function build(tag: string, names: NetworkNames, hostCount: number): Promi
       linkOf(host);
       return runBounded('ip', ['netns', 'exec', host.namespace, command, ...args], timeoutMs);
     },
-    remove: () => (removed ??= removeNamespaces(tag, names.namespaces)),
+    remove: () => {
+      removed ??= removeNamespaces(tag, names.namespaces);
+      // A removal that failed (an `ip` call timed out) is tried afresh by the next call.
+      removed.catch(() => (removed = undefined));
+      return removed;
+    },
   };
 }
 
