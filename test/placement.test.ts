@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { type PlacementHost, type PlacementRequest, type PlacementResult, placeInstances } from '../src/machines/placement.js';
+import { type PlacementHost, type PlacementRequest, type PlacementResult, placeInstances } from '../src/lib/placement.js';
 
 /** Placement of a cluster's instances on hosts: properties over random fleets, checked against a brute-force search. */
 

@@ -1,4 +1,4 @@
-import { assert } from '../lib/assert.js';
+import { assert } from './assert.js';
 
 /**
  * Which hosts new instances of a cluster go on (docs/HOSTS.md, "Placement"). Pure: the caller
