@@ -87,6 +87,11 @@ export interface HostSettings {
    * pg_hba lets them in, besides the cluster's own hosts.
    */
   readonly controlAddresses: readonly string[];
+  /**
+   * The control plane's own machine is a host for instances (one machine, the default); false: a
+   * control plane that runs no databases, every instance on an agent's host.
+   */
+  readonly localHost: boolean;
 }
 
 /** Bounds of the host settings, shared by config and docs. */
@@ -251,6 +256,7 @@ export function loadConfig(env: Env = process.env): Config {
       clockMarginMs: integer(env, 'CELLAR_HOST_CLOCK_MARGIN_MS', 250, 0, 60_000, problems),
       joinTokenTtlMs: integer(env, 'CELLAR_HOST_JOIN_TOKEN_TTL_MS', 3_600_000, 60_000, 7 * 24 * 3_600_000, problems),
       controlAddresses: addressList(env, 'CELLAR_CONTROL_ADDRESSES', ['127.0.0.1'], problems),
+      localHost: boolean(env, 'CELLAR_LOCAL_HOST', true, problems),
     },
   };
   if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {

@@ -60,7 +60,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
-    await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir));
+    if (config.hosts.localHost) await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir));
     await ensureSingletonMachines(pool);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet, { silentMs: () => undefined, unreachableAfterMs: config.hosts.leaseMs });
