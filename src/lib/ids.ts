@@ -8,6 +8,7 @@ export const idPrefixes = {
   instance: 'in',
   machine: 'ma',
   backup: 'bk',
+  host: 'ho',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;
@@ -17,6 +18,7 @@ export type ClusterId = Id<'cluster'>;
 export type InstanceId = Id<'instance'>;
 export type MachineId = Id<'machine'>;
 export type BackupId = Id<'backup'>;
+export type HostId = Id<'host'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
 const idRandomChars = 12;
