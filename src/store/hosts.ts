@@ -45,6 +45,12 @@ export interface HostRecord extends NewHost {
   readonly used: { readonly instances: number; readonly memoryMb: number; readonly diskGb: number };
 }
 
+/** A join token's secret (shown once) and when it expires. */
+export interface JoinSecret {
+  readonly secret: string;
+  readonly expiresAt: Date;
+}
+
 export type JoinRefusal = 'unknown' | 'used' | 'expired' | 'removed';
 
 export type JoinOutcome<C> = { readonly host: HostRecord; readonly issued: C } | { readonly refused: JoinRefusal };
@@ -134,18 +140,20 @@ export class HostStore {
   ) {}
 
   /** The host row, its first join token and its machine, in one transaction; a taken name or address is a 409. */
-  async createHost(host: NewHost, joinTokenTtlMs: number): Promise<{ host: HostRecord; secret: string }> {
+  async createHost(host: NewHost, joinTokenTtlMs: number): Promise<{ host: HostRecord; token: JoinSecret }> {
     const id = newId('host');
     const secret = newSecret();
+    let expiresAt: Date;
     try {
-      await inTransaction(this.db, async (client) => {
+      expiresAt = await inTransaction(this.db, async (client) => {
         await client.query(
           `insert into hosts (id, name, address, agent_port, zone, memory_mb, disk_gb, slots)
            values ($1, $2, $3, $4, $5, $6, $7, $8)`,
           [id, host.name, host.address, host.agentPort, host.zone, host.memoryMb, host.diskGb, host.slots],
         );
-        await insertToken(client, id, secret, joinTokenTtlMs);
+        const expires = await insertToken(client, id, secret, joinTokenTtlMs);
         await insertMachine(client, newMachine(this.hostMachine, id, null));
+        return expires;
       });
     } catch (error) {
       if (isUniqueViolation(error, 'hosts_name')) throw new CellarError('CELLAR_E_CONFLICT', `name: a host named "${host.name}" is already in the cell`, 'name');
@@ -154,7 +162,7 @@ export class HostStore {
     }
     const created = await this.hostById(id);
     assert(created !== null, `host ${id} is missing right after it was created`);
-    return { host: created, secret };
+    return { host: created, token: { secret, expiresAt } };
   }
 
   /** Hosts not removed, by name. */
@@ -181,16 +189,14 @@ export class HostStore {
    * A fresh join token for a host that has not joined yet; the earlier one stops working. Null
    * when the host has joined or is removed (the caller says which).
    */
-  async replaceJoinToken(hostId: HostId, joinTokenTtlMs: number): Promise<string | null> {
+  async replaceJoinToken(hostId: HostId, joinTokenTtlMs: number): Promise<JoinSecret | null> {
     const secret = newSecret();
-    const replaced = await inTransaction(this.db, async (client) => {
+    return inTransaction(this.db, async (client) => {
       const host = await client.query('select 1 from hosts where id = $1 and joined_at is null and removed_at is null for update', [hostId]);
-      if (host.rowCount !== 1) return false;
+      if (host.rowCount !== 1) return null;
       await client.query('delete from host_join_tokens where host_id = $1', [hostId]);
-      await insertToken(client, hostId, secret, joinTokenTtlMs);
-      return true;
+      return { secret, expiresAt: await insertToken(client, hostId, secret, joinTokenTtlMs) };
     });
-    return replaced ? secret : null;
   }
 
   /**
@@ -311,12 +317,17 @@ export class HostStore {
   }
 }
 
-async function insertToken(client: Queryable, hostId: string, secret: string, ttlMs: number): Promise<void> {
-  await client.query(
+/** Returns when the token expires, on the store's clock. */
+async function insertToken(client: Queryable, hostId: string, secret: string, ttlMs: number): Promise<Date> {
+  const result = await client.query<{ expires_at: Date }>(
     `insert into host_join_tokens (host_id, secret_hash, expires_at)
-     values ($1, $2, clock_timestamp() + make_interval(secs => $3::double precision / 1000))`,
+     values ($1, $2, clock_timestamp() + make_interval(secs => $3::double precision / 1000))
+     returning expires_at`,
     [hostId, hashSecret(secret), ttlMs],
   );
+  const row = result.rows[0];
+  assert(row !== undefined, `the join token of host ${hostId} was not inserted`);
+  return row.expires_at;
 }
 
 export async function recordCertificate(db: Queryable, hostId: string, certificate: IssuedCertificate): Promise<void> {

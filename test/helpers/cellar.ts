@@ -68,6 +68,9 @@ export class TestCellar {
       CELLAR_PROXY_PORT: String(await freePort()),
       CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
       CELLAR_PROXY_RO_PORT: String(await freePort()),
+      // Agents of tests reach the control plane on loopback; its own port so Cellars run side by side.
+      CELLAR_AGENT_LISTEN_HOST: '127.0.0.1',
+      CELLAR_AGENT_LISTEN_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',
       // Scheduled backups (and their restore checks) would load every test; backup tests turn them on.
