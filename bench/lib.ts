@@ -368,6 +368,8 @@ export class BenchCellar {
       CELLAR_PROXY_PORT: String(await freePort()),
       CELLAR_PROXY_ADMIN_PORT: String(await freePort()),
       CELLAR_PROXY_RO_PORT: String(await freePort()),
+      CELLAR_AGENT_LISTEN_HOST: '127.0.0.1',
+      CELLAR_AGENT_LISTEN_PORT: String(await freePort()),
       CELLAR_PORT_RANGE: `${portLow}-${portLow + portRangeSize - 1}`,
       // info: the data plane logs each create/start step with its duration, used in the breakdown.
       CELLAR_LOG_LEVEL: 'info',

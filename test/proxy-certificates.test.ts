@@ -16,7 +16,8 @@ import { testPort } from './helpers/ports.js';
 const portAttemptsMax = 5;
 import { type RunningProxy, routesSnapshotFile, startProxy } from '../src/proxy/main.js';
 import { metricsTokenFileName } from '../src/proxy/metrics.js';
-import { dayMs, ensureCellCa, hostValidityDays, issueProxyCertificate } from '../src/proxy/tls.js';
+import { dayMs, ensureCellCa, hostValidityDays } from '../src/pki/ca.js';
+import { issueProxyCertificate } from '../src/proxy/tls.js';
 import { TestCellar } from './helpers/cellar.js';
 import { postgresTool } from './helpers/tools.js';
 

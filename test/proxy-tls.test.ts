@@ -8,19 +8,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
-import {
-  ProxyCertificate,
-  type ProxyCertificateOptions,
-  assertHostName,
-  dayMs,
-  ensureCellCa,
-  ensureProxyCertificate,
-  hostValidityDays,
-  issueProxyCertificate,
-  proxyCertificatePaths,
-  type CertificateAuthorityPaths,
-  type KeyPair,
-} from '../src/proxy/tls.js';
+import { type CertificateAuthorityPaths, type KeyPair, assertHostName, dayMs, ensureCellCa, hostValidityDays } from '../src/pki/ca.js';
+import { ProxyCertificate, type ProxyCertificateOptions, ensureProxyCertificate, issueProxyCertificate, proxyCertificatePaths } from '../src/proxy/tls.js';
 
 const execFileAsync = promisify(execFile);
 const connectTimeoutMs = 5_000;

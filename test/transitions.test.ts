@@ -11,6 +11,7 @@ import { makeLogger } from '../src/lib/log.js';
 import { backupMachine } from '../src/machines/backup.js';
 import { backupScheduleMachine } from '../src/machines/backup-schedule.js';
 import { clusterMachine } from '../src/machines/cluster.js';
+import { hostMachine } from '../src/machines/host.js';
 import { instanceMachine } from '../src/machines/instance.js';
 import { warmPoolMachine } from '../src/machines/warmpool.js';
 import { requestDestroy } from '../src/store/machine-store.js';
@@ -26,7 +27,7 @@ async function sourceFiles(dir: string): Promise<string[]> {
 
 describe('one way to make a machine, one way to change its label', () => {
   test('newMachine takes kind, initial label and lane from the definition, for every kind', () => {
-    for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine, warmPoolMachine]) {
+    for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine, warmPoolMachine, hostMachine]) {
       const row = newMachine(definition, 'entity-1', null);
       assert.deepEqual([row.kind, row.label, row.lane], [definition.kind, definition.initial, definition.lane(definition.initial as never)], definition.kind);
     }

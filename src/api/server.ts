@@ -29,6 +29,7 @@ import { registerBackupRoutes } from './backups.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
+import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerHealth } from './health.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
@@ -45,6 +46,8 @@ export interface ApiOptions {
   readonly embeddedStore?: boolean;
   /** How long a deleted cluster's backups are kept: shown as each one's purge time. */
   readonly deletedBackupRetentionMs: number;
+  /** The hosts routes (docs/HOSTS.md); absent: none. */
+  readonly hosts?: HostsApiOptions;
 }
 
 declare module 'fastify' {
@@ -329,6 +332,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
   registerTokenRoutes(app, pool, ownerOf);
+  if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

@@ -4,6 +4,7 @@ import { ApiClient, ApiError, resolveCredentials } from './client.js';
 import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
 import { registerHostCommands } from './host.js';
+import { registerHostsCommands } from './hosts.js';
 import { registerTokenCommands } from './tokens.js';
 import { type Output, formatTable, makeOutput } from './output.js';
 
@@ -38,6 +39,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerClusterCommands(program, connect);
   registerBackupCommands(program, connect);
   registerTokenCommands(program, connect);
+  registerHostsCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

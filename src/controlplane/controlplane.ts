@@ -2,6 +2,7 @@ import { statfs } from 'node:fs/promises';
 import { hostname, totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import type { AgentListener } from '../api/agent-listener.js';
 import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
 import type { DataPlane, HostTarget } from '../dataplane/dataplane.js';
@@ -18,6 +19,7 @@ import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defa
 import { backupMachine } from '../machines/backup.js';
 import { backupScheduleEntity, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
+import { hostMachine } from '../machines/host.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
 import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines/warmpool.js';
@@ -28,6 +30,7 @@ import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
+import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
 import { checkStartPaths } from './preflight.js';
 import { StoreSupervisor } from './store-supervisor.js';
@@ -56,6 +59,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   const pool = openPool(storeUrl);
   let engine: Engine | null = null;
   let api: FastifyInstance | null = null;
+  let agentListener: AgentListener | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
@@ -66,11 +70,13 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet, { silentMs: () => undefined, unreachableAfterMs: config.hosts.leaseMs });
     engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
-    api = options.api ? await startApi(config, log, pool, dataPlane, engine) : null;
+    const agentSide = options.api ? await prepareAgentSide(config, log, pool) : null;
+    api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide) : null;
+    agentListener = (await agentSide?.listen()) ?? null;
     engine?.start();
     const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
     const credentials = apiUrl === null ? null : await ensureCredentials(pool, config.home, apiUrl);
-    const running = { api, engine };
+    const running = { api, engine, agentListener };
     return {
       storeUrl,
       apiUrl,
@@ -78,6 +84,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
       engine,
       async stop() {
         await supervisor?.stop();
+        await running.agentListener?.close();
         await running.api?.close();
         await running.engine?.stop();
         await pool.end();
@@ -85,6 +92,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     };
   } catch (error) {
     await supervisor?.stop();
+    await agentListener?.close();
     await api?.close();
     await engine?.stop();
     await pool.end();
@@ -146,6 +154,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(backupMachine, ports),
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
+      register(hostMachine, {}),
     ],
     clock: systemClock,
     random: systemRandom,
@@ -156,7 +165,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   return engine;
 }
 
-async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null): Promise<FastifyInstance> {
+async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null, agentSide: AgentSide | null): Promise<FastifyInstance> {
   const api = await buildApi({
     pool,
     log,
@@ -165,6 +174,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
     embeddedStore: config.storeUrl === null,
     deletedBackupRetentionMs: config.backups.deletedRetentionMs,
+    ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });

@@ -19,6 +19,32 @@ export const controlCommonName = 'cellar-control';
 
 /** `cellar-join.<hostId>.<secret>.<caSha256 hex>`. */
 export const joinTokenPrefix = 'cellar-join';
+/** Far above a real token (about 130 characters); a longer string is not one. */
+export const joinTokenLengthMax = 256;
+
+export interface JoinTokenParts {
+  readonly hostId: string;
+  readonly secret: string;
+  /** SHA-256 of the cell CA certificate's DER, lower-case hex: the agent trusts only that CA. */
+  readonly caSha256: string;
+}
+
+export function formatJoinToken(parts: JoinTokenParts): string {
+  return [joinTokenPrefix, parts.hostId, parts.secret, parts.caSha256].join('.');
+}
+
+/** The token's parts, or what is wrong with it (a sentence naming the part). */
+export function parseJoinToken(token: string): JoinTokenParts | { readonly problem: string } {
+  if (token.length > joinTokenLengthMax) return { problem: `the join token is ${token.length} characters long, more than ${joinTokenLengthMax}` };
+  const parts = token.trim().split('.');
+  const shape = `${joinTokenPrefix}.<hostId>.<secret>.<CA sha256>`;
+  if (parts.length !== 4 || parts[0] !== joinTokenPrefix) return { problem: `the join token must look like ${shape} (as \`cellar hosts add\` printed it)` };
+  const [, hostId = '', secret = '', caSha256 = ''] = parts;
+  if (!/^[a-z]{1,8}_[a-z0-9]{1,40}$/.test(hostId)) return { problem: `the join token's host id "${hostId}" is not a host id` };
+  if (!/^[A-Za-z0-9_-]{16,128}$/.test(secret)) return { problem: "the join token's secret is not 16-128 base64url characters" };
+  if (!/^[0-9a-f]{64}$/.test(caSha256)) return { problem: "the join token's CA fingerprint is not 64 lower-case hex digits" };
+  return { hostId, secret, caSha256 };
+}
 
 export interface JoinRequest {
   readonly token: string;

@@ -6,6 +6,8 @@ export const errorCatalogue = {
   CELLAR_E_INVALID: { status: 400, summary: 'A request field is missing, malformed or out of its limits.' },
   CELLAR_E_NAME_TAKEN: { status: 400, summary: 'A cluster with this name already exists in the organisation.' },
   CELLAR_E_UNAUTHENTICATED: { status: 401, summary: 'No bearer token, or one that is not known, revoked or expired (the message says which).' },
+  CELLAR_E_JOIN_TOKEN: { status: 401, summary: 'The join token is malformed, unknown, expired, already used or not for this cell; nothing was issued.' },
+  CELLAR_E_AGENT_UNAUTHENTICATED: { status: 401, summary: 'The agent listener needs a client certificate of the cell CA, recorded, not revoked, of a host not removed, matching the hostId sent.' },
   CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
   CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },

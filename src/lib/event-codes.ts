@@ -77,6 +77,10 @@ export const eventCodes = {
   backup_verification_failed: 'the backup did not restore or did not check',
   backup_schedule_ran: 'the schedule started backups, deleted expired ones or purged deleted clusters',
 
+  // Hosts (docs/HOSTS.md).
+  host_joined: "the host's agent joined with its token and received its certificate",
+  host_removed: "the host was removed: its certificates are revoked and its name and address are free",
+
   // The warm pool.
   adopted_from_warm_pool: 'a create was answered with a ready warm cluster',
 } as const;

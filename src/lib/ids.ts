@@ -8,7 +8,7 @@ export const idPrefixes = {
   instance: 'in',
   machine: 'ma',
   backup: 'bk',
-  host: 'host',
+  host: 'ho',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;

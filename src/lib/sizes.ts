@@ -7,6 +7,9 @@ export const sizes = {
 } as const satisfies Record<string, Record<string, string>>;
 
 export type SizeName = keyof typeof sizes;
+
+/** The memory an instance of each size is counted as using on its host (placement, `hosts list`). */
+export const instanceMemoryMb: Readonly<Record<SizeName, number>> = { micro: 256, small: 1024, medium: 4096, large: 16384 };
 export const sizeNames = Object.keys(sizes) as SizeName[];
 export const defaultSize: SizeName = 'small';
 

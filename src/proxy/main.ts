@@ -12,7 +12,8 @@ import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
 import { ProxyServer } from './server.js';
-import { ProxyCertificate, dayMs, ensureCellCa } from './tls.js';
+import { dayMs, ensureCellCa } from '../pki/ca.js';
+import { ProxyCertificate } from './tls.js';
 
 /** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
 const proxyStorePoolSize = 3;

@@ -57,6 +57,8 @@ export class TestCellar {
       CELLAR_PROXY_PORT: String(proxyPort),
       CELLAR_PROXY_ADMIN_PORT: String(proxyAdminPort),
       CELLAR_PROXY_RO_PORT: String(proxyReadOnlyPort),
+      // Agents of tests reach the control plane on loopback unless a test says otherwise.
+      CELLAR_AGENT_LISTEN_HOST: '127.0.0.1',
       CELLAR_AGENT_LISTEN_PORT: String(agentListenPort),
       CELLAR_PORT_RANGE: `${portLow}-${portHigh}`,
       CELLAR_LOG_LEVEL: 'warn',

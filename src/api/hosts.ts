@@ -1,0 +1,239 @@
+import { isIP } from 'node:net';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { formatJoinToken } from '../dataplane/agent-protocol.js';
+import { CellarError, invalid } from '../lib/errors.js';
+import type { HostRecord, HostStore, JoinSecret } from '../store/hosts.js';
+import type { TokenOwner } from '../store/tenancy.js';
+
+/**
+ * The cell's hosts (docs/HOSTS.md, "Joining and trust"), admin only: add one (its join token is
+ * shown once), list, show, remove (revokes its certificates), and a fresh token for a host that
+ * has not joined yet.
+ */
+
+export const hostNameLengthMax = 40;
+export const zoneLengthMax = 40;
+/** The longest IPv6 literal (with an embedded IPv4) is 45 characters. */
+export const addressLengthMax = 45;
+export const memoryMbMin = 256;
+export const memoryMbMax = 4_194_304;
+export const diskGbMin = 1;
+export const diskGbMax = 1_048_576;
+export const slotsMin = 1;
+export const slotsMax = 1_000;
+export const defaultZone = 'default';
+export const defaultMemoryMb = 8_192;
+export const defaultDiskGb = 100;
+export const defaultSlots = 16;
+/** Where the printed agent command puts the agent's data, as a suggestion. */
+const suggestedAgentDataDir = '/var/lib/cellar-agent';
+
+const dnsLabel = '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$';
+
+const fieldMessages = {
+  name: `name must be a DNS label of 1-${hostNameLengthMax} characters: a-z, 0-9 and '-', starting and ending with a letter or digit`,
+  address: `address must be an IPv4 or IPv6 literal of at most ${addressLengthMax} characters, not 0.0.0.0 or ::`,
+  zone: `zone must be a DNS label of 1-${zoneLengthMax} characters: a-z, 0-9 and '-', starting and ending with a letter or digit`,
+  memoryMb: `memoryMb must be an integer from ${memoryMbMin} to ${memoryMbMax}`,
+  diskGb: `diskGb must be an integer from ${diskGbMin} to ${diskGbMax}`,
+  slots: `slots must be an integer from ${slotsMin} to ${slotsMax}`,
+  force: 'force must be true or false',
+} as const;
+
+export interface HostView {
+  id: string;
+  name: string;
+  address: string;
+  agentPort: number;
+  zone: string;
+  /** The host machine's label: joining, active, removed. */
+  state: string;
+  local: boolean;
+  capacity: { memoryMb: number; diskGb: number; slots: number };
+  used: { instances: number; memoryMb: number; diskGb: number };
+  /** Since the agent's last lease renewal, on the store's clock; null: never renewed. */
+  leaseAgeMs: number | null;
+  createdAt: string;
+  joinedAt: string | null;
+  removedAt: string | null;
+}
+
+export interface HostWithJoinToken {
+  host: HostView;
+  /** Shown once: the store keeps only its secret's hash. */
+  joinToken: string;
+  joinTokenExpiresAt: string;
+  /** The agent listener as this control plane believes agents reach it. */
+  controlUrl: string;
+  /** What to run on the host, as root. */
+  agentCommand: string;
+}
+
+export interface HostsApiOptions {
+  readonly store: HostStore;
+  readonly joinTokenTtlMs: number;
+  readonly agentPort: number;
+  /** SHA-256 of the cell CA certificate's DER (hex): every join token pins it. */
+  readonly caSha256: string;
+  readonly controlUrl: string;
+}
+
+const hostViewSchema = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    address: { type: 'string' },
+    agentPort: { type: 'integer' },
+    zone: { type: 'string' },
+    state: { type: 'string', description: 'joining, active or removed' },
+    local: { type: 'boolean', description: "the control plane's own machine" },
+    capacity: { type: 'object', properties: { memoryMb: { type: 'integer' }, diskGb: { type: 'integer' }, slots: { type: 'integer' } } },
+    used: { type: 'object', properties: { instances: { type: 'integer' }, memoryMb: { type: 'integer' }, diskGb: { type: 'integer' } } },
+    leaseAgeMs: { type: ['integer', 'null'], description: "since the agent's last lease renewal; null: never renewed" },
+    createdAt: { type: 'string' },
+    joinedAt: { type: ['string', 'null'] },
+    removedAt: { type: ['string', 'null'] },
+  },
+} as const;
+
+const joinTokenSchema = {
+  type: 'object',
+  properties: {
+    host: hostViewSchema,
+    joinToken: { type: 'string', description: 'shown once; works once, until joinTokenExpiresAt' },
+    joinTokenExpiresAt: { type: 'string' },
+    controlUrl: { type: 'string' },
+    agentCommand: { type: 'string' },
+  },
+} as const;
+
+const createBody = {
+  type: 'object',
+  required: ['name', 'address'],
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: hostNameLengthMax, pattern: dnsLabel },
+    address: { type: 'string', minLength: 1, maxLength: addressLengthMax, description: 'IPv4 or IPv6 literal the agent and instances listen on' },
+    zone: { type: 'string', minLength: 1, maxLength: zoneLengthMax, pattern: dnsLabel, default: defaultZone },
+    memoryMb: { type: 'integer', minimum: memoryMbMin, maximum: memoryMbMax, default: defaultMemoryMb },
+    diskGb: { type: 'integer', minimum: diskGbMin, maximum: diskGbMax, default: defaultDiskGb },
+    slots: { type: 'integer', minimum: slotsMin, maximum: slotsMax, default: defaultSlots, description: 'instances the host may run' },
+  },
+} as const;
+
+const nameParams = { type: 'object', properties: { name: { type: 'string', maxLength: hostNameLengthMax } } } as const;
+const forceQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { force: { type: 'string', enum: ['true', 'false'], description: 'remove even with live instances (a host lost for good; they are replaced)' } },
+} as const;
+const errorRef = { $ref: 'cellarError#' } as const;
+
+/** The address as one spelling: IPv6 in its canonical compressed lower-case form, so one host cannot be added twice. */
+export function normalizeAddress(address: string): string {
+  const version = isIP(address);
+  if (version === 0) throw invalid('address', fieldMessages.address);
+  const canonical = version === 6 ? new URL(`http://[${address}]/`).hostname.slice(1, -1) : address;
+  if (canonical === '0.0.0.0' || canonical === '::') throw invalid('address', fieldMessages.address);
+  return canonical;
+}
+
+export function hostView(host: HostRecord): HostView {
+  return {
+    id: host.id,
+    name: host.name,
+    address: host.address,
+    agentPort: host.agentPort,
+    zone: host.zone,
+    state: host.label,
+    local: host.local,
+    capacity: { memoryMb: host.memoryMb, diskGb: host.diskGb, slots: host.slots },
+    used: host.used,
+    leaseAgeMs: host.leaseAgeMs,
+    createdAt: host.createdAt.toISOString(),
+    joinedAt: host.joinedAt?.toISOString() ?? null,
+    removedAt: host.removedAt?.toISOString() ?? null,
+  };
+}
+
+export function registerHostRoutes(app: FastifyInstance, options: HostsApiOptions, ownerOf: (request: FastifyRequest) => TokenOwner): void {
+  const { store } = options;
+
+  function requireAdmin(request: FastifyRequest): void {
+    if (!ownerOf(request).admin) throw new CellarError('CELLAR_E_FORBIDDEN', 'hosts are the cell operator\'s: this needs an admin token');
+  }
+
+  async function liveHost(name: string): Promise<HostRecord> {
+    const host = await store.hostByName(name);
+    if (host === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no host named "${name}"`, 'name');
+    return host;
+  }
+
+  function withToken(host: HostRecord, token: JoinSecret): HostWithJoinToken {
+    const joinToken = formatJoinToken({ hostId: host.id, secret: token.secret, caSha256: options.caSha256 });
+    return {
+      host: hostView(host),
+      joinToken,
+      joinTokenExpiresAt: token.expiresAt.toISOString(),
+      controlUrl: options.controlUrl,
+      agentCommand: `cellar agent --join ${joinToken} --control ${options.controlUrl} --data ${suggestedAgentDataDir}`,
+    };
+  }
+
+  app.post<{ Body: { name: string; address: string; zone: string; memoryMb: number; diskGb: number; slots: number } }>(
+    '/v1/hosts',
+    { config: { fieldMessages }, schema: { summary: 'Add a host; its one-time join token is in the answer (admin)', body: createBody, response: { 201: joinTokenSchema, 400: errorRef, 409: errorRef } } },
+    async (request, reply) => {
+      requireAdmin(request);
+      const body = request.body;
+      const address = normalizeAddress(body.address);
+      const created = await store.createHost(
+        { name: body.name, address, zone: body.zone, memoryMb: body.memoryMb, diskGb: body.diskGb, slots: body.slots, agentPort: options.agentPort },
+        options.joinTokenTtlMs,
+      );
+      return reply.status(201).send(withToken(created.host, created.token));
+    },
+  );
+
+  app.get('/v1/hosts', { schema: { summary: "The cell's hosts with what they hold (admin)", response: { 200: { type: 'object', properties: { hosts: { type: 'array', items: hostViewSchema } } } } } }, async (request) => {
+    requireAdmin(request);
+    return { hosts: (await store.hosts()).map(hostView) };
+  });
+
+  app.get<{ Params: { name: string } }>(
+    '/v1/hosts/:name',
+    { config: { fieldMessages }, schema: { summary: 'Show a host (admin)', params: nameParams, response: { 200: hostViewSchema, 404: errorRef } } },
+    async (request) => {
+      requireAdmin(request);
+      return hostView(await liveHost(request.params.name));
+    },
+  );
+
+  app.delete<{ Params: { name: string }; Querystring: { force?: 'true' | 'false' } }>(
+    '/v1/hosts/:name',
+    {
+      config: { fieldMessages },
+      schema: { summary: 'Remove a host: its certificates are revoked (admin); refused while instances live there unless force', params: nameParams, querystring: forceQuery, response: { 200: hostViewSchema, 404: errorRef, 409: errorRef } },
+    },
+    async (request) => {
+      requireAdmin(request);
+      const host = await liveHost(request.params.name);
+      await store.markHostRemoved(host.id, request.query.force === 'true');
+      const removed = await store.hostById(host.id);
+      return hostView(removed ?? host);
+    },
+  );
+
+  app.post<{ Params: { name: string } }>(
+    '/v1/hosts/:name/token',
+    { config: { fieldMessages }, schema: { summary: 'A fresh join token for a host that has not joined yet; the earlier one stops working (admin)', params: nameParams, response: { 201: joinTokenSchema, 404: errorRef, 409: errorRef } } },
+    async (request, reply) => {
+      requireAdmin(request);
+      const host = await liveHost(request.params.name);
+      const token = await store.replaceJoinToken(host.id, options.joinTokenTtlMs);
+      if (token === null) throw new CellarError('CELLAR_E_CONFLICT', `host "${host.name}" has joined already: a join token is only for a host that has not`, 'name');
+      return reply.status(201).send(withToken(host, token));
+    },
+  );
+}
