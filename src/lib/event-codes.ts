@@ -57,6 +57,7 @@ export const eventCodes = {
   not_ready_in_time: 'the server did not become ready within its bound',
   exited_before_ready: 'the server exited before it was ready; it is started again',
   fenced_not_started: 'a fenced old primary is never started as a primary',
+  instance_placed: 'the instance was put on a host (which, its zone, and why that one)',
   instance_lost: 'the server is gone or cannot be queried',
   host_unreachable: 'the instance\'s host sent no heartbeat for longer than its lease',
   waiting_for_host: 'the instance\'s host is unreachable: it waits (bounded) for the host to come back',

@@ -9,7 +9,8 @@ export const hostLabels = ['joining', 'active', 'removed'] as const;
 export type HostLabel = (typeof hostLabels)[number];
 export type HostData = Record<string, unknown>;
 
-export const hostKind = 'host';
+export { hostKind } from './ports.js';
+import { hostKind } from './ports.js';
 /** Raised by the agent listener when the host's agent joined. */
 export const joinedSignal = 'joined';
 /** Raised by `hosts remove` (the store has already revoked the certificates and marked the row removed). */

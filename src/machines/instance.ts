@@ -122,8 +122,11 @@ const destroyRequested = (context: Context): boolean => context.signals.has('des
 
 async function start(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
-  const port = await context.ports.store.allocatePort(context.machine.entityId as InstanceId);
-  return hop('create', { reason: `port ${port} allocated`, code: 'port_allocated' });
+  const { store } = context.ports;
+  const placed = await store.placeInstance(context.machine.entityId as InstanceId);
+  const port = await store.allocatePort(context.machine.entityId as InstanceId);
+  if (placed.why === null) return hop('create', { reason: `on host ${placed.hostName} (zone ${placed.zone}), port ${port} allocated`, code: 'port_allocated' });
+  return hop('create', { reason: `placed on host ${placed.hostName} (zone ${placed.zone}): ${placed.why}; port ${port}`, code: 'instance_placed' });
 }
 
 async function create(context: Context): Promise<Result> {

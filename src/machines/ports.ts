@@ -22,6 +22,14 @@ export interface ClusterRecord {
   readonly peerAddresses: readonly string[];
 }
 
+export interface PlacedInstance {
+  readonly hostId: string;
+  readonly hostName: string;
+  readonly zone: string;
+  /** Why this host (for the instance_placed event); null when it was placed before. */
+  readonly why: string | null;
+}
+
 export interface InstanceRecord {
   readonly id: InstanceId;
   readonly clusterId: ClusterId;
@@ -46,6 +54,11 @@ export interface MachineStore {
   instance(id: InstanceId): Promise<InstanceRecord | null>;
   /** Creates the instance and its machine; a second call for the same ordinal is a no-op. */
   createInstance(clusterId: ClusterId, ordinal: number, role: Role): Promise<void>;
+  /**
+   * Puts the instance on a host (placement rules, docs/HOSTS.md) the first time; afterwards says
+   * where it is. Nothing with room: a TransientError saying what is missing.
+   */
+  placeInstance(instanceId: InstanceId): Promise<PlacedInstance>;
   /** Returns the instance's port, allocating a free one the first time. */
   allocatePort(instanceId: InstanceId): Promise<number>;
   releasePort(instanceId: InstanceId): Promise<void>;
@@ -148,6 +161,7 @@ export interface MachinePorts {
  * warm pool's port: here, below the store, because the store may not import the machines.
  */
 export const clusterKind = 'cluster';
+export const hostKind = 'host';
 export const warmPoolKind = 'warmPool';
 export const warmPoolEntity = 'cell';
 

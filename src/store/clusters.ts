@@ -7,6 +7,7 @@ import type { ClusterSpec } from '../lib/sizes.js';
 import type { InstanceRecord } from '../machines/ports.js';
 import { liveInstances } from './machine-store.js';
 import { type Pool, inTransaction } from './pool.js';
+import { assertPlaceable } from './placement.js';
 import { freeRouteKey } from './routes.js';
 
 /** Clusters as the API sees them: scoped to an org, with their machine and recent events. */
@@ -84,6 +85,7 @@ export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, org
   for (let attempt = 1; ; attempt += 1) {
     try {
       await inTransaction(db, async (client) => {
+        await assertPlaceable(client, spec);
         const routeKey = pooled ? null : await freeRouteKey(client, name);
         await client.query('insert into clusters (id, org_id, name, spec, secrets, pooled, route_key) values ($1, $2, $3, $4, $5, $6, $7)', [
           id,

@@ -116,7 +116,7 @@ function toRecord(row: HostRow): HostRecord {
 }
 
 /** $1: the host kind; $2: memory per size. The memory and disk an instance uses come from its cluster's spec. */
-const hostSelect = `
+export const hostSelect = `
 select h.id, h.name, h.address, h.agent_port, h.zone, h.memory_mb, h.disk_gb, h.slots, h.local,
        h.created_at, h.joined_at, h.removed_at, m.label,
        extract(epoch from clock_timestamp() - h.lease_renewed_at)::double precision * 1000 as lease_age_ms,

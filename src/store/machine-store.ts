@@ -1,10 +1,11 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
+import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
 import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import { isPortFree } from '../lib/net.js';
-import type { ClusterRecord, InstanceRecord, MachineStore, Role } from '../machines/ports.js';
+import type { ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -69,8 +70,7 @@ async function requestDestroyWith(client: PoolClient, kind: string, entityId: st
 async function createInstanceWith(client: PoolClient, instanceMachine: MachineOrigin, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
   const instanceId = newId('instance');
   const inserted = await client.query<{ id: string }>(
-    `insert into instances (id, cluster_id, ordinal, role, host_id)
-     values ($1, $2, $3, $4, (select id from hosts where local and removed_at is null))
+    `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
      on conflict (cluster_id, ordinal) do nothing returning id`,
     [instanceId, clusterId, ordinal, role],
   );
@@ -157,6 +157,10 @@ export class PgMachineStore implements MachineStore {
     const row = result.rows[0];
     if (row === undefined || row.local) return null;
     return row.expired;
+  }
+
+  placeInstance(instanceId: InstanceId): Promise<PlacedInstance> {
+    return inTransaction(this.db, (client) => placeInstance(client, instanceId));
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import type { BaseBackupInfo, ClusterSecrets } from '../../src/dataplane/dataplane.js';
 import type { Durability } from '../../src/lib/sizes.js';
 import type { BackupId, ClusterId, InstanceId } from '../../src/lib/ids.js';
-import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, Role } from '../../src/machines/ports.js';
+import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role } from '../../src/machines/ports.js';
 
 /**
  * In-memory FAKES of the store ports the machines use (MachineStore, BackupRecords), for the
@@ -95,6 +95,9 @@ export class FakeStore implements MachineStore {
   }
   async failoversWithin(): Promise<number> {
     return this.failovers;
+  }
+  async placeInstance(): Promise<PlacedInstance> {
+    return { hostId: 'ho_local', hostName: 'local', zone: 'default', why: null };
   }
   /** Instances on a remote host and whether its lease has expired; absent: on the local host. */
   readonly leaseExpired = new Map<InstanceId, boolean>();

@@ -1,0 +1,102 @@
+import { CellarError } from '../lib/errors.js';
+import { TransientError } from '../lib/failure.js';
+import { type PlacementHost, type PlacementResult, placeInstances } from '../lib/placement.js';
+import { type ClusterSpec, instanceMemoryMb } from '../lib/sizes.js';
+import { type PlacedInstance, hostKind } from '../machines/ports.js';
+import { hostSelect } from './hosts.js';
+import type { Queryable } from './pool.js';
+
+/**
+ * Placement against the store (docs/HOSTS.md "Placement"): the fleet as it is now, the cluster's
+ * instances already placed, and the pure rules of lib/placement. Every placement takes one
+ * transaction-scoped lock, so two creates at once cannot both take a host's last slot.
+ */
+
+/** pg_advisory_xact_lock key of placement: any constant of the cell, "placement" as ASCII. */
+const placementLockKey = 0x706c6163;
+
+interface PlacementHostRow {
+  id: string;
+  name: string;
+  zone: string;
+  label: string | null;
+  joined_at: Date | null;
+  memory_mb: number;
+  disk_gb: number;
+  slots: number;
+  used_instances: number;
+  used_memory_mb: number;
+  used_disk_gb: number;
+}
+
+/** The live hosts with what their instances take. A host whose agent joined counts as active before its machine's next tick has said so. */
+export async function placementHosts(db: Queryable): Promise<PlacementHost[]> {
+  const result = await db.query<PlacementHostRow>(`${hostSelect} where h.removed_at is null order by h.name`, [hostKind, JSON.stringify(instanceMemoryMb)]);
+  return result.rows.map((row) => ({
+    id: row.id,
+    name: row.name,
+    zone: row.zone,
+    label: row.label === 'joining' && row.joined_at !== null ? 'active' : (row.label ?? 'joining'),
+    memoryMb: row.memory_mb,
+    diskGb: row.disk_gb,
+    slots: row.slots,
+    used: { instances: row.used_instances, memoryMb: row.used_memory_mb, diskGb: row.used_disk_gb },
+  }));
+}
+
+/** A cell with a single host that takes instances puts a cluster's instances together there. */
+function colocates(hosts: readonly PlacementHost[]): boolean {
+  return hosts.filter((host) => host.label === 'active').length <= 1;
+}
+
+async function lockPlacement(db: Queryable): Promise<void> {
+  await db.query('select pg_advisory_xact_lock($1)', [placementLockKey]);
+}
+
+/** Inside the create's transaction: refuses a cluster whose instances cannot all be placed now. */
+export async function assertPlaceable(db: Queryable, spec: ClusterSpec): Promise<void> {
+  await lockPlacement(db);
+  const hosts = await placementHosts(db);
+  const result = placeInstances(hosts, { count: spec.replicas + 1, memoryMb: instanceMemoryMb[spec.size], diskGb: spec.storageGb, usedHostIds: [], usedZones: [], colocate: colocates(hosts) });
+  if (!result.ok) throw new CellarError('CELLAR_E_PLACEMENT', `cannot place the cluster: ${result.missing}`);
+}
+
+
+/**
+ * Places one instance of a cluster on a host, in a transaction of its own; a second call returns
+ * where it already is. When nothing has room it throws a transient error saying what is missing
+ * (hosts may come back or be added).
+ */
+export async function placeInstance(db: Queryable, instanceId: string): Promise<PlacedInstance> {
+  await lockPlacement(db);
+  const found = await db.query<{ cluster_id: string; host_id: string | null; spec: ClusterSpec }>(
+    'select i.cluster_id, i.host_id, c.spec from instances i join clusters c on c.id = i.cluster_id where i.id = $1 for update of i',
+    [instanceId],
+  );
+  const instance = found.rows[0];
+  if (instance === undefined) throw new TransientError(`instance ${instanceId} is not in the store`);
+  const hosts = await placementHosts(db);
+  if (instance.host_id !== null) {
+    const host = hosts.find((candidate) => candidate.id === instance.host_id);
+    return { hostId: instance.host_id, hostName: host?.name ?? instance.host_id, zone: host?.zone ?? '?', why: null };
+  }
+  const siblings = await db.query<{ host_id: string; zone: string }>(
+    `select i.host_id, h.zone from instances i join hosts h on h.id = i.host_id
+      where i.cluster_id = $1 and i.deleted_at is null and i.id <> $2`,
+    [instance.cluster_id, instanceId],
+  );
+  const result: PlacementResult = placeInstances(hosts, {
+    count: 1,
+    memoryMb: instanceMemoryMb[instance.spec.size],
+    diskGb: instance.spec.storageGb,
+    usedHostIds: siblings.rows.map((row) => row.host_id),
+    usedZones: siblings.rows.map((row) => row.zone),
+    colocate: colocates(hosts),
+  });
+  if (!result.ok) throw new TransientError(`cannot place instance ${instanceId}: ${result.missing}`);
+  const [placement] = result.placements;
+  if (placement === undefined) throw new TransientError(`placement of ${instanceId} returned no host`);
+  await db.query('update instances set host_id = $2 where id = $1', [instanceId, placement.hostId]);
+  const host = hosts.find((candidate) => candidate.id === placement.hostId);
+  return { hostId: placement.hostId, hostName: host?.name ?? placement.hostId, zone: placement.zone, why: placement.why };
+}
