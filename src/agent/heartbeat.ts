@@ -11,7 +11,7 @@ import type { InstanceId } from '../lib/ids.js';
 import { instancePaths } from '../postgres/paths.js';
 import { serverPid } from '../postgres/server.js';
 import type { AgentIdentity } from './identity.js';
-import { type FencedPrimary, type Lease, monotonicNowNs, writeLeaseFile } from './lease.js';
+import { type FencedPrimary, type Lease, currentBootId, monotonicNowNs, writeLeaseFile } from './lease.js';
 import { processStartTicks } from './proc.js';
 import type { SpecBook } from './specs.js';
 
@@ -145,7 +145,9 @@ export class Heartbeat {
     this.noteRecovery();
     this.noteLease();
     try {
-      await writeLeaseFile(this.options.dataDir, { expiresAtMonotonicNs: String(this.options.lease.expiresAtMonotonicNs), primaries: await this.primariesToFence(response.instances) });
+      await writeLeaseFile(this.options.dataDir, {
+        bootId: await currentBootId(),
+        expiresAtMonotonicNs: String(this.options.lease.expiresAtMonotonicNs), primaries: await this.primariesToFence(response.instances) });
     } catch (error) {
       // The guard keeps the previous expiry: it fences early rather than late.
       this.options.log.error({ err: error instanceof Error ? error.message : String(error) }, 'could not write the lease file');

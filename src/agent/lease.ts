@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DesiredInstance } from '../dataplane/agent-protocol.js';
 import { readSmallFile, replaceFile } from '../postgres/files.js';
@@ -22,6 +23,11 @@ export interface FencedPrimary {
 }
 
 export interface LeaseFile {
+  /**
+   * The kernel's boot id: CLOCK_MONOTONIC starts again at each boot, so a lease written before a
+   * reboot means nothing after it (it counts as expired).
+   */
+  readonly bootId: string;
   /** Decimal nanoseconds of CLOCK_MONOTONIC (a bigint does not fit a JSON number). */
   readonly expiresAtMonotonicNs: string;
   /** The primaries to fence when it runs out: only those with `fenceOnLeaseLoss`. */
@@ -94,12 +100,26 @@ export async function readLeaseFile(dataDir: string): Promise<LeaseFile | undefi
 export function parseLeaseFile(text: string, path: string): LeaseFile {
   const parsed = JSON.parse(text) as Partial<LeaseFile> | null;
   const expires = parsed?.expiresAtMonotonicNs;
-  if (typeof expires !== 'string' || !/^\d{1,30}$/.test(expires) || !Array.isArray(parsed?.primaries)) {
-    throw new Error(`${path} is not a lease file {expiresAtMonotonicNs, primaries}`);
+  if (typeof expires !== 'string' || !/^\d{1,30}$/.test(expires) || typeof parsed?.bootId !== 'string' || !Array.isArray(parsed.primaries)) {
+    throw new Error(`${path} is not a lease file {bootId, expiresAtMonotonicNs, primaries}`);
   }
   const primaries = parsed.primaries.filter(
     (entry): entry is FencedPrimary =>
       typeof entry?.instanceId === 'string' && Number.isInteger(entry.pid) && entry.pid > 1 && Number.isSafeInteger(entry.startTicks),
   );
-  return { expiresAtMonotonicNs: expires, primaries };
+  return { bootId: parsed.bootId, expiresAtMonotonicNs: expires, primaries };
+}
+
+const bootIdPath = '/proc/sys/kernel/random/boot_id';
+let bootIdCache: string | undefined;
+
+/** This boot's id (a UUID); read once, it cannot change while the process runs. */
+export async function currentBootId(): Promise<string> {
+  bootIdCache ??= (await readFile(bootIdPath, 'utf8')).trim();
+  return bootIdCache;
+}
+
+/** When the lease in the file runs out on this boot's monotonic clock: at once (0n) if written in an earlier boot. */
+export async function leaseFileExpiryNs(file: LeaseFile): Promise<bigint> {
+  return file.bootId === (await currentBootId()) ? BigInt(file.expiresAtMonotonicNs) : 0n;
 }
