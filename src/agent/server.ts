@@ -50,7 +50,7 @@ export function buildAgentServer(options: AgentServerOptions) {
     https: { key: identity.key, cert: identity.certificate, ca: identity.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' },
     bodyLimit: operationBodyBytesMax,
     // Checked as sent: a string where a port goes is the caller's bug, not something to coerce.
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, strictTuples: false } },
     logger: false,
   });
 
