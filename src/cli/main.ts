@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { loadConfig } from '../config.js';
+import { registerAgentCommand } from './agent.js';
 import { ApiClient, ApiError, resolveCredentials } from './client.js';
 import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
@@ -25,6 +26,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
 
   registerHostCommands(program, output);
+  registerAgentCommand(program, output);
   program
     .command('status')
     .description('show whether the control plane answers, and what the cell holds')
