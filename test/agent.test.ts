@@ -16,7 +16,7 @@ import { InvariantError } from '../src/lib/assert.js';
 import { systemClock } from '../src/lib/clock.js';
 import { PermanentError, TransientError } from '../src/lib/failure.js';
 import { newId } from '../src/lib/ids.js';
-import { freePort } from '../src/lib/net.js';
+import { testPort } from './helpers/ports.js';
 import { Binaries } from '../src/postgres/binaries.js';
 import { ClusterUsers } from '../src/postgres/osuser.js';
 import { instancePaths } from '../src/postgres/paths.js';
@@ -128,7 +128,7 @@ function clientWith(pair: TestPair): AgentClient {
 }
 
 async function newSpec(): Promise<InstanceSpec> {
-  const spec: InstanceSpec = { instanceId: newId('instance'), clusterId, port: await freePort(), pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets };
+  const spec: InstanceSpec = { instanceId: newId('instance'), clusterId, host: '127.0.0.1', port: await testPort(), peers: [], pgVersion, settings: { shared_buffers: '16MB', max_connections: '20' }, secrets };
   specs.push(spec);
   return spec;
 }
@@ -185,8 +185,8 @@ before(async () => {
   control = await issueCertificate(ca, 'cellar-control', ['127.0.0.1']);
   hostPair = await issueCertificate(ca, 'host-a', ['127.0.0.1']);
   forged = await issueCertificate(await makeTestCa('Forged CA'), 'cellar-control', ['127.0.0.1']);
-  agentPort = await freePort();
-  const controlPort = await freePort();
+  agentPort = await testPort();
+  const controlPort = await testPort();
   await writeIdentity(dataDir, `https://127.0.0.1:${controlPort}`);
   controlPlane = new FakeControlPlane();
   await controlPlane.listen(control, controlPort);

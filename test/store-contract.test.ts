@@ -11,6 +11,8 @@ import { insertCluster } from '../src/store/clusters.js';
 import { PgMachineStore } from '../src/store/machine-store.js';
 import { createOrg } from '../src/store/tenancy.js';
 import { FakeBackups, FakeStore, clusterId as fakeClusterId } from './helpers/fakes.js';
+import { hostMachine } from '../src/machines/host.js';
+import { ensureLocalHost } from '../src/store/local-host.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
 
 /**
@@ -52,6 +54,8 @@ const implementations: Implementation[] = [
     name: 'Pg stores',
     setUp: async () => {
       realStore = await startTestStore();
+      // Clusters are placed on hosts: the store's one host, as `cellar up` registers it.
+      await ensureLocalHost(realStore.pool, { memoryMb: 1_048_576, diskGb: 1_048_576, slots: 1_000, agentPort: 8435 }, hostMachine);
     },
     tearDown: async () => {
       await realStore?.close();

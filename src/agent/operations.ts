@@ -46,6 +46,10 @@ export class AgentOperations {
       alive: (args) => driver.alive(id(args)),
       stop: (args) => this.stop(id(args), args[1] as 'fast' | 'immediate' | undefined),
       setSynchronousStandbys: (args) => driver.setSynchronousStandbys(spec(args), args[1] as string[]),
+      allowPeers: async (args) => {
+        await specs.record(spec(args));
+        await driver.allowPeers(spec(args));
+      },
       follow: async (args) => {
         await specs.record(spec(args));
         await driver.follow(spec(args), upstream(args));

@@ -27,13 +27,20 @@ const secrets = {
   },
 } as const;
 
+/** An IP literal (checked again by the driver, which writes it into pg_hba). */
+const ipAddress = { type: 'string', minLength: 2, maxLength: 45, pattern: '^[0-9a-fA-F.:]+$' } as const;
+/** A cluster's hosts plus the control plane's addresses. */
+const peersMax = 64;
+
 const spec = {
   type: 'object',
-  required: ['instanceId', 'clusterId', 'port', 'pgVersion', 'settings', 'secrets'],
+  required: ['instanceId', 'clusterId', 'host', 'port', 'peers', 'pgVersion', 'settings', 'secrets'],
   properties: {
     instanceId,
     clusterId,
+    host: ipAddress,
     port,
+    peers: { type: 'array', maxItems: peersMax, items: ipAddress },
     pgVersion,
     settings: { type: 'object', maxProperties: settingsMax, additionalProperties: { type: 'string', maxLength: settingValueCharsMax } },
     secrets,
@@ -64,6 +71,7 @@ const argumentLists: Record<AgentOperation, { readonly required: readonly object
   alive: { required: [instanceId] },
   stop: { required: [instanceId], optional: [{ enum: ['fast', 'immediate'] }] },
   setSynchronousStandbys: { required: [spec, { type: 'array', maxItems: standbysMax, items: instanceId }] },
+  allowPeers: { required: [spec] },
   follow: { required: [spec, upstream] },
   promote: { required: [spec] },
   dropSlot: { required: [upstream, secrets] },

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
 import { makeLogger } from '../lib/log.js';
+import { CellarError } from '../lib/errors.js';
 import { untilSignal } from '../lib/signals.js';
 import type { Output } from './output.js';
 
@@ -18,10 +19,16 @@ export function registerAgentCommand(program: Command, output: (json: boolean) =
     .option('--control <url>', "the control plane's agent listener, https://HOST:8433 (with --join)")
     .action(async (options: { data: string; backupDir?: string; join?: string; control?: string }) => {
       const out = output(false);
-      if (options.join !== undefined || options.control !== undefined) {
-        throw new Error('joining a cell (--join, --control) is not built in this branch yet; run `cellar agent --data DIR` on a host whose DIR/agent holds its identity');
+      if ((options.join === undefined) !== (options.control === undefined)) {
+        throw new CellarError('CELLAR_E_INVALID', '--join and --control go together: the token from `cellar hosts add` and the URL of the control plane\'s agent listener', options.join === undefined ? 'join' : 'control');
       }
       const config = loadConfig();
+      if (options.join !== undefined && options.control !== undefined) {
+        // Joining writes the identity the agent then runs with; a second join of a data dir is refused.
+        const { joinCell } = await import('../agent/join.js');
+        const identity = await joinCell({ token: options.join, controlUrl: options.control, dataDir: options.data });
+        out.line(`joined the cell as host ${identity.name} (${identity.address}); identity in ${options.data}/agent`);
+      }
       const log = makeLogger(config.logLevel, process.stderr);
       const { runAgent } = await import('../agent/agent.js');
       const agent = await runAgent({ dataDir: options.data, backupDir: options.backupDir ?? null, config, log });

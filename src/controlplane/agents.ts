@@ -1,9 +1,14 @@
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import { type AgentListener, type HeartbeatSink, startAgentListener } from '../api/agent-listener.js';
+import { type AgentListener, startAgentListener } from '../api/agent-listener.js';
 import type { HostsApiOptions } from '../api/hosts.js';
 import type { Config } from '../config.js';
-import { type HeartbeatRequest, controlCommonName } from '../dataplane/agent-protocol.js';
+import { controlCommonName } from '../dataplane/agent-protocol.js';
+import type { HostTarget } from '../dataplane/dataplane.js';
+import { AgentClient } from '../dataplane/remote/agent-client.js';
+import { HeartbeatBook } from '../dataplane/remote/heartbeat-view.js';
+import type { HostReachability, RemoteDataPlane } from '../dataplane/remote/router.js';
+import { systemClock } from '../lib/clock.js';
 import { hostMachine, joinedSignal, removeSignal } from '../machines/host.js';
 import { caCertificatePem, certificateSha256, ensureCellCa } from '../pki/ca.js';
 import { ensureControlCertificate } from '../pki/control.js';
@@ -15,25 +20,22 @@ import type { Pool } from '../store/pool.js';
  * certificate, the hosts routes of the API, and the agent listener.
  */
 
-/** The latest heartbeat of each host, until the router reads them (one entry per host of the cell). */
-export class LatestHeartbeats implements HeartbeatSink {
-  readonly #beats = new Map<string, { readonly beat: HeartbeatRequest; readonly receivedAtMs: number }>();
-
-  record(hostId: string, beat: HeartbeatRequest, receivedAtMs: number): void {
-    this.#beats.set(hostId, { beat, receivedAtMs });
-  }
-
-  latest(hostId: string): { readonly beat: HeartbeatRequest; readonly receivedAtMs: number } | undefined {
-    return this.#beats.get(hostId);
-  }
-}
-
 export interface AgentSide {
   readonly hostsApi: HostsApiOptions;
-  readonly heartbeats: LatestHeartbeats;
+  /** Every host's latest heartbeat: liveness of other hosts' instances and how long each has been silent. */
+  readonly heartbeats: HeartbeatBook;
+  /** The router's view of which hosts are heard from; past the lease a host is unreachable. */
+  readonly reachability: HostReachability;
+  /** The client of one other host, kept (with its connections) while its address and port stay. */
+  clientFor(host: HostTarget): RemoteDataPlane;
   /** Starts the agent listener (after the API, so a busy API port fails first with nothing else running). */
   listen(): Promise<AgentListener>;
+  /** Closes the clients' kept connections. */
+  close(): void;
 }
+
+/** Clients kept at once; a cell with more hosts than this rebuilds the least recent one's client when needed. */
+const agentClientsMax = 1_000;
 
 /** The address agents are told to reach the listener at: the listen host, or this machine's name when it listens on every address. */
 function advertisedHost(listenHost: string): string {
@@ -47,9 +49,37 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
   const caSha256 = certificateSha256(caPem);
   const certificate = await ensureControlCertificate(ca, controlCommonName);
   const store = new HostStore(pool, hostMachine, { joined: joinedSignal, remove: removeSignal });
-  const heartbeats = new LatestHeartbeats();
   const { hosts } = config;
+  // The listener records beats with Date.now(), the system clock's reading; the book judges silence on it.
+  const heartbeats = new HeartbeatBook(hosts.heartbeatMs, systemClock);
+  const tls = { key: certificate.key, certificate: certificate.cert, ca: caPem };
+  const clients = new Map<string, { readonly where: string; readonly client: AgentClient }>();
   return {
+    reachability: {
+      silentMs: (hostId) => heartbeats.silentMs(hostId),
+      lastAlive: (hostId, instanceId) => heartbeats.lastAliveOn(hostId, instanceId),
+      unreachableAfterMs: hosts.leaseMs,
+    },
+    clientFor(host) {
+      const where = `${host.address}:${host.agentPort}`;
+      const kept = clients.get(host.hostId);
+      if (kept !== undefined && kept.where === where) return kept.client;
+      kept?.client.close();
+      if (clients.size >= agentClientsMax) {
+        const [oldest] = clients.keys();
+        if (oldest !== undefined) {
+          clients.get(oldest)?.client.close();
+          clients.delete(oldest);
+        }
+      }
+      const client = new AgentClient({ host: { address: host.address, agentPort: host.agentPort }, tls, heartbeats: heartbeats.forHost(host.hostId) });
+      clients.set(host.hostId, { where, client });
+      return client;
+    },
+    close() {
+      for (const { client } of clients.values()) client.close();
+      clients.clear();
+    },
     hostsApi: {
       store,
       joinTokenTtlMs: hosts.joinTokenTtlMs,

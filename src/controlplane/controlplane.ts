@@ -5,10 +5,9 @@ import type { Logger } from 'pino';
 import type { AgentListener } from '../api/agent-listener.js';
 import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
-import type { DataPlane, HostTarget } from '../dataplane/dataplane.js';
+import type { DataPlane } from '../dataplane/dataplane.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { HostRouter } from '../dataplane/remote/router.js';
-import { PermanentError } from '../lib/failure.js';
 import { Engine, register } from '../engine/engine.js';
 import { insertMachine, newMachine } from '../store/machines-table.js';
 import type { Lane } from '../engine/machine.js';
@@ -60,19 +59,21 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let engine: Engine | null = null;
   let api: FastifyInstance | null = null;
   let agentListener: AgentListener | null = null;
+  let agentSide: AgentSide | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
-    if (config.hosts.localHost) await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir));
+    if (config.hosts.localHost) await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
     await ensureSingletonMachines(pool);
+    agentSide = await prepareAgentSide(config, log, pool);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
-    const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), remoteHostsNotYet, { silentMs: () => undefined, unreachableAfterMs: config.hosts.leaseMs });
+    const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
     engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
-    const agentSide = options.api ? await prepareAgentSide(config, log, pool) : null;
     api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide) : null;
-    agentListener = (await agentSide?.listen()) ?? null;
+    // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
+    agentListener = options.api ? await agentSide.listen() : null;
     engine?.start();
     const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
     const credentials = apiUrl === null ? null : await ensureCredentials(pool, config.home, apiUrl);
@@ -87,6 +88,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.agentListener?.close();
         await running.api?.close();
         await running.engine?.stop();
+        agentSide?.close();
         await pool.end();
       },
     };
@@ -95,6 +97,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await agentListener?.close();
     await api?.close();
     await engine?.stop();
+    agentSide?.close();
     await pool.end();
     throw error;
   }
@@ -127,10 +130,6 @@ async function localHostCapacity(config: Config, dataDir: string): Promise<Local
 async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, newMachine(warmPoolMachine, warmPoolEntity, null));
   await insertMachine(pool, newMachine(backupScheduleMachine, backupScheduleEntity, null));
-}
-
-function remoteHostsNotYet(host: HostTarget): DataPlane {
-  throw new PermanentError(`instance on host ${host.hostId} (${host.address}): operations on other hosts need the agent client`);
 }
 
 function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane): Engine {

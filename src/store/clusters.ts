@@ -6,7 +6,7 @@ import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 import type { InstanceRecord } from '../machines/ports.js';
 import { liveInstances } from './machine-store.js';
-import { type Pool, inTransaction } from './pool.js';
+import { type Pool, inTransaction, isUniqueViolation } from './pool.js';
 import { assertPlaceable } from './placement.js';
 import { freeRouteKey } from './routes.js';
 
@@ -110,10 +110,6 @@ export function nameTaken(name: string): CellarError {
   return new CellarError('CELLAR_E_NAME_TAKEN', `name: a cluster named "${name}" already exists in this organisation`, 'name');
 }
 
-export function isUniqueViolation(error: unknown, constraint: string): boolean {
-  const pgError = error as { code?: string; constraint?: string };
-  return pgError.code === '23505' && pgError.constraint === constraint;
-}
 
 async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
   const [instances, events] = await Promise.all([liveInstances(db, row.id), clusterEvents(db, row.id)]);

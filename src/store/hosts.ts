@@ -4,9 +4,8 @@ import { assert } from '../lib/assert.js';
 import { CellarError } from '../lib/errors.js';
 import { type HostId, newId } from '../lib/ids.js';
 import { instanceMemoryMb } from '../lib/sizes.js';
-import { isUniqueViolation } from './clusters.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
-import { type Pool, type Queryable, inTransaction } from './pool.js';
+import { type Pool, type Queryable, inTransaction, isUniqueViolation } from './pool.js';
 
 /**
  * The hosts of the cell (docs/HOSTS.md): their rows, one-time join tokens, certificates and the

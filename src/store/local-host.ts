@@ -1,7 +1,11 @@
 import type { HostDirectory, HostTarget } from '../dataplane/dataplane.js';
 import type { InstanceId } from '../lib/ids.js';
 import { newId } from '../lib/ids.js';
+import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
+
+/** The host machine's signal for "its agent joined" (machines/host.ts). */
+const joinedSignal = 'joined';
 
 /**
  * The control plane's own machine as a host (docs/HOSTS.md): one machine stays the default, so
@@ -19,7 +23,7 @@ export interface LocalHostCapacity {
 }
 
 /** The local host's id, registering it (and adopting instances without a host) the first time. */
-export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity): Promise<string> {
+export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity, hostMachine: MachineOrigin): Promise<string> {
   return inTransaction(db, async (client) => {
     // Two control planes starting at once: the unique index on `local` lets one insert win.
     await client.query(
@@ -32,6 +36,12 @@ export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity): Pr
     const id = found.rows[0]?.id;
     if (id === undefined) throw new Error('the local host is neither registered nor insertable (another host holds its name or address)');
     await client.query('update instances set host_id = $1 where host_id is null', [id]);
+    // Its own machine, joined from the start: nothing has to join the control plane's own machine.
+    const machine = newMachine(hostMachine, id, null);
+    await insertMachine(client, machine);
+    const joined = await client.query<{ id: string; label: string }>('select id, label from machines where kind = $1 and entity_id = $2', [hostMachine.kind, id]);
+    const row = joined.rows[0];
+    if (row !== undefined && row.label === hostMachine.initial) await raiseSignal(client, row.id, joinedSignal);
     return id;
   });
 }

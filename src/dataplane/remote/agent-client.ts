@@ -112,6 +112,11 @@ export class AgentClient implements DataPlane {
     };
   }
 
+  /** A request, for when a heartbeat said the server is gone: it may have been taken before a start. */
+  async aliveNow(instanceId: InstanceId): Promise<boolean> {
+    return (await this.call('alive', [instanceId])) === true;
+  }
+
   /** Not a request: the host's latest heartbeat says, and without a fresh one the host counts as unreachable. */
   async alive(instanceId: InstanceId): Promise<boolean> {
     const alive = this.options.heartbeats.aliveOf(instanceId);
@@ -135,6 +140,10 @@ export class AgentClient implements DataPlane {
     const method = await this.call('rejoin', [spec, upstream]);
     if (method !== 'rewound' && method !== 'cloned') throw new TransientError(`${this.where}: rejoin answered ${JSON.stringify(method)}, not rewound or cloned`);
     return method;
+  }
+
+  async allowPeers(spec: InstanceSpec): Promise<void> {
+    await this.call('allowPeers', [spec]);
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {

@@ -26,10 +26,26 @@ export class HeartbeatBook implements HeartbeatView {
   private readonly beats = new Map<string, ReceivedBeat>();
   private readonly hostOfInstance = new Map<string, string>();
 
+  /** Silence is counted from here for a host not heard from since: a control plane just started has heard no one yet. */
+  private readonly startedAtMs: number;
+
   constructor(
     private readonly heartbeatMs: number,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.startedAtMs = clock.nowMs();
+  }
+
+  /** How long since the host was last heard from (or since this book began, if never). */
+  silentMs(hostId: string): number {
+    return this.clock.nowMs() - (this.beats.get(hostId)?.receivedAtMs ?? this.startedAtMs);
+  }
+
+  /** Whether the instance's postmaster ran at the host's latest beat, however old; undefined if never reported. */
+  lastAliveOn(hostId: string, instanceId: string): boolean | undefined {
+    const received = this.beats.get(hostId);
+    return received === undefined ? undefined : (received.byInstance.get(instanceId)?.alive ?? false);
+  }
 
   /** `receivedAtMs` on `clock`: when the control plane read the beat. */
   record(hostId: string, beat: HeartbeatRequest, receivedAtMs: number): void {

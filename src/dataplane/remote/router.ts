@@ -9,11 +9,19 @@ import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
  * its host up; those over the backup store run where the store is mounted, on the local driver.
  */
 
-/** How recently each host was heard from: the latest heartbeat's age, undefined if none yet. */
+/** How recently each host was heard from, from its heartbeats. */
 export interface HostReachability {
-  silentMs(hostId: string): number | undefined;
+  /** Since the host's latest heartbeat (or since the control plane began listening, if none yet). */
+  silentMs(hostId: string): number;
+  /** Whether the instance ran at its host's latest heartbeat; undefined when that beat did not list it. */
+  lastAlive(hostId: string, instanceId: InstanceId): boolean | undefined;
   /** A host silent longer than this is unreachable: operations there fail at once instead of waiting out their bounds. */
   readonly unreachableAfterMs: number;
+}
+
+/** Another host's data plane, which can also ask its host directly whether a server runs. */
+export interface RemoteDataPlane extends DataPlane {
+  aliveNow(instanceId: InstanceId): Promise<boolean>;
 }
 
 export class HostRouter implements DataPlane {
@@ -21,14 +29,14 @@ export class HostRouter implements DataPlane {
     private readonly local: DataPlane,
     private readonly directory: HostDirectory,
     /** One client per remote host, kept by the caller (connections are reused). */
-    private readonly remoteClient: (host: HostTarget) => DataPlane,
+    private readonly remoteClient: (host: HostTarget) => RemoteDataPlane,
     private readonly reachability: HostReachability,
   ) {}
 
   /** The client for a remote host that has been heard from lately. */
-  private remote(host: HostTarget): DataPlane {
+  private remote(host: HostTarget): RemoteDataPlane {
     const silentMs = this.reachability.silentMs(host.hostId);
-    if (silentMs === undefined || silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs ?? null);
+    if (silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs);
     return this.remoteClient(host);
   }
 
@@ -67,8 +75,18 @@ export class HostRouter implements DataPlane {
     return (await this.byAddress(spec.host)).status(spec);
   }
 
+  /**
+   * Another host's instance: from its latest heartbeat, never a connection. A beat a little late
+   * still counts (the lease has not run out); past the lease the host is unreachable.
+   */
   async alive(instanceId: InstanceId): Promise<boolean> {
-    return (await this.byInstance(instanceId)).alive(instanceId);
+    const host = await this.directory.hostOfInstance(instanceId);
+    if (host === null || host.local) return this.local.alive(instanceId);
+    const silentMs = this.reachability.silentMs(host.hostId);
+    if (silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs);
+    if (this.reachability.lastAlive(host.hostId, instanceId) === true) return true;
+    // A beat sent before a start says "not running": only the host itself can say it is gone.
+    return this.remoteClient(host).aliveNow(instanceId);
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
