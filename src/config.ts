@@ -92,11 +92,18 @@ export interface HostSettings {
    * control plane that runs no databases, every instance on an agent's host.
    */
   readonly localHost: boolean;
+  /**
+   * A host whose lease has certainly expired for longer than this is lost: its instances are
+   * replaced on other hosts. It becomes active again when its agent renews its lease.
+   */
+  readonly lostMs: number;
 }
 
 /** Bounds of the host settings, shared by config and docs. */
 export const hostLeaseMsMin = 300;
 export const hostLeaseMsMax = 60_000;
+export const hostLostMsMin = 5_000;
+export const hostLostMsMax = 86_400_000;
 
 /** Backups; each becomes a rod with the control-rod work. */
 export interface BackupSettings {
@@ -257,6 +264,7 @@ export function loadConfig(env: Env = process.env): Config {
       joinTokenTtlMs: integer(env, 'CELLAR_HOST_JOIN_TOKEN_TTL_MS', 3_600_000, 60_000, 7 * 24 * 3_600_000, problems),
       controlAddresses: addressList(env, 'CELLAR_CONTROL_ADDRESSES', ['127.0.0.1'], problems),
       localHost: boolean(env, 'CELLAR_LOCAL_HOST', true, problems),
+      lostMs: integer(env, 'CELLAR_HOST_LOST_MS', 60_000, hostLostMsMin, hostLostMsMax, problems),
     },
   };
   if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {

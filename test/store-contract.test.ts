@@ -135,6 +135,19 @@ for (const implementation of implementations) {
       ]);
     });
 
+    test('addReplica takes the next ordinal, past deleted instances, and makes an unplaced replica at start', async () => {
+      const subject = await implementation.subject();
+      const [, replica] = await twoInstances(subject);
+      await subject.store.markInstanceDeleted(replica.id);
+      const added = await subject.store.addReplica(subject.cluster);
+      const again = await subject.store.addReplica(subject.cluster);
+      assert.notEqual(added, again, 'each call adds one');
+      const made = await subject.store.instance(added);
+      assert.deepEqual(shape(made), { ordinal: 2, role: 'replica', port: null, fenced: false, machineLabel: 'start', machineError: null });
+      assert.deepEqual([made?.hostId, made?.hostState], [null, null], 'not placed yet: no host, no host state');
+      assert.equal((await subject.store.instance(again))?.ordinal, 3);
+    });
+
     test('a deleted instance is gone from instances and instance', async () => {
       const subject = await implementation.subject();
       const [primary, replica] = await twoInstances(subject);

@@ -2,7 +2,9 @@ import { isIP } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { formatJoinToken } from '../dataplane/agent-protocol.js';
 import { CellarError, invalid } from '../lib/errors.js';
-import type { HostRecord, HostStore, JoinSecret } from '../store/hosts.js';
+import { instancePhase } from '../machines/instance.js';
+import type { HostDrains } from '../store/drain.js';
+import type { HostInstance, HostRecord, HostStore, JoinSecret } from '../store/hosts.js';
 import type { TokenOwner } from '../store/tenancy.js';
 
 /**
@@ -46,7 +48,7 @@ export interface HostView {
   address: string;
   agentPort: number;
   zone: string;
-  /** The host machine's label: joining, active, removed. */
+  /** The host machine's label: joining, active, draining, drained, lost, removed. */
   state: string;
   local: boolean;
   capacity: { memoryMb: number; diskGb: number; slots: number };
@@ -56,6 +58,21 @@ export interface HostView {
   createdAt: string;
   joinedAt: string | null;
   removedAt: string | null;
+}
+
+export interface HostInstanceView {
+  id: string;
+  cluster: string;
+  clusterId: string;
+  role: 'primary' | 'replica';
+  /** The instance's phase (creating, running, deleting, …). */
+  state: string;
+  fenced: boolean;
+}
+
+/** One host with the instances on it (`hosts show`, drain and undrain). */
+export interface HostDetail extends HostView {
+  instances: HostInstanceView[];
 }
 
 export interface HostWithJoinToken {
@@ -71,6 +88,7 @@ export interface HostWithJoinToken {
 
 export interface HostsApiOptions {
   readonly store: HostStore;
+  readonly drains: HostDrains;
   readonly joinTokenTtlMs: number;
   readonly agentPort: number;
   /** SHA-256 of the cell CA certificate's DER (hex): every join token pins it. */
@@ -86,7 +104,7 @@ const hostViewSchema = {
     address: { type: 'string' },
     agentPort: { type: 'integer' },
     zone: { type: 'string' },
-    state: { type: 'string', description: 'joining, active or removed' },
+    state: { type: 'string', description: 'joining, active, draining, drained, lost or removed' },
     local: { type: 'boolean', description: "the control plane's own machine" },
     capacity: { type: 'object', properties: { memoryMb: { type: 'integer' }, diskGb: { type: 'integer' }, slots: { type: 'integer' } } },
     used: { type: 'object', properties: { instances: { type: 'integer' }, memoryMb: { type: 'integer' }, diskGb: { type: 'integer' } } },
@@ -94,6 +112,27 @@ const hostViewSchema = {
     createdAt: { type: 'string' },
     joinedAt: { type: ['string', 'null'] },
     removedAt: { type: ['string', 'null'] },
+  },
+} as const;
+
+const hostDetailSchema = {
+  type: 'object',
+  properties: {
+    ...hostViewSchema.properties,
+    instances: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          id: { type: 'string' },
+          cluster: { type: 'string' },
+          clusterId: { type: 'string' },
+          role: { type: 'string' },
+          state: { type: 'string' },
+          fenced: { type: 'boolean' },
+        },
+      },
+    },
   },
 } as const;
 
@@ -157,6 +196,17 @@ export function hostView(host: HostRecord): HostView {
   };
 }
 
+function instanceView(instance: HostInstance): HostInstanceView {
+  return {
+    id: instance.id,
+    cluster: instance.clusterName,
+    clusterId: instance.clusterId,
+    role: instance.role,
+    state: instancePhase({ machineLabel: instance.machineLabel, observed: {} }),
+    fenced: instance.fenced,
+  };
+}
+
 export function registerHostRoutes(app: FastifyInstance, options: HostsApiOptions, ownerOf: (request: FastifyRequest) => TokenOwner): void {
   const { store } = options;
 
@@ -168,6 +218,14 @@ export function registerHostRoutes(app: FastifyInstance, options: HostsApiOption
     const host = await store.hostByName(name);
     if (host === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no host named "${name}"`, 'name');
     return host;
+  }
+
+  async function detail(host: HostRecord): Promise<HostDetail> {
+    return { ...hostView(host), instances: (await store.instancesOn(host.id, slotsMax)).map(instanceView) };
+  }
+
+  async function reread(host: HostRecord): Promise<HostDetail> {
+    return detail((await store.hostById(host.id)) ?? host);
   }
 
   function withToken(host: HostRecord, token: JoinSecret): HostWithJoinToken {
@@ -203,10 +261,42 @@ export function registerHostRoutes(app: FastifyInstance, options: HostsApiOption
 
   app.get<{ Params: { name: string } }>(
     '/v1/hosts/:name',
-    { config: { fieldMessages }, schema: { summary: 'Show a host (admin)', params: nameParams, response: { 200: hostViewSchema, 404: errorRef } } },
+    { config: { fieldMessages }, schema: { summary: 'Show a host with the instances on it (admin)', params: nameParams, response: { 200: hostDetailSchema, 404: errorRef } } },
     async (request) => {
       requireAdmin(request);
-      return hostView(await liveHost(request.params.name));
+      return detail(await liveHost(request.params.name));
+    },
+  );
+
+  app.post<{ Params: { name: string } }>(
+    '/v1/hosts/:name/drain',
+    {
+      config: { fieldMessages },
+      schema: {
+        summary: 'Drain a host: its instances move to other hosts (replicas first, primaries by switchover) and it takes no new ones; refused when they would have nowhere to go (admin)',
+        params: nameParams,
+        response: { 200: hostDetailSchema, 404: errorRef, 409: errorRef },
+      },
+    },
+    async (request) => {
+      requireAdmin(request);
+      const host = await liveHost(request.params.name);
+      await options.drains.requestDrain(host.id);
+      return reread(host);
+    },
+  );
+
+  app.post<{ Params: { name: string } }>(
+    '/v1/hosts/:name/undrain',
+    {
+      config: { fieldMessages },
+      schema: { summary: 'A draining or drained host takes instances again (back from maintenance, or a drain called off) (admin)', params: nameParams, response: { 200: hostDetailSchema, 404: errorRef, 409: errorRef } },
+    },
+    async (request) => {
+      requireAdmin(request);
+      const host = await liveHost(request.params.name);
+      await options.drains.requestUndrain(host.id);
+      return reread(host);
     },
   );
 

@@ -1,9 +1,46 @@
 import type { Command } from 'commander';
-import type { HostView, HostWithJoinToken } from '../api/hosts.js';
+import type { HostDetail, HostInstanceView, HostView, HostWithJoinToken } from '../api/hosts.js';
 import type { ApiClient } from './client.js';
 import { type Output, formatTable } from './output.js';
 
-/** `cellar hosts …`: add a database host (and its join token), list, show, remove, a fresh token; each with --json. */
+/** `cellar hosts …`: add a database host (and its join token), list, show, drain, undrain, remove, a fresh token; each with --json. */
+
+/** A drain's --wait asks for the host this often. */
+const drainPollMs = 250;
+const drainTimeoutSecondsDefault = 1_800;
+const drainTimeoutSecondsMax = 86_400;
+
+function timeoutSeconds(text: string): number {
+  const seconds = Number(text);
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > drainTimeoutSecondsMax) throw new Error(`--timeout must be an integer from 1 to ${drainTimeoutSecondsMax} seconds`);
+  return seconds;
+}
+
+function describeInstance(instance: HostInstanceView): string {
+  return `${instance.id} (${instance.cluster} ${instance.role}, ${instance.state}${instance.fenced ? ', fenced' : ''})`;
+}
+
+function progressLine(host: HostDetail): string {
+  if (host.instances.length === 0) return `${host.name} ${host.state}: no instance left`;
+  return `${host.name} ${host.state}: ${host.instances.length} instance(s) left: ${host.instances.map(describeInstance).join(', ')}`;
+}
+
+/** Polls the host and prints a line whenever its state or instances change, until it is drained; bounded by the timeout. */
+async function waitDrained(client: ApiClient, out: Output, name: string, timeoutSecondsMax: number): Promise<HostDetail> {
+  const startedMs = Date.now();
+  const deadlineMs = startedMs + timeoutSecondsMax * 1000;
+  let last = '';
+  for (;;) {
+    const host = await client.request<HostDetail>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
+    const line = progressLine(host);
+    if (line !== last) out.progress(`${((Date.now() - startedMs) / 1000).toFixed(1).padStart(6)} s  ${line}`);
+    last = line;
+    if (host.state === 'drained') return host;
+    if (host.state !== 'active' && host.state !== 'draining') throw new Error(`host ${name} is ${host.state}: the drain cannot finish`);
+    if (Date.now() > deadlineMs) throw new Error(`gave up waiting after ${timeoutSecondsMax} s; ${line}`);
+    await new Promise((resolve) => setTimeout(resolve, drainPollMs));
+  }
+}
 
 /** A whole number for an option; the API checks the range and names the limit. */
 function wholeNumber(option: string): (text: string) => number {
@@ -43,7 +80,7 @@ function printToken(out: Output, answer: HostWithJoinToken, verb: string): void 
 }
 
 export function registerHostsCommands(program: Command, connect: () => Promise<{ client: ApiClient; out: Output }>): void {
-  const hosts = program.command('hosts').description('database hosts of the cell: add (with a join token), list, show, remove (admin)');
+  const hosts = program.command('hosts').description('database hosts of the cell: add (with a join token), list, show, drain, undrain, remove (admin)');
 
   hosts
     .command('add <name>')
@@ -84,11 +121,38 @@ export function registerHostsCommands(program: Command, connect: () => Promise<{
     .option('--json', 'print JSON')
     .action(async (name: string) => {
       const { client, out } = await connect();
-      const host = await client.request<HostView>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
+      const host = await client.request<HostDetail>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
       if (out.json) return out.result(host);
       out.line(formatTable(headers, [row(host)]));
       out.line(`id ${host.id}, agent port ${host.agentPort}${host.local ? ', the local host' : ''}`);
       out.line(`created ${host.createdAt}, joined ${host.joinedAt ?? 'not yet'}`);
+      for (const instance of host.instances) out.line(`  ${describeInstance(instance)}`);
+    });
+
+  hosts
+    .command('drain <name>')
+    .description('move every instance off the host (replicas first, then primaries by switchover) and take no new ones; refused when they would have nowhere to go')
+    .option('--wait', 'wait until the host is drained, showing the instances as they leave')
+    .option('--timeout <seconds>', 'give up waiting after this long', timeoutSeconds, drainTimeoutSecondsDefault)
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: { wait?: boolean; timeout: number }) => {
+      const { client, out } = await connect();
+      const requested = await client.request<HostDetail>('POST', `/v1/hosts/${encodeURIComponent(name)}/drain`);
+      const host = options.wait === true ? await waitDrained(client, out, name, options.timeout) : requested;
+      if (out.json) return out.result(host);
+      if (host.state === 'drained') return out.line(`host ${host.name} is drained: no instance is left on it; patch it, then \`cellar hosts undrain ${host.name}\` or remove it`);
+      out.line(`host ${host.name} is draining: ${host.instances.length} instance(s) to move; \`cellar hosts show ${host.name}\` shows them`);
+    });
+
+  hosts
+    .command('undrain <name>')
+    .description('a draining or drained host takes instances again (back from maintenance, or a drain called off)')
+    .option('--json', 'print JSON')
+    .action(async (name: string) => {
+      const { client, out } = await connect();
+      const host = await client.request<HostDetail>('POST', `/v1/hosts/${encodeURIComponent(name)}/undrain`);
+      if (out.json) return out.result(host);
+      out.line(`host ${host.name} takes instances again (it was ${host.state}; its machine acts within a tick)`);
     });
 
   hosts

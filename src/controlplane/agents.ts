@@ -9,7 +9,8 @@ import { AgentClient } from '../dataplane/remote/agent-client.js';
 import { HeartbeatBook } from '../dataplane/remote/heartbeat-view.js';
 import type { HostReachability, RemoteDataPlane } from '../dataplane/remote/router.js';
 import { systemClock } from '../lib/clock.js';
-import { hostMachine, joinedSignal, removeSignal } from '../machines/host.js';
+import { drainSignal, hostMachine, joinedSignal, removeSignal, undrainSignal } from '../machines/host.js';
+import { HostDrains } from '../store/drain.js';
 import { caCertificatePem, certificateSha256, ensureCellCa } from '../pki/ca.js';
 import { ensureControlCertificate } from '../pki/control.js';
 import { HostStore } from '../store/hosts.js';
@@ -82,6 +83,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
     },
     hostsApi: {
       store,
+      drains: new HostDrains(pool, hostMachine, { drain: drainSignal, undrain: undrainSignal }),
       joinTokenTtlMs: hosts.joinTokenTtlMs,
       agentPort: hosts.agentPort,
       caSha256,

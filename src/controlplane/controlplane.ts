@@ -24,6 +24,7 @@ import type { MachinePorts } from '../machines/ports.js';
 import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
+import { PgHostRecords } from '../store/drain.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
@@ -153,7 +154,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(backupMachine, ports),
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
-      register(hostMachine, {}),
+      register(hostMachine, { hosts: new PgHostRecords(pool, config.hosts), lostMs: config.hosts.lostMs }),
     ],
     clock: systemClock,
     random: systemRandom,

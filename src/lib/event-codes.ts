@@ -46,6 +46,13 @@ export const eventCodes = {
   old_primary_rejoin_failed: 'the old primary could not rejoin; it will be replaced',
   new_primary_lost: 'the new primary was lost while the old one rejoined',
   rejoin_wait_exceeded: 'the old primary is still rejoining after the bound; the cluster carries on',
+  old_primary_host_leaving: "the old primary's host is draining or lost: the cluster does not wait for it to rejoin; it is replaced",
+
+  // Instances moving off a draining or lost host (docs/HOSTS.md, "Hosts as machines").
+  replacements_requested: 'new replicas were created on other hosts for instances on a draining or lost host',
+  waiting_for_replacements: 'the instances on a draining or lost host wait until their replacements stream',
+  drain_switchover_started: 'a switchover began to move the primary off a draining host',
+  moved_instances_deleted: 'instances on a draining or lost host were asked to delete themselves: their replacements serve',
 
   // Instances.
   port_allocated: 'the instance has its port',
@@ -68,6 +75,7 @@ export const eventCodes = {
   rewound: "the old primary was rewound onto the new primary's timeline",
   cloned_afresh: 'the old primary could not be rewound and was cloned afresh',
   instance_deleted: 'the server is stopped and its data and port released',
+  instance_deleted_on_lost_host: 'the instance is deleted from the cell; its host is lost, so its data stays on that host',
 
   // Backups.
   backup_source_chosen: 'the instance to back up from was chosen',
@@ -81,6 +89,11 @@ export const eventCodes = {
   // Hosts (docs/HOSTS.md).
   host_joined: "the host's agent joined with its token and received its certificate",
   host_removed: "the host was removed: its certificates are revoked and its name and address are free",
+  host_draining: 'the host is draining: its instances move to other hosts and it takes no new ones',
+  host_drained: 'no instance is left on the draining host: it can be patched or removed',
+  host_undrained: 'the host takes instances again (a drain called off, or back from maintenance)',
+  host_lost: "the host's lease expired longer ago than CELLAR_HOST_LOST_MS: its instances are replaced on other hosts",
+  host_back: 'a lost host renewed its lease: it takes instances again',
 
   // The warm pool.
   adopted_from_warm_pool: 'a create was answered with a ready warm cluster',

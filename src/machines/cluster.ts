@@ -1,4 +1,4 @@
-import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type InstanceStatus, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { EventCode } from '../lib/event-codes.js';
@@ -6,6 +6,7 @@ import { HostUnreachableError, TransientError } from '../lib/failure.js';
 import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
+import { isEvacuated } from './host.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
 
@@ -53,6 +54,8 @@ export const pickRetryMs = 500;
 /** How long the cluster waits for its old primary to stream again before carrying on without it. */
 export const rejoinWaitMsMax = 120_000;
 export const rejoinPollMs = 100;
+/** While instances move off a draining or lost host, the cluster looks this often (their readiness and deletion wake it too). */
+export const evacuationNapMs = 1_000;
 /** Steps that only read and write the store still get this long. */
 const stepTimeoutMsMin = 30_000;
 
@@ -151,7 +154,65 @@ async function running(context: Context): Promise<Result> {
     await store.replaceInstance(failedReplica.id, 'replica');
     return nap(0, { reason: `replacing replica ${failedReplica.id} (${failedReplica.machineError ?? 'failed'}) with a fresh one`, code: 'replica_replaced' });
   }
-  return maintainSync(context, cluster, instances, primary);
+  const moving = await moveOffLeavingHosts(context, cluster, instances, primary);
+  if (moving !== null) return moving;
+  const synced = await maintainSync(context, cluster, instances, primary);
+  return synced === null ? nap(watchNapMs) : nap(watchNapMs, synced);
+}
+
+/** Instances that stay (or will): not on a draining or lost host, and not being deleted or failed. */
+function isStaying(instance: InstanceRecord): boolean {
+  return !isEvacuated(instance.hostState) && instance.machineLabel !== 'destroy' && instance.machineLabel !== 'failed';
+}
+
+function onHost(instance: InstanceRecord): string {
+  return `${instance.id} (${instance.role}, host ${instance.hostState ?? '?'})`;
+}
+
+/**
+ * Instances on a draining or lost host are replaced elsewhere (docs/HOSTS.md "Hosts as machines").
+ * Level-triggered, from what the store says now, so running it again after a crash does the same:
+ * 1. the cluster gets as many instances on staying hosts as it wants (a new replica for each one
+ *    leaving; placement takes only active hosts);
+ * 2. a replica on a lost host is deleted at once (it serves nothing); one on a draining host only
+ *    once the staying replicas stream, so the cluster never serves with fewer replicas than before;
+ * 3. a primary on a draining host is moved by a switchover to the most advanced staying replica once
+ *    they all stream (a primary on a lost host has failed over already: its host went silent first).
+ * Null: nothing is leaving.
+ */
+async function moveOffLeavingHosts(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const { store } = context.ports;
+  const leaving = instances.filter((instance) => isEvacuated(instance.hostState) && instance.machineLabel !== 'destroy');
+  if (leaving.length === 0) return null;
+  const staying = instances.filter(isStaying);
+  const wanted = cluster.spec.replicas + 1;
+  if (staying.length < wanted) {
+    const added: InstanceId[] = [];
+    for (let count = staying.length; count < wanted; count += 1) added.push(await store.addReplica(cluster.id));
+    return nap(evacuationNapMs, {
+      data: withoutAnnouncement(context.machine.data),
+      reason: `replacing ${leaving.map(onHost).join(', ')}: new replica(s) ${added.join(', ')} on other hosts`,
+      code: 'replacements_requested',
+    });
+  }
+  const streaming = staying.filter(isStreamingReplica);
+  const primaryLeaving = isEvacuated(primary.hostState);
+  const deletable = leaving.filter((instance) => instance.role === 'replica' && (instance.hostState === 'lost' || (!primaryLeaving && streaming.length >= cluster.spec.replicas)));
+  if (deletable.length > 0) {
+    for (const instance of deletable) await store.requestDestroy(instanceKind, instance.id);
+    const why = deletable.every((instance) => instance.hostState === 'lost') ? 'their host is lost' : `${streaming.length} replica(s) on staying hosts stream`;
+    return nap(evacuationNapMs, { data: withoutAnnouncement(context.machine.data), reason: `deleting ${deletable.map(onHost).join(', ')}: ${why}`, code: 'moved_instances_deleted' });
+  }
+  if (primaryLeaving && primary.hostState === 'draining' && primary.machineLabel === 'running' && streaming.length >= wanted) {
+    const target = mostAdvanced(streaming);
+    assert(target !== undefined, `${streaming.length} streaming replicas and none most advanced`);
+    const data: ClusterData = { op: 'switchover', oldPrimaryId: primary.id, candidateId: target.id, syncStandbys: context.machine.data.syncStandbys ?? [] };
+    return hop('pause', { data, reason: `moving the primary off its draining host: switchover from ${primary.id} to ${target.id}`, code: 'drain_switchover_started' });
+  }
+  const synced = await maintainSync(context, cluster, instances, primary);
+  if (synced !== null) return nap(evacuationNapMs, synced);
+  const waitingFor = primaryLeaving && primary.hostState === 'lost' ? 'its primary to fail over' : `${wanted} instance(s) on staying hosts to stream (${streaming.length} replica(s) stream)`;
+  return announce(context, evacuationNapMs, `${leaving.map(onHost).join(', ')} leave when the cluster is ready: waiting for ${waitingFor}`, 'waiting_for_replacements');
 }
 
 function beginFailover(context: Context, primary: InstanceRecord, why: string): Result {
@@ -215,14 +276,21 @@ function syncChange(durability: Durability, before: readonly string[] | undefine
   return { reason, code: 'sync_dropped_to_async' };
 }
 
-async function maintainSync(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result> {
-  if (primary.machineLabel !== 'running') return nap(watchNapMs);
+/** Writes the synchronous standbys when they should change, and says so; null when there is nothing to write. */
+async function maintainSync(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<SyncChange | null> {
+  if (primary.machineLabel !== 'running') return null;
   const durability = durabilityOf(cluster.spec);
   const desired = desiredSyncStandbys(durability, instances);
   const before = context.machine.data.syncStandbys;
-  if (before !== undefined && before.join(',') === desired.join(',')) return nap(watchNapMs);
+  if (before !== undefined && before.join(',') === desired.join(',')) return null;
   await context.ports.dataPlane.setSynchronousStandbys(instanceSpec(cluster, primary), desired);
-  return nap(watchNapMs, { data: { syncStandbys: desired }, ...syncChange(durability, before, desired) });
+  return { data: { syncStandbys: desired }, ...syncChange(durability, before, desired) };
+}
+
+interface SyncChange {
+  readonly data: ClusterData;
+  readonly reason: string;
+  readonly code: EventCode;
 }
 
 async function load(context: Context, id: string | undefined): Promise<InstanceRecord> {
@@ -261,8 +329,8 @@ async function pick(context: Context): Promise<Result> {
   const cluster = await store.cluster(clusterIdOf(context));
   const old = await load(context, data.oldPrimaryId);
   const replicas = (await store.instances(cluster.id)).filter((instance) => instance.role === 'replica' && !instance.fenced && instance.id !== old.id);
-  const observed = await Promise.all(replicas.map(async (instance) => ({ instance, status: await dataPlane.status(instanceSpec(cluster, instance)) })));
-  const healthy = observed.filter(({ status }) => status.accepting && status.receiveLsn !== undefined);
+  const observed = await Promise.all(replicas.map(async (instance) => ({ instance, status: await statusUnlessUnreachable(context, cluster, instance) })));
+  const healthy = observed.flatMap(({ instance, status }) => (status !== null && status.accepting && status.receiveLsn !== undefined ? [{ instance, status }] : []));
   const eligible = healthy.filter(({ status }) => force || (lagBytes(old.observed.lsn, status.receiveLsn) ?? 0) <= ha.failoverLagBytesMax);
   const best = eligible.sort((a, b) => compareLsn(b.status.receiveLsn, a.status.receiveLsn))[0];
   if (best === undefined) {
@@ -273,6 +341,16 @@ async function pick(context: Context): Promise<Result> {
   await store.recordObserved(best.instance.id, best.status);
   const lag = lagBytes(old.observed.lsn, best.status.receiveLsn) ?? 0;
   return hop('promote', { data: { ...withoutAnnouncement(data), candidateId: best.instance.id, force }, consume: ['force'], reason: `promoting ${best.instance.id}: received up to ${best.status.receiveLsn} (${lag} bytes behind the last LSN seen on the old primary)`, code: 'candidate_picked' });
+}
+
+/** A replica on a silent host cannot be promoted, but must not stop the others from being asked. */
+async function statusUnlessUnreachable(context: Context, cluster: ClusterRecord, instance: InstanceRecord): Promise<InstanceStatus | null> {
+  try {
+    return await context.ports.dataPlane.status(instanceSpec(cluster, instance));
+  } catch (error) {
+    if (error instanceof HostUnreachableError) return null;
+    throw error;
+  }
 }
 
 function compareLsn(a: string | undefined, b: string | undefined): number {
@@ -386,6 +464,8 @@ async function rejoin(context: Context): Promise<Result> {
     return hop('running', { data: keep, reason: `${old.id} is back as a streaming replica`, code: 'old_primary_rejoined' });
   }
   if (old.machineLabel === 'failed') return hop('running', { data: keep, reason: `${old.id} could not rejoin (${old.machineError ?? 'failed'}); it will be replaced`, code: 'old_primary_rejoin_failed' });
+  // Rejoining on a host the cluster is leaving is wasted waiting: the old primary is replaced instead.
+  if (isEvacuated(old.hostState)) return hop('running', { data: keep, reason: `${old.id} is on a ${old.hostState ?? ''} host: not waiting for it to rejoin; it is replaced`, code: 'old_primary_host_leaving' });
   const primary = primaryOf(await store.instances(clusterIdOf(context)));
   if (primary.machineLabel === 'down') return hop('running', { data: keep, reason: 'the new primary was lost too', code: 'new_primary_lost' });
   if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > rejoinWaitMsMax) {

@@ -4,7 +4,7 @@ import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
 import { type RestoreSpec, sizes } from '../lib/sizes.js';
-import type { ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } from './ports.js';
 
 /**
  * One Postgres server: allocate a port, create the data directory (initdb or clone from the
@@ -26,7 +26,7 @@ export interface InstanceData extends Record<string, unknown> {
   readonly downSinceMs?: number;
   /** A restored primary before its first start has finished: its recovery is still to run. */
   readonly restoring?: boolean;
-  /** Rejoin found its host unreachable and said so once; it waits for the host, bounded by replicaDeadMsMax. */
+  /** Rejoin (or destroy) found its host unreachable and said so once; it waits for the host (bounded: replicaDeadMsMax, or the host is lost). */
   readonly waitingForHost?: boolean;
 }
 
@@ -302,23 +302,39 @@ async function destroy(context: Context): Promise<Result> {
   const { store, dataPlane } = context.ports;
   const instanceId = context.machine.entityId as InstanceId;
   const instance = await store.instance(instanceId);
-  if (instance !== null) {
-    await dataPlane.destroy(instanceId);
-    if (instance.role === 'replica') await dropSlotOnPrimary(context, instance);
-    await store.releasePort(instanceId);
-    await store.markInstanceDeleted(instanceId);
-    return done({ consume: ['destroy'], reason: 'server stopped, data and port released', code: 'instance_deleted', wake: [{ kind: clusterKindName, entityId: instance.clusterId }] });
+  if (instance === null) return done({ consume: ['destroy'], reason: 'already gone', code: 'instance_deleted' });
+  // A lost host is not coming back for it: the instance leaves the cell and its data stays there.
+  const onLostHost = instance.hostState === 'lost';
+  if (!onLostHost) {
+    try {
+      await dataPlane.destroy(instanceId);
+    } catch (error) {
+      if (!(error instanceof HostUnreachableError)) throw error;
+      // Bounded by the host: back (the destroy runs), or lost after CELLAR_HOST_LOST_MS (it is skipped).
+      if (context.machine.data.waitingForHost === true) return nap(hostWaitPollMs);
+      return nap(hostWaitPollMs, { data: { ...context.machine.data, waitingForHost: true }, reason: `${error.message}: deleted once it is back, or once it is lost`, code: 'waiting_for_host' });
+    }
   }
-  return done({ consume: ['destroy'], reason: 'already gone', code: 'instance_deleted' });
+  if (instance.role === 'replica') await dropSlotOnPrimary(context, instance);
+  await store.releasePort(instanceId);
+  await store.markInstanceDeleted(instanceId);
+  const wake: MachineRef[] = [{ kind: clusterKindName, entityId: instance.clusterId }, ...(instance.hostId === null ? [] : [{ kind: hostKind, entityId: instance.hostId }])];
+  if (onLostHost) return done({ consume: ['destroy'], reason: 'deleted from the cell; its host is lost, so its data stays on that host', code: 'instance_deleted_on_lost_host', wake });
+  return done({ consume: ['destroy'], reason: 'server stopped, data and port released', code: 'instance_deleted', wake });
 }
 
+/** The slot that kept WAL for this replica; a primary on a silent host keeps it (bounded by max_slot_wal_keep_size). */
 async function dropSlotOnPrimary(context: Context, instance: InstanceRecord): Promise<void> {
   const siblings = await context.ports.store.instances(instance.clusterId);
   const primary = siblings.find((sibling) => sibling.role === 'primary' && sibling.port !== null);
-  if (primary === undefined || primary.port === null) return;
+  if (primary === undefined || primary.port === null || primary.hostState === 'lost') return;
   const cluster = await context.ports.store.cluster(instance.clusterId);
   const upstream = { host: primary.address, port: primary.port, slotName: slotNameFor(instance.id) };
-  await context.ports.dataPlane.dropSlot(upstream, cluster.secrets);
+  try {
+    await context.ports.dataPlane.dropSlot(upstream, cluster.secrets);
+  } catch (error) {
+    if (!(error instanceof HostUnreachableError)) throw error;
+  }
 }
 
 export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, MachinePorts> = {

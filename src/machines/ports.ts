@@ -37,6 +37,8 @@ export interface InstanceRecord {
   readonly role: Role;
   /** The host it lives on and that host's address; an instance from before hosts lives on the local one. */
   readonly hostId: string | null;
+  /** That host's machine label (active, draining, lost, …); null before the instance is placed. */
+  readonly hostState: string | null;
   readonly address: string;
   readonly port: number | null;
   /** Never routed: an old primary between losing its role and rejoining as a replica. */
@@ -84,6 +86,12 @@ export interface MachineStore {
    * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).
    */
   replaceInstance(instanceId: InstanceId, role: Role): Promise<void>;
+  /**
+   * A new replica with the next ordinal (never reused) and its machine, in one transaction: the
+   * replacement of an instance on a host being drained or lost. Not idempotent by itself: the
+   * caller counts the instances it has before it adds one.
+   */
+  addReplica(clusterId: ClusterId): Promise<InstanceId>;
   /**
    * For an instance on another host: whether that host's lease has certainly expired by the
    * store's clock (last renewal + lease + clock margin), so its agent has fenced its primaries.
@@ -154,6 +162,32 @@ export interface MachinePorts {
   readonly ha: HaSettings;
   readonly backups: BackupRecords;
   readonly backupSettings: BackupSettings;
+}
+
+/** What the host machine sees of its host in the store, on the store's clock. */
+export interface HostObservation {
+  /**
+   * How long the host's lease has certainly been expired (its last renewal, else its join, plus
+   * the lease and the clock margin); negative: how long until it will be. Null for a host that
+   * holds no lease: the local host, or one that has not joined.
+   */
+  readonly leaseExpiredForMs: number | null;
+  /** Its live (not deleted) instances. */
+  readonly liveInstances: number;
+  /** The clusters those instances belong to (to wake them when the host stops taking instances). */
+  readonly clusterIds: readonly ClusterId[];
+}
+
+/** What the host machine may read in the cell store. */
+export interface HostRecords {
+  /** Null when the host row is gone (never for a machine's own host: rows are not deleted). */
+  observeHost(hostId: string): Promise<HostObservation | null>;
+}
+
+export interface HostPorts {
+  readonly hosts: HostRecords;
+  /** CELLAR_HOST_LOST_MS: a lease expired for longer than this makes the host lost. */
+  readonly lostMs: number;
 }
 
 /**

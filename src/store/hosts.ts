@@ -44,6 +44,16 @@ export interface HostRecord extends NewHost {
   readonly used: { readonly instances: number; readonly memoryMb: number; readonly diskGb: number };
 }
 
+/** An instance living on a host, as `hosts show` lists it. */
+export interface HostInstance {
+  readonly id: string;
+  readonly clusterId: string;
+  readonly clusterName: string;
+  readonly role: 'primary' | 'replica';
+  readonly machineLabel: string;
+  readonly fenced: boolean;
+}
+
 /** A join token's secret (shown once) and when it expires. */
 export interface JoinSecret {
   readonly secret: string;
@@ -265,6 +275,20 @@ export class HostStore {
       await client.query('update hosts set removed_at = now() where id = $1', [hostId]);
       await this.raise(client, hostId, this.signals.remove);
     });
+  }
+
+  /** The live instances on the host with their cluster and instance machine label, by cluster name then ordinal (at most `limit`). */
+  async instancesOn(hostId: HostId, limit: number): Promise<HostInstance[]> {
+    const result = await this.db.query<{ id: string; cluster_id: string; cluster_name: string; role: 'primary' | 'replica'; label: string | null; fenced: boolean }>(
+      `select i.id, i.cluster_id, c.name as cluster_name, i.role, m.label, i.fenced
+         from instances i join clusters c on c.id = i.cluster_id
+         left join machines m on m.kind = 'instance' and m.entity_id = i.id
+        where i.host_id = $1 and i.deleted_at is null
+        order by c.name, i.ordinal
+        limit $2`,
+      [hostId, limit],
+    );
+    return result.rows.map((row) => ({ id: row.id, clusterId: row.cluster_id, clusterName: row.cluster_name, role: row.role, machineLabel: row.label ?? 'start', fenced: row.fenced }));
   }
 
   /** The agent's heartbeat was answered with a renewal: the store's clock now, after the agent's send time. */

@@ -5,7 +5,7 @@ import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
 import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import { isPortFree } from '../lib/net.js';
-import type { ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role } from '../machines/ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -18,6 +18,7 @@ interface InstanceRow {
   ordinal: number;
   role: Role;
   host_id: string | null;
+  host_state: string | null;
   address: string | null;
   port: number | null;
   fenced: boolean;
@@ -27,9 +28,10 @@ interface InstanceRow {
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, h.address, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
-  left join hosts h on h.id = i.host_id`;
+  left join hosts h on h.id = i.host_id
+  left join machines hm on hm.kind = '${hostKind}' and hm.entity_id = i.host_id`;
 
 /** Instances from before hosts (no host_id) live on the control plane's own machine. */
 export const localAddress = '127.0.0.1';
@@ -41,6 +43,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     ordinal: row.ordinal,
     role: row.role,
     hostId: row.host_id,
+    hostState: row.host_id === null ? null : row.host_state,
     address: row.address ?? localAddress,
     port: row.port,
     fenced: row.fenced,
@@ -67,15 +70,23 @@ async function requestDestroyWith(client: PoolClient, kind: string, entityId: st
   await raiseSignal(client, machine.id, 'destroy');
 }
 
-async function createInstanceWith(client: PoolClient, instanceMachine: MachineOrigin, clusterId: ClusterId, ordinal: number, role: Role): Promise<void> {
+/** The new instance's id; null when that ordinal is taken (a second call for it). */
+async function createInstanceWith(client: PoolClient, instanceMachine: MachineOrigin, clusterId: ClusterId, ordinal: number, role: Role): Promise<InstanceId | null> {
   const instanceId = newId('instance');
   const inserted = await client.query<{ id: string }>(
     `insert into instances (id, cluster_id, ordinal, role) values ($1, $2, $3, $4)
      on conflict (cluster_id, ordinal) do nothing returning id`,
     [instanceId, clusterId, ordinal, role],
   );
-  if (inserted.rowCount !== 1) return;
+  if (inserted.rowCount !== 1) return null;
   await insertMachine(client, newMachine(instanceMachine, instanceId, clusterId));
+  return instanceId;
+}
+
+/** Ordinals are never reused, deleted instances included: the unique key covers them. */
+async function nextOrdinal(client: PoolClient, clusterId: string): Promise<number> {
+  const next = await client.query<{ ordinal: number }>('select coalesce(max(ordinal), -1)::int + 1 as ordinal from instances where cluster_id = $1', [clusterId]);
+  return next.rows[0]?.ordinal ?? 0;
 }
 
 export interface HostOptions {
@@ -137,10 +148,18 @@ export class PgMachineStore implements MachineStore {
       );
       const row = found.rows[0];
       if (row === undefined || row.label !== 'failed') return;
-      // Ordinals are never reused, deleted instances included: the unique key covers them.
-      const next = await client.query<{ ordinal: number }>('select coalesce(max(ordinal), -1)::int + 1 as ordinal from instances where cluster_id = $1', [row.cluster_id]);
       await requestDestroyWith(client, this.instanceMachine.kind, instanceId);
-      await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, next.rows[0]?.ordinal ?? 0, role);
+      await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, await nextOrdinal(client, row.cluster_id), role);
+    });
+  }
+
+  async addReplica(clusterId: ClusterId): Promise<InstanceId> {
+    return inTransaction(this.db, async (client) => {
+      // The cluster's row lock orders two adds (and a replace) so they never race for one ordinal.
+      await client.query('select 1 from clusters where id = $1 for update', [clusterId]);
+      const created = await createInstanceWith(client, this.instanceMachine, clusterId, await nextOrdinal(client, clusterId), 'replica');
+      assert(created !== null, `the next ordinal of cluster ${clusterId} was taken under its row lock`);
+      return created;
     });
   }
 

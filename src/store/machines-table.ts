@@ -187,6 +187,11 @@ export async function raiseSignal(db: Queryable, machineId: string, name: string
   await nudge(db, machineId);
 }
 
+/** Takes back a signal not yet acted on (a drain undone before its host's machine saw it). */
+export async function withdrawSignal(db: Queryable, machineId: string, name: string): Promise<void> {
+  await db.query('delete from signals where machine_id = $1 and name = $2', [machineId, name]);
+}
+
 export interface NewMachine {
   readonly id: string;
   readonly kind: string;

@@ -49,7 +49,7 @@ function colocates(hosts: readonly PlacementHost[]): boolean {
   return hosts.filter((host) => host.label === 'active').length <= 1;
 }
 
-async function lockPlacement(db: Queryable): Promise<void> {
+export async function lockPlacement(db: Queryable): Promise<void> {
   await db.query('select pg_advisory_xact_lock($1)', [placementLockKey]);
 }
 
@@ -99,4 +99,53 @@ export async function placeInstance(db: Queryable, instanceId: string): Promise<
   await db.query('update instances set host_id = $2 where id = $1', [instanceId, placement.hostId]);
   const host = hosts.find((candidate) => candidate.id === placement.hostId);
   return { hostId: placement.hostId, hostName: host?.name ?? placement.hostId, zone: placement.zone, why: placement.why };
+}
+
+/**
+ * Whether every live instance on the host could be placed on another host now, were the host no
+ * longer active (a drain): per cluster, as many new instances as it has there, on distinct active
+ * hosts besides its other instances' (zones as placement prefers them), and what one cluster's
+ * replacements take counts against the hosts for the next. Null: all fit; else what is missing,
+ * per cluster. The caller holds the placement lock.
+ */
+export async function drainRefusal(db: Queryable, hostId: string): Promise<string | null> {
+  const hosts = (await placementHosts(db)).map((host) => (host.id === hostId ? { ...host, label: 'draining' } : host));
+  const moving = await db.query<{ cluster_id: string; name: string; spec: ClusterSpec; count: number }>(
+    `select i.cluster_id, c.name, c.spec, count(*)::int as count
+       from instances i join clusters c on c.id = i.cluster_id
+      where i.host_id = $1 and i.deleted_at is null
+      group by i.cluster_id, c.name, c.spec order by c.name`,
+    [hostId],
+  );
+  const problems: string[] = [];
+  let fleet = hosts;
+  for (const cluster of moving.rows) {
+    const siblings = await db.query<{ host_id: string; zone: string }>(
+      `select i.host_id, h.zone from instances i join hosts h on h.id = i.host_id
+        where i.cluster_id = $1 and i.deleted_at is null and i.host_id <> $2`,
+      [cluster.cluster_id, hostId],
+    );
+    const memoryMb = instanceMemoryMb[cluster.spec.size];
+    const result = placeInstances(fleet, {
+      count: cluster.count,
+      memoryMb,
+      diskGb: cluster.spec.storageGb,
+      usedHostIds: [hostId, ...siblings.rows.map((row) => row.host_id)],
+      usedZones: siblings.rows.map((row) => row.zone),
+      colocate: colocates(fleet),
+    });
+    if (!result.ok) {
+      problems.push(`cluster ${cluster.name}: ${result.missing}`);
+      continue;
+    }
+    const taken = new Map<string, number>();
+    for (const placement of result.placements) taken.set(placement.hostId, (taken.get(placement.hostId) ?? 0) + 1);
+    fleet = fleet.map((host) => {
+      const count = taken.get(host.id) ?? 0;
+      if (count === 0) return host;
+      const used = { instances: host.used.instances + count, memoryMb: host.used.memoryMb + count * memoryMb, diskGb: host.used.diskGb + count * cluster.spec.storageGb };
+      return { ...host, used };
+    });
+  }
+  return problems.length === 0 ? null : problems.join('; ');
 }

@@ -22,8 +22,11 @@ export class FakeStore implements MachineStore {
   switchoverTo: string | null = null;
   failovers = 0;
 
+  /** The highest ordinal ever given, deleted instances included (ordinals are never reused). */
+  private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, address: '127.0.0.1', port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.ordinalMax = Math.max(this.ordinalMax, ordinal);
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
@@ -92,6 +95,14 @@ export class FakeStore implements MachineStore {
   }
   async replaceInstance(id: InstanceId, role: Role): Promise<void> {
     this.calls.push(`replaceInstance ${id} ${role}`);
+  }
+  /** As the store: the next ordinal after every instance's, deleted ones included. */
+  async addReplica(): Promise<InstanceId> {
+    const ordinal = this.ordinalMax + 1;
+    const id = `in_add${ordinal}aaaaaaaa` as InstanceId;
+    this.calls.push(`addReplica ${ordinal}`);
+    this.add(id, 'replica', ordinal, 'start', null);
+    return id;
   }
   async failoversWithin(): Promise<number> {
     return this.failovers;
