@@ -132,7 +132,8 @@ export async function drainRefusal(db: Queryable, hostId: string): Promise<strin
       diskGb: cluster.spec.storageGb,
       usedHostIds: [hostId, ...siblings.rows.map((row) => row.host_id)],
       usedZones: siblings.rows.map((row) => row.zone),
-      colocate: colocates(fleet),
+      // A drain never packs a cluster spread over hosts onto one: only a cluster that shares its host already may share the one left.
+      colocate: siblings.rows.length === 0 && colocates(fleet),
     });
     if (!result.ok) {
       problems.push(`cluster ${cluster.name}: ${result.missing}`);
