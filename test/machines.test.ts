@@ -8,7 +8,7 @@ import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
-import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
+import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
@@ -118,6 +118,7 @@ class FakeDataPlane implements DataPlane {
   }
   async destroy(id: InstanceId): Promise<void> {
     this.calls.push(`destroy ${id}`);
+    this.reach(id);
   }
 }
 
@@ -377,6 +378,29 @@ describe('instance machine, label by label', () => {
     assert.deepEqual(h.store.calls, [`releasePort ${replicaId}`, `markInstanceDeleted ${replicaId}`]);
   });
 
+  test('destroy of an instance on a lost host leaves its data there: no data-plane call, deleted from the cell, its cluster and host woken', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'rejoin', 5001, { hostId: 'ho_lost', hostState: 'lost', fenced: true });
+    h.dataPlane.unreachable.add(replicaId);
+    const outcome = await step(instanceMachine, 'destroy', replicaId, h, { signals: ['destroy'] });
+    assert.deepEqual([outcome.type, outcome.code], ['done', 'instance_deleted_on_lost_host']);
+    assert.deepEqual(outcome.type === 'done' && outcome.wake, [{ kind: 'cluster', entityId: clusterId }, { kind: 'host', entityId: 'ho_lost' }]);
+    assert.deepEqual(h.dataPlane.calls, [`dropSlot ${replicaId} on 5000`], 'only its slot on the reachable primary');
+    assert.deepEqual(h.store.calls, [`releasePort ${replicaId}`, `markInstanceDeleted ${replicaId}`]);
+  });
+
+  test('destroy on an unreachable host not yet lost waits for it (one event), keeping the destroy signal', async () => {
+    const h = harness();
+    h.store.add(replicaId, 'replica', 1, 'destroy', 5001, { hostId: 'ho_b', hostState: 'draining' });
+    h.dataPlane.unreachable.add(replicaId);
+    const first = await step(instanceMachine, 'destroy', replicaId, h, { signals: ['destroy'] });
+    assert.deepEqual([first.type, first.code, first.type === 'nap' && first.consume], ['nap', 'waiting_for_host', undefined]);
+    const again = await step(instanceMachine, 'destroy', replicaId, h, { signals: ['destroy'], data: { waitingForHost: true } });
+    assert.deepEqual([again.type, again.code], ['nap', undefined]);
+    assert.deepEqual(h.store.calls, [], 'nothing released while the server may still run');
+  });
+
   test('destroy of an instance already gone is done without touching anything', async () => {
     const h = harness();
     const outcome = await step(instanceMachine, 'destroy', replicaId, h);
@@ -530,7 +554,7 @@ describe('cluster machine, label by label', () => {
     assert.equal(deleted.type === 'hop' && deleted.label, 'destroy', 'a delete ends a failover waiting for a replica');
   });
 
-  test('promote, repoint, route: the candidate takes writes, others follow it, the old primary is asked to rejoin', async () => {
+  test('promote, repoint, route: the candidate takes writes and lets the cluster\'s hosts in, others follow it, the old primary is asked to rejoin', async () => {
     const h = harness();
     const otherId = 'in_otheraaaaaaa' as InstanceId;
     h.store.add(primaryId, 'primary', 0, 'down', 5000, { fenced: true });
@@ -545,7 +569,7 @@ describe('cluster machine, label by label', () => {
     h.store.durability = 'sync-strict';
     const routed = await step(clusterMachine, 'route', clusterId, h, { data });
     assert.equal(routed.type === 'hop' && routed.label, 'rejoin');
-    assert.deepEqual(h.dataPlane.calls, [`promote ${replicaId}`, `follow ${otherId} 5001 slot ${otherId}`, `sync ${replicaId} [${otherId},${primaryId}]`.replace(`${otherId},${primaryId}`, [otherId, primaryId].sort().join(','))]);
+    assert.deepEqual(h.dataPlane.calls, [`promote ${replicaId}`, `allowPeers ${replicaId}`, `follow ${otherId} 5001 slot ${otherId}`, `sync ${replicaId} [${otherId},${primaryId}]`.replace(`${otherId},${primaryId}`, [otherId, primaryId].sort().join(','))]);
     assert.deepEqual(h.store.calls.slice(-2), [`swapPrimary ${replicaId}`, `raiseSignal instance ${primaryId} rejoin`]);
   });
 
@@ -595,6 +619,93 @@ describe('cluster machine, label by label', () => {
     const stoppedPrimary = await step(clusterMachine, 'stopPrimary', clusterId, h, { data: behind });
     assert.equal(stoppedPrimary.type === 'hop' && stoppedPrimary.label, 'promote');
     assert.deepEqual(h.dataPlane.calls, [`stop ${primaryId} fast`]);
+  });
+
+  test('moving off a draining host: a replica there is replaced first, and deleted only once the new one streams', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { hostId: 'ho_a', hostState: 'active' });
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { hostId: 'ho_b', hostState: 'draining', observed: streaming });
+    const added = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual([added.type, added.type === 'nap' && added.ms, added.code], ['nap', evacuationNapMs, 'replacements_requested']);
+    assert.deepEqual(h.store.calls, ['addReplica 2']);
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual([again.type, again.code], ['nap', 'waiting_for_replacements'], 'not deleted while the new one does not stream');
+    assert.deepEqual(h.store.calls, ['addReplica 2'], 'a second tick adds nothing: it counts the new one');
+    const quiet = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId], ...(again.type === 'nap' ? again.data : {}) } });
+    assert.deepEqual([quiet.type, quiet.code], ['nap', undefined], 'the same wait is announced once');
+    const added2 = 'in_add2aaaaaaaa' as InstanceId;
+    h.store.update(added2, { machineLabel: 'running', hostId: 'ho_c', hostState: 'active', observed: streaming });
+    const deleted = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual([deleted.type, deleted.code], ['nap', 'moved_instances_deleted']);
+    assert.deepEqual(h.store.calls.slice(1), [`requestDestroy instance ${replicaId}`]);
+    h.store.update(replicaId, { machineLabel: 'destroy' });
+    const settled = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual([settled.type, settled.code], ['nap', 'commits_wait_for_replica'], 'being deleted, it no longer counts: back to watching');
+  });
+
+  test('moving off a draining host: its primary moves by a switchover to the most advanced staying replica, once every staying replica streams', async () => {
+    const h = harness();
+    // Async: no synchronous standbys to keep in step, so each tick shows only the move.
+    h.store.durability = 'async';
+    const otherId = 'in_otheraaaaaaa' as InstanceId;
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { hostId: 'ho_a', hostState: 'draining' });
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { hostId: 'ho_b', hostState: 'active', observed: { ...streaming, receiveLsn: '0/3000000' } });
+    const added = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(added.code, 'replacements_requested');
+    h.store.instancesById.delete('in_add2aaaaaaaa' as InstanceId);
+    h.store.add(otherId, 'replica', 2, 'running', 5002, { hostId: 'ho_c', hostState: 'active', observed: { ...streaming, receiveLsn: '0/3000100' } });
+    h.store.add('in_leavingaaaaa' as InstanceId, 'replica', 3, 'running', 5003, { hostId: 'ho_a', hostState: 'draining', observed: { ...streaming, receiveLsn: '0/9000000' } });
+    h.store.update(replicaId, { machineLabel: 'starting' });
+    const waiting = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(waiting.code, 'waiting_for_replacements', 'a staying replica does not stream yet');
+    h.store.update(replicaId, { machineLabel: 'running' });
+    const moved = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual([moved.type, moved.type === 'hop' && moved.label, moved.code], ['hop', 'pause', 'drain_switchover_started']);
+    assert.deepEqual(moved.type === 'hop' && [moved.data?.oldPrimaryId, moved.data?.candidateId], [primaryId, otherId], 'never the replica on the draining host, however advanced');
+  });
+
+  test('moving off a lost host: its replicas are deleted at once (they serve nothing), its primary is left to the failover', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { hostId: 'ho_a', hostState: 'active' });
+    h.store.add(replicaId, 'replica', 1, 'rejoin', 5001, { hostId: 'ho_b', hostState: 'lost', fenced: true });
+    h.store.add('in_add2aaaaaaaa' as InstanceId, 'replica', 2, 'create', 5002, { hostId: 'ho_c', hostState: 'active' });
+    const deleted = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual([deleted.type, deleted.code], ['nap', 'moved_instances_deleted']);
+    assert.deepEqual(h.store.calls, [`requestDestroy instance ${replicaId}`]);
+
+    const lostPrimary = harness();
+    lostPrimary.store.durability = 'async';
+    lostPrimary.store.add(primaryId, 'primary', 0, 'running', 5000, { hostId: 'ho_b', hostState: 'lost' });
+    lostPrimary.store.add(replicaId, 'replica', 1, 'running', 5001, { hostId: 'ho_a', hostState: 'active', observed: streaming });
+    lostPrimary.store.add('in_add2aaaaaaaa' as InstanceId, 'replica', 2, 'running', 5002, { hostId: 'ho_c', hostState: 'active', observed: streaming });
+    const waits = await step(clusterMachine, 'running', clusterId, lostPrimary, { data: { syncStandbys: [] } });
+    assert.deepEqual([waits.type, waits.code], ['nap', 'waiting_for_replacements']);
+    assert.match(waits.type === 'nap' ? (waits.reason ?? '') : '', /its primary to fail over/);
+    assert.deepEqual(lostPrimary.store.calls, [], 'no switchover to a primary nobody can reach');
+  });
+
+  test('rejoin does not wait for an old primary on a host the cluster is leaving; pick skips a replica on a silent host', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'replica', 0, 'down', 5000, { fenced: true, hostId: 'ho_a', hostState: 'draining' });
+    h.store.add(replicaId, 'primary', 1, 'running');
+    const data: ClusterData = { oldPrimaryId: primaryId, sinceMs: h.clock.now, syncStandbys: [] };
+    const moved = await step(clusterMachine, 'rejoin', clusterId, h, { data });
+    assert.deepEqual([moved.type === 'hop' && moved.label, moved.code], ['running', 'old_primary_host_leaving']);
+
+    const p = harness();
+    const otherId = 'in_otheraaaaaaa' as InstanceId;
+    p.store.add(primaryId, 'primary', 0, 'down', 5000, { fenced: true, observed: { lsn: '0/3000000' } });
+    p.store.add(replicaId, 'replica', 1, 'running');
+    p.store.add(otherId, 'replica', 2, 'running');
+    p.dataPlane.unreachable.add(replicaId);
+    p.dataPlane.statuses.set(replicaId, { ...streaming, receiveLsn: '0/9000000' });
+    p.dataPlane.statuses.set(otherId, streaming);
+    p.dataPlane.status = async (spec: InstanceSpec) => {
+      if (p.dataPlane.unreachable.has(spec.instanceId)) throw new HostUnreachableError('host_b', 2_000);
+      return p.dataPlane.statuses.get(spec.instanceId) ?? stopped;
+    };
+    const picked = await step(clusterMachine, 'pick', clusterId, p, { data: { op: 'failover', oldPrimaryId: primaryId } });
+    assert.deepEqual(picked.type === 'hop' && [picked.label, picked.data?.candidateId], ['promote', otherId]);
   });
 
   test('destroy asks every instance to destroy itself and consumes the signal', async () => {

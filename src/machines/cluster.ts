@@ -75,7 +75,7 @@ function innerLimitMs(label: ClusterLabel): number {
     case 'promote':
       return dataPlaneLimitsMs.promote + dataPlaneLimitsMs.status;
     case 'repoint':
-      return replicasMax * dataPlaneLimitsMs.follow;
+      return dataPlaneLimitsMs.allowPeers + replicasMax * dataPlaneLimitsMs.follow;
     default:
       return 0;
   }
@@ -419,6 +419,8 @@ async function repoint(context: Context): Promise<Result> {
   const others = (await store.instances(cluster.id)).filter(
     (instance) => instance.role === 'replica' && instance.id !== candidate.id && instance.id !== data.oldPrimaryId && hasDataDirectory(instance),
   );
+  // The new primary's pg_hba was written when it was made: a replica on a host added since (a drain's or a lost host's replacement) must be let in first.
+  await dataPlane.allowPeers(instanceSpec(cluster, candidate));
   for (const replica of others) {
     await dataPlane.follow(instanceSpec(cluster, replica), { host: candidate.address, port: candidate.port, slotName: slotNameFor(replica.id) });
   }
