@@ -323,7 +323,7 @@ async function fence(context: Context): Promise<Result> {
 async function pick(context: Context): Promise<Result> {
   // The only failover step that can wait without bound (for a replica to serve): a delete ends it.
   if (destroyRequested(context)) return hop('destroy', { reason: 'deleted while waiting for a replica to promote', code: 'deleted_during_failover' });
-  const { store, dataPlane, ha } = context.ports;
+  const { store, ha } = context.ports;
   const data = context.machine.data;
   const force = data.force === true || context.signals.has('force');
   const cluster = await store.cluster(clusterIdOf(context));
