@@ -58,6 +58,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
     reachability: {
       silentMs: (hostId) => heartbeats.silentMs(hostId),
       lastAlive: (hostId, instanceId) => heartbeats.lastAliveOn(hostId, instanceId),
+      lastStatus: (hostId, instanceId) => heartbeats.lastStatusOn(hostId, instanceId),
       unreachableAfterMs: hosts.leaseMs,
     },
     clientFor(host) {

@@ -84,6 +84,11 @@ export interface DesiredInstance {
   readonly role: 'primary' | 'replica';
   /** A primary with cluster members on other hosts: fenced when the lease runs out. */
   readonly fenceOnLeaseLoss: boolean;
+  /**
+   * Out of the routes: an old primary failed away from, until its rejoin. The agent never starts
+   * it on its own (its data directory may still be a primary's); only the control plane's rejoin does.
+   */
+  readonly fenced: boolean;
 }
 
 export interface HeartbeatResponse {

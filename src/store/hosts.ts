@@ -294,8 +294,8 @@ export class HostStore {
    * be promoted while it is cut off.
    */
   async desiredInstances(hostId: HostId): Promise<DesiredInstance[]> {
-    const result = await this.db.query<{ id: string; role: 'primary' | 'replica'; fence: boolean }>(
-      `select i.id, i.role,
+    const result = await this.db.query<{ id: string; role: 'primary' | 'replica'; fence: boolean; fenced: boolean }>(
+      `select i.id, i.role, i.fenced,
               i.role = 'primary' and exists (
                 select 1 from instances o
                  where o.cluster_id = i.cluster_id and o.id <> i.id and o.deleted_at is null
@@ -305,7 +305,7 @@ export class HostStore {
         order by i.id`,
       [hostId],
     );
-    return result.rows.map((row) => ({ instanceId: row.id, role: row.role, fenceOnLeaseLoss: row.fence }));
+    return result.rows.map((row) => ({ instanceId: row.id, role: row.role, fenceOnLeaseLoss: row.fence, fenced: row.fenced }));
   }
 
   private async raise(client: Queryable, hostId: string, signal: string): Promise<void> {
