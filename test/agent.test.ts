@@ -250,7 +250,7 @@ test('operations are refused to a certificate of another CA and to a host certif
   // A peer host may ask about the lease; the control plane may not be asked for bad args.
   const lease = await agentRequest(hostPair, 'GET', '/v1/lease');
   assert.equal(lease.status, 200);
-  assert.deepEqual({ ...(lease.body as LeaseAnswer), leftMs: 0 }, { hostId, leased: true, leftMs: 0 });
+  assert.deepEqual({ ...(lease.body as LeaseAnswer), leftMs: 0, silentMs: 0 }, { hostId, leased: true, leftMs: 0, silentMs: 0 });
   const bad = await agentRequest(control, 'POST', '/v1/ops/start', { args: [{ instanceId: '../etc' }] });
   assert.equal(bad.status, 400);
   assert.equal((bad.body as { error: { code: string; failure: string } }).error.code, 'CELLAR_E_INVALID');

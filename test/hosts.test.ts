@@ -90,6 +90,32 @@ describe('a cluster on three hosts', () => {
     const failovers = await cell.cellar.storeQuery<{ code: string }>(`select code from events where cluster_id = $1 and code = 'failover_started'`, [app.id]);
     assert.equal(failovers.length, 0);
   });
+
+  test('the control plane stopped past the lease: primaries keep serving by the failsafe (every peer is unleased too), and nothing fails over when it is back', async () => {
+    const uri = app.uri as string;
+    const [primary] = await cell.cellar.storeQuery<{ id: string; host_id: string }>(`select id, host_id from instances where cluster_id = $1 and role = 'primary' and deleted_at is null`, [app.id]);
+    assert.ok(primary !== undefined);
+    const agent = cell.agents.find((candidate) => candidate.host.address === hostsById.get(primary.host_id)?.address);
+    assert.ok(agent !== undefined);
+    const pidBefore = await postmasterPid(agent.dataDir, primary.id);
+    await queryUri(uri, 'create table if not exists during_outage (id int primary key)');
+    await cell.cellar.stop();
+    const stoppedAtMs = performance.now();
+    const leaseMs = Number(cell.settings['CELLAR_HOST_LEASE_MS']);
+    await eventually('two leases to pass without a control plane', async () => (performance.now() - stoppedAtMs > 2 * leaseMs ? true : undefined), 4 * leaseMs, 100);
+    // The proxy serves from its cached routes; the primary must still take writes.
+    await queryUri(uri, 'insert into during_outage values (1)');
+    assert.equal(await postmasterPid(agent.dataDir, primary.id), pidBefore, 'the primary was not fenced');
+    assert.match(agent.output, /failsafe: no peer holds a lease either/);
+    await cell.cellar.start();
+    await eventually('the cluster running again under the control plane', async () => {
+      const shown = await cell.cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      return shown.state === 'running' && shown.instances.every((instance) => instance.state === 'running') ? shown : undefined;
+    }, 30_000);
+    const [still] = await cell.cellar.storeQuery<{ id: string }>(`select id from instances where cluster_id = $1 and role = 'primary' and deleted_at is null`, [app.id]);
+    assert.equal(still?.id, primary.id, 'no failover');
+    assert.deepEqual(await queryUri<{ id: number }>(uri, 'select id from during_outage'), [{ id: 1 }]);
+  });
 });
 
 /** Writes through one URI, a new id each time, and remembers which were acknowledged. */

@@ -101,6 +101,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
         sink: heartbeats,
         leaseMs: hosts.leaseMs,
         heartbeatMs: hosts.heartbeatMs,
+        clockMarginMs: hosts.clockMarginMs,
         log,
         embeddedStore: config.storeUrl === null,
       }),
