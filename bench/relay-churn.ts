@@ -179,6 +179,7 @@ async function main(): Promise<void> {
     refreshNow: () => Promise.resolve(),
     has: (name) => name === cluster,
     onChange: () => undefined,
+    stillRouted: () => true,
   };
   const port = await freePort();
   const secureContext = createSecureContext({ cert, key });

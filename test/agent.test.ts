@@ -225,7 +225,7 @@ test('an identity is refused, naming the file, when a file is missing, the key i
 
 test('a primary is created, started and its status taken through the AgentClient, and the next heartbeat lists it alive', async () => {
   const primary = await newSpec();
-  controlPlane.desired.set(primary.instanceId, { instanceId: primary.instanceId, role: 'primary', fenceOnLeaseLoss: true });
+  controlPlane.desired.set(primary.instanceId, { instanceId: primary.instanceId, role: 'primary', fenceOnLeaseLoss: true, fenced: false });
   await client.createPrimary(primary);
   await client.start(primary);
   const status = await client.status(primary);
@@ -250,7 +250,7 @@ test('operations are refused to a certificate of another CA and to a host certif
   // A peer host may ask about the lease; the control plane may not be asked for bad args.
   const lease = await agentRequest(hostPair, 'GET', '/v1/lease');
   assert.equal(lease.status, 200);
-  assert.deepEqual({ ...(lease.body as LeaseAnswer), leftMs: 0 }, { hostId, leased: true, leftMs: 0 });
+  assert.deepEqual({ ...(lease.body as LeaseAnswer), leftMs: 0, silentMs: 0 }, { hostId, leased: true, leftMs: 0, silentMs: 0 });
   const bad = await agentRequest(control, 'POST', '/v1/ops/start', { args: [{ instanceId: '../etc' }] });
   assert.equal(bad.status, 400);
   assert.equal((bad.body as { error: { code: string; failure: string } }).error.code, 'CELLAR_E_INVALID');
@@ -260,11 +260,11 @@ test('operations are refused to a certificate of another CA and to a host certif
   await assert.rejects(client.stop('in_../x' as never), InvariantError);
 });
 
-test('a replica whose postmaster is SIGKILLed is restarted in place by the agent', async (t) => {
+test('a replica whose postmaster is SIGKILLed is restarted in place by the agent; a fenced one is not', async (t) => {
   const primary = await newSpec();
   const replica = await newSpec();
-  controlPlane.desired.set(primary.instanceId, { instanceId: primary.instanceId, role: 'primary', fenceOnLeaseLoss: false });
-  controlPlane.desired.set(replica.instanceId, { instanceId: replica.instanceId, role: 'replica', fenceOnLeaseLoss: false });
+  controlPlane.desired.set(primary.instanceId, { instanceId: primary.instanceId, role: 'primary', fenceOnLeaseLoss: false, fenced: false });
+  controlPlane.desired.set(replica.instanceId, { instanceId: replica.instanceId, role: 'replica', fenceOnLeaseLoss: false, fenced: false });
   await client.createPrimary(primary);
   await client.start(primary);
   await client.createReplica(replica, { host: '127.0.0.1', port: primary.port, slotName: replica.instanceId });
@@ -285,6 +285,19 @@ test('a replica whose postmaster is SIGKILLed is restarted in place by the agent
   );
   assert.equal(restarted.inRecovery, true);
   t.diagnostic(`replica SIGKILLed to accepting again: ${Math.round(performance.now() - killedAtMs)} ms`);
+
+  // Fenced (an old primary between its failover and its rejoin): the agent never starts it itself.
+  controlPlane.desired.set(replica.instanceId, { instanceId: replica.instanceId, role: 'replica', fenceOnLeaseLoss: false, fenced: true });
+  const fencedAt = controlPlane.beats;
+  await eventually('the agent to hear it is fenced', async () => (controlPlane.beats > fencedAt + 1 ? true : undefined), 10_000, 20);
+  assert.ok(restarted.pid !== undefined);
+  process.kill(restarted.pid, 'SIGKILL');
+  const killedAgain = controlPlane.beats;
+  // Supervision looks at every beat: several beats with the server down and nothing started.
+  await eventually('several heartbeats after the kill', async () => (controlPlane.beats > killedAgain + 6 ? true : undefined), 15_000, 20);
+  assert.equal((await client.status(replica)).running, false, 'a fenced instance stays down');
+  controlPlane.desired.set(replica.instanceId, { instanceId: replica.instanceId, role: 'replica', fenceOnLeaseLoss: false, fenced: false });
+  await client.start(replica);
 });
 
 test('an agent SIGKILLed and started again within the lease adopts its instances: same postmasters, same guard', async () => {

@@ -202,10 +202,10 @@ describe('hosts: joining and trust', () => {
     );
     await cellar.storeQuery("insert into instances (id, cluster_id, ordinal, role, host_id) values ('in_hostsjoin1', 'cl_hostsjoin1', 0, 'primary', $1)", [joined.hostId]);
     const alone = (await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 0 })).body as HeartbeatResponse;
-    assert.deepEqual(alone.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: false }]);
+    assert.deepEqual(alone.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: false, fenced: false }]);
     await cellar.storeQuery("insert into instances (id, cluster_id, ordinal, role, host_id) values ('in_hostsjoin2', 'cl_hostsjoin1', 1, 'replica', null)");
     const spread = (await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 0 })).body as HeartbeatResponse;
-    assert.deepEqual(spread.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: true }]);
+    assert.deepEqual(spread.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: true, fenced: false }]);
     const used = await cellar.cliJson<HostView>(['hosts', 'show', 'j1']);
     assert.deepEqual(used.used, { instances: 1, memoryMb: 1024, diskGb: 10 });
     const refused = await cellar.cli(['hosts', 'remove', 'j1', '--json']);

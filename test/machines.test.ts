@@ -65,7 +65,11 @@ class FakeDataPlane implements DataPlane {
     this.reach(id);
   }
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
+    this.reach(spec.instanceId);
     return this.statuses.get(spec.instanceId) ?? this.status_;
+  }
+  observe(spec: InstanceSpec): Promise<InstanceStatus> {
+    return this.status(spec);
   }
   async alive(id: InstanceId): Promise<boolean> {
     this.reach(id);

@@ -7,6 +7,8 @@ import { clusterMachine } from '../src/machines/cluster.js';
 import { instanceMachine } from '../src/machines/instance.js';
 import { insertCluster } from '../src/store/clusters.js';
 import { PgMachineStore } from '../src/store/machine-store.js';
+import { hostMachine } from '../src/machines/host.js';
+import { ensureLocalHost } from '../src/store/local-host.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
 
 /** Invariant 1 (DESIGN.md §8) held by the store: at most one routed primary per cluster. */
@@ -18,6 +20,8 @@ let machines: PgMachineStore;
 before(async () => {
   store = await startTestStore();
   machines = new PgMachineStore(store.pool, 40_000, 40_100, instanceMachine);
+  // Clusters are placed on hosts: the store's one host, as `cellar up` registers it.
+  await ensureLocalHost(store.pool, { memoryMb: 1_048_576, diskGb: 1_048_576, slots: 1_000, agentPort: 8435 }, hostMachine);
   await store.pool.query('insert into orgs (id, name) values ($1, $2)', [orgId, 'one-primary']);
 });
 after(async () => {

@@ -10,7 +10,7 @@ import { type BackendKey, CancelKeys, type CancelKeyRegistry, type ProxyKey } fr
 import { ProxyMetrics } from '../src/proxy/metrics.js';
 import { NativeRelay } from '../src/proxy/native-relay.js';
 import { cancelRequestPacket } from '../src/proxy/protocol.js';
-import type { EndpointKind, ProxyRoutes, Resolution } from '../src/proxy/routes.js';
+import type { EndpointKind, ProxyRoutes, Resolution, Target } from '../src/proxy/routes.js';
 import { ProxyServer } from '../src/proxy/server.js';
 import { eventually } from './helpers/cellar.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
@@ -48,6 +48,10 @@ class TestRoutes implements ProxyRoutes {
 
   refreshNow(): Promise<void> {
     return Promise.resolve();
+  }
+
+  stillRouted(target: Target): boolean {
+    return this.ports.get(target.clusterKey) === target.port;
   }
 
   has(key: string): boolean {
@@ -184,6 +188,21 @@ describe('proxy isolation: failures stay in their connection, per-cluster state 
     await next.end();
     await open.end();
     await eventually('the cancel keys of closed clients to be released', async () => (proxy.cancelKeyCount === 0 ? true : undefined), 5_000);
+  });
+
+  test('a connection whose instance leaves its route (fenced on a host cut off, which never closes it) is ended; others stay', async () => {
+    routes.set('leaving', postgresPort);
+    routes.set('staying', postgresPort);
+    const leaving = client('leaving');
+    const ended = new Promise<Error>((resolve) => leaving.once('error', resolve));
+    await leaving.connect();
+    const staying = client('staying');
+    await staying.connect();
+    routes.delete(['leaving']);
+    const error = await Promise.race([ended, new Promise<Error>((_, reject) => setTimeout(() => reject(new Error('the connection was not ended within 5 s')), 5_000).unref())]);
+    assert.match(error.message, /terminated|closed|ECONNRESET/i);
+    assert.deepEqual((await staying.query<{ one: number }>('select 1 as one')).rows, [{ one: 1 }], 'a connection still routed goes on');
+    await staying.end();
   });
 
   test('a server that sends a BackendKeyData of the wrong length, or a message length below 4, ends that client with 08P01; the proxy goes on', async () => {

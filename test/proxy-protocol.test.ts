@@ -118,7 +118,7 @@ describe('proxy protocol parsers', () => {
     const issued = Array.from({ length: 1000 }, (_, index) => keys.issue({ host: '127.0.0.1', port: 5432, processId: index, secretKey: -index }));
     assert.equal(new Set(issued.map((key) => `${key.processId}:${key.secretKey}`)).size, issued.length);
     const first = issued[0] as (typeof issued)[number];
-    assert.deepEqual(keys.find(first.processId, first.secretKey), { port: 5432, processId: 0, secretKey: -0 });
+    assert.deepEqual(keys.find(first.processId, first.secretKey), { host: '127.0.0.1', port: 5432, processId: 0, secretKey: -0 });
     for (const key of issued) keys.release(key);
     assert.equal(keys.size, 0);
     assert.equal(keys.find(first.processId, first.secretKey), undefined);

@@ -1,17 +1,19 @@
 import { Agent as HttpsAgent, request } from 'node:https';
+import { isIP } from 'node:net';
 import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { HostSettings } from '../config.js';
 import { hostLeaseMsMax, hostLeaseMsMin } from '../config.js';
-import { type DesiredInstance, type HeartbeatInstance, type HeartbeatRequest, type HeartbeatResponse, agentHeartbeatPath, controlCommonName } from '../dataplane/agent-protocol.js';
+import { type AgentAddress, type DesiredInstance, type HeartbeatInstance, type HeartbeatRequest, type HeartbeatResponse, agentHeartbeatPath, controlCommonName } from '../dataplane/agent-protocol.js';
 import type { DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
 import { runWithAbortSignal } from '../lib/abort.js';
 import { TransientError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
 import { instancePaths } from '../postgres/paths.js';
 import { serverPid } from '../postgres/server.js';
+import { Failsafe } from './failsafe.js';
 import type { AgentIdentity } from './identity.js';
-import { type FencedPrimary, type Lease, currentBootId, monotonicNowNs, writeLeaseFile } from './lease.js';
+import { type FencedPrimary, type Lease, currentBootId, failsafeSilenceMs, monotonicNowNs, writeLeaseFile } from './lease.js';
 import { processStartTicks } from './proc.js';
 import type { SpecBook } from './specs.js';
 
@@ -34,6 +36,8 @@ export const aliveConcurrencyMax = 8;
 export const heartbeatResponseBytesMax = 1024 * 1024;
 /** Desired instances in one answer: more than a host can run. */
 export const desiredInstancesMax = 10_000;
+/** Peers named for one primary: its cluster's other hosts. */
+const peersMax = 64;
 /** Even when a beat ran past its interval, the next waits this long: never a tight loop. */
 export const beatGapMsMin = 10;
 /** Lowest interval the control plane may ask for (the config's floor too). */
@@ -70,6 +74,9 @@ export class Heartbeat {
   private failingSince: number | null = null;
   private failedBeats = 0;
   private leaseWasHeld = false;
+  /** What the failsafe last decided (logged once per change); null while heartbeats are answered. */
+  private failsafeServing: boolean | null = null;
+  private readonly failsafe: Failsafe;
   /** Beats answered with a renewal (tests and logs). */
   renewals = 0;
 
@@ -77,6 +84,7 @@ export class Heartbeat {
     this.intervalMs = options.settings.heartbeatMs;
     this.leaseMs = options.settings.leaseMs;
     this.url = new URL(agentHeartbeatPath, options.identity.controlUrl);
+    this.failsafe = new Failsafe(options.identity);
     this.agent = new HttpsAgent({
       keepAlive: true,
       maxSockets: 1,
@@ -100,6 +108,7 @@ export class Heartbeat {
     this.wake?.();
     await this.loopDone;
     this.agent.destroy();
+    this.failsafe.close();
   }
 
   /** What the last beat saw of an instance (supervision reads it). */
@@ -135,23 +144,56 @@ export class Heartbeat {
       response = parseResponse(await this.send(body));
     } catch (error) {
       this.noteFailure(error);
+      await this.tryFailsafe(sentAtNs);
       this.noteLease();
       return;
     }
-    this.options.lease.renew(sentAtNs, response.leaseMs, response.instances);
+    this.options.lease.renew(sentAtNs, response.leaseMs, response.instances, response.clockMarginMs ?? 0, response.heartbeatMs);
     this.leaseMs = response.leaseMs;
     this.intervalMs = response.heartbeatMs;
     this.renewals += 1;
     this.noteRecovery();
     this.noteLease();
+    this.failsafeServing = null;
+    await this.writeLease(response.instances);
+  }
+
+  private async writeLease(desired: readonly DesiredInstance[]): Promise<void> {
     try {
       await writeLeaseFile(this.options.dataDir, {
         bootId: await currentBootId(),
-        expiresAtMonotonicNs: String(this.options.lease.expiresAtMonotonicNs), primaries: await this.primariesToFence(response.instances) });
+        expiresAtMonotonicNs: String(this.options.lease.expiresAtMonotonicNs), primaries: await this.primariesToFence(desired) });
     } catch (error) {
       // The guard keeps the previous expiry: it fences early rather than late.
       this.options.log.error({ err: error instanceof Error ? error.message : String(error) }, 'could not write the lease file');
     }
+  }
+
+  /**
+   * No answer from the control plane: while the lease still holds, ask the peers of this host's
+   * fenced-on-loss primaries; if none holds a lease either, extend by the failsafe (docs/HOSTS.md).
+   * Never after the lease ran out: a primary the guard may have fenced is not brought back here.
+   */
+  private async tryFailsafe(sentAtNs: bigint): Promise<void> {
+    const lease = this.options.lease;
+    if (this.stopped || !lease.held()) return;
+    const desired = lease.desiredInstances();
+    const peers = new Map<string, AgentAddress>();
+    for (const instance of desired) {
+      if (instance.role !== 'primary' || !instance.fenceOnLeaseLoss) continue;
+      for (const peer of instance.peers ?? []) peers.set(`${peer.address}:${peer.agentPort}`, peer);
+    }
+    if (peers.size === 0) return;
+    const verdict = await this.failsafe.verdict([...peers.values()], failsafeSilenceMs(this.intervalMs), Math.max(heartbeatMsMin, Math.min(this.intervalMs * 2, Math.floor(this.leaseMs / 3))));
+    if (!verdict.serve) {
+      if (this.failsafeServing !== false) this.options.log.warn({ why: verdict.why }, 'failsafe: primaries are fenced when the lease runs out');
+      this.failsafeServing = false;
+      return;
+    }
+    lease.extendByFailsafe(sentAtNs, this.leaseMs);
+    if (this.failsafeServing !== true) this.options.log.warn({ peers: peers.size }, 'failsafe: no peer holds a lease either (the control plane is gone for all): primaries keep serving');
+    this.failsafeServing = true;
+    await this.writeLease(desired);
   }
 
   /** Every instance with a spec: alive now, and the last status (refreshed in the background). */
@@ -295,11 +337,19 @@ export function parseResponse(value: unknown): HeartbeatResponse {
   if (!Array.isArray(instances) || instances.length > desiredInstancesMax) throw new Error(`the heartbeat answer's instances must be a list of at most ${desiredInstancesMax}`);
   for (const instance of instances as unknown[]) {
     const entry = instance as Partial<DesiredInstance> | null;
-    if (typeof entry?.instanceId !== 'string' || (entry.role !== 'primary' && entry.role !== 'replica') || typeof entry.fenceOnLeaseLoss !== 'boolean') {
-      throw new Error(`the heartbeat answer lists an instance that is not {instanceId, role, fenceOnLeaseLoss}: ${JSON.stringify(instance).slice(0, 200)}`);
+    if (typeof entry?.instanceId !== 'string' || (entry.role !== 'primary' && entry.role !== 'replica') || typeof entry.fenceOnLeaseLoss !== 'boolean' || typeof entry.fenced !== 'boolean') {
+      throw new Error(`the heartbeat answer lists an instance that is not {instanceId, role, fenceOnLeaseLoss, fenced}: ${JSON.stringify(instance).slice(0, 200)}`);
+    }
+    const peers = entry.peers;
+    if (peers !== undefined && (!Array.isArray(peers) || peers.length > peersMax || !peers.every((peer) => typeof peer?.address === 'string' && isIP(peer.address) !== 0 && Number.isInteger(peer.agentPort)))) {
+      throw new Error(`the heartbeat answer lists peers that are not at most ${peersMax} {address, agentPort}: ${JSON.stringify(peers).slice(0, 200)}`);
     }
   }
-  return { leaseMs, heartbeatMs, instances: instances as DesiredInstance[] };
+  const clockMarginMs = response?.clockMarginMs;
+  if (clockMarginMs !== undefined && (typeof clockMarginMs !== 'number' || !Number.isInteger(clockMarginMs) || clockMarginMs < 0 || clockMarginMs > hostLeaseMsMax)) {
+    throw new Error(`the heartbeat answer's clockMarginMs ${String(clockMarginMs)} is not an integer from 0 to ${hostLeaseMsMax}`);
+  }
+  return { leaseMs, heartbeatMs, instances: instances as DesiredInstance[], ...(clockMarginMs === undefined ? {} : { clockMarginMs }) };
 }
 
 /** Runs `work` over `items`, at most `limit` at once, keeping the order of the results. */

@@ -41,16 +41,77 @@ export function monotonicNowNs(): bigint {
 }
 
 /** What the agent holds in memory: until when, and what the control plane last wanted of each instance. */
+/**
+ * How long a peer must have gone without a grant for the failsafe to count the control plane as
+ * gone for it: two heartbeat intervals (an alive control plane answers a peer every interval).
+ */
+export function failsafeSilenceMs(heartbeatMs: number): number {
+  return 2 * heartbeatMs;
+}
+
 export class Lease {
+  /** Until when primaries may serve: the control plane's grant, or the failsafe's extension of it. */
   private expiresAtNs: bigint | null = null;
+  /** Until when the control plane's own grant runs (what peers are told). */
+  private grantedUntilNs: bigint | null = null;
+  /** Since when the control plane's grants have followed each other without a gap. */
+  private grantedSinceNs: bigint | null = null;
+  /** When the heartbeat that brought the last grant was sent. */
+  private lastGrantSentNs: bigint | null = null;
   private desired = new Map<string, DesiredInstance>();
+  /** What the control plane last said: a promote here needs its grants unbroken for lease + margin. */
+  private promoteAfterMs = Number.POSITIVE_INFINITY;
 
   /** A renewal: the lease runs `leaseMs` from `sentAtNs`, the moment before the heartbeat left. */
-  renew(sentAtNs: bigint, leaseMs: number, desired: readonly DesiredInstance[]): void {
+  renew(sentAtNs: bigint, leaseMs: number, desired: readonly DesiredInstance[], clockMarginMs = 0, heartbeatMs = leaseMs): void {
+    this.promoteAfterMs = leaseMs + clockMarginMs;
     const expiresAtNs = sentAtNs + BigInt(leaseMs) * nanosecondsPerMs;
+    // A gap as long as a peer's failsafe waits for (failsafeSilence) breaks the run: a peer may have
+    // relied on this host's silence to keep its own primary serving.
+    const gapNs = BigInt(failsafeSilenceMs(heartbeatMs)) * nanosecondsPerMs;
+    if (this.lastGrantSentNs === null || this.grantedUntilNs === null || sentAtNs >= this.grantedUntilNs || sentAtNs - this.lastGrantSentNs >= gapNs) this.grantedSinceNs = sentAtNs;
+    if (this.lastGrantSentNs === null || sentAtNs > this.lastGrantSentNs) this.lastGrantSentNs = sentAtNs;
+    if (this.grantedUntilNs === null || expiresAtNs > this.grantedUntilNs) this.grantedUntilNs = expiresAtNs;
     // Beats are sent one at a time, so this only moves forward; never shorten what was granted.
     if (this.expiresAtNs === null || expiresAtNs > this.expiresAtNs) this.expiresAtNs = expiresAtNs;
     this.desired = new Map(desired.map((instance) => [instance.instanceId, instance]));
+  }
+
+  /**
+   * The failsafe (docs/HOSTS.md): no heartbeat is answered, and every peer of every fenced-on-loss
+   * primary says it holds no grant either, so the control plane is gone for all of them and no one
+   * can promote. Primaries keep serving for `leaseMs` from `askedAtNs` (taken before the peers were asked).
+   */
+  extendByFailsafe(askedAtNs: bigint, leaseMs: number): void {
+    const expiresAtNs = askedAtNs + BigInt(leaseMs) * nanosecondsPerMs;
+    if (this.expiresAtNs === null || expiresAtNs > this.expiresAtNs) this.expiresAtNs = expiresAtNs;
+  }
+
+  /** Since the heartbeat that brought the last grant was sent; null without one since the agent started. */
+  silentMs(nowNs: bigint = monotonicNowNs()): number | null {
+    return this.lastGrantSentNs === null ? null : Number((nowNs - this.lastGrantSentNs) / nanosecondsPerMs);
+  }
+
+  /** Whether the control plane's own grant holds now (never the failsafe's extension). */
+  granted(nowNs: bigint = monotonicNowNs()): boolean {
+    return this.grantedUntilNs !== null && nowNs < this.grantedUntilNs;
+  }
+
+  /**
+   * Why this host may not promote now, or null. A peer may have kept its old primary serving by
+   * the failsafe on the strength of this host's "no grant" answer, for up to a lease from when it
+   * asked: only grants unbroken for longer than that (and the margin) rule such a primary out.
+   */
+  promoteRefusal(nowNs: bigint = monotonicNowNs()): string | null {
+    const heldMs = this.grantedForMs(nowNs);
+    if (heldMs >= this.promoteAfterMs) return null;
+    return `this host's lease has held for ${heldMs} ms without a break; a promote needs ${this.promoteAfterMs} ms (lease + clock margin), so that no peer still serves by the failsafe`;
+  }
+
+  /** How long the control plane's grants have held without a break; 0 without a grant now. */
+  grantedForMs(nowNs: bigint = monotonicNowNs()): number {
+    if (!this.granted(nowNs) || this.grantedSinceNs === null) return 0;
+    return Number((nowNs - this.grantedSinceNs) / nanosecondsPerMs);
   }
 
   /** After an agent restart: the lease its predecessor wrote still runs on the same clock. */

@@ -56,6 +56,8 @@ export class AgentOperations {
       },
       promote: async (args) => {
         this.requireLease('promote');
+        const refusal = this.lease.promoteRefusal();
+        if (refusal !== null) throw new TransientError(`promote refused: ${refusal}`);
         await driver.promote(spec(args));
       },
       dropSlot: (args) => driver.dropSlot(args[0] as UpstreamRef, args[1] as ClusterSecrets),

@@ -68,7 +68,7 @@ export function buildAgentServer(options: AgentServerOptions) {
     return sendError(reply, 'CELLAR_E_NOT_FOUND', `no route ${request.method} ${request.url.slice(0, 200)}`, 'permanent');
   });
 
-  server.get(agentLeasePath, async (): Promise<LeaseAnswer> => ({ hostId: identity.hostId, leased: options.lease.held(), leftMs: options.lease.leftMs() }));
+  server.get(agentLeasePath, async (): Promise<LeaseAnswer> => ({ hostId: identity.hostId, leased: options.lease.granted(), leftMs: options.lease.leftMs(), silentMs: options.lease.silentMs() }));
 
   for (const operation of operations) {
     server.post(`${agentOperationPathPrefix}${operation}`, {

@@ -65,7 +65,9 @@ export class Supervisor {
     for (const { spec, wanted } of records) {
       const instanceId = spec.instanceId;
       if (this.restarting.has(instanceId)) continue;
-      if (wanted !== 'running' || lease.desiredOf(instanceId)?.role !== 'replica') {
+      const desired = lease.desiredOf(instanceId);
+      // A fenced instance may hold a primary's data directory (an old primary before its rejoin): never started here.
+      if (wanted !== 'running' || desired?.role !== 'replica' || desired.fenced) {
         this.restarts.delete(instanceId);
         continue;
       }

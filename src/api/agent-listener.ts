@@ -45,6 +45,7 @@ export interface AgentListenerOptions {
   readonly sink: HeartbeatSink;
   readonly leaseMs: number;
   readonly heartbeatMs: number;
+  readonly clockMarginMs: number;
   readonly log: Logger;
   /** Whether Cellar runs the store itself, for what a 503 tells the agent. */
   readonly embeddedStore: boolean;
@@ -189,7 +190,7 @@ export async function startAgentListener(options: AgentListenerOptions): Promise
     if (hostId === null || request.body.hostId !== hostId) throw unauthenticated(`the heartbeat's hostId ${JSON.stringify(request.body.hostId)} is not the host of the client certificate`);
     await store.renewLease(hostId as HostId);
     options.sink.record(hostId, request.body, Date.now());
-    return { leaseMs: options.leaseMs, heartbeatMs: options.heartbeatMs, instances: await store.desiredInstances(hostId as HostId) };
+    return { leaseMs: options.leaseMs, heartbeatMs: options.heartbeatMs, clockMarginMs: options.clockMarginMs, instances: await store.desiredInstances(hostId as HostId) };
   });
 
   try {

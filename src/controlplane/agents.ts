@@ -59,6 +59,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
     reachability: {
       silentMs: (hostId) => heartbeats.silentMs(hostId),
       lastAlive: (hostId, instanceId) => heartbeats.lastAliveOn(hostId, instanceId),
+      lastStatus: (hostId, instanceId) => heartbeats.lastStatusOn(hostId, instanceId),
       unreachableAfterMs: hosts.leaseMs,
     },
     clientFor(host) {
@@ -102,6 +103,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
         sink: heartbeats,
         leaseMs: hosts.leaseMs,
         heartbeatMs: hosts.heartbeatMs,
+        clockMarginMs: hosts.clockMarginMs,
         log,
         embeddedStore: config.storeUrl === null,
       }),

@@ -84,11 +84,28 @@ export interface DesiredInstance {
   readonly role: 'primary' | 'replica';
   /** A primary with cluster members on other hosts: fenced when the lease runs out. */
   readonly fenceOnLeaseLoss: boolean;
+  /**
+   * Out of the routes: an old primary failed away from, until its rejoin. The agent never starts
+   * it on its own (its data directory may still be a primary's); only the control plane's rejoin does.
+   */
+  readonly fenced: boolean;
+  /**
+   * A primary fenced on lease loss: the agents of its cluster's other hosts. When the lease runs
+   * out the agent asks them (failsafe) before it lets the guard fence.
+   */
+  readonly peers?: readonly AgentAddress[];
+}
+
+export interface AgentAddress {
+  readonly address: string;
+  readonly agentPort: number;
 }
 
 export interface HeartbeatResponse {
   /** The lease runs this long from when the agent sent the heartbeat. */
   readonly leaseMs: number;
+  /** The control plane's clock margin: a promote needs the lease held without a break for lease + margin. */
+  readonly clockMarginMs?: number;
   readonly heartbeatMs: number;
   readonly instances: readonly DesiredInstance[];
 }
@@ -96,7 +113,10 @@ export interface HeartbeatResponse {
 /** The agent's answer to a peer asking about its lease (failsafe). */
 export interface LeaseAnswer {
   readonly hostId: string;
+  /** Holds a lease the control plane granted (never one the failsafe extended). */
   readonly leased: boolean;
+  /** Since the heartbeat that brought its last grant was sent; null: never granted since the agent started. */
+  readonly silentMs: number | null;
   readonly leftMs: number;
 }
 

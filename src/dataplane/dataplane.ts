@@ -159,6 +159,12 @@ export interface DataPlane {
    */
   stop(instanceId: InstanceId, mode?: 'fast' | 'immediate'): Promise<void>;
   status(spec: InstanceSpec): Promise<InstanceStatus>;
+  /**
+   * The status as the data plane last saw it, at most a second or two old: for periodic probes.
+   * Another host reports it in its heartbeat, so watching costs no request per instance. After
+   * an action (start, promote), ask `status`, which is taken now.
+   */
+  observe(spec: InstanceSpec): Promise<InstanceStatus>;
   /** Cheap: whether the postmaster process exists (no connection). Probed often to detect a crash fast. */
   alive(instanceId: InstanceId): Promise<boolean>;
   /** Removes the slot from an upstream; no-op if the upstream or the slot is gone. */

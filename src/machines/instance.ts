@@ -229,19 +229,22 @@ const clusterOf = (instance: InstanceRecord): MachineRef => ({ kind: clusterKind
 async function running(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const { cluster, instance } = await load(context);
-  const { dataPlane, store, clock, ha } = context.ports;
-  let alive: boolean;
   try {
-    alive = await dataPlane.alive(instance.id);
+    return await probe(context, cluster, instance);
   } catch (error) {
+    // Its host silent past its lease: nothing there can be asked; the cluster acts (or it waits).
     if (error instanceof HostUnreachableError) return lost(context, instance, error.message, 'host_unreachable');
     throw error;
   }
-  if (!alive) return lost(context, instance, 'server process is gone');
+}
+
+async function probe(context: Context, cluster: ClusterRecord, instance: InstanceRecord): Promise<Result> {
+  const { dataPlane, store, clock, ha } = context.ports;
+  if (!(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
   const now = clock.nowMs();
   const data = context.machine.data;
   if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) return nap(livenessIntervalMs);
-  const status = await dataPlane.status(instanceSpec(cluster, instance));
+  const status = await dataPlane.observe(instanceSpec(cluster, instance));
   await store.recordObserved(instance.id, status);
   const wake = healthChanged(instance.observed, status) ? [clusterOf(instance)] : [];
   if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0 }, wake });

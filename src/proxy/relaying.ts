@@ -6,7 +6,7 @@ import { type ClientStartup, guarded, refuse } from './connection.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { NativeRelay } from './native-relay.js';
 import { MessageReader, backendKeyData, parseBackendKeyData, sqlStates } from './protocol.js';
-import type { Target } from './routes.js';
+import type { EndpointKind, Target } from './routes.js';
 import { relayBytes } from './throttle.js';
 
 /**
@@ -23,11 +23,40 @@ export interface RelayingOptions {
   readonly cancelKeys: CancelKeyRegistry;
 }
 
+interface LivePair {
+  readonly backend: Socket;
+  readonly target: Target;
+  readonly kind: EndpointKind;
+}
+
 export class Relaying {
+  /** Every relayed connection by its client socket, so that a failover can end those left on a fenced primary. */
+  private readonly live = new Map<Socket, LivePair>();
+
   constructor(private readonly options: RelayingOptions) {}
+
+  /**
+   * After a change of the routes: ends every connection whose instance left its route (fenced,
+   * deleted) or, for writes, is no longer the primary. A primary on a host cut off from the
+   * network never closes its connections itself; its clients must see an error to reconnect.
+   */
+  endUnrouted(stillRouted: (target: Target, kind: EndpointKind) => boolean): number {
+    let ended = 0;
+    for (const [client, pair] of this.live) {
+      if (stillRouted(pair.target, pair.kind)) continue;
+      this.live.delete(client);
+      pair.backend.destroy();
+      client.destroy();
+      ended += 1;
+    }
+    if (ended > 0) this.options.log.info({ ended }, 'proxy: connections to instances no longer routed ended');
+    return ended;
+  }
 
   /** A backend just connected for `client`: client → server as bytes, server → client through the startup phase. */
   start(client: Socket, backend: Socket, startup: ClientStartup, target: Target, state: ClusterState): void {
+    this.live.set(client, { backend, target, kind: startup.kind });
+    client.once('close', () => this.live.delete(client));
     this.pipe(client, backend, target.clusterKey, 'in', state);
     this.relayStartup(client, backend, startup, target, state);
   }

@@ -37,6 +37,11 @@ export interface ProxyRoutes {
   has(key: string): boolean;
   /** Called after each change of the table (the proxy drops state kept for clusters that have gone). */
   onChange(listener: () => void): void;
+  /**
+   * Whether a connection made to `target` for `kind` may go on: its instance is still in the
+   * cluster's route (not fenced, not deleted) and, for writes, still its primary.
+   */
+  stillRouted(target: Target, kind: EndpointKind): boolean;
 }
 
 export class RouteTable implements ProxyRoutes {
@@ -113,6 +118,15 @@ export class RouteTable implements ProxyRoutes {
 
   onChange(listener: () => void): void {
     this.changeListeners.push(listener);
+  }
+
+  stillRouted(target: Target, kind: EndpointKind): boolean {
+    const route = this.routes.get(target.clusterKey);
+    // A table the store never filled (the proxy started while it was down) says nothing: keep the connection.
+    if (route === undefined) return !this.storeHealthy;
+    const instance = route.instances.find((candidate) => candidate.host === target.host && candidate.port === target.port);
+    if (instance === undefined) return false;
+    return kind === 'readOnly' || instance.role === 'primary';
   }
 
   resolve(key: string, kind: EndpointKind): Resolution {

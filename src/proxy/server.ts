@@ -53,6 +53,7 @@ export class ProxyServer {
     this.admission = new Admission({ routes, limits, metrics, clusters: this.clusters, connectionCount: () => this.sockets.size });
     this.backends = new BackendConnector({ log, routes, admission: this.admission, waitMsMax: limits.waitMsMax, track });
     this.relaying = new Relaying({ log, metrics, relay, cancelKeys: this.cancelKeys });
+    routes.onChange(() => this.relaying.endUnrouted((target, kind) => routes.stillRouted(target, kind)));
     this.negotiation = new Negotiation({
       log,
       tls,

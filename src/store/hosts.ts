@@ -318,18 +318,22 @@ export class HostStore {
    * be promoted while it is cut off.
    */
   async desiredInstances(hostId: HostId): Promise<DesiredInstance[]> {
-    const result = await this.db.query<{ id: string; role: 'primary' | 'replica'; fence: boolean }>(
-      `select i.id, i.role,
-              i.role = 'primary' and exists (
-                select 1 from instances o
-                 where o.cluster_id = i.cluster_id and o.id <> i.id and o.deleted_at is null
-                   and o.host_id is distinct from i.host_id) as fence
+    const result = await this.db.query<{ id: string; role: 'primary' | 'replica'; fenced: boolean; peers: { address: string; agentPort: number }[] }>(
+      `select i.id, i.role, i.fenced,
+              coalesce((select json_agg(distinct jsonb_build_object('address', h.address, 'agentPort', h.agent_port))
+                          from instances o join hosts h on h.id = o.host_id
+                         where o.cluster_id = i.cluster_id and o.id <> i.id and o.deleted_at is null
+                           and o.host_id is distinct from i.host_id and h.removed_at is null), '[]'::json) as peers
          from instances i
         where i.host_id = $1 and i.deleted_at is null
         order by i.id`,
       [hostId],
     );
-    return result.rows.map((row) => ({ instanceId: row.id, role: row.role, fenceOnLeaseLoss: row.fence }));
+    return result.rows.map((row) => {
+      const fenceOnLeaseLoss = row.role === 'primary' && row.peers.length > 0;
+      const desired: DesiredInstance = { instanceId: row.id, role: row.role, fenceOnLeaseLoss, fenced: row.fenced };
+      return fenceOnLeaseLoss ? { ...desired, peers: row.peers } : desired;
+    });
   }
 
   private async raise(client: Queryable, hostId: string, signal: string): Promise<void> {

@@ -37,8 +37,7 @@ export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity, hos
     if (id === undefined) throw new Error('the local host is neither registered nor insertable (another host holds its name or address)');
     await client.query('update instances set host_id = $1 where host_id is null', [id]);
     // Its own machine, joined from the start: nothing has to join the control plane's own machine.
-    const machine = newMachine(hostMachine, id, null);
-    await insertMachine(client, machine);
+    await insertMachine(client, newMachine(hostMachine, id, null));
     const joined = await client.query<{ id: string; label: string }>('select id, label from machines where kind = $1 and entity_id = $2', [hostMachine.kind, id]);
     const row = joined.rows[0];
     if (row !== undefined && row.label === hostMachine.initial) await raiseSignal(client, row.id, joinedSignal);

@@ -112,6 +112,11 @@ export class AgentClient implements DataPlane {
     };
   }
 
+  /** A request like status; the router answers observations from heartbeats before it asks. */
+  observe(spec: InstanceSpec): Promise<InstanceStatus> {
+    return this.status(spec);
+  }
+
   /** A request, for when a heartbeat said the server is gone: it may have been taken before a start. */
   async aliveNow(instanceId: InstanceId): Promise<boolean> {
     return (await this.call('alive', [instanceId])) === true;

@@ -91,6 +91,14 @@ export class HeartbeatBook implements HeartbeatView {
     return this.beats.get(hostId)?.byInstance.get(instanceId)?.alive ?? false;
   }
 
+  /** The last full status of the instance in its host's latest beat, and its age now, however old the beat. */
+  lastStatusOn(hostId: string, instanceId: string): { readonly status: InstanceStatus; readonly ageMs: number } | undefined {
+    const received = this.beats.get(hostId);
+    const entry = received?.byInstance.get(instanceId);
+    if (received === undefined || entry?.status === undefined) return undefined;
+    return { status: entry.status, ageMs: (entry.statusAgeMs ?? 0) + (this.clock.nowMs() - received.receivedAtMs) };
+  }
+
   /** The last full status the instance's host reported, and how old it was then; undefined without a fresh beat. */
   statusOf(instanceId: string): { readonly status: InstanceStatus; readonly ageMs: number } | undefined {
     const hostId = this.hostOfInstance.get(instanceId);

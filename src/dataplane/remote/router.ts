@@ -1,6 +1,12 @@
 import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../dataplane.js';
 import type { InstanceId } from '../../lib/ids.js';
+import { currentAbortSignal, runWithAbortSignal } from '../../lib/abort.js';
 import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
+
+/** A heartbeat's status older than this is not an observation: the host is asked. */
+const observedStatusAgeMsMax = 2_000;
+/** How often an operation on another host looks whether the host is still heard from. */
+const reachabilityPollMs = 100;
 
 /**
  * The data plane the machines see when instances live on many hosts (docs/HOSTS.md): each
@@ -15,6 +21,8 @@ export interface HostReachability {
   silentMs(hostId: string): number;
   /** Whether the instance ran at its host's latest heartbeat; undefined when that beat did not list it. */
   lastAlive(hostId: string, instanceId: InstanceId): boolean | undefined;
+  /** The instance's status as its host last reported it, and its age now; undefined without one. */
+  lastStatus(hostId: string, instanceId: InstanceId): { readonly status: InstanceStatus; readonly ageMs: number } | undefined;
   /** A host silent longer than this is unreachable: operations there fail at once instead of waiting out their bounds. */
   readonly unreachableAfterMs: number;
 }
@@ -44,41 +52,80 @@ export class HostRouter implements DataPlane {
     return this.local.versions();
   }
 
-  private async byAddress(address: string): Promise<DataPlane> {
+  private async atAddress<T>(address: string, work: (plane: DataPlane) => Promise<T>): Promise<T> {
     const host = await this.directory.hostByAddress(address);
     if (host === null) throw new PermanentError(`no live host has address ${address}`);
-    return host.local ? this.local : this.remote(host);
+    return host.local ? work(this.local) : this.whileReachable(host, work);
   }
 
-  private async byInstance(instanceId: InstanceId): Promise<DataPlane> {
+  private async atInstance<T>(instanceId: InstanceId, work: (plane: DataPlane) => Promise<T>): Promise<T> {
     const host = await this.directory.hostOfInstance(instanceId);
-    return host === null || host.local ? this.local : this.remote(host);
+    return host === null || host.local ? work(this.local) : this.whileReachable(host, work);
+  }
+
+  /**
+   * An operation on another host ends, with HostUnreachableError, as soon as the host has been
+   * silent past the lease: a request to a host cut off from the network gets no answer at all, and
+   * must not hold a failover for the rest of its bound. The request itself is aborted with it.
+   */
+  private async whileReachable<T>(host: HostTarget, work: (plane: DataPlane) => Promise<T>): Promise<T> {
+    const client = this.remote(host);
+    const controller = new AbortController();
+    const step = currentAbortSignal();
+    const onStepAbort = (): void => controller.abort(step?.reason);
+    step?.addEventListener('abort', onStepAbort, { once: true });
+    let watchdog: NodeJS.Timeout | undefined;
+    const unreachable = new Promise<never>((_, reject) => {
+      watchdog = setInterval(() => {
+        const silentMs = this.reachability.silentMs(host.hostId);
+        if (silentMs <= this.reachability.unreachableAfterMs) return;
+        const error = new HostUnreachableError(host.hostId, silentMs);
+        controller.abort(error);
+        reject(error);
+      }, reachabilityPollMs);
+    });
+    try {
+      return await Promise.race([runWithAbortSignal(controller.signal, () => work(client)), unreachable]);
+    } finally {
+      clearInterval(watchdog);
+      step?.removeEventListener('abort', onStepAbort);
+    }
   }
 
   async createPrimary(spec: InstanceSpec): Promise<void> {
-    return (await this.byAddress(spec.host)).createPrimary(spec);
+    return this.atAddress(spec.host, (plane) => plane.createPrimary(spec));
   }
 
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    return (await this.byAddress(spec.host)).createReplica(spec, upstream);
+    return this.atAddress(spec.host, (plane) => plane.createReplica(spec, upstream));
   }
 
   async start(spec: InstanceSpec): Promise<void> {
-    return (await this.byAddress(spec.host)).start(spec);
+    return this.atAddress(spec.host, (plane) => plane.start(spec));
   }
 
   async stop(instanceId: InstanceId, mode?: 'fast' | 'immediate'): Promise<void> {
-    return (await this.byInstance(instanceId)).stop(instanceId, mode);
+    return this.atInstance(instanceId, (plane) => plane.stop(instanceId, mode));
   }
 
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
-    return (await this.byAddress(spec.host)).status(spec);
+    return this.atAddress(spec.host, (plane) => plane.status(spec));
   }
 
   /**
    * Another host's instance: from its latest heartbeat, never a connection. A beat a little late
    * still counts (the lease has not run out); past the lease the host is unreachable.
    */
+  /** Another host's instance: the status its latest heartbeat carried, when fresh enough; else a request. */
+  async observe(spec: InstanceSpec): Promise<InstanceStatus> {
+    const host = await this.directory.hostByAddress(spec.host);
+    if (host !== null && !host.local) {
+      const reported = this.reachability.lastStatus(host.hostId, spec.instanceId);
+      if (reported !== undefined && reported.ageMs <= observedStatusAgeMsMax) return reported.status;
+    }
+    return this.status(spec);
+  }
+
   async alive(instanceId: InstanceId): Promise<boolean> {
     const host = await this.directory.hostOfInstance(instanceId);
     if (host === null || host.local) return this.local.alive(instanceId);
@@ -90,31 +137,31 @@ export class HostRouter implements DataPlane {
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
-    return (await this.byAddress(upstream.host)).dropSlot(upstream, secrets);
+    return this.atAddress(upstream.host, (plane) => plane.dropSlot(upstream, secrets));
   }
 
   async promote(spec: InstanceSpec): Promise<void> {
-    return (await this.byAddress(spec.host)).promote(spec);
+    return this.atAddress(spec.host, (plane) => plane.promote(spec));
   }
 
   async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    return (await this.byAddress(spec.host)).follow(spec, upstream);
+    return this.atAddress(spec.host, (plane) => plane.follow(spec, upstream));
   }
 
   async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
-    return (await this.byAddress(spec.host)).rejoin(spec, upstream);
+    return this.atAddress(spec.host, (plane) => plane.rejoin(spec, upstream));
   }
 
   async allowPeers(spec: InstanceSpec): Promise<void> {
-    return (await this.byAddress(spec.host)).allowPeers(spec);
+    return this.atAddress(spec.host, (plane) => plane.allowPeers(spec));
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
-    return (await this.byAddress(spec.host)).setSynchronousStandbys(spec, standbys);
+    return this.atAddress(spec.host, (plane) => plane.setSynchronousStandbys(spec, standbys));
   }
 
   async takeBaseBackup(source: InstanceSpec, primary: InstanceSpec, backupId: string, maxRateBytesPerSecond: number): Promise<BaseBackupInfo> {
-    return (await this.byAddress(source.host)).takeBaseBackup(source, primary, backupId, maxRateBytesPerSecond);
+    return this.atAddress(source.host, (plane) => plane.takeBaseBackup(source, primary, backupId, maxRateBytesPerSecond));
   }
 
   checkBackup(clusterId: string, backupId: string, pgVersion: number): Promise<BackupCheck> {
@@ -130,11 +177,11 @@ export class HostRouter implements DataPlane {
   }
 
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
-    return (await this.byAddress(spec.host)).restorePrimary(spec, source);
+    return this.atAddress(spec.host, (plane) => plane.restorePrimary(spec, source));
   }
 
   async destroy(instanceId: InstanceId): Promise<void> {
-    return (await this.byInstance(instanceId)).destroy(instanceId);
+    return this.atInstance(instanceId, (plane) => plane.destroy(instanceId));
   }
 
   purgeCluster(clusterId: string): Promise<void> {
