@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
-import { type Outcome, type StepContext, isAllowedHop } from '../src/engine/machine.js';
+import { type Outcome, type StepContext, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { ClusterId } from '../src/lib/ids.js';
 import {
   type HostData,
@@ -105,4 +106,12 @@ test('lost looks for a renewed lease: back, it is active again; drain and undrai
 test('a host row gone reads as an empty host; clusters move instances off draining and lost hosts only', async () => {
   assert.deepEqual(summary(await step('draining', [], null)), ['hop', 'drained', 'host_drained', [], []]);
   assert.deepEqual(['joining', 'active', 'draining', 'drained', 'lost', 'removed', null].map((label) => isEvacuated(label)), [false, false, true, false, true, false, false]);
+});
+
+test('every label has a step, every hop target is a label, and the table renders as the Mermaid diagram docs/HOSTS.md shows', async () => {
+  const labels = Object.keys(hostMachine.transitions);
+  assert.deepEqual(Object.keys(hostMachine.steps).sort(), [...labels].sort());
+  for (const targets of Object.values(hostMachine.transitions)) for (const target of targets) assert.ok(labels.includes(target), target);
+  const doc = await readFile(new URL('../../docs/HOSTS.md', import.meta.url), 'utf8');
+  assert.ok(doc.includes(toMermaid(hostMachine)), 'docs/HOSTS.md shows the table as it is');
 });
