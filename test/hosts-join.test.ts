@@ -203,9 +203,12 @@ describe('hosts: joining and trust', () => {
     await cellar.storeQuery("insert into instances (id, cluster_id, ordinal, role, host_id) values ('in_hostsjoin1', 'cl_hostsjoin1', 0, 'primary', $1)", [joined.hostId]);
     const alone = (await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 0 })).body as HeartbeatResponse;
     assert.deepEqual(alone.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: false, fenced: false }]);
-    await cellar.storeQuery("insert into instances (id, cluster_id, ordinal, role, host_id) values ('in_hostsjoin2', 'cl_hostsjoin1', 1, 'replica', null)");
+    // A replica on another host (the control plane's own): the primary now has a peer to ask, and is fenced on loss.
+    const [local] = await cellar.storeQuery<{ id: string; agent_port: number }>('select id, agent_port from hosts where local');
+    assert.ok(local !== undefined);
+    await cellar.storeQuery("insert into instances (id, cluster_id, ordinal, role, host_id) values ('in_hostsjoin2', 'cl_hostsjoin1', 1, 'replica', $1)", [local.id]);
     const spread = (await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 0 })).body as HeartbeatResponse;
-    assert.deepEqual(spread.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: true, fenced: false }]);
+    assert.deepEqual(spread.instances, [{ instanceId: 'in_hostsjoin1', role: 'primary', fenceOnLeaseLoss: true, fenced: false, peers: [{ address: '127.0.0.1', agentPort: local.agent_port }] }]);
     const used = await cellar.cliJson<HostView>(['hosts', 'show', 'j1']);
     assert.deepEqual(used.used, { instances: 1, memoryMb: 1024, diskGb: 10 });
     const refused = await cellar.cli(['hosts', 'remove', 'j1', '--json']);
