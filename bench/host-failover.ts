@@ -38,7 +38,8 @@ import { median, queryOnce, seconds, sleep, uptime, waitFor } from './lib.js';
  * the link healed and the old primary back as a streaming replica before the next round. At the
  * end, every acknowledged id must be on the final primary.
  * Goal (issue 13): median under 3 s, 0 acknowledged writes lost, 0 writes accepted after the lease.
- * Floor: lease + clock margin, the earliest a promotion may happen by design.
+ * Floor: the last lease renewal + lease + clock margin, the earliest a promotion may happen by
+ * design (lease + margin after the cut at the latest; the last renewal is up to a heartbeat before it).
  *
  *   node dist/bench/host-failover.js [--rounds N] [--json]
  */
@@ -102,8 +103,23 @@ interface Round {
   /** Committed direct ids found on any instance after the heal (they were on the old timeline). */
   readonly directPresentAfterHeal: number;
   readonly directAfterLeasePresent: number;
-  /** What the guard recorded: lease expiry to the postmaster gone, ms. */
+  /** What the guard recorded: lease expiry to the postmaster gone, ms; and when it recorded that, after the cut. */
   readonly guardExpiryToGoneMs: number | null;
+  readonly oldPrimaryGoneByMs: number | null;
+  /** The host's last lease renewal in the store, before the cut (ms, store clock = this machine's). */
+  readonly lastRenewalBeforeCutMs: number;
+  /** The earliest the control plane may promote: last renewal + lease + margin, after the cut. */
+  readonly promoteAllowedMs: number;
+  /** The writer's reconnect after the failure: its connect began, and was ready (through the proxy), after the cut. */
+  readonly reconnectStartedMs: number | null;
+  readonly reconnectedMs: number | null;
+  /**
+   * SYNs this machine's root namespace (the proxy's, the control plane's, other programs') sent
+   * again between the cut and the recovery: a lost SYN costs a 1 s retransmission timeout.
+   */
+  readonly synRetransmits: number | null;
+  /** Every event of the cluster from the cut to the settle (instances' too), s after the cut. */
+  readonly events: readonly string[];
   /** Heal to the old primary streaming again and the cluster settled with three members. */
   readonly rejoinMs: number;
   readonly timeline: readonly TimelineEntry[];
@@ -272,12 +288,15 @@ async function runRound(cell: CellOnHosts, uri: string, writer: Writer, settings
   const password = decodeURIComponent(new URL(uri).password);
   const psql = await postgresTool('psql');
   const expiryAfterCutMs = floorMs(settings);
+  const synRetransmitsBefore = await synRetransmits();
   const cutAtWallMs = Date.now();
   const cutAtMs = performance.now();
   await cell.network.cut(victim.host);
   const direct = directWrites(cell, victim, oldPrimary, password, psql, index, cutAtWallMs + expiryAfterCutMs + directPastLeaseMs);
   const recoveredAtMs = await waitRecovered(writer, cutAtMs);
+  const synRetransmitsAfter = await synRetransmits();
   const attempts = await direct;
+  const renewedAtWallMs = await lastRenewal(cell, victim);
   await sleep(afterRecoveryMs);
 
   const healedAtMs = performance.now();
@@ -295,6 +314,9 @@ async function runRound(cell: CellOnHosts, uri: string, writer: Writer, settings
   const errorsAfterCut = writer.log.errors.filter((error) => error.atMs >= cutAtMs && error.atMs <= healedAtMs);
   const commitTimes = committed.map((attempt) => attempt.serverAtWallMs).filter((at): at is number => at !== null);
   const lastCommit = commitTimes.length === 0 ? null : Math.max(...commitTimes);
+  const guard = await guardRecord(victim, oldPrimaryId, cutAtWallMs);
+  const firstError = errorsAfterCut[0];
+  const reconnect = firstError === undefined ? undefined : writer.log.connects.find((connect) => connect.startedAtMs >= firstError.atMs);
   return {
     index,
     host: victim.name,
@@ -310,7 +332,14 @@ async function runRound(cell: CellOnHosts, uri: string, writer: Writer, settings
     lastDirectCommitMs: lastCommit === null ? null : lastCommit - cutAtWallMs,
     directPresentAfterHeal: present.size,
     directAfterLeasePresent: afterLease.filter((attempt) => present.has(attempt.id)).length,
-    guardExpiryToGoneMs: roundOrNull(await guardRecord(victim, oldPrimaryId, cutAtWallMs)),
+    guardExpiryToGoneMs: roundOrNull(guard?.expiryToGoneMs ?? null),
+    oldPrimaryGoneByMs: guard === undefined ? null : guard.atWallMs - cutAtWallMs,
+    lastRenewalBeforeCutMs: cutAtWallMs - renewedAtWallMs,
+    promoteAllowedMs: renewedAtWallMs + expiryAfterCutMs - cutAtWallMs,
+    reconnectStartedMs: reconnect === undefined ? null : reconnect.startedAtMs - cutAtMs,
+    reconnectedMs: reconnect?.connectedAtMs === undefined || reconnect.connectedAtMs === null ? null : reconnect.connectedAtMs - cutAtMs,
+    synRetransmits: synRetransmitsBefore === null || synRetransmitsAfter === null ? null : synRetransmitsAfter - synRetransmitsBefore,
+    events: await eventsSince(cell, after.id, cutAtWallMs),
     rejoinMs,
     timeline: clusterTimeline(after, cutAtWallMs),
   };
@@ -386,17 +415,49 @@ async function directIdsPresent(cell: CellOnHosts, password: string, ids: readon
 }
 
 /** The guard's record (DIR/agent/fenced.json) of fencing this instance after the cut: lease expiry to the postmaster gone. */
-async function guardRecord(agent: HostAgent, instanceId: string, sinceWallMs: number): Promise<number | null> {
+async function guardRecord(agent: HostAgent, instanceId: string, sinceWallMs: number): Promise<{ expiryToGoneMs: number | null; atWallMs: number } | undefined> {
   const text = await readFile(join(agent.dataDir, 'agent', 'fenced.json'), 'utf8').catch(() => '[]');
   let records: { instanceId?: string; expiryToGoneMs?: number; at?: string }[];
   try {
     const parsed = JSON.parse(text) as unknown;
     records = Array.isArray(parsed) ? (parsed as typeof records) : [];
   } catch {
-    return null;
+    return undefined;
   }
-  const mine = records.filter((record) => record.instanceId === instanceId && Date.parse(record.at ?? '') >= sinceWallMs);
-  return mine.at(-1)?.expiryToGoneMs ?? null;
+  const mine = records.filter((record) => record.instanceId === instanceId && Date.parse(record.at ?? '') >= sinceWallMs).at(-1);
+  return mine === undefined ? undefined : { expiryToGoneMs: mine.expiryToGoneMs ?? null, atWallMs: Date.parse(mine.at ?? '') };
+}
+
+/** TcpExt TCPSynRetrans of this process's network namespace (the root one), or null where the kernel does not say. */
+async function synRetransmits(): Promise<number | null> {
+  const text = await readFile('/proc/net/netstat', 'utf8').catch(() => '');
+  const [names, values] = text.split('\n').filter((line) => line.startsWith('TcpExt:')).map((line) => line.split(' '));
+  const index = names?.indexOf('TCPSynRetrans') ?? -1;
+  return index < 0 || values?.[index] === undefined ? null : Number(values[index]);
+}
+
+/** The store's record of the host's last renewal (its clock is this machine's: the store runs here). Read before the heal. */
+async function lastRenewal(cell: CellOnHosts, agent: HostAgent): Promise<number> {
+  const [row] = await cell.cellar.storeQuery<{ renewed_ms: number | null }>(
+    'select extract(epoch from lease_renewed_at) * 1000 as renewed_ms from hosts where address = $1 and removed_at is null',
+    [agent.host.address],
+  );
+  if (row?.renewed_ms === null || row?.renewed_ms === undefined) throw new Error(`host ${agent.name} has no lease renewal in the store`);
+  return Number(row.renewed_ms);
+}
+
+/** The cluster's events (every entity's) since a moment, one line each, seconds after it. */
+async function eventsSince(cell: CellOnHosts, clusterId: string, sinceWallMs: number): Promise<string[]> {
+  const rows = await cell.cellar.storeQuery<{ at_ms: number; kind: string; entity_id: string; from_label: string | null; to_label: string; code: string | null; reason: string }>(
+    `select extract(epoch from at) * 1000 as at_ms, kind, entity_id, from_label, to_label, code, reason from events
+      where cluster_id = $1 and at >= to_timestamp($2::double precision / 1000) order by id limit ${eventRowsMax}`,
+    [clusterId, sinceWallMs],
+  );
+  return rows.map((row) => `+${seconds(Number(row.at_ms) - sinceWallMs)} ${row.kind} ${row.entity_id} ${row.from_label ?? '-'}->${row.to_label} ${row.code ?? '-'}: ${row.reason}`);
+}
+
+function fixedSeconds(ms: number | null): string {
+  return ms === null ? '-' : seconds(ms);
 }
 
 function roundOrNull(ms: number | null): number | null {
@@ -406,13 +467,8 @@ function roundOrNull(ms: number | null): number | null {
 /** What a failed round leaves to look at: the cluster's events since the round began and each agent's log tail. */
 async function printEvidence(cell: CellOnHosts, clusterId: string, sinceWallMs: number, report: Report): Promise<void> {
   try {
-    const events = await cell.cellar.storeQuery<{ at: string; kind: string; entity_id: string; from_label: string | null; to_label: string; code: string | null; reason: string }>(
-      `select to_char(at, 'HH24:MI:SS.MS') as at, kind, entity_id, from_label, to_label, code, reason from events
-        where cluster_id = $1 and at >= to_timestamp($2::double precision / 1000) order by id limit ${eventRowsMax}`,
-      [clusterId, sinceWallMs],
-    );
-    report('events since the round began:');
-    for (const event of events) report(`  ${event.at} ${event.kind} ${event.entity_id} ${event.from_label ?? '-'}->${event.to_label} ${event.code ?? '-'}: ${event.reason}`);
+    report(`events since the round began (${new Date(sinceWallMs).toISOString()}), s after:`);
+    for (const event of await eventsSince(cell, clusterId, sinceWallMs)) report(`  ${event}`);
   } catch (error) {
     report(`(could not read the events: ${String(error)})`);
   }
@@ -428,8 +484,13 @@ function printRound(round: Round, report: Report): void {
   report(`  first acknowledged write through the proxy ${seconds(round.recoveryMs)} s after the cut (the writer saw the failure at ${seconds(round.noticedMs)} s; ${round.writerErrors} error(s): ${round.firstErrors.join(' | ')})`);
   const last = round.lastDirectCommitMs === null ? 'none' : `${seconds(round.lastDirectCommitMs)} s`;
   report(`  inside the cut-off host: ${round.directAttempts} direct writes, ${round.directCommitted} committed (the last at ${last} after the cut), ${round.directAfterLease} after the lease; present after the heal: ${round.directPresentAfterHeal} (after the lease: ${round.directAfterLeasePresent})`);
-  report(`  guard: lease expiry to the postmaster gone ${round.guardExpiryToGoneMs === null ? '(no record)' : `${round.guardExpiryToGoneMs} ms`}; heal -> old primary streaming, cluster settled: ${seconds(round.rejoinMs, 1)} s`);
+  const gone = round.oldPrimaryGoneByMs === null ? '(no guard record)' : `gone by ${seconds(round.oldPrimaryGoneByMs)} s (lease expiry to gone ${round.guardExpiryToGoneMs ?? '?'} ms)`;
+  report(`  lease: last renewal ${seconds(round.lastRenewalBeforeCutMs)} s before the cut, so promotion allowed from ${seconds(round.promoteAllowedMs)} s; old primary ${gone}; promote step began ${fixedSeconds(firstAfterMs(round.timeline, 'promote'))} s`);
+  report(`  writer: reconnect began ${fixedSeconds(round.reconnectStartedMs)} s, connected through the proxy ${fixedSeconds(round.reconnectedMs)} s; SYNs retransmitted in the root namespace from the cut to the recovery: ${round.synRetransmits ?? '?'}; heal -> old primary streaming, cluster settled: ${seconds(round.rejoinMs, 1)} s`);
   report(`  cluster events, s after the cut: ${timelineText(round.timeline)}`);
+  if (round.recoveryMs < goalRecoveryMsMax) return;
+  report('  slower than the goal; every event of the cluster after the cut:');
+  for (const event of round.events) report(`    ${event}`);
 }
 
 function passed(outcome: Outcome): boolean {
@@ -452,7 +513,10 @@ function printSummary(outcome: Outcome, settings: Settings | undefined, report: 
   const recoveries = rounds.map((round) => round.recoveryMs);
   const floor = settings === undefined ? Number.NaN : floorMs(settings);
   report(`cut -> first write     ${recoveries.map((ms) => seconds(ms)).join('  ')}   median ${seconds(median(recoveries))}  max ${seconds(Math.max(...recoveries))}`);
-  report(`floor (lease + margin) ${seconds(floor)}   median - floor ${seconds(median(recoveries) - floor)}`);
+  const allowed = rounds.map((round) => round.promoteAllowedMs);
+  report(`promotion allowed      ${allowed.map((ms) => seconds(ms)).join('  ')}   median ${seconds(median(allowed))} (last renewal + lease + margin; lease + margin = ${seconds(floor)})`);
+  report(`first write - allowed  ${rounds.map((round) => seconds(round.recoveryMs - round.promoteAllowedMs)).join('  ')}   median ${seconds(median(rounds.map((round) => round.recoveryMs - round.promoteAllowedMs)))}`);
+  report(`old primary gone by    ${rounds.map((round) => fixedSeconds(round.oldPrimaryGoneByMs)).join('  ')}   (guard's record; promote step began ${rounds.map((round) => fixedSeconds(firstAfterMs(round.timeline, 'promote'))).join(', ')})`);
   report(`writer saw failure     ${rounds.map((round) => seconds(round.noticedMs)).join('  ')}`);
   report(`direct commits         ${rounds.map((round) => String(round.directCommitted).padStart(5)).join('  ')}   (of ${rounds.map((round) => round.directAttempts).join(', ')} attempts; last at ${rounds.map((round) => (round.lastDirectCommitMs === null ? '-' : seconds(round.lastDirectCommitMs))).join(', ')} s)`);
   report(`accepted after lease   ${rounds.map((round) => String(round.directAfterLease).padStart(5)).join('  ')}   total ${afterLeaseTotal(rounds)}`);
@@ -483,6 +547,7 @@ function summaryJson(outcome: Outcome, settings: Settings | undefined, postgres:
     loadAfter,
     goal: { recoveryMedianMsBelow: goalRecoveryMsMax, lostMax: 0, acceptedAfterLeaseMax: 0 },
     floorMs: settings === undefined ? null : floorMs(settings),
+    promoteAllowedMedianMs: rounds.length === 0 ? null : Math.round(median(rounds.map((round) => round.promoteAllowedMs))),
     recoveryMedianMs: recoveries.length === 0 ? null : Math.round(median(recoveries)),
     recoveryMaxMs: recoveries.length === 0 ? null : Math.round(Math.max(...recoveries)),
     lost: outcome.lost.length,
@@ -495,6 +560,10 @@ function summaryJson(outcome: Outcome, settings: Settings | undefined, postgres:
       recoveryMs: Math.round(round.recoveryMs),
       noticedMs: Math.round(round.noticedMs),
       rejoinMs: Math.round(round.rejoinMs),
+      promoteAllowedMs: Math.round(round.promoteAllowedMs),
+      lastRenewalBeforeCutMs: Math.round(round.lastRenewalBeforeCutMs),
+      reconnectStartedMs: roundOrNull(round.reconnectStartedMs),
+      reconnectedMs: roundOrNull(round.reconnectedMs),
       timeline: round.timeline.map((entry) => ({ ...entry, afterMs: Math.round(entry.afterMs) })),
     })),
   };
