@@ -1,10 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { guardPollMs } from '../src/agent/guard.js';
 import { loadConfig } from '../src/config.js';
 import { livenessIntervalMs, probeIntervalMs } from '../src/machines/instance.js';
+import { loadRoutes } from '../src/store/routes.js';
 import { type CellOnHosts, type HostAgent, startCellOnHosts } from '../test/helpers/cell-on-hosts.js';
 import { postgresTool } from '../test/helpers/tools.js';
 import {
@@ -70,6 +72,9 @@ const directPauseMs = 20;
 const directAttemptsMax = 2_000;
 /** Ids of the direct client: negative, `-(round * directIdsPerRound + attempt)`, never the writer's. */
 const directIdsPerRound = 100_000;
+/** The route table as the proxy reads it, polled this often from the cut to the recovery. */
+const routePollMs = 10;
+const routePollsMax = 10_000;
 const agentLogTailChars = 3_000;
 const eventRowsMax = 200;
 
@@ -118,8 +123,13 @@ interface Round {
    * again between the cut and the recovery: a lost SYN costs a 1 s retransmission timeout.
    */
   readonly synRetransmits: number | null;
+  /** The cluster's read-write route as the proxy reads it from the store, each change from the cut to the recovery, s after the cut. */
+  readonly routeChanges: readonly string[];
   /** Every event of the cluster from the cut to the settle (instances' too), s after the cut. */
   readonly events: readonly string[];
+  /** What the control plane (warn and up) and the new primary's agent wrote from the cut to the settle, tails. */
+  readonly controlPlaneOutput: string;
+  readonly newPrimaryAgentOutput: string;
   /** Heal to the old primary streaming again and the cluster settled with three members. */
   readonly rejoinMs: number;
   readonly timeline: readonly TimelineEntry[];
@@ -289,12 +299,16 @@ async function runRound(cell: CellOnHosts, uri: string, writer: Writer, settings
   const psql = await postgresTool('psql');
   const expiryAfterCutMs = floorMs(settings);
   const synRetransmitsBefore = await synRetransmits();
+  const routes = await RouteWatcher.start(cell, before.id);
+  const controlPlaneOutputFrom = cell.cellar.logs().length;
+  const agentOutputFrom = new Map(cell.agents.map((agent) => [agent.name, agent.output.length]));
   const cutAtWallMs = Date.now();
   const cutAtMs = performance.now();
   await cell.network.cut(victim.host);
   const direct = directWrites(cell, victim, oldPrimary, password, psql, index, cutAtWallMs + expiryAfterCutMs + directPastLeaseMs);
   const recoveredAtMs = await waitRecovered(writer, cutAtMs);
   const synRetransmitsAfter = await synRetransmits();
+  const routeChanges = (await routes.stop()).map((change) => `${seconds(change.atMs - cutAtMs)} ${change.state}`);
   const attempts = await direct;
   const renewedAtWallMs = await lastRenewal(cell, victim);
   await sleep(afterRecoveryMs);
@@ -338,8 +352,11 @@ async function runRound(cell: CellOnHosts, uri: string, writer: Writer, settings
     promoteAllowedMs: renewedAtWallMs + expiryAfterCutMs - cutAtWallMs,
     reconnectStartedMs: reconnect === undefined ? null : reconnect.startedAtMs - cutAtMs,
     reconnectedMs: reconnect?.connectedAtMs === undefined || reconnect.connectedAtMs === null ? null : reconnect.connectedAtMs - cutAtMs,
+    routeChanges,
     synRetransmits: synRetransmitsBefore === null || synRetransmitsAfter === null ? null : synRetransmitsAfter - synRetransmitsBefore,
     events: await eventsSince(cell, after.id, cutAtWallMs),
+    controlPlaneOutput: cell.cellar.logs().slice(controlPlaneOutputFrom).slice(-agentLogTailChars),
+    newPrimaryAgentOutput: await agentOutputSince(cell, newPrimaryId, agentOutputFrom),
     rejoinMs,
     timeline: clusterTimeline(after, cutAtWallMs),
   };
@@ -414,6 +431,14 @@ async function directIdsPresent(cell: CellOnHosts, password: string, ids: readon
   return present;
 }
 
+/** The new primary's agent's output since the cut (the agent output restarts only with the agent). */
+async function agentOutputSince(cell: CellOnHosts, instanceId: string, from: ReadonlyMap<string, number>): Promise<string> {
+  const address = (await instancesOf(cell)).find((instance) => instance.id === instanceId)?.address;
+  const agent = cell.agents.find((candidate) => candidate.host.address === address);
+  if (agent === undefined) return '(no agent found)';
+  return `${agent.name}: ${agent.output.slice(from.get(agent.name) ?? 0).slice(-agentLogTailChars)}`;
+}
+
 /** The guard's record (DIR/agent/fenced.json) of fencing this instance after the cut: lease expiry to the postmaster gone. */
 async function guardRecord(agent: HostAgent, instanceId: string, sinceWallMs: number): Promise<{ expiryToGoneMs: number | null; atWallMs: number } | undefined> {
   const text = await readFile(join(agent.dataDir, 'agent', 'fenced.json'), 'utf8').catch(() => '[]');
@@ -426,6 +451,66 @@ async function guardRecord(agent: HostAgent, instanceId: string, sinceWallMs: nu
   }
   const mine = records.filter((record) => record.instanceId === instanceId && Date.parse(record.at ?? '') >= sinceWallMs).at(-1);
   return mine === undefined ? undefined : { expiryToGoneMs: mine.expiryToGoneMs ?? null, atWallMs: Date.parse(mine.at ?? '') };
+}
+
+/**
+ * Polls the routes the proxy reads (src/store/routes.ts, the same query) and keeps each change of
+ * the cluster's primaries: which address, and whether it is healthy (routable) or not.
+ */
+class RouteWatcher {
+  readonly changes: { atMs: number; state: string }[] = [];
+  private stopping = false;
+  private constructor(
+    private readonly pool: pg.Pool,
+    private readonly clusterId: string,
+  ) {}
+
+  static async start(cell: CellOnHosts, clusterId: string): Promise<RouteWatcher> {
+    const state = JSON.parse(await readFile(join(cell.cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+    // One connection, kept: a new one every poll would load the store the proxy reads.
+    const pool = new pg.Pool({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar', max: 1, query_timeout: 5_000 });
+    pool.on('error', () => undefined);
+    const watcher = new RouteWatcher(pool, clusterId);
+    watcher.loop = watcher.run();
+    return watcher;
+  }
+
+  private loop: Promise<void> = Promise.resolve();
+
+  private async run(): Promise<void> {
+    let last = '';
+    for (let poll = 0; poll < routePollsMax && !this.stopping; poll += 1) {
+      const route = (await loadRoutes(this.pool)).find((row) => row.clusterId === this.clusterId);
+      const primaries = route?.instances.filter((instance) => instance.role === 'primary') ?? [];
+      const state = `${route?.paused === true ? 'paused, ' : ''}${primaries.length === 0 ? 'no primary' : primaries.map((primary) => `${primary.host} ${primary.healthy ? 'healthy' : 'NOT healthy'}`).join(', ')}`;
+      if (state !== last) {
+        const atMs = performance.now();
+        const why = primaries.some((primary) => !primary.healthy) ? ` (${await this.whyNotHealthy()})` : '';
+        this.changes.push({ atMs, state: `${state}${why}` });
+      }
+      last = state;
+      await sleep(routePollMs);
+    }
+  }
+
+  /** What the route's health is made of (src/store/routes.ts): the machine's label and the last observed status. */
+  private async whyNotHealthy(): Promise<string> {
+    const result = await this.pool.query<{ label: string; accepting: string | null; in_recovery: string | null; age_ms: number | null }>(
+      `select m.label, i.observed ->> 'accepting' as accepting, i.observed ->> 'inRecovery' as in_recovery,
+              extract(epoch from clock_timestamp() - i.observed_at) * 1000 as age_ms
+         from instances i join machines m on m.kind = 'instance' and m.entity_id = i.id
+        where i.cluster_id = $1 and i.role = 'primary' and i.deleted_at is null and not i.fenced`,
+      [this.clusterId],
+    );
+    return result.rows.map((row) => `label ${row.label}, observed accepting ${row.accepting ?? '-'} inRecovery ${row.in_recovery ?? '-'} written ${row.age_ms === null ? '-' : Math.round(Number(row.age_ms))} ms before`).join('; ');
+  }
+
+  async stop(): Promise<{ atMs: number; state: string }[]> {
+    this.stopping = true;
+    await this.loop.catch(() => undefined);
+    await this.pool.end().catch(() => undefined);
+    return this.changes;
+  }
 }
 
 /** TcpExt TCPSynRetrans of this process's network namespace (the root one), or null where the kernel does not say. */
@@ -488,9 +573,12 @@ function printRound(round: Round, report: Report): void {
   report(`  lease: last renewal ${seconds(round.lastRenewalBeforeCutMs)} s before the cut, so promotion allowed from ${seconds(round.promoteAllowedMs)} s; old primary ${gone}; promote step began ${fixedSeconds(firstAfterMs(round.timeline, 'promote'))} s`);
   report(`  writer: reconnect began ${fixedSeconds(round.reconnectStartedMs)} s, connected through the proxy ${fixedSeconds(round.reconnectedMs)} s; SYNs retransmitted in the root namespace from the cut to the recovery: ${round.synRetransmits ?? '?'}; heal -> old primary streaming, cluster settled: ${seconds(round.rejoinMs, 1)} s`);
   report(`  cluster events, s after the cut: ${timelineText(round.timeline)}`);
+  report(`  read-write route (the proxy's query), s after the cut: ${round.routeChanges.join('; ')}`);
   if (round.recoveryMs < goalRecoveryMsMax) return;
   report('  slower than the goal; every event of the cluster after the cut:');
   for (const event of round.events) report(`    ${event}`);
+  report(`  control plane output (warnings) since the cut:\n${round.controlPlaneOutput}`);
+  report(`  agent of the new primary since the cut: ${round.newPrimaryAgentOutput}`);
 }
 
 function passed(outcome: Outcome): boolean {
