@@ -583,11 +583,12 @@ function printRound(round: Round, report: Report): void {
 
 function passed(outcome: Outcome): boolean {
   if (outcome.failure !== null || outcome.rounds.length === 0) return false;
-  return median(outcome.rounds.map((round) => round.recoveryMs)) < goalRecoveryMsMax && outcome.lost.length === 0 && afterLeaseTotal(outcome.rounds) === 0;
+  const directKept = outcome.rounds.reduce((sum, round) => sum + round.directAfterLeasePresent, 0);
+  return median(outcome.rounds.map((round) => round.recoveryMs)) < goalRecoveryMsMax && outcome.lost.length === 0 && afterLeaseTotal(outcome.rounds) === 0 && directKept === 0;
 }
 
 function afterLeaseTotal(rounds: readonly Round[]): number {
-  return rounds.reduce((sum, round) => sum + round.directAfterLease + round.directAfterLeasePresent, 0);
+  return rounds.reduce((sum, round) => sum + round.directAfterLease, 0);
 }
 
 function printSummary(outcome: Outcome, settings: Settings | undefined, report: Report): void {
