@@ -341,9 +341,16 @@ export interface WriteError {
   readonly message: string;
 }
 
+/** A new connection of the writer: when its connect began and when it was ready (null if it failed). */
+export interface WriterConnect {
+  readonly startedAtMs: number;
+  readonly connectedAtMs: number | null;
+}
+
 export interface WriteLog {
   readonly acknowledged: Acknowledgement[];
   readonly errors: WriteError[];
+  readonly connects: WriterConnect[];
 }
 
 /**
@@ -351,7 +358,7 @@ export interface WriteLog {
  * after any error (like an application would), timestamping each attempt's issue and outcome.
  */
 export class Writer {
-  readonly log: WriteLog = { acknowledged: [], errors: [] };
+  readonly log: WriteLog = { acknowledged: [], errors: [], connects: [] };
   private stopping = false;
   private readonly loop: Promise<void>;
 
@@ -376,7 +383,10 @@ export class Writer {
         if (client === null) {
           client = new pg.Client({ connectionString: this.uri, connectionTimeoutMillis: connectTimeoutMs, query_timeout: queryTimeoutMs });
           client.on('error', () => {});
+          const connect: { startedAtMs: number; connectedAtMs: number | null } = { startedAtMs: issuedAtMs, connectedAtMs: null };
+          if (this.log.connects.length < connectAttemptsMax) this.log.connects.push(connect);
           await client.connect();
+          connect.connectedAtMs = performance.now();
         }
         const id = next;
         next += 1;
