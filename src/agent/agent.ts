@@ -46,8 +46,12 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   await restoreLease(dataDir, lease, log);
   const guardPid = await ensureGuard(dataDir, guardScript);
   const locks = new InstanceLocks();
-  const server = await startAgentServer({ identity, operations: new AgentOperations(driver, specs, lease, locks), lease, log: log.child({ component: 'agent-server' }) });
   const heartbeat = new Heartbeat({ dataDir, identity, driver, specs, lease, settings: config.hosts, log: log.child({ component: 'heartbeat' }) });
+  const operations = new AgentOperations(driver, specs, lease, locks);
+  // After a promote (or any change) the next beat carries no status taken before it: the control
+  // plane then asks, rather than routing on a stale "in recovery".
+  operations.onChanged = (instanceId) => heartbeat.forgetStatus(instanceId);
+  const server = await startAgentServer({ identity, operations, lease, log: log.child({ component: 'agent-server' }) });
   const supervisor = new Supervisor({ driver, specs, lease, locks, log: log.child({ component: 'supervisor' }) });
   heartbeat.start();
   supervisor.start();

@@ -48,6 +48,8 @@ interface InstanceView {
   status: InstanceStatus | undefined;
   statusTakenAtMs: number;
   refreshing: boolean;
+  /** Bumped by each operation on the instance: a status begun before it is thrown away. */
+  generation: number;
 }
 
 export interface HeartbeatOptions {
@@ -109,6 +111,15 @@ export class Heartbeat {
     await this.loopDone;
     this.agent.destroy();
     this.failsafe.close();
+  }
+
+  /** An operation changed the instance: its last status is dropped until a new one is taken. */
+  forgetStatus(instanceId: string): void {
+    const view = this.views.get(instanceId);
+    if (view === undefined) return;
+    view.status = undefined;
+    view.statusTakenAtMs = -Infinity;
+    view.generation += 1;
   }
 
   /** What the last beat saw of an instance (supervision reads it). */
@@ -216,7 +227,7 @@ export class Heartbeat {
   private viewOf(instanceId: string): InstanceView {
     let view = this.views.get(instanceId);
     if (view === undefined) {
-      view = { alive: undefined, status: undefined, statusTakenAtMs: -Infinity, refreshing: false };
+      view = { alive: undefined, status: undefined, statusTakenAtMs: -Infinity, refreshing: false, generation: 0 };
       this.views.set(instanceId, view);
     }
     return view;
@@ -230,9 +241,12 @@ export class Heartbeat {
     view.refreshing = true;
     this.statusRunning += 1;
     const startedMs = performance.now();
+    const generation = view.generation;
     void runWithAbortSignal(AbortSignal.timeout(statusMsMax), () => this.options.driver.status(record.spec))
       .then(
         (status) => {
+          // A status begun before an operation changed the instance says what it was, not what it is.
+          if (view.generation !== generation) return;
           view.status = status;
           view.statusTakenAtMs = startedMs;
         },

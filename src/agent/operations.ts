@@ -90,8 +90,19 @@ export class AgentOperations {
   }
 
   /** Runs one operation whose arguments the server has checked against its schema. */
-  run(operation: AgentOperation, args: readonly unknown[]): Promise<unknown> {
-    return this.handlers[operation](args);
+  /** Told of each instance an operation may have changed: a status taken before it is stale now. */
+  onChanged: (instanceId: string) => void = () => undefined;
+
+  async run(operation: AgentOperation, args: readonly unknown[]): Promise<unknown> {
+    try {
+      return await this.handlers[operation](args);
+    } finally {
+      if (operation !== 'status' && operation !== 'alive') {
+        const first = args[0] as { instanceId?: unknown } | string | undefined;
+        const instanceId = typeof first === 'string' ? first : first?.instanceId;
+        if (typeof instanceId === 'string') this.onChanged(instanceId);
+      }
+    }
   }
 
   private async start(spec: InstanceSpec): Promise<void> {

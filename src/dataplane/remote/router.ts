@@ -5,6 +5,8 @@ import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
 
 /** A heartbeat's status older than this is not an observation: the host is asked. */
 const observedStatusAgeMsMax = 2_000;
+/** Instances whose last action is remembered for `observe`. */
+const actionsRememberedMax = 10_000;
 /** How often an operation on another host looks whether the host is still heard from. */
 const reachabilityPollMs = 100;
 
@@ -93,19 +95,35 @@ export class HostRouter implements DataPlane {
   }
 
   async createPrimary(spec: InstanceSpec): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.createPrimary(spec));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.createPrimary(spec));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.createReplica(spec, upstream));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.createReplica(spec, upstream));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async start(spec: InstanceSpec): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.start(spec));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.start(spec));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async stop(instanceId: InstanceId, mode?: 'fast' | 'immediate'): Promise<void> {
-    return this.atInstance(instanceId, (plane) => plane.stop(instanceId, mode));
+    try {
+      return await this.atInstance(instanceId, (plane) => plane.stop(instanceId, mode));
+    } finally {
+      this.noteAction(instanceId);
+    }
   }
 
   async status(spec: InstanceSpec): Promise<InstanceStatus> {
@@ -121,9 +139,20 @@ export class HostRouter implements DataPlane {
     const host = await this.directory.hostByAddress(spec.host);
     if (host !== null && !host.local) {
       const reported = this.reachability.lastStatus(host.hostId, spec.instanceId);
-      if (reported !== undefined && reported.ageMs <= observedStatusAgeMsMax) return reported.status;
+      // Not one taken before this control plane's last action on the instance (a promote): it says what was.
+      const takenAtMs = performance.now() - (reported?.ageMs ?? 0);
+      const actedAtMs = this.lastActionAtMs.get(spec.instanceId) ?? Number.NEGATIVE_INFINITY;
+      if (reported !== undefined && reported.ageMs <= observedStatusAgeMsMax && takenAtMs > actedAtMs) return reported.status;
     }
     return this.status(spec);
+  }
+
+  /** When an operation that may change the instance last finished here (bounded: cleared when full). */
+  private readonly lastActionAtMs = new Map<string, number>();
+
+  private noteAction(instanceId: string): void {
+    if (this.lastActionAtMs.size >= actionsRememberedMax) this.lastActionAtMs.clear();
+    this.lastActionAtMs.set(instanceId, performance.now());
   }
 
   async alive(instanceId: InstanceId): Promise<boolean> {
@@ -141,15 +170,27 @@ export class HostRouter implements DataPlane {
   }
 
   async promote(spec: InstanceSpec): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.promote(spec));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.promote(spec));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.follow(spec, upstream));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.follow(spec, upstream));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
-    return this.atAddress(spec.host, (plane) => plane.rejoin(spec, upstream));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.rejoin(spec, upstream));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async allowPeers(spec: InstanceSpec): Promise<void> {
@@ -177,7 +218,11 @@ export class HostRouter implements DataPlane {
   }
 
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
-    return this.atAddress(spec.host, (plane) => plane.restorePrimary(spec, source));
+    try {
+      return await this.atAddress(spec.host, (plane) => plane.restorePrimary(spec, source));
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
   }
 
   async destroy(instanceId: InstanceId): Promise<void> {
