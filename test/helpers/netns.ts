@@ -1,4 +1,5 @@
 import { type ChildProcess, type StdioOptions, execFile, execFileSync, spawn } from 'node:child_process';
+import { isAlive } from './process.js';
 import { randomInt } from 'node:crypto';
 
 /**
@@ -274,15 +275,6 @@ export async function removeStaleTestNetworks(): Promise<string[]> {
     removed.push(link);
   }
   return removed;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export async function listNamespaces(): Promise<{ name: string }[]> {

@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isAlive } from './process.js';
 import { isPortFree } from '../../src/lib/net.js';
 
 /**
@@ -22,15 +23,6 @@ function ephemeralLow(): number {
   const low = Number(text.trim().split(/\s+/)[0]);
   if (!Number.isInteger(low) || low <= rangeLow + blockSize) throw new Error(`ip_local_port_range starts at ${text.trim()}: no room for test ports from ${rangeLow}`);
   return low;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Takes the lock of block `index` for this process; false if a live process holds it. */
