@@ -14,6 +14,7 @@ import { HostDrains } from '../store/drain.js';
 import { caCertificatePem, certificateSha256, ensureCellCa } from '../pki/ca.js';
 import { ensureControlCertificate } from '../pki/control.js';
 import { HostStore } from '../store/hosts.js';
+import { StoreLeaseAges } from '../store/local-host.js';
 import type { Pool } from '../store/pool.js';
 
 /**
@@ -31,8 +32,8 @@ export interface AgentSide {
   clientFor(host: HostTarget): RemoteDataPlane;
   /** Starts the agent listener (after the API, so a busy API port fails first with nothing else running). */
   listen(): Promise<AgentListener>;
-  /** Closes the clients' kept connections. */
-  close(): void;
+  /** Closes the clients' kept connections and stops reading lease ages. */
+  close(): Promise<void>;
 }
 
 /** Clients kept at once; a cell with more hosts than this rebuilds the least recent one's client when needed. */
@@ -55,9 +56,12 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
   const heartbeats = new HeartbeatBook(hosts.heartbeatMs, systemClock);
   const tls = { key: certificate.key, certificate: certificate.cert, ca: caPem };
   const clients = new Map<string, { readonly where: string; readonly client: AgentClient }>();
+  // Heartbeats come to the process that serves the API; any process also reads renewals from the store.
+  const leaseAges = new StoreLeaseAges(pool, hosts.heartbeatMs);
+  leaseAges.start();
   return {
     reachability: {
-      silentMs: (hostId) => heartbeats.silentMs(hostId),
+      silentMs: (hostId) => Math.min(heartbeats.silentMs(hostId), leaseAges.silentMs(hostId) ?? Number.POSITIVE_INFINITY),
       lastAlive: (hostId, instanceId) => heartbeats.lastAliveOn(hostId, instanceId),
       lastStatus: (hostId, instanceId) => heartbeats.lastStatusOn(hostId, instanceId),
       unreachableAfterMs: hosts.leaseMs,
@@ -78,7 +82,8 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
       clients.set(host.hostId, { where, client });
       return client;
     },
-    close() {
+    async close() {
+      await leaseAges.stop();
       for (const { client } of clients.values()) client.close();
       clients.clear();
     },

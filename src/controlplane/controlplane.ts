@@ -89,7 +89,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.agentListener?.close();
         await running.api?.close();
         await running.engine?.stop();
-        agentSide?.close();
+        await agentSide?.close();
         await pool.end();
       },
     };
@@ -98,7 +98,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await agentListener?.close();
     await api?.close();
     await engine?.stop();
-    agentSide?.close();
+    await agentSide?.close();
     await pool.end();
     throw error;
   }

@@ -93,3 +93,60 @@ export class StoreHostDirectory implements HostDirectory {
     return host;
   }
 }
+
+/**
+ * How long ago each host's lease was renewed, by the store's clock, read in the background. A
+ * control-plane process that receives no heartbeats itself (an engine-only `cellar up --no-api`)
+ * judges reachability from this; one that does takes the fresher of the two.
+ */
+export class StoreLeaseAges {
+  private ages = new Map<string, number>();
+  private polledAtMs = performance.now();
+  private timer: NodeJS.Timeout | null = null;
+  private polling: Promise<void> | null = null;
+
+  constructor(
+    private readonly db: Queryable,
+    private readonly pollMs: number,
+  ) {}
+
+  start(): void {
+    this.timer ??= setInterval(() => void this.poll(), this.pollMs);
+    this.timer.unref();
+    void this.poll();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    await this.polling;
+  }
+
+  /** Since the host's last renewal (as of the last poll, plus the time since); undefined if never renewed or not read yet. */
+  silentMs(hostId: string): number | undefined {
+    const age = this.ages.get(hostId);
+    return age === undefined ? undefined : age + (performance.now() - this.polledAtMs);
+  }
+
+  private poll(): Promise<void> {
+    // One read at a time; a failed one leaves the ages growing, as the hosts' silence would.
+    this.polling ??= this.read()
+      .catch(() => undefined)
+      .finally(() => (this.polling = null));
+    return this.polling;
+  }
+
+  private async read(): Promise<void> {
+    const startedMs = performance.now();
+    const result = await this.db.query<{ id: string; age_ms: number }>(
+      `select id, extract(epoch from clock_timestamp() - lease_renewed_at)::double precision * 1000 as age_ms
+         from hosts where removed_at is null and lease_renewed_at is not null limit $1`,
+      [leaseAgesHostsMax],
+    );
+    this.ages = new Map(result.rows.map((row) => [row.id, Math.max(0, row.age_ms)]));
+    this.polledAtMs = startedMs;
+  }
+}
+
+/** Hosts whose lease ages one poll reads. */
+const leaseAgesHostsMax = 100_000;
