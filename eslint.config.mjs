@@ -7,9 +7,12 @@ import tseslint from 'typescript-eslint';
 import { filesWithoutLayer, restrictedPathZones, typeOnlyRestrictions } from './lint/layers.mjs';
 
 // The zones cover every folder of src/, bottom first: src/lib, src/config.ts, the ports
-// (src/dataplane/dataplane.ts, backup-store.ts, src/machines/ports.ts), src/postgres, src/store,
-// src/engine, src/machines, src/dataplane/local, src/proxy, src/api, src/controlplane, src/cli,
-// src/bin. Their rows, and what each may import, are in lint/layers.mjs (docs/LAYERS.md).
+// (src/dataplane/dataplane.ts, backup-store.ts, agent-protocol.ts, src/machines/ports.ts),
+// src/pki (may import lib and config only), src/postgres, src/store, src/engine, src/machines,
+// src/dataplane/local, src/dataplane/remote (lib, config, ports, pki), src/agent (lib, config,
+// ports, pki, postgres and the local driver: never the store, engine, machines or API), src/proxy,
+// src/api, src/controlplane, src/cli, src/bin. Their rows, and what each may import, are in
+// lint/layers.mjs (docs/LAYERS.md).
 // A file under src/ that no layer holds would escape every zone: a new folder gets its layer first.
 const unplaced = filesWithoutLayer(import.meta.dirname);
 if (unplaced.length > 0) throw new Error(`no layer in lint/layers.mjs holds ${unplaced.join(', ')}: add one (and its row in the docs)`);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { freePort } from '../src/lib/net.js';
+import { isAlive } from '../test/helpers/process.js';
 import { ClusterUsers } from '../src/postgres/osuser.js';
 
 /**
@@ -229,14 +230,7 @@ export async function postmasterStatus(pgdata: string, pid: number): Promise<str
   return lines[7]?.trim() || undefined;
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { isAlive };
 
 async function waitForExit(pid: number, waitMs: number): Promise<boolean> {
   const deadline = Date.now() + waitMs;

@@ -53,7 +53,7 @@ const specs: InstanceSpec[] = [];
 
 /** The agent listener's heartbeat route, as docs/HOSTS.md describes it, and a switch to stop answering. */
 class FakeControlPlane {
-  readonly book = new HeartbeatBook(heartbeatMs, systemClock);
+  readonly book = new HeartbeatBook(systemClock);
   readonly desired = new Map<string, DesiredInstance>();
   answering = true;
   beats = 0;
@@ -124,7 +124,7 @@ function controlTls(pair: TestPair): ControlTls {
 }
 
 function clientWith(pair: TestPair): AgentClient {
-  return new AgentClient({ host: { address: '127.0.0.1', agentPort }, tls: controlTls(pair), heartbeats: controlPlane.book.forHost(hostId) });
+  return new AgentClient({ host: { address: '127.0.0.1', agentPort }, tls: controlTls(pair) });
 }
 
 async function newSpec(): Promise<InstanceSpec> {
@@ -233,7 +233,7 @@ test('a primary is created, started and its status taken through the AgentClient
   assert.equal(status.accepting, true);
   assert.equal(status.inRecovery, false);
   assert.equal(status.pid, await serverPid(instancePaths(dataDir, primary.instanceId).pgdata));
-  await eventually('a heartbeat listing the primary alive', async () => ((await client.alive(primary.instanceId).catch(() => false)) ? true : undefined), 10_000, 20);
+  await eventually('a heartbeat listing the primary alive', async () => (controlPlane.book.lastAliveOn(hostId, primary.instanceId) === true ? true : undefined), 10_000, 20);
   const specFile = join(dataDir, 'agent', 'specs', `${primary.instanceId}.json`);
   assert.equal(JSON.parse(await readFile(specFile, 'utf8')).wanted, 'running');
 });

@@ -122,10 +122,6 @@ export class Heartbeat {
     view.generation += 1;
   }
 
-  /** What the last beat saw of an instance (supervision reads it). */
-  aliveOf(instanceId: string): boolean | undefined {
-    return this.views.get(instanceId)?.alive;
-  }
 
   private async loop(): Promise<void> {
     while (!this.stopped) {

@@ -4,10 +4,10 @@ import { type AgentListener, startAgentListener } from '../api/agent-listener.js
 import type { HostsApiOptions } from '../api/hosts.js';
 import type { Config } from '../config.js';
 import { controlCommonName } from '../dataplane/agent-protocol.js';
-import type { HostTarget } from '../dataplane/dataplane.js';
+import type { DataPlane, HostTarget } from '../dataplane/dataplane.js';
 import { AgentClient } from '../dataplane/remote/agent-client.js';
 import { HeartbeatBook } from '../dataplane/remote/heartbeat-view.js';
-import type { HostReachability, RemoteDataPlane } from '../dataplane/remote/router.js';
+import type { HostReachability } from '../dataplane/remote/router.js';
 import { systemClock } from '../lib/clock.js';
 import { drainSignal, hostMachine, joinedSignal, removeSignal, undrainSignal } from '../machines/host.js';
 import { HostDrains } from '../store/drain.js';
@@ -29,7 +29,7 @@ export interface AgentSide {
   /** The router's view of which hosts are heard from; past the lease a host is unreachable. */
   readonly reachability: HostReachability;
   /** The client of one other host, kept (with its connections) while its address and port stay. */
-  clientFor(host: HostTarget): RemoteDataPlane;
+  clientFor(host: HostTarget): DataPlane;
   /** Starts the agent listener (after the API, so a busy API port fails first with nothing else running). */
   listen(): Promise<AgentListener>;
   /** Closes the clients' kept connections and stops reading lease ages. */
@@ -53,7 +53,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
   const store = new HostStore(pool, hostMachine, { joined: joinedSignal, remove: removeSignal });
   const { hosts } = config;
   // The listener records beats with Date.now(), the system clock's reading; the book judges silence on it.
-  const heartbeats = new HeartbeatBook(hosts.heartbeatMs, systemClock);
+  const heartbeats = new HeartbeatBook(systemClock);
   const tls = { key: certificate.key, certificate: certificate.cert, ca: caPem };
   const clients = new Map<string, { readonly where: string; readonly client: AgentClient }>();
   // Heartbeats come to the process that serves the API; any process also reads renewals from the store.
@@ -78,7 +78,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
           clients.delete(oldest);
         }
       }
-      const client = new AgentClient({ host: { address: host.address, agentPort: host.agentPort }, tls, heartbeats: heartbeats.forHost(host.hostId) });
+      const client = new AgentClient({ host: { address: host.address, agentPort: host.agentPort }, tls });
       clients.set(host.hostId, { where, client });
       return client;
     },

@@ -1,6 +1,6 @@
 import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, hop, nap } from '../engine/machine.js';
 import type { EventCode } from '../lib/event-codes.js';
-import { type HostObservation, type HostPorts, clusterKind } from './ports.js';
+import { type HostObservation, type HostPorts, clusterKind, hostJoinedSignal, hostKind } from './ports.js';
 
 /**
  * A database host of the cell (docs/HOSTS.md, "Hosts as machines"). The API moves it by signals:
@@ -18,10 +18,9 @@ export type HostLabel = (typeof hostLabels)[number];
 export type HostData = Record<string, unknown>;
 
 export { hostKind } from './ports.js';
-import { hostKind } from './ports.js';
 export type { HostPorts } from './ports.js';
 /** Raised by the agent listener when the host's agent joined. */
-export const joinedSignal = 'joined';
+export const joinedSignal = hostJoinedSignal;
 /** Raised by `hosts remove` (the store has already revoked the certificates and marked the row removed). */
 export const removeSignal = 'remove';
 /** Raised by `hosts drain` (the API has checked that the host's instances can be placed elsewhere). */

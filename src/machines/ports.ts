@@ -196,6 +196,8 @@ export interface HostPorts {
  */
 export const clusterKind = 'cluster';
 export const hostKind = 'host';
+/** Raised on a host's machine when its agent joined (the store raises it for the local host too). */
+export const hostJoinedSignal = 'joined';
 export const warmPoolKind = 'warmPool';
 export const warmPoolEntity = 'cell';
 

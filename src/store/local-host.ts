@@ -2,10 +2,9 @@ import type { HostDirectory, HostTarget } from '../dataplane/dataplane.js';
 import type { InstanceId } from '../lib/ids.js';
 import { newId } from '../lib/ids.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
+import { hostJoinedSignal } from '../machines/ports.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
 
-/** The host machine's signal for "its agent joined" (machines/host.ts). */
-const joinedSignal = 'joined';
 
 /**
  * The control plane's own machine as a host (docs/HOSTS.md): one machine stays the default, so
@@ -40,7 +39,7 @@ export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity, hos
     await insertMachine(client, newMachine(hostMachine, id, null));
     const joined = await client.query<{ id: string; label: string }>('select id, label from machines where kind = $1 and entity_id = $2', [hostMachine.kind, id]);
     const row = joined.rows[0];
-    if (row !== undefined && row.label === hostMachine.initial) await raiseSignal(client, row.id, joinedSignal);
+    if (row !== undefined && row.label === hostMachine.initial) await raiseSignal(client, row.id, hostJoinedSignal);
     return id;
   });
 }

@@ -17,7 +17,6 @@ import {
   type UpstreamRef,
   dataPlaneLimitsMs,
 } from '../dataplane.js';
-import type { HeartbeatView } from './heartbeat-view.js';
 
 /**
  * The DataPlane of one host other than the control plane's own: each operation is a request to
@@ -48,8 +47,6 @@ export interface ControlTls {
 export interface AgentClientOptions {
   readonly host: AgentHost;
   readonly tls: ControlTls;
-  /** Liveness from the host's heartbeats (HeartbeatBook.forHost). */
-  readonly heartbeats: HeartbeatView;
   /** Postgres majors the host has; they come with its heartbeat later. */
   readonly versions?: readonly number[];
 }
@@ -117,16 +114,9 @@ export class AgentClient implements DataPlane {
     return this.status(spec);
   }
 
-  /** A request, for when a heartbeat said the server is gone: it may have been taken before a start. */
-  async aliveNow(instanceId: InstanceId): Promise<boolean> {
-    return (await this.call('alive', [instanceId])) === true;
-  }
-
-  /** Not a request: the host's latest heartbeat says, and without a fresh one the host counts as unreachable. */
+  /** A request: the router answers from heartbeats first, and asks only when a beat says the server is gone. */
   async alive(instanceId: InstanceId): Promise<boolean> {
-    const alive = this.options.heartbeats.aliveOf(instanceId);
-    if (alive === undefined) throw new TransientError(`${this.where} is unreachable: no fresh heartbeat says whether ${instanceId} runs`);
-    return alive;
+    return (await this.call('alive', [instanceId])) === true;
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {

@@ -29,25 +29,24 @@ export interface HostReachability {
   readonly unreachableAfterMs: number;
 }
 
-/** Another host's data plane, which can also ask its host directly whether a server runs. */
-export interface RemoteDataPlane extends DataPlane {
-  aliveNow(instanceId: InstanceId): Promise<boolean>;
-}
-
 export class HostRouter implements DataPlane {
   constructor(
     private readonly local: DataPlane,
     private readonly directory: HostDirectory,
     /** One client per remote host, kept by the caller (connections are reused). */
-    private readonly remoteClient: (host: HostTarget) => RemoteDataPlane,
+    private readonly remoteClient: (host: HostTarget) => DataPlane,
     private readonly reachability: HostReachability,
   ) {}
 
   /** The client for a remote host that has been heard from lately. */
-  private remote(host: HostTarget): RemoteDataPlane {
+  private remote(host: HostTarget): DataPlane {
+    this.assertHeardFrom(host);
+    return this.remoteClient(host);
+  }
+
+  private assertHeardFrom(host: HostTarget): void {
     const silentMs = this.reachability.silentMs(host.hostId);
     if (silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs);
-    return this.remoteClient(host);
   }
 
   versions(): readonly number[] {
@@ -95,27 +94,15 @@ export class HostRouter implements DataPlane {
   }
 
   async createPrimary(spec: InstanceSpec): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.createPrimary(spec));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.createPrimary(spec));
   }
 
   async createReplica(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.createReplica(spec, upstream));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.createReplica(spec, upstream));
   }
 
   async start(spec: InstanceSpec): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.start(spec));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.start(spec));
   }
 
   async stop(instanceId: InstanceId, mode?: 'fast' | 'immediate'): Promise<void> {
@@ -130,10 +117,6 @@ export class HostRouter implements DataPlane {
     return this.atAddress(spec.host, (plane) => plane.status(spec));
   }
 
-  /**
-   * Another host's instance: from its latest heartbeat, never a connection. A beat a little late
-   * still counts (the lease has not run out); past the lease the host is unreachable.
-   */
   /** Another host's instance: the status its latest heartbeat carried, when fresh enough; else a request. */
   async observe(spec: InstanceSpec): Promise<InstanceStatus> {
     const host = await this.directory.hostByAddress(spec.host);
@@ -150,19 +133,31 @@ export class HostRouter implements DataPlane {
   /** When an operation that may change the instance last finished here (bounded: cleared when full). */
   private readonly lastActionAtMs = new Map<string, number>();
 
+  /** An operation that may change the instance: statuses taken before it no longer count as observations. */
+  private async changing<T>(spec: InstanceSpec, work: (plane: DataPlane) => Promise<T>): Promise<T> {
+    try {
+      return await this.atAddress(spec.host, work);
+    } finally {
+      this.noteAction(spec.instanceId);
+    }
+  }
+
   private noteAction(instanceId: string): void {
     if (this.lastActionAtMs.size >= actionsRememberedMax) this.lastActionAtMs.clear();
     this.lastActionAtMs.set(instanceId, performance.now());
   }
 
+  /**
+   * Another host's instance: from its latest heartbeat, not a connection. A beat a little late
+   * still counts (the lease has not run out); past the lease the host is unreachable.
+   */
   async alive(instanceId: InstanceId): Promise<boolean> {
     const host = await this.directory.hostOfInstance(instanceId);
     if (host === null || host.local) return this.local.alive(instanceId);
-    const silentMs = this.reachability.silentMs(host.hostId);
-    if (silentMs > this.reachability.unreachableAfterMs) throw new HostUnreachableError(host.hostId, silentMs);
+    this.assertHeardFrom(host);
     if (this.reachability.lastAlive(host.hostId, instanceId) === true) return true;
     // A beat sent before a start says "not running": only the host itself can say it is gone.
-    return this.remoteClient(host).aliveNow(instanceId);
+    return this.whileReachable(host, (plane) => plane.alive(instanceId));
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
@@ -170,27 +165,15 @@ export class HostRouter implements DataPlane {
   }
 
   async promote(spec: InstanceSpec): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.promote(spec));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.promote(spec));
   }
 
   async follow(spec: InstanceSpec, upstream: UpstreamRef): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.follow(spec, upstream));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.follow(spec, upstream));
   }
 
   async rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.rejoin(spec, upstream));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.rejoin(spec, upstream));
   }
 
   async allowPeers(spec: InstanceSpec): Promise<void> {
@@ -218,11 +201,7 @@ export class HostRouter implements DataPlane {
   }
 
   async restorePrimary(spec: InstanceSpec, source: RestoreSource): Promise<void> {
-    try {
-      return await this.atAddress(spec.host, (plane) => plane.restorePrimary(spec, source));
-    } finally {
-      this.noteAction(spec.instanceId);
-    }
+    return this.changing(spec, (plane) => plane.restorePrimary(spec, source));
   }
 
   async destroy(instanceId: InstanceId): Promise<void> {
