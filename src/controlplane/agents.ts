@@ -45,7 +45,11 @@ function advertisedHost(listenHost: string): string {
   return listenHost.includes(':') ? `[${listenHost}]` : listenHost;
 }
 
-export async function prepareAgentSide(config: Config, log: Logger, pool: Pool): Promise<AgentSide> {
+/**
+ * `receivesHeartbeats`: this process serves the agent listener. One that does not (engine only)
+ * reads the hosts' renewals from the store instead, at the heartbeat interval.
+ */
+export async function prepareAgentSide(config: Config, log: Logger, pool: Pool, receivesHeartbeats: boolean): Promise<AgentSide> {
   const ca = await ensureCellCa(config.home);
   const caPem = await caCertificatePem(ca);
   const caSha256 = certificateSha256(caPem);
@@ -56,12 +60,11 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
   const heartbeats = new HeartbeatBook(systemClock);
   const tls = { key: certificate.key, certificate: certificate.cert, ca: caPem };
   const clients = new Map<string, { readonly where: string; readonly client: AgentClient }>();
-  // Heartbeats come to the process that serves the API; any process also reads renewals from the store.
-  const leaseAges = new StoreLeaseAges(pool, hosts.heartbeatMs);
-  leaseAges.start();
+  const leaseAges = receivesHeartbeats ? null : new StoreLeaseAges(pool, hosts.heartbeatMs);
+  leaseAges?.start();
   return {
     reachability: {
-      silentMs: (hostId) => Math.min(heartbeats.silentMs(hostId), leaseAges.silentMs(hostId) ?? Number.POSITIVE_INFINITY),
+      silentMs: (hostId) => Math.min(heartbeats.silentMs(hostId), leaseAges?.silentMs(hostId) ?? Number.POSITIVE_INFINITY),
       lastAlive: (hostId, instanceId) => heartbeats.lastAliveOn(hostId, instanceId),
       lastStatus: (hostId, instanceId) => heartbeats.lastStatusOn(hostId, instanceId),
       unreachableAfterMs: hosts.leaseMs,
@@ -83,7 +86,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool):
       return client;
     },
     async close() {
-      await leaseAges.stop();
+      await leaseAges?.stop();
       for (const { client } of clients.values()) client.close();
       clients.clear();
     },

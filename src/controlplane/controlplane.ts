@@ -67,7 +67,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
     if (config.hosts.localHost) await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
     await ensureSingletonMachines(pool);
-    agentSide = await prepareAgentSide(config, log, pool);
+    agentSide = await prepareAgentSide(config, log, pool, options.api);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
     engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
