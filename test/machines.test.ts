@@ -1,7 +1,7 @@
 import { HostUnreachableError } from '../src/lib/failure.js';
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../src/dataplane/dataplane.js';
 import type { BackupSettings, HaSettings } from '../src/config.js';
 import { type MachineData, type MachineDefinition, type Outcome, failedLabel, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
@@ -88,6 +88,16 @@ class FakeDataPlane implements DataPlane {
     this.reach(spec.instanceId);
     return this.rejoinMethod;
   }
+  async configure(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    this.calls.push(`configure ${spec.instanceId}`);
+    return [];
+  }
+
+  async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    this.calls.push(`settings ${spec.instanceId}`);
+    return [];
+  }
+
   async allowPeers(spec: InstanceSpec): Promise<void> {
     this.calls.push(`allowPeers ${spec.instanceId}`);
   }
@@ -473,8 +483,8 @@ describe('cluster machine, label by label', () => {
 
   test('desired synchronous standbys per durability', () => {
     const instances: InstanceRecord[] = [
-      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, observed: running, machineLabel: 'running', machineError: null },
-      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, observed: {}, machineLabel: 'starting', machineError: null },
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, observed: running, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, observed: {}, machineLabel: 'starting', machineError: null },
     ];
     assert.deepEqual(desiredSyncStandbys('async', instances), []);
     assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
@@ -587,7 +597,7 @@ describe('cluster machine, label by label', () => {
     assert.equal(late.type === 'hop' && late.label, 'running');
     h.store.update(primaryId, { machineLabel: 'running' });
     assert.equal((await step(clusterMachine, 'rejoin', clusterId, h, { data })).type, 'nap', 'a stale running label of a fenced instance is not a rejoin');
-    h.store.update(primaryId, { fenced: false, observed: streaming });
+    h.store.update(primaryId, { fenced: false, inRoute: true, observed: streaming });
     const back = await step(clusterMachine, 'rejoin', clusterId, h, { data });
     assert.deepEqual(back.type === 'hop' && [back.label, back.data], ['running', { syncStandbys: [] }]);
   });
@@ -733,7 +743,7 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, observed: {}, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, observed: {}, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');

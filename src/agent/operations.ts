@@ -50,6 +50,11 @@ export class AgentOperations {
         await specs.record(spec(args));
         await driver.allowPeers(spec(args));
       },
+      configure: async (args) => {
+        await specs.record(spec(args));
+        return driver.configure(spec(args));
+      },
+      settings: (args) => driver.settings(spec(args)),
       follow: async (args) => {
         await specs.record(spec(args));
         await driver.follow(spec(args), upstream(args));

@@ -72,6 +72,8 @@ const argumentLists: Record<AgentOperation, { readonly required: readonly object
   stop: { required: [instanceId], optional: [{ enum: ['fast', 'immediate'] }] },
   setSynchronousStandbys: { required: [spec, { type: 'array', maxItems: standbysMax, items: instanceId }] },
   allowPeers: { required: [spec] },
+  configure: { required: [spec] },
+  settings: { required: [spec] },
   follow: { required: [spec, upstream] },
   promote: { required: [spec] },
   dropSlot: { required: [upstream, secrets] },

@@ -44,6 +44,30 @@ export interface InstanceSpec {
   readonly secrets: ClusterSecrets;
 }
 
+/** One row of a server's `pg_settings`, as the server reports it now (after any reload it was asked for). */
+export interface ServerSetting {
+  readonly name: string;
+  /** pg_settings.setting: the value in the setting's base unit (`16384` for 128MB of 8kB shared_buffers). */
+  readonly setting: string;
+  readonly unit: string | null;
+  readonly vartype: string;
+  readonly context: string;
+  readonly minVal: string | null;
+  readonly maxVal: string | null;
+  readonly enumVals: readonly string[] | null;
+  /** Where the value comes from: `default`, `configuration file`, `override`, `command line`, … */
+  readonly source: string;
+  /** For a value from a configuration file: that file's base name (`cellar.conf`, `postgresql.auto.conf`, …); else null. */
+  readonly sourceFile: string | null;
+  /** Changed in a file, waiting for a restart to take effect. */
+  readonly pendingRestart: boolean;
+  /**
+   * The effective value was put there by hand, not by Cellar: it comes from postgresql.auto.conf
+   * (ALTER SYSTEM) or from a line of postgresql.conf after Cellar's include. `configure` removes both.
+   */
+  readonly foreign: boolean;
+}
+
 /** Where a replica streams from. */
 export interface UpstreamRef {
   readonly host: string;
@@ -126,6 +150,8 @@ export const dataPlaneLimitsMs = {
   stop: 45_000,
   setSynchronousStandbys: 30_000,
   allowPeers: 30_000,
+  configure: 30_000,
+  settings: 15_000,
   follow: minuteMs,
   promote: 90_000,
   dropSlot: minuteMs,
@@ -180,6 +206,15 @@ export interface DataPlane {
   rejoin(spec: InstanceSpec, upstream: UpstreamRef): Promise<RejoinMethod>;
   /** Rewrites who may connect (pg_hba from `spec.peers`) and reloads a running server; before a new host clones it. */
   allowPeers(spec: InstanceSpec): Promise<void>;
+  /**
+   * Makes the instance's configuration what the spec says (docs/CONFIG.md): cellar.conf rewritten
+   * from `spec.settings`; postgresql.auto.conf
+   * (ALTER SYSTEM) emptied; postgresql.conf cut after Cellar's include line; a running server reloaded, and its settings read back once the reload
+   * has taken effect (pg_conf_load_time moved). Stopped: files only, and an empty list.
+   */
+  configure(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
+  /** The running server's `pg_settings`, every row; a server that cannot be queried is an error. */
+  settings(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
   /**
    * On a primary: a commit waits until any one of these replicas (instance ids) has flushed it;
    * empty means commits do not wait. Takes effect at once (reload); blocked commits are released.

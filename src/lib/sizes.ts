@@ -34,6 +34,8 @@ export interface ClusterSpec {
   readonly storageGb: number;
   readonly pgVersion: number;
   readonly durability?: Durability;
+  /** The cluster's own Postgres settings (docs/CONFIG.md), over its size's defaults; absent: none. */
+  readonly settings?: Readonly<Record<string, string>>;
   /** How often this cluster gets a scheduled base backup; absent: the cell's default (daily). */
   readonly backupIntervalHours?: number;
   /** Set on a cluster made by restoring another one's backup. */

@@ -43,6 +43,8 @@ export interface InstanceRecord {
   readonly port: number | null;
   /** Never routed: an old primary between losing its role and rejoining as a replica. */
   readonly fenced: boolean;
+  /** False while it is out of the routes for a restart or its removal (docs/CONFIG.md). */
+  readonly inRoute: boolean;
   readonly observed: Partial<InstanceStatus>;
   /** The instance machine's current label, and its last error if it failed. */
   readonly machineLabel: string;
@@ -81,6 +83,11 @@ export interface MachineStore {
    */
   swapPrimary(clusterId: ClusterId, newPrimaryId: InstanceId): Promise<void>;
   clearSwitchoverTarget(clusterId: ClusterId): Promise<void>;
+  /**
+   * A replica leaves the routes (new connections go elsewhere, open ones are ended by the proxy)
+   * before it is restarted or removed, and comes back after; the proxy is told at once.
+   */
+  setInRoute(instanceId: InstanceId, inRoute: boolean): Promise<void>;
   /**
    * In one transaction: the instance's machine is moved to `destroy` and a fresh instance with a
    * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).

@@ -22,13 +22,14 @@ interface InstanceRow {
   address: string | null;
   port: number | null;
   fenced: boolean;
+  in_route: boolean;
   observed: Partial<InstanceStatus>;
   machine_label: string | null;
   machine_error: string | null;
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.observed, m.label as machine_label, m.last_error as machine_error
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
   left join machines hm on hm.kind = '${hostKind}' and hm.entity_id = i.host_id`;
@@ -47,6 +48,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     address: row.address ?? localAddress,
     port: row.port,
     fenced: row.fenced,
+    inRoute: row.in_route,
     observed: row.observed,
     machineLabel: row.machine_label ?? 'start',
     machineError: row.machine_error,
@@ -249,6 +251,13 @@ export class PgMachineStore implements MachineStore {
   async setFenced(instanceId: InstanceId, fenced: boolean): Promise<void> {
     await inTransaction(this.db, async (client) => {
       await client.query('update instances set fenced = $2 where id = $1', [instanceId, fenced]);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async setInRoute(instanceId: InstanceId, inRoute: boolean): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query('update instances set in_route = $2 where id = $1', [instanceId, inRoute]);
       await notifyRoutesChanged(client);
     });
   }

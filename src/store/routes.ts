@@ -25,7 +25,7 @@ export interface RouteRow {
 const routesSql = `
 select c.route_key, c.id as cluster_id, c.route_paused, coalesce(h.address, '127.0.0.1') as host, i.port, i.role, m.label, i.observed
   from clusters c
-  join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null and not i.fenced
+  join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null and not i.fenced and i.in_route
   join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
  where c.deleted_at is null and c.route_key is not null

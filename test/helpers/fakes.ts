@@ -26,13 +26,18 @@ export class FakeStore implements MachineStore {
   private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
     this.ordinalMax = Math.max(this.ordinalMax, ordinal);
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, observed: {}, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
     const instance = this.instancesById.get(id);
     assert.ok(instance !== undefined);
     this.instancesById.set(id, { ...instance, ...change });
+  }
+
+  async setInRoute(id: InstanceId, inRoute: boolean): Promise<void> {
+    this.calls.push(`inRoute ${id} ${String(inRoute)}`);
+    this.update(id, { inRoute });
   }
 
   async cluster(): Promise<ClusterRecord> {

@@ -19,6 +19,7 @@ import {
   type InstanceStatus,
   type RejoinMethod,
   type RestoreSource,
+  type ServerSetting,
   type UpstreamRef,
 } from '../dataplane.js';
 import { Binaries, type PgBinaries } from '../../postgres/binaries.js';
@@ -35,6 +36,7 @@ import { cellarConfFile, ensureIncludeLine, logTail, readPostmasterPid, serverPi
 import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramVerifier, sqlState, withClient } from '../../postgres/sql.js';
 import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build.js';
 import { bootstrapDataDir, copyDataDir, TemplateCache } from './template.js';
+import { readSettings, reloadAndWait, removeHandSettings } from './settings.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
 export const baseBackupMsMax = 60 * 60_000;
@@ -435,6 +437,28 @@ export class LocalDataPlane implements DataPlane {
       if (!(await exists(paths.pgdata))) return;
       await writeAuthFiles(paths.pgdata, renderHba(spec.peers), await this.owner(spec.clusterId));
       if ((await serverPid(paths.pgdata)) !== undefined) await reloadLocal(paths.run, spec.port);
+    });
+  }
+
+  async configure(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return this.bounded('configure', async () => {
+      const paths = this.paths(spec.instanceId);
+      if (!(await exists(paths.pgdata))) throw new Error(`instance ${spec.instanceId} has no data directory to configure`);
+      const owner = await this.owner(spec.clusterId);
+      await writeConfText(paths.pgdata, cellarConfFile, this.instanceConf(spec, paths.run), owner);
+      await removeHandSettings(paths.pgdata, owner);
+      const pidFile = await readPostmasterPid(paths.pgdata);
+      if ((await serverPid(paths.pgdata)) === undefined || pidFile?.port === undefined) return [];
+      await reloadAndWait(paths.run, pidFile.port);
+      return readSettings(paths.pgdata, paths.run, pidFile.port);
+    });
+  }
+
+  async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return this.bounded('settings', async () => {
+      const paths = this.paths(spec.instanceId);
+      const port = (await readPostmasterPid(paths.pgdata))?.port ?? spec.port;
+      return readSettings(paths.pgdata, paths.run, port);
     });
   }
 

@@ -11,6 +11,7 @@ import {
   type ClusterSecrets,
   type DataPlane,
   type InstanceSpec,
+  type ServerSetting,
   type InstanceStatus,
   type RejoinMethod,
   type RestoreSource,
@@ -139,6 +140,14 @@ export class AgentClient implements DataPlane {
 
   async allowPeers(spec: InstanceSpec): Promise<void> {
     await this.call('allowPeers', [spec]);
+  }
+
+  async configure(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return (await this.call('configure', [spec])) as ServerSetting[];
+  }
+
+  async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return (await this.call('settings', [spec])) as ServerSetting[];
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {

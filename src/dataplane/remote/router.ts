@@ -1,4 +1,4 @@
-import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, UpstreamRef } from '../dataplane.js';
+import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../dataplane.js';
 import type { InstanceId } from '../../lib/ids.js';
 import { currentAbortSignal, runWithAbortSignal } from '../../lib/abort.js';
 import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
@@ -178,6 +178,14 @@ export class HostRouter implements DataPlane {
 
   async allowPeers(spec: InstanceSpec): Promise<void> {
     return this.atAddress(spec.host, (plane) => plane.allowPeers(spec));
+  }
+
+  async configure(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return this.atAddress(spec.host, (plane) => plane.configure(spec));
+  }
+
+  async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
+    return this.atAddress(spec.host, (plane) => plane.settings(spec));
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
