@@ -36,6 +36,8 @@ export interface ClusterSpec {
   readonly durability?: Durability;
   /** The cluster's own Postgres settings (docs/CONFIG.md), over its size's defaults; absent: none. */
   readonly settings?: Readonly<Record<string, string>>;
+  /** The fleet's defaults it runs with, beneath its own settings (a rollout moves them; docs/CONFIG.md). */
+  readonly defaults?: Readonly<Record<string, string>>;
   /** How often this cluster gets a scheduled base backup; absent: the cell's default (daily). */
   readonly backupIntervalHours?: number;
   /** Set on a cluster made by restoring another one's backup. */

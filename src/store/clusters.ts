@@ -97,11 +97,12 @@ export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, org
           routeKey,
         ]);
         await insertMachine(client, newMachine(clusterMachine, id, id));
-        await client.query(`insert into config_revisions (cluster_id, revision, size, replicas, settings, actor, reason) values ($1, 1, $2, $3, $4, 'cellar', 'created')`, [
+        await client.query(`insert into config_revisions (cluster_id, revision, size, replicas, settings, defaults, actor, reason) values ($1, 1, $2, $3, $4, $5, 'cellar', 'created')`, [
           id,
           spec.size,
           spec.replicas,
           spec.settings ?? {},
+          spec.defaults ?? {},
         ]);
       });
       return id;

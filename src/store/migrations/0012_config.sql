@@ -15,6 +15,8 @@ create table config_revisions (
   replicas integer not null check (replicas between 0 and 5),
   -- The cluster's own settings after this revision: name -> value as given.
   settings jsonb not null default '{}',
+  -- The fleet's defaults this cluster runs with (beneath its own settings), as of this revision.
+  defaults jsonb not null default '{}',
   -- [{name, from, to}]: what this revision changed (size and replicas included).
   diff jsonb not null default '[]',
   plan jsonb,
@@ -28,8 +30,8 @@ create table config_revisions (
 );
 
 -- Every live cluster starts at revision 1: what it was created with.
-insert into config_revisions (cluster_id, revision, size, replicas, settings, actor, reason)
-select id, 1, spec ->> 'size', (spec ->> 'replicas')::int, coalesce(spec -> 'settings', '{}'), 'cellar', 'created'
+insert into config_revisions (cluster_id, revision, size, replicas, settings, defaults, actor, reason)
+select id, 1, spec ->> 'size', (spec ->> 'replicas')::int, coalesce(spec -> 'settings', '{}'), coalesce(spec -> 'defaults', '{}'), 'cellar', 'created'
   from clusters;
 
 -- A replica restarting for a change (or being removed) leaves the routes first.
