@@ -7,6 +7,8 @@ import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { isEvacuated } from './host.js';
+import { settingsDifferences } from './settings-drift.js';
+import { catalogueFromRows } from '../lib/settings.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
 
@@ -38,6 +40,8 @@ export interface ClusterData extends Record<string, unknown> {
   readonly syncStandbys?: readonly string[];
   /** The last reason a nap announced, so that a repeated condition makes one event, not one per tick. */
   readonly announced?: string;
+  /** Clock time the instances' settings were last compared with the revision (drift). */
+  readonly driftCheckedMs?: number;
 }
 
 export { clusterKind };
@@ -62,7 +66,8 @@ const stepTimeoutMsMin = 30_000;
 /** The data-plane waits inside each label's step: the port's bounds, times the replicas where it goes through them one by one. */
 function innerLimitMs(label: ClusterLabel): number {
   switch (label) {
-    case 'running':
+    case 'running': // the synchronous standbys, then the drift check of every instance
+      return dataPlaneLimitsMs.setSynchronousStandbys + (replicasMax + 1) * (dataPlaneLimitsMs.settings + dataPlaneLimitsMs.configure);
     case 'route':
       return dataPlaneLimitsMs.setSynchronousStandbys;
     case 'fence':
@@ -157,7 +162,47 @@ async function running(context: Context): Promise<Result> {
   const moving = await moveOffLeavingHosts(context, cluster, instances, primary);
   if (moving !== null) return moving;
   const synced = await maintainSync(context, cluster, instances, primary);
-  return synced === null ? nap(watchNapMs) : nap(watchNapMs, synced);
+  if (synced !== null) return nap(watchNapMs, synced);
+  return (await keepSettings(context, cluster, instances, primary)) ?? nap(watchNapMs);
+}
+
+/**
+ * The catalogue of the cluster's Postgres version, read once from its primary; then, every
+ * driftCheckMs, each serving instance's settings against the revision (docs/CONFIG.md "Drift"):
+ * a difference is reported and put back (`configure`); a replica still waiting for a restart is
+ * restarted, a primary is left to the next rolling restart. Not while a change applies its revision.
+ */
+async function keepSettings(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const { store, dataPlane, ha } = context.ports;
+  if (primary.machineLabel !== 'running') return null;
+  if ((await store.catalogue(cluster.spec.pgVersion)) === null) {
+    const rows = await dataPlane.settings(instanceSpec(cluster, primary));
+    const entries = catalogueFromRows(rows);
+    await store.saveCatalogue(cluster.spec.pgVersion, entries);
+    return nap(watchNapMs, { reason: `parameter catalogue of Postgres ${cluster.spec.pgVersion} read from ${primary.id}: ${entries.length} parameters`, code: 'catalogue_read' });
+  }
+  const checkedMs = context.machine.data.driftCheckedMs ?? 0;
+  if (nowMs(context) - checkedMs < ha.driftCheckMs) return null;
+  const data = { ...context.machine.data, driftCheckedMs: nowMs(context) };
+  if (await store.changeInProgress(cluster.id)) return nap(watchNapMs, { data });
+  const found: string[] = [];
+  for (const instance of instances.filter((candidate) => candidate.machineLabel === 'running' && !candidate.fenced)) {
+    const problems = await settingsDifferences(context, cluster, instance);
+    if (problems.length === 0) continue;
+    const spec = instanceSpec(cluster, instance);
+    const after = await dataPlane.configure(spec);
+    const waiting = after.filter((row) => row.pendingRestart).map((row) => row.name);
+    let outcome = 'put back';
+    if (waiting.length > 0 && instance.role === 'replica') {
+      await store.raiseSignal(instanceKind, instance.id, 'restart');
+      outcome = `put back; restarting it for ${waiting.join(', ')}`;
+    } else if (waiting.length > 0) {
+      outcome = `put back; ${waiting.join(', ')} take effect at the next restart of the primary`;
+    }
+    found.push(`${instance.id}: ${problems.join('; ')} (${outcome})`);
+  }
+  if (found.length === 0) return nap(watchNapMs, { data });
+  return nap(watchNapMs, { data, reason: `settings drifted and were repaired: ${found.join(' | ')}`, code: 'settings_drift_repaired' });
 }
 
 /** Instances that stay (or will): not on a draining or lost host, and not being deleted or failed. */
