@@ -8,7 +8,7 @@ import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
-import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
+import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, hasReplicas, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
@@ -554,6 +554,12 @@ describe('cluster machine, label by label', () => {
     const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
     assert.deepEqual(again, { type: 'nap', ms: watchNapMs }, 'run again before their machines act, it removes nothing more');
     assert.equal(h.store.calls.length, 5);
+    assert.equal(hasReplicas(1, await h.store.instances()), false, 'not done while the removed ones are still there');
+    h.store.instancesById.delete(second);
+    h.store.instancesById.delete(third);
+    assert.equal(hasReplicas(1, await h.store.instances()), true, 'done once they are deleted and the rest stream');
+    h.store.update(replicaId, { inRoute: false });
+    assert.equal(hasReplicas(1, await h.store.instances()), false, 'not done while a replica is out of the routes');
   });
 
   test('scale down never removes the primary, even with the highest ordinal, and waits while the primary does not run', async () => {

@@ -269,6 +269,15 @@ async function scaleReplicas(context: Context, cluster: ClusterRecord, instances
   });
 }
 
+/**
+ * A scale is done: exactly `wanted` replicas are left (removed ones deleted), each streaming and
+ * routed. What a change of `replicas` waits for (docs/CONFIG.md, the change machine's `scale`).
+ */
+export function hasReplicas(wanted: number, instances: readonly InstanceRecord[]): boolean {
+  const replicas = instances.filter((instance) => instance.role === 'replica');
+  return replicas.length === wanted && replicas.every((instance) => isStreamingReplica(instance) && instance.inRoute && !isBeingRemoved(instance));
+}
+
 /** Which replica goes first when the cluster has too many: one whose removal began, then one that does not stream, then the newest. */
 function removalOrder(a: InstanceRecord, b: InstanceRecord): number {
   const begun = Number(a.inRoute) - Number(b.inRoute);
