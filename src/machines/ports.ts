@@ -47,6 +47,12 @@ export interface InstanceRecord {
   readonly fenced: boolean;
   /** False while it is out of the routes for a restart or its removal (docs/CONFIG.md). */
   readonly inRoute: boolean;
+  /**
+   * Its delete was asked for: its machine is in `destroy`, or a `destroy` signal waits for it.
+   * The signal counts too, so a cluster that looks again before the instance acts on it does not
+   * count it as one of its replicas (and remove another).
+   */
+  readonly destroyRequested: boolean;
   readonly observed: Partial<InstanceStatus>;
   /** The instance machine's current label, and its last error if it failed. */
   readonly machineLabel: string;

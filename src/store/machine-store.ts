@@ -26,13 +26,15 @@ interface InstanceRow {
   port: number | null;
   fenced: boolean;
   in_route: boolean;
+  destroy_requested: boolean;
   observed: Partial<InstanceStatus>;
   machine_label: string | null;
   machine_error: string | null;
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error,
+       coalesce(m.label = 'destroy' or exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy'), false) as destroy_requested
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
   left join machines hm on hm.kind = '${hostKind}' and hm.entity_id = i.host_id`;
@@ -52,6 +54,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     port: row.port,
     fenced: row.fenced,
     inRoute: row.in_route,
+    destroyRequested: row.destroy_requested,
     observed: row.observed,
     machineLabel: row.machine_label ?? 'start',
     machineError: row.machine_error,

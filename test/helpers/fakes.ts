@@ -28,7 +28,7 @@ export class FakeStore implements MachineStore {
   private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
     this.ordinalMax = Math.max(this.ordinalMax, ordinal);
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
@@ -106,6 +106,8 @@ export class FakeStore implements MachineStore {
   }
   async requestDestroy(kind: string, entityId: string): Promise<void> {
     this.calls.push(`requestDestroy ${kind} ${entityId}`);
+    // As the store: the raised signal shows on the instance before its machine acts on it.
+    if (this.instancesById.has(entityId as InstanceId)) this.update(entityId as InstanceId, { destroyRequested: true });
   }
   async raiseSignal(kind: string, entityId: string, name: string): Promise<void> {
     this.calls.push(`raiseSignal ${kind} ${entityId} ${name}`);
