@@ -177,10 +177,16 @@ describe('configuration changes', () => {
     const target = `postgresql://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${replica.port}/postgres?sslmode=disable`;
     await queryUri(target, `alter system set work_mem = '13MB'`);
     await queryUri(target, 'select pg_reload_conf()');
-    await eventually('the drift to be reported and repaired', async () => {
+    const repaired = await eventually('the drift to be reported and repaired', async () => {
       const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
-      return shown.events.some((event) => event.code === 'settings_drift_repaired' && event.reason.includes(replica.id) && event.reason.includes('work_mem')) ? true : undefined;
+      return shown.events.find((event) => event.code === 'settings_drift_repaired' && event.reason.includes(replica.id) && event.reason.includes('work_mem'));
     }, 30_000, 200);
-    await eventually('work_mem back to the revision', async () => ((await queryUri<{ value: string }>(target, 'show work_mem'))[0]?.value === '7MB' ? true : undefined), 10_000, 50);
+    let value: string | undefined;
+    await eventually(`work_mem back to the revision (${repaired.reason}; now ${String(value)})`, async () => {
+      value = (await queryUri<{ value: string }>(target, "select current_setting('work_mem') as value"))[0]?.value;
+      return value === '7MB' ? true : undefined;
+    }, 10_000, 50).catch((error: unknown) => {
+      throw new Error(`${String(error)}: work_mem is ${String(value)} after "${repaired.reason}"`);
+    });
   });
 });

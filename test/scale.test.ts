@@ -9,7 +9,6 @@ import { instanceMachine } from '../src/machines/instance.js';
 import { insertCluster } from '../src/store/clusters.js';
 import { ensureLocalHost } from '../src/store/local-host.js';
 import { PgMachineStore } from '../src/store/machine-store.js';
-import { nudgeChannel } from '../src/store/machines-table.js';
 import { loadRoutes } from '../src/store/routes.js';
 import { createOrg } from '../src/store/tenancy.js';
 import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
@@ -131,12 +130,8 @@ describe('scaling a running cluster under writes', () => {
    * spec is changed in the store and the cluster machine woken, as the API's change will.
    */
   async function setReplicas(replicas: number): Promise<void> {
-    await cellar.storeQuery(
-      `with changed as (update clusters set spec = jsonb_set(spec, '{replicas}', to_jsonb($2::int)) where id = $1 returning id),
-            woken as (update machines set next_tick_at = now() where kind = 'cluster' and entity_id = $1 and next_tick_at is not null returning lane)
-       select pg_notify($3, lane) from woken, changed`,
-      [app.id, replicas, nudgeChannel],
-    );
+    const applied = await cellar.cliJson<{ state: string }>(['clusters', 'scale', 'app', '--replicas', String(replicas), '--wait']);
+    assert.equal(applied.state, 'applied');
   }
 
   async function show(): Promise<ClusterView> {

@@ -3,8 +3,7 @@ import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { ChangeId } from '../lib/ids.js';
 import { replicasMax } from '../lib/sizes.js';
-import { isStreamingReplica } from './cluster.js';
-import { isEvacuated } from './host.js';
+import { hasReplicas, isStreamingReplica } from './cluster.js';
 import { instanceKind, instanceSpec } from './instance.js';
 import { settingsDifferences } from './settings-drift.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, changeKind, clusterKind } from './ports.js';
@@ -34,6 +33,8 @@ export interface ChangeData extends Record<string, unknown> {
 
 export { changeKind };
 export const changePollMs = 100;
+/** Replicas come and go in seconds (a clone each); their machines wake the cluster, not the change. */
+const scalePollMs = 500;
 /** How long one instance may take to come back from its restart (a replica streaming again, the primary accepting). */
 export const restartWaitMsMax = 5 * 60_000;
 /** How long the cluster may take to reach its replicas (each one a clone of the primary). */
@@ -115,19 +116,16 @@ async function apply(context: Context): Promise<Result> {
 /** The cluster adds or removes replicas itself (its running step); this waits until it has them, all streaming. */
 async function scale(context: Context): Promise<Result> {
   const { cluster, instances, order } = await load(context);
-  const staying = instances.filter((instance) => !isEvacuated(instance.hostState) && instance.machineLabel !== 'destroy' && instance.machineLabel !== 'failed');
-  const replicas = staying.filter((instance) => instance.role === 'replica');
-  const streaming = replicas.filter(isStreamingReplica);
-  const leaving = instances.length - staying.length;
-  if (replicas.length === cluster.spec.replicas && streaming.length === cluster.spec.replicas && leaving === 0) {
+  if (hasReplicas(cluster.spec.replicas, instances)) {
     const next: ChangeLabel = order === 'primaryFirst' || order === 'primaryInPlace' ? 'restartPrimary' : 'restartReplicas';
     return hop(next, { data: kept(context), reason: `${cluster.spec.replicas} replica(s) streaming`, code: 'replicas_ready' });
   }
   const since = context.machine.data.sinceMs ?? nowMs(context);
   if (nowMs(context) - since > scaleWaitMsMax) {
-    return fail(`the cluster did not reach ${cluster.spec.replicas} streaming replica(s) within ${scaleWaitMsMax} ms (${streaming.length} stream, ${leaving} leaving)`, 'change_failed');
+    const streaming = instances.filter(isStreamingReplica).length;
+    return fail(`the cluster did not reach ${cluster.spec.replicas} streaming replica(s) within ${scaleWaitMsMax} ms (${streaming} stream)`, 'change_failed');
   }
-  return nap(1_000, { data: { ...kept(context), sinceMs: since } });
+  return nap(scalePollMs, { data: { ...kept(context), sinceMs: since } });
 }
 
 /** Names of the settings an instance still waits for a restart to take, as the server says now. */

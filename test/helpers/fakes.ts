@@ -39,7 +39,7 @@ export class FakeStore implements MachineStore {
 
   readonly signals = new Set<string>();
   readonly labels = new Map<string, string>();
-  catalogues = new Map<number, ReadonlyMap<string, CatalogueEntry>>();
+  catalogues = new Map<number, ReadonlyMap<string, CatalogueEntry>>([[15, new Map()]]);
   change: { clusterId: ClusterId; revision: number; order: RestartOrder } | null = null;
 
   async changeTarget(): Promise<{ clusterId: ClusterId; revision: number; order: RestartOrder } | null> {
