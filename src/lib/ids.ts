@@ -9,6 +9,7 @@ export const idPrefixes = {
   machine: 'ma',
   backup: 'bk',
   host: 'ho',
+  rollout: 'ro',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;
@@ -19,6 +20,7 @@ export type InstanceId = Id<'instance'>;
 export type MachineId = Id<'machine'>;
 export type BackupId = Id<'backup'>;
 export type HostId = Id<'host'>;
+export type RolloutId = Id<'rollout'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
 const idRandomChars = 12;
