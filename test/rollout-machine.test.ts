@@ -327,6 +327,13 @@ test('a refused proposal halts there; a busy cluster is asked again until the bo
   assert.equal(busy.runner.label, 'halted');
   assert.match(busy.records.halt?.reason ?? '', /another change of it did not finish within 60000 ms: revision 2 is being applied/);
 
+  const failedCluster = fleet(2);
+  const failedId = failedCluster.ids[0] as ClusterId;
+  failedCluster.records.cluster(failedId).answer = { type: 'busy', reason: 'the cluster is failed' };
+  failedCluster.records.cluster(failedId).health = { state: 'broken', detail: 'its cluster machine failed: induced' };
+  await failedCluster.runner.runUntilLabel('halted');
+  assert.equal(failedCluster.records.halt?.reason, 'its change was refused (the cluster is failed) and it is not healthy: its cluster machine failed: induced');
+
   const gone = fleet(2);
   gone.records.cluster(gone.ids[0] as ClusterId).answer = { type: 'gone' };
   await gone.runner.runUntilLabel('completed');

@@ -185,6 +185,9 @@ async function propose(context: Context): Promise<Result> {
     case 'refused':
       return halt(context, current, `its change was refused: ${proposal.reason}`);
     case 'busy': {
+      // A cluster that cannot recover by itself (a failed machine) will never take the change.
+      const health = await rollouts.clusterHealth(current.clusterId);
+      if (health.state === 'broken') return halt(context, current, `its change was refused (${proposal.reason}) and it is not healthy: ${health.detail}`);
       const busySinceMs = current.busySinceMs ?? now;
       if (now - busySinceMs > context.ports.healthWaitMs) return halt(context, current, `another change of it did not finish within ${context.ports.healthWaitMs} ms: ${proposal.reason}`);
       const first = current.busySinceMs === undefined;
