@@ -9,6 +9,7 @@ export const idPrefixes = {
   machine: 'ma',
   backup: 'bk',
   host: 'ho',
+  change: 'ch',
   rollout: 'ro',
 } as const;
 
@@ -20,6 +21,7 @@ export type InstanceId = Id<'instance'>;
 export type MachineId = Id<'machine'>;
 export type BackupId = Id<'backup'>;
 export type HostId = Id<'host'>;
+export type ChangeId = Id<'change'>;
 export type RolloutId = Id<'rollout'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
