@@ -141,7 +141,7 @@ test('a proposal refused, busy or for a deleted cluster is told apart by its err
   const records = new PgRolloutRecords(store.pool, changes);
   const id = await cluster('health', 1);
   const defaults = { temp_buffers: '8MB' };
-  changes.failWith = new CellarError('CELLAR_E_CONFLICT', 'revision 3 is still being applied');
+  changes.failWith = new CellarError('CELLAR_E_CHANGE_IN_PROGRESS', 'revision 3 is still being applied');
   assert.deepEqual(await records.proposeDefaults(id, defaults, 'rollout:ro_x', 'test'), { type: 'busy', reason: 'revision 3 is still being applied' });
   changes.failWith = invalid('settings.temp_buffers', 'temp_buffers: too big');
   assert.deepEqual(await records.proposeDefaults(id, defaults, 'rollout:ro_x', 'test'), { type: 'refused', reason: 'temp_buffers: too big [CELLAR_E_INVALID]' });

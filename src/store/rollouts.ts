@@ -1,7 +1,8 @@
 import { CellarError } from '../lib/errors.js';
-import { type ClusterId, type RolloutId, newId } from '../lib/ids.js';
+import { type ChangeId, type ClusterId, type RolloutId, newId } from '../lib/ids.js';
 import type { CatalogueEntry } from '../lib/settings.js';
 import { type ChangeOutcome, type ClusterHealth, type DefaultsProposal, type FleetCluster, type RolloutHalt, type RolloutRecord, type RolloutRecords, rolloutKind } from '../machines/ports.js';
+import { changeState, proposeChange } from './config.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction, isUniqueViolation } from './pool.js';
 
@@ -266,6 +267,17 @@ export interface ConfigChanges {
     input: { clusterId: ClusterId; actor: string; reason?: string; change: { defaults: Record<string, string> } },
   ): Promise<{ readonly revision: number | null; readonly changeId: string | null }>;
   changeState(pool: Pool, changeId: string): Promise<ChangeOutcome>;
+}
+
+/** The store's own proposals (`store/config.ts`), making change machines of `changeMachine`'s definition. */
+export function storeConfigChanges(changeMachine: MachineOrigin): ConfigChanges {
+  return {
+    proposeChange: (pool, input) => proposeChange(pool, changeMachine, input),
+    async changeState(pool, changeId) {
+      // A revision's change machine is made with it and never deleted: a missing one is a broken record, not a wait.
+      return (await changeState(pool, changeId as ChangeId)) ?? { label: 'missing', done: false, failed: true, error: `change ${changeId} has no machine` };
+    },
+  };
 }
 
 /** CellarError codes a proposal may meet, by what the rollout does about them. */
