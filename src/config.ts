@@ -48,6 +48,8 @@ export interface Config {
   readonly leaseMs: number;
   readonly highTickMs: number;
   readonly normalTickMs: number;
+  /** A fleet rollout halts at a cluster not healthy this long after its revision (docs/CONFIG.md). */
+  readonly rolloutHealthWaitMs: number;
   /** Copies a prepared data directory instead of running initdb for each new primary. */
   readonly templateEnabled: boolean;
   /** Running clusters of the default spec kept ready for creates to adopt; 0 turns the pool off. */
@@ -235,6 +237,7 @@ export function loadConfig(env: Env = process.env): Config {
     leaseMs: integer(env, 'CELLAR_LEASE_MS', 10_000, 500, 600_000, problems),
     highTickMs: integer(env, 'CELLAR_HIGH_TICK_MS', 250, 10, 600_000, problems),
     normalTickMs: integer(env, 'CELLAR_NORMAL_TICK_MS', 2_000, 10, 600_000, problems),
+    rolloutHealthWaitMs: integer(env, 'CELLAR_ROLLOUT_HEALTH_WAIT_MS', 600_000, 1_000, 24 * 3_600_000, problems),
     templateEnabled: boolean(env, 'CELLAR_TEMPLATE', true, problems),
     warmPoolSize: integer(env, 'CELLAR_WARM_POOL', 0, 0, warmPoolSizeMax, problems),
     backupDir: env['CELLAR_BACKUP_DIR'] || null,

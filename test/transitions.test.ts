@@ -13,6 +13,7 @@ import { backupScheduleMachine } from '../src/machines/backup-schedule.js';
 import { clusterMachine } from '../src/machines/cluster.js';
 import { hostMachine } from '../src/machines/host.js';
 import { instanceMachine } from '../src/machines/instance.js';
+import { rolloutMachine } from '../src/machines/rollout.js';
 import { warmPoolMachine } from '../src/machines/warmpool.js';
 import { requestDestroy } from '../src/store/machine-store.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
@@ -27,7 +28,7 @@ async function sourceFiles(dir: string): Promise<string[]> {
 
 describe('one way to make a machine, one way to change its label', () => {
   test('newMachine takes kind, initial label and lane from the definition, for every kind', () => {
-    for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine, warmPoolMachine, hostMachine]) {
+    for (const definition of [clusterMachine, instanceMachine, backupMachine, backupScheduleMachine, warmPoolMachine, hostMachine, rolloutMachine]) {
       const row = newMachine(definition, 'entity-1', null);
       assert.deepEqual([row.kind, row.label, row.lane], [definition.kind, definition.initial, definition.lane(definition.initial as never)], definition.kind);
     }

@@ -31,6 +31,7 @@ import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
 import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
+import { registerRolloutRoutes } from './rollouts.js';
 import { registerHealth } from './health.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
@@ -335,6 +336,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerConfigRoutes(app, pool, ownerOf);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
+  registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

@@ -7,6 +7,7 @@ import { registerClusterCommands } from './clusters.js';
 import { registerConfigCommands } from './config.js';
 import { registerHostCommands } from './host.js';
 import { registerHostsCommands } from './hosts.js';
+import { registerRolloutCommands } from './rollouts.js';
 import { registerTokenCommands } from './tokens.js';
 import { type Output, formatTable, makeOutput } from './output.js';
 
@@ -44,6 +45,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerBackupCommands(program, connect);
   registerTokenCommands(program, connect);
   registerHostsCommands(program, connect);
+  registerRolloutCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -22,6 +22,7 @@ import { changeMachine } from '../machines/change.js';
 import { hostMachine } from '../machines/host.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
+import { rolloutMachine } from '../machines/rollout.js';
 import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines/warmpool.js';
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
@@ -29,6 +30,7 @@ import { PgHostRecords } from '../store/drain.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
+import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
@@ -157,6 +159,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
       register(hostMachine, { hosts: new PgHostRecords(pool, config.hosts), lostMs: config.hosts.lostMs }),
+      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), healthWaitMs: config.rolloutHealthWaitMs }),
     ],
     clock: systemClock,
     random: systemRandom,

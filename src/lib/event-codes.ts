@@ -98,6 +98,18 @@ export const eventCodes = {
   host_lost: "the host's lease expired longer ago than CELLAR_HOST_LOST_MS: its instances are replaced on other hosts",
   host_back: 'a lost host renewed its lease: it takes instances again',
 
+  // Fleet rollouts (docs/CONFIG.md, "Fleet defaults and rollouts").
+  rollout_cluster_started: 'a rollout gave a cluster a revision with the new fleet defaults and waits for it',
+  rollout_cluster_retried: 'a resumed rollout waits again for the cluster it halted at (its defaults were already moved)',
+  rollout_cluster_done: "the cluster's change finished and it is healthy: the rollout goes on",
+  rollout_clusters_skipped: 'clusters that already run the new defaults (or were deleted) were passed over',
+  rollout_waiting_for_change: 'another change of the cluster is under way: the rollout waits (bounded) before proposing',
+  rollout_halted: 'the rollout stopped by itself at a cluster (its change failed or was refused, or it was not healthy in time)',
+  rollout_paused: 'the rollout was paused between clusters',
+  rollout_resumed: 'the rollout goes on after a pause',
+  rollout_aborted: 'the rollout was aborted: clusters not reached keep the defaults they run with',
+  rollout_completed: 'every live cluster runs the new fleet defaults',
+
   // The warm pool.
   adopted_from_warm_pool: 'a create was answered with a ready warm cluster',
 

@@ -10,6 +10,7 @@ export const idPrefixes = {
   backup: 'bk',
   host: 'ho',
   change: 'ch',
+  rollout: 'ro',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;
@@ -21,6 +22,7 @@ export type MachineId = Id<'machine'>;
 export type BackupId = Id<'backup'>;
 export type HostId = Id<'host'>;
 export type ChangeId = Id<'change'>;
+export type RolloutId = Id<'rollout'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
 const idRandomChars = 12;

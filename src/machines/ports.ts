@@ -240,3 +240,90 @@ export interface WarmPoolStore {
   createPooledCluster(spec: ClusterSpec): Promise<void>;
   destroyPooledCluster(id: string): Promise<void>;
 }
+
+/** The rollout machine's kind: the store reads a rollout's state from its machine's label. */
+export const rolloutKind = 'rollout';
+
+/** A live, non-pooled cluster as a rollout sees it. */
+export interface FleetCluster {
+  readonly id: ClusterId;
+  readonly name: string;
+  /** Its newest revision (docs/CONFIG.md): a revision proposed after this one is this rollout's. */
+  readonly revision: number;
+  /** The fleet defaults it runs with now (`ClusterSpec.defaults`). */
+  readonly defaults: Readonly<Record<string, string>>;
+}
+
+/** What a proposal of new defaults to one cluster came to. */
+export type DefaultsProposal =
+  | { readonly type: 'proposed'; readonly revision: number; readonly changeId: string | null }
+  /** Another change of the cluster is being applied: try again shortly. */
+  | { readonly type: 'busy'; readonly reason: string }
+  /** The change is not valid for this cluster (its version's catalogue, its size): the rollout halts here. */
+  | { readonly type: 'refused'; readonly reason: string }
+  /** The cluster was deleted meanwhile: nothing to roll out to. */
+  | { readonly type: 'gone' };
+
+export interface ChangeOutcome {
+  /** The change machine's label (its step, for a reason). */
+  readonly label: string;
+  readonly done: boolean;
+  readonly failed: boolean;
+  readonly error: string | null;
+}
+
+/**
+ * Whether a cluster serves after a change: `healthy` (its machine `running`, every instance
+ * `running`), `waiting` (not yet), `broken` (a machine of it failed: waiting cannot help), or
+ * `gone` (deleted meanwhile: nothing to roll out to).
+ */
+export interface ClusterHealth {
+  readonly state: 'healthy' | 'waiting' | 'broken' | 'gone';
+  /** What is not healthy, naming the machine or instance and its label. */
+  readonly detail: string;
+}
+
+export interface RolloutRecord {
+  readonly id: string;
+  readonly defaultsAfter: Readonly<Record<string, string>>;
+  readonly ratePerMinute: number;
+  readonly reason: string | null;
+  readonly cursorClusterId: ClusterId | null;
+}
+
+export interface RolloutHalt {
+  readonly clusterId: ClusterId;
+  readonly clusterName: string;
+  readonly revision: number | null;
+  readonly reason: string;
+}
+
+/** What the rollout machine may read and change in the cell store (docs/CONFIG.md, "Fleet defaults and rollouts"). */
+export interface RolloutRecords {
+  rollout(id: string): Promise<RolloutRecord>;
+  /** The first live, non-pooled cluster with an id after `afterClusterId` (null: from the first); null when none is left. */
+  nextCluster(afterClusterId: ClusterId | null): Promise<FleetCluster | null>;
+  /**
+   * The revision `actor` proposed to the cluster after `afterRevision`, if any: how a step run
+   * again after a crash finds the proposal it made before, instead of proposing twice.
+   */
+  revisionSince(clusterId: ClusterId, afterRevision: number, actor: string): Promise<{ readonly revision: number; readonly changeId: string | null } | null>;
+  /** A revision of the cluster with these fleet defaults (`proposeChange`, store/config.ts). */
+  proposeDefaults(clusterId: ClusterId, defaults: Readonly<Record<string, string>>, actor: string, reason: string): Promise<DefaultsProposal>;
+  changeOutcome(changeId: string): Promise<ChangeOutcome>;
+  clusterHealth(clusterId: ClusterId): Promise<ClusterHealth>;
+  /** The cluster now being moved, for `rollouts show`. */
+  recordStarted(id: string, clusterId: ClusterId, revision: number): Promise<void>;
+  /** The cluster is finished: moved (`changed`) or already there (`skipped`). Idempotent: the cursor only moves forward. */
+  recordAdvanced(id: string, clusterId: ClusterId, outcome: 'changed' | 'skipped'): Promise<void>;
+  recordHalted(id: string, halt: RolloutHalt): Promise<void>;
+  /** Completed or aborted: the cell may start another rollout. */
+  recordFinished(id: string): Promise<void>;
+}
+
+export interface RolloutPorts {
+  readonly clock: Clock;
+  readonly rollouts: RolloutRecords;
+  /** CELLAR_ROLLOUT_HEALTH_WAIT_MS: how long a cluster may take from its revision to healthy before the rollout halts there. */
+  readonly healthWaitMs: number;
+}
