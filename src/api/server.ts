@@ -27,6 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
+import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
@@ -272,7 +273,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       if (!isDurability(durability)) throw invalid('durability', fieldMessages.durability);
       if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
-      const spec: ClusterSpec = { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule };
+      // With the fleet's defaults already, so that a warm cluster made on them is adopted.
+      const spec = await withFleetDefaults(pool, { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule } satisfies ClusterSpec);
       const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy));

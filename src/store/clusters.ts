@@ -9,6 +9,7 @@ import { liveInstances } from './machine-store.js';
 import { type Pool, inTransaction, isUniqueViolation } from './pool.js';
 import { assertPlaceable } from './placement.js';
 import { freeRouteKey } from './routes.js';
+import { withFleetDefaults } from './rollouts.js';
 
 /** Clusters as the API sees them: scoped to an org, with their machine and recent events. */
 
@@ -79,8 +80,10 @@ function newSecrets(): ClusterSecrets {
 const routeKeyAttemptsMax = 3;
 
 /** Creates the cluster and its machine (of the cluster machine's definition) in one transaction: nothing half-made on any failure. */
-export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, orgId: OrgId, name: string, spec: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
+export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, orgId: OrgId, name: string, requested: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
   const id = newId('cluster');
+  // A new cluster starts on the fleet's current defaults: a rollout never needs to reach it.
+  const spec = await withFleetDefaults(db, requested);
   const pooled = options.pooled === true;
   for (let attempt = 1; ; attempt += 1) {
     try {

@@ -1,6 +1,7 @@
 import { CellarError } from '../lib/errors.js';
 import { type ChangeId, type ClusterId, type RolloutId, newId } from '../lib/ids.js';
 import type { CatalogueEntry } from '../lib/settings.js';
+import type { ClusterSpec } from '../lib/sizes.js';
 import { type ChangeOutcome, type ClusterHealth, type DefaultsProposal, type FleetCluster, type RolloutHalt, type RolloutRecord, type RolloutRecords, rolloutKind } from '../machines/ports.js';
 import { changeState, proposeChange } from './config.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
@@ -21,6 +22,13 @@ export const currentDefaultsSql = `select coalesce(jsonb_object_agg(name, value)
 export async function currentDefaults(db: Queryable): Promise<Record<string, string>> {
   const result = await db.query<{ defaults: Record<string, string> }>(currentDefaultsSql);
   return result.rows[0]?.defaults ?? {};
+}
+
+/** A new cluster's spec with the fleet's current defaults beneath its own settings (none: the spec as it is). */
+export async function withFleetDefaults(db: Queryable, spec: ClusterSpec): Promise<ClusterSpec> {
+  if (spec.defaults !== undefined) return spec;
+  const defaults = await currentDefaults(db);
+  return Object.keys(defaults).length === 0 ? spec : { ...spec, defaults };
 }
 
 export interface FleetDefault {
