@@ -170,6 +170,31 @@ describe('configuration changes', () => {
     assert.deepEqual(stats.acknowledged.filter((id) => !stored.has(id)), [], 'every acknowledged write is there');
   });
 
+  test('resize up and down under a writer: the size\'s tuned defaults reach every instance, and new connections all succeed', async () => {
+    const uri = cluster.uri as string;
+    const writer = startWriter(uri, 'acked');
+    const connector = startConnector(uri);
+    const plan = await cellar.cliJson<ProposalView>(['clusters', 'resize', 'app', '--size', 'medium', '--dry-run']);
+    assert.deepEqual(plan.plan.size, { from: 'small', to: 'medium' });
+    assert.ok(plan.plan.settings.some((change) => change.name === 'shared_buffers' && change.apply === 'restart'));
+    const up = await cellar.cliJson<ProposalView & { state: string }>(['clusters', 'resize', 'app', '--size', 'medium', '--wait']);
+    assert.equal(up.state, 'applied');
+    assert.equal(up.plan.order, 'replicasFirst');
+    assert.deepEqual(await showEverywhere('shared_buffers'), ['512MB', '512MB']);
+    assert.deepEqual(await showEverywhere('max_connections'), ['200', '200']);
+    const down = await cellar.cliJson<ProposalView & { state: string }>(['clusters', 'resize', 'app', '--size', 'small', '--wait']);
+    assert.equal(down.state, 'applied');
+    assert.equal(down.plan.order, 'primaryFirst', 'max_connections goes down with the size: the primary first');
+    assert.deepEqual(await showEverywhere('shared_buffers'), ['128MB', '128MB']);
+    assert.deepEqual(await showEverywhere('max_connections'), ['100', '100']);
+    assert.equal((await cellar.cliJson<ClusterView>(['clusters', 'show', 'app'])).size, 'small');
+    const connections = await connector.stop();
+    const stats = await writer.stop();
+    assert.deepEqual(connections.failures, [], 'every new connection through the proxy succeeded');
+    const stored = new Set((await queryUri<{ id: string }>(uri, 'select id from acked')).map((row) => Number(row.id)));
+    assert.deepEqual(stats.acknowledged.filter((id) => !stored.has(id)), [], 'every acknowledged write is there');
+  });
+
   test('a setting changed by hand on an instance is reported and put back', async () => {
     const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
     const replica = view.instances.find((instance) => instance.role === 'replica');

@@ -494,8 +494,10 @@ describe('cluster machine, label by label', () => {
     assert.deepEqual(desiredSyncStandbys('sync-strict', instances), [replicaId], 'strict: every replica, serving or not');
     const leaving = (change: Partial<InstanceRecord>): InstanceRecord[] => [instances[0] as InstanceRecord, { ...(instances[1] as InstanceRecord), machineLabel: 'running', observed: streaming, ...change }];
     assert.deepEqual(desiredSyncStandbys('sync', leaving({})), [replicaId], 'sync: a streaming replica in the routes');
+    assert.deepEqual(desiredSyncStandbys('sync', leaving({ inRoute: false })), [], 'sync: never one out of the routes');
+    // A replica out of the routes for a restart still counts for sync-strict: commits wait rather than go unreplicated.
+    assert.deepEqual(desiredSyncStandbys('sync-strict', leaving({ inRoute: false })), [replicaId], 'sync-strict: one restarting out of the routes still counts');
     for (const durability of ['sync', 'sync-strict'] as const) {
-      assert.deepEqual(desiredSyncStandbys(durability, leaving({ inRoute: false })), [], `${durability}: never one out of the routes`);
       assert.deepEqual(desiredSyncStandbys(durability, leaving({ destroyRequested: true })), [], `${durability}: never one asked to delete itself`);
       assert.deepEqual(desiredSyncStandbys(durability, leaving({ machineLabel: 'destroy' })), [], `${durability}: never one being deleted`);
     }

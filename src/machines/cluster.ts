@@ -380,9 +380,10 @@ function mostAdvanced(replicas: readonly InstanceRecord[]): InstanceRecord | und
  */
 export function desiredSyncStandbys(durability: Durability, instances: readonly InstanceRecord[]): string[] {
   if (durability === 'async') return [];
-  const replicas = instances.filter((instance) => instance.role === 'replica' && instance.inRoute && !isBeingRemoved(instance));
-  // sync-strict names every replica, serving or not: commits wait rather than go unreplicated.
-  const chosen = durability === 'sync-strict' ? replicas : replicas.filter(isStreamingReplica);
+  const replicas = instances.filter((instance) => instance.role === 'replica' && !isBeingRemoved(instance));
+  // sync-strict names every replica, serving or not (one restarting out of the routes too): commits
+  // wait rather than go unreplicated. sync names the streaming ones in the routes.
+  const chosen = durability === 'sync-strict' ? replicas : replicas.filter((instance) => instance.inRoute && isStreamingReplica(instance));
   return chosen.map((instance) => instance.id).sort();
 }
 
