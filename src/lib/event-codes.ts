@@ -125,6 +125,7 @@ export const eventCodes = {
   config_not_confirmed: 'an instance does not report the revision yet: written, reloaded or restarted again',
   config_applied: 'every instance reports the revision\'s settings with nothing waiting for a restart',
   change_failed: 'a configuration change could not finish; the reason names the instance and the step',
+  change_rolled_back: 'a configuration change could not be applied (an instance does not start with it): the revision before it is applied again, as a new revision',
   restart_requested_for_change: 'the instance restarts (asked by a configuration change or a drift repair)',
   catalogue_read: 'the parameter catalogue of a Postgres version was read from a running instance',
   settings_drift_detected: 'an instance\'s settings differ from its tracked revision (a hand edit, ALTER SYSTEM)',

@@ -43,6 +43,8 @@ export const scaleWaitMsMax = 60 * 60_000;
 export const switchoverWaitMsMax = 5 * 60_000;
 export const switchoverAttemptsMax = 3;
 export const confirmRoundsMax = 3;
+/** A restarted instance whose machine keeps failing to start it this long does not take the revision: the change is undone. */
+export const startFailureGraceMs = 10_000;
 const stepTimeoutMsMin = 30_000;
 
 type Context = StepContext<ChangeLabel, ChangeData, MachinePorts>;
@@ -82,6 +84,34 @@ async function load(context: Context): Promise<Target> {
 const nowMs = (context: Context): number => context.ports.clock.nowMs();
 /** What a step keeps when it moves on: the count of confirmation rounds, which bounds the whole change. */
 const kept = (context: Context): ChangeData => (context.machine.data.confirmRounds === undefined ? {} : { confirmRounds: context.machine.data.confirmRounds });
+
+/** The restarted instance does not come back with the revision: its machine failed, or keeps failing to start it. */
+function failsToStart(context: Context, instance: InstanceRecord): string | null {
+  if (instance.machineLabel === 'failed') return briefly(instance.machineError ?? 'its machine failed');
+  const waitedMs = nowMs(context) - (context.machine.data.sinceMs ?? nowMs(context));
+  if (['starting', 'waitReady'].includes(instance.machineLabel) && instance.machineError !== null && waitedMs > startFailureGraceMs) return briefly(instance.machineError);
+  return null;
+}
+
+const reasonCharsMax = 300;
+
+/** A start error in one line: the server's FATAL line when its log tail has one, else the first line; bounded. */
+function briefly(error: string): string {
+  const lines = error.split('\n').map((line) => line.trim());
+  const fatal = lines.find((line) => / (FATAL|PANIC): /.test(line));
+  const chosen = fatal === undefined ? (lines[0] ?? '') : fatal.slice(fatal.search(/(FATAL|PANIC): /));
+  return chosen.length > reasonCharsMax ? `${chosen.slice(0, reasonCharsMax)}…` : chosen;
+}
+
+/**
+ * The revision cannot be applied: the one before it is applied again (a new revision, its own
+ * change), and this change fails saying why and by which revision it was undone.
+ */
+async function undo(context: Context, why: string): Promise<Result> {
+  const reverted = await context.ports.store.revertChange(context.machine.entityId as ChangeId, `automatic rollback: ${why}`, changeMachine);
+  if (reverted === null) return fail(`${why}; there is no earlier revision to go back to`, 'change_failed');
+  return fail(`${why}; rolled back by revision ${reverted}`, 'change_rolled_back');
+}
 
 function withoutRestart(data: ChangeData): ChangeData {
   const { restarting: _restarting, sinceMs: _sinceMs, ...rest } = data;
@@ -139,7 +169,7 @@ async function pendingRestart(context: Context, cluster: ClusterRecord, instance
  * files from the spec), back in the routes once it streams with nothing pending.
  */
 async function restartReplicas(context: Context): Promise<Result> {
-  const { cluster, instances, order } = await load(context);
+  const { cluster, instances, order, revision } = await load(context);
   const { store } = context.ports;
   const data = context.machine.data;
   if (data.restarting !== undefined) {
@@ -149,9 +179,14 @@ async function restartReplicas(context: Context): Promise<Result> {
       await store.setInRoute(instance.id, true);
       return nap(0, { data: withoutRestart(data), reason: `replica ${instance.id} restarted: streaming with the new settings, back in the routes`, code: 'replica_restarted' });
     }
+    const startFailure = failsToStart(context, instance);
+    if (startFailure !== null) {
+      await store.setInRoute(instance.id, true);
+      return undo(context, `replica ${instance.id} does not start with revision ${revision}: ${startFailure}`);
+    }
     if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {
       await store.setInRoute(instance.id, true);
-      return fail(`replica ${instance.id} did not stream again within ${restartWaitMsMax} ms of its restart (machine ${instance.machineLabel}); roll back with cellar config rollback`, 'change_failed');
+      return undo(context, `replica ${instance.id} did not stream again within ${restartWaitMsMax} ms of its restart (machine ${instance.machineLabel})`);
     }
     return nap(changePollMs);
   }
@@ -171,7 +206,7 @@ async function restartReplicas(context: Context): Promise<Result> {
  * cluster does not fail over (the instance is restarting, not down).
  */
 async function restartPrimary(context: Context): Promise<Result> {
-  const { cluster, instances, order } = await load(context);
+  const { cluster, instances, order, revision } = await load(context);
   const { store } = context.ports;
   const data = context.machine.data;
   const primary = primaryOf(instances);
@@ -189,9 +224,10 @@ async function restartPrimary(context: Context): Promise<Result> {
     await store.setRoutePaused(cluster.id, false);
     return hop(next, { data: { ...kept(context), primaryDone: true }, reason: `primary ${primary.id} restarted with the new settings: route resumed`, code: 'primary_restarted' });
   }
-  if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {
+  const startFailure = primary.id === data.restarting ? failsToStart(context, primary) : null;
+  if (startFailure !== null || nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {
     await store.setRoutePaused(cluster.id, false);
-    return fail(`primary ${data.restarting} did not accept writes within ${restartWaitMsMax} ms of its restart (machine ${primary.machineLabel}); roll back with cellar config rollback`, 'change_failed');
+    return undo(context, `primary ${data.restarting} ${startFailure === null ? `did not accept writes within ${restartWaitMsMax} ms of its restart (machine ${primary.machineLabel})` : `does not start with revision ${revision}: ${startFailure}`}`);
   }
   return nap(changePollMs);
 }

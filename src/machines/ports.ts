@@ -98,6 +98,12 @@ export interface MachineStore {
   setInRoute(instanceId: InstanceId, inRoute: boolean): Promise<void>;
   /** The cluster and revision a change machine applies, and the order its plan chose; null when its revision is gone. */
   changeTarget(changeId: ChangeId): Promise<{ readonly clusterId: ClusterId; readonly revision: number; readonly order: RestartOrder } | null>;
+  /**
+   * A change that cannot finish is undone: a new revision equal to the one before it (actor
+   * `cellar`, the reason given), with its own change machine made from `origin`, supersedes it, in
+   * one transaction with the cluster's spec. Returns the new revision; null when there is none before.
+   */
+  revertChange(changeId: ChangeId, reason: string, origin: { readonly kind: string; readonly initial: string; lane(label: string): 'high' | 'normal' }): Promise<number | null>;
   /** Whether a change machine of the cluster is still applying its revision. */
   changeInProgress(clusterId: ClusterId): Promise<boolean>;
   /** A machine's label, or null when there is none. */

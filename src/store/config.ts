@@ -31,6 +31,8 @@ export interface ChangeRequest {
   };
   /** The revision this one restores (a rollback). */
   readonly rollbackOf?: number;
+  /** The change this one undoes: it may still be in progress (it is about to fail). */
+  readonly supersedes?: ChangeId;
 }
 
 export interface ChangeProposal {
@@ -206,7 +208,7 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
       throw new CellarError('CELLAR_E_CONFLICT', `the cluster is ${row.label === 'failed' ? 'failed' : row.label.startsWith('destroy') || row.label === 'waitDestroyed' ? 'being deleted' : 'still being created'}: its configuration can change once it runs`);
     }
     const [latest] = await revisions(client, request.clusterId, 1);
-    if (latest !== undefined && isChangeInProgress(latest)) {
+    if (latest !== undefined && isChangeInProgress(latest) && latest.changeId !== request.supersedes) {
       throw new CellarError('CELLAR_E_CHANGE_IN_PROGRESS', `revision ${latest.revision} is still being applied (step ${latest.changeLabel ?? '?'}); wait for it to finish (cellar config show), then try again`);
     }
     const before = configOf(row.spec);
@@ -237,7 +239,7 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
 }
 
 /** A rollback is a new revision equal to an earlier one. */
-export async function proposeRollback(db: Pool, changeMachine: MachineOrigin, clusterId: ClusterId, to: number, actor: string, options: { reason?: string; dryRun?: boolean } = {}): Promise<ChangeProposal> {
+export async function proposeRollback(db: Pool, changeMachine: MachineOrigin, clusterId: ClusterId, to: number, actor: string, options: { reason?: string; dryRun?: boolean; supersedes?: ChangeId } = {}): Promise<ChangeProposal> {
   const target = await revision(db, clusterId, to);
   if (target === null) throw new CellarError('CELLAR_E_NOT_FOUND', `revision ${to} of this cluster does not exist`, 'revision');
   const [latest] = await revisions(db, clusterId, 1);
@@ -251,5 +253,17 @@ export async function proposeRollback(db: Pool, changeMachine: MachineOrigin, cl
     ...(options.dryRun === undefined ? {} : { dryRun: options.dryRun }),
     change: { settings, size: target.size, replicas: target.replicas, defaults: target.defaults },
     rollbackOf: to,
+    ...(options.supersedes === undefined ? {} : { supersedes: options.supersedes }),
   });
+}
+
+/** Undoes a change that cannot finish (docs/CONFIG.md): the revision before it, applied again. Null when it is revision 1 or gone. */
+export async function revertChange(db: Pool, changeMachine: MachineOrigin, changeId: ChangeId, reason: string): Promise<number | null> {
+  const failing = await revisionOfChange(db, changeId);
+  if (failing === null || failing.revision <= 1) return null;
+  const [latest] = await revisions(db, failing.clusterId, 1);
+  // Run twice after a crash: the revert is already the newest revision.
+  if (latest !== undefined && latest.revision > failing.revision && latest.rollbackOf === failing.revision - 1 && latest.actor === 'cellar') return latest.revision;
+  const proposal = await proposeRollback(db, changeMachine, failing.clusterId, failing.revision - 1, 'cellar', { reason, supersedes: changeId });
+  return proposal.revision;
 }

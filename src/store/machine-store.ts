@@ -6,7 +6,7 @@ import { assert } from '../lib/assert.js';
 import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
-import { loadCatalogue, revisionOfChange, saveCatalogue } from './config.js';
+import { loadCatalogue, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
 import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
@@ -271,6 +271,10 @@ export class PgMachineStore implements MachineStore {
   async changeTarget(changeId: ChangeId): Promise<{ clusterId: ClusterId; revision: number; order: RestartOrder } | null> {
     const record = await revisionOfChange(this.db, changeId);
     return record === null ? null : { clusterId: record.clusterId, revision: record.revision, order: record.plan?.order ?? 'none' };
+  }
+
+  async revertChange(changeId: ChangeId, reason: string, origin: MachineOrigin): Promise<number | null> {
+    return revertChange(this.db, origin, changeId, reason);
   }
 
   async changeInProgress(clusterId: ClusterId): Promise<boolean> {

@@ -45,6 +45,11 @@ export class FakeStore implements MachineStore {
   async changeTarget(): Promise<{ clusterId: ClusterId; revision: number; order: RestartOrder } | null> {
     return this.change;
   }
+  reverted: string[] = [];
+  async revertChange(changeId: string, reason: string): Promise<number | null> {
+    this.reverted.push(`${changeId}: ${reason}`);
+    return this.change === null ? null : this.change.revision + 1;
+  }
   changing = false;
   async changeInProgress(): Promise<boolean> {
     return this.changing;

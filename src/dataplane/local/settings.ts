@@ -39,9 +39,10 @@ interface SettingRow {
   sourcefile: string | null;
   sourceline: number | null;
   pending_restart: boolean;
+  boot_val: string | null;
 }
 
-const settingsSql = 'select name, setting, unit, vartype, context, min_val, max_val, enumvals, source, sourcefile, sourceline, pending_restart from pg_settings order by name';
+const settingsSql = 'select name, setting, unit, vartype, context, min_val, max_val, enumvals, source, sourcefile, sourceline, pending_restart, boot_val from pg_settings order by name';
 
 /** One entry of the configuration files as they are on disk now (pg_file_settings), in the order the server reads them. */
 interface FileSettingRow {
@@ -109,6 +110,10 @@ export async function readSettings(pgdata: string, runDir: string, port: number)
   }));
   const dataDirectory = rows.find((row) => row.name === 'data_directory')?.setting ?? pgdata;
   const onDisk = handOnDisk(fileRows, dataDirectory, includeAt);
+  const inFiles = new Set(fileRows.flatMap((entry) => (entry.name === null ? [] : [entry.name.toLowerCase()])));
+  // A restart parameter taken out of the files again keeps the server's pending flag until a
+  // restart, even when it runs with the very value it goes back to (its default): not pending.
+  const pending = (row: SettingRow): boolean => row.pending_restart && (inFiles.has(row.name.toLowerCase()) || row.setting !== row.boot_val);
   const loadedByHand = (row: SettingRow): boolean =>
     row.source === 'configuration file' && row.sourcefile !== null && !isCellarPlace({ file: row.sourcefile, line: row.sourceline }, dataDirectory, includeAt);
   return rows.map((row) => ({
@@ -122,7 +127,7 @@ export async function readSettings(pgdata: string, runDir: string, port: number)
     enumVals: row.enumvals,
     source: row.source,
     sourceFile: row.sourcefile === null ? null : basename(row.sourcefile),
-    pendingRestart: row.pending_restart,
+    pendingRestart: pending(row),
     foreign: loadedByHand(row) || onDisk.has(row.name.toLowerCase()),
   }));
 }
