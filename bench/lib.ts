@@ -7,6 +7,7 @@ import pg from 'pg';
 import { freePort } from '../src/lib/net.js';
 import { isAlive } from '../test/helpers/process.js';
 import { ClusterUsers } from '../src/postgres/osuser.js';
+import { readCredentials } from '../src/lib/credentials.js';
 
 /**
  * Helpers shared by bench/ programs: bounded child processes, raw Postgres servers started by pid,
@@ -442,6 +443,39 @@ export class BenchCellar {
     const result = await this.cli([...args, '--json'], timeoutMs);
     if (result.code !== 0) throw new Error(`cellar ${args.join(' ')} exited ${result.code}: ${result.stdout}${result.stderr.slice(-2_000)}`);
     return JSON.parse(result.stdout) as T;
+  }
+
+  /** One API request with the token `cellar up` wrote, bounded; the status and the parsed JSON body. */
+  async api<T>(method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; body: T }> {
+    const credentials = await readCredentials(this.env['CELLAR_HOME'] as string);
+    if (credentials === null) throw new Error(`no credentials in ${this.env['CELLAR_HOME']}: is cellar up running?`);
+    const response = await fetch(new URL(path, credentials.api), {
+      method,
+      headers: { authorization: `Bearer ${credentials.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = text === '' ? null : JSON.parse(text);
+    } catch {
+      parsed = text;
+    }
+    return { status: response.status, body: parsed as T };
+  }
+
+  /** A query on this Cellar's embedded store, for what the API does not show (machines, events); one connection, bounded. */
+  async storeQuery<R extends pg.QueryResultRow>(sql: string, params: readonly unknown[] = []): Promise<R[]> {
+    const state = JSON.parse(await readFile(join(this.env['CELLAR_HOME'] as string, 'store.json'), 'utf8')) as { port: number; password: string };
+    const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar', connectionTimeoutMillis: connectTimeoutMs, query_timeout: queryTimeoutMs });
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      return (await client.query<R>(sql, [...params])).rows;
+    } finally {
+      await client.end().catch(() => {});
+    }
   }
 
   /** Stops `cellar up` by its pid, runs `cellar down`, stops anything left by pid, removes the dir. */
