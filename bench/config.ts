@@ -699,8 +699,13 @@ function printSummary(outcome: Outcome, report: Report): void {
   );
 }
 
+/** Milliseconds, rounded: sub-ms digits are below what the polls resolve. */
+function roundedMs(value: unknown): unknown {
+  return JSON.parse(JSON.stringify(value, (_key, field: unknown) => (typeof field === 'number' && !Number.isInteger(field) ? Math.round(field) : field))) as unknown;
+}
+
 function summaryJson(outcome: Outcome, environment: HaEnvironment, loadBefore: string, loadAfter: string, problems: readonly string[]): unknown {
-  const goals = goalsOf(outcome.rounds);
+  const goals = roundedMs(goalsOf(outcome.rounds)) as Goals;
   return {
     benchmark: 'bench/config',
     date: new Date().toISOString(),
@@ -713,8 +718,7 @@ function summaryJson(outcome: Outcome, environment: HaEnvironment, loadBefore: s
     verdict: verdict(outcome),
     failure: outcome.failure,
     cellarApiMissing: outcome.cellarApiMissing,
-    // Milliseconds, rounded: sub-ms digits are below what the polls resolve.
-    rounds: JSON.parse(JSON.stringify(outcome.rounds, (_key, value: unknown) => (typeof value === 'number' && !Number.isInteger(value) ? Math.round(value) : value))) as unknown,
+    rounds: roundedMs(outcome.rounds),
     problems,
   };
 }
