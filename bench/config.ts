@@ -73,6 +73,7 @@ const reloadLiveWaitMsMax = 60_000;
 const changeWaitMsMax = 600_000;
 const changePollMs = 25;
 const apiRequestMsMax = 30_000;
+const catalogueWaitMsMax = 60_000;
 const pgCtlMsMax = 90_000;
 /** pg_ctl's own wait for the restarted server; our poll sees it sooner, this only bounds the child. */
 const pgCtlWaitSeconds = 60;
@@ -505,6 +506,27 @@ interface ChangeAccepted {
 }
 
 /**
+ * Before a step's clock starts: whether this Cellar has the config API (GET /v1/clusters/:name/config;
+ * a 404 about the URL itself, field `url`, is the API's "no route" and the string says so), and
+ * then until the cluster's Postgres version has its parameter catalogue, without which every
+ * change is refused (409 CELLAR_E_CATALOGUE_MISSING): the cluster machine reads it once the first
+ * cluster of a version runs.
+ */
+async function cellarConfigMissing(cellar: BenchCellar, cluster: ClusterView): Promise<string | null> {
+  const path = `/v1/clusters/${encodeURIComponent(clusterName)}/config`;
+  const response = await cellar.api<{ error?: { field?: string; message?: string } }>('GET', path, undefined, apiRequestMsMax);
+  if (response.status === 404 && response.body?.error?.field === 'url') return `GET ${path} answered 404 (${response.body.error.message ?? 'no message'}): no config API in this build`;
+  if (response.status !== 200) throw new Error(`GET ${path} answered ${response.status}: ${JSON.stringify(response.body).slice(0, 1_000)}`);
+  await waitFor(
+    `the parameter catalogue of Postgres ${cluster.version}`,
+    async () => ((await cellar.storeQuery('select 1 from setting_catalogues where pg_version = $1', [cluster.version])).length > 0 ? true : undefined),
+    catalogueWaitMsMax,
+    settlePollMs,
+  );
+  return null;
+}
+
+/**
  * POST /v1/clusters/:name/config. A 404 about the URL itself (the API's "no route", field `url`)
  * means this Cellar has no config API yet, and the string says so; any other refusal is an error.
  */
@@ -538,7 +560,10 @@ async function waitChangeDone(cellar: BenchCellar, changeId: string): Promise<nu
 
 /** Request to every instance showing the value (SHOW polled from the moment the request is sent), and to the change machine done. */
 async function cellarReloadStep(cellar: BenchCellar, probes: Probes, value: string): Promise<CellarReload | string> {
-  const targets = await targetsOf(cellar, await waitFullySettled(cellar, 'before the Cellar reload'));
+  const cluster = await waitFullySettled(cellar, 'before the Cellar reload');
+  const missing = await cellarConfigMissing(cellar, cluster);
+  if (missing !== null) return missing;
+  const targets = await targetsOf(cellar, cluster);
   await sleep(quietBeforeStepMs);
   const clients: pg.Client[] = [];
   try {
@@ -677,6 +702,7 @@ function printSummary(outcome: Outcome, report: Report): void {
   line('cellar reload: write pause', (round) => round.cellarReload?.load.writerGapMs ?? null, 'seconds');
   line('floor: raw restart of a replica, accepting', (round) => round.floorRestart.acceptingMs, 'seconds');
   line('floor: raw restart of a replica, streaming', (round) => round.floorRestart.streamingMs, 'seconds');
+  line('floor: restart seen by Cellar (rounds)', (round) => (round.floorRestart.cellarEvents.some((event) => event.includes('(instance_lost)')) ? 1 : 0), 'count');
   line('floor: switchover, write pause', (round) => round.switchover.load.writerGapMs, 'seconds');
   line('floor: switchover, longest new connection', (round) => round.switchover.load.connectPauseMs, 'seconds');
   line('floor: switchover, failed new connections', (round) => round.switchover.load.failedConnects, 'count');
