@@ -135,6 +135,8 @@ export interface HaSettings {
   readonly replicaDeadMsMax: number;
   /** Switchover: how long the target may take to catch up before the switchover is called off. */
   readonly switchoverCatchUpMsMax: number;
+  /** How often a cluster compares each instance's effective settings with its revision, and puts back what drifted (docs/CONFIG.md). */
+  readonly driftCheckMs: number;
 }
 
 /** Each warm cluster is a primary and a replica running idle: a handful is plenty. */
@@ -253,6 +255,7 @@ export function loadConfig(env: Env = process.env): Config {
       failoverWindowMs: integer(env, 'CELLAR_FAILOVER_WINDOW_MS', 10 * 60_000, 1_000, 7 * 24 * 3_600_000, problems),
       replicaDeadMsMax: integer(env, 'CELLAR_REPLICA_DEAD_MS', 60_000, 1_000, 24 * 3_600_000, problems),
       switchoverCatchUpMsMax: integer(env, 'CELLAR_SWITCHOVER_CATCH_UP_MS', 10_000, 100, 3_600_000, problems),
+      driftCheckMs: integer(env, 'CELLAR_DRIFT_CHECK_MS', 60_000, 1_000, 24 * 3_600_000, problems),
     },
     hosts: {
       controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',

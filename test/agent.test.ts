@@ -9,7 +9,7 @@ import pg from 'pg';
 import { readFenced } from '../src/agent/guard.js';
 import { loadIdentity } from '../src/agent/identity.js';
 import type { DesiredInstance, HeartbeatRequest, HeartbeatResponse, LeaseAnswer } from '../src/dataplane/agent-protocol.js';
-import type { InstanceSpec } from '../src/dataplane/dataplane.js';
+import type { InstanceSpec, ServerSetting } from '../src/dataplane/dataplane.js';
 import { AgentClient, type ControlTls } from '../src/dataplane/remote/agent-client.js';
 import { HeartbeatBook } from '../src/dataplane/remote/heartbeat-view.js';
 import { InvariantError } from '../src/lib/assert.js';
@@ -223,7 +223,7 @@ test('an identity is refused, naming the file, when a file is missing, the key i
   await assert.rejects(loadIdentity(dir), /cert\.pem is missing/);
 });
 
-test('a primary is created, started and its status taken through the AgentClient, and the next heartbeat lists it alive', async () => {
+test('a primary is created, started, configured and its status and settings taken through the AgentClient, and the next heartbeat lists it alive', async () => {
   const primary = await newSpec();
   controlPlane.desired.set(primary.instanceId, { instanceId: primary.instanceId, role: 'primary', fenceOnLeaseLoss: true, fenced: false });
   await client.createPrimary(primary);
@@ -233,6 +233,10 @@ test('a primary is created, started and its status taken through the AgentClient
   assert.equal(status.accepting, true);
   assert.equal(status.inRecovery, false);
   assert.equal(status.pid, await serverPid(instancePaths(dataDir, primary.instanceId).pgdata));
+  const workMemOf = (rows: readonly ServerSetting[]) => rows.find((row) => row.name === 'work_mem');
+  const configured = await client.configure({ ...primary, settings: { ...primary.settings, work_mem: '5MB' } });
+  assert.deepEqual([workMemOf(configured)?.setting, workMemOf(configured)?.sourceFile, workMemOf(configured)?.foreign], [String(5 * 1024), 'cellar.conf', false]);
+  assert.deepEqual(workMemOf(await client.settings(primary)), workMemOf(configured));
   await eventually('a heartbeat listing the primary alive', async () => (controlPlane.book.lastAliveOn(hostId, primary.instanceId) === true ? true : undefined), 10_000, 20);
   const specFile = join(dataDir, 'agent', 'specs', `${primary.instanceId}.json`);
   assert.equal(JSON.parse(await readFile(specFile, 'utf8')).wanted, 'running');

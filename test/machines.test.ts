@@ -8,7 +8,7 @@ import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
-import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, watchNapMs } from '../src/machines/cluster.js';
+import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, hasReplicas, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
@@ -143,6 +143,7 @@ const ha: HaSettings = {
   failoverWindowMs: 60_000,
   replicaDeadMsMax: 30_000,
   switchoverCatchUpMsMax: 5_000,
+  driftCheckMs: 60_000,
 };
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
@@ -456,6 +457,7 @@ describe('cluster machine, label by label', () => {
 
   test('running naps, and hops to destroy on the destroy signal', async () => {
     const h = harness();
+    h.store.replicas = 0;
     h.store.add(primaryId, 'primary', 0, 'running');
     assert.equal((await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } })).type, 'nap');
     const outcome = await step(clusterMachine, 'running', clusterId, h, { signals: ['destroy'] });
@@ -483,12 +485,19 @@ describe('cluster machine, label by label', () => {
 
   test('desired synchronous standbys per durability', () => {
     const instances: InstanceRecord[] = [
-      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, observed: running, machineLabel: 'running', machineError: null },
-      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, observed: {}, machineLabel: 'starting', machineError: null },
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: running, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, destroyRequested: false, observed: {}, machineLabel: 'starting', machineError: null },
     ];
     assert.deepEqual(desiredSyncStandbys('async', instances), []);
     assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
     assert.deepEqual(desiredSyncStandbys('sync-strict', instances), [replicaId], 'strict: every replica, serving or not');
+    const leaving = (change: Partial<InstanceRecord>): InstanceRecord[] => [instances[0] as InstanceRecord, { ...(instances[1] as InstanceRecord), machineLabel: 'running', observed: streaming, ...change }];
+    assert.deepEqual(desiredSyncStandbys('sync', leaving({})), [replicaId], 'sync: a streaming replica in the routes');
+    for (const durability of ['sync', 'sync-strict'] as const) {
+      assert.deepEqual(desiredSyncStandbys(durability, leaving({ inRoute: false })), [], `${durability}: never one out of the routes`);
+      assert.deepEqual(desiredSyncStandbys(durability, leaving({ destroyRequested: true })), [], `${durability}: never one asked to delete itself`);
+      assert.deepEqual(desiredSyncStandbys(durability, leaving({ machineLabel: 'destroy' })), [], `${durability}: never one being deleted`);
+    }
   });
 
   test('running replaces a failed replica', async () => {
@@ -498,6 +507,88 @@ describe('cluster machine, label by label', () => {
     const outcome = await step(clusterMachine, 'running', clusterId, h);
     assert.equal(outcome.type, 'nap');
     assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica`]);
+  });
+
+  test('scale up: running adds exactly the missing replicas, once; a replica being deleted does not count', async () => {
+    const h = harness();
+    h.store.replicas = 3;
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    const added = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual([added.type, added.type === 'nap' && added.ms, added.code], ['nap', scaleNapMs, 'replicas_added']);
+    assert.match(added.type === 'nap' ? (added.reason ?? '') : '', /scaling from 1 to 3 replica\(s\)/);
+    assert.deepEqual(h.store.calls, ['addReplica 2', 'addReplica 3']);
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual(again, { type: 'nap', ms: watchNapMs }, 'run again (after a crash, or woken), it adds nothing: it counts the new ones');
+    assert.deepEqual(h.store.calls, ['addReplica 2', 'addReplica 3']);
+    assert.deepEqual(h.dataPlane.calls, [], 'the new replicas join the synchronous standbys only once they stream');
+
+    const deleting = harness();
+    deleting.store.add(primaryId, 'primary', 0, 'running');
+    deleting.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming, inRoute: false, destroyRequested: true });
+    const replaced = await step(clusterMachine, 'running', clusterId, deleting, { data: { syncStandbys: [] } });
+    assert.equal(replaced.code, 'replicas_added');
+    assert.deepEqual(deleting.store.calls, ['addReplica 2'], 'a replica asked to delete itself is not one of the replicas, though its machine still runs');
+  });
+
+  test('scale down: the surplus is the replicas that do not stream, then the highest ordinals; each leaves the routes and the synchronous standbys before it is deleted', async () => {
+    const h = harness();
+    h.store.replicas = 1;
+    const [second, third] = ['in_secondaaaaaa' as InstanceId, 'in_thirdaaaaaaa' as InstanceId];
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.store.add(second, 'replica', 2, 'running', 5002, { observed: streaming });
+    h.store.add(third, 'replica', 3, 'waitReady', 5003, { observed: { ...streaming, streaming: false } });
+    // One log for the store and the data plane, so that the order between them shows.
+    h.dataPlane.setSynchronousStandbys = async (_spec, standbys) => void h.store.calls.push(`sync [${standbys.join(',')}]`);
+    const removed = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId, second] } });
+    assert.deepEqual([removed.type, removed.type === 'nap' && removed.ms, removed.code], ['nap', scaleNapMs, 'replicas_removed']);
+    assert.deepEqual(h.store.calls, [
+      `inRoute ${third} false`,
+      `inRoute ${second} false`,
+      `sync [${replicaId}]`,
+      `requestDestroy instance ${third}`,
+      `requestDestroy instance ${second}`,
+    ], 'the one not streaming, then the highest ordinal; out of the routes, then out of the synchronous standbys, then deleted');
+    assert.deepEqual(removed.type === 'nap' && removed.data, { syncStandbys: [replicaId] }, 'the standbys written are remembered');
+    assert.match(removed.type === 'nap' ? (removed.reason ?? '') : '', /scaling from 3 to 1 replica\(s\): removing in_third\w+, in_second\w+/);
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.deepEqual(again, { type: 'nap', ms: watchNapMs }, 'run again before their machines act, it removes nothing more');
+    assert.equal(h.store.calls.length, 5);
+    assert.equal(hasReplicas(1, await h.store.instances()), false, 'not done while the removed ones are still there');
+    h.store.instancesById.delete(second);
+    h.store.instancesById.delete(third);
+    assert.equal(hasReplicas(1, await h.store.instances()), true, 'done once they are deleted and the rest stream');
+    h.store.update(replicaId, { inRoute: false });
+    assert.equal(hasReplicas(1, await h.store.instances()), false, 'not done while a replica is out of the routes');
+  });
+
+  test('scale down never removes the primary, even with the highest ordinal, and waits while the primary does not run', async () => {
+    const h = harness();
+    h.store.replicas = 0;
+    h.store.durability = 'async';
+    // After a switchover the primary may hold the highest ordinal.
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.store.add(primaryId, 'primary', 2, 'starting');
+    const waits = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual([waits.type, waits.code], ['nap', 'replicas_removal_waiting']);
+    assert.deepEqual(h.store.calls, [], 'nothing removed while the synchronous standbys cannot be written');
+    h.store.update(primaryId, { machineLabel: 'running' });
+    const removed = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(removed.code, 'replicas_removed');
+    assert.deepEqual(h.store.calls, [`inRoute ${replicaId} false`, `requestDestroy instance ${replicaId}`]);
+  });
+
+  test('scale down after a crash between its steps: the replica already out of the routes is the one removed', async () => {
+    const h = harness();
+    h.store.replicas = 1;
+    const second = 'in_secondaaaaaa' as InstanceId;
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming, inRoute: false });
+    h.store.add(second, 'replica', 2, 'starting', 5002);
+    const removed = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(removed.code, 'replicas_removed');
+    assert.deepEqual(h.store.calls, [`requestDestroy instance ${replicaId}`], 'not taken out of the routes twice; the other (not streaming, higher ordinal) stays');
   });
 
   test('running: a primary gone down starts a failover; without a replica it is restarted; past the breaker a human must act', async () => {
@@ -597,7 +688,7 @@ describe('cluster machine, label by label', () => {
     assert.equal(late.type === 'hop' && late.label, 'running');
     h.store.update(primaryId, { machineLabel: 'running' });
     assert.equal((await step(clusterMachine, 'rejoin', clusterId, h, { data })).type, 'nap', 'a stale running label of a fenced instance is not a rejoin');
-    h.store.update(primaryId, { fenced: false, inRoute: true, observed: streaming });
+    h.store.update(primaryId, { fenced: false, inRoute: true, destroyRequested: false, observed: streaming });
     const back = await step(clusterMachine, 'rejoin', clusterId, h, { data });
     assert.deepEqual(back.type === 'hop' && [back.label, back.data], ['running', { syncStandbys: [] }]);
   });
@@ -743,7 +834,7 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, observed: {}, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: {}, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');

@@ -148,6 +148,20 @@ for (const implementation of implementations) {
       assert.equal((await subject.store.instance(again))?.ordinal, 3);
     });
 
+    test('a replica taken out of the routes reads back out; one asked to delete itself reads back destroyRequested before its machine acts', async () => {
+      const subject = await implementation.subject();
+      const [primary, replica] = await twoInstances(subject);
+      assert.deepEqual([replica.inRoute, replica.destroyRequested], [true, false], 'a new instance is routed and not being deleted');
+      await subject.store.setInRoute(replica.id, false);
+      await subject.store.requestDestroy('instance', replica.id);
+      const after = await subject.store.instances(subject.cluster);
+      assert.deepEqual(after.map((instance) => [instance.id, instance.inRoute, instance.destroyRequested, instance.machineLabel]), [
+        [primary.id, true, false, 'start'],
+        [replica.id, false, true, 'start'],
+      ]);
+      assert.equal((await subject.store.instance(replica.id))?.destroyRequested, true);
+    });
+
     test('a deleted instance is gone from instances and instance', async () => {
       const subject = await implementation.subject();
       const [primary, replica] = await twoInstances(subject);

@@ -26,6 +26,7 @@ import { adoptWarmCluster, warmPoolCounts } from '../store/warm-pool.js';
 import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
+import { registerConfigRoutes } from './config.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
@@ -331,6 +332,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   );
 
   registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
+  registerConfigRoutes(app, pool, ownerOf);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
 

@@ -4,6 +4,7 @@ import { registerAgentCommand } from './agent.js';
 import { ApiClient, ApiError, resolveCredentials } from './client.js';
 import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
+import { registerConfigCommands } from './config.js';
 import { registerHostCommands } from './host.js';
 import { registerHostsCommands } from './hosts.js';
 import { registerTokenCommands } from './tokens.js';
@@ -39,6 +40,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       out.line(formatTable(['CLUSTERS', 'INSTANCES', 'MACHINES DUE', 'MACHINES FAILED'], [[String(status.cell['clusters']), String(status.cell['instances']), String(status.cell['machinesDue']), String(status.cell['machinesFailed'])]]));
     });
   registerClusterCommands(program, connect);
+  registerConfigCommands(program, connect);
   registerBackupCommands(program, connect);
   registerTokenCommands(program, connect);
   registerHostsCommands(program, connect);

@@ -18,6 +18,7 @@ import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defa
 import { backupMachine } from '../machines/backup.js';
 import { backupScheduleEntity, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
+import { changeMachine } from '../machines/change.js';
 import { hostMachine } from '../machines/host.js';
 import { instanceMachine } from '../machines/instance.js';
 import type { MachinePorts } from '../machines/ports.js';
@@ -151,6 +152,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     registrations: [
       register(clusterMachine, ports),
       register(instanceMachine, ports),
+      register(changeMachine, ports),
       register(backupMachine, ports),
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),

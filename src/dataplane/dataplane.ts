@@ -47,7 +47,10 @@ export interface InstanceSpec {
 /** One row of a server's `pg_settings`, as the server reports it now (after any reload it was asked for). */
 export interface ServerSetting {
   readonly name: string;
-  /** pg_settings.setting: the value in the setting's base unit (`16384` for 128MB of 8kB shared_buffers). */
+  /**
+   * pg_settings.setting, as a new session gets it: the value in the setting's base unit (`16384`
+   * for 128MB of 8kB shared_buffers). primary_conninfo's password is replaced by `(hidden)`.
+   */
   readonly setting: string;
   readonly unit: string | null;
   readonly vartype: string;
@@ -62,8 +65,10 @@ export interface ServerSetting {
   /** Changed in a file, waiting for a restart to take effect. */
   readonly pendingRestart: boolean;
   /**
-   * The effective value was put there by hand, not by Cellar: it comes from postgresql.auto.conf
-   * (ALTER SYSTEM) or from a line of postgresql.conf after Cellar's include. `configure` removes both.
+   * The value was put there by hand, not by Cellar: it comes from postgresql.auto.conf (ALTER
+   * SYSTEM), from a line of postgresql.conf after Cellar's include or from a file such a line
+   * includes; or such a value is in the files now and waits for a reload or a restart (a restart
+   * parameter's hand value is foreign while it is pending). `configure` removes them.
    */
   readonly foreign: boolean;
 }
@@ -210,10 +215,11 @@ export interface DataPlane {
    * Makes the instance's configuration what the spec says (docs/CONFIG.md): cellar.conf rewritten
    * from `spec.settings`; postgresql.auto.conf
    * (ALTER SYSTEM) emptied; postgresql.conf cut after Cellar's include line; a running server reloaded, and its settings read back once the reload
-   * has taken effect (pg_conf_load_time moved). Stopped: files only, and an empty list.
+   * has taken effect (pg_conf_load_time moved). Stopped: files only, and an empty list. A line the
+   * server cannot parse (by hand, above the include) fails it at once (PermanentError naming it).
    */
   configure(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
-  /** The running server's `pg_settings`, every row; a server that cannot be queried is an error. */
+  /** The running server's `pg_settings`, every row; a stopped server, or one that cannot be queried, is an error. */
   settings(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
   /**
    * On a primary: a commit waits until any one of these replicas (instance ids) has flushed it;

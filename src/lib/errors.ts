@@ -12,6 +12,8 @@ export const errorCatalogue = {
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
   CELLAR_E_PLACEMENT: { status: 409, summary: 'No set of hosts can take the cluster\'s instances, or a host to drain\'s (distinct active hosts with a free slot, the memory and the disk); the message says what is missing.' },
   CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },
+  CELLAR_E_CHANGE_IN_PROGRESS: { status: 409, summary: 'A configuration change of the cluster is still being applied; the message names its revision and step. Wait for it (`cellar config show`), then try again.' },
+  CELLAR_E_CATALOGUE_MISSING: { status: 409, summary: 'The parameter catalogue of the cluster\'s Postgres version is not read yet (it is read from the first running cluster of that version); try again once the cluster runs.' },
   CELLAR_E_TOO_LARGE: { status: 413, summary: 'The request body is larger than the limit the message states.' },
   CELLAR_E_URI_TOO_LONG: { status: 414, summary: 'The URL is longer than the limit the message states.' },
   CELLAR_E_HEADERS_TOO_LARGE: { status: 431, summary: 'The request line and headers are larger than the limit the message states.' },

@@ -15,6 +15,9 @@ export const eventCodes = {
   instance_failed: 'an instance failed while the cluster was being created',
   cluster_running: 'every instance of a new cluster serves',
   replica_replaced: 'a failed replica is being replaced with a fresh one',
+  replicas_added: 'the cluster has fewer replicas than it should (scaled up): new ones were created; each is routed once it streams',
+  replicas_removed: 'the cluster has more replicas than it should (scaled down): the surplus left the routes and the synchronous standbys and was asked to delete itself',
+  replicas_removal_waiting: 'replicas to remove wait for the primary to run: its synchronous standbys are written before one goes',
   commits_wait_for_replica: 'the primary now waits for a replica at commit (sync or sync-strict)',
   commits_async: 'the primary does not wait for a replica at commit (durability async)',
   sync_dropped_to_async: 'no replica streams: sync commits stopped waiting until one does',
@@ -97,6 +100,23 @@ export const eventCodes = {
 
   // The warm pool.
   adopted_from_warm_pool: 'a create was answered with a ready warm cluster',
+
+  // Configuration changes (docs/CONFIG.md): the change machine, instances restarting for it, drift.
+  config_reloaded: 'a revision\'s configuration was written to every instance and reloaded',
+  replicas_ready: 'the cluster has the replicas the revision asks for, all streaming',
+  replica_restarting: 'a replica left the routes and restarts to take restart parameters',
+  replica_restarted: 'a restarted replica streams with the new settings and is back in the routes',
+  primary_restarting: 'the primary restarts in place (route paused: new connections wait)',
+  primary_restarted: 'the primary restarted in place accepts writes; the route resumed',
+  change_switchover_requested: 'a change asked its cluster to switch over, so the old primary restarts as a replica',
+  change_switchover_done: 'the switchover of a change finished and the old primary streams with the new settings',
+  config_not_confirmed: 'an instance does not report the revision yet: written, reloaded or restarted again',
+  config_applied: 'every instance reports the revision\'s settings with nothing waiting for a restart',
+  change_failed: 'a configuration change could not finish; the reason names the instance and the step',
+  restart_requested_for_change: 'the instance restarts (asked by a configuration change or a drift repair)',
+  catalogue_read: 'the parameter catalogue of a Postgres version was read from a running instance',
+  settings_drift_detected: 'an instance\'s settings differ from its tracked revision (a hand edit, ALTER SYSTEM)',
+  settings_drift_repaired: 'a drifted instance\'s configuration was put back',
 } as const;
 
 export type EventCode = keyof typeof eventCodes;

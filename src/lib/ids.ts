@@ -9,6 +9,7 @@ export const idPrefixes = {
   machine: 'ma',
   backup: 'bk',
   host: 'ho',
+  change: 'ch',
 } as const;
 
 export type IdKind = keyof typeof idPrefixes;
@@ -19,6 +20,7 @@ export type InstanceId = Id<'instance'>;
 export type MachineId = Id<'machine'>;
 export type BackupId = Id<'backup'>;
 export type HostId = Id<'host'>;
+export type ChangeId = Id<'change'>;
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
 const idRandomChars = 12;

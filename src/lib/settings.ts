@@ -27,6 +27,35 @@ export interface CatalogueEntry {
 /** Settings a standby must have at least as high as its primary (Postgres 15, hot standby). */
 export const noLowerOnReplicas: ReadonlySet<string> = new Set(['max_connections', 'max_worker_processes', 'max_wal_senders', 'max_prepared_transactions', 'max_locks_per_transaction']);
 
+/** What a catalogue entry is made from: one row of pg_settings (`ServerSetting` has these fields). */
+export interface SettingsRow {
+  readonly name: string;
+  readonly vartype: string;
+  readonly unit: string | null;
+  readonly minVal: string | null;
+  readonly maxVal: string | null;
+  readonly enumVals: readonly string[] | null;
+  readonly context: string;
+}
+
+const settingTypes: ReadonlySet<string> = new Set(['bool', 'enum', 'integer', 'real', 'string']);
+
+/** The catalogue of one Postgres version from its own pg_settings; a type this code does not know is left out (it cannot be checked, so it cannot be set). */
+export function catalogueFromRows(rows: readonly SettingsRow[]): CatalogueEntry[] {
+  return rows.flatMap((row) => settingTypes.has(row.vartype)
+    ? [{
+        name: row.name,
+        type: row.vartype as SettingType,
+        unit: row.unit,
+        min: row.minVal === null ? null : Number(row.minVal),
+        max: row.maxVal === null ? null : Number(row.maxVal),
+        enumValues: row.enumVals,
+        apply: applyOf(row.context),
+        noLowerOnReplicas: noLowerOnReplicas.has(row.name),
+      }]
+    : []);
+}
+
 /** pg_settings.context → how a change takes effect. */
 export function applyOf(context: string): SettingApply {
   if (context === 'postmaster') return 'restart';

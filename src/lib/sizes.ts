@@ -1,9 +1,26 @@
-/** Instance sizes a cluster may ask for; each is a set of postgresql.conf settings. */
+/**
+ * Instance sizes a cluster may ask for; each is a set of tuned postgresql.conf defaults for its
+ * memory (`instanceMemoryMb`): shared buffers about an eighth to a quarter, a cache estimate of
+ * half, connections and per-operation memory that fit, and WAL and checkpoints sized so that a
+ * busy instance checkpoints on time rather than on WAL volume. A cluster's own settings go over these.
+ */
 export const sizes = {
-  micro: { shared_buffers: '32MB', max_connections: '50', work_mem: '2MB', effective_cache_size: '128MB' },
-  small: { shared_buffers: '128MB', max_connections: '100', work_mem: '4MB', effective_cache_size: '512MB' },
-  medium: { shared_buffers: '512MB', max_connections: '200', work_mem: '8MB', effective_cache_size: '2GB' },
-  large: { shared_buffers: '2GB', max_connections: '400', work_mem: '16MB', effective_cache_size: '8GB' },
+  micro: {
+    shared_buffers: '32MB', max_connections: '50', work_mem: '2MB', effective_cache_size: '128MB',
+    maintenance_work_mem: '16MB', min_wal_size: '80MB', max_wal_size: '256MB', checkpoint_timeout: '5min', checkpoint_completion_target: '0.9',
+  },
+  small: {
+    shared_buffers: '128MB', max_connections: '100', work_mem: '4MB', effective_cache_size: '512MB',
+    maintenance_work_mem: '64MB', min_wal_size: '80MB', max_wal_size: '1GB', checkpoint_timeout: '5min', checkpoint_completion_target: '0.9',
+  },
+  medium: {
+    shared_buffers: '512MB', max_connections: '200', work_mem: '8MB', effective_cache_size: '2GB',
+    maintenance_work_mem: '256MB', min_wal_size: '256MB', max_wal_size: '2GB', checkpoint_timeout: '10min', checkpoint_completion_target: '0.9',
+  },
+  large: {
+    shared_buffers: '2GB', max_connections: '400', work_mem: '16MB', effective_cache_size: '8GB',
+    maintenance_work_mem: '1GB', min_wal_size: '1GB', max_wal_size: '8GB', checkpoint_timeout: '15min', checkpoint_completion_target: '0.9',
+  },
 } as const satisfies Record<string, Record<string, string>>;
 
 export type SizeName = keyof typeof sizes;
@@ -62,6 +79,11 @@ export type Durability = (typeof durabilities)[number];
 
 export function isDurability(value: string): value is Durability {
   return (durabilities as readonly string[]).includes(value);
+}
+
+/** What an instance of the cluster runs with: its size's defaults, beneath the fleet's defaults, beneath its own settings. */
+export function effectiveSettings(spec: Pick<ClusterSpec, 'size' | 'settings' | 'defaults'>): Record<string, string> {
+  return { ...sizes[spec.size], ...spec.defaults, ...spec.settings };
 }
 
 /** `sync` when there is a replica to be synchronous with, else `async`. */

@@ -7,6 +7,8 @@ import type { ClusterId, InstanceId } from '../lib/ids.js';
 import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { isEvacuated } from './host.js';
+import { settingsDifferences } from './settings-drift.js';
+import { catalogueFromRows } from '../lib/settings.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
 
@@ -38,6 +40,8 @@ export interface ClusterData extends Record<string, unknown> {
   readonly syncStandbys?: readonly string[];
   /** The last reason a nap announced, so that a repeated condition makes one event, not one per tick. */
   readonly announced?: string;
+  /** Clock time the instances' settings were last compared with the revision (drift). */
+  readonly driftCheckedMs?: number;
 }
 
 export { clusterKind };
@@ -56,13 +60,16 @@ export const rejoinWaitMsMax = 120_000;
 export const rejoinPollMs = 100;
 /** While instances move off a draining or lost host, the cluster looks this often (their readiness and deletion wake it too). */
 export const evacuationNapMs = 1_000;
+/** While replicas are added or removed to match `spec.replicas`, the cluster looks this often (their readiness and deletion wake it too). */
+export const scaleNapMs = 1_000;
 /** Steps that only read and write the store still get this long. */
 const stepTimeoutMsMin = 30_000;
 
 /** The data-plane waits inside each label's step: the port's bounds, times the replicas where it goes through them one by one. */
 function innerLimitMs(label: ClusterLabel): number {
   switch (label) {
-    case 'running':
+    case 'running': // the synchronous standbys, then the drift check of every instance
+      return dataPlaneLimitsMs.setSynchronousStandbys + (replicasMax + 1) * (dataPlaneLimitsMs.settings + dataPlaneLimitsMs.configure);
     case 'route':
       return dataPlaneLimitsMs.setSynchronousStandbys;
     case 'fence':
@@ -156,13 +163,59 @@ async function running(context: Context): Promise<Result> {
   }
   const moving = await moveOffLeavingHosts(context, cluster, instances, primary);
   if (moving !== null) return moving;
+  const scaled = await scaleReplicas(context, cluster, instances, primary);
+  if (scaled !== null) return scaled;
   const synced = await maintainSync(context, cluster, instances, primary);
-  return synced === null ? nap(watchNapMs) : nap(watchNapMs, synced);
+  if (synced !== null) return nap(watchNapMs, synced);
+  return (await keepSettings(context, cluster, instances, primary)) ?? nap(watchNapMs);
 }
 
-/** Instances that stay (or will): not on a draining or lost host, and not being deleted or failed. */
+/**
+ * The catalogue of the cluster's Postgres version, read once from its primary; then, every
+ * driftCheckMs, each serving instance's settings against the revision (docs/CONFIG.md "Drift"):
+ * a difference is reported and put back (`configure`); a replica still waiting for a restart is
+ * restarted, a primary is left to the next rolling restart. Not while a change applies its revision.
+ */
+async function keepSettings(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const { store, dataPlane, ha } = context.ports;
+  if (primary.machineLabel !== 'running') return null;
+  if ((await store.catalogue(cluster.spec.pgVersion)) === null) {
+    const rows = await dataPlane.settings(instanceSpec(cluster, primary));
+    const entries = catalogueFromRows(rows);
+    await store.saveCatalogue(cluster.spec.pgVersion, entries);
+    return nap(watchNapMs, { reason: `parameter catalogue of Postgres ${cluster.spec.pgVersion} read from ${primary.id}: ${entries.length} parameters`, code: 'catalogue_read' });
+  }
+  const checkedMs = context.machine.data.driftCheckedMs ?? 0;
+  if (nowMs(context) - checkedMs < ha.driftCheckMs) return null;
+  const data = { ...context.machine.data, driftCheckedMs: nowMs(context) };
+  if (await store.changeInProgress(cluster.id)) return nap(watchNapMs, { data });
+  const found: string[] = [];
+  for (const instance of instances.filter((candidate) => candidate.machineLabel === 'running' && !candidate.fenced)) {
+    const problems = await settingsDifferences(context, cluster, instance);
+    if (problems.length === 0) continue;
+    const spec = instanceSpec(cluster, instance);
+    const after = await dataPlane.configure(spec);
+    const waiting = after.filter((row) => row.pendingRestart).map((row) => row.name);
+    let outcome = 'put back';
+    if (waiting.length > 0 && instance.role === 'replica') {
+      await store.raiseSignal(instanceKind, instance.id, 'restart');
+      outcome = `put back; restarting it for ${waiting.join(', ')}`;
+    } else if (waiting.length > 0) {
+      outcome = `put back; ${waiting.join(', ')} take effect at the next restart of the primary`;
+    }
+    found.push(`${instance.id}: ${problems.join('; ')} (${outcome})`);
+  }
+  if (found.length === 0) return nap(watchNapMs, { data });
+  return nap(watchNapMs, { data, reason: `settings drifted and were repaired: ${found.join(' | ')}`, code: 'settings_drift_repaired' });
+}
+
+/** Instances that stay (or will): not on a draining or lost host, and not being deleted (asked or under way) or failed. */
 function isStaying(instance: InstanceRecord): boolean {
-  return !isEvacuated(instance.hostState) && instance.machineLabel !== 'destroy' && instance.machineLabel !== 'failed';
+  return !isEvacuated(instance.hostState) && !isBeingRemoved(instance) && instance.machineLabel !== 'failed';
+}
+
+function isBeingRemoved(instance: InstanceRecord): boolean {
+  return instance.destroyRequested || instance.machineLabel === 'destroy';
 }
 
 function onHost(instance: InstanceRecord): string {
@@ -215,6 +268,69 @@ async function moveOffLeavingHosts(context: Context, cluster: ClusterRecord, ins
   return announce(context, evacuationNapMs, `${leaving.map(onHost).join(', ')} leave when the cluster is ready: waiting for ${waitingFor}`, 'waiting_for_replacements');
 }
 
+/**
+ * The cluster keeps `spec.replicas` replicas (docs/CONFIG.md, `cellar clusters scale`). Level-
+ * triggered, from what the store says now, so running it again after a crash does the same:
+ * - fewer staying replicas: a new one for each missing (ordinals never reused); its own machine
+ *   places, clones and starts it, and the proxy routes it only once it streams (routes.ts isHealthy);
+ * - more: the surplus goes, a removal already begun first (out of the routes: a crash came between
+ *   its steps), then replicas that do not stream, then the highest ordinals; never the primary.
+ *   Each leaves the routes (the proxy ends its connections), the primary's synchronous standbys
+ *   are written without it, and only then is it asked to delete itself, so no commit waits for a
+ *   replica that is going away.
+ * Only `running` calls this, so nothing is added or removed while the primary role moves.
+ * Null: the cluster has its replicas.
+ */
+async function scaleReplicas(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const { store } = context.ports;
+  const wanted = cluster.spec.replicas;
+  const kept = instances.filter((instance) => instance.role === 'replica' && isStaying(instance));
+  if (kept.length === wanted) return null;
+  if (kept.length < wanted) {
+    const added: InstanceId[] = [];
+    for (let count = kept.length; count < wanted; count += 1) added.push(await store.addReplica(cluster.id));
+    return nap(scaleNapMs, {
+      data: withoutAnnouncement(context.machine.data),
+      reason: `scaling from ${kept.length} to ${wanted} replica(s): new replica(s) ${added.join(', ')}; each is routed once it streams`,
+      code: 'replicas_added',
+    });
+  }
+  // The synchronous standbys are written before a replica goes: that needs a primary that runs.
+  if (primary.machineLabel !== 'running') {
+    return announce(context, scaleNapMs, `scaling from ${kept.length} to ${wanted} replica(s) waits for the primary ${primary.id} to run (it is ${primary.machineLabel})`, 'replicas_removal_waiting');
+  }
+  const surplus = [...kept].sort(removalOrder).slice(0, kept.length - wanted);
+  for (const instance of surplus) {
+    if (instance.inRoute) await store.setInRoute(instance.id, false);
+  }
+  const leaving = new Set<string>(surplus.map((instance) => instance.id));
+  const synced = await maintainSync(context, cluster, instances.map((instance) => (leaving.has(instance.id) ? { ...instance, inRoute: false } : instance)), primary);
+  for (const instance of surplus) await store.requestDestroy(instanceKind, instance.id);
+  const sync = synced === null ? '' : `; ${synced.reason}`;
+  return nap(scaleNapMs, {
+    data: synced === null ? withoutAnnouncement(context.machine.data) : synced.data,
+    reason: `scaling from ${kept.length} to ${wanted} replica(s): removing ${surplus.map((instance) => instance.id).join(', ')}, out of the routes and the synchronous standbys first${sync}`,
+    code: 'replicas_removed',
+  });
+}
+
+/**
+ * A scale is done: exactly `wanted` replicas are left (removed ones deleted), each streaming and
+ * routed. What a change of `replicas` waits for (docs/CONFIG.md, the change machine's `scale`).
+ */
+export function hasReplicas(wanted: number, instances: readonly InstanceRecord[]): boolean {
+  const replicas = instances.filter((instance) => instance.role === 'replica');
+  return replicas.length === wanted && replicas.every((instance) => isStreamingReplica(instance) && instance.inRoute && !isBeingRemoved(instance));
+}
+
+/** Which replica goes first when the cluster has too many: one whose removal began, then one that does not stream, then the newest. */
+function removalOrder(a: InstanceRecord, b: InstanceRecord): number {
+  const begun = Number(a.inRoute) - Number(b.inRoute);
+  if (begun !== 0) return begun;
+  const streams = Number(isStreamingReplica(a)) - Number(isStreamingReplica(b));
+  return streams !== 0 ? streams : b.ordinal - a.ordinal;
+}
+
 function beginFailover(context: Context, primary: InstanceRecord, why: string): Result {
   const force = context.signals.has('force');
   const data: ClusterData = { op: 'failover', oldPrimaryId: primary.id, force, sinceMs: nowMs(context) };
@@ -258,10 +374,13 @@ function mostAdvanced(replicas: readonly InstanceRecord[]): InstanceRecord | und
   return [...replicas].sort((a, b) => (lsnOf(b) > lsnOf(a) ? 1 : lsnOf(b) < lsnOf(a) ? -1 : 0))[0];
 }
 
-/** The replicas a commit waits for, per durability. */
+/**
+ * The replicas a commit waits for, per durability. Never one out of the routes or being deleted:
+ * it is going away (or restarting), and a commit must not wait for it.
+ */
 export function desiredSyncStandbys(durability: Durability, instances: readonly InstanceRecord[]): string[] {
   if (durability === 'async') return [];
-  const replicas = instances.filter((instance) => instance.role === 'replica');
+  const replicas = instances.filter((instance) => instance.role === 'replica' && instance.inRoute && !isBeingRemoved(instance));
   // sync-strict names every replica, serving or not: commits wait rather than go unreplicated.
   const chosen = durability === 'sync-strict' ? replicas : replicas.filter(isStreamingReplica);
   return chosen.map((instance) => instance.id).sort();

@@ -3,7 +3,7 @@ import { type MachineDefinition, type MachineRef, type Outcome, type StepContext
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
-import { type RestoreSpec, sizes } from '../lib/sizes.js';
+import { type RestoreSpec, effectiveSettings } from '../lib/sizes.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } from './ports.js';
 
 /**
@@ -12,7 +12,7 @@ import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } 
  * A lost replica is restarted in place; a lost primary (or any fenced instance) waits in `down`
  * for its cluster to decide: fail over (then `rejoin` as a replica) or restart it.
  */
-export const instanceLabels = ['start', 'create', 'starting', 'waitReady', 'running', 'down', 'rejoin', 'destroy'] as const;
+export const instanceLabels = ['start', 'create', 'starting', 'waitReady', 'running', 'restart', 'down', 'rejoin', 'destroy'] as const;
 export type InstanceLabel = (typeof instanceLabels)[number];
 
 export interface InstanceData extends Record<string, unknown> {
@@ -65,6 +65,8 @@ function innerLimitMs(label: InstanceLabel): number {
       return limits.alive + limits.status;
     case 'rejoin':
       return limits.rejoin;
+    case 'restart':
+      return limits.stop;
     case 'destroy':
       return limits.destroy + limits.dropSlot;
     default:
@@ -89,7 +91,7 @@ export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): 
     port: instance.port,
     peers: cluster.peerAddresses,
     pgVersion: cluster.spec.pgVersion,
-    settings: sizes[cluster.spec.size],
+    settings: effectiveSettings(cluster.spec),
     secrets: cluster.secrets,
   };
 }
@@ -228,6 +230,7 @@ const clusterOf = (instance: InstanceRecord): MachineRef => ({ kind: clusterKind
  */
 async function running(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
+  if (context.signals.has('restart')) return hop('restart', { consume: ['restart'], reason: 'restarting to take new settings', code: 'restart_requested_for_change' });
   const { cluster, instance } = await load(context);
   try {
     return await probe(context, cluster, instance);
@@ -265,6 +268,17 @@ function lost(context: Context, instance: InstanceRecord, why: string, code: 'in
   const wake = [clusterOf(instance)];
   if (instance.role === 'primary' || instance.fenced) return hop('down', { data, wake, reason: `${why}; its cluster decides what happens next`, code });
   return hop('starting', { data, wake, reason: `${why}; starting it again`, code });
+}
+
+/**
+ * A clean stop, then the usual start, which writes the instance's files from the spec first: how
+ * restart parameters reach a server (docs/CONFIG.md). The cluster does not fail over meanwhile:
+ * only `down` means lost.
+ */
+async function restart(context: Context): Promise<Result> {
+  if (destroyRequested(context)) return hop('destroy');
+  await context.ports.dataPlane.stop(context.machine.entityId as InstanceId, 'fast');
+  return hop('starting', { data: {}, reason: 'stopped cleanly for its restart', code: 'restart_requested_for_change' });
 }
 
 /** Waits for the cluster: `rejoin` after a failover or switchover, `restart` when there is no one to fail over to. */
@@ -348,7 +362,8 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
     create: ['starting', 'destroy'],
     starting: ['waitReady', 'down', 'destroy'],
     waitReady: ['running', 'starting', 'destroy'],
-    running: ['starting', 'down', 'destroy'],
+    running: ['starting', 'restart', 'down', 'destroy'],
+    restart: ['starting', 'destroy'],
     down: ['starting', 'rejoin', 'destroy'],
     rejoin: ['starting', 'destroy'],
     destroy: [],
@@ -356,7 +371,7 @@ export const instanceMachine: MachineDefinition<InstanceLabel, InstanceData, Mac
     failed: ['destroy'],
   },
   resumeOn: { destroy: 'destroy' },
-  steps: { start, create, starting, waitReady, running, down, rejoin, destroy },
+  steps: { start, create, starting, waitReady, running, restart, down, rejoin, destroy },
   // Provisioning and health probes are latency-sensitive: everything an instance does is high lane.
   lane: () => 'high',
   // A restored primary's start includes its recovery: as long as a create.
@@ -377,6 +392,8 @@ export function instancePhase(instance: Pick<InstanceRecord, 'machineLabel' | 'o
       return instance.observed.accepting === false ? 'unreachable' : 'running';
     case 'down':
       return 'down';
+    case 'restart':
+      return 'restarting';
     case 'rejoin':
       return 'rejoining';
     case 'destroy':

@@ -1,7 +1,9 @@
 import type { BackupSettings, HaSettings } from '../config.js';
 import type { BaseBackupInfo, ClusterSecrets, DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
 import type { Clock, Random } from '../lib/clock.js';
-import type { BackupId, ClusterId, InstanceId } from '../lib/ids.js';
+import type { RestartOrder } from '../lib/config-plan.js';
+import type { BackupId, ChangeId, ClusterId, InstanceId } from '../lib/ids.js';
+import type { CatalogueEntry } from '../lib/settings.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 
 /** What the cluster and instance machines may read and change in the cell store. */
@@ -45,6 +47,12 @@ export interface InstanceRecord {
   readonly fenced: boolean;
   /** False while it is out of the routes for a restart or its removal (docs/CONFIG.md). */
   readonly inRoute: boolean;
+  /**
+   * Its delete was asked for: its machine is in `destroy`, or a `destroy` signal waits for it.
+   * The signal counts too, so a cluster that looks again before the instance acts on it does not
+   * count it as one of its replicas (and remove another).
+   */
+  readonly destroyRequested: boolean;
   readonly observed: Partial<InstanceStatus>;
   /** The instance machine's current label, and its last error if it failed. */
   readonly machineLabel: string;
@@ -88,6 +96,17 @@ export interface MachineStore {
    * before it is restarted or removed, and comes back after; the proxy is told at once.
    */
   setInRoute(instanceId: InstanceId, inRoute: boolean): Promise<void>;
+  /** The cluster and revision a change machine applies, and the order its plan chose; null when its revision is gone. */
+  changeTarget(changeId: ChangeId): Promise<{ readonly clusterId: ClusterId; readonly revision: number; readonly order: RestartOrder } | null>;
+  /** Whether a change machine of the cluster is still applying its revision. */
+  changeInProgress(clusterId: ClusterId): Promise<boolean>;
+  /** A machine's label, or null when there is none. */
+  machineLabel(kind: string, entityId: string): Promise<string | null>;
+  /** Whether a signal is raised on a machine and not yet consumed. */
+  hasSignal(kind: string, entityId: string, name: string): Promise<boolean>;
+  /** The parameter catalogue of a Postgres version; null before one is stored. */
+  catalogue(pgVersion: number): Promise<ReadonlyMap<string, CatalogueEntry> | null>;
+  saveCatalogue(pgVersion: number, entries: readonly CatalogueEntry[]): Promise<void>;
   /**
    * In one transaction: the instance's machine is moved to `destroy` and a fresh instance with a
    * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).
@@ -202,6 +221,7 @@ export interface HostPorts {
  * warm pool's port: here, below the store, because the store may not import the machines.
  */
 export const clusterKind = 'cluster';
+export const changeKind = 'change';
 export const hostKind = 'host';
 /** Raised on a host's machine when its agent joined (the store raises it for the local host too). */
 export const hostJoinedSignal = 'joined';

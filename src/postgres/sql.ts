@@ -22,6 +22,12 @@ export interface ConnectTarget {
   readonly database: string;
   readonly password?: string;
   readonly connectTimeoutMs?: number;
+  /**
+   * The session sends no settings of its own (statement_timeout, application_name), so its
+   * pg_settings are the server's, what any new session starts with. The client-side query
+   * timeout still bounds its statements.
+   */
+  readonly plainSession?: boolean;
 }
 
 export async function withClient<T>(target: ConnectTarget, use: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -34,9 +40,8 @@ export async function withClient<T>(target: ConnectTarget, use: (client: pg.Clie
     // Everything is on 127.0.0.1 or a socket and the servers run ssl=off; say so, not "prefer".
     ssl: false,
     connectionTimeoutMillis: target.connectTimeoutMs ?? connectTimeoutMs,
-    statement_timeout: statementTimeoutMs,
+    ...(target.plainSession === true ? {} : { statement_timeout: statementTimeoutMs, application_name: 'cellar' }),
     query_timeout: statementTimeoutMs + 1_000,
-    application_name: 'cellar',
   });
   // A server shutting down under an idle client emits 'error'; unhandled it would crash Cellar.
   client.on('error', () => {});

@@ -3,7 +3,10 @@ import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './ma
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
-import { type ClusterId, type InstanceId, newId } from '../lib/ids.js';
+import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
+import type { RestartOrder } from '../lib/config-plan.js';
+import type { CatalogueEntry } from '../lib/settings.js';
+import { loadCatalogue, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
 import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
@@ -23,13 +26,15 @@ interface InstanceRow {
   port: number | null;
   fenced: boolean;
   in_route: boolean;
+  destroy_requested: boolean;
   observed: Partial<InstanceStatus>;
   machine_label: string | null;
   machine_error: string | null;
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error,
+       coalesce(m.label = 'destroy' or exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy'), false) as destroy_requested
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
   left join machines hm on hm.kind = '${hostKind}' and hm.entity_id = i.host_id`;
@@ -49,6 +54,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     port: row.port,
     fenced: row.fenced,
     inRoute: row.in_route,
+    destroyRequested: row.destroy_requested,
     observed: row.observed,
     machineLabel: row.machine_label ?? 'start',
     machineError: row.machine_error,
@@ -260,6 +266,42 @@ export class PgMachineStore implements MachineStore {
       await client.query('update instances set in_route = $2 where id = $1', [instanceId, inRoute]);
       await notifyRoutesChanged(client);
     });
+  }
+
+  async changeTarget(changeId: ChangeId): Promise<{ clusterId: ClusterId; revision: number; order: RestartOrder } | null> {
+    const record = await revisionOfChange(this.db, changeId);
+    return record === null ? null : { clusterId: record.clusterId, revision: record.revision, order: record.plan?.order ?? 'none' };
+  }
+
+  async changeInProgress(clusterId: ClusterId): Promise<boolean> {
+    const result = await this.db.query(`select 1 from machines where kind = 'change' and cluster_id = $1 and next_tick_at is not null and label <> 'failed' limit 1`, [clusterId]);
+    return (result.rowCount ?? 0) > 0;
+  }
+
+  async machineLabel(kind: string, entityId: string): Promise<string | null> {
+    const result = await this.db.query<{ label: string }>('select label from machines where kind = $1 and entity_id = $2', [kind, entityId]);
+    return result.rows[0]?.label ?? null;
+  }
+
+  async hasSignal(kind: string, entityId: string, name: string): Promise<boolean> {
+    const result = await this.db.query('select 1 from signals s join machines m on m.id = s.machine_id where m.kind = $1 and m.entity_id = $2 and s.name = $3', [kind, entityId, name]);
+    return (result.rowCount ?? 0) > 0;
+  }
+
+  /** Catalogues do not change for an installed version: kept once read. */
+  private readonly catalogues = new Map<number, ReadonlyMap<string, CatalogueEntry>>();
+
+  async catalogue(pgVersion: number): Promise<ReadonlyMap<string, CatalogueEntry> | null> {
+    const known = this.catalogues.get(pgVersion);
+    if (known !== undefined) return known;
+    const loaded = await loadCatalogue(this.db, pgVersion);
+    if (loaded !== null) this.catalogues.set(pgVersion, loaded);
+    return loaded;
+  }
+
+  async saveCatalogue(pgVersion: number, entries: readonly CatalogueEntry[]): Promise<void> {
+    await saveCatalogue(this.db, pgVersion, entries);
+    this.catalogues.set(pgVersion, new Map(entries.map((entry) => [entry.name, entry])));
   }
 
   async setRoutePaused(clusterId: ClusterId, paused: boolean): Promise<void> {

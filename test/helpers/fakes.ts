@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import type { BaseBackupInfo, ClusterSecrets } from '../../src/dataplane/dataplane.js';
 import type { Durability } from '../../src/lib/sizes.js';
+import type { RestartOrder } from '../../src/lib/config-plan.js';
+import type { CatalogueEntry } from '../../src/lib/settings.js';
 import type { BackupId, ClusterId, InstanceId } from '../../src/lib/ids.js';
 import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role } from '../../src/machines/ports.js';
 
@@ -26,13 +28,39 @@ export class FakeStore implements MachineStore {
   private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
     this.ordinalMax = Math.max(this.ordinalMax, ordinal);
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
     const instance = this.instancesById.get(id);
     assert.ok(instance !== undefined);
     this.instancesById.set(id, { ...instance, ...change });
+  }
+
+  readonly signals = new Set<string>();
+  readonly labels = new Map<string, string>();
+  catalogues = new Map<number, ReadonlyMap<string, CatalogueEntry>>();
+  change: { clusterId: ClusterId; revision: number; order: RestartOrder } | null = null;
+
+  async changeTarget(): Promise<{ clusterId: ClusterId; revision: number; order: RestartOrder } | null> {
+    return this.change;
+  }
+  changing = false;
+  async changeInProgress(): Promise<boolean> {
+    return this.changing;
+  }
+  async machineLabel(kind: string, entityId: string): Promise<string | null> {
+    return this.labels.get(`${kind} ${entityId}`) ?? null;
+  }
+  async hasSignal(kind: string, entityId: string, name: string): Promise<boolean> {
+    return this.signals.has(`${kind} ${entityId} ${name}`);
+  }
+  async catalogue(pgVersion: number): Promise<ReadonlyMap<string, CatalogueEntry> | null> {
+    return this.catalogues.get(pgVersion) ?? null;
+  }
+  async saveCatalogue(pgVersion: number, entries: readonly CatalogueEntry[]): Promise<void> {
+    this.calls.push(`saveCatalogue ${pgVersion} ${entries.length}`);
+    this.catalogues.set(pgVersion, new Map(entries.map((entry) => [entry.name, entry])));
   }
 
   async setInRoute(id: InstanceId, inRoute: boolean): Promise<void> {
@@ -78,9 +106,12 @@ export class FakeStore implements MachineStore {
   }
   async requestDestroy(kind: string, entityId: string): Promise<void> {
     this.calls.push(`requestDestroy ${kind} ${entityId}`);
+    // As the store: the raised signal shows on the instance before its machine acts on it.
+    if (this.instancesById.has(entityId as InstanceId)) this.update(entityId as InstanceId, { destroyRequested: true });
   }
   async raiseSignal(kind: string, entityId: string, name: string): Promise<void> {
     this.calls.push(`raiseSignal ${kind} ${entityId} ${name}`);
+    this.signals.add(`${kind} ${entityId} ${name}`);
   }
   async setFenced(id: InstanceId, fenced: boolean): Promise<void> {
     this.calls.push(`setFenced ${id} ${fenced}`);

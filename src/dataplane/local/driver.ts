@@ -457,8 +457,10 @@ export class LocalDataPlane implements DataPlane {
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return this.bounded('settings', async () => {
       const paths = this.paths(spec.instanceId);
-      const port = (await readPostmasterPid(paths.pgdata))?.port ?? spec.port;
-      return readSettings(paths.pgdata, paths.run, port);
+      const pidFile = await readPostmasterPid(paths.pgdata);
+      // Connecting to a server that is not there would fail too, but naming a socket file, not the reason.
+      if ((await serverPid(paths.pgdata)) === undefined || pidFile?.port === undefined) throw new TransientError(`instance ${spec.instanceId} is not running: settings are read from its running server`);
+      return readSettings(paths.pgdata, paths.run, pidFile.port);
     });
   }
 

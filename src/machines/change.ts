@@ -1,0 +1,259 @@
+import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
+import type { RestartOrder } from '../lib/config-plan.js';
+import type { ChangeId } from '../lib/ids.js';
+import { replicasMax } from '../lib/sizes.js';
+import { isStreamingReplica } from './cluster.js';
+import { isEvacuated } from './host.js';
+import { instanceKind, instanceSpec } from './instance.js';
+import { settingsDifferences } from './settings-drift.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, changeKind, clusterKind } from './ports.js';
+
+/**
+ * Applies one configuration revision to its cluster (docs/CONFIG.md "The change machine"):
+ * apply (write every instance's configuration and reload) → scale (the cluster reaches its
+ * replicas) → restart replicas one by one → switchover (or the primary in place) → confirm.
+ * Each step decides from what the instances report now (`pending_restart`), so a step run again
+ * after a crash does only what is left.
+ */
+export const changeLabels = ['apply', 'scale', 'restartPrimary', 'restartReplicas', 'switchover', 'confirm'] as const;
+export type ChangeLabel = (typeof changeLabels)[number];
+
+export interface ChangeData extends Record<string, unknown> {
+  /** The instance being restarted now, and when it began. */
+  readonly restarting?: string;
+  readonly sinceMs?: number;
+  /** The primary restarted in place (primaryFirst order), so the replicas come next. */
+  readonly primaryDone?: boolean;
+  /** The primary a switchover moves away from, and how often it was asked for. */
+  readonly oldPrimaryId?: string;
+  readonly switchoverAttempts?: number;
+  /** Confirmation rounds that found an instance still waiting for a restart. */
+  readonly confirmRounds?: number;
+}
+
+export { changeKind };
+export const changePollMs = 100;
+/** How long one instance may take to come back from its restart (a replica streaming again, the primary accepting). */
+export const restartWaitMsMax = 5 * 60_000;
+/** How long the cluster may take to reach its replicas (each one a clone of the primary). */
+export const scaleWaitMsMax = 60 * 60_000;
+/** How long one switchover may take, from the request to the old primary streaming again. */
+export const switchoverWaitMsMax = 5 * 60_000;
+export const switchoverAttemptsMax = 3;
+export const confirmRoundsMax = 3;
+const stepTimeoutMsMin = 30_000;
+
+type Context = StepContext<ChangeLabel, ChangeData, MachinePorts>;
+type Result = Outcome<ChangeLabel, ChangeData>;
+
+function innerLimitMs(label: ChangeLabel): number {
+  switch (label) {
+    case 'apply':
+      return dataPlaneLimitsMs.configure;
+    case 'restartReplicas':
+    case 'confirm':
+      return (replicasMax + 1) * dataPlaneLimitsMs.settings;
+    case 'switchover':
+    case 'restartPrimary':
+      return dataPlaneLimitsMs.settings;
+    default:
+      return 0;
+  }
+}
+
+interface Target {
+  readonly cluster: ClusterRecord;
+  readonly instances: readonly InstanceRecord[];
+  readonly revision: number;
+  readonly order: RestartOrder;
+}
+
+async function load(context: Context): Promise<Target> {
+  const { store } = context.ports;
+  const target = await store.changeTarget(context.machine.entityId as ChangeId);
+  if (target === null) throw new Error(`change ${context.machine.entityId} has no revision`);
+  const cluster = await store.cluster(target.clusterId);
+  const instances = await store.instances(cluster.id);
+  return { cluster, instances, revision: target.revision, order: target.order };
+}
+
+const nowMs = (context: Context): number => context.ports.clock.nowMs();
+/** What a step keeps when it moves on: the count of confirmation rounds, which bounds the whole change. */
+const kept = (context: Context): ChangeData => (context.machine.data.confirmRounds === undefined ? {} : { confirmRounds: context.machine.data.confirmRounds });
+
+function withoutRestart(data: ChangeData): ChangeData {
+  const { restarting: _restarting, sinceMs: _sinceMs, ...rest } = data;
+  return rest;
+}
+
+/** Instances with a data directory whose files a change must write: everything not being made or deleted. */
+function configurable(instance: InstanceRecord): boolean {
+  return ['starting', 'waitReady', 'running', 'down', 'restart'].includes(instance.machineLabel) && instance.port !== null;
+}
+
+function serving(instance: InstanceRecord): boolean {
+  return instance.machineLabel === 'running' && !instance.fenced;
+}
+
+function primaryOf(instances: readonly InstanceRecord[]): InstanceRecord | undefined {
+  return instances.find((instance) => instance.role === 'primary');
+}
+
+/** Every instance gets the revision's files and a reload: reload parameters are live when this returns. */
+async function apply(context: Context): Promise<Result> {
+  const { cluster, instances, revision } = await load(context);
+  const targets = instances.filter(configurable);
+  await Promise.all(targets.map((instance) => context.ports.dataPlane.configure(instanceSpec(cluster, instance))));
+  return hop('scale', {
+    reason: `revision ${revision}: configuration written and reloaded on ${targets.map((instance) => instance.id).join(', ') || 'no instance'}`,
+    code: 'config_reloaded',
+    wake: [{ kind: clusterKind, entityId: cluster.id }],
+  });
+}
+
+/** The cluster adds or removes replicas itself (its running step); this waits until it has them, all streaming. */
+async function scale(context: Context): Promise<Result> {
+  const { cluster, instances, order } = await load(context);
+  const staying = instances.filter((instance) => !isEvacuated(instance.hostState) && instance.machineLabel !== 'destroy' && instance.machineLabel !== 'failed');
+  const replicas = staying.filter((instance) => instance.role === 'replica');
+  const streaming = replicas.filter(isStreamingReplica);
+  const leaving = instances.length - staying.length;
+  if (replicas.length === cluster.spec.replicas && streaming.length === cluster.spec.replicas && leaving === 0) {
+    const next: ChangeLabel = order === 'primaryFirst' || order === 'primaryInPlace' ? 'restartPrimary' : 'restartReplicas';
+    return hop(next, { data: kept(context), reason: `${cluster.spec.replicas} replica(s) streaming`, code: 'replicas_ready' });
+  }
+  const since = context.machine.data.sinceMs ?? nowMs(context);
+  if (nowMs(context) - since > scaleWaitMsMax) {
+    return fail(`the cluster did not reach ${cluster.spec.replicas} streaming replica(s) within ${scaleWaitMsMax} ms (${streaming.length} stream, ${leaving} leaving)`, 'change_failed');
+  }
+  return nap(1_000, { data: { ...kept(context), sinceMs: since } });
+}
+
+/** Names of the settings an instance still waits for a restart to take, as the server says now. */
+async function pendingRestart(context: Context, cluster: ClusterRecord, instance: InstanceRecord): Promise<string[]> {
+  const rows = await context.ports.dataPlane.settings(instanceSpec(cluster, instance));
+  return rows.filter((row) => row.pendingRestart).map((row) => row.name);
+}
+
+/**
+ * One replica at a time: out of the routes, restarted by its own machine (which rewrites its
+ * files from the spec), back in the routes once it streams with nothing pending.
+ */
+async function restartReplicas(context: Context): Promise<Result> {
+  const { cluster, instances, order } = await load(context);
+  const { store } = context.ports;
+  const data = context.machine.data;
+  if (data.restarting !== undefined) {
+    const instance = instances.find((candidate) => candidate.id === data.restarting);
+    if (instance === undefined) return nap(0, { data: withoutRestart(data) });
+    if (isStreamingReplica(instance) && (await pendingRestart(context, cluster, instance)).length === 0) {
+      await store.setInRoute(instance.id, true);
+      return nap(0, { data: withoutRestart(data), reason: `replica ${instance.id} restarted: streaming with the new settings, back in the routes`, code: 'replica_restarted' });
+    }
+    if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {
+      await store.setInRoute(instance.id, true);
+      return fail(`replica ${instance.id} did not stream again within ${restartWaitMsMax} ms of its restart (machine ${instance.machineLabel}); roll back with cellar config rollback`, 'change_failed');
+    }
+    return nap(changePollMs);
+  }
+  for (const replica of instances.filter((instance) => instance.role === 'replica' && serving(instance))) {
+    const pending = await pendingRestart(context, cluster, replica);
+    if (pending.length === 0) continue;
+    await store.setInRoute(replica.id, false);
+    await store.raiseSignal(instanceKind, replica.id, 'restart');
+    return nap(changePollMs, { data: { ...data, restarting: replica.id, sinceMs: nowMs(context) }, reason: `restarting replica ${replica.id} for ${pending.join(', ')} (out of the routes until it streams again)`, code: 'replica_restarting' });
+  }
+  if (order === 'primaryFirst' || order === 'primaryInPlace' || data.primaryDone === true) return hop('confirm', { data: kept(context) });
+  return hop('switchover', { data: kept(context) });
+}
+
+/**
+ * The primary restarts where it is, its route paused: new connections wait in the proxy, and the
+ * cluster does not fail over (the instance is restarting, not down).
+ */
+async function restartPrimary(context: Context): Promise<Result> {
+  const { cluster, instances, order } = await load(context);
+  const { store } = context.ports;
+  const data = context.machine.data;
+  const primary = primaryOf(instances);
+  if (primary === undefined) return nap(changePollMs);
+  const next: ChangeLabel = order === 'primaryFirst' ? 'restartReplicas' : 'confirm';
+  if (data.restarting === undefined) {
+    if (!serving(primary)) return nap(changePollMs);
+    const pending = await pendingRestart(context, cluster, primary);
+    if (pending.length === 0) return hop(next, { data: { ...kept(context), primaryDone: true } });
+    await store.setRoutePaused(cluster.id, true);
+    await store.raiseSignal(instanceKind, primary.id, 'restart');
+    return nap(changePollMs, { data: { ...kept(context), restarting: primary.id, sinceMs: nowMs(context) }, reason: `restarting primary ${primary.id} in place for ${pending.join(', ')}: new connections wait`, code: 'primary_restarting' });
+  }
+  if (primary.id === data.restarting && serving(primary) && primary.observed.accepting === true && primary.observed.inRecovery === false) {
+    await store.setRoutePaused(cluster.id, false);
+    return hop(next, { data: { ...kept(context), primaryDone: true }, reason: `primary ${primary.id} restarted with the new settings: route resumed`, code: 'primary_restarted' });
+  }
+  if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {
+    await store.setRoutePaused(cluster.id, false);
+    return fail(`primary ${data.restarting} did not accept writes within ${restartWaitMsMax} ms of its restart (machine ${primary.machineLabel}); roll back with cellar config rollback`, 'change_failed');
+  }
+  return nap(changePollMs);
+}
+
+/** The cluster moves the primary role to a restarted replica; the old primary rejoins with the new files. */
+async function switchover(context: Context): Promise<Result> {
+  const { cluster, instances } = await load(context);
+  const { store } = context.ports;
+  const data = context.machine.data;
+  const primary = primaryOf(instances);
+  if (primary === undefined) return nap(changePollMs);
+  if (data.oldPrimaryId === undefined) {
+    if ((await pendingRestart(context, cluster, primary)).length === 0) return hop('confirm', { data: kept(context) });
+    await store.raiseSignal(clusterKind, cluster.id, 'switchover');
+    return nap(changePollMs, { data: { ...kept(context), oldPrimaryId: primary.id, sinceMs: nowMs(context), switchoverAttempts: 1 }, reason: `switching over from ${primary.id} so that it restarts as a replica`, code: 'change_switchover_requested' });
+  }
+  const old = instances.find((instance) => instance.id === data.oldPrimaryId);
+  const clusterLabel = await store.machineLabel(clusterKind, cluster.id);
+  if (primary.id !== data.oldPrimaryId && clusterLabel === 'running' && (old === undefined || isStreamingReplica(old))) {
+    return hop('confirm', { data: kept(context), reason: `${primary.id} is the primary; ${data.oldPrimaryId} ${old === undefined ? 'is gone' : 'streams again with the new settings'}`, code: 'change_switchover_done' });
+  }
+  if (nowMs(context) - (data.sinceMs ?? nowMs(context)) > switchoverWaitMsMax) return fail(`the switchover from ${data.oldPrimaryId} did not finish within ${switchoverWaitMsMax} ms`, 'change_failed');
+  // Refused (no replica streamed at that moment) or called off: the cluster is back watching with the same primary.
+  if (primary.id === data.oldPrimaryId && clusterLabel === 'running' && !(await store.hasSignal(clusterKind, cluster.id, 'switchover'))) {
+    const attempts = data.switchoverAttempts ?? 1;
+    if (attempts >= switchoverAttemptsMax) return fail(`the cluster did not switch over from ${primary.id} after ${attempts} requests (see its events)`, 'change_failed');
+    await store.raiseSignal(clusterKind, cluster.id, 'switchover');
+    return nap(1_000, { data: { ...data, switchoverAttempts: attempts + 1 } });
+  }
+  return nap(changePollMs);
+}
+
+/** Every serving instance reports the revision's values and nothing pending. */
+async function confirm(context: Context): Promise<Result> {
+  const { cluster, instances, revision } = await load(context);
+  const live = instances.filter(serving);
+  const problems = (await Promise.all(live.map(async (instance) => (await settingsDifferences(context, cluster, instance)).map((problem) => `${instance.id}: ${problem}`)))).flat();
+  if (problems.length === 0) {
+    return done({ reason: `revision ${revision} applied: ${live.length} instance(s) report its settings`, code: 'config_applied', wake: [{ kind: clusterKind, entityId: cluster.id }] });
+  }
+  const rounds = (context.machine.data.confirmRounds ?? 0) + 1;
+  if (rounds > confirmRoundsMax) return fail(`revision ${revision} is not what the instances report after ${confirmRoundsMax} rounds: ${problems.join('; ')}`, 'change_failed');
+  // An instance that came or restarted meanwhile: write and reload again, restart what waits.
+  return hop('apply', { data: { confirmRounds: rounds }, reason: `not applied everywhere yet: ${problems.join('; ')}`, code: 'config_not_confirmed' });
+}
+
+export const changeMachine: MachineDefinition<ChangeLabel, ChangeData, MachinePorts> = {
+  kind: changeKind,
+  initial: 'apply',
+  transitions: {
+    apply: ['scale'],
+    scale: ['restartReplicas', 'restartPrimary'],
+    restartPrimary: ['restartReplicas', 'confirm'],
+    restartReplicas: ['switchover', 'confirm'],
+    switchover: ['confirm'],
+    confirm: ['apply'],
+  },
+  steps: { apply, scale, restartPrimary, restartReplicas, switchover, confirm },
+  lane: () => 'high',
+  stepTimeoutMs: (label) => Math.max(stepTimeoutMsMin, innerLimitMs(label) + stepTimeoutMarginMs),
+  innerLimitMs,
+};
+

@@ -1,0 +1,255 @@
+import { type ConfigPlan, type RevisionConfig, planChange } from '../lib/config-plan.js';
+import { CellarError, invalid } from '../lib/errors.js';
+import { type ChangeId, type ClusterId, newId } from '../lib/ids.js';
+import { type CatalogueEntry, checkSettings } from '../lib/settings.js';
+import { type ClusterSpec, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames } from '../lib/sizes.js';
+import { type MachineOrigin, insertMachine, newMachine } from './machines-table.js';
+import { type Pool, type Queryable, inTransaction } from './pool.js';
+
+/**
+ * Configuration revisions (docs/CONFIG.md): every change to a cluster's settings, size, replicas
+ * or fleet defaults is validated, planned and stored here as a new revision with the change
+ * machine that applies it, in one transaction with the cluster's spec.
+ */
+
+export const revisionsPerListMax = 100;
+export const changeKind = 'change';
+
+export interface ChangeRequest {
+  readonly clusterId: ClusterId;
+  /** Who asked: a token's name, `rollout:<id>`, … */
+  readonly actor: string;
+  readonly reason?: string;
+  readonly dryRun?: boolean;
+  readonly change: {
+    /** New values; null removes the cluster's own value (back to the defaults beneath it). */
+    readonly settings?: Readonly<Record<string, string | null>>;
+    readonly size?: string;
+    readonly replicas?: number;
+    /** The fleet defaults the cluster runs with, whole. */
+    readonly defaults?: Readonly<Record<string, string>>;
+  };
+  /** The revision this one restores (a rollback). */
+  readonly rollbackOf?: number;
+}
+
+export interface ChangeProposal {
+  readonly revision: number | null;
+  readonly changeId: ChangeId | null;
+  readonly plan: ConfigPlan;
+  readonly warnings: readonly string[];
+}
+
+export interface RevisionRecord extends RevisionConfig {
+  readonly revision: number;
+  readonly diff: readonly DiffEntry[];
+  readonly plan: ConfigPlan | null;
+  readonly reason: string | null;
+  readonly actor: string;
+  readonly rollbackOf: number | null;
+  readonly changeId: ChangeId | null;
+  readonly createdAt: Date;
+  /** The change machine's label (`done` once applied), null for revision 1. */
+  readonly changeLabel: string | null;
+  readonly changeDone: boolean;
+  readonly changeError: string | null;
+}
+
+export interface DiffEntry {
+  readonly name: string;
+  readonly from: string | number | null;
+  readonly to: string | number | null;
+}
+
+interface RevisionRow {
+  revision: number;
+  size: SizeName;
+  replicas: number;
+  settings: Record<string, string>;
+  defaults: Record<string, string>;
+  diff: DiffEntry[];
+  plan: ConfigPlan | null;
+  reason: string | null;
+  actor: string;
+  rollback_of: number | null;
+  change_id: string | null;
+  created_at: Date;
+  label: string | null;
+  next_tick_at: Date | null;
+  last_error: string | null;
+}
+
+const revisionSelect = `
+select r.revision, r.size, r.replicas, r.settings, r.defaults, r.diff, r.plan, r.reason, r.actor, r.rollback_of, r.change_id, r.created_at,
+       m.label, m.next_tick_at, m.last_error
+  from config_revisions r left join machines m on m.kind = '${changeKind}' and m.entity_id = r.change_id`;
+
+function toRecord(row: RevisionRow): RevisionRecord {
+  return {
+    revision: row.revision,
+    size: row.size,
+    replicas: row.replicas,
+    settings: row.settings,
+    defaults: row.defaults,
+    diff: row.diff,
+    plan: row.plan,
+    reason: row.reason,
+    actor: row.actor,
+    rollbackOf: row.rollback_of,
+    changeId: row.change_id as ChangeId | null,
+    createdAt: row.created_at,
+    changeLabel: row.label,
+    changeDone: row.change_id === null || (row.label !== null && row.label !== 'failed' && row.next_tick_at === null),
+    changeError: row.last_error,
+  };
+}
+
+/** A change still being applied: its machine has neither finished nor failed. */
+export function isChangeInProgress(record: RevisionRecord): boolean {
+  return record.changeId !== null && !record.changeDone && record.changeLabel !== 'failed';
+}
+
+export async function revisions(db: Queryable, clusterId: ClusterId, limit = revisionsPerListMax): Promise<RevisionRecord[]> {
+  const result = await db.query<RevisionRow>(`${revisionSelect} where r.cluster_id = $1 order by r.revision desc limit $2`, [clusterId, limit]);
+  return result.rows.map(toRecord);
+}
+
+export async function revision(db: Queryable, clusterId: ClusterId, number: number): Promise<RevisionRecord | null> {
+  const result = await db.query<RevisionRow>(`${revisionSelect} where r.cluster_id = $1 and r.revision = $2`, [clusterId, number]);
+  const row = result.rows[0];
+  return row === undefined ? null : toRecord(row);
+}
+
+export async function revisionOfChange(db: Queryable, changeId: ChangeId): Promise<(RevisionRecord & { readonly clusterId: ClusterId }) | null> {
+  const result = await db.query<RevisionRow & { cluster_id: string }>(`${revisionSelect.replace('select r.revision', 'select r.cluster_id, r.revision')} where r.change_id = $1`, [changeId]);
+  const row = result.rows[0];
+  return row === undefined ? null : { ...toRecord(row), clusterId: row.cluster_id as ClusterId };
+}
+
+export async function changeState(db: Queryable, changeId: ChangeId): Promise<{ label: string; done: boolean; failed: boolean; error: string | null } | null> {
+  const result = await db.query<{ label: string; next_tick_at: Date | null; last_error: string | null }>(`select label, next_tick_at, last_error from machines where kind = $1 and entity_id = $2`, [changeKind, changeId]);
+  const row = result.rows[0];
+  if (row === undefined) return null;
+  const failed = row.label === 'failed';
+  return { label: row.label, done: !failed && row.next_tick_at === null, failed, error: row.last_error };
+}
+
+/** The catalogue of a Postgres version, or null before one is stored (docs/CONFIG.md "The catalogue"). */
+export async function loadCatalogue(db: Queryable, pgVersion: number): Promise<Map<string, CatalogueEntry> | null> {
+  const result = await db.query<{ entries: CatalogueEntry[] }>('select entries from setting_catalogues where pg_version = $1', [pgVersion]);
+  const entries = result.rows[0]?.entries;
+  return entries === undefined ? null : new Map(entries.map((entry) => [entry.name, entry]));
+}
+
+export async function saveCatalogue(db: Queryable, pgVersion: number, entries: readonly CatalogueEntry[]): Promise<void> {
+  await db.query('insert into setting_catalogues (pg_version, entries) values ($1, $2) on conflict (pg_version) do update set entries = excluded.entries, read_at = now()', [pgVersion, JSON.stringify(entries)]);
+}
+
+const reasonLengthMax = 500;
+const settingsPerChangeMax = 100;
+
+function configOf(spec: ClusterSpec): RevisionConfig {
+  return { size: spec.size, replicas: spec.replicas, settings: spec.settings ?? {}, defaults: spec.defaults ?? {} };
+}
+
+/** The cluster's configuration after the request, or a CellarError naming the field at fault. */
+function applyRequest(before: RevisionConfig, spec: ClusterSpec, request: ChangeRequest): RevisionConfig {
+  const { change } = request;
+  const settings: Record<string, string> = { ...before.settings };
+  const requested = Object.entries(change.settings ?? {});
+  if (requested.length > settingsPerChangeMax) throw invalid('settings', `at most ${settingsPerChangeMax} settings in one change, not ${requested.length}`);
+  for (const [name, value] of requested) {
+    if (value === null) {
+      if (!(name in settings)) throw invalid(`settings.${name}`, `${name} is not set on this cluster, so it cannot be removed (set: ${Object.keys(settings).join(', ') || 'none'})`);
+      delete settings[name];
+    } else {
+      settings[name] = value;
+    }
+  }
+  const size = change.size ?? before.size;
+  if (!isSizeName(size)) throw invalid('size', `size must be one of ${sizeNames.join(', ')}, not ${JSON.stringify(size)}`);
+  const replicas = change.replicas ?? before.replicas;
+  if (!Number.isInteger(replicas) || replicas < 0 || replicas > replicasMax) throw invalid('replicas', `replicas must be a whole number from 0 to ${replicasMax}, not ${String(replicas)}`);
+  if (replicas === 0 && durabilityOf(spec) === 'sync-strict') {
+    throw invalid('replicas', 'replicas: a sync-strict cluster needs at least 1 replica (commits wait for one); change its durability first');
+  }
+  return { size, replicas, settings, defaults: change.defaults ?? before.defaults };
+}
+
+function diffOf(before: RevisionConfig, after: RevisionConfig): DiffEntry[] {
+  const diff: DiffEntry[] = [];
+  if (before.size !== after.size) diff.push({ name: 'size', from: before.size, to: after.size });
+  if (before.replicas !== after.replicas) diff.push({ name: 'replicas', from: before.replicas, to: after.replicas });
+  for (const [prefix, from, to] of [['', before.settings, after.settings], ['defaults.', before.defaults, after.defaults]] as const) {
+    for (const name of [...new Set([...Object.keys(from), ...Object.keys(to)])].sort()) {
+      if (from[name] !== to[name]) diff.push({ name: `${prefix}${name}`, from: from[name] ?? null, to: to[name] ?? null });
+    }
+  }
+  return diff;
+}
+
+/**
+ * Validates a change against the catalogue, the cluster's size and its durability, plans it,
+ * and (unless a dry run) stores it as the next revision, moves the cluster's spec to it and makes
+ * the change machine that applies it, in one transaction: a refused change leaves nothing behind.
+ */
+export async function proposeChange(db: Pool, changeMachine: MachineOrigin, request: ChangeRequest): Promise<ChangeProposal> {
+  if (request.reason !== undefined && request.reason.length > reasonLengthMax) throw invalid('reason', `reason is ${request.reason.length} characters long, more than ${reasonLengthMax}`);
+  return inTransaction(db, async (client) => {
+    const cluster = await client.query<{ spec: ClusterSpec; label: string }>(
+      `select c.spec, m.label from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id where c.id = $1 and c.deleted_at is null for update of c`,
+      [request.clusterId],
+    );
+    const row = cluster.rows[0];
+    if (row === undefined) throw new CellarError('CELLAR_E_NOT_FOUND', `cluster ${request.clusterId} does not exist`);
+    if (['start', 'waitInstances', 'destroy', 'waitDestroyed', 'failed'].includes(row.label)) {
+      throw new CellarError('CELLAR_E_CONFLICT', `the cluster is ${row.label === 'failed' ? 'failed' : row.label.startsWith('destroy') || row.label === 'waitDestroyed' ? 'being deleted' : 'still being created'}: its configuration can change once it runs`);
+    }
+    const [latest] = await revisions(client, request.clusterId, 1);
+    if (latest !== undefined && isChangeInProgress(latest)) {
+      throw new CellarError('CELLAR_E_CHANGE_IN_PROGRESS', `revision ${latest.revision} is still being applied (step ${latest.changeLabel ?? '?'}); wait for it to finish (cellar config show), then try again`);
+    }
+    const before = configOf(row.spec);
+    const after = applyRequest(before, row.spec, request);
+    const touchesSettings = request.change.settings !== undefined || request.change.defaults !== undefined || after.size !== before.size;
+    const catalogue = await loadCatalogue(client, row.spec.pgVersion);
+    if (catalogue === null && touchesSettings) {
+      throw new CellarError('CELLAR_E_CATALOGUE_MISSING', `the parameter catalogue of Postgres ${row.spec.pgVersion} is not read yet: it is read from the first running cluster of that version; try again in a few seconds`);
+    }
+    const own = Object.fromEntries(Object.entries(request.change.settings ?? {}).filter((entry): entry is [string, string] => entry[1] !== null));
+    const checked = catalogue === null ? { warnings: [] } : checkSettings(catalogue, { ...request.change.defaults, ...own }, instanceMemoryMb[after.size], { ...after.defaults, ...after.settings });
+    const plan = planChange(catalogue ?? new Map(), before, after);
+    const diff = diffOf(before, after);
+    if (diff.length === 0) throw invalid(request.change.settings !== undefined ? 'settings' : 'change', 'the change changes nothing: every value is already what the cluster has');
+    if (request.dryRun === true) return { revision: null, changeId: null, plan, warnings: checked.warnings };
+    const number = (latest?.revision ?? 0) + 1;
+    const changeId = newId('change');
+    await client.query(
+      `insert into config_revisions (cluster_id, revision, size, replicas, settings, defaults, diff, plan, reason, actor, rollback_of, change_id)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+      [request.clusterId, number, after.size, after.replicas, after.settings, after.defaults, JSON.stringify(diff), plan, request.reason ?? null, request.actor, request.rollbackOf ?? null, changeId],
+    );
+    const spec: ClusterSpec = { ...row.spec, size: after.size, replicas: after.replicas, settings: after.settings, defaults: after.defaults };
+    await client.query('update clusters set spec = $2 where id = $1', [request.clusterId, spec]);
+    await insertMachine(client, newMachine(changeMachine, changeId, request.clusterId));
+    return { revision: number, changeId, plan, warnings: checked.warnings };
+  });
+}
+
+/** A rollback is a new revision equal to an earlier one. */
+export async function proposeRollback(db: Pool, changeMachine: MachineOrigin, clusterId: ClusterId, to: number, actor: string, options: { reason?: string; dryRun?: boolean } = {}): Promise<ChangeProposal> {
+  const target = await revision(db, clusterId, to);
+  if (target === null) throw new CellarError('CELLAR_E_NOT_FOUND', `revision ${to} of this cluster does not exist`, 'revision');
+  const [latest] = await revisions(db, clusterId, 1);
+  const current = latest?.settings ?? {};
+  const settings: Record<string, string | null> = { ...target.settings };
+  for (const name of Object.keys(current)) if (!(name in target.settings)) settings[name] = null;
+  return proposeChange(db, changeMachine, {
+    clusterId,
+    actor,
+    reason: options.reason ?? `rollback to revision ${to}`,
+    ...(options.dryRun === undefined ? {} : { dryRun: options.dryRun }),
+    change: { settings, size: target.size, replicas: target.replicas, defaults: target.defaults },
+    rollbackOf: to,
+  });
+}

@@ -1,0 +1,186 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import type { ConfigView, ProposalView, RevisionView } from '../src/api/config.js';
+import type { ClusterView } from '../src/api/view.js';
+import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
+import { startWriter } from './helpers/writer.js';
+
+/** Changing a running cluster's settings (docs/CONFIG.md), end to end: real servers, the real CLI and API, a writer through the proxy. */
+
+interface ErrorBody {
+  error: { code: string; message: string; field?: string };
+}
+
+/** New connections opened one after another through the proxy while a change runs; each runs `select 1`. */
+function startConnector(uri: string): { stop: () => Promise<{ ok: number; failures: string[] }> } {
+  let stopping = false;
+  const failures: string[] = [];
+  let ok = 0;
+  const loop = (async () => {
+    while (!stopping) {
+      const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000, query_timeout: 15_000 });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        await client.query('select 1');
+        ok += 1;
+      } catch (error) {
+        failures.push(error instanceof Error ? error.message : String(error));
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  })();
+  return {
+    async stop() {
+      stopping = true;
+      await loop;
+      return { ok, failures };
+    },
+  };
+}
+
+describe('configuration changes', () => {
+  let cellar: TestCellar;
+  let cluster: ClusterView;
+  let superuserPassword: string;
+
+  /** SHOW on every instance of the cluster, straight to its port (not through the proxy). */
+  async function showEverywhere(name: string): Promise<string[]> {
+    const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    return Promise.all(view.instances.map(async (instance) => {
+      const rows = await queryUri<{ value: string }>(`postgresql://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${instance.port ?? 0}/postgres?sslmode=disable`, `select current_setting($1) as value`, [name]);
+      return rows[0]?.value ?? '';
+    }));
+  }
+
+  const revisionsOf = async (): Promise<RevisionView[]> => (await cellar.api<{ revisions: RevisionView[] }>('GET', '/v1/clusters/app/config/revisions')).body.revisions;
+
+  before(async () => {
+    cellar = await TestCellar.create({ CELLAR_DRIFT_CHECK_MS: '1000' });
+    await cellar.start();
+    cluster = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--replicas', '1', '--wait']);
+    await queryUri(cluster.uri as string, 'create table acked (id bigint primary key)');
+    const [row] = await cellar.storeQuery<{ password: string }>(`select secrets ->> 'superuserPassword' as password from clusters where name = 'app'`);
+    superuserPassword = row?.password ?? '';
+    // The catalogue is read from the first running primary of the version.
+    await eventually('the parameter catalogue', async () => {
+      const response = await cellar.api<ProposalView | ErrorBody>('POST', '/v1/clusters/app/config', { settings: { work_mem: '5MB' }, dryRun: true });
+      return response.status === 200 ? true : undefined;
+    }, 30_000, 100);
+  });
+
+  after(async () => {
+    await cellar.destroy();
+  });
+
+  test('bad values, platform-owned parameters and impossible sizes are refused with the field and the limit, and nothing changes', async () => {
+    const before = await revisionsOf();
+    const configBefore = (await cellar.api<ConfigView>('GET', '/v1/clusters/app/config')).body;
+    const cases: { body: Record<string, unknown>; field: string; says: RegExp; status?: number }[] = [
+      { body: { settings: { listen_addresses: '*' } }, field: 'settings.listen_addresses', says: /managed by Cellar/ },
+      { body: { settings: { port: '5433' } }, field: 'settings.port', says: /managed by Cellar/ },
+      { body: { settings: { archive_command: '/bin/true' } }, field: 'settings.archive_command', says: /managed by Cellar/ },
+      { body: { settings: { ssl_cert_file: '/etc/passwd' } }, field: 'settings.ssl_cert_file', says: /managed by Cellar/ },
+      { body: { settings: { shared_preload_libraries: 'auto_explain' } }, field: 'settings.shared_preload_libraries', says: /managed by Cellar/ },
+      { body: { settings: { synchronous_commit: 'off' } }, field: 'settings.synchronous_commit', says: /managed by Cellar/ },
+      { body: { settings: { primary_conninfo: 'host=evil' } }, field: 'settings.primary_conninfo', says: /managed by Cellar/ },
+      { body: { settings: { log_directory: '/root' } }, field: 'settings.log_directory', says: /managed by Cellar/ },
+      { body: { settings: { no_such_parameter: '1' } }, field: 'settings.no_such_parameter', says: /not a parameter/ },
+      { body: { settings: { work_mem: 'lots' } }, field: 'settings.work_mem', says: /not a number/ },
+      { body: { settings: { work_mem: '8parsecs' } }, field: 'settings.work_mem', says: /unit "parsecs"/ },
+      { body: { settings: { work_mem: '1kB' } }, field: 'settings.work_mem', says: /below the minimum 64/ },
+      { body: { settings: { max_connections: '9999999' } }, field: 'settings.max_connections', says: /above the maximum 262143/ },
+      { body: { settings: { jit: 'maybe' } }, field: 'settings.jit', says: /not a boolean/ },
+      { body: { settings: { log_min_messages: 'loud' } }, field: 'settings.log_min_messages', says: /not one of/ },
+      { body: { settings: { shared_buffers: '4GB' } }, field: 'settings.shared_buffers', says: /instance's memory of 1024 MB/ },
+      { body: { settings: { block_size: '16384' } }, field: 'settings.block_size', says: /cannot be changed/ },
+      { body: { settings: { work_mem: null } }, field: 'settings.work_mem', says: /not set on this cluster/ },
+      { body: { settings: { 'Bad-Name': '1' } }, field: 'settings.Bad-Name', says: /not a parameter name/ },
+      { body: { size: 'huge' }, field: 'size', says: /micro, small, medium, large/ },
+      { body: { replicas: 9 }, field: 'replicas', says: /0 to 5/ },
+      { body: { replicas: 1 }, field: 'change', says: /changes nothing/ },
+    ];
+    for (const { body, field, says } of cases) {
+      const response = await cellar.api<ErrorBody>('POST', '/v1/clusters/app/config', body);
+      assert.equal(response.status, 400, `${JSON.stringify(body)} → ${response.status} ${JSON.stringify(response.body)}`);
+      assert.equal(response.body.error.field, field, JSON.stringify(response.body));
+      assert.match(response.body.error.message, says, JSON.stringify(response.body));
+    }
+    const cli = await cellar.cli(['config', 'set', 'app', 'hba_file=/tmp/x', '--json']);
+    assert.equal(cli.code, 1);
+    assert.equal((JSON.parse(cli.stdout) as ErrorBody).error.field, 'settings.hba_file');
+    assert.deepEqual(await revisionsOf(), before, 'no revision was added');
+    assert.deepEqual((await cellar.api<ConfigView>('GET', '/v1/clusters/app/config')).body, configBefore, 'the configuration did not change');
+  });
+
+  test('the plan says how each parameter takes effect, and a dry run changes nothing', async () => {
+    const plan = await cellar.cliJson<ProposalView>(['config', 'set', 'app', 'work_mem=6MB', 'max_connections=90', '--dry-run']);
+    assert.equal(plan.dryRun, true);
+    assert.deepEqual(plan.plan.settings.map((change) => [change.name, change.apply]), [['max_connections', 'restart'], ['work_mem', 'reload']]);
+    // Lowering max_connections: replicas may never have less than their primary, so the primary goes first.
+    assert.equal(plan.plan.order, 'primaryFirst');
+    const raise = await cellar.cliJson<ProposalView>(['config', 'set', 'app', 'max_connections=120', '--dry-run']);
+    assert.equal(raise.plan.order, 'replicasFirst');
+    assert.equal(raise.plan.switchover, true);
+    assert.ok(raise.plan.expectedWritePauseMs > 0);
+    assert.equal((await revisionsOf()).length, 1);
+  });
+
+  test('a reload parameter reaches every instance', async () => {
+    const applied = await cellar.cliJson<ProposalView & { state: string }>(['config', 'set', 'app', 'work_mem=7MB', '--reason', 'bigger sorts', '--wait']);
+    assert.equal(applied.state, 'applied');
+    assert.equal(applied.plan.restart, false);
+    assert.deepEqual(await showEverywhere('work_mem'), ['7MB', '7MB']);
+  });
+
+  test('a restart parameter rolls through the instances under a writer; new connections all succeed; history and rollback', async () => {
+    const uri = cluster.uri as string;
+    const writer = startWriter(uri, 'acked');
+    await eventually('some acknowledged writes', async () => (writer.stats.acknowledged.length >= 20 ? true : undefined), 20_000, 20);
+    const connector = startConnector(uri);
+    const before = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const applied = await cellar.cliJson<ProposalView & { state: string }>(['config', 'set', 'app', 'max_connections=120', '--wait']);
+    assert.equal(applied.state, 'applied');
+    assert.deepEqual(await showEverywhere('max_connections'), ['120', '120']);
+    const afterChange = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const primaryOf = (view: ClusterView): string | undefined => view.instances.find((instance) => instance.role === 'primary')?.id;
+    assert.notEqual(primaryOf(afterChange), primaryOf(before), 'the primary moved by a switchover');
+
+    const history = await cellar.cliJson<RevisionView[]>(['config', 'history', 'app']);
+    assert.deepEqual(history.map((revision) => revision.revision), [3, 2, 1]);
+    assert.deepEqual(history[0]?.diff, [{ name: 'max_connections', from: null, to: '120' }]);
+    assert.equal(history[1]?.reason, 'bigger sorts');
+
+    const rolledBack = await cellar.cliJson<ProposalView & { state: string }>(['config', 'rollback', 'app', '2', '--wait']);
+    assert.equal(rolledBack.state, 'applied');
+    assert.equal(rolledBack.plan.order, 'primaryFirst', 'max_connections goes down: the primary first');
+    assert.deepEqual(await showEverywhere('max_connections'), ['100', '100']);
+    assert.deepEqual(await showEverywhere('work_mem'), ['7MB', '7MB']);
+    const [latest] = await revisionsOf();
+    assert.equal(latest?.rollbackOf, 2);
+
+    const connections = await connector.stop();
+    const stats = await writer.stop();
+    assert.deepEqual(connections.failures, [], 'every new connection through the proxy succeeded');
+    assert.ok(connections.ok > 0);
+    const stored = new Set((await queryUri<{ id: string }>(uri, 'select id from acked')).map((row) => Number(row.id)));
+    assert.deepEqual(stats.acknowledged.filter((id) => !stored.has(id)), [], 'every acknowledged write is there');
+  });
+
+  test('a setting changed by hand on an instance is reported and put back', async () => {
+    const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const replica = view.instances.find((instance) => instance.role === 'replica');
+    assert.ok(replica?.port);
+    const target = `postgresql://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${replica.port}/postgres?sslmode=disable`;
+    await queryUri(target, `alter system set work_mem = '13MB'`);
+    await queryUri(target, 'select pg_reload_conf()');
+    await eventually('the drift to be reported and repaired', async () => {
+      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      return shown.events.some((event) => event.code === 'settings_drift_repaired' && event.reason.includes(replica.id) && event.reason.includes('work_mem')) ? true : undefined;
+    }, 30_000, 200);
+    await eventually('work_mem back to the revision', async () => ((await queryUri<{ value: string }>(target, 'show work_mem'))[0]?.value === '7MB' ? true : undefined), 10_000, 50);
+  });
+});
