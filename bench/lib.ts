@@ -7,6 +7,7 @@ import pg from 'pg';
 import { freePort } from '../src/lib/net.js';
 import { isAlive } from '../test/helpers/process.js';
 import { ClusterUsers } from '../src/postgres/osuser.js';
+import { readCredentials } from '../src/lib/credentials.js';
 
 /**
  * Helpers shared by bench/ programs: bounded child processes, raw Postgres servers started by pid,
@@ -34,6 +35,8 @@ const logLinesMax = 20_000;
 const portRangeSize = 40;
 const connectTimeoutMs = 5_000;
 const queryTimeoutMs = 10_000;
+/** A bench polls the store from one loop at a time. */
+const storePoolSize = 2;
 const fileCreateProbeCount = 200;
 /** pino's numeric level for warn. */
 const pinoWarnLevel = 40;
@@ -341,6 +344,7 @@ export class BenchCellar {
   private child: ChildProcess | null = null;
   private output = new OutputTail();
   private stderrRest = '';
+  private pool: pg.Pool | null = null;
   readonly timedLogLines: TimedLogLine[] = [];
   readonly durationLogLines: DurationLogLine[] = [];
   readonly warningLogLines: WarningLogLine[] = [];
@@ -444,9 +448,44 @@ export class BenchCellar {
     return JSON.parse(result.stdout) as T;
   }
 
+  /** One API request with the token `cellar up` wrote, bounded; the status and the parsed JSON body. */
+  async api<T>(method: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; body: T }> {
+    const credentials = await readCredentials(this.env['CELLAR_HOME'] as string);
+    if (credentials === null) throw new Error(`no credentials in ${this.env['CELLAR_HOME']}: is cellar up running?`);
+    const response = await fetch(new URL(path, credentials.api), {
+      method,
+      headers: { authorization: `Bearer ${credentials.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = text === '' ? null : JSON.parse(text);
+    } catch {
+      parsed = text;
+    }
+    return { status: response.status, body: parsed as T };
+  }
+
+  /** A pool on this Cellar's embedded store, for what the API does not show (machines, catalogues); ended by destroy. */
+  async storePool(): Promise<pg.Pool> {
+    if (this.pool !== null) return this.pool;
+    const state = JSON.parse(await readFile(join(this.env['CELLAR_HOME'] as string, 'store.json'), 'utf8')) as { port: number; password: string };
+    this.pool = new pg.Pool({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar', max: storePoolSize, connectionTimeoutMillis: connectTimeoutMs, query_timeout: queryTimeoutMs });
+    this.pool.on('error', () => {});
+    return this.pool;
+  }
+
+  async storeQuery<R extends pg.QueryResultRow>(sql: string, params: readonly unknown[] = []): Promise<R[]> {
+    return (await (await this.storePool()).query<R>(sql, [...params])).rows;
+  }
+
   /** Stops `cellar up` by its pid, runs `cellar down`, stops anything left by pid, removes the dir. */
   async destroy(): Promise<string[]> {
     const problems: string[] = [];
+    await this.pool?.end().catch((error: unknown) => problems.push(`ending the store pool: ${String(error)}`));
+    this.pool = null;
     const child = this.child;
     if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
       child.kill('SIGINT');
