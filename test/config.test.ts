@@ -221,6 +221,24 @@ describe('configuration changes', () => {
     await eventually('writes through the proxy', async () => ((await queryUri(uri, 'insert into acked (id) values (-1) on conflict do nothing')) ? true : undefined), 30_000, 100);
   });
 
+  test('a change resumes after the control plane is killed in the middle of its rolling restart', async () => {
+    const proposal = (await cellar.api<ProposalView>('POST', '/v1/clusters/app/config', { settings: { max_connections: '110' } })).body;
+    assert.ok(proposal.revision);
+    await eventually('the change to be restarting instances', async () => {
+      const [latest] = await revisionsOf();
+      return latest?.step === 'restartReplicas' || latest?.step === 'switchover' ? true : undefined;
+    }, 30_000, 20);
+    await cellar.stop('SIGKILL');
+    await cellar.start();
+    const applied = await eventually('the change to finish after the restart', async () => {
+      const found = (await revisionsOf()).find((revision) => revision.revision === proposal.revision);
+      if (found?.state === 'failed') throw new Error(`revision ${proposal.revision} failed: ${found.error ?? '?'}`);
+      return found?.state === 'applied' ? found : undefined;
+    }, 120_000, 200);
+    assert.equal(applied.revision, proposal.revision);
+    assert.deepEqual(await showEverywhere('max_connections'), ['110', '110']);
+  });
+
   test('a setting changed by hand on an instance is reported and put back', async () => {
     const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
     const replica = view.instances.find((instance) => instance.role === 'replica');

@@ -71,7 +71,7 @@ describe("a deleted cluster's backups", () => {
     assert.equal(Date.parse(listed.purgeAt) - Date.parse(listed.deletedAt), 7 * 24 * 3_600_000, 'purged after the default retention');
     assert.ok(listed.window.earliest !== null && listed.window.latestLsn !== null);
     const reborn = await cellar.cliJson<ClusterView>(['backups', 'restore', '--backup', backup.id, '--to', 'reborn', '--wait']);
-    assert.equal(reborn.state, 'running');
+    assert.equal(reborn.state, 'running', reborn.error ?? '');
     assert.deepEqual(await ids(reborn.uri as string), range(1, 20));
   });
 
@@ -151,7 +151,7 @@ describe("a deleted cluster's backups", () => {
     const restore = await cellar.api<ErrorBody>('POST', `/v1/backups/${backup.id}/restore`, { to: 'too-late' });
     assert.equal(restore.status, 404);
     const reborn = await cellar.cliJson<ClusterView>(['clusters', 'show', 'reborn']);
-    assert.equal(reborn.state, 'running');
+    assert.equal(reborn.state, 'running', reborn.error ?? '');
     assert.deepEqual(await ids(reborn.uri as string), range(1, 20));
     assert.ok((await backupArea(cellar, reborn.id)) !== null, "a live cluster's own area stays");
     if (runsAsRoot) assert.ok((await lookupUser(clusterUserName(reborn.id))) !== undefined, "a live cluster's OS user stays");

@@ -2,6 +2,7 @@ import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { ChangeId } from '../lib/ids.js';
+import { lsnToBigInt } from '../lib/lsn.js';
 import { replicasMax } from '../lib/sizes.js';
 import { hasReplicas, isStreamingReplica } from './cluster.js';
 import { instanceKind, instanceSpec } from './instance.js';
@@ -24,6 +25,12 @@ export interface ChangeData extends Record<string, unknown> {
   readonly sinceMs?: number;
   /** The primary restarted in place (primaryFirst order), so the replicas come next. */
   readonly primaryDone?: boolean;
+  /**
+   * The primary's WAL position once it was back from its restart: past the record of its new
+   * parameter values. A replica restarts only once it has replayed that far, or it would start
+   * with less than its control file says the primary has, and refuse to recover.
+   */
+  readonly primaryRestartLsn?: string;
   /** The primary a switchover moves away from, and how often it was asked for. */
   readonly oldPrimaryId?: string;
   readonly switchoverAttempts?: number;
@@ -54,12 +61,14 @@ function innerLimitMs(label: ChangeLabel): number {
   switch (label) {
     case 'apply':
       return dataPlaneLimitsMs.configure;
-    case 'restartReplicas':
+    case 'restartReplicas': // every replica's settings, and one's replay position
+      return (replicasMax + 1) * dataPlaneLimitsMs.settings + dataPlaneLimitsMs.status;
     case 'confirm':
       return (replicasMax + 1) * dataPlaneLimitsMs.settings;
     case 'switchover':
-    case 'restartPrimary':
       return dataPlaneLimitsMs.settings;
+    case 'restartPrimary':
+      return dataPlaneLimitsMs.settings + dataPlaneLimitsMs.status;
     default:
       return 0;
   }
@@ -193,6 +202,14 @@ async function restartReplicas(context: Context): Promise<Result> {
   for (const replica of instances.filter((instance) => instance.role === 'replica' && serving(instance))) {
     const pending = await pendingRestart(context, cluster, replica);
     if (pending.length === 0) continue;
+    if (data.primaryRestartLsn !== undefined) {
+      const replayed = (await context.ports.dataPlane.status(instanceSpec(cluster, replica))).lsn;
+      if (replayed === undefined || lsnToBigInt(replayed) < lsnToBigInt(data.primaryRestartLsn)) {
+        const since = data.sinceMs ?? nowMs(context);
+        if (nowMs(context) - since > restartWaitMsMax) return undo(context, `replica ${replica.id} did not replay the primary's restart (${data.primaryRestartLsn}) within ${restartWaitMsMax} ms (at ${replayed ?? 'unknown'})`);
+        return nap(changePollMs, { data: { ...data, sinceMs: since } });
+      }
+    }
     await store.setInRoute(replica.id, false);
     await store.raiseSignal(instanceKind, replica.id, 'restart');
     return nap(changePollMs, { data: { ...data, restarting: replica.id, sinceMs: nowMs(context) }, reason: `restarting replica ${replica.id} for ${pending.join(', ')} (out of the routes until it streams again)`, code: 'replica_restarting' });
@@ -222,7 +239,9 @@ async function restartPrimary(context: Context): Promise<Result> {
   }
   if (primary.id === data.restarting && serving(primary) && primary.observed.accepting === true && primary.observed.inRecovery === false) {
     await store.setRoutePaused(cluster.id, false);
-    return hop(next, { data: { ...kept(context), primaryDone: true }, reason: `primary ${primary.id} restarted with the new settings: route resumed`, code: 'primary_restarted' });
+    const back = await context.ports.dataPlane.status(instanceSpec(cluster, primary));
+    const lsn = back.lsn === undefined ? {} : { primaryRestartLsn: back.lsn };
+    return hop(next, { data: { ...kept(context), primaryDone: true, ...lsn }, reason: `primary ${primary.id} restarted with the new settings: route resumed`, code: 'primary_restarted' });
   }
   const startFailure = primary.id === data.restarting ? failsToStart(context, primary) : null;
   if (startFailure !== null || nowMs(context) - (data.sinceMs ?? nowMs(context)) > restartWaitMsMax) {

@@ -167,7 +167,19 @@ async function running(context: Context): Promise<Result> {
   if (scaled !== null) return scaled;
   const synced = await maintainSync(context, cluster, instances, primary);
   if (synced !== null) return nap(watchNapMs, synced);
-  return (await keepSettings(context, cluster, instances, primary)) ?? nap(watchNapMs);
+  return (await keepSettingsSafely(context, cluster, instances, primary)) ?? nap(watchNapMs);
+}
+
+/** Watching settings is a side task: what fails in it is said (once) and tried again later, never a failure of the cluster. */
+async function keepSettingsSafely(context: Context, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  try {
+    return await keepSettings(context, cluster, instances, primary);
+  } catch (error) {
+    if (context.abort.aborted) throw error;
+    const data = { ...context.machine.data, driftCheckedMs: nowMs(context) };
+    const reason = `could not check the instances' settings: ${(error instanceof Error ? error.message : String(error)).split('\n')[0] ?? ''}`;
+    return nap(watchNapMs, context.machine.data.announced === reason ? { data } : { data: { ...data, announced: reason }, reason, code: 'settings_check_failed' });
+  }
 }
 
 /**
