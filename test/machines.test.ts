@@ -93,6 +93,10 @@ class FakeDataPlane implements DataPlane {
     return [];
   }
 
+  async checkpoint(spec: InstanceSpec): Promise<void> {
+    this.calls.push(`checkpoint ${spec.instanceId}`);
+  }
+
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     this.calls.push(`settings ${spec.instanceId}`);
     return [];
@@ -726,7 +730,7 @@ describe('cluster machine, label by label', () => {
     assert.equal(caughtUp.type === 'hop' && caughtUp.label, 'stopPrimary');
     const stoppedPrimary = await step(clusterMachine, 'stopPrimary', clusterId, h, { data: behind });
     assert.equal(stoppedPrimary.type === 'hop' && stoppedPrimary.label, 'promote');
-    assert.deepEqual(h.dataPlane.calls, [`stop ${primaryId} fast`]);
+    assert.deepEqual(h.dataPlane.calls, [`checkpoint ${primaryId}`, `stop ${primaryId} fast`], 'a checkpoint while writes flow, then the clean stop');
   });
 
   test('moving off a draining host: a replica there is replaced first, and deleted only once the new one streams', async () => {

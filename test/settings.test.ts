@@ -72,7 +72,7 @@ describe('settings: catalogue and validation', () => {
   });
 
   test('every parameter the issue names as the platform\'s is refused', () => {
-    for (const name of ['listen_addresses', 'port', 'data_directory', 'hba_file', 'ident_file', 'archive_command', 'archive_mode', 'restore_command', 'primary_conninfo', 'primary_slot_name', 'synchronous_standby_names', 'wal_level', 'hot_standby', 'cluster_name', 'ssl_cert_file', 'unix_socket_directories', 'shared_preload_libraries', 'session_preload_libraries', 'local_preload_libraries']) {
+    for (const name of ['listen_addresses', 'port', 'data_directory', 'hba_file', 'ident_file', 'archive_command', 'archive_mode', 'restore_command', 'primary_conninfo', 'primary_slot_name', 'synchronous_standby_names', 'wal_level', 'hot_standby', 'cluster_name', 'ssl_cert_file', 'unix_socket_directories', 'shared_preload_libraries', 'session_preload_libraries', 'local_preload_libraries', 'log_filename', 'logging_collector', 'log_directory', 'external_pid_file', 'max_wal_senders', 'max_replication_slots']) {
       assert.ok(isPlatformOwned(name), name);
     }
     assert.equal(isPlatformOwned('work_mem'), false);

@@ -55,6 +55,7 @@ export class AgentOperations {
         return driver.configure(spec(args));
       },
       settings: (args) => driver.settings(spec(args)),
+      checkpoint: (args) => driver.checkpoint(spec(args)),
       follow: async (args) => {
         await specs.record(spec(args));
         await driver.follow(spec(args), upstream(args));

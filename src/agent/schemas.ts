@@ -74,6 +74,7 @@ const argumentLists: Record<AgentOperation, { readonly required: readonly object
   allowPeers: { required: [spec] },
   configure: { required: [spec] },
   settings: { required: [spec] },
+  checkpoint: { required: [spec] },
   follow: { required: [spec, upstream] },
   promote: { required: [spec] },
   dropSlot: { required: [upstream, secrets] },

@@ -156,6 +156,7 @@ export const dataPlaneLimitsMs = {
   setSynchronousStandbys: 30_000,
   allowPeers: 30_000,
   configure: 30_000,
+  checkpoint: 60_000,
   settings: 15_000,
   follow: minuteMs,
   promote: 90_000,
@@ -219,6 +220,11 @@ export interface DataPlane {
    * server cannot parse (by hand, above the include) fails it at once (PermanentError naming it).
    */
   configure(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
+  /**
+   * A CHECKPOINT on a running server, now: before a switchover stops a primary, so that its
+   * shutdown checkpoint (inside the write pause) has little left to write. No-op when stopped.
+   */
+  checkpoint(spec: InstanceSpec): Promise<void>;
   /** The running server's `pg_settings`, every row; a stopped server, or one that cannot be queried, is an error. */
   settings(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
   /**

@@ -128,7 +128,6 @@ export const eventCodes = {
   change_rolled_back: 'a configuration change could not be applied (an instance does not start with it): the revision before it is applied again, as a new revision',
   restart_requested_for_change: 'the instance restarts (asked by a configuration change or a drift repair)',
   catalogue_read: 'the parameter catalogue of a Postgres version was read from a running instance',
-  settings_drift_detected: 'an instance\'s settings differ from its tracked revision (a hand edit, ALTER SYSTEM)',
   settings_check_failed: 'the cluster could not read or repair its instances\' settings this time (it tries again at the next check); the cluster is not affected',
   settings_drift_repaired: 'a drifted instance\'s configuration was put back',
 } as const;

@@ -75,6 +75,10 @@ const platformOwnedNames: ReadonlySet<string> = new Set([
   'wal_keep_size', 'wal_retrieve_retry_interval', 'password_encryption', 'max_slot_wal_keep_size',
   'dynamic_library_path', 'jit_provider', 'allow_system_table_mods', 'zero_damaged_pages', 'ignore_system_indexes',
   'ignore_checksum_failure', 'ignore_invalid_pages', 'event_source', 'krb_server_keyfile',
+  // The log goes where Cellar reads it; a log file name can climb out of its directory ('../').
+  'logging_collector', 'log_filename', 'allow_in_place_tablespaces',
+  // Replication needs a sender and a slot per replica; the control plane's own statements must be able to write.
+  'max_wal_senders', 'max_replication_slots', 'default_transaction_read_only',
 ]);
 
 /** …and by shape: families the platform owns, and names that are paths, commands or libraries. */

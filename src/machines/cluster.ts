@@ -79,6 +79,8 @@ function innerLimitMs(label: ClusterLabel): number {
       return dataPlaneLimitsMs.status;
     case 'catchUp':
       return 2 * dataPlaneLimitsMs.status;
+    case 'pause':
+      return dataPlaneLimitsMs.checkpoint;
     case 'promote':
       return dataPlaneLimitsMs.promote + dataPlaneLimitsMs.status;
     case 'repoint':
@@ -491,9 +493,21 @@ function compareLsn(a: string | undefined, b: string | undefined): number {
   return left > right ? 1 : left < right ? -1 : 0;
 }
 
-/** Switchover: new connections wait in the proxy instead of reaching the primary being replaced. */
+/**
+ * Switchover: a checkpoint while writes still flow, so that the old primary's shutdown checkpoint
+ * (inside the write pause) has little left to write; then new connections wait in the proxy
+ * instead of reaching the primary being replaced. The checkpoint only shortens the pause: if it
+ * fails, the switchover goes on without it.
+ */
 async function pause(context: Context): Promise<Result> {
-  await context.ports.store.setRoutePaused(clusterIdOf(context), true);
+  const { store, dataPlane } = context.ports;
+  const old = await load(context, context.machine.data.oldPrimaryId);
+  try {
+    await dataPlane.checkpoint(instanceSpec(await store.cluster(clusterIdOf(context)), old));
+  } catch (error) {
+    if (context.abort.aborted) throw error;
+  }
+  await store.setRoutePaused(clusterIdOf(context), true);
   return hop('catchUp', { data: { ...context.machine.data, sinceMs: nowMs(context) }, reason: 'route paused: new connections wait', code: 'route_paused' });
 }
 

@@ -454,6 +454,15 @@ export class LocalDataPlane implements DataPlane {
     });
   }
 
+  async checkpoint(spec: InstanceSpec): Promise<void> {
+    return this.bounded('checkpoint', async () => {
+      const paths = this.paths(spec.instanceId);
+      const pidFile = await readPostmasterPid(paths.pgdata);
+      if ((await serverPid(paths.pgdata)) === undefined || pidFile?.port === undefined) return;
+      await checkpointLocal(paths.run, pidFile.port);
+    });
+  }
+
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return this.bounded('settings', async () => {
       const paths = this.paths(spec.instanceId);

@@ -146,6 +146,10 @@ export class AgentClient implements DataPlane {
     return (await this.call('configure', [spec])) as ServerSetting[];
   }
 
+  async checkpoint(spec: InstanceSpec): Promise<void> {
+    await this.call('checkpoint', [spec]);
+  }
+
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return (await this.call('settings', [spec])) as ServerSetting[];
   }

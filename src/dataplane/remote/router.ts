@@ -184,6 +184,10 @@ export class HostRouter implements DataPlane {
     return this.atAddress(spec.host, (plane) => plane.configure(spec));
   }
 
+  async checkpoint(spec: InstanceSpec): Promise<void> {
+    return this.atAddress(spec.host, (plane) => plane.checkpoint(spec));
+  }
+
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return this.atAddress(spec.host, (plane) => plane.settings(spec));
   }
