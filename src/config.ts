@@ -55,6 +55,7 @@ export interface Config {
   /** Running clusters of the default spec kept ready for creates to adopt; 0 turns the pool off. */
   readonly warmPoolSize: number;
   readonly ha: HaSettings;
+  readonly storage: StorageSettings;
   /** The backup store's directory; null: `$CELLAR_HOME/backups` (or under the data dir when the postgres user cannot reach it). */
   readonly backupDir: string | null;
   /** archive_timeout of every instance: bounds the recovery point under slow writes. */
@@ -140,6 +141,15 @@ export interface HaSettings {
   /** How often a cluster compares each instance's effective settings with its revision, and puts back what drifted (docs/CONFIG.md). */
   readonly driftCheckMs: number;
 }
+
+/** Storage that protects the database (docs/STORAGE.md). */
+export interface StorageSettings {
+  /** How often each running instance's use on disk, and the local host's free space, are measured. */
+  readonly usageIntervalMs: number;
+}
+
+export const usageIntervalMsMin = 1_000;
+export const usageIntervalMsMax = 24 * 3_600_000;
 
 /** Each warm cluster is a primary and a replica running idle: a handful is plenty. */
 export const warmPoolSizeMax = 10;
@@ -259,6 +269,9 @@ export function loadConfig(env: Env = process.env): Config {
       replicaDeadMsMax: integer(env, 'CELLAR_REPLICA_DEAD_MS', 60_000, 1_000, 24 * 3_600_000, problems),
       switchoverCatchUpMsMax: integer(env, 'CELLAR_SWITCHOVER_CATCH_UP_MS', 10_000, 100, 3_600_000, problems),
       driftCheckMs: integer(env, 'CELLAR_DRIFT_CHECK_MS', 60_000, 1_000, 24 * 3_600_000, problems),
+    },
+    storage: {
+      usageIntervalMs: integer(env, 'CELLAR_USAGE_INTERVAL_MS', 30_000, usageIntervalMsMin, usageIntervalMsMax, problems),
     },
     hosts: {
       controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',

@@ -1,8 +1,8 @@
 import { HostUnreachableError } from '../src/lib/failure.js';
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../src/dataplane/dataplane.js';
-import type { BackupSettings, HaSettings } from '../src/config.js';
+import type { BackupCheck, BaseBackupInfo, DataPlane, InstanceSpec, InstanceStatus, InstanceUsage, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../src/dataplane/dataplane.js';
+import type { BackupSettings, HaSettings, StorageSettings } from '../src/config.js';
 import { type MachineData, type MachineDefinition, type Outcome, failedLabel, isAllowedHop, toMermaid } from '../src/engine/machine.js';
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
@@ -102,6 +102,15 @@ class FakeDataPlane implements DataPlane {
     return [];
   }
 
+  usage_: InstanceUsage = { dataBytes: 40_000_000, walBytes: 16_777_216, filesystem: { path: '/data', totalBytes: 10e9, freeBytes: 5e9, availableBytes: 4.5e9 } };
+  /** Thrown by usage, as a walk past its cap or an unreadable data directory makes the real one throw. */
+  usageError: Error | null = null;
+  async usage(spec: InstanceSpec): Promise<InstanceUsage> {
+    this.calls.push(`usage ${spec.instanceId}`);
+    if (this.usageError !== null) throw this.usageError;
+    return this.usage_;
+  }
+
   async allowPeers(spec: InstanceSpec): Promise<void> {
     this.calls.push(`allowPeers ${spec.instanceId}`);
   }
@@ -151,6 +160,8 @@ const ha: HaSettings = {
   driftCheckMs: 24 * 3_600_000,
 };
 
+const storage: StorageSettings = { usageIntervalMs: 30_000 };
+
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
 interface Harness {
@@ -166,7 +177,7 @@ function harness(): Harness {
   const dataPlane = new FakeDataPlane();
   const clock = new FakeClock();
   const backups = new FakeBackups();
-  return { store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings } };
+  return { store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage } };
 }
 
 async function step<L extends string, D extends MachineData>(
@@ -298,15 +309,61 @@ describe('instance machine, label by label', () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
     h.dataPlane.status_ = running;
-    const probed = await step(instanceMachine, 'running', primaryId, h);
-    assert.deepEqual(probed, { type: 'nap', ms: livenessIntervalMs, data: { lastProbeMs: h.clock.now, failedProbes: 0 }, wake: [] });
+    const measured = { lastUsageMs: h.clock.now };
+    const probed = await step(instanceMachine, 'running', primaryId, h, { data: measured });
+    assert.deepEqual(probed, { type: 'nap', ms: livenessIntervalMs, data: { lastProbeMs: h.clock.now, failedProbes: 0, ...measured }, wake: [] });
     assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`]);
     const between = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - probeIntervalMs + 1 } });
     assert.deepEqual(between, { type: 'nap', ms: livenessIntervalMs });
     assert.equal(h.store.calls.length, 1, 'no second probe within the interval');
     h.store.update(primaryId, { observed: { ...running, inRecovery: true } });
-    const changed = await step(instanceMachine, 'running', primaryId, h);
+    const changed = await step(instanceMachine, 'running', primaryId, h, { data: measured });
     assert.deepEqual(changed.type === 'nap' && changed.wake, [{ kind: 'cluster', entityId: clusterId }]);
+  });
+
+  test('running: use on disk is measured with the first probe, then only once per usage interval, and kept in the store', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
+    h.dataPlane.status_ = running;
+    const first = await step(instanceMachine, 'running', primaryId, h);
+    assert.deepEqual(first.type === 'nap' && first.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now });
+    assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`, `recordUsage ${primaryId} 40000000+16777216`]);
+    const measuredAt = h.clock.now;
+    h.clock.now += storage.usageIntervalMs - 1;
+    const within = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
+    assert.deepEqual(within.type === 'nap' && within.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: measuredAt }, 'the time of the last measurement is carried');
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 1, 'not measured again within the interval');
+    h.clock.now += 1;
+    const due = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
+    assert.deepEqual(due.type === 'nap' && due.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now });
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 2, 'measured again once the interval has passed');
+  });
+
+  test('running: a usage measurement that fails never makes the instance lost: the last figure stays, it is said once, and tried at the next interval', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
+    h.dataPlane.status_ = running;
+    await step(instanceMachine, 'running', primaryId, h);
+    const figure = (await h.store.instance(primaryId))?.usage;
+    assert.equal(figure?.dataBytes, 40_000_000);
+    h.dataPlane.usageError = new Error('the usage walk visited more than 2000000 entries');
+    h.clock.now += storage.usageIntervalMs;
+    const failed = await step(instanceMachine, 'running', primaryId, h, { data: { lastUsageMs: h.clock.now - storage.usageIntervalMs } });
+    assert.equal(failed.type, 'nap', 'still running: not lost, not restarted');
+    assert.deepEqual(failed.type === 'nap' && failed.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now, usageFailing: true });
+    assert.equal(failed.code, 'usage_unmeasured');
+    assert.match(failed.reason ?? '', /could not measure its use on disk: the usage walk visited more than 2000000 entries; the last figure is kept and it is measured again in 30000 ms/);
+    assert.equal((await h.store.instance(primaryId))?.usage, figure, 'the last figure is kept');
+    h.clock.now += storage.usageIntervalMs;
+    const again = await step(instanceMachine, 'running', primaryId, h, { data: { lastUsageMs: h.clock.now - storage.usageIntervalMs, usageFailing: true } });
+    assert.deepEqual([again.type, again.code], ['nap', undefined], 'a failure that goes on is said once');
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 3, 'tried again at the next interval');
+    h.dataPlane.usageError = null;
+    h.dataPlane.usage_ = { ...h.dataPlane.usage_, dataBytes: 50_000_000 };
+    h.clock.now += storage.usageIntervalMs;
+    const back = await step(instanceMachine, 'running', primaryId, h, { data: { lastUsageMs: h.clock.now - storage.usageIntervalMs, usageFailing: true } });
+    assert.deepEqual(back.type === 'nap' && back.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now });
+    assert.equal((await h.store.instance(primaryId))?.usage?.dataBytes, 50_000_000);
   });
 
   test('running: a primary whose process is gone goes down for its cluster to decide; a replica is restarted', async () => {
@@ -354,7 +411,8 @@ describe('instance machine, label by label', () => {
     h.store.add(primaryId, 'primary', 0, 'running');
     h.dataPlane.status_ = { ...running, accepting: false };
     const first = await step(instanceMachine, 'running', primaryId, h, { data: { failedProbes: ha.unreachableProbesMax - 2 } });
-    assert.deepEqual(first.type === 'nap' && first.data, { lastProbeMs: h.clock.now, failedProbes: ha.unreachableProbesMax - 1 });
+    // Its use on disk is measured all the same: a server that cannot answer may be one whose disk is full.
+    assert.deepEqual(first.type === 'nap' && first.data, { lastProbeMs: h.clock.now, failedProbes: ha.unreachableProbesMax - 1, lastUsageMs: h.clock.now });
     const last = await step(instanceMachine, 'running', primaryId, h, { data: { failedProbes: ha.unreachableProbesMax - 1 } });
     assert.equal(last.type === 'hop' && last.label, 'down');
     assert.match(last.type === 'hop' ? (last.reason ?? '') : '', /3 probes in a row/);
@@ -490,8 +548,8 @@ describe('cluster machine, label by label', () => {
 
   test('desired synchronous standbys per durability', () => {
     const instances: InstanceRecord[] = [
-      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: running, machineLabel: 'running', machineError: null },
-      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, destroyRequested: false, observed: {}, machineLabel: 'starting', machineError: null },
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: running, usage: null, usageMeasuredAt: null, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: 'starting', machineError: null },
     ];
     assert.deepEqual(desiredSyncStandbys('async', instances), []);
     assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
@@ -841,7 +899,7 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: {}, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');

@@ -56,6 +56,7 @@ export class AgentOperations {
       },
       settings: (args) => driver.settings(spec(args)),
       checkpoint: (args) => driver.checkpoint(spec(args)),
+      usage: (args) => driver.usage(spec(args)),
       follow: async (args) => {
         await specs.record(spec(args));
         await driver.follow(spec(args), upstream(args));

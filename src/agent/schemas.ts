@@ -75,6 +75,7 @@ const argumentLists: Record<AgentOperation, { readonly required: readonly object
   configure: { required: [spec] },
   settings: { required: [spec] },
   checkpoint: { required: [spec] },
+  usage: { required: [spec] },
   follow: { required: [spec, upstream] },
   promote: { required: [spec] },
   dropSlot: { required: [upstream, secrets] },

@@ -145,6 +145,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     ha: config.ha,
     backups: new PgBackupRecords(pool, backupMachine),
     backupSettings: config.backups,
+    storage: config.storage,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
   const engine = new Engine({

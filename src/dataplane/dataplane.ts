@@ -73,6 +73,26 @@ export interface ServerSetting {
   readonly foreign: boolean;
 }
 
+/** A filesystem as statfs sees it: its size, what is free, and what an unprivileged writer (Postgres) may still use. */
+export interface FilesystemUsage {
+  /** The directory it was measured at. */
+  readonly path: string;
+  readonly totalBytes: number;
+  readonly freeBytes: number;
+  /** Free to a process that is not root: what Postgres can still write (free less the root reserve). */
+  readonly availableBytes: number;
+}
+
+/** What an instance takes on disk (docs/STORAGE.md, "Measured use"): allocated bytes, not file lengths. */
+export interface InstanceUsage {
+  /** The data directory without pg_wal. */
+  readonly dataBytes: number;
+  /** pg_wal (a link there counts as the link: it is not followed). */
+  readonly walBytes: number;
+  /** The filesystem that holds the data directory. */
+  readonly filesystem: FilesystemUsage;
+}
+
 /** Where a replica streams from. */
 export interface UpstreamRef {
   readonly host: string;
@@ -158,6 +178,7 @@ export const dataPlaneLimitsMs = {
   configure: 30_000,
   checkpoint: 60_000,
   settings: 15_000,
+  usage: 30_000,
   follow: minuteMs,
   promote: 90_000,
   dropSlot: minuteMs,
@@ -227,6 +248,12 @@ export interface DataPlane {
   checkpoint(spec: InstanceSpec): Promise<void>;
   /** The running server's `pg_settings`, every row; a stopped server, or one that cannot be queried, is an error. */
   settings(spec: InstanceSpec): Promise<readonly ServerSetting[]>;
+  /**
+   * What the instance takes on disk, data and WAL apart, and its filesystem's free space: a
+   * bounded walk that follows no link, stopped with an error past a cap on the entries it visits.
+   * Works on a stopped instance too (it reads files only).
+   */
+  usage(spec: InstanceSpec): Promise<InstanceUsage>;
   /**
    * On a primary: a commit waits until any one of these replicas (instance ids) has flushed it;
    * empty means commits do not wait. Takes effect at once (reload); blocked commits are released.

@@ -71,6 +71,7 @@ export const eventCodes = {
   instance_lost: 'the server is gone or cannot be queried',
   host_unreachable: 'the instance\'s host sent no heartbeat for longer than its lease',
   waiting_for_host: 'the instance\'s host is unreachable: it waits (bounded) for the host to come back',
+  usage_unmeasured: 'the instance\'s use on disk could not be measured: the last figure is kept and it is measured again at the next interval',
   not_serving: 'the instance has not served for too long; its cluster replaces it',
   restore_failed: 'the restored server stopped during recovery too many times',
   rejoin_requested: 'the old primary rejoins as a replica of the new primary',

@@ -20,6 +20,10 @@ export interface InstanceData extends Record<string, unknown> {
   readonly waitSinceMs?: number;
   /** Clock time of the last full probe (a query); the process check in between is cheaper. */
   readonly lastProbeMs?: number;
+  /** Clock time its use on disk was last measured (or tried): measured again `storage.usageIntervalMs` later. */
+  readonly lastUsageMs?: number;
+  /** The last measurement failed (said once in an event; the next success clears it). */
+  readonly usageFailing?: boolean;
   /** Full probes in a row that found the process but could not query it. */
   readonly failedProbes?: number;
   /** Clock time the server stopped serving; an instance dead longer than the limit fails. */
@@ -62,7 +66,7 @@ function innerLimitMs(label: InstanceLabel): number {
     case 'waitReady':
       return limits.status;
     case 'running':
-      return limits.alive + limits.status;
+      return limits.alive + limits.status + limits.usage;
     case 'rejoin':
       return limits.rejoin;
     case 'restart':
@@ -250,12 +254,37 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
   const status = await dataPlane.observe(instanceSpec(cluster, instance));
   await store.recordObserved(instance.id, status);
   const wake = healthChanged(instance.observed, status) ? [clusterOf(instance)] : [];
-  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0 }, wake });
+  const usage = await measureWhenDue(context, cluster, instance, now);
+  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0, ...usage.data }, wake, ...usage.event });
   const failedProbes = (data.failedProbes ?? 0) + 1;
   if (instance.role === 'primary' && failedProbes >= ha.unreachableProbesMax) {
     return lost(context, instance, `cannot be queried: ${failedProbes} probes in a row failed`);
   }
-  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes }, wake });
+  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes, ...usage.data }, wake, ...usage.event });
+}
+
+type UsageData = Pick<InstanceData, 'lastUsageMs' | 'usageFailing'>;
+
+/**
+ * Its use on disk, at most once per `storage.usageIntervalMs` (a walk of the data directory is
+ * far dearer than a probe). A measurement that fails never makes the instance lost: the last
+ * figure stays, the failure is said once, and the next interval tries again.
+ */
+async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<{ data: UsageData; event: { reason?: string; code?: 'usage_unmeasured' } }> {
+  const { lastUsageMs, usageFailing } = context.machine.data;
+  const kept: UsageData = { ...(lastUsageMs === undefined ? {} : { lastUsageMs }), ...(usageFailing === true ? { usageFailing } : {}) };
+  const intervalMs = context.ports.storage.usageIntervalMs;
+  if (lastUsageMs !== undefined && now - lastUsageMs < intervalMs) return { data: kept, event: {} };
+  try {
+    await context.ports.store.recordUsage(instance.id, await context.ports.dataPlane.usage(instanceSpec(cluster, instance)));
+    return { data: { lastUsageMs: now }, event: {} };
+  } catch (error) {
+    // An unreachable host is the probe's business (it makes the instance lost on its own terms), not this figure's.
+    if (error instanceof HostUnreachableError) throw error;
+    if (usageFailing === true) return { data: { lastUsageMs: now, usageFailing }, event: {} };
+    const reason = `could not measure its use on disk: ${(error as Error).message}; the last figure is kept and it is measured again in ${intervalMs} ms`;
+    return { data: { lastUsageMs: now, usageFailing: true }, event: { reason, code: 'usage_unmeasured' } };
+  }
 }
 
 function healthChanged(before: Partial<InstanceStatus>, after: InstanceStatus): boolean {

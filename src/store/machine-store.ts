@@ -1,4 +1,4 @@
-import type { InstanceStatus } from '../dataplane/dataplane.js';
+import type { InstanceStatus, InstanceUsage } from '../dataplane/dataplane.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
@@ -28,12 +28,14 @@ interface InstanceRow {
   in_route: boolean;
   destroy_requested: boolean;
   observed: Partial<InstanceStatus>;
+  usage: InstanceUsage | null;
+  usage_measured_at: Date | null;
   machine_label: string | null;
   machine_error: string | null;
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, m.label as machine_label, m.last_error as machine_error,
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, i.usage, i.usage_measured_at, m.label as machine_label, m.last_error as machine_error,
        coalesce(m.label = 'destroy' or exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy'), false) as destroy_requested
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
@@ -56,6 +58,8 @@ function toInstance(row: InstanceRow): InstanceRecord {
     inRoute: row.in_route,
     destroyRequested: row.destroy_requested,
     observed: row.observed,
+    usage: row.usage,
+    usageMeasuredAt: row.usage_measured_at,
     machineLabel: row.machine_label ?? 'start',
     machineError: row.machine_error,
   };
@@ -231,6 +235,10 @@ export class PgMachineStore implements MachineStore {
 
   async recordObserved(instanceId: InstanceId, observed: InstanceStatus): Promise<void> {
     await this.db.query('update instances set observed = $2, observed_at = now() where id = $1', [instanceId, observed]);
+  }
+
+  async recordUsage(instanceId: InstanceId, usage: InstanceUsage): Promise<void> {
+    await this.db.query('update instances set usage = $2, usage_measured_at = now() where id = $1', [instanceId, usage]);
   }
 
   async markInstanceDeleted(instanceId: InstanceId): Promise<void> {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { BaseBackupInfo, ClusterSecrets } from '../../src/dataplane/dataplane.js';
+import type { BaseBackupInfo, ClusterSecrets, InstanceUsage } from '../../src/dataplane/dataplane.js';
 import type { Durability } from '../../src/lib/sizes.js';
 import type { RestartOrder } from '../../src/lib/config-plan.js';
 import type { CatalogueEntry } from '../../src/lib/settings.js';
@@ -28,7 +28,7 @@ export class FakeStore implements MachineStore {
   private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
     this.ordinalMax = Math.max(this.ordinalMax, ordinal);
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {
@@ -101,6 +101,10 @@ export class FakeStore implements MachineStore {
   }
   async recordObserved(id: InstanceId): Promise<void> {
     this.calls.push(`recordObserved ${id}`);
+  }
+  async recordUsage(id: InstanceId, usage: InstanceUsage): Promise<void> {
+    this.calls.push(`recordUsage ${id} ${usage.dataBytes}+${usage.walBytes}`);
+    this.update(id, { usage });
   }
   async markInstanceDeleted(id: InstanceId): Promise<void> {
     this.calls.push(`markInstanceDeleted ${id}`);

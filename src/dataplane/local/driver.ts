@@ -19,6 +19,7 @@ import {
   type InstanceStatus,
   type RejoinMethod,
   type RestoreSource,
+  type InstanceUsage,
   type ServerSetting,
   type UpstreamRef,
 } from '../dataplane.js';
@@ -37,6 +38,7 @@ import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramV
 import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build.js';
 import { bootstrapDataDir, copyDataDir, TemplateCache } from './template.js';
 import { readSettings, reloadAndWait, removeHandSettings } from './settings.js';
+import { measureUsage } from './usage.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
 export const baseBackupMsMax = 60 * 60_000;
@@ -471,6 +473,10 @@ export class LocalDataPlane implements DataPlane {
       if ((await serverPid(paths.pgdata)) === undefined || pidFile?.port === undefined) throw new TransientError(`instance ${spec.instanceId} is not running: settings are read from its running server`);
       return readSettings(paths.pgdata, paths.run, pidFile.port);
     });
+  }
+
+  async usage(spec: InstanceSpec): Promise<InstanceUsage> {
+    return this.bounded('usage', () => measureUsage(this.paths(spec.instanceId).pgdata));
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {

@@ -11,6 +11,7 @@ import {
   type ClusterSecrets,
   type DataPlane,
   type InstanceSpec,
+  type InstanceUsage,
   type ServerSetting,
   type InstanceStatus,
   type RejoinMethod,
@@ -152,6 +153,10 @@ export class AgentClient implements DataPlane {
 
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return (await this.call('settings', [spec])) as ServerSetting[];
+  }
+
+  async usage(spec: InstanceSpec): Promise<InstanceUsage> {
+    return (await this.call('usage', [spec])) as InstanceUsage;
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {

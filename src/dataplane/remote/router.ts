@@ -1,4 +1,4 @@
-import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../dataplane.js';
+import type { BackupCheck, BaseBackupInfo, ClusterSecrets, DataPlane, HostDirectory, HostTarget, InstanceSpec, InstanceStatus, InstanceUsage, RejoinMethod, RestoreSource, ServerSetting, UpstreamRef } from '../dataplane.js';
 import type { InstanceId } from '../../lib/ids.js';
 import { currentAbortSignal, runWithAbortSignal } from '../../lib/abort.js';
 import { HostUnreachableError, PermanentError } from '../../lib/failure.js';
@@ -190,6 +190,10 @@ export class HostRouter implements DataPlane {
 
   async settings(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     return this.atAddress(spec.host, (plane) => plane.settings(spec));
+  }
+
+  async usage(spec: InstanceSpec): Promise<InstanceUsage> {
+    return this.atAddress(spec.host, (plane) => plane.usage(spec));
   }
 
   async setSynchronousStandbys(spec: InstanceSpec, standbys: readonly string[]): Promise<void> {
