@@ -91,6 +91,10 @@ const instanceSchema = {
     lagBytes: { type: ['integer', 'null'] },
     streaming: { type: ['boolean', 'null'] },
     fenced: { type: 'boolean' },
+    dataBytes: { type: ['integer', 'null'], description: 'its data directory on disk, without pg_wal, as last measured' },
+    walBytes: { type: ['integer', 'null'], description: 'its pg_wal on disk, as last measured' },
+    measuredAt: { type: ['string', 'null'] },
+    filesystemAvailableBytes: { type: ['integer', 'null'], description: 'free to Postgres on the filesystem of its data directory' },
   },
 } as const;
 
@@ -103,6 +107,11 @@ const clusterSchema = {
     size: { type: 'string' },
     replicas: { type: 'integer' },
     storageGb: { type: 'integer' },
+    storage: {
+      type: ['object', 'null'],
+      description: "use against the allocation: the primary's data and WAL, as last measured; null before the first measurement",
+      properties: { allocatedGb: { type: 'integer' }, usedBytes: { type: 'integer' }, percent: { type: 'number' }, measuredAt: { type: 'string' } },
+    },
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
     backupIntervalHours: { type: ['integer', 'null'], description: "hours between scheduled base backups; null: the cell's default" },

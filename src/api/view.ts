@@ -1,7 +1,7 @@
 import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { briefFailure } from './failure.js';
 import { lagBytes } from '../lib/lsn.js';
-import { durabilityOf } from '../lib/sizes.js';
+import { bytesPerStorageGb, durabilityOf } from '../lib/sizes.js';
 import { clusterPhase } from '../machines/cluster.js';
 import { instancePhase } from '../machines/instance.js';
 import type { InstanceRecord } from '../machines/ports.js';
@@ -19,6 +19,22 @@ export interface InstanceView {
   streaming: boolean | null;
   /** Out of the routes: an old primary until it has rejoined as a replica. */
   fenced: boolean;
+  /** Its use on disk as last measured (docs/STORAGE.md): the data directory without pg_wal, and pg_wal; null before the first measurement. */
+  dataBytes: number | null;
+  walBytes: number | null;
+  /** When it was measured (ISO time). */
+  measuredAt: string | null;
+  /** What is still free to Postgres on the filesystem holding its data directory. */
+  filesystemAvailableBytes: number | null;
+}
+
+/** The cluster's use against its allocation: the primary's data and WAL. Null before its primary was measured. */
+export interface StorageView {
+  allocatedGb: number;
+  usedBytes: number;
+  /** usedBytes of allocatedGb (binary gigabytes), in percent, one decimal. */
+  percent: number;
+  measuredAt: string;
 }
 
 export interface ClusterView {
@@ -28,6 +44,7 @@ export interface ClusterView {
   size: string;
   replicas: number;
   storageGb: number;
+  storage: StorageView | null;
   version: number;
   /** What the cluster was asked for: sync, sync-strict or async. */
   durability: string;
@@ -72,7 +89,19 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
     lagBytes: lag,
     streaming: instance.role === 'replica' ? (instance.observed.streaming ?? null) : null,
     fenced: instance.fenced,
+    dataBytes: instance.usage?.dataBytes ?? null,
+    walBytes: instance.usage?.walBytes ?? null,
+    measuredAt: instance.usageMeasuredAt?.toISOString() ?? null,
+    filesystemAvailableBytes: instance.usage?.filesystem.availableBytes ?? null,
   };
+}
+
+/** The primary is what the allocation holds the user to: a replica's copy lags it and its own WAL differs. */
+function storageView(allocatedGb: number, primary: InstanceRecord | undefined): StorageView | null {
+  if (primary?.usage == null || primary.usageMeasuredAt === null) return null;
+  const usedBytes = primary.usage.dataBytes + primary.usage.walBytes;
+  const percent = Math.round((usedBytes / (allocatedGb * bytesPerStorageGb)) * 1000) / 10;
+  return { allocatedGb, usedBytes, percent, measuredAt: primary.usageMeasuredAt.toISOString() };
 }
 
 export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): ClusterView {
@@ -89,6 +118,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     size: cluster.spec.size,
     replicas: cluster.spec.replicas,
     storageGb: cluster.spec.storageGb,
+    storage: storageView(cluster.spec.storageGb, primary),
     version: cluster.spec.pgVersion,
     durability: durabilityOf(cluster.spec),
     backupIntervalHours: cluster.spec.backupIntervalHours ?? null,

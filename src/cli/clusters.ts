@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import type { ClusterView } from '../api/view.js';
 import { type EventCode, isEventCode } from '../lib/event-codes.js';
 import { type ApiClient, ApiError, storeUnavailableCode } from './client.js';
-import { type Output, formatTable } from './output.js';
+import { type Output, formatBytes, formatTable } from './output.js';
 
 /** `cellar clusters …`: create, list, show, failover, switchover and delete, each with --json, and --wait on long work. */
 
@@ -91,16 +91,33 @@ function printCluster(out: Output, cluster: ClusterView): void {
   out.line(`${cluster.name} (${cluster.id})  ${cluster.state}`);
   out.line(`  size ${cluster.size}, ${cluster.replicas} replica(s), ${cluster.storageGb} GB, Postgres ${cluster.version}`);
   out.line(`  durability ${cluster.durability}${cluster.replication === null ? '' : `, commits now ${cluster.replication === 'sync' ? 'wait for a replica' : 'do not wait for a replica'}`}`);
+  if (cluster.storage) out.line(`  ${storageLine(cluster)}`);
   if (cluster.archive) out.line(`  ${archiveLine(cluster.archive)}`);
   if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
   if (cluster.readOnlyUri) out.line(`  readOnlyUri   ${cluster.readOnlyUri}`);
   if (cluster.error) out.line(`  error         ${cluster.error}`);
   out.line(
     formatTable(
-      ['INSTANCE', 'ROLE', 'STATE', 'PORT', 'LSN', 'LAG BYTES'],
-      cluster.instances.map((instance) => [instance.id, instance.role, instance.state, String(instance.port ?? '-'), instance.lsn ?? '-', String(instance.lagBytes ?? '-')]),
+      ['INSTANCE', 'ROLE', 'STATE', 'PORT', 'LSN', 'LAG BYTES', 'DATA', 'WAL'],
+      cluster.instances.map((instance) => [
+        instance.id,
+        instance.role,
+        instance.state,
+        String(instance.port ?? '-'),
+        instance.lsn ?? '-',
+        String(instance.lagBytes ?? '-'),
+        instance.dataBytes === null ? '-' : formatBytes(instance.dataBytes),
+        instance.walBytes === null ? '-' : formatBytes(instance.walBytes),
+      ]),
     ).replace(/^/gm, '  '),
   );
+}
+
+/** `storage 1.2 GB of 10 GB (12 %), WAL 48 MB`: the primary's use against the allocation. */
+function storageLine(cluster: ClusterView): string {
+  const storage = cluster.storage as NonNullable<ClusterView['storage']>;
+  const wal = cluster.instances.find((instance) => instance.role === 'primary')?.walBytes ?? null;
+  return `storage       ${formatBytes(storage.usedBytes)} of ${storage.allocatedGb} GB (${storage.percent} %)${wal === null ? '' : `, WAL ${formatBytes(wal)}`}`;
 }
 
 /** WAL archiving at a glance: how far behind, since when, and whether it fails. */

@@ -38,6 +38,8 @@ export const replicasMax = 5;
 export const defaultReplicas = 1;
 export const storageGbMin = 1;
 export const storageGbMax = 16_384;
+/** A cluster's allocation is counted in binary gigabytes, as the host's disk is (docs/STORAGE.md). */
+export const bytesPerStorageGb = 1024 ** 3;
 export const defaultStorageGb = 10;
 export const clusterNameLengthMax = 40;
 export const backupIntervalHoursMin = 1;
