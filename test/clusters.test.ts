@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { HostView } from '../src/api/hosts.js';
 import type { ClusterView } from '../src/api/view.js';
 import { isPortFree } from '../src/lib/net.js';
 import { postmasterPid, queryUri, processesUsing, TestCellar, eventually } from './helpers/cellar.js';
@@ -18,7 +19,8 @@ describe('clusters', () => {
   let app: ClusterView;
 
   before(async () => {
-    cellar = await TestCellar.create();
+    // Use on disk measured every second (the least allowed) instead of every 30 s, so the usage test sees writes soon; a walk of these small data directories takes milliseconds.
+    cellar = await TestCellar.create({ CELLAR_USAGE_INTERVAL_MS: '1000' });
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
   });
@@ -57,6 +59,41 @@ describe('clusters', () => {
     assert.match(human.stdout, /^NAME\s+STATE/m);
     const status = await cellar.cliJson<{ cell: { clusters: number } }>(['status']);
     assert.equal(status.cell.clusters, 1);
+  });
+
+  test('show reports each instance\'s data and WAL on disk, and the cluster\'s use of its allocation, growing after ~20 MB is written', async () => {
+    const primaryOf = (cluster: ClusterView) => cluster.instances.find((instance) => instance.role === 'primary');
+    const before = await eventually('a first measurement of the primary', async () => {
+      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      return shown.storage !== null && primaryOf(shown)?.dataBytes != null ? shown : undefined;
+    }, 10_000);
+    const primaryBefore = primaryOf(before);
+    assert.ok(primaryBefore?.dataBytes && primaryBefore.walBytes && primaryBefore.measuredAt && primaryBefore.filesystemAvailableBytes);
+    // Rows of 1000 bytes stay below TOAST's threshold, so they are stored uncompressed: ~20 MB of table, and as much WAL.
+    await queryUri(app.uri as string, "create table filler as select g as id, repeat('x', 1000) as body from generate_series(1, 20000) g");
+    const after = await eventually('the primary measured again, with the rows', async () => {
+      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const primary = primaryOf(shown);
+      return primary?.dataBytes != null && primary.dataBytes >= (primaryBefore.dataBytes ?? 0) + 18 * 1024 ** 2 && (primary.walBytes ?? 0) > (primaryBefore.walBytes ?? 0) ? shown : undefined;
+    }, 15_000);
+    const primary = primaryOf(after);
+    assert.ok(primary?.measuredAt && primaryBefore.measuredAt && primary.measuredAt > primaryBefore.measuredAt);
+    const storage = after.storage;
+    assert.ok(storage !== null);
+    assert.equal(storage.allocatedGb, after.storageGb);
+    assert.equal(storage.usedBytes, (primary.dataBytes ?? 0) + (primary.walBytes ?? 0), "the cluster's use is its primary's data and WAL");
+    assert.equal(storage.percent, Math.round((storage.usedBytes / (storage.allocatedGb * 1024 ** 3)) * 1000) / 10);
+    assert.ok(storage.percent > (before.storage?.percent ?? Infinity), `percent grew: ${before.storage?.percent} -> ${storage.percent}`);
+    const replica = after.instances.find((instance) => instance.role === 'replica');
+    assert.equal(typeof replica?.dataBytes, 'number', 'replicas are measured too');
+    const human = await cellar.cli(['clusters', 'show', 'app']);
+    assert.match(human.stdout, /^ {2}storage +[\d.]+ [kMG]?B of \d+ GB \([\d.]+ %\), WAL [\d.]+ [kMG]?B$/m);
+    // The control plane's own host: the free space of each filesystem Cellar writes to, every purpose on one.
+    const [local] = await cellar.cliJson<HostView[]>(['hosts', 'list']);
+    const purposes = (local?.filesystems ?? []).flatMap((filesystem) => filesystem.purposes).sort();
+    assert.deepEqual(purposes, ['backups', 'data', 'home']);
+    assert.ok(local?.filesystems?.every((filesystem) => filesystem.totalBytes > 0 && filesystem.availableBytes <= filesystem.freeBytes));
+    assert.match((await cellar.cli(['hosts', 'show', 'local'])).stdout, /data.* on \S+: [\d.]+ [kMGT]?B free of [\d.]+ [kMGT]?B/);
   });
 
   test('bad input gets a 400 naming the field and its limit, and creates nothing', async () => {

@@ -55,9 +55,22 @@ export interface HostView {
   used: { instances: number; memoryMb: number; diskGb: number };
   /** Since the agent's last lease renewal, on the store's clock; null: never renewed. */
   leaseAgeMs: number | null;
+  /** Each filesystem the host writes to (docs/STORAGE.md), as last measured; null: not measured (yet). */
+  filesystems: HostFilesystemView[] | null;
+  filesystemsMeasuredAt: string | null;
   createdAt: string;
   joinedAt: string | null;
   removedAt: string | null;
+}
+
+export interface HostFilesystemView {
+  path: string;
+  /** What Cellar writes there: data, backups, home. */
+  purposes: string[];
+  totalBytes: number;
+  freeBytes: number;
+  /** Free to Postgres (not root): free less the filesystem's root reserve. */
+  availableBytes: number;
 }
 
 export interface HostInstanceView {
@@ -109,6 +122,21 @@ const hostViewSchema = {
     capacity: { type: 'object', properties: { memoryMb: { type: 'integer' }, diskGb: { type: 'integer' }, slots: { type: 'integer' } } },
     used: { type: 'object', properties: { instances: { type: 'integer' }, memoryMb: { type: 'integer' }, diskGb: { type: 'integer' } } },
     leaseAgeMs: { type: ['integer', 'null'], description: "since the agent's last lease renewal; null: never renewed" },
+    filesystems: {
+      type: ['array', 'null'],
+      description: 'each filesystem the host writes to, as last measured; null: not measured (the local host only, for now)',
+      items: {
+        type: 'object',
+        properties: {
+          path: { type: 'string' },
+          purposes: { type: 'array', items: { type: 'string' } },
+          totalBytes: { type: 'integer' },
+          freeBytes: { type: 'integer' },
+          availableBytes: { type: 'integer' },
+        },
+      },
+    },
+    filesystemsMeasuredAt: { type: ['string', 'null'] },
     createdAt: { type: 'string' },
     joinedAt: { type: ['string', 'null'] },
     removedAt: { type: ['string', 'null'] },
@@ -190,6 +218,8 @@ export function hostView(host: HostRecord): HostView {
     capacity: { memoryMb: host.memoryMb, diskGb: host.diskGb, slots: host.slots },
     used: host.used,
     leaseAgeMs: host.leaseAgeMs,
+    filesystems: host.usage?.filesystems.map((filesystem) => ({ ...filesystem, purposes: [...filesystem.purposes] })) ?? null,
+    filesystemsMeasuredAt: host.usageMeasuredAt?.toISOString() ?? null,
     createdAt: host.createdAt.toISOString(),
     joinedAt: host.joinedAt?.toISOString() ?? null,
     removedAt: host.removedAt?.toISOString() ?? null,

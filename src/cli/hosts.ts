@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { HostDetail, HostInstanceView, HostView, HostWithJoinToken } from '../api/hosts.js';
 import type { ApiClient } from './client.js';
-import { type Output, formatTable } from './output.js';
+import { type Output, formatBytes, formatTable } from './output.js';
 
 /** `cellar hosts …`: add a database host (and its join token), list, show, drain, undrain, remove, a fresh token; each with --json. */
 
@@ -64,10 +64,17 @@ function row(host: HostView): string[] {
     `${host.used.memoryMb}/${host.capacity.memoryMb}`,
     `${host.used.diskGb}/${host.capacity.diskGb}`,
     leaseAge(host),
+    dataFree(host),
   ];
 }
 
-const headers = ['NAME', 'ADDRESS', 'ZONE', 'STATE', 'SLOTS', 'MEMORY MB', 'DISK GB', 'LEASE AGE'];
+/** What Postgres may still write on the filesystem of the host's data directory; `-` before it is measured (a remote host, for now). */
+function dataFree(host: HostView): string {
+  const data = host.filesystems?.find((filesystem) => filesystem.purposes.includes('data'));
+  return data === undefined ? '-' : `${formatBytes(data.availableBytes)} of ${formatBytes(data.totalBytes)}`;
+}
+
+const headers = ['NAME', 'ADDRESS', 'ZONE', 'STATE', 'SLOTS', 'MEMORY MB', 'DISK GB', 'LEASE AGE', 'DATA FREE'];
 
 function printToken(out: Output, answer: HostWithJoinToken, verb: string): void {
   if (out.json) return out.result(answer);
@@ -126,6 +133,9 @@ export function registerHostsCommands(program: Command, connect: () => Promise<{
       out.line(formatTable(headers, [row(host)]));
       out.line(`id ${host.id}, agent port ${host.agentPort}${host.local ? ', the local host' : ''}`);
       out.line(`created ${host.createdAt}, joined ${host.joinedAt ?? 'not yet'}`);
+      for (const filesystem of host.filesystems ?? []) {
+        out.line(`  ${filesystem.purposes.join(', ')} on ${filesystem.path}: ${formatBytes(filesystem.availableBytes)} free of ${formatBytes(filesystem.totalBytes)}`);
+      }
       for (const instance of host.instances) out.line(`  ${describeInstance(instance)}`);
     });
 

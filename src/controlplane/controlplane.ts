@@ -35,6 +35,7 @@ import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
+import { HostUsageWatch } from './host-usage.js';
 import { checkStartPaths } from './preflight.js';
 import { StoreSupervisor } from './store-supervisor.js';
 
@@ -64,11 +65,16 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let api: FastifyInstance | null = null;
   let agentListener: AgentListener | null = null;
   let agentSide: AgentSide | null = null;
+  let hostUsage: HostUsageWatch | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
-    if (config.hosts.localHost) await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
+    if (config.hosts.localHost) {
+      const hostId = await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
+      const directories = { data: dataPlane.dataDir, backups: dataPlane.backupDir, home: config.home };
+      hostUsage = new HostUsageWatch({ pool, hostId, directories, intervalMs: config.storage.usageIntervalMs, log: log.child({ component: 'host-usage' }) });
+    }
     await ensureSingletonMachines(pool);
     agentSide = await prepareAgentSide(config, log, pool, options.api);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
@@ -79,6 +85,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
     agentListener = options.api ? await agentSide.listen() : null;
     engine?.start();
+    hostUsage?.start();
     const apiUrl = api === null ? null : `http://${config.apiHost}:${config.apiPort}`;
     const credentials = apiUrl === null ? null : await ensureCredentials(pool, config.home, apiUrl);
     const running = { api, engine, agentListener };
@@ -88,6 +95,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
       credentials,
       engine,
       async stop() {
+        await hostUsage?.stop();
         await supervisor?.stop();
         await running.agentListener?.close();
         await running.api?.close();
@@ -97,6 +105,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
       },
     };
   } catch (error) {
+    await hostUsage?.stop();
     await supervisor?.stop();
     await agentListener?.close();
     await api?.close();

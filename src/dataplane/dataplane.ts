@@ -83,6 +83,16 @@ export interface FilesystemUsage {
   readonly availableBytes: number;
 }
 
+/** One filesystem a host writes to, and what Cellar writes there (`data`, `backups`, `home`). */
+export interface HostFilesystem extends FilesystemUsage {
+  readonly purposes: readonly string[];
+}
+
+/** The free space of each filesystem a host writes to (docs/STORAGE.md, "Measured use"). */
+export interface HostUsage {
+  readonly filesystems: readonly HostFilesystem[];
+}
+
 /** What an instance takes on disk (docs/STORAGE.md, "Measured use"): allocated bytes, not file lengths. */
 export interface InstanceUsage {
   /** The data directory without pg_wal. */

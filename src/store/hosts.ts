@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { DesiredInstance } from '../dataplane/agent-protocol.js';
+import type { HostUsage } from '../dataplane/dataplane.js';
 import { assert } from '../lib/assert.js';
 import { CellarError } from '../lib/errors.js';
 import { type HostId, newId } from '../lib/ids.js';
@@ -42,6 +43,9 @@ export interface HostRecord extends NewHost {
   readonly leaseAgeMs: number | null;
   /** What its live instances use. */
   readonly used: { readonly instances: number; readonly memoryMb: number; readonly diskGb: number };
+  /** The free space of the filesystems it writes to, as last measured, and when; null: not measured (yet). */
+  readonly usage: HostUsage | null;
+  readonly usageMeasuredAt: Date | null;
 }
 
 /** An instance living on a host, as `hosts show` lists it. */
@@ -91,6 +95,8 @@ interface HostRow {
   joined_at: Date | null;
   removed_at: Date | null;
   lease_age_ms: number | null;
+  usage: HostUsage | null;
+  usage_measured_at: Date | null;
   used_instances: number;
   used_memory_mb: number;
   used_disk_gb: number;
@@ -121,13 +127,15 @@ function toRecord(row: HostRow): HostRecord {
     removedAt: row.removed_at,
     leaseAgeMs: row.lease_age_ms === null ? null : Math.max(0, Math.round(row.lease_age_ms)),
     used: { instances: row.used_instances, memoryMb: row.used_memory_mb, diskGb: row.used_disk_gb },
+    usage: row.usage,
+    usageMeasuredAt: row.usage_measured_at,
   };
 }
 
 /** $1: the host kind; $2: memory per size. The memory and disk an instance uses come from its cluster's spec. */
 export const hostSelect = `
 select h.id, h.name, h.address, h.agent_port, h.zone, h.memory_mb, h.disk_gb, h.slots, h.local,
-       h.created_at, h.joined_at, h.removed_at, m.label,
+       h.created_at, h.joined_at, h.removed_at, m.label, h.usage, h.usage_measured_at,
        extract(epoch from clock_timestamp() - h.lease_renewed_at)::double precision * 1000 as lease_age_ms,
        coalesce(u.instances, 0)::int as used_instances,
        coalesce(u.memory_mb, 0)::int as used_memory_mb,

@@ -1,4 +1,4 @@
-import type { HostDirectory, HostTarget } from '../dataplane/dataplane.js';
+import type { HostDirectory, HostTarget, HostUsage } from '../dataplane/dataplane.js';
 import type { InstanceId } from '../lib/ids.js';
 import { newId } from '../lib/ids.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
@@ -42,6 +42,11 @@ export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity, hos
     if (row !== undefined && row.label === hostMachine.initial) await raiseSignal(client, row.id, hostJoinedSignal);
     return id;
   });
+}
+
+/** The free space of the host's filesystems as just measured, stamped with the store's clock. */
+export async function recordHostUsage(db: Queryable, hostId: string, usage: HostUsage): Promise<void> {
+  await db.query('update hosts set usage = $2, usage_measured_at = now() where id = $1', [hostId, usage]);
 }
 
 /** How long the host of an address or an instance is remembered: hosts and instances rarely move. */

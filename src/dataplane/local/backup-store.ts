@@ -60,7 +60,7 @@ function assertId(id: string): void {
 
 export class LocalBackupStore implements BackupStore {
   constructor(
-    private readonly root: string,
+    readonly root: string,
     private readonly users: ClusterUsers,
   ) {
     assert(!shellUnsafePathCharacters.test(root), `backup directory ${root} must not contain quotes, spaces, backslashes or %`);

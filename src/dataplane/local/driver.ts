@@ -116,6 +116,11 @@ export class LocalDataPlane implements DataPlane {
     return this.options.dataDir;
   }
 
+  /** Where base backups and archived WAL go (its free space is measured there). */
+  get backupDir(): string {
+    return this.options.backups.root;
+  }
+
   paths(instanceId: InstanceId): InstancePaths {
     return instancePaths(this.options.dataDir, instanceId);
   }

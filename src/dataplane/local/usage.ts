@@ -1,8 +1,8 @@
 import { constants } from 'node:fs';
-import { lstat, open, opendir, statfs } from 'node:fs/promises';
+import { lstat, open, opendir, stat, statfs } from 'node:fs/promises';
 import { throwIfAborted } from '../../lib/abort.js';
 import { PermanentError } from '../../lib/failure.js';
-import type { FilesystemUsage, InstanceUsage } from '../dataplane.js';
+import type { FilesystemUsage, HostFilesystem, HostUsage, InstanceUsage } from '../dataplane.js';
 
 /**
  * Bytes on disk under a data directory, its WAL apart (docs/STORAGE.md, "Measured use"). A walk
@@ -114,4 +114,19 @@ export async function measureUsage(pgdata: string, entriesMax = usageEntriesMax)
   const walk: Walk = { entries: 0, entriesMax };
   const { total, apart } = await treeBytes(pgdata, walk, walDirectoryName);
   return { dataBytes: toNumber(total), walBytes: toNumber(apart), filesystem: await filesystemUsage(pgdata) };
+}
+
+/**
+ * The filesystems under the directories a host writes to, each once (directories on one device
+ * share it): `{data: "/var/lib/cellar", backups: …, home: …}`, in that order.
+ */
+export async function hostUsage(directories: Readonly<Record<string, string>>): Promise<HostUsage> {
+  const byDevice = new Map<bigint, { filesystem: FilesystemUsage; purposes: string[] }>();
+  for (const [purpose, path] of Object.entries(directories)) {
+    const device = (await stat(path, { bigint: true })).dev;
+    const known = byDevice.get(device);
+    if (known !== undefined) known.purposes.push(purpose);
+    else byDevice.set(device, { filesystem: await filesystemUsage(path), purposes: [purpose] });
+  }
+  return { filesystems: [...byDevice.values()].map(({ filesystem, purposes }): HostFilesystem => ({ ...filesystem, purposes })) };
 }
