@@ -190,6 +190,20 @@ describe('hosts: joining and trust', () => {
     });
     const shown = await cellar.cliJson<HostView>(['hosts', 'show', 'j1']);
     assert.ok(shown.leaseAgeMs !== null && shown.joinedAt !== null);
+    assert.equal(shown.filesystems, null, 'not measured before a heartbeat carries it');
+
+    // A heartbeat carries the host's filesystems once per usage interval; the host's row keeps them.
+    const filesystem = { path: '/var/lib/cellar-agent', purposes: ['data', 'backups'], totalBytes: 100 * 1024 ** 3, freeBytes: 60 * 1024 ** 3, availableBytes: 55 * 1024 ** 3 };
+    assert.equal((await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 1000, usage: { filesystems: [filesystem] } })).status, 200);
+    const measured = await cellar.cliJson<HostView>(['hosts', 'show', 'j1']);
+    assert.deepEqual(measured.filesystems, [filesystem]);
+    assert.ok(measured.filesystemsMeasuredAt !== null);
+    assert.match((await cellar.cli(['hosts', 'list'])).stdout, /^j1\s.*\s55 GB of 100 GB$/m);
+    const tooMany = await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 1000, usage: { filesystems: Array.from({ length: 9 }, () => filesystem) } });
+    assert.equal(tooMany.status, 400, 'more filesystems than a host writes to is not a heartbeat');
+    const negative = await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 1000, usage: { filesystems: [{ ...filesystem, freeBytes: -1 }] } });
+    assert.equal(negative.status, 400);
+    assert.deepEqual((await cellar.cliJson<HostView>(['hosts', 'show', 'j1'])).filesystems, [filesystem], 'a refused heartbeat changes nothing');
 
     const otherHost = await heartbeat(agent(), { hostId: 'ho_someoneelse', instances: [], leaseLeftMs: 0 });
     assert.equal(otherHost.status, 401);

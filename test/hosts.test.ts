@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { HostView } from '../src/api/hosts.js';
 import type { ClusterView } from '../src/api/view.js';
 import { eventually, postmasterPid, queryUri } from './helpers/cellar.js';
 import { type CellOnHosts, guardPid, startCellOnHosts } from './helpers/cell-on-hosts.js';
@@ -67,6 +68,26 @@ describe('a cluster on three hosts', () => {
     }, 20_000);
     assert.equal(replica.body, 'from the root namespace');
     assert.notEqual(replica.address, primary?.address);
+  });
+
+  test("each instance's use on disk is measured on its own host through its agent, and each agent host reports its filesystems' free space in its heartbeat", async () => {
+    // The usage operation goes over the agent's mutual TLS like any other; the first probe of a running instance measures it.
+    const shown = await eventually('every instance measured', async () => {
+      const cluster = await cell.cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      return cluster.instances.every((instance) => instance.dataBytes !== null && instance.walBytes !== null) ? cluster : undefined;
+    }, 15_000);
+    for (const instance of shown.instances) assert.ok((instance.dataBytes ?? 0) > 1024 ** 2 && (instance.walBytes ?? 0) > 0, `${instance.id}: ${instance.dataBytes} + ${instance.walBytes}`);
+    assert.ok(shown.storage !== null && shown.storage.percent > 0);
+    const hosts = await eventually('every agent host measured', async () => {
+      const listed = await cell.cellar.cliJson<HostView[]>(['hosts', 'list']);
+      const agents = listed.filter((host) => !host.local);
+      return agents.length === 3 && agents.every((host) => host.filesystems !== null) ? agents : undefined;
+    }, 15_000);
+    for (const host of hosts) {
+      const purposes = (host.filesystems ?? []).flatMap((filesystem) => filesystem.purposes).sort();
+      assert.deepEqual(purposes, ['backups', 'data'], host.name);
+      assert.ok(host.filesystems?.every((filesystem) => filesystem.totalBytes > 0 && filesystem.availableBytes <= filesystem.freeBytes), host.name);
+    }
   });
 
   test('an agent SIGKILLed and started again adopts its instances: the same postmaster, no failover, its guard untouched', async () => {

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
+import { HostUsageWatch } from '../dataplane/local/host-usage.js';
 import { ensureGuard } from './guard.js';
 import { Heartbeat } from './heartbeat.js';
 import { type AgentIdentity, loadIdentity } from './identity.js';
@@ -53,8 +54,11 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   operations.onChanged = (instanceId) => heartbeat.forgetStatus(instanceId);
   const server = await startAgentServer({ identity, operations, lease, log: log.child({ component: 'agent-server' }) });
   const supervisor = new Supervisor({ driver, specs, lease, locks, log: log.child({ component: 'supervisor' }) });
+  // Its own filesystems, sent with the heartbeat; the control plane keeps them on the host's row.
+  const usageWatch = new HostUsageWatch({ record: (usage) => heartbeat.offerUsage(usage), directories: { data: dataDir, backups: driver.backupDir }, intervalMs: config.storage.usageIntervalMs, log: log.child({ component: 'host-usage' }) });
   heartbeat.start();
   supervisor.start();
+  usageWatch.start();
   const records = specs.all();
   const running = (await Promise.all(records.map(({ spec }) => driver.alive(spec.instanceId).catch(() => false)))).filter(Boolean).length;
   log.info({ hostId: identity.hostId, address: identity.address, agentPort: identity.agentPort, guardPid, instances: records.length, running, leaseLeftMs: lease.leftMs() }, 'agent running; instances adopted as they are');
@@ -62,6 +66,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     identity,
     guardPid,
     async stop() {
+      await usageWatch.stop();
       await supervisor.stop();
       await heartbeat.stop();
       await server.close();

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { HostSettings } from '../config.js';
 import { hostLeaseMsMax, hostLeaseMsMin } from '../config.js';
 import { type AgentAddress, type DesiredInstance, type HeartbeatInstance, type HeartbeatRequest, type HeartbeatResponse, agentHeartbeatPath, controlCommonName } from '../dataplane/agent-protocol.js';
-import type { DataPlane, InstanceStatus } from '../dataplane/dataplane.js';
+import type { DataPlane, HostUsage, InstanceStatus } from '../dataplane/dataplane.js';
 import { runWithAbortSignal } from '../lib/abort.js';
 import { TransientError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
@@ -144,8 +144,17 @@ export class Heartbeat {
     });
   }
 
+  /** The host's filesystems as just measured: sent with the next beat, and again until a beat is answered. */
+  offerUsage(usage: HostUsage): Promise<void> {
+    this.pendingUsage = usage;
+    return Promise.resolve();
+  }
+
+  private pendingUsage: HostUsage | null = null;
+
   private async beat(sentAtNs: bigint): Promise<void> {
-    const body: HeartbeatRequest = { hostId: this.options.identity.hostId, instances: await this.observe(), leaseLeftMs: this.options.lease.leftMs() };
+    const usage = this.pendingUsage;
+    const body: HeartbeatRequest = { hostId: this.options.identity.hostId, instances: await this.observe(), leaseLeftMs: this.options.lease.leftMs(), ...(usage === null ? {} : { usage }) };
     let response: HeartbeatResponse;
     try {
       response = parseResponse(await this.send(body));
@@ -155,6 +164,7 @@ export class Heartbeat {
       this.noteLease();
       return;
     }
+    if (this.pendingUsage === usage) this.pendingUsage = null;
     this.options.lease.renew(sentAtNs, response.leaseMs, response.instances, response.clockMarginMs ?? 0, response.heartbeatMs);
     this.leaseMs = response.leaseMs;
     this.intervalMs = response.heartbeatMs;

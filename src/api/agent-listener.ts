@@ -62,6 +62,8 @@ export const joinBodyBytesMax = csrBytesMax + 4 * 1024;
 /** A heartbeat lists every instance of a full host with its status (about 1 KiB each). */
 export const heartbeatBodyBytesMax = 2 * 1024 * 1024;
 export const heartbeatInstancesMax = 1_000;
+/** A host writes to its data directory, its backups and its home: a few filesystems at most. */
+export const hostFilesystemsMax = 8;
 /** A certificate's status is looked up at most this often: a beat every 250 ms should not cost a query each for it. */
 export const certificateStatusCacheMs = 1_000;
 /** Bounds the cache whatever peers present: past this many serials it starts afresh. */
@@ -101,6 +103,29 @@ const heartbeatBody = {
           alive: { type: 'boolean' },
           status: { type: 'object' },
           statusAgeMs: { type: 'integer', minimum: 0 },
+        },
+      },
+    },
+    usage: {
+      type: 'object',
+      required: ['filesystems'],
+      additionalProperties: false,
+      properties: {
+        filesystems: {
+          type: 'array',
+          maxItems: hostFilesystemsMax,
+          items: {
+            type: 'object',
+            required: ['path', 'purposes', 'totalBytes', 'freeBytes', 'availableBytes'],
+            additionalProperties: false,
+            properties: {
+              path: { type: 'string', minLength: 1, maxLength: 4096 },
+              purposes: { type: 'array', maxItems: hostFilesystemsMax, items: { type: 'string', minLength: 1, maxLength: 32 } },
+              totalBytes: { type: 'integer', minimum: 0 },
+              freeBytes: { type: 'integer', minimum: 0 },
+              availableBytes: { type: 'integer', minimum: 0 },
+            },
+          },
         },
       },
     },
@@ -189,6 +214,7 @@ export async function startAgentListener(options: AgentListenerOptions): Promise
     const hostId = request.agentHostId;
     if (hostId === null || request.body.hostId !== hostId) throw unauthenticated(`the heartbeat's hostId ${JSON.stringify(request.body.hostId)} is not the host of the client certificate`);
     await store.renewLease(hostId as HostId);
+    if (request.body.usage !== undefined) await store.recordUsage(hostId as HostId, request.body.usage);
     options.sink.record(hostId, request.body, Date.now());
     return { leaseMs: options.leaseMs, heartbeatMs: options.heartbeatMs, clockMarginMs: options.clockMarginMs, instances: await store.desiredInstances(hostId as HostId) };
   });

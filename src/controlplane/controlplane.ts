@@ -7,6 +7,7 @@ import { buildApi } from '../api/server.js';
 import type { Config } from '../config.js';
 import type { DataPlane } from '../dataplane/dataplane.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
+import { HostUsageWatch } from '../dataplane/local/host-usage.js';
 import { HostRouter } from '../dataplane/remote/router.js';
 import { Engine, register } from '../engine/engine.js';
 import { insertMachine, newMachine } from '../store/machines-table.js';
@@ -27,7 +28,7 @@ import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
 import { PgHostRecords } from '../store/drain.js';
-import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost } from '../store/local-host.js';
+import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost, recordHostUsage } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
@@ -35,7 +36,6 @@ import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
-import { HostUsageWatch } from './host-usage.js';
 import { checkStartPaths } from './preflight.js';
 import { StoreSupervisor } from './store-supervisor.js';
 
@@ -73,7 +73,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     if (config.hosts.localHost) {
       const hostId = await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
       const directories = { data: dataPlane.dataDir, backups: dataPlane.backupDir, home: config.home };
-      hostUsage = new HostUsageWatch({ pool, hostId, directories, intervalMs: config.storage.usageIntervalMs, log: log.child({ component: 'host-usage' }) });
+      hostUsage = new HostUsageWatch({ record: (usage) => recordHostUsage(pool, hostId, usage), directories, intervalMs: config.storage.usageIntervalMs, log: log.child({ component: 'host-usage' }) });
     }
     await ensureSingletonMachines(pool);
     agentSide = await prepareAgentSide(config, log, pool, options.api);

@@ -1,4 +1,4 @@
-import type { BoundedOperation, InstanceStatus } from './dataplane.js';
+import type { BoundedOperation, HostUsage, InstanceStatus } from './dataplane.js';
 
 /**
  * What the control plane and `cellar agent` say to each other (docs/HOSTS.md). Both sides import
@@ -77,6 +77,8 @@ export interface HeartbeatRequest {
   readonly instances: readonly HeartbeatInstance[];
   /** The agent's view of its lease when it sent this: ms left, 0 if expired (for metrics and events). */
   readonly leaseLeftMs: number;
+  /** The host's filesystems, measured since the last answered beat (once per usage interval, not every beat). */
+  readonly usage?: HostUsage;
 }
 
 export interface DesiredInstance {

@@ -5,6 +5,7 @@ import { assert } from '../lib/assert.js';
 import { CellarError } from '../lib/errors.js';
 import { type HostId, newId } from '../lib/ids.js';
 import { instanceMemoryMb } from '../lib/sizes.js';
+import { recordHostUsage } from './local-host.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction, isUniqueViolation } from './pool.js';
 
@@ -297,6 +298,11 @@ export class HostStore {
       [hostId, limit],
     );
     return result.rows.map((row) => ({ id: row.id, clusterId: row.cluster_id, clusterName: row.cluster_name, role: row.role, machineLabel: row.label ?? 'start', fenced: row.fenced }));
+  }
+
+  /** The host's filesystems as its agent just measured them (docs/STORAGE.md). */
+  async recordUsage(hostId: HostId, usage: HostUsage): Promise<void> {
+    await recordHostUsage(this.db, hostId, usage);
   }
 
   /** The agent's heartbeat was answered with a renewal: the store's clock now, after the agent's send time. */

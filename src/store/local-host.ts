@@ -44,9 +44,9 @@ export async function ensureLocalHost(db: Pool, capacity: LocalHostCapacity, hos
   });
 }
 
-/** The free space of the host's filesystems as just measured, stamped with the store's clock. */
+/** The free space of a host's filesystems as just measured (here or by its agent), stamped with the store's clock. */
 export async function recordHostUsage(db: Queryable, hostId: string, usage: HostUsage): Promise<void> {
-  await db.query('update hosts set usage = $2, usage_measured_at = now() where id = $1', [hostId, usage]);
+  await db.query('update hosts set usage = $2, usage_measured_at = now() where id = $1 and removed_at is null', [hostId, usage]);
 }
 
 /** How long the host of an address or an instance is remembered: hosts and instances rarely move. */

@@ -1,22 +1,20 @@
 import type { Logger } from 'pino';
-import type { HostUsage } from '../dataplane/dataplane.js';
-import { hostUsage } from '../dataplane/local/usage.js';
-import { recordHostUsage } from '../store/local-host.js';
-import type { Pool } from '../store/pool.js';
+import type { HostUsage } from '../dataplane.js';
+import { hostUsage } from './usage.js';
 
 /**
- * The control plane's own host: the free space of each filesystem Cellar writes to (its data
- * directory, its backups, its home), measured every `CELLAR_USAGE_INTERVAL_MS` and kept on the
- * host's row (docs/STORAGE.md, "Measured use"). A timer, not a machine: it only reads this
- * machine's filesystems, so every control plane of the cell may run it; the last write wins.
+ * A host's free space on each filesystem Cellar writes to (its data directory, its backups, its
+ * home), measured every `CELLAR_USAGE_INTERVAL_MS` and handed to `record` (docs/STORAGE.md,
+ * "Measured use"): the control plane writes its own host's row; an agent sends it with its next
+ * heartbeat. A timer apart from the heartbeat, so a slow filesystem never delays a beat.
  */
 
 /** statfs of a hung network filesystem never returns: past this a round is given up (and its late answer dropped). */
 export const hostUsageRoundMsMax = 10_000;
 
 export interface HostUsageWatchOptions {
-  readonly pool: Pool;
-  readonly hostId: string;
+  /** Keeps a fresh figure (the store, or the next heartbeat); a failure counts as the round's. */
+  readonly record: (usage: HostUsage) => Promise<void>;
   /** Purpose to directory: `{data, backups, home}`. */
   readonly directories: Readonly<Record<string, string>>;
   readonly intervalMs: number;
@@ -55,15 +53,15 @@ export class HostUsageWatch {
   }
 
   private async measure(): Promise<void> {
-    const { pool, hostId, directories, log } = this.options;
+    const { directories, log } = this.options;
     try {
       const usage = await withinRoundLimit(hostUsage(directories));
       if (this.stopped) return;
-      await recordHostUsage(pool, hostId, usage);
-      if (this.failing) log.info({ hostId }, 'host usage measured again');
+      await this.options.record(usage);
+      if (this.failing) log.info({ directories }, 'host usage measured again');
       this.failing = false;
     } catch (error) {
-      if (!this.failing) log.warn({ hostId, err: error }, 'could not measure the host\'s free space; the last figure is kept and it is measured again every interval');
+      if (!this.failing) log.warn({ directories, err: error instanceof Error ? error.message : String(error) }, 'could not measure the host\'s free space; the last figure is kept and it is measured again every interval');
       this.failing = true;
     }
   }
