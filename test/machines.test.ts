@@ -346,13 +346,13 @@ describe('instance machine, label by label', () => {
     await step(instanceMachine, 'running', primaryId, h);
     const figure = (await h.store.instance(primaryId))?.usage;
     assert.equal(figure?.dataBytes, 40_000_000);
-    h.dataPlane.usageError = new Error('the usage walk visited more than 2000000 entries');
+    h.dataPlane.usageError = new Error('the usage walk visited more than 500000 entries');
     h.clock.now += storage.usageIntervalMs;
     const failed = await step(instanceMachine, 'running', primaryId, h, { data: { lastUsageMs: h.clock.now - storage.usageIntervalMs } });
     assert.equal(failed.type, 'nap', 'still running: not lost, not restarted');
     assert.deepEqual(failed.type === 'nap' && failed.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now, usageFailing: true });
     assert.equal(failed.code, 'usage_unmeasured');
-    assert.match(failed.reason ?? '', /could not measure its use on disk: the usage walk visited more than 2000000 entries; the last figure is kept and it is measured again in 30000 ms/);
+    assert.match(failed.reason ?? '', /could not measure its use on disk: the usage walk visited more than 500000 entries; the last figure is kept and it is measured again in 30000 ms/);
     assert.equal((await h.store.instance(primaryId))?.usage, figure, 'the last figure is kept');
     h.clock.now += storage.usageIntervalMs;
     const again = await step(instanceMachine, 'running', primaryId, h, { data: { lastUsageMs: h.clock.now - storage.usageIntervalMs, usageFailing: true } });

@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PermanentError } from '../src/lib/failure.js';
-import { measureUsage } from '../src/dataplane/local/usage.js';
+import { hostUsage, measureUsage } from '../src/dataplane/local/usage.js';
+import { HostUsageWatch } from '../src/dataplane/local/host-usage.js';
+import type { HostUsage } from '../src/dataplane/dataplane.js';
+import pino from 'pino';
 
 /**
  * The usage walk (src/dataplane/local/usage.ts) on a tree made here: sizes counted as allocated
@@ -68,5 +71,35 @@ describe('usage walk', () => {
 
   test('past its cap on entries the walk stops with an error naming the cap', async () => {
     await assert.rejects(measureUsage(pgdata, 3), (error: unknown) => error instanceof PermanentError && /visited more than 3 entries \(usageEntriesMax\)/.test(error.message));
+  });
+
+  test("a host's directories on one filesystem are one entry with every purpose", async () => {
+    const usage = await hostUsage({ data: pgdata, backups: outside, home: root });
+    assert.equal(usage.filesystems.length, 1);
+    assert.deepEqual(usage.filesystems[0]?.purposes, ['data', 'backups', 'home']);
+    assert.equal(usage.filesystems[0]?.path, pgdata, 'measured at the first directory that names it');
+  });
+
+  test('the host watch measures at once and hands the figure on; a directory that is not there records nothing and stops cleanly', async () => {
+    const recorded: HostUsage[] = [];
+    const silent = pino({ level: 'silent' });
+    const watch = new HostUsageWatch({ record: async (usage) => void recorded.push(usage), directories: { data: pgdata }, intervalMs: 60_000, log: silent });
+    watch.start();
+    const deadlineMs = Date.now() + 5_000;
+    while (recorded.length === 0 && Date.now() < deadlineMs) await new Promise((resolve) => setImmediate(resolve));
+    await watch.stop();
+    assert.equal(recorded.length, 1, 'one round at start, the next an interval later');
+    assert.deepEqual(recorded[0]?.filesystems.map((filesystem) => filesystem.purposes), [['data']]);
+    const missing: HostUsage[] = [];
+    const warnings: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
+    const broken = new HostUsageWatch({ record: async (usage) => void missing.push(usage), directories: { data: join(root, 'absent') }, intervalMs: 60_000, log });
+    broken.start();
+    const warnedBy = Date.now() + 5_000;
+    while (warnings.length === 0 && Date.now() < warnedBy) await new Promise((resolve) => setImmediate(resolve));
+    await broken.stop();
+    assert.deepEqual(missing, []);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0] ?? '', /ENOENT.*could not measure the host's free space/);
   });
 });

@@ -27,6 +27,11 @@ export class HostUsageWatch {
   private stopped = false;
   /** A failure is logged once, not every interval, until a round succeeds again. */
   private failing = false;
+  /**
+   * A round given up while its statfs still hangs: no new round starts until it returns, since
+   * each hung call holds one of libuv's few threads, which every file operation of the process shares.
+   */
+  private unsettled: Promise<unknown> | null = null;
 
   constructor(private readonly options: HostUsageWatchOptions) {}
 
@@ -55,7 +60,14 @@ export class HostUsageWatch {
   private async measure(): Promise<void> {
     const { directories, log } = this.options;
     try {
-      const usage = await withinRoundLimit(hostUsage(directories));
+      if (this.unsettled !== null) throw new Error(`the previous round's filesystem calls have not returned after ${hostUsageRoundMsMax} ms (hostUsageRoundMsMax); none is started until they do`);
+      const work = hostUsage(directories);
+      this.unsettled = work;
+      void work.then(
+        () => (this.unsettled = null),
+        () => (this.unsettled = null),
+      );
+      const usage = await withinRoundLimit(work);
       if (this.stopped) return;
       await this.options.record(usage);
       if (this.failing) log.info({ directories }, 'host usage measured again');
