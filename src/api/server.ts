@@ -94,7 +94,6 @@ const instanceSchema = {
     dataBytes: { type: ['integer', 'null'], description: 'its data directory on disk, without pg_wal, as last measured' },
     walBytes: { type: ['integer', 'null'], description: 'its pg_wal on disk, as last measured' },
     measuredAt: { type: ['string', 'null'] },
-    filesystemAvailableBytes: { type: ['integer', 'null'], description: 'free to Postgres on the filesystem of its data directory' },
   },
 } as const;
 

@@ -22,10 +22,8 @@ export interface InstanceView {
   /** Its use on disk as last measured (docs/STORAGE.md): the data directory without pg_wal, and pg_wal; null before the first measurement. */
   dataBytes: number | null;
   walBytes: number | null;
-  /** When it was measured (ISO time). */
+  /** When it was measured (ISO time). Its filesystem's free space is the host's, shown to admins only (`hosts show`): hosts are shared between tenants. */
   measuredAt: string | null;
-  /** What is still free to Postgres on the filesystem holding its data directory. */
-  filesystemAvailableBytes: number | null;
 }
 
 /** The cluster's use against its allocation: the primary's data and WAL. Null before its primary was measured. */
@@ -92,7 +90,6 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
     dataBytes: instance.usage?.dataBytes ?? null,
     walBytes: instance.usage?.walBytes ?? null,
     measuredAt: instance.usageMeasuredAt?.toISOString() ?? null,
-    filesystemAvailableBytes: instance.usage?.filesystem.availableBytes ?? null,
   };
 }
 
