@@ -60,16 +60,21 @@ function errorCode(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
 
-/** Why a kernel file could not be read or written, as the operator needs to hear it. */
-export function describeFailure(path: string, error: unknown, writing: boolean): string {
+/**
+ * Why a file could not be read or written, as the operator needs to hear it: `kernel` files are
+ * settings under /proc/sys or /sys, the `sysctl` file is the one `--apply` writes.
+ */
+export function describeFailure(path: string, error: unknown, access: 'read' | 'write', kind: 'kernel' | 'sysctl'): string {
   switch (errorCode(error)) {
     case 'EROFS':
-      return `${dirname(path)} is read-only here (a container, or /proc/sys mounted read-only): set it on the host that runs this one`;
+      return kind === 'kernel'
+        ? `${dirname(path)} is read-only here (a container, or /proc/sys mounted read-only): set it on the host that runs this one`
+        : `${dirname(path)} is on a read-only file system`;
     case 'EACCES':
     case 'EPERM':
-      return `permission denied ${writing ? 'writing' : 'reading'} ${path}: run as root, outside a container that withholds CAP_SYS_ADMIN`;
+      return `permission denied ${access === 'write' ? 'writing' : 'reading'} ${path}: run as root${kind === 'kernel' ? ', outside a container that withholds CAP_SYS_ADMIN' : ''}`;
     case 'ENOENT':
-      return `${path} does not exist: this kernel (or this network namespace) has no such setting`;
+      return kind === 'kernel' ? `${path} does not exist: this kernel (or this network namespace) has no such setting` : `the directory ${dirname(path)} does not exist`;
     case 'ENOTDIR':
       return `a part of ${dirname(path)} is not a directory`;
     case 'EINVAL':
@@ -105,7 +110,7 @@ export async function readCurrent(recommendation: Pick<Recommendation, 'name' | 
   try {
     return { name: recommendation.name, value: normalize(recommendation, await readKernelFile(path, kernelValueBytesMax)) };
   } catch (error) {
-    return { name: recommendation.name, value: null, why: describeFailure(path, error, false) };
+    return { name: recommendation.name, value: null, why: describeFailure(path, error, 'read', 'kernel') };
   }
 }
 
@@ -158,7 +163,7 @@ async function loadOne(recommendation: Recommendation, wanted: string): Promise<
     await writeKernelValue(path, wanted);
   } catch (error) {
     const current = await readCurrent(recommendation);
-    return { name: recommendation.name, set: false, wanted, value: current.value, why: describeFailure(path, error, true) };
+    return { name: recommendation.name, set: false, wanted, value: current.value, why: describeFailure(path, error, 'write', 'kernel') };
   }
   const after = await readCurrent(recommendation);
   if (after.value === wanted) return { name: recommendation.name, set: true, wanted, value: after.value };
@@ -185,7 +190,7 @@ export async function applyTuning(recommendations: readonly Recommendation[], cu
     await replaceFile(sysctlFile, sysctlFileText(recommendations, wanted, header), sysctlFileMode, selfRunAs());
   } catch (error) {
     await removeStaging(sysctlFile);
-    const fileError = describeFailure(sysctlFile, error, true);
+    const fileError = describeFailure(sysctlFile, error, 'write', 'sysctl');
     const keys = recommendations.map((recommendation) => ({
       name: recommendation.name,
       set: false,
