@@ -2,6 +2,8 @@ import { isIP } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { formatJoinToken } from '../dataplane/agent-protocol.js';
 import { CellarError, invalid } from '../lib/errors.js';
+import { effectiveSettings } from '../lib/sizes.js';
+import { tuningInstanceOf } from '../lib/tuning.js';
 import { instancePhase } from '../machines/instance.js';
 import type { HostDrains } from '../store/drain.js';
 import type { HostInstance, HostRecord, HostStore, JoinSecret } from '../store/hosts.js';
@@ -81,6 +83,10 @@ export interface HostInstanceView {
   /** The instance's phase (creating, running, deleting, …). */
   state: string;
   fenced: boolean;
+  /** What sizes the host's kernel settings (`cellar host tune`): its size and what it runs with. */
+  size: string;
+  sharedBuffersMb: number;
+  maxConnections: number;
 }
 
 /** One host with the instances on it (`hosts show`, drain and undrain). */
@@ -158,6 +164,9 @@ const hostDetailSchema = {
           role: { type: 'string' },
           state: { type: 'string' },
           fenced: { type: 'boolean' },
+          size: { type: 'string' },
+          sharedBuffersMb: { type: 'number', description: "shared_buffers it runs with, MB" },
+          maxConnections: { type: 'integer' },
         },
       },
     },
@@ -227,6 +236,7 @@ export function hostView(host: HostRecord): HostView {
 }
 
 function instanceView(instance: HostInstance): HostInstanceView {
+  const tuning = tuningInstanceOf(effectiveSettings(instance.spec));
   return {
     id: instance.id,
     cluster: instance.clusterName,
@@ -234,6 +244,9 @@ function instanceView(instance: HostInstance): HostInstanceView {
     role: instance.role,
     state: instancePhase({ machineLabel: instance.machineLabel, observed: {} }),
     fenced: instance.fenced,
+    size: instance.spec.size,
+    sharedBuffersMb: tuning.sharedBuffersMb,
+    maxConnections: tuning.maxConnections,
   };
 }
 

@@ -237,10 +237,12 @@ async function restartPrimary(context: Context): Promise<Result> {
     await store.raiseSignal(instanceKind, primary.id, 'restart');
     return nap(changePollMs, { data: { ...kept(context), restarting: primary.id, sinceMs: nowMs(context) }, reason: `restarting primary ${primary.id} in place for ${pending.join(', ')}: new connections wait`, code: 'primary_restarting' });
   }
-  if (primary.id === data.restarting && serving(primary) && primary.observed.accepting === true && primary.observed.inRecovery === false) {
+  // Done when its server reports nothing pending: its machine may not have taken the signal yet.
+  const back = primary.id === data.restarting && serving(primary) && primary.observed.accepting === true && primary.observed.inRecovery === false;
+  if (back && (await pendingRestart(context, cluster, primary)).length === 0) {
     await store.setRoutePaused(cluster.id, false);
-    const back = await context.ports.dataPlane.status(instanceSpec(cluster, primary));
-    const lsn = back.lsn === undefined ? {} : { primaryRestartLsn: back.lsn };
+    const afterRestart = await context.ports.dataPlane.status(instanceSpec(cluster, primary));
+    const lsn = afterRestart.lsn === undefined ? {} : { primaryRestartLsn: afterRestart.lsn };
     return hop(next, { data: { ...kept(context), primaryDone: true, ...lsn }, reason: `primary ${primary.id} restarted with the new settings: route resumed`, code: 'primary_restarted' });
   }
   const startFailure = primary.id === data.restarting ? failsToStart(context, primary) : null;

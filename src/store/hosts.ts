@@ -4,7 +4,7 @@ import type { HostUsage } from '../dataplane/dataplane.js';
 import { assert } from '../lib/assert.js';
 import { CellarError } from '../lib/errors.js';
 import { type HostId, newId } from '../lib/ids.js';
-import { instanceMemoryMb } from '../lib/sizes.js';
+import { type ClusterSpec, instanceMemoryMb } from '../lib/sizes.js';
 import { recordHostUsage } from './local-host.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction, isUniqueViolation } from './pool.js';
@@ -57,6 +57,8 @@ export interface HostInstance {
   readonly role: 'primary' | 'replica';
   readonly machineLabel: string;
   readonly fenced: boolean;
+  /** Its cluster's spec: what it runs with (`effectiveSettings`) sizes the host's kernel settings. */
+  readonly spec: ClusterSpec;
 }
 
 /** A join token's secret (shown once) and when it expires. */
@@ -288,8 +290,8 @@ export class HostStore {
 
   /** The live instances on the host with their cluster and instance machine label, by cluster name then ordinal (at most `limit`). */
   async instancesOn(hostId: HostId, limit: number): Promise<HostInstance[]> {
-    const result = await this.db.query<{ id: string; cluster_id: string; cluster_name: string; role: 'primary' | 'replica'; label: string | null; fenced: boolean }>(
-      `select i.id, i.cluster_id, c.name as cluster_name, i.role, m.label, i.fenced
+    const result = await this.db.query<{ id: string; cluster_id: string; cluster_name: string; role: 'primary' | 'replica'; label: string | null; fenced: boolean; spec: ClusterSpec }>(
+      `select i.id, i.cluster_id, c.name as cluster_name, i.role, m.label, i.fenced, c.spec
          from instances i join clusters c on c.id = i.cluster_id
          left join machines m on m.kind = 'instance' and m.entity_id = i.id
         where i.host_id = $1 and i.deleted_at is null
@@ -297,7 +299,7 @@ export class HostStore {
         limit $2`,
       [hostId, limit],
     );
-    return result.rows.map((row) => ({ id: row.id, clusterId: row.cluster_id, clusterName: row.cluster_name, role: row.role, machineLabel: row.label ?? 'start', fenced: row.fenced }));
+    return result.rows.map((row) => ({ id: row.id, clusterId: row.cluster_id, clusterName: row.cluster_name, role: row.role, machineLabel: row.label ?? 'start', fenced: row.fenced, spec: row.spec }));
   }
 
   /** The host's filesystems as its agent just measured them (docs/STORAGE.md). */
