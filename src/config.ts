@@ -140,6 +140,8 @@ export interface HaSettings {
   readonly switchoverCatchUpMsMax: number;
   /** How often a cluster compares each instance's effective settings with its revision, and puts back what drifted (docs/CONFIG.md). */
   readonly driftCheckMs: number;
+  /** A primary's WAL archiver failing this long without a success raises `archive_failing` (docs/STORAGE.md "WAL bounds"). */
+  readonly archiveFailingMs: number;
 }
 
 /** Storage that protects the database (docs/STORAGE.md). */
@@ -269,6 +271,7 @@ export function loadConfig(env: Env = process.env): Config {
       replicaDeadMsMax: integer(env, 'CELLAR_REPLICA_DEAD_MS', 60_000, 1_000, 24 * 3_600_000, problems),
       switchoverCatchUpMsMax: integer(env, 'CELLAR_SWITCHOVER_CATCH_UP_MS', 10_000, 100, 3_600_000, problems),
       driftCheckMs: integer(env, 'CELLAR_DRIFT_CHECK_MS', 60_000, 1_000, 24 * 3_600_000, problems),
+      archiveFailingMs: integer(env, 'CELLAR_ARCHIVE_FAILING_MS', 60_000, 1_000, 24 * 3_600_000, problems),
     },
     storage: {
       usageIntervalMs: integer(env, 'CELLAR_USAGE_INTERVAL_MS', 30_000, usageIntervalMsMin, usageIntervalMsMax, problems),

@@ -12,6 +12,8 @@ import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredS
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
+import { walWarnings } from '../src/api/view.js';
+import { walKeepLimitMb } from '../src/lib/sizes.js';
 
 /**
  * Unit tests of the machines, label by label: each asserts the transition a step returns.
@@ -158,6 +160,7 @@ const ha: HaSettings = {
   switchoverCatchUpMsMax: 5_000,
   // Longer than the fake clock has run: the drift check (tested end to end in config.test.ts) stays out of these steps.
   driftCheckMs: 24 * 3_600_000,
+  archiveFailingMs: 60_000,
 };
 
 const storage: StorageSettings = { usageIntervalMs: 30_000 };
@@ -1044,5 +1047,67 @@ describe('transition tables', () => {
       }
       assert.match(toMermaid(definition), new RegExp(`^stateDiagram-v2\\n  \\[\\*\\] --> ${definition.initial}`));
     }
+  });
+});
+
+describe('WAL bounds (docs/STORAGE.md)', () => {
+  const failingArchive = (lagBytes: number) => ({ lastArchivedWal: '000000010000000000000003', lastArchivedAt: '2026-01-01T00:00:00.000Z', lagBytes, failedCount: 4, lastFailedWal: '000000010000000000000004', lastFailedAt: '2026-01-01T00:01:00.000Z' });
+  const archivingAgain = { ...failingArchive(0), lastArchivedWal: '000000010000000000000004', lastArchivedAt: '2026-01-01T00:02:00.000Z' };
+
+  function walHarness(primaryObserved: Partial<InstanceStatus>): Harness {
+    const h = harness();
+    h.store.durability = 'async';
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: primaryObserved });
+    h.store.add(replicaId, 'replica', 1, 'running');
+    return h;
+  }
+
+  test('the slot bound is a tenth of the allocation, never below wal_keep_size nor above 64 GB', () => {
+    assert.deepEqual([1, 10, 100, 16_384].map(walKeepLimitMb), [256, 1024, 10_240, 65_536]);
+  });
+
+  test('running replaces a replica whose slot the primary lost, once; an unreserved slot is left alone', async () => {
+    const h = walHarness({ slots: [{ name: replicaId, walStatus: 'lost', safeWalSizeBytes: null }] });
+    const replaced = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(replaced.type === 'nap' && replaced.code, 'replica_replaced_wal_lost');
+    assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica running`]);
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(again.type === 'nap' && again.code, undefined);
+    assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica running`], 'a replica already asked to delete itself is not replaced twice');
+
+    const unreserved = walHarness({ slots: [{ name: replicaId, walStatus: 'unreserved', safeWalSizeBytes: 0 }] });
+    await step(clusterMachine, 'running', clusterId, unreserved, { data: { syncStandbys: [] } });
+    assert.deepEqual(unreserved.store.calls, []);
+  });
+
+  test('a failing archiver raises archive_failing once past the bound, and archive_recovered once when it archives again', async () => {
+    const h = walHarness({ archive: failingArchive(1024) });
+    const seen = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual(seen.type === 'nap' && [seen.code, seen.data], [undefined, { syncStandbys: [], archiveFailingSinceMs: h.clock.now }]);
+    const sinceMs = h.clock.now;
+    h.clock.now += ha.archiveFailingMs - 1;
+    const early = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], archiveFailingSinceMs: sinceMs } });
+    assert.equal(early.type === 'nap' && early.code, undefined, 'not before the bound');
+    h.clock.now += 1;
+    const raised = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], archiveFailingSinceMs: sinceMs } });
+    assert.deepEqual(raised.type === 'nap' && [raised.code, raised.data], ['archive_failing', { syncStandbys: [], archiveFailingSinceMs: sinceMs, archiveFailingAnnounced: true }]);
+    const announced: ClusterData = { syncStandbys: [], archiveFailingSinceMs: sinceMs, archiveFailingAnnounced: true };
+    const quiet = await step(clusterMachine, 'running', clusterId, h, { data: announced });
+    assert.equal(quiet.type === 'nap' && quiet.code, undefined, 'raised once');
+    h.store.update(primaryId, { observed: { archive: archivingAgain } });
+    const recovered = await step(clusterMachine, 'running', clusterId, h, { data: announced });
+    assert.deepEqual(recovered.type === 'nap' && [recovered.code, recovered.data], ['archive_recovered', { syncStandbys: [] }]);
+    const after = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(after.type === 'nap' && after.code, undefined, 'recovered once');
+  });
+
+  test("the cluster view warns once the WAL a failing archiver holds reaches half the slot bound, and not otherwise", () => {
+    const primary = (archive: InstanceStatus['archive']) => ({ observed: { archive } }) as unknown as InstanceRecord;
+    const halfMb = walKeepLimitMb(1) / 2;
+    assert.deepEqual(walWarnings(1, primary(failingArchive(halfMb * 1024 ** 2 - 1))), []);
+    const warnings = walWarnings(1, primary(failingArchive(halfMb * 1024 ** 2)));
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0] ?? '', /archiving has failed since .* 128 MB of WAL held/);
+    assert.deepEqual(walWarnings(1, primary({ ...archivingAgain, lagBytes: 1024 ** 3 })), [], 'archiving works: unarchived WAL is only in flight');
   });
 });

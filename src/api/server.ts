@@ -115,6 +115,7 @@ const clusterSchema = {
     durability: { type: 'string', enum: durabilities },
     backupIntervalHours: { type: ['integer', 'null'], description: "hours between scheduled base backups; null: the cell's default" },
     replication: { type: ['string', 'null'], enum: ['sync', 'async', null], description: 'what commits wait for now' },
+    warnings: { type: 'array', items: { type: 'string' }, description: 'what threatens the cluster though it serves (failing WAL archiving); empty: nothing' },
     archive: {
       type: ['object', 'null'],
       description: 'continuous WAL archiving from the primary',

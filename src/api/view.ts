@@ -1,8 +1,8 @@
 import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { briefFailure } from './failure.js';
 import { lagBytes } from '../lib/lsn.js';
-import { bytesPerStorageGb, durabilityOf } from '../lib/sizes.js';
-import { clusterPhase } from '../machines/cluster.js';
+import { bytesPerStorageGb, durabilityOf, walKeepLimitMb } from '../lib/sizes.js';
+import { clusterPhase, isArchiveFailing } from '../machines/cluster.js';
 import { instancePhase } from '../machines/instance.js';
 import type { InstanceRecord } from '../machines/ports.js';
 import type { ClusterSnapshot } from '../store/clusters.js';
@@ -52,6 +52,8 @@ export interface ClusterView {
   replication: 'sync' | 'async' | null;
   /** Continuous WAL archiving from the primary: how far behind, and whether it is failing. */
   archive: ArchiveStatus | null;
+  /** What threatens the cluster though it serves, in sentences (docs/STORAGE.md "WAL bounds"); empty: nothing. */
+  warnings: string[];
   /** The cell-unique name the proxy routes by (user `role.routeKey`, or options `-c cluster=routeKey`). */
   routeKey: string | null;
   uri: string | null;
@@ -101,6 +103,19 @@ function storageView(allocatedGb: number, primary: InstanceRecord | undefined): 
   return { allocatedGb, usedBytes, percent, measuredAt: primary.usageMeasuredAt.toISOString() };
 }
 
+/** Unarchived WAL stays on the primary's disk: say so once it holds this part of the slot bound. */
+export const archiveHeldWarningFraction = 0.5;
+
+export function walWarnings(storageGb: number, primary: InstanceRecord | undefined): string[] {
+  const archive = primary?.observed.archive;
+  if (archive == null || !isArchiveFailing(archive) || archive.lagBytes === null) return [];
+  const boundBytes = walKeepLimitMb(storageGb) * 1024 ** 2;
+  if (archive.lagBytes < archiveHeldWarningFraction * boundBytes) return [];
+  const since = archive.lastArchivedAt === null ? 'it began' : archive.lastArchivedAt;
+  const heldMb = Math.round(archive.lagBytes / 1024 ** 2);
+  return [`archiving has failed since ${since} (${archive.failedCount} failures); ${heldMb} MB of WAL held on the primary, ${Math.round((archive.lagBytes / boundBytes) * 100)}% of the ${walKeepLimitMb(storageGb)} MB WAL bound`];
+}
+
 export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): ClusterView {
   const primary = cluster.instances.find((instance) => instance.role === 'primary');
   const instances = cluster.instances.map((instance) => instanceView(instance, primary));
@@ -121,6 +136,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     backupIntervalHours: cluster.spec.backupIntervalHours ?? null,
     replication: cluster.syncStandbys === null ? null : cluster.syncStandbys.length > 0 ? 'sync' : 'async',
     archive: primary?.observed.archive ?? null,
+    warnings: walWarnings(cluster.spec.storageGb, primary),
     routeKey: cluster.routeKey,
     uri: uri(proxy.readWritePort),
     readOnlyUri: uri(proxy.readOnlyPort),

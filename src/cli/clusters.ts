@@ -93,6 +93,7 @@ function printCluster(out: Output, cluster: ClusterView): void {
   out.line(`  durability ${cluster.durability}${cluster.replication === null ? '' : `, commits now ${cluster.replication === 'sync' ? 'wait for a replica' : 'do not wait for a replica'}`}`);
   if (cluster.storage) out.line(`  ${storageLine(cluster)}`);
   if (cluster.archive) out.line(`  ${archiveLine(cluster.archive)}`);
+  for (const warning of cluster.warnings ?? []) out.line(`  warning: ${warning}`);
   if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
   if (cluster.readOnlyUri) out.line(`  readOnlyUri   ${cluster.readOnlyUri}`);
   if (cluster.error) out.line(`  error         ${cluster.error}`);

@@ -130,6 +130,17 @@ export interface InstanceStatus {
   readonly receiveLsn: string | undefined;
   /** Primary: the WAL archiver (pg_stat_archiver); undefined on a replica or when unknown. */
   readonly archive: ArchiveStatus | undefined;
+  /** Primary: its replication slots (pg_replication_slots); absent on a replica or when unknown. */
+  readonly slots?: readonly SlotStatus[];
+}
+
+/** A physical replication slot: `walStatus` `lost` means the WAL its replica needs is gone (max_slot_wal_keep_size). */
+export interface SlotStatus {
+  readonly name: string;
+  /** reserved, extended, unreserved or lost; null for a slot that never reserved WAL. */
+  readonly walStatus: string | null;
+  /** WAL that can still be written before the slot is lost; null when unbounded or lost. */
+  readonly safeWalSizeBytes: number | null;
 }
 
 export interface ArchiveStatus {

@@ -88,6 +88,17 @@ export function effectiveSettings(spec: Pick<ClusterSpec, 'size' | 'settings' | 
   return { ...sizes[spec.size], ...spec.defaults, ...spec.settings };
 }
 
+/** The WAL a replication slot may hold, as a part of the allocation (docs/STORAGE.md "WAL bounds"). */
+export const walKeepFractionOfStorage = 0.1;
+/** Never below wal_keep_size (256MB, src/dataplane/local/conf.ts): a smaller slot bound would not bound anything. */
+export const walKeepLimitMbMin = 256;
+export const walKeepLimitMbMax = 64 * 1024;
+
+/** max_slot_wal_keep_size of a cluster's instances, in MB: a tenth of its allocation, within the bounds above. */
+export function walKeepLimitMb(storageGb: number): number {
+  return Math.min(walKeepLimitMbMax, Math.max(walKeepLimitMbMin, Math.floor(storageGb * 1024 * walKeepFractionOfStorage)));
+}
+
 /** `sync` when there is a replica to be synchronous with, else `async`. */
 export function defaultDurability(replicas: number): Durability {
   return replicas > 0 ? 'sync' : 'async';

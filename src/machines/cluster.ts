@@ -42,6 +42,10 @@ export interface ClusterData extends Record<string, unknown> {
   readonly announced?: string;
   /** Clock time the instances' settings were last compared with the revision (drift). */
   readonly driftCheckedMs?: number;
+  /** Clock time the primary's archiver was first seen failing (without a success since); absent while it archives. */
+  readonly archiveFailingSinceMs?: number;
+  /** `archive_failing` was raised and `archive_recovered` not yet. */
+  readonly archiveFailingAnnounced?: boolean;
 }
 
 export { clusterKind };
@@ -169,7 +173,52 @@ async function running(context: Context): Promise<Result> {
   if (scaled !== null) return scaled;
   const synced = await maintainSync(context, cluster, instances, primary);
   if (synced !== null) return nap(watchNapMs, synced);
+  const bounded = await keepWalBounded(context, instances, primary);
+  if (bounded !== null) return bounded;
   return (await keepSettingsSafely(context, cluster, instances, primary)) ?? nap(watchNapMs);
+}
+
+/**
+ * WAL never fills the disk behind the user's back (docs/STORAGE.md "WAL bounds"), from what the
+ * primary last reported: a replica whose slot is lost (it fell past max_slot_wal_keep_size and can
+ * never catch up) is replaced with a fresh one; an archiver that has failed for longer than
+ * `archiveFailingMs` raises `archive_failing` once, and `archive_recovered` once it archives again.
+ * Null: nothing to do or say.
+ */
+async function keepWalBounded(context: Context, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const lostSlots = new Set((primary.observed.slots ?? []).filter((slot) => slot.walStatus === 'lost').map((slot) => slot.name));
+  const lost = instances.find((instance) => instance.role === 'replica' && !isBeingRemoved(instance) && lostSlots.has(slotNameFor(instance.id)));
+  if (lost !== undefined) {
+    await context.ports.store.replaceInstance(lost.id, 'replica', true);
+    return nap(0, { reason: `replacing replica ${lost.id}: it fell more than max_slot_wal_keep_size behind the primary and its slot is lost`, code: 'replica_replaced_wal_lost' });
+  }
+  return archiveWatch(context, primary);
+}
+
+/** Failing now: a failure after the last success (pg_stat_archiver keeps both times). */
+export function isArchiveFailing(archive: InstanceStatus['archive'] | undefined): boolean {
+  if (archive?.lastFailedAt == null) return false;
+  return archive.lastArchivedAt === null || Date.parse(archive.lastFailedAt) > Date.parse(archive.lastArchivedAt);
+}
+
+function archiveWatch(context: Context, primary: InstanceRecord): Result | null {
+  const data = context.machine.data;
+  const archive = primary.observed.archive;
+  if (!isArchiveFailing(archive)) {
+    if (data.archiveFailingSinceMs === undefined && data.archiveFailingAnnounced !== true) return null;
+    const { archiveFailingSinceMs: _since, archiveFailingAnnounced: announced, ...rest } = data;
+    if (announced !== true) return nap(watchNapMs, { data: rest });
+    return nap(watchNapMs, { data: rest, reason: `the primary ${primary.id} archives WAL again`, code: 'archive_recovered' });
+  }
+  if (data.archiveFailingSinceMs === undefined) return nap(watchNapMs, { data: { ...data, archiveFailingSinceMs: nowMs(context) } });
+  const failingMs = nowMs(context) - data.archiveFailingSinceMs;
+  if (data.archiveFailingAnnounced === true || failingMs < context.ports.ha.archiveFailingMs) return null;
+  const held = archive?.lagBytes == null ? 'unknown' : `${Math.round(archive.lagBytes / 1024 ** 2)} MB`;
+  return nap(watchNapMs, {
+    data: { ...data, archiveFailingAnnounced: true },
+    reason: `the primary ${primary.id} has failed to archive WAL for ${Math.round(failingMs / 1000)} s (${archive?.failedCount ?? 0} failures, last ${archive?.lastFailedWal ?? '?'}); WAL held: ${held}`,
+    code: 'archive_failing',
+  });
 }
 
 /** Watching settings is a side task: what fails in it is said (once) and tried again later, never a failure of the cluster. */

@@ -3,7 +3,7 @@ import { type MachineDefinition, type MachineRef, type Outcome, type StepContext
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
-import { type RestoreSpec, effectiveSettings } from '../lib/sizes.js';
+import { type RestoreSpec, effectiveSettings, walKeepLimitMb } from '../lib/sizes.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } from './ports.js';
 
 /**
@@ -95,7 +95,8 @@ export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): 
     port: instance.port,
     peers: cluster.peerAddresses,
     pgVersion: cluster.spec.pgVersion,
-    settings: effectiveSettings(cluster.spec),
+    // Derived from the allocation, not a revision's setting: the drift check (effectiveSettings) never compares it.
+    settings: { ...effectiveSettings(cluster.spec), max_slot_wal_keep_size: `${walKeepLimitMb(cluster.spec.storageGb)}MB` },
     secrets: cluster.secrets,
   };
 }

@@ -122,7 +122,8 @@ export interface MachineStore {
    * In one transaction: the instance's machine is moved to `destroy` and a fresh instance with a
    * new ordinal is created in its place. Run twice, it replaces once (the first moved it on).
    */
-  replaceInstance(instanceId: InstanceId, role: Role): Promise<void>;
+  /** Only a failed instance, unless `running` (a replica past its WAL bound): then any not already being deleted. */
+  replaceInstance(instanceId: InstanceId, role: Role, running?: boolean): Promise<void>;
   /**
    * A new replica with the next ordinal (never reused) and its machine, in one transaction: the
    * replacement of an instance on a host being drained or lost. Not idempotent by itself: the

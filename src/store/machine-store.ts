@@ -151,7 +151,7 @@ export class PgMachineStore implements MachineStore {
     await inTransaction(this.db, (client) => createInstanceWith(client, this.instanceMachine, clusterId, ordinal, role));
   }
 
-  async replaceInstance(instanceId: InstanceId, role: Role): Promise<void> {
+  async replaceInstance(instanceId: InstanceId, role: Role, running = false): Promise<void> {
     await inTransaction(this.db, async (client) => {
       const found = await client.query<{ cluster_id: string; label: string }>(
         `select i.cluster_id, m.label from instances i join machines m on m.kind = 'instance' and m.entity_id = i.id
@@ -159,7 +159,7 @@ export class PgMachineStore implements MachineStore {
         [instanceId],
       );
       const row = found.rows[0];
-      if (row === undefined || row.label !== 'failed') return;
+      if (row === undefined || row.label === 'destroy' || (!running && row.label !== 'failed')) return;
       await requestDestroyWith(client, this.instanceMachine.kind, instanceId);
       await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, await nextOrdinal(client, row.cluster_id), role);
     });

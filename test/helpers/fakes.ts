@@ -138,8 +138,12 @@ export class FakeStore implements MachineStore {
   async clearSwitchoverTarget(): Promise<void> {
     this.switchoverTo = null;
   }
-  async replaceInstance(id: InstanceId, role: Role): Promise<void> {
-    this.calls.push(`replaceInstance ${id} ${role}`);
+  async replaceInstance(id: InstanceId, role: Role, running = false): Promise<void> {
+    this.calls.push(`replaceInstance ${id} ${role}${running ? ' running' : ''}`);
+    // As the store: the replaced one is asked to delete itself in the same transaction.
+    if (!running) return;
+    this.update(id, { destroyRequested: true });
+    this.add(`in_new${this.ordinalMax + 1}aaaaaaaa` as InstanceId, role, this.ordinalMax + 1, 'start', null);
   }
   /** As the store: the next ordinal after every instance's, deleted ones included. */
   async addReplica(): Promise<InstanceId> {

@@ -14,6 +14,7 @@ import {
   type DataPlane,
   type InstanceSpec,
   type ArchiveStatus,
+  type SlotStatus,
   type BackupCheck,
   type BaseBackupInfo,
   type InstanceStatus,
@@ -552,7 +553,7 @@ export class LocalDataPlane implements DataPlane {
   }
 }
 
-type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn' | 'archive'>;
+type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn' | 'archive' | 'slots'>;
 
 /**
  * One round trip. Functions valid only on a primary (pg_current_wal_lsn, pg_walfile_name) sit
@@ -569,7 +570,9 @@ select r.in_recovery,
        end as timeline,
        exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
        case when r.in_recovery then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end::text as receive_lsn,
-       a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time
+       a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time,
+       (select coalesce(json_agg(json_build_object('name', slot_name, 'walStatus', wal_status, 'safeWalSizeBytes', safe_wal_size) order by slot_name), '[]'::json)
+          from pg_replication_slots where slot_type = 'physical') as slots
 from pg_stat_archiver a, (select pg_is_in_recovery() as in_recovery) r`;
 
 interface StatusQueryRow {
@@ -583,6 +586,7 @@ interface StatusQueryRow {
   failed_count: string;
   last_failed_wal: string | null;
   last_failed_time: Date | null;
+  slots: SlotStatus[];
 }
 
 async function queryStatus(client: pg.Client): Promise<StatusRow> {
@@ -596,6 +600,7 @@ async function queryStatus(client: pg.Client): Promise<StatusRow> {
     streaming: row.in_recovery ? row.streaming : undefined,
     receiveLsn: row.receive_lsn ?? undefined,
     archive: row.in_recovery ? undefined : archiveStatus(row),
+    ...(row.in_recovery ? {} : { slots: row.slots.map((slot) => ({ ...slot, safeWalSizeBytes: slot.safeWalSizeBytes === null ? null : Number(slot.safeWalSizeBytes) })) }),
   };
 }
 

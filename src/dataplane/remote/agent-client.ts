@@ -108,6 +108,7 @@ export class AgentClient implements DataPlane {
       streaming: result.streaming,
       receiveLsn: result.receiveLsn,
       archive: result.archive,
+      ...(Array.isArray(result.slots) ? { slots: result.slots } : {}),
     };
   }
 
