@@ -148,6 +148,10 @@ export interface HaSettings {
 export interface StorageSettings {
   /** How often each running instance's use on disk, and the local host's free space, are measured. */
   readonly usageIntervalMs: number;
+  /** A storage resize may follow the cluster's previous one only after this long (cloud volumes allow one change every few hours). */
+  readonly resizeCooldownMs: number;
+  /** The least a storage resize may add, in GB. */
+  readonly resizeStepGbMin: number;
 }
 
 export const usageIntervalMsMin = 1_000;
@@ -275,6 +279,8 @@ export function loadConfig(env: Env = process.env): Config {
     },
     storage: {
       usageIntervalMs: integer(env, 'CELLAR_USAGE_INTERVAL_MS', 30_000, usageIntervalMsMin, usageIntervalMsMax, problems),
+      resizeCooldownMs: integer(env, 'CELLAR_STORAGE_RESIZE_COOLDOWN_MS', 6 * 3_600_000, 0, 30 * 24 * 3_600_000, problems),
+      resizeStepGbMin: integer(env, 'CELLAR_STORAGE_RESIZE_STEP_GB', 1, 1, 1_024, problems),
     },
     hosts: {
       controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',

@@ -201,6 +201,26 @@ describe('configuration changes', () => {
     assert.deepEqual(stats.acknowledged.filter((id) => !stored.has(id)), [], 'every acknowledged write is there');
   });
 
+  test('storage grows only, by at least the step, and once per cooldown; each refusal names storageGb and changes nothing', async () => {
+    const before = await revisionsOf();
+    const shrink = await cellar.api<ErrorBody>('POST', '/v1/clusters/app/config', { storageGb: 5 });
+    assert.equal(shrink.status, 400);
+    assert.equal(shrink.body.error.field, 'storageGb');
+    assert.match(shrink.body.error.message, /storage only grows: the cluster has 10 GB and 5 GB would shrink it/);
+    const grown = await cellar.cliJson<ProposalView & { state: string }>(['clusters', 'resize', 'app', '--storage-gb', '12', '--wait']);
+    assert.equal(grown.state, 'applied');
+    assert.deepEqual(grown.plan.storage, { fromGb: 10, toGb: 12 });
+    assert.equal(grown.plan.restart, false);
+    assert.equal((await cellar.cliJson<ClusterView>(['clusters', 'show', 'app'])).storageGb, 12);
+    const again = await cellar.api<ErrorBody>('POST', '/v1/clusters/app/config', { storageGb: 20 });
+    assert.equal(again.status, 409);
+    assert.equal(again.body.error.field, 'storageGb');
+    assert.match(again.body.error.message, /storage was resized at .*; the next resize is possible from .* \(one resize per 360 min\)/);
+    const after = await revisionsOf();
+    assert.equal(after.length, before.length + 1, 'one revision: the grow');
+    assert.deepEqual(after[0]?.diff, [{ name: 'storageGb', from: 10, to: 12 }]);
+  });
+
   test('a revision an instance cannot start with is rolled back by itself, and the cluster serves on the one before', async () => {
     const uri = cluster.uri as string;
     const before = (await revisionsOf())[0];

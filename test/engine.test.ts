@@ -4,8 +4,8 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { backoffCapMs, backoffMs } from '../src/engine/backoff.js';
 import { Engine, register } from '../src/engine/engine.js';
-import { type MachineDefinition, hop } from '../src/engine/machine.js';
-import { claimDue, commitTransition, insertMachine } from '../src/store/machines-table.js';
+import { type MachineDefinition, hop, nap } from '../src/engine/machine.js';
+import { claimDue, commitTransition, insertMachine, raiseSignal } from '../src/store/machines-table.js';
 import { systemClock, systemRandom } from '../src/lib/clock.js';
 import { newId } from '../src/lib/ids.js';
 import { makeLogger } from '../src/lib/log.js';
@@ -106,8 +106,13 @@ describe('engine rules, in process against a real store', () => {
     initial: 'try',
     transitions: { try: [], never: [] },
     steps: {
-      try: async ({ machine }) => {
+      try: async ({ machine, signals }) => {
         if (machine.entityId === 'bad-hop') return hop('never');
+        if (machine.entityId === 'poked') {
+          // Another process raises a signal while this step runs; the step, not seeing it, naps long.
+          if (!signals.has('poke')) await raiseSignal(store.pool, machine.id, 'poke');
+          return nap(60_000);
+        }
         throw new Error('connection refused');
       },
       never: async () => {
@@ -152,6 +157,19 @@ describe('engine rules, in process against a real store', () => {
     assert.match(row.last_error ?? '', /gave up after 3 attempts: connection refused/);
     const events = await store.pool.query<{ to_label: string }>('select to_label from events where machine_id = $1', [id]);
     assert.deepEqual(events.rows.map((event) => event.to_label), ['failed']);
+  });
+
+  test('a signal raised while a step runs does not wait out the nap that step chose without it', async () => {
+    const id = newId('machine');
+    await insertMachine(store.pool, { id, kind: 'flaky', entityId: 'poked', clusterId: null, label: 'try', lane: 'high', data: {} });
+    const dueIn = async (): Promise<number> => {
+      const result = await store.pool.query<{ ms: number }>('select extract(epoch from next_tick_at - now()) * 1000 as ms from machines where id = $1', [id]);
+      return Number(result.rows[0]?.ms);
+    };
+    await engine().tickOnce('high');
+    assert.ok((await dueIn()) <= 0, 'due at once: the step did not see the signal raised while it ran');
+    await engine().tickOnce('high');
+    assert.ok((await dueIn()) > 30_000, 'a signal the step saw and left does not keep waking it');
   });
 
   test('a hop outside the transition table is a bug: the machine fails at once', async () => {

@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ConfigPlan } from '../lib/config-plan.js';
 import { CellarError } from '../lib/errors.js';
-import { effectiveSettings, replicasMax, sizeNames } from '../lib/sizes.js';
+import { effectiveSettings, replicasMax, sizeNames, storageGbMax, storageGbMin } from '../lib/sizes.js';
 import { changeMachine } from '../machines/change.js';
-import { type ChangeProposal, type RevisionRecord, isChangeInProgress, proposeChange, proposeRollback, revisions } from '../store/config.js';
+import { type ChangeProposal, type RevisionRecord, type StoragePolicy, isChangeInProgress, proposeChange, proposeRollback, revisions } from '../store/config.js';
 import { type ClusterSnapshot, findCluster } from '../store/clusters.js';
 import type { Pool } from '../store/pool.js';
 import type { TokenOwner } from '../store/tenancy.js';
@@ -41,6 +41,7 @@ export interface ConfigView {
   revision: number;
   size: string;
   replicas: number;
+  storageGb: number;
   /** The cluster's own settings. */
   settings: Record<string, string>;
   /** The fleet defaults it runs with. */
@@ -100,6 +101,7 @@ const changeBody = {
     settings: settingsSchema,
     size: { type: 'string', enum: sizeNames },
     replicas: { type: 'integer', minimum: 0, maximum: replicasMax },
+    storageGb: { type: 'integer', minimum: storageGbMin, maximum: storageGbMax },
     reason: { type: 'string', maxLength: reasonLengthMax },
     dryRun: { type: 'boolean', default: false },
   },
@@ -120,6 +122,7 @@ export const configFieldMessages: Readonly<Record<string, string>> = {
   settings: `settings must be an object of at most ${settingsPerRequestMax} parameters, each a string of at most ${settingValueLengthMax} characters or null, names at most 63 characters`,
   size: `size must be one of ${sizeNames.join(', ')}`,
   replicas: `replicas must be a whole number from 0 to ${replicasMax}`,
+  storageGb: `storageGb must be a whole number of GB from ${storageGbMin} to ${storageGbMax}`,
   reason: `reason must be a string of at most ${reasonLengthMax} characters`,
   dryRun: 'dryRun must be true or false',
   revision: 'revision must be a whole number from 1',
@@ -129,11 +132,12 @@ interface ChangeBody {
   settings?: Record<string, string | null>;
   size?: string;
   replicas?: number;
+  storageGb?: number;
   reason?: string;
   dryRun?: boolean;
 }
 
-export function registerConfigRoutes(app: FastifyInstance, pool: Pool, ownerOf: (request: FastifyRequest) => TokenOwner): void {
+export function registerConfigRoutes(app: FastifyInstance, pool: Pool, ownerOf: (request: FastifyRequest) => TokenOwner, storagePolicy: StoragePolicy): void {
   async function liveCluster(owner: TokenOwner, name: string): Promise<ClusterSnapshot> {
     const cluster = await findCluster(pool, owner.orgId, name);
     if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${name}"`, 'name');
@@ -154,6 +158,7 @@ export function registerConfigRoutes(app: FastifyInstance, pool: Pool, ownerOf: 
       revision: latest?.revision ?? 1,
       size: cluster.spec.size,
       replicas: cluster.spec.replicas,
+      storageGb: cluster.spec.storageGb,
       settings: { ...cluster.spec.settings },
       defaults: { ...cluster.spec.defaults },
       effective: effectiveSettings(cluster.spec),
@@ -178,9 +183,10 @@ export function registerConfigRoutes(app: FastifyInstance, pool: Pool, ownerOf: 
         ...(body.settings === undefined ? {} : { settings: body.settings }),
         ...(body.size === undefined ? {} : { size: body.size }),
         ...(body.replicas === undefined ? {} : { replicas: body.replicas }),
+        ...(body.storageGb === undefined ? {} : { storageGb: body.storageGb }),
       };
       const dryRun = body.dryRun === true;
-      const proposal = await proposeChange(pool, changeMachine, { clusterId: cluster.id, actor: actorOf(owner), change, dryRun, ...(body.reason === undefined ? {} : { reason: body.reason }) });
+      const proposal = await proposeChange(pool, changeMachine, { clusterId: cluster.id, actor: actorOf(owner), change, dryRun, ...(body.reason === undefined ? {} : { reason: body.reason }) }, storagePolicy);
       return reply.code(dryRun ? 200 : 201).send(proposalView(cluster, proposal, dryRun));
     },
   );

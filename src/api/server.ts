@@ -27,6 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
+import type { StoragePolicy } from '../store/config.js';
 import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
@@ -49,6 +50,8 @@ export interface ApiOptions {
   readonly embeddedStore?: boolean;
   /** How long a deleted cluster's backups are kept: shown as each one's purge time. */
   readonly deletedBackupRetentionMs: number;
+  /** How storage may grow (step, cooldown): CELLAR_STORAGE_RESIZE_*. */
+  readonly storagePolicy: StoragePolicy;
   /** The hosts routes (docs/HOSTS.md); absent: none. */
   readonly hosts?: HostsApiOptions;
 }
@@ -344,7 +347,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   );
 
   registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs }, ownerOf);
-  registerConfigRoutes(app, pool, ownerOf);
+  registerConfigRoutes(app, pool, ownerOf, options.storagePolicy);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);

@@ -158,12 +158,18 @@ export function registerConfigCommands(program: Command, connect: () => Promise<
 
   const clusters = program.commands.find((command) => command.name() === 'clusters');
   if (clusters === undefined) throw new Error('the clusters command must be registered before the config commands');
-  changeCommand(clusters.command('resize <cluster>').description("change a cluster's size: its tuned memory, connection, WAL and checkpoint defaults (a rolling restart)").requiredOption('--size <size>', 'micro, small, medium or large')).action(
-    async (cluster: string, options: ChangeOptions & { size: string }) => {
-      const { client, out } = await connect();
-      await submit(client, out, cluster, '', { size: options.size }, options);
-    },
-  );
+  changeCommand(
+    clusters
+      .command('resize <cluster>')
+      .description("change a cluster's size (its tuned memory, connection, WAL and checkpoint defaults: a rolling restart) or grow its storage (no restart)")
+      .option('--size <size>', 'micro, small, medium or large')
+      .option('--storage-gb <gb>', 'a larger storage allocation in GB (storage only grows, by a minimum step, once per cooldown)'),
+  ).action(async (cluster: string, options: ChangeOptions & { size?: string; storageGb?: string }) => {
+    if (options.size === undefined && options.storageGb === undefined) throw new Error('give --size, --storage-gb or both');
+    const { client, out } = await connect();
+    const body = { ...(options.size === undefined ? {} : { size: options.size }), ...(options.storageGb === undefined ? {} : { storageGb: numberOrText(options.storageGb) }) };
+    await submit(client, out, cluster, '', body, options);
+  });
   changeCommand(clusters.command('scale <cluster>').description('change the number of replicas (0-5): a new one is routed once it streams, a removed one leaves the routes first').requiredOption('--replicas <n>', 'number of replicas')).action(
     async (cluster: string, options: ChangeOptions & { replicas: string }) => {
       const { client, out } = await connect();

@@ -33,6 +33,7 @@ import {
   releaseLeases,
   renewLease,
   signalsFor,
+  wakeForUnseenSignals,
   wakeMachines,
 } from '../store/machines-table.js';
 
@@ -394,9 +395,10 @@ export class Engine {
       const version = await commitTransition(client, row.id, row.version, this.options.owner, transition);
       if (version === null) return null;
       await consumeSignals(client, row.id, consumed);
+      for (const name of consumed) signals.delete(name);
+      if (!transition.keepLease && transition.nextTickInMs !== null) await wakeForUnseenSignals(client, row.id, [...signals]);
       await wakeMachines(client, wake);
       if (event !== null) await recordEvent(client, event);
-      for (const name of consumed) signals.delete(name);
       return version;
     });
   }

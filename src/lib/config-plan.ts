@@ -13,6 +13,8 @@ export interface RevisionConfig {
   readonly replicas: number;
   readonly settings: Readonly<Record<string, string>>;
   readonly defaults: Readonly<Record<string, string>>;
+  /** The storage allocation in GB; absent where only settings are compared. */
+  readonly storageGb?: number;
 }
 
 export interface SettingChange {
@@ -37,6 +39,7 @@ export interface ConfigPlan {
   readonly settings: readonly SettingChange[];
   readonly size: { readonly from: SizeName; readonly to: SizeName } | null;
   readonly replicas: { readonly from: number; readonly to: number } | null;
+  readonly storage: { readonly fromGb: number; readonly toGb: number } | null;
   readonly restart: boolean;
   readonly order: RestartOrder;
   readonly switchover: boolean;
@@ -91,6 +94,8 @@ export function planChange(catalogue: ReadonlyMap<string, CatalogueEntry>, befor
   const order: RestartOrder = !restart ? 'none' : replicasAfter === 0 ? 'primaryInPlace' : lowered.length > 0 ? 'primaryFirst' : 'replicasFirst';
   const names = (changes: readonly SettingChange[]): string => changes.map((change) => `${change.name} ${change.from ?? 'default'} → ${change.to ?? 'default'}`).join(', ');
   const steps: string[] = [];
+  const storageChanged = before.storageGb !== undefined && after.storageGb !== undefined && before.storageGb !== after.storageGb;
+  if (storageChanged) steps.push(`storage ${before.storageGb ?? '?'} GB → ${after.storageGb ?? '?'} GB: the allocation grows at once (no restart)`);
   if (after.size !== before.size) steps.push(`size ${before.size} → ${after.size}: its tuned defaults change with it`);
   if (settings.length > 0) steps.push(`write the configuration of every instance and reload it${reloads.length > 0 ? `: live at once for ${names(reloads)}` : ''}`);
   if (replicasAfter > before.replicas) steps.push(`add ${replicasAfter - before.replicas} replica(s): each is cloned and routed once it streams`);
@@ -114,6 +119,7 @@ export function planChange(catalogue: ReadonlyMap<string, CatalogueEntry>, befor
     settings,
     size: after.size === before.size ? null : { from: before.size, to: after.size },
     replicas: after.replicas === before.replicas ? null : { from: before.replicas, to: after.replicas },
+    storage: storageChanged ? { fromGb: before.storageGb ?? 0, toGb: after.storageGb ?? 0 } : null,
     restart,
     order,
     switchover: order === 'replicasFirst',

@@ -2,7 +2,7 @@ import { type ConfigPlan, type RevisionConfig, planChange } from '../lib/config-
 import { CellarError, invalid } from '../lib/errors.js';
 import { type ChangeId, type ClusterId, newId } from '../lib/ids.js';
 import { type CatalogueEntry, checkSettings } from '../lib/settings.js';
-import { type ClusterSpec, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames } from '../lib/sizes.js';
+import { type ClusterSpec, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames, storageGbMax } from '../lib/sizes.js';
 import { type MachineOrigin, insertMachine, newMachine } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
 
@@ -26,6 +26,8 @@ export interface ChangeRequest {
     readonly settings?: Readonly<Record<string, string | null>>;
     readonly size?: string;
     readonly replicas?: number;
+    /** A larger storage allocation (grow only; `StoragePolicy` bounds the step and the pace). */
+    readonly storageGb?: number;
     /** The fleet defaults the cluster runs with, whole. */
     readonly defaults?: Readonly<Record<string, string>>;
   };
@@ -34,6 +36,14 @@ export interface ChangeRequest {
   /** The change this one undoes: it may still be in progress (it is about to fail). */
   readonly supersedes?: ChangeId;
 }
+
+/** How storage may grow: at least this many GB at a time, and once per cooldown. */
+export interface StoragePolicy {
+  readonly resizeStepGbMin: number;
+  readonly resizeCooldownMs: number;
+}
+
+const defaultStoragePolicy: StoragePolicy = { resizeStepGbMin: 1, resizeCooldownMs: 6 * 3_600_000 };
 
 export interface ChangeProposal {
   readonly revision: number | null;
@@ -75,6 +85,7 @@ interface RevisionRow {
   actor: string;
   rollback_of: number | null;
   change_id: string | null;
+  storage_gb: number | null;
   created_at: Date;
   label: string | null;
   next_tick_at: Date | null;
@@ -82,7 +93,7 @@ interface RevisionRow {
 }
 
 const revisionSelect = `
-select r.revision, r.size, r.replicas, r.settings, r.defaults, r.diff, r.plan, r.reason, r.actor, r.rollback_of, r.change_id, r.created_at,
+select r.revision, r.size, r.replicas, r.settings, r.defaults, r.diff, r.plan, r.reason, r.actor, r.rollback_of, r.change_id, r.storage_gb, r.created_at,
        m.label, m.next_tick_at, m.last_error
   from config_revisions r left join machines m on m.kind = '${changeKind}' and m.entity_id = r.change_id`;
 
@@ -93,6 +104,7 @@ function toRecord(row: RevisionRow): RevisionRecord {
     replicas: row.replicas,
     settings: row.settings,
     defaults: row.defaults,
+    ...(row.storage_gb === null ? {} : { storageGb: row.storage_gb }),
     diff: row.diff,
     plan: row.plan,
     reason: row.reason,
@@ -151,7 +163,23 @@ const reasonLengthMax = 500;
 const settingsPerChangeMax = 100;
 
 function configOf(spec: ClusterSpec): RevisionConfig {
-  return { size: spec.size, replicas: spec.replicas, settings: spec.settings ?? {}, defaults: spec.defaults ?? {} };
+  return { size: spec.size, replicas: spec.replicas, settings: spec.settings ?? {}, defaults: spec.defaults ?? {}, storageGb: spec.storageGb };
+}
+
+/** A storage change within the policy, or a CellarError naming `storageGb` and the limit. Storage never shrinks. */
+async function checkStorage(db: Queryable, clusterId: ClusterId, fromGb: number, toGb: number, policy: StoragePolicy): Promise<void> {
+  if (!Number.isInteger(toGb) || toGb > storageGbMax) throw invalid('storageGb', `storageGb must be a whole number of GB up to ${storageGbMax}, not ${String(toGb)}`);
+  if (toGb < fromGb) {
+    throw invalid('storageGb', `storage only grows: the cluster has ${fromGb} GB and ${toGb} GB would shrink it, which Cellar refuses (a volume does not shrink in place, and the data may not fit); restore a backup into a new, smaller cluster instead`);
+  }
+  if (toGb === fromGb) return;
+  if (toGb - fromGb < policy.resizeStepGbMin) throw invalid('storageGb', `grow storage by at least ${policy.resizeStepGbMin} GB at a time: from ${fromGb} GB to at least ${fromGb + policy.resizeStepGbMin} GB, not ${toGb} GB`);
+  const last = await db.query<{ at: Date | null }>(`select max(created_at) as at from config_revisions where cluster_id = $1 and diff @> '[{"name": "storageGb"}]'`, [clusterId]);
+  const at = last.rows[0]?.at ?? null;
+  if (at !== null && Date.now() - at.getTime() < policy.resizeCooldownMs) {
+    const next = new Date(at.getTime() + policy.resizeCooldownMs);
+    throw new CellarError('CELLAR_E_CONFLICT', `storageGb: storage was resized at ${at.toISOString()}; the next resize is possible from ${next.toISOString()} (one resize per ${Math.round(policy.resizeCooldownMs / 60_000)} min)`, 'storageGb');
+  }
 }
 
 /** The cluster's configuration after the request, or a CellarError naming the field at fault. */
@@ -175,13 +203,14 @@ function applyRequest(before: RevisionConfig, spec: ClusterSpec, request: Change
   if (replicas === 0 && durabilityOf(spec) === 'sync-strict') {
     throw invalid('replicas', 'replicas: a sync-strict cluster needs at least 1 replica (commits wait for one); change its durability first');
   }
-  return { size, replicas, settings, defaults: change.defaults ?? before.defaults };
+  return { size, replicas, settings, defaults: change.defaults ?? before.defaults, storageGb: change.storageGb ?? before.storageGb ?? spec.storageGb };
 }
 
 function diffOf(before: RevisionConfig, after: RevisionConfig): DiffEntry[] {
   const diff: DiffEntry[] = [];
   if (before.size !== after.size) diff.push({ name: 'size', from: before.size, to: after.size });
   if (before.replicas !== after.replicas) diff.push({ name: 'replicas', from: before.replicas, to: after.replicas });
+  if (before.storageGb !== after.storageGb) diff.push({ name: 'storageGb', from: before.storageGb ?? null, to: after.storageGb ?? null });
   for (const [prefix, from, to] of [['', before.settings, after.settings], ['defaults.', before.defaults, after.defaults]] as const) {
     for (const name of [...new Set([...Object.keys(from), ...Object.keys(to)])].sort()) {
       if (from[name] !== to[name]) diff.push({ name: `${prefix}${name}`, from: from[name] ?? null, to: to[name] ?? null });
@@ -195,7 +224,7 @@ function diffOf(before: RevisionConfig, after: RevisionConfig): DiffEntry[] {
  * and (unless a dry run) stores it as the next revision, moves the cluster's spec to it and makes
  * the change machine that applies it, in one transaction: a refused change leaves nothing behind.
  */
-export async function proposeChange(db: Pool, changeMachine: MachineOrigin, request: ChangeRequest): Promise<ChangeProposal> {
+export async function proposeChange(db: Pool, changeMachine: MachineOrigin, request: ChangeRequest, storagePolicy: StoragePolicy = defaultStoragePolicy): Promise<ChangeProposal> {
   if (request.reason !== undefined && request.reason.length > reasonLengthMax) throw invalid('reason', `reason is ${request.reason.length} characters long, more than ${reasonLengthMax}`);
   return inTransaction(db, async (client) => {
     const cluster = await client.query<{ spec: ClusterSpec; label: string }>(
@@ -213,6 +242,7 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
     }
     const before = configOf(row.spec);
     const after = applyRequest(before, row.spec, request);
+    if (request.change.storageGb !== undefined) await checkStorage(client, request.clusterId, before.storageGb ?? row.spec.storageGb, request.change.storageGb, storagePolicy);
     const touchesSettings = request.change.settings !== undefined || request.change.defaults !== undefined || after.size !== before.size;
     const catalogue = await loadCatalogue(client, row.spec.pgVersion);
     if (catalogue === null && touchesSettings) {
@@ -227,11 +257,11 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
     const number = (latest?.revision ?? 0) + 1;
     const changeId = newId('change');
     await client.query(
-      `insert into config_revisions (cluster_id, revision, size, replicas, settings, defaults, diff, plan, reason, actor, rollback_of, change_id)
-       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      [request.clusterId, number, after.size, after.replicas, after.settings, after.defaults, JSON.stringify(diff), plan, request.reason ?? null, request.actor, request.rollbackOf ?? null, changeId],
+      `insert into config_revisions (cluster_id, revision, size, replicas, settings, defaults, diff, plan, reason, actor, rollback_of, change_id, storage_gb)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+      [request.clusterId, number, after.size, after.replicas, after.settings, after.defaults, JSON.stringify(diff), plan, request.reason ?? null, request.actor, request.rollbackOf ?? null, changeId, after.storageGb ?? row.spec.storageGb],
     );
-    const spec: ClusterSpec = { ...row.spec, size: after.size, replicas: after.replicas, settings: after.settings, defaults: after.defaults };
+    const spec: ClusterSpec = { ...row.spec, size: after.size, replicas: after.replicas, settings: after.settings, defaults: after.defaults, storageGb: after.storageGb ?? row.spec.storageGb };
     await client.query('update clusters set spec = $2 where id = $1', [request.clusterId, spec]);
     await insertMachine(client, newMachine(changeMachine, changeId, request.clusterId));
     return { revision: number, changeId, plan, warnings: checked.warnings };

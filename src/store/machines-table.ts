@@ -123,6 +123,22 @@ export async function commitTransition(
   return result.rows[0]?.version ?? null;
 }
 
+/**
+ * A signal raised while the step ran (after the claim read the machine's signals) must not wait out
+ * the nap the step chose without it: the machine is made due now, and the lane nudged.
+ */
+export async function wakeForUnseenSignals(db: Queryable, machineId: string, seen: readonly string[]): Promise<void> {
+  await db.query(
+    `with touched as (
+       update machines set next_tick_at = now()
+        where id = $1 and next_tick_at > now()
+          and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($2::text[])))
+       returning lane)
+     select pg_notify($3, lane) from touched`,
+    [machineId, seen, nudgeChannel],
+  );
+}
+
 export async function consumeSignals(db: Queryable, machineId: string, names: readonly string[]): Promise<void> {
   if (names.length === 0) return;
   await db.query('delete from signals where machine_id = $1 and name = any($2)', [machineId, names]);
