@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { CatalogueEntry } from '../src/lib/settings.js';
-import { checkSettings, isPlatformOwned } from '../src/lib/settings.js';
-import { readCatalogue } from '../src/postgres/catalogue.js';
+import { catalogueFromRows, checkSettings, isPlatformOwned } from '../src/lib/settings.js';
 import { type TestStore, startTestStore } from './helpers/store.js';
 
 /** The parameter catalogue read from a real server's pg_settings, and every kind of bad value refused by name. */
@@ -13,7 +12,9 @@ describe('settings: catalogue and validation', () => {
 
   before(async () => {
     store = await startTestStore();
-    catalogue = await readCatalogue(store.pool);
+    // The rows the data plane's settings() reads, from a real server: the catalogue Cellar stores.
+    const rows = await store.pool.query('select name, vartype, unit, min_val as "minVal", max_val as "maxVal", enumvals as "enumVals", context from pg_settings');
+    catalogue = new Map(catalogueFromRows(rows.rows).map((entry) => [entry.name, entry]));
   });
 
   after(async () => {

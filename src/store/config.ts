@@ -3,6 +3,7 @@ import { CellarError, invalid } from '../lib/errors.js';
 import { type ChangeId, type ClusterId, newId } from '../lib/ids.js';
 import { type CatalogueEntry, checkSettings } from '../lib/settings.js';
 import { type ClusterSpec, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames, storageGbMax } from '../lib/sizes.js';
+import { changeKind } from '../machines/ports.js';
 import { type MachineOrigin, insertMachine, newMachine } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
 
@@ -13,7 +14,6 @@ import { type Pool, type Queryable, inTransaction } from './pool.js';
  */
 
 export const revisionsPerListMax = 100;
-export const changeKind = 'change';
 
 export interface ChangeRequest {
   readonly clusterId: ClusterId;
@@ -84,6 +84,7 @@ interface RevisionRow {
   reason: string | null;
   actor: string;
   rollback_of: number | null;
+  cluster_id: string;
   change_id: string | null;
   storage_gb: number | null;
   created_at: Date;
@@ -93,9 +94,15 @@ interface RevisionRow {
 }
 
 const revisionSelect = `
-select r.revision, r.size, r.replicas, r.settings, r.defaults, r.diff, r.plan, r.reason, r.actor, r.rollback_of, r.change_id, r.storage_gb, r.created_at,
+select r.cluster_id, r.revision, r.size, r.replicas, r.settings, r.defaults, r.diff, r.plan, r.reason, r.actor, r.rollback_of, r.change_id, r.storage_gb, r.created_at,
        m.label, m.next_tick_at, m.last_error
   from config_revisions r left join machines m on m.kind = '${changeKind}' and m.entity_id = r.change_id`;
+
+/** A change machine's outcome from its row: failed, or done (finished without failing), or neither (still applying). */
+function changeOutcome(label: string, nextTickAt: Date | null): { readonly done: boolean; readonly failed: boolean } {
+  const failed = label === 'failed';
+  return { done: !failed && nextTickAt === null, failed };
+}
 
 function toRecord(row: RevisionRow): RevisionRecord {
   return {
@@ -113,7 +120,7 @@ function toRecord(row: RevisionRow): RevisionRecord {
     changeId: row.change_id as ChangeId | null,
     createdAt: row.created_at,
     changeLabel: row.label,
-    changeDone: row.change_id === null || (row.label !== null && row.label !== 'failed' && row.next_tick_at === null),
+    changeDone: row.change_id === null || (row.label !== null && changeOutcome(row.label, row.next_tick_at).done),
     changeError: row.last_error,
   };
 }
@@ -135,7 +142,7 @@ export async function revision(db: Queryable, clusterId: ClusterId, number: numb
 }
 
 export async function revisionOfChange(db: Queryable, changeId: ChangeId): Promise<(RevisionRecord & { readonly clusterId: ClusterId }) | null> {
-  const result = await db.query<RevisionRow & { cluster_id: string }>(`${revisionSelect.replace('select r.revision', 'select r.cluster_id, r.revision')} where r.change_id = $1`, [changeId]);
+  const result = await db.query<RevisionRow>(`${revisionSelect} where r.change_id = $1`, [changeId]);
   const row = result.rows[0];
   return row === undefined ? null : { ...toRecord(row), clusterId: row.cluster_id as ClusterId };
 }
@@ -144,8 +151,7 @@ export async function changeState(db: Queryable, changeId: ChangeId): Promise<{ 
   const result = await db.query<{ label: string; next_tick_at: Date | null; last_error: string | null }>(`select label, next_tick_at, last_error from machines where kind = $1 and entity_id = $2`, [changeKind, changeId]);
   const row = result.rows[0];
   if (row === undefined) return null;
-  const failed = row.label === 'failed';
-  return { label: row.label, done: !failed && row.next_tick_at === null, failed, error: row.last_error };
+  return { label: row.label, ...changeOutcome(row.label, row.next_tick_at), error: row.last_error };
 }
 
 /** The catalogue of a Postgres version, or null before one is stored (docs/CONFIG.md "The catalogue"). */

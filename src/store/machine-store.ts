@@ -8,7 +8,7 @@ import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
 import { loadCatalogue, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
-import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, hostKind } from '../machines/ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -286,7 +286,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   async changeInProgress(clusterId: ClusterId): Promise<boolean> {
-    const result = await this.db.query(`select 1 from machines where kind = 'change' and cluster_id = $1 and next_tick_at is not null and label <> 'failed' limit 1`, [clusterId]);
+    const result = await this.db.query(`select 1 from machines where kind = $2 and cluster_id = $1 and next_tick_at is not null and label <> 'failed' limit 1`, [clusterId, changeKind]);
     return (result.rowCount ?? 0) > 0;
   }
 
