@@ -31,9 +31,10 @@ export function registerAgentCommand(program: Command, output: (json: boolean) =
       }
       const log = makeLogger(config.logLevel, process.stderr);
       const { runAgent } = await import('../agent/agent.js');
+      const signalled = untilSignal();
       const agent = await runAgent({ dataDir: options.data, backupDir: options.backupDir ?? null, config, log });
       out.line(`agent of host ${agent.identity.name} serving on https://${agent.identity.address}:${agent.identity.agentPort}, heartbeats to ${agent.identity.controlUrl}; Ctrl-C stops it (servers and the lease guard keep running)`);
-      await untilSignal();
+      await signalled;
       await agent.stop();
     });
 }

@@ -71,6 +71,8 @@ export async function up(config: Config, out: Output, options: { api: boolean })
   }
   const log = makeLogger(config.logLevel, process.stderr);
   const controlPlane = await startControlPlane(config, log, { api: options.api, engine: true });
+  // Armed before the pid file says we run: a SIGTERM sent on seeing it must stop us cleanly.
+  const signalled = untilSignal();
   await writeFile(join(config.home, pidFileName), `${process.pid}\n`);
   let proxyPid: number;
   try {
@@ -96,7 +98,7 @@ export async function up(config: Config, out: Output, options: { api: boolean })
     out.line('  Try: npx cellar clusters create app --wait');
     out.line('Ctrl-C stops the control plane; the proxy and the databases keep running until `cellar down`.');
   }
-  await untilSignal();
+  await signalled;
   await controlPlane.stop();
   await rm(join(config.home, pidFileName), { force: true });
   out.progress('Cellar control plane stopped; databases are still running.');

@@ -108,9 +108,11 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
 export async function serveProxy(config: Config, out: Output): Promise<void> {
   const log = makeLogger(config.logLevel, process.stderr);
   const running = await startProxy(config, log);
+  // Armed before the pid file says we serve: a SIGTERM sent on seeing it must stop us cleanly.
+  const signalled = untilSignal();
   await writeFile(join(config.home, proxyPidFileName), `${process.pid}\n`);
   out.progress(`Cellar proxy is up (pid ${process.pid}): read-write 127.0.0.1:${config.proxyReadWritePort}, read-only 127.0.0.1:${config.proxyReadOnlyPort}`);
-  await untilSignal();
+  await signalled;
   await running.stop();
   await rm(join(config.home, proxyPidFileName), { force: true });
 }
