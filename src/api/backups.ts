@@ -109,6 +109,8 @@ export interface BackupRouteOptions {
   readonly proxy: ProxyEndpoints;
   /** How long a deleted cluster's backups are kept (the backup schedule purges them after). */
   readonly deletedRetentionMs: number;
+  /** Bytes in one GB of allocation, for the cluster view's storage. */
+  readonly gbBytes: number;
 }
 
 export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: BackupRouteOptions, ownerOf: (request: FastifyRequest) => TokenOwner): void {
@@ -213,6 +215,6 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
   );
 
   function clusterViewOrNull(cluster: ClusterSnapshot | null): ReturnType<typeof clusterView> | null {
-    return cluster && clusterView(cluster, options.proxy);
+    return cluster && clusterView(cluster, options.proxy, options.gbBytes);
   }
 }

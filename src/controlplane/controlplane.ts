@@ -189,7 +189,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
     embeddedStore: config.storeUrl === null,
     deletedBackupRetentionMs: config.backups.deletedRetentionMs,
-    storagePolicy: { resizeStepGbMin: config.storage.resizeStepGbMin, resizeCooldownMs: config.storage.resizeCooldownMs },
+    storagePolicy: { resizeStepGbMin: config.storage.resizeStepGbMin, resizeCooldownMs: config.storage.resizeCooldownMs, gbBytes: config.storage.gbBytes, readOnlyPercent: config.storage.readOnlyPercent },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
   });
   try {

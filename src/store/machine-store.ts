@@ -6,9 +6,9 @@ import { assert } from '../lib/assert.js';
 import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
-import { loadCatalogue, revertChange, revisionOfChange, saveCatalogue } from './config.js';
+import { type StoragePolicy, loadCatalogue, proposeChange, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
-import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
+import { type AutogrowPolicy, type ClusterRecord, type InstanceRecord, type StorageFull, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -122,8 +122,8 @@ export class PgMachineStore implements MachineStore {
   }
 
   async cluster(id: ClusterId): Promise<ClusterRecord> {
-    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null }>(
-      'select id, name, spec, secrets, switchover_to from clusters where id = $1',
+    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null }>(
+      'select id, name, spec, secrets, switchover_to, storage_read_only, storage_autogrow from clusters where id = $1',
       [id],
     );
     const row = result.rows[0];
@@ -134,7 +134,7 @@ export class PgMachineStore implements MachineStore {
       [id],
     );
     const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...hosts.rows.map((host) => host.address)])];
-    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses };
+    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses, storageFull: row.storage_read_only, autogrow: row.storage_autogrow };
   }
 
   instances(clusterId: ClusterId): Promise<InstanceRecord[]> {
@@ -283,6 +283,19 @@ export class PgMachineStore implements MachineStore {
 
   async revertChange(changeId: ChangeId, reason: string, origin: MachineOrigin): Promise<number | null> {
     return revertChange(this.db, origin, changeId, reason);
+  }
+
+  async setStorageFull(clusterId: ClusterId, full: StorageFull | null): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query('update clusters set storage_read_only = $2 where id = $1', [clusterId, full]);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async growStorage(clusterId: ClusterId, toGb: number, reason: string, origin: MachineOrigin, policy: StoragePolicy): Promise<number> {
+    const proposal = await proposeChange(this.db, origin, { clusterId, actor: 'cellar', reason, change: { storageGb: toGb } }, policy);
+    assert(proposal.revision !== null, 'a storage revision that is not a dry run has a number');
+    return proposal.revision;
   }
 
   async changeInProgress(clusterId: ClusterId): Promise<boolean> {
