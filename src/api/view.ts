@@ -1,7 +1,7 @@
 import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { briefFailure } from './failure.js';
 import { lagBytes } from '../lib/lsn.js';
-import { bytesPerStorageGb, durabilityOf, walKeepLimitMb } from '../lib/sizes.js';
+import { durabilityOf, storageAllocatedBytes, walKeepLimitMb } from '../lib/sizes.js';
 import { clusterPhase, isArchiveFailing } from '../machines/cluster.js';
 import { instancePhase } from '../machines/instance.js';
 import type { InstanceRecord } from '../machines/ports.js';
@@ -95,11 +95,14 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
   };
 }
 
-/** The primary is what the allocation holds the user to: a replica's copy lags it and its own WAL differs. */
-function storageView(allocatedGb: number, primary: InstanceRecord | undefined): StorageView | null {
+/**
+ * The primary is what the allocation holds the user to: a replica's copy lags it and its own WAL
+ * differs. Also what the control plane's metrics report (src/api/metrics.ts).
+ */
+export function storageView(allocatedGb: number, primary: Pick<InstanceRecord, 'usage' | 'usageMeasuredAt'> | undefined): StorageView | null {
   if (primary?.usage == null || primary.usageMeasuredAt === null) return null;
   const usedBytes = primary.usage.dataBytes + primary.usage.walBytes;
-  const percent = Math.round((usedBytes / (allocatedGb * bytesPerStorageGb)) * 1000) / 10;
+  const percent = Math.round((usedBytes / storageAllocatedBytes(allocatedGb)) * 1000) / 10;
   return { allocatedGb, usedBytes, percent, measuredAt: primary.usageMeasuredAt.toISOString() };
 }
 

@@ -40,6 +40,11 @@ export const storageGbMin = 1;
 export const storageGbMax = 16_384;
 /** A cluster's allocation is counted in binary gigabytes, as the host's disk is (docs/STORAGE.md). */
 export const bytesPerStorageGb = 1024 ** 3;
+
+/** The bytes a cluster's allocation holds; every figure of allocated bytes goes through here, so the unit can be configured in one place. */
+export function storageAllocatedBytes(storageGb: number, bytesPerGb: number = bytesPerStorageGb): number {
+  return storageGb * bytesPerGb;
+}
 export const defaultStorageGb = 10;
 export const clusterNameLengthMax = 40;
 export const backupIntervalHoursMin = 1;
