@@ -35,6 +35,7 @@ import { registerTokenRoutes } from './tokens.js';
 import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerRolloutRoutes } from './rollouts.js';
 import { registerHealth } from './health.js';
+import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
@@ -224,7 +225,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   app.decorateRequest('owner', null);
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
-    if (header === undefined || !request.url.startsWith('/v1/')) return;
+    // /healthz and /openapi.json need no token, and must answer without the store.
+    if (header === undefined || !(request.url.startsWith('/v1/') || request.url.split('?')[0] === metricsPath)) return;
     const match = /^Bearer\s+(\S+)$/i.exec(header);
     if (!match?.[1]) throw new CellarError('CELLAR_E_UNAUTHENTICATED', 'the Authorization header must be "Bearer <token>"');
     const authentication = await authenticate(pool, match[1]);
@@ -361,6 +363,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
+  registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {
