@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { hostDiskReservePercentDefault, hostDiskReservePercentMax, hostDiskReservePercentMin } from './lib/placement.js';
 
 /**
  * The one place that reads process.env. Every value is parsed, typed and checked here, and every
@@ -100,6 +101,11 @@ export interface HostSettings {
    * replaced on other hosts. It becomes active again when its agent renews its lease.
    */
   readonly lostMs: number;
+  /**
+   * The share of a host's measured data filesystem that new instances and storage growth leave
+   * free, percent (docs/STORAGE.md "Host disk reserve").
+   */
+  readonly diskReservePercent: number;
 }
 
 /** Bounds of the host settings, shared by config and docs. */
@@ -293,6 +299,7 @@ export function loadConfig(env: Env = process.env): Config {
       controlAddresses: addressList(env, 'CELLAR_CONTROL_ADDRESSES', ['127.0.0.1'], problems),
       localHost: boolean(env, 'CELLAR_LOCAL_HOST', true, problems),
       lostMs: integer(env, 'CELLAR_HOST_LOST_MS', 60_000, hostLostMsMin, hostLostMsMax, problems),
+      diskReservePercent: integer(env, 'CELLAR_HOST_DISK_RESERVE_PERCENT', hostDiskReservePercentDefault, hostDiskReservePercentMin, hostDiskReservePercentMax, problems),
     },
   };
   if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {

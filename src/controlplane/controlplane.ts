@@ -15,7 +15,7 @@ import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
 import { randomToken } from '../lib/ids.js';
-import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
+import { type ClusterSpec, bytesPerStorageGb, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
 import { backupMachine } from '../machines/backup.js';
 import { backupScheduleEntity, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
@@ -189,7 +189,11 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
     embeddedStore: config.storeUrl === null,
     deletedBackupRetentionMs: config.backups.deletedRetentionMs,
-    storagePolicy: { resizeStepGbMin: config.storage.resizeStepGbMin, resizeCooldownMs: config.storage.resizeCooldownMs },
+    storagePolicy: {
+      resizeStepGbMin: config.storage.resizeStepGbMin,
+      resizeCooldownMs: config.storage.resizeCooldownMs,
+      hostDiskReserve: { percent: config.hosts.diskReservePercent, bytesPerStorageGb },
+    },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
   });
   try {

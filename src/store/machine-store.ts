@@ -3,6 +3,7 @@ import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './ma
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
+import { defaultDiskReserve } from '../lib/placement.js';
 import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
@@ -106,6 +107,10 @@ export interface HostOptions {
   readonly controlAddresses: readonly string[];
   readonly leaseMs: number;
   readonly clockMarginMs: number;
+  /** The share of a measured host's data filesystem that new instances leave free (docs/STORAGE.md "Host disk reserve"); absent: the default. */
+  readonly diskReservePercent?: number;
+  /** Bytes in one GB of an allocation; absent: a binary GB. */
+  readonly bytesPerStorageGb?: number;
 }
 
 const defaultHostOptions: HostOptions = { controlAddresses: [localAddress], leaseMs: 1_500, clockMarginMs: 250 };
@@ -191,7 +196,8 @@ export class PgMachineStore implements MachineStore {
   }
 
   placeInstance(instanceId: InstanceId): Promise<PlacedInstance> {
-    return inTransaction(this.db, (client) => placeInstance(client, instanceId));
+    const reserve = { percent: this.hosts.diskReservePercent ?? defaultDiskReserve.percent, bytesPerStorageGb: this.hosts.bytesPerStorageGb ?? defaultDiskReserve.bytesPerStorageGb };
+    return inTransaction(this.db, (client) => placeInstance(client, instanceId, reserve));
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {
