@@ -106,6 +106,7 @@ export async function assertStorageGrowthPlaceable(db: Queryable, clusterId: str
   const problems: string[] = [];
   for (const row of onHosts.rows) {
     const host = hosts.find((candidate) => candidate.id === row.host_id);
+    // A host removed by force still lists its instances until they are replaced: it is no longer asked for room.
     if (host === undefined) continue;
     const reasons = growthRefusals(host, row.count, toGb - fromGb, reserve);
     if (reasons.length > 0) problems.push(`host ${host.name} (${row.count} ${row.count === 1 ? 'instance' : 'instances'} of the cluster, ${toGb - fromGb} GB more each): ${reasons.join(', ')}`);
