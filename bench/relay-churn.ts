@@ -175,9 +175,10 @@ async function main(): Promise<void> {
   relay.start();
   const backend = await echoBackend();
   const routes: ProxyRoutes = {
-    resolve: (name): Resolution => (name === cluster ? { target: { host: '127.0.0.1', port: backend.port, clusterKey: cluster } } : { unknown: true }),
+    resolve: (name): Resolution => (name === cluster ? { target: { host: '127.0.0.1', port: backend.port, clusterKey: cluster, storageFull: false } } : { unknown: true }),
     refreshNow: () => Promise.resolve(),
     has: (name) => name === cluster,
+    storageFull: () => null,
     onChange: () => undefined,
     stillRouted: () => true,
   };

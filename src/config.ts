@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { hostDiskReservePercentDefault, hostDiskReservePercentMax, hostDiskReservePercentMin } from './lib/placement.js';
+import { bytesPerStorageGb } from './lib/sizes.js';
 
 /**
  * The one place that reads process.env. Every value is parsed, typed and checked here, and every
@@ -101,11 +102,6 @@ export interface HostSettings {
    * replaced on other hosts. It becomes active again when its agent renews its lease.
    */
   readonly lostMs: number;
-  /**
-   * The share of a host's measured data filesystem that new instances and storage growth leave
-   * free, percent (docs/STORAGE.md "Host disk reserve").
-   */
-  readonly diskReservePercent: number;
 }
 
 /** Bounds of the host settings, shared by config and docs. */
@@ -158,6 +154,22 @@ export interface StorageSettings {
   readonly resizeCooldownMs: number;
   /** The least a storage resize may add, in GB. */
   readonly resizeStepGbMin: number;
+  /** Bytes in one GB of a cluster's allocation: 1 GiB; tests set less to fill an allocation in seconds. */
+  readonly gbBytes: number;
+  /** At this share of its allocation a cluster gets a `storage_warning` event (docs/STORAGE.md "Limits"). */
+  readonly warnPercent: number;
+  /** At this share its primary turns read-only, and back below it. */
+  readonly readOnlyPercent: number;
+  /**
+   * The fastest a primary is assumed to write, in MB/s: near a threshold its use is measured
+   * as often as this rate could close the gap (at most every liveness tick), far from one rarely.
+   */
+  readonly writeRateMbPerSecond: number;
+  /**
+   * The share of a host's measured data filesystem that new instances and storage growth leave
+   * free, percent (docs/STORAGE.md "Host disk reserve"); counted in `gbBytes`.
+   */
+  readonly hostDiskReservePercent: number;
 }
 
 export const usageIntervalMsMin = 1_000;
@@ -287,6 +299,11 @@ export function loadConfig(env: Env = process.env): Config {
       usageIntervalMs: integer(env, 'CELLAR_USAGE_INTERVAL_MS', 30_000, usageIntervalMsMin, usageIntervalMsMax, problems),
       resizeCooldownMs: integer(env, 'CELLAR_STORAGE_RESIZE_COOLDOWN_MS', 6 * 3_600_000, 0, 30 * 24 * 3_600_000, problems),
       resizeStepGbMin: integer(env, 'CELLAR_STORAGE_RESIZE_STEP_GB', 1, 1, 1_024, problems),
+      gbBytes: integer(env, 'CELLAR_STORAGE_GB_BYTES', bytesPerStorageGb, 16 * 1024 ** 2, bytesPerStorageGb, problems),
+      warnPercent: integer(env, 'CELLAR_STORAGE_WARN_PERCENT', 80, 50, 94, problems),
+      readOnlyPercent: integer(env, 'CELLAR_STORAGE_READ_ONLY_PERCENT', 95, 60, 99, problems),
+      writeRateMbPerSecond: integer(env, 'CELLAR_STORAGE_WRITE_RATE_MB_S', 512, 1, 100_000, problems),
+      hostDiskReservePercent: integer(env, 'CELLAR_HOST_DISK_RESERVE_PERCENT', hostDiskReservePercentDefault, hostDiskReservePercentMin, hostDiskReservePercentMax, problems),
     },
     hosts: {
       controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',
@@ -299,11 +316,13 @@ export function loadConfig(env: Env = process.env): Config {
       controlAddresses: addressList(env, 'CELLAR_CONTROL_ADDRESSES', ['127.0.0.1'], problems),
       localHost: boolean(env, 'CELLAR_LOCAL_HOST', true, problems),
       lostMs: integer(env, 'CELLAR_HOST_LOST_MS', 60_000, hostLostMsMin, hostLostMsMax, problems),
-      diskReservePercent: integer(env, 'CELLAR_HOST_DISK_RESERVE_PERCENT', hostDiskReservePercentDefault, hostDiskReservePercentMin, hostDiskReservePercentMax, problems),
     },
   };
   if (config.hosts.heartbeatMs * 3 > config.hosts.leaseMs) {
     problems.push(`CELLAR_HOST_HEARTBEAT_MS=${config.hosts.heartbeatMs}: must be at most a third of CELLAR_HOST_LEASE_MS=${config.hosts.leaseMs}, so that one lost heartbeat does not cost the lease`);
+  }
+  if (config.storage.warnPercent >= config.storage.readOnlyPercent) {
+    problems.push(`CELLAR_STORAGE_WARN_PERCENT=${config.storage.warnPercent}: must be below CELLAR_STORAGE_READ_ONLY_PERCENT=${config.storage.readOnlyPercent}, so the warning comes first`);
   }
   const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
   if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);

@@ -65,7 +65,7 @@ describe('clusters', () => {
     const primaryOf = (cluster: ClusterView) => cluster.instances.find((instance) => instance.role === 'primary');
     const before = await eventually('a first measurement of the primary', async () => {
       const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
-      return shown.storage !== null && primaryOf(shown)?.dataBytes != null ? shown : undefined;
+      return shown.storage.percent !== null && primaryOf(shown)?.dataBytes != null ? shown : undefined;
     }, 10_000);
     const primaryBefore = primaryOf(before);
     assert.ok(primaryBefore?.dataBytes && primaryBefore.walBytes && primaryBefore.measuredAt);
@@ -79,11 +79,13 @@ describe('clusters', () => {
     const primary = primaryOf(after);
     assert.ok(primary?.measuredAt && primaryBefore.measuredAt && primary.measuredAt > primaryBefore.measuredAt);
     const storage = after.storage;
-    assert.ok(storage !== null);
+    assert.ok(storage.usedBytes !== null && storage.percent !== null);
+    assert.equal(storage.readOnly, false);
+    assert.equal(storage.autogrow, null, 'autogrow is off by default');
     assert.equal(storage.allocatedGb, after.storageGb);
     assert.equal(storage.usedBytes, (primary.dataBytes ?? 0) + (primary.walBytes ?? 0), "the cluster's use is its primary's data and WAL");
     assert.equal(storage.percent, Math.round((storage.usedBytes / (storage.allocatedGb * 1024 ** 3)) * 1000) / 10);
-    assert.ok(storage.percent > (before.storage?.percent ?? Infinity), `percent grew: ${before.storage?.percent} -> ${storage.percent}`);
+    assert.ok(storage.percent > (before.storage.percent ?? Infinity), `percent grew: ${before.storage.percent} -> ${storage.percent}`);
     const replica = after.instances.find((instance) => instance.role === 'replica');
     assert.equal(typeof replica?.dataBytes, 'number', 'replicas are measured too');
     const human = await cellar.cli(['clusters', 'show', 'app']);

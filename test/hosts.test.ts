@@ -77,7 +77,7 @@ describe('a cluster on three hosts', () => {
       return cluster.instances.every((instance) => instance.dataBytes !== null && instance.walBytes !== null) ? cluster : undefined;
     }, 15_000);
     for (const instance of shown.instances) assert.ok((instance.dataBytes ?? 0) > 1024 ** 2 && (instance.walBytes ?? 0) > 0, `${instance.id}: ${instance.dataBytes} + ${instance.walBytes}`);
-    assert.ok(shown.storage !== null && shown.storage.percent > 0);
+    assert.ok(shown.storage.percent !== null && shown.storage.percent > 0);
     const hosts = await eventually('every agent host measured', async () => {
       const listed = await cell.cellar.cliJson<HostView[]>(['hosts', 'list']);
       const agents = listed.filter((host) => !host.local);

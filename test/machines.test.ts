@@ -8,7 +8,8 @@ import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
-import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, hasReplicas, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
+import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
+import { hasReplicas } from '../src/machines/replicas.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
@@ -90,8 +91,14 @@ class FakeDataPlane implements DataPlane {
     this.reach(spec.instanceId);
     return this.rejoinMethod;
   }
+  /** Instances last configured with new transactions read-only (a full cluster). */
+  readonly readOnlySpecs: InstanceId[] = [];
   async configure(spec: InstanceSpec): Promise<readonly ServerSetting[]> {
     this.calls.push(`configure ${spec.instanceId}`);
+    if (spec.settings['default_transaction_read_only'] === 'on') {
+      this.readOnlySpecs.push(spec.instanceId);
+      this.readOnlySpecs.sort();
+    }
     return [];
   }
 
@@ -163,7 +170,7 @@ const ha: HaSettings = {
   archiveFailingMs: 60_000,
 };
 
-const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1 };
+const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
@@ -316,7 +323,7 @@ describe('instance machine, label by label', () => {
     const probed = await step(instanceMachine, 'running', primaryId, h, { data: measured });
     assert.deepEqual(probed, { type: 'nap', ms: livenessIntervalMs, data: { lastProbeMs: h.clock.now, failedProbes: 0, ...measured }, wake: [] });
     assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`]);
-    const between = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - probeIntervalMs + 1 } });
+    const between = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - probeIntervalMs + 1, ...measured } });
     assert.deepEqual(between, { type: 'nap', ms: livenessIntervalMs });
     assert.equal(h.store.calls.length, 1, 'no second probe within the interval');
     h.store.update(primaryId, { observed: { ...running, inRecovery: true } });
@@ -324,20 +331,21 @@ describe('instance machine, label by label', () => {
     assert.deepEqual(changed.type === 'nap' && changed.wake, [{ kind: 'cluster', entityId: clusterId }]);
   });
 
-  test('running: use on disk is measured with the first probe, then only once per usage interval, and kept in the store', async () => {
+  test('running: a replica\'s use on disk is measured with the first probe, then only once per usage interval, and kept in the store', async () => {
     const h = harness();
-    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
-    h.dataPlane.status_ = running;
-    const first = await step(instanceMachine, 'running', primaryId, h);
+    const streaming = { ...running, inRecovery: true, streaming: true };
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.dataPlane.status_ = streaming;
+    const first = await step(instanceMachine, 'running', replicaId, h);
     assert.deepEqual(first.type === 'nap' && first.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now });
-    assert.deepEqual(h.store.calls, [`recordObserved ${primaryId}`, `recordUsage ${primaryId} 40000000+16777216`]);
+    assert.deepEqual(h.store.calls, [`recordObserved ${replicaId}`, `recordUsage ${replicaId} 40000000+16777216`]);
     const measuredAt = h.clock.now;
     h.clock.now += storage.usageIntervalMs - 1;
-    const within = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
+    const within = await step(instanceMachine, 'running', replicaId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
     assert.deepEqual(within.type === 'nap' && within.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: measuredAt }, 'the time of the last measurement is carried');
     assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 1, 'not measured again within the interval');
     h.clock.now += 1;
-    const due = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
+    const due = await step(instanceMachine, 'running', replicaId, h, { data: { lastProbeMs: measuredAt, lastUsageMs: measuredAt } });
     assert.deepEqual(due.type === 'nap' && due.data, { lastProbeMs: h.clock.now, failedProbes: 0, lastUsageMs: h.clock.now });
     assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 2, 'measured again once the interval has passed');
   });
@@ -1109,5 +1117,75 @@ describe('WAL bounds (docs/STORAGE.md)', () => {
     assert.equal(warnings.length, 1);
     assert.match(warnings[0] ?? '', /archiving has failed since .* 128 MB of WAL held/);
     assert.deepEqual(walWarnings(1, primary({ ...archivingAgain, lagBytes: 1024 ** 3 })), [], 'archiving works: unarchived WAL is only in flight');
+  });
+});
+
+describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
+  const gb = storage.gbBytes;
+  const filesystem = { path: '/srv', totalBytes: 0, freeBytes: 0, availableBytes: 0 };
+  /** A cluster of 10 GB whose primary was measured at `percent` of it. */
+  function fullHarness(percent: number): Harness {
+    const h = harness();
+    h.store.durability = 'async';
+    const usedBytes = Math.round((percent / 100) * 10 * gb);
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running, usage: { dataBytes: usedBytes - 16 * 1024 ** 2, walBytes: 16 * 1024 ** 2, filesystem }, usageMeasuredAt: new Date() });
+    h.store.add(replicaId, 'replica', 1, 'running');
+    return h;
+  }
+
+  test('past the warning threshold: storage_warning once; below it again the mark goes, silently', async () => {
+    const h = fullHarness(85);
+    const warned = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual(warned.type === 'nap' && [warned.code, warned.data], ['storage_warning', { syncStandbys: [], storageWarned: true }]);
+    assert.match(warned.type === 'nap' ? (warned.reason ?? '') : '', /85\.0 %.*cellar clusters resize app --storage-gb 20/);
+    const quiet = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(quiet.type === 'nap' && quiet.code, undefined, 'said once');
+    const low = fullHarness(50);
+    const cleared = await step(clusterMachine, 'running', clusterId, low, { data: { syncStandbys: [], storageWarned: true } });
+    assert.deepEqual(cleared.type === 'nap' && [cleared.code, cleared.data], [undefined, { syncStandbys: [] }]);
+  });
+
+  test('past the read-only threshold the servers are configured read-only before the cluster is marked full; below it, the reverse', async () => {
+    const h = fullHarness(96);
+    const full = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(full.type === 'nap' && full.code, 'storage_read_only');
+    assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('configure')).sort(), [`configure ${primaryId}`, `configure ${replicaId}`]);
+    assert.deepEqual(h.dataPlane.readOnlySpecs, [primaryId, replicaId].sort());
+    assert.deepEqual(h.store.calls, ['setStorageFull 96']);
+    assert.equal(h.store.storageFull?.percent, 96);
+    const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(steady.type === 'nap' && steady.code, undefined, 'a full cluster stays as it is');
+    h.store.storageGb = 20; // a resize
+    h.dataPlane.calls.length = 0;
+    h.dataPlane.readOnlySpecs.length = 0;
+    const writable = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(writable.type === 'nap' && writable.code, 'storage_writable');
+    assert.deepEqual(h.dataPlane.readOnlySpecs, [], 'configured without the read-only default');
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('configure')).length, 2);
+    assert.equal(h.store.storageFull, null);
+  });
+
+  test('autogrow: past its threshold it grows by its step up to the ceiling, then says once that it is at the ceiling', async () => {
+    const h = fullHarness(91);
+    h.store.autogrow = { maxGb: 22, thresholdPercent: 90, stepPercent: 50 };
+    const grown = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(grown.type === 'nap' && grown.code, 'storage_autogrown');
+    assert.equal(h.store.storageGb, 15, '10 GB + 50 %');
+    // The same bytes, measured against 15 GB, are below the threshold: nothing more until it fills again.
+    h.store.update(primaryId, { usage: { dataBytes: Math.round(0.95 * 15 * gb), walBytes: 0, filesystem } });
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.equal(again.type === 'nap' && again.code, 'storage_read_only', 'at 95 % of 15 GB read-only comes first');
+    h.store.update(primaryId, { usage: { dataBytes: Math.round(0.92 * 15 * gb), walBytes: 0, filesystem } });
+    h.store.storageFull = null;
+    const second = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(second.type === 'nap' && second.code, 'storage_autogrown');
+    assert.equal(h.store.storageGb, 22, 'the step is cut at the ceiling');
+    h.store.update(primaryId, { usage: { dataBytes: Math.round(0.92 * 22 * gb), walBytes: 0, filesystem } });
+    const ceiling = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(ceiling.type === 'nap' && ceiling.code, 'storage_autogrow_held');
+    assert.match(ceiling.type === 'nap' ? (ceiling.reason ?? '') : '', /ceiling of 22 GB/);
+    const held = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true, autogrowHeld: 'it is at its ceiling of 22 GB' } });
+    assert.equal(held.type === 'nap' && held.code, undefined, 'said once');
+    assert.equal(h.store.calls.filter((call) => call.startsWith('growStorage')).length, 2);
   });
 });

@@ -43,7 +43,11 @@ class TestRoutes implements ProxyRoutes {
 
   resolve(key: string, _kind: EndpointKind): Resolution {
     const port = this.ports.get(key);
-    return port === undefined ? { unknown: true } : { target: { host: '127.0.0.1', port, clusterKey: key } };
+    return port === undefined ? { unknown: true } : { target: { host: '127.0.0.1', port, clusterKey: key, storageFull: false } };
+  }
+
+  storageFull(): null {
+    return null;
   }
 
   refreshNow(): Promise<void> {

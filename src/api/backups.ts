@@ -110,6 +110,8 @@ export interface BackupRouteOptions {
   readonly proxy: ProxyEndpoints;
   /** How long a deleted cluster's backups are kept (the backup schedule purges them after). */
   readonly deletedRetentionMs: number;
+  /** Bytes in one GB of allocation, for the cluster view's storage. */
+  readonly gbBytes: number;
   /** What a restored cluster's placement leaves free on measured hosts (docs/STORAGE.md "Host disk reserve"). */
   readonly hostDiskReserve: DiskReserve;
 }
@@ -216,6 +218,6 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
   );
 
   function clusterViewOrNull(cluster: ClusterSnapshot | null): ReturnType<typeof clusterView> | null {
-    return cluster && clusterView(cluster, options.proxy);
+    return cluster && clusterView(cluster, options.proxy, options.gbBytes);
   }
 }

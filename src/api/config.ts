@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ConfigPlan } from '../lib/config-plan.js';
-import { CellarError } from '../lib/errors.js';
+import { CellarError, invalid } from '../lib/errors.js';
 import { effectiveSettings, replicasMax, sizeNames, storageGbMax, storageGbMin } from '../lib/sizes.js';
 import { changeMachine } from '../machines/change.js';
-import { type ChangeProposal, type RevisionRecord, type StoragePolicy, isChangeInProgress, proposeChange, proposeRollback, revisions } from '../store/config.js';
+import { type ChangeProposal, type RevisionRecord, type StoragePolicy, autogrowStepPercentDefault, autogrowStepPercentMax, autogrowStepPercentMin, autogrowThresholdPercentDefault, autogrowThresholdPercentMin, isChangeInProgress, proposeChange, proposeRollback, revisions, setAutogrow } from '../store/config.js';
 import { type ClusterSnapshot, findCluster } from '../store/clusters.js';
 import type { Pool } from '../store/pool.js';
 import type { TokenOwner } from '../store/tenancy.js';
@@ -128,6 +128,32 @@ export const configFieldMessages: Readonly<Record<string, string>> = {
   revision: 'revision must be a whole number from 1',
 };
 
+interface AutogrowBody {
+  enabled: boolean;
+  maxGb?: number;
+  thresholdPercent?: number;
+  stepPercent?: number;
+}
+
+const autogrowBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['enabled'],
+  properties: {
+    enabled: { type: 'boolean' },
+    maxGb: { type: 'integer', minimum: storageGbMin, maximum: storageGbMax },
+    thresholdPercent: { type: 'integer', minimum: autogrowThresholdPercentMin, maximum: 99 },
+    stepPercent: { type: 'integer', minimum: autogrowStepPercentMin, maximum: autogrowStepPercentMax },
+  },
+} as const;
+
+export const autogrowFieldMessages: Readonly<Record<string, string>> = {
+  enabled: 'enabled must be true or false',
+  maxGb: `maxGb must be a whole number of GB from ${storageGbMin} to ${storageGbMax}, above the cluster's allocation`,
+  thresholdPercent: `thresholdPercent must be a whole number from ${autogrowThresholdPercentMin}, below the read-only threshold`,
+  stepPercent: `stepPercent must be a whole number from ${autogrowStepPercentMin} to ${autogrowStepPercentMax}`,
+};
+
 interface ChangeBody {
   settings?: Record<string, string | null>;
   size?: string;
@@ -188,6 +214,22 @@ export function registerConfigRoutes(app: FastifyInstance, pool: Pool, ownerOf: 
       const dryRun = body.dryRun === true;
       const proposal = await proposeChange(pool, changeMachine, { clusterId: cluster.id, actor: actorOf(owner), change, dryRun, ...(body.reason === undefined ? {} : { reason: body.reason }) }, storagePolicy);
       return reply.code(dryRun ? 200 : 201).send(proposalView(cluster, proposal, dryRun));
+    },
+  );
+
+  app.put<{ Params: { name: string }; Body: AutogrowBody }>(
+    '/v1/clusters/:name/autogrow',
+    { config: { fieldMessages: autogrowFieldMessages }, schema: { summary: 'Turn storage autogrow on (grow by stepPercent past thresholdPercent, up to maxGb) or off; off by default', body: autogrowBody } },
+    async (request) => {
+      const owner = ownerOf(request);
+      const cluster = await liveCluster(owner, request.params.name);
+      const body = request.body;
+      if (body.enabled && body.maxGb === undefined) throw invalid('maxGb', `maxGb is required to turn autogrow on: the ceiling it grows to, above the cluster's ${cluster.spec.storageGb} GB`);
+      const policy = body.enabled
+        ? { maxGb: body.maxGb as number, thresholdPercent: body.thresholdPercent ?? autogrowThresholdPercentDefault, stepPercent: body.stepPercent ?? autogrowStepPercentDefault }
+        : null;
+      await setAutogrow(pool, cluster.id, policy, storagePolicy);
+      return { cluster: cluster.name, autogrow: policy };
     },
   );
 

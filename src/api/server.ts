@@ -27,7 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
-import type { StoragePolicy } from '../store/config.js';
+import { type StoragePolicy, diskReserveOf } from '../store/config.js';
 import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
@@ -110,9 +110,19 @@ const clusterSchema = {
     replicas: { type: 'integer' },
     storageGb: { type: 'integer' },
     storage: {
-      type: ['object', 'null'],
-      description: "use against the allocation: the primary's data and WAL, as last measured; null before the first measurement",
-      properties: { allocatedGb: { type: 'integer' }, usedBytes: { type: 'integer' }, percent: { type: 'number' }, measuredAt: { type: 'string' } },
+      type: 'object',
+      description: "use against the allocation: the primary's data and WAL, as last measured (null figures before the first measurement); whether the primary is read-only because the storage is full; the autogrow policy (null: off)",
+      properties: {
+        allocatedGb: { type: 'integer' },
+        usedBytes: { type: ['integer', 'null'] },
+        percent: { type: ['number', 'null'] },
+        measuredAt: { type: ['string', 'null'] },
+        readOnly: { type: 'boolean' },
+        autogrow: {
+          type: ['object', 'null'],
+          properties: { maxGb: { type: 'integer' }, thresholdPercent: { type: 'integer' }, stepPercent: { type: 'integer' } },
+        },
+      },
     },
     version: { type: 'integer' },
     durability: { type: 'string', enum: durabilities },
@@ -264,7 +274,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.get('/v1/clusters', { schema: { summary: 'List clusters', response: { 200: { type: 'object', properties: { clusters: { type: 'array', items: clusterSchema } } } } } }, async (request) => {
     const owner = ownerOf(request);
-    return { clusters: (await listClusters(pool, owner.orgId)).map((cluster) => clusterView(cluster, options.proxy)) };
+    return { clusters: (await listClusters(pool, owner.orgId)).map((cluster) => clusterView(cluster, options.proxy, options.storagePolicy.gbBytes)) };
   });
 
   app.post<{ Body: { name: string; replicas: number; size: string; storageGb: number; version?: number; durability?: string; backupIntervalHours?: number } }>(
@@ -287,9 +297,9 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
       // With the fleet's defaults already, so that a warm cluster made on them is adopted.
       const spec = await withFleetDefaults(pool, { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule } satisfies ClusterSpec);
-      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec, { reserve: options.storagePolicy.hostDiskReserve }));
+      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec, { reserve: diskReserveOf(options.storagePolicy) }));
       const created = await findClusterById(pool, owner.orgId, id);
-      return reply.status(201).send(created && clusterView(created, options.proxy));
+      return reply.status(201).send(created && clusterView(created, options.proxy, options.storagePolicy.gbBytes));
     },
   );
 
@@ -300,7 +310,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const owner = ownerOf(request);
       const cluster = (await findCluster(pool, owner.orgId, request.params.name)) ?? (await findClusterById(pool, owner.orgId, request.params.name));
       if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
-      return clusterView(cluster, options.proxy);
+      return clusterView(cluster, options.proxy, options.storagePolicy.gbBytes);
     },
   );
 
@@ -313,7 +323,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${request.params.name}"`, 'name');
       await requestDestroy(pool, clusterKind, cluster.id);
       const updated = await findClusterById(pool, owner.orgId, cluster.id);
-      return reply.status(202).send(updated && clusterView(updated, options.proxy));
+      return reply.status(202).send(updated && clusterView(updated, options.proxy, options.storagePolicy.gbBytes));
     },
   );
 
@@ -325,7 +335,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const cluster = await actionableCluster(owner, request.params.name, 'fail over');
       if (!cluster.instances.some((instance) => instance.role === 'replica')) throw new CellarError('CELLAR_E_CONFLICT', `cluster "${cluster.name}" has no replica to fail over to`, 'name');
       await requestClusterAction(pool, cluster.id, request.body?.force === true ? ['failover', 'force'] : ['failover']);
-      return reply.status(202).send(clusterView(cluster, options.proxy));
+      return reply.status(202).send(clusterView(cluster, options.proxy, options.storagePolicy.gbBytes));
     },
   );
 
@@ -342,11 +352,11 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
         throw invalid('to', `to must be the id of a replica of cluster "${cluster.name}": ${replicas.map((instance) => instance.id).join(', ')}`);
       }
       await requestClusterAction(pool, cluster.id, ['switchover'], to);
-      return reply.status(202).send(clusterView(cluster, options.proxy));
+      return reply.status(202).send(clusterView(cluster, options.proxy, options.storagePolicy.gbBytes));
     },
   );
 
-  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, hostDiskReserve: options.storagePolicy.hostDiskReserve }, ownerOf);
+  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, gbBytes: options.storagePolicy.gbBytes, hostDiskReserve: diskReserveOf(options.storagePolicy) }, ownerOf);
   registerConfigRoutes(app, pool, ownerOf, options.storagePolicy);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
@@ -357,7 +367,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     const cluster = await findCluster(pool, owner.orgId, name);
     if (cluster === null) throw new CellarError('CELLAR_E_NOT_FOUND', `no cluster named "${name}"`, 'name');
     if (cluster.machineLabel !== 'running' || cluster.destroyRequested) {
-      const state = clusterView(cluster, options.proxy).state;
+      const state = clusterView(cluster, options.proxy, options.storagePolicy.gbBytes).state;
       throw new CellarError('CELLAR_E_CONFLICT', `cannot ${action} cluster "${name}" while it is ${state}; try again when it is running`, 'name');
     }
     return cluster;

@@ -1,7 +1,7 @@
 import { type ArchiveStatus, appDatabase, clusterRoles } from '../dataplane/dataplane.js';
 import { briefFailure } from './failure.js';
 import { lagBytes } from '../lib/lsn.js';
-import { bytesPerStorageGb, durabilityOf, walKeepLimitMb } from '../lib/sizes.js';
+import { durabilityOf, storageUse, walKeepLimitMb } from '../lib/sizes.js';
 import { clusterPhase, isArchiveFailing } from '../machines/cluster.js';
 import { instancePhase } from '../machines/instance.js';
 import type { InstanceRecord } from '../machines/ports.js';
@@ -29,10 +29,15 @@ export interface InstanceView {
 /** The cluster's use against its allocation: the primary's data and WAL. Null before its primary was measured. */
 export interface StorageView {
   allocatedGb: number;
-  usedBytes: number;
-  /** usedBytes of allocatedGb (binary gigabytes), in percent, one decimal. */
-  percent: number;
-  measuredAt: string;
+  /** Null until the primary is first measured. */
+  usedBytes: number | null;
+  /** usedBytes of allocatedGb (binary gigabytes), in percent, one decimal; null until measured. */
+  percent: number | null;
+  measuredAt: string | null;
+  /** The primary refuses writes because the storage is full (docs/STORAGE.md "Limits"). */
+  readOnly: boolean;
+  /** Null: autogrow is off. */
+  autogrow: { maxGb: number; thresholdPercent: number; stepPercent: number } | null;
 }
 
 export interface ClusterView {
@@ -42,7 +47,7 @@ export interface ClusterView {
   size: string;
   replicas: number;
   storageGb: number;
-  storage: StorageView | null;
+  storage: StorageView;
   version: number;
   /** What the cluster was asked for: sync, sync-strict or async. */
   durability: string;
@@ -96,11 +101,18 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
 }
 
 /** The primary is what the allocation holds the user to: a replica's copy lags it and its own WAL differs. */
-function storageView(allocatedGb: number, primary: InstanceRecord | undefined): StorageView | null {
-  if (primary?.usage == null || primary.usageMeasuredAt === null) return null;
-  const usedBytes = primary.usage.dataBytes + primary.usage.walBytes;
-  const percent = Math.round((usedBytes / (allocatedGb * bytesPerStorageGb)) * 1000) / 10;
-  return { allocatedGb, usedBytes, percent, measuredAt: primary.usageMeasuredAt.toISOString() };
+function storageView(cluster: ClusterSnapshot, primary: InstanceRecord | undefined, gbBytes: number): StorageView {
+  const allocatedGb = cluster.spec.storageGb;
+  const measured = primary?.usage == null || primary.usageMeasuredAt === null ? null : primary.usageMeasuredAt;
+  const use = measured === null ? null : storageUse(allocatedGb, gbBytes, primary?.usage ?? null);
+  return {
+    allocatedGb,
+    usedBytes: use?.usedBytes ?? null,
+    percent: use === null ? null : Math.round(use.percent * 10) / 10,
+    measuredAt: measured?.toISOString() ?? null,
+    readOnly: cluster.storageFull !== null,
+    autogrow: cluster.autogrow,
+  };
 }
 
 /** Unarchived WAL stays on the primary's disk: say so once it holds this part of the slot bound. */
@@ -116,7 +128,7 @@ export function walWarnings(storageGb: number, primary: InstanceRecord | undefin
   return [`archiving has failed since ${since} (${archive.failedCount} failures); ${heldMb} MB of WAL held on the primary, ${Math.round((archive.lagBytes / boundBytes) * 100)}% of the ${walKeepLimitMb(storageGb)} MB WAL bound`];
 }
 
-export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): ClusterView {
+export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints, gbBytes: number): ClusterView {
   const primary = cluster.instances.find((instance) => instance.role === 'primary');
   const instances = cluster.instances.map((instance) => instanceView(instance, primary));
   const routable = cluster.routeKey !== null && cluster.deletedAt === null;
@@ -130,7 +142,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints): Cl
     size: cluster.spec.size,
     replicas: cluster.spec.replicas,
     storageGb: cluster.spec.storageGb,
-    storage: storageView(cluster.spec.storageGb, primary),
+    storage: storageView(cluster, primary, gbBytes),
     version: cluster.spec.pgVersion,
     durability: durabilityOf(cluster.spec),
     backupIntervalHours: cluster.spec.backupIntervalHours ?? null,

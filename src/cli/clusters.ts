@@ -91,7 +91,7 @@ function printCluster(out: Output, cluster: ClusterView): void {
   out.line(`${cluster.name} (${cluster.id})  ${cluster.state}`);
   out.line(`  size ${cluster.size}, ${cluster.replicas} replica(s), ${cluster.storageGb} GB, Postgres ${cluster.version}`);
   out.line(`  durability ${cluster.durability}${cluster.replication === null ? '' : `, commits now ${cluster.replication === 'sync' ? 'wait for a replica' : 'do not wait for a replica'}`}`);
-  if (cluster.storage) out.line(`  ${storageLine(cluster)}`);
+  out.line(`  ${storageLine(cluster)}`);
   if (cluster.archive) out.line(`  ${archiveLine(cluster.archive)}`);
   for (const warning of cluster.warnings ?? []) out.line(`  warning: ${warning}`);
   if (cluster.uri) out.line(`  uri           ${cluster.uri}`);
@@ -114,11 +114,14 @@ function printCluster(out: Output, cluster: ClusterView): void {
   );
 }
 
-/** `storage 1.2 GB of 10 GB (12 %), WAL 48 MB`: the primary's use against the allocation. */
+/** `storage 1.2 GB of 10 GB (12 %), WAL 48 MB, READ-ONLY (full), autogrow to 50 GB at 90 %`: the primary's use against the allocation. */
 function storageLine(cluster: ClusterView): string {
-  const storage = cluster.storage as NonNullable<ClusterView['storage']>;
+  const { storage } = cluster;
   const wal = cluster.instances.find((instance) => instance.role === 'primary')?.walBytes ?? null;
-  return `storage       ${formatBytes(storage.usedBytes)} of ${storage.allocatedGb} GB (${storage.percent} %)${wal === null ? '' : `, WAL ${formatBytes(wal)}`}`;
+  const use = storage.usedBytes === null ? `not measured yet, of ${storage.allocatedGb} GB` : `${formatBytes(storage.usedBytes)} of ${storage.allocatedGb} GB (${storage.percent} %)`;
+  const readOnly = storage.readOnly ? ', READ-ONLY (storage full)' : '';
+  const autogrow = storage.autogrow === null ? '' : `, autogrow to ${storage.autogrow.maxGb} GB at ${storage.autogrow.thresholdPercent} %`;
+  return `storage       ${use}${wal === null ? '' : `, WAL ${formatBytes(wal)}`}${readOnly}${autogrow}`;
 }
 
 /** WAL archiving at a glance: how far behind, since when, and whether it fails. */

@@ -170,6 +170,23 @@ export function registerConfigCommands(program: Command, connect: () => Promise<
     const body = { ...(options.size === undefined ? {} : { size: options.size }), ...(options.storageGb === undefined ? {} : { storageGb: numberOrText(options.storageGb) }) };
     await submit(client, out, cluster, '', body, options);
   });
+  clusters
+    .command('autogrow <cluster>')
+    .description('grow the storage by itself: past --threshold % of the allocation, by --step-percent, up to --max-gb (off by default; each growth is a revision and an event)')
+    .option('--max-gb <gb>', 'the ceiling it grows to, above the allocation')
+    .option('--threshold <percent>', 'grow once use passes this share of the allocation (below the read-only threshold)', '90')
+    .option('--step-percent <percent>', 'grow by this share of the allocation (at least the resize step)', '25')
+    .option('--off', 'turn autogrow off')
+    .option('--json', 'print JSON')
+    .action(async (cluster: string, options: { maxGb?: string; threshold: string; stepPercent: string; off?: boolean }) => {
+      if ((options.off === true) === (options.maxGb !== undefined)) throw new Error('give --max-gb (to turn autogrow on) or --off');
+      const { client, out } = await connect();
+      const body = options.off === true ? { enabled: false } : { enabled: true, maxGb: numberOrText(options.maxGb as string), thresholdPercent: numberOrText(options.threshold), stepPercent: numberOrText(options.stepPercent) };
+      const result = await client.request<{ cluster: string; autogrow: { maxGb: number; thresholdPercent: number; stepPercent: number } | null }>('PUT', `/v1/clusters/${encodeURIComponent(cluster)}/autogrow`, body);
+      if (out.json) return out.result(result);
+      const policy = result.autogrow;
+      out.line(policy === null ? `${result.cluster}: autogrow is off` : `${result.cluster}: autogrow on: past ${policy.thresholdPercent} % of the allocation, grow by ${policy.stepPercent} % up to ${policy.maxGb} GB`);
+    });
   changeCommand(clusters.command('scale <cluster>').description('change the number of replicas (0-5): a new one is routed once it streams, a removed one leaves the routes first').requiredOption('--replicas <n>', 'number of replicas')).action(
     async (cluster: string, options: ChangeOptions & { replicas: string }) => {
       const { client, out } = await connect();

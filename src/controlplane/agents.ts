@@ -9,9 +9,9 @@ import { AgentClient } from '../dataplane/remote/agent-client.js';
 import { HeartbeatBook } from '../dataplane/remote/heartbeat-view.js';
 import type { HostReachability } from '../dataplane/remote/router.js';
 import { systemClock } from '../lib/clock.js';
-import { bytesPerStorageGb } from '../lib/sizes.js';
 import { drainSignal, hostMachine, joinedSignal, removeSignal, undrainSignal } from '../machines/host.js';
 import { HostDrains } from '../store/drain.js';
+import { diskReserveOf } from '../store/config.js';
 import { caCertificatePem, certificateSha256, ensureCellCa } from '../pki/ca.js';
 import { ensureControlCertificate } from '../pki/control.js';
 import { HostStore } from '../store/hosts.js';
@@ -93,7 +93,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool, 
     },
     hostsApi: {
       store,
-      drains: new HostDrains(pool, hostMachine, { drain: drainSignal, undrain: undrainSignal }, { percent: hosts.diskReservePercent, bytesPerStorageGb }),
+      drains: new HostDrains(pool, hostMachine, { drain: drainSignal, undrain: undrainSignal }, diskReserveOf(config.storage)),
       joinTokenTtlMs: hosts.joinTokenTtlMs,
       agentPort: hosts.agentPort,
       caSha256,

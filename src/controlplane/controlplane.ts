@@ -15,7 +15,7 @@ import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
 import { randomToken } from '../lib/ids.js';
-import { type ClusterSpec, bytesPerStorageGb, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
+import { type ClusterSpec, defaultDurability, defaultReplicas, defaultSize, defaultStorageGb } from '../lib/sizes.js';
 import { backupMachine } from '../machines/backup.js';
 import { backupScheduleEntity, backupScheduleMachine } from '../machines/backup-schedule.js';
 import { clusterMachine } from '../machines/cluster.js';
@@ -31,6 +31,7 @@ import { PgHostRecords } from '../store/drain.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost, recordHostUsage } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
+import { diskReserveOf } from '../store/config.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
@@ -149,7 +150,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
-    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, config.hosts),
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, { ...config.hosts, diskReserve: diskReserveOf(config.storage) }),
     dataPlane,
     ha: config.ha,
     backups: new PgBackupRecords(pool, backupMachine),
@@ -192,7 +193,9 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     storagePolicy: {
       resizeStepGbMin: config.storage.resizeStepGbMin,
       resizeCooldownMs: config.storage.resizeCooldownMs,
-      hostDiskReserve: { percent: config.hosts.diskReservePercent, bytesPerStorageGb },
+      gbBytes: config.storage.gbBytes,
+      readOnlyPercent: config.storage.readOnlyPercent,
+      hostDiskReservePercent: config.storage.hostDiskReservePercent,
     },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
   });

@@ -41,6 +41,22 @@ export const storageGbMax = 16_384;
 /** A cluster's allocation is counted in binary gigabytes, as the host's disk is (docs/STORAGE.md). */
 export const bytesPerStorageGb = 1024 ** 3;
 export const defaultStorageGb = 10;
+
+/** How full a cluster is: its primary's data and WAL against its allocation (docs/STORAGE.md). */
+export interface StorageUse {
+  readonly usedBytes: number;
+  readonly allocatedBytes: number;
+  /** Unrounded. */
+  readonly percent: number;
+}
+
+/** `gbBytes`: bytes in one GB of allocation (1 GiB; less in tests, CELLAR_STORAGE_GB_BYTES). */
+export function storageUse(storageGb: number, gbBytes: number, usage: { readonly dataBytes: number; readonly walBytes: number } | null): StorageUse | null {
+  if (usage === null) return null;
+  const usedBytes = usage.dataBytes + usage.walBytes;
+  const allocatedBytes = storageGb * gbBytes;
+  return { usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100 };
+}
 export const clusterNameLengthMax = 40;
 export const backupIntervalHoursMin = 1;
 export const backupIntervalHoursMax = 720;

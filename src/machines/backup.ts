@@ -2,7 +2,7 @@ import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { BackupId, InstanceId } from '../lib/ids.js';
-import { isStreamingReplica } from './cluster.js';
+import { isStreamingReplica } from './replicas.js';
 import { instanceSpec } from './instance.js';
 import type { MachinePorts } from './ports.js';
 

@@ -4,7 +4,7 @@ import type { RestartOrder } from '../lib/config-plan.js';
 import type { ChangeId } from '../lib/ids.js';
 import { lsnToBigInt } from '../lib/lsn.js';
 import { replicasMax } from '../lib/sizes.js';
-import { hasReplicas, isStreamingReplica } from './cluster.js';
+import { hasReplicas, isStreamingReplica } from './replicas.js';
 import { instanceKind, instanceSpec } from './instance.js';
 import { settingsDifferences } from './settings-drift.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, changeKind, clusterKind } from './ports.js';

@@ -8,6 +8,8 @@ import { lagBytes, lsnToBigInt } from '../lib/lsn.js';
 import { type Durability, durabilityOf, replicasMax } from '../lib/sizes.js';
 import { isEvacuated } from './host.js';
 import { settingsDifferences } from './settings-drift.js';
+import { guardStorage } from './storage-guard.js';
+import { isBeingRemoved, isStreamingReplica } from './replicas.js';
 import { catalogueFromRows } from '../lib/settings.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
@@ -46,6 +48,10 @@ export interface ClusterData extends Record<string, unknown> {
   readonly archiveFailingSinceMs?: number;
   /** `archive_failing` was raised and `archive_recovered` not yet. */
   readonly archiveFailingAnnounced?: boolean;
+  /** `storage_warning` was raised for the current climb past the warning threshold (storage-guard.ts). */
+  readonly storageWarned?: boolean;
+  /** The autogrow refusal last said (cooldown, ceiling), so that it is said once. */
+  readonly autogrowHeld?: string;
 }
 
 export { clusterKind };
@@ -116,10 +122,6 @@ function isServing(instance: InstanceRecord): boolean {
   return instance.machineLabel === 'running';
 }
 
-export function isStreamingReplica(instance: InstanceRecord): boolean {
-  return instance.role === 'replica' && !instance.fenced && instance.machineLabel === 'running' && instance.observed.streaming === true;
-}
-
 async function waitInstances(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
   const instances = await context.ports.store.instances(clusterIdOf(context));
@@ -162,6 +164,8 @@ async function running(context: Context): Promise<Result> {
   if (context.signals.has('failover')) return beginFailover(context, primary, 'a failover was requested');
   if (context.signals.has('switchover')) return beginSwitchover(context, cluster, instances, primary);
   if (primary.machineLabel === 'down') return primaryLost(context, instances, primary);
+  const guarded = await guardStorage(context, cluster, instances, primary);
+  if (guarded !== null) return guarded;
   const failedReplica = instances.find((instance) => instance.role === 'replica' && instance.machineLabel === 'failed');
   if (failedReplica !== undefined) {
     await store.replaceInstance(failedReplica.id, 'replica');
@@ -277,10 +281,6 @@ function isStaying(instance: InstanceRecord): boolean {
   return !isEvacuated(instance.hostState) && !isBeingRemoved(instance) && instance.machineLabel !== 'failed';
 }
 
-function isBeingRemoved(instance: InstanceRecord): boolean {
-  return instance.destroyRequested || instance.machineLabel === 'destroy';
-}
-
 function onHost(instance: InstanceRecord): string {
   return `${instance.id} (${instance.role}, host ${instance.hostState ?? '?'})`;
 }
@@ -375,15 +375,6 @@ async function scaleReplicas(context: Context, cluster: ClusterRecord, instances
     reason: `scaling from ${kept.length} to ${wanted} replica(s): removing ${surplus.map((instance) => instance.id).join(', ')}, out of the routes and the synchronous standbys first${sync}`,
     code: 'replicas_removed',
   });
-}
-
-/**
- * A scale is done: exactly `wanted` replicas are left (removed ones deleted), each streaming and
- * routed. What a change of `replicas` waits for (docs/CONFIG.md, the change machine's `scale`).
- */
-export function hasReplicas(wanted: number, instances: readonly InstanceRecord[]): boolean {
-  const replicas = instances.filter((instance) => instance.role === 'replica');
-  return replicas.length === wanted && replicas.every((instance) => isStreamingReplica(instance) && instance.inRoute && !isBeingRemoved(instance));
 }
 
 /** Which replica goes first when the cluster has too many: one whose removal began, then one that does not stream, then the newest. */

@@ -3,7 +3,7 @@ import { type MachineDefinition, type MachineRef, type Outcome, type StepContext
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
-import { type RestoreSpec, effectiveSettings, walKeepLimitMb } from '../lib/sizes.js';
+import { type RestoreSpec, effectiveSettings, storageUse, walKeepLimitMb } from '../lib/sizes.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } from './ports.js';
 
 /**
@@ -86,8 +86,14 @@ export function slotNameFor(instanceId: InstanceId): string {
   return instanceId;
 }
 
-export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): InstanceSpec {
+/**
+ * What the data plane runs the instance with. `readOnly` (default: whether the cluster is marked
+ * full) makes new transactions read-only (docs/STORAGE.md "Limits"): the storage guard configures
+ * the servers with it before it marks the cluster, so every later write of the files keeps it.
+ */
+export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord, readOnly: boolean = cluster.storageFull !== null): InstanceSpec {
   assert(instance.port !== null, `instance ${instance.id} has no port yet`);
+  const guard = readOnly ? { default_transaction_read_only: 'on' } : {};
   return {
     instanceId: instance.id,
     clusterId: cluster.id,
@@ -96,7 +102,7 @@ export function instanceSpec(cluster: ClusterRecord, instance: InstanceRecord): 
     peers: cluster.peerAddresses,
     pgVersion: cluster.spec.pgVersion,
     // Derived from the allocation, not a revision's setting: the drift check (effectiveSettings) never compares it.
-    settings: { ...effectiveSettings(cluster.spec), max_slot_wal_keep_size: `${walKeepLimitMb(cluster.spec.storageGb)}MB` },
+    settings: { ...effectiveSettings(cluster.spec), max_slot_wal_keep_size: `${walKeepLimitMb(cluster.spec.storageGb)}MB`, ...guard },
     secrets: cluster.secrets,
   };
 }
@@ -251,40 +257,79 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
   if (!(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
   const now = clock.nowMs();
   const data = context.machine.data;
-  if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) return nap(livenessIntervalMs);
+  if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) {
+    // Near the read-only threshold a primary is measured between full probes too (usageIntervalFor).
+    const usage = await measureWhenDue(context, cluster, instance, now);
+    if (usage === null) return nap(livenessIntervalMs);
+    return nap(livenessIntervalMs, { data: { ...withoutUsage(data), ...usage.data }, wake: usage.wake, ...usage.event });
+  }
   const status = await dataPlane.observe(instanceSpec(cluster, instance));
   await store.recordObserved(instance.id, status);
-  const wake = healthChanged(instance.observed, status) ? [clusterOf(instance)] : [];
   const usage = await measureWhenDue(context, cluster, instance, now);
-  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0, ...usage.data }, wake, ...usage.event });
+  const usageData = usage?.data ?? withoutUsage(data, true);
+  const wake = healthChanged(instance.observed, status) || (usage?.wake.length ?? 0) > 0 ? [clusterOf(instance)] : [];
+  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0, ...usageData }, wake, ...usage?.event });
   const failedProbes = (data.failedProbes ?? 0) + 1;
   if (instance.role === 'primary' && failedProbes >= ha.unreachableProbesMax) {
     return lost(context, instance, `cannot be queried: ${failedProbes} probes in a row failed`);
   }
-  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes, ...usage.data }, wake, ...usage.event });
+  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes, ...usageData }, wake, ...usage?.event });
 }
 
 type UsageData = Pick<InstanceData, 'lastUsageMs' | 'usageFailing'>;
 
+/** The machine's data without its usage fields (`only`: just the usage fields). */
+function withoutUsage(data: InstanceData, only = false): InstanceData {
+  const { lastUsageMs, usageFailing, ...rest } = data;
+  if (!only) return rest;
+  return { ...(lastUsageMs === undefined ? {} : { lastUsageMs }), ...(usageFailing === true ? { usageFailing } : {}) };
+}
+
 /**
- * Its use on disk, at most once per `storage.usageIntervalMs` (a walk of the data directory is
- * far dearer than a probe). A measurement that fails never makes the instance lost: the last
- * figure stays, the failure is said once, and the next interval tries again.
+ * How long after its last measurement an instance is measured again: `usageIntervalMs`, except a
+ * primary, which is measured as soon as writing at `writeRateMbPerSecond` could have carried it
+ * across the read-only threshold (either way), at most once per liveness tick. So the bytes
+ * written past the threshold before it is seen are bounded by that rate times one tick, and a
+ * primary far from full costs one walk per interval (docs/STORAGE.md "Limits").
  */
-async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<{ data: UsageData; event: { reason?: string; code?: 'usage_unmeasured' } }> {
+export function usageIntervalFor(storage: MachinePorts['storage'], cluster: ClusterRecord, instance: InstanceRecord): number {
+  const use = instance.role === 'primary' ? storageUse(cluster.spec.storageGb, storage.gbBytes, instance.usage) : null;
+  if (use === null) return storage.usageIntervalMs;
+  const gapBytes = Math.abs((use.allocatedBytes * storage.readOnlyPercent) / 100 - use.usedBytes);
+  const gapMs = (gapBytes / (storage.writeRateMbPerSecond * 1024 ** 2)) * 1000;
+  return Math.max(livenessIntervalMs, Math.min(storage.usageIntervalMs, gapMs));
+}
+
+/** Which side of each of the cluster's storage thresholds a use is on: a change wakes the cluster. */
+function storageBand(storage: MachinePorts['storage'], cluster: ClusterRecord, usage: InstanceRecord['usage']): number {
+  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, usage);
+  if (use === null) return 0;
+  const thresholds = [storage.warnPercent, storage.readOnlyPercent, ...(cluster.autogrow === null ? [] : [cluster.autogrow.thresholdPercent])];
+  return thresholds.filter((threshold) => use.percent >= threshold).length;
+}
+
+/**
+ * Its use on disk, when due (usageIntervalFor; a walk of the data directory is far dearer than a
+ * probe); null when not due. A measurement that fails never makes the instance lost: the last
+ * figure stays, the failure is said once, and the next interval tries again. A primary whose use
+ * crossed a storage threshold wakes its cluster, which guards the storage.
+ */
+async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<{ data: UsageData; wake: MachineRef[]; event: { reason?: string; code?: 'usage_unmeasured' } } | null> {
   const { lastUsageMs, usageFailing } = context.machine.data;
-  const kept: UsageData = { ...(lastUsageMs === undefined ? {} : { lastUsageMs }), ...(usageFailing === true ? { usageFailing } : {}) };
-  const intervalMs = context.ports.storage.usageIntervalMs;
-  if (lastUsageMs !== undefined && now - lastUsageMs < intervalMs) return { data: kept, event: {} };
+  const { storage } = context.ports;
+  const intervalMs = usageIntervalFor(storage, cluster, instance);
+  if (lastUsageMs !== undefined && now - lastUsageMs < intervalMs) return null;
   try {
-    await context.ports.store.recordUsage(instance.id, await context.ports.dataPlane.usage(instanceSpec(cluster, instance)));
-    return { data: { lastUsageMs: now }, event: {} };
+    const usage = await context.ports.dataPlane.usage(instanceSpec(cluster, instance));
+    await context.ports.store.recordUsage(instance.id, usage);
+    const crossed = instance.role === 'primary' && storageBand(storage, cluster, usage) !== storageBand(storage, cluster, instance.usage);
+    return { data: { lastUsageMs: now }, wake: crossed ? [clusterOf(instance)] : [], event: {} };
   } catch (error) {
     // An unreachable host is the probe's business (it makes the instance lost on its own terms), not this figure's.
     if (error instanceof HostUnreachableError) throw error;
-    if (usageFailing === true) return { data: { lastUsageMs: now, usageFailing }, event: {} };
-    const reason = `could not measure its use on disk: ${(error as Error).message}; the last figure is kept and it is measured again in ${intervalMs} ms`;
-    return { data: { lastUsageMs: now, usageFailing: true }, event: { reason, code: 'usage_unmeasured' } };
+    if (usageFailing === true) return { data: { lastUsageMs: now, usageFailing }, wake: [], event: {} };
+    const reason = `could not measure its use on disk: ${(error as Error).message}; the last figure is kept and it is measured again in ${storage.usageIntervalMs} ms`;
+    return { data: { lastUsageMs: now, usageFailing: true }, wake: [], event: { reason, code: 'usage_unmeasured' } };
   }
 }
 

@@ -22,6 +22,24 @@ export interface ClusterRecord {
    * the control plane's and proxy's addresses (InstanceSpec.peers).
    */
   readonly peerAddresses: readonly string[];
+  /** Set while its primary is read-only because its storage is full (docs/STORAGE.md "Limits"); null otherwise. */
+  readonly storageFull: StorageFull | null;
+  /** Its autogrow policy; null: off (the default). */
+  readonly autogrow: AutogrowPolicy | null;
+}
+
+/** What a full cluster was measured at when it turned read-only (the proxy tells clients from it). */
+export interface StorageFull {
+  readonly usedBytes: number;
+  readonly allocatedBytes: number;
+  readonly percent: number;
+}
+
+/** Autogrow (docs/STORAGE.md "Autogrow"): past `thresholdPercent`, grow by `stepPercent` (at least the resize step) up to `maxGb`. */
+export interface AutogrowPolicy {
+  readonly maxGb: number;
+  readonly thresholdPercent: number;
+  readonly stepPercent: number;
 }
 
 export interface PlacedInstance {
@@ -109,6 +127,22 @@ export interface MachineStore {
    * one transaction with the cluster's spec. Returns the new revision; null when there is none before.
    */
   revertChange(changeId: ChangeId, reason: string, origin: { readonly kind: string; readonly initial: string; lane(label: string): 'high' | 'normal' }): Promise<number | null>;
+  /**
+   * Read-only because the storage is full, or writable again (null), and the proxy told, in one
+   * transaction. The instances' servers are configured first, by the caller.
+   */
+  setStorageFull(clusterId: ClusterId, full: StorageFull | null): Promise<void>;
+  /**
+   * Autogrow: a storage revision to `toGb` (actor `cellar`), through the same checks as a resize
+   * (grow only, step, cooldown, room on its hosts above their disk reserve); a CellarError when one refuses it.
+   */
+  growStorage(
+    clusterId: ClusterId,
+    toGb: number,
+    reason: string,
+    origin: { readonly kind: string; readonly initial: string; lane(label: string): 'high' | 'normal' },
+    policy: Pick<StorageSettings, 'resizeStepGbMin' | 'resizeCooldownMs' | 'gbBytes' | 'readOnlyPercent' | 'hostDiskReservePercent'>,
+  ): Promise<number>;
   /** Whether a change machine of the cluster is still applying its revision. */
   changeInProgress(clusterId: ClusterId): Promise<boolean>;
   /** A machine's label, or null when there is none. */

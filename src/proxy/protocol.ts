@@ -31,6 +31,8 @@ export const sqlStates = {
   tooManyConnections: '53300',
   connectionFailure: '08006',
   invalidAuthorizationSpecification: '28000',
+  /** A write in a read-only transaction: what a full cluster's primary answers (storage-full.ts). */
+  readOnlyTransaction: '25006',
 } as const;
 
 export type SqlState = (typeof sqlStates)[keyof typeof sqlStates];

@@ -8,6 +8,7 @@ import type { NativeRelay } from './native-relay.js';
 import { MessageReader, backendKeyData, parseBackendKeyData, sqlStates } from './protocol.js';
 import type { EndpointKind, Target } from './routes.js';
 import { relayBytes } from './throttle.js';
+import { ErrorRewriter, type StorageFullNotice } from './storage-full.js';
 
 /**
  * Relaying: server → client through the startup phase (BackendKeyData swapped for a proxy key, up
@@ -18,6 +19,8 @@ import { relayBytes } from './throttle.js';
 
 export interface RelayingOptions {
   readonly log: Logger;
+  /** Whether a cluster's storage is full now, and what to tell its clients (storage-full.ts). */
+  readonly storageFull: (cluster: string) => StorageFullNotice | null;
   readonly metrics: ProxyMetrics;
   readonly relay: NativeRelay | null;
   readonly cancelKeys: CancelKeyRegistry;
@@ -91,7 +94,7 @@ export class Relaying {
           backend.off('data', onData);
           const rest = reader.rest();
           if (rest.length > 0) client.write(rest);
-          this.relayAfterStartup(client, backend, target.clusterKey, state);
+          this.relayAfterStartup(client, backend, target, state);
           return;
         }
       }
@@ -110,8 +113,14 @@ export class Relaying {
    * bandwidth limit on the cluster; TLS it terminated itself); otherwise server → client joins
    * client → server in JavaScript.
    */
-  private relayAfterStartup(client: Socket, backend: Socket, cluster: string, state: ClusterState): void {
-    const { relay, metrics } = this.options;
+  private relayAfterStartup(client: Socket, backend: Socket, target: Target, state: ClusterState): void {
+    const { relay, metrics, storageFull } = this.options;
+    const cluster = target.clusterKey;
+    if (target.storageFull) {
+      // Writes fail on a full cluster: each error is rewritten to say why, so these bytes stay in JavaScript.
+      const rewriter = new ErrorRewriter(() => storageFull(cluster));
+      return this.pipe(backend, client, cluster, 'out', state, (chunk) => rewriter.push(chunk));
+    }
     const pending = state.bytesPending;
     const count = (bytesIn: number, bytesOut: number): void => {
       pending.in += bytesIn;
@@ -125,9 +134,10 @@ export class Relaying {
   }
 
   /** Bytes one way: a plain pipe, or a paced one when the cluster has a bandwidth limit; counted either way. */
-  private pipe(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', state: ClusterState): void {
+  private pipe(from: Socket, to: Socket, cluster: string, direction: 'in' | 'out', state: ClusterState, transform?: (chunk: Buffer) => Buffer): void {
     const pending = state.bytesPending;
     relayBytes(from, to, {
+      ...(transform === undefined ? {} : { transform }),
       bucket: direction === 'in' ? state.bytesIn : state.bytesOut,
       count: (bytes) => {
         pending[direction] += bytes;

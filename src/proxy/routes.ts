@@ -4,6 +4,7 @@ import { lagBytes } from '../lib/lsn.js';
 import type { PoolClient } from 'pg';
 import type { Pool } from '../store/pool.js';
 import { type RouteRow, loadRoutes, routesChannel } from '../store/routes.js';
+import type { StorageFullNotice } from './storage-full.js';
 
 /**
  * The proxy's cached routes. Polled from the store, and re-read at once when the store notifies a
@@ -24,6 +25,8 @@ export interface Target {
   readonly host: string;
   readonly port: number;
   readonly clusterKey: string;
+  /** A read-write connection made while the cluster's storage was full: relayed through the ErrorRewriter. */
+  readonly storageFull: boolean;
 }
 
 export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string } | { readonly paused: true };
@@ -42,6 +45,8 @@ export interface ProxyRoutes {
    * cluster's route (not fenced, not deleted) and, for writes, still its primary.
    */
   stillRouted(target: Target, kind: EndpointKind): boolean;
+  /** Set while the cluster's storage is full (its primary is read-only); null otherwise. */
+  storageFull(key: string): StorageFullNotice | null;
 }
 
 export class RouteTable implements ProxyRoutes {
@@ -126,7 +131,13 @@ export class RouteTable implements ProxyRoutes {
     if (route === undefined) return !this.storeHealthy;
     const instance = route.instances.find((candidate) => candidate.host === target.host && candidate.port === target.port);
     if (instance === undefined) return false;
-    return kind === 'readOnly' || instance.role === 'primary';
+    if (kind === 'readOnly') return true;
+    // Writes to a cluster that just filled up: its clients reconnect, through the rewriter that tells them why they fail.
+    return instance.role === 'primary' && (route.storageFull === null || target.storageFull);
+  }
+
+  storageFull(key: string): StorageFullNotice | null {
+    return this.routes.get(key)?.storageFull ?? null;
   }
 
   resolve(key: string, kind: EndpointKind): Resolution {
@@ -140,10 +151,10 @@ export class RouteTable implements ProxyRoutes {
         .sort((a, b) => (lagBytes(primary?.lsn ?? undefined, a.lsn ?? undefined) ?? 0) - (lagBytes(primary?.lsn ?? undefined, b.lsn ?? undefined) ?? 0))[0];
       const target = replica ?? primary;
       if (target === undefined) return { unavailable: `cluster "${key}" has no instance accepting connections` };
-      return { target: { host: target.host, port: target.port, clusterKey: key } };
+      return { target: { host: target.host, port: target.port, clusterKey: key, storageFull: false } };
     }
     if (primary === undefined) return { unavailable: `cluster "${key}" has no primary accepting connections` };
-    return { target: { host: primary.host, port: primary.port, clusterKey: key } };
+    return { target: { host: primary.host, port: primary.port, clusterKey: key, storageFull: route.storageFull !== null } };
   }
 
   /**

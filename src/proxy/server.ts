@@ -52,7 +52,7 @@ export class ProxyServer {
     routes.onChange(() => this.clusters.pruneAll());
     this.admission = new Admission({ routes, limits, metrics, clusters: this.clusters, connectionCount: () => this.sockets.size });
     this.backends = new BackendConnector({ log, routes, admission: this.admission, waitMsMax: limits.waitMsMax, track });
-    this.relaying = new Relaying({ log, metrics, relay, cancelKeys: this.cancelKeys });
+    this.relaying = new Relaying({ log, metrics, relay, cancelKeys: this.cancelKeys, storageFull: (cluster) => routes.storageFull(cluster) });
     routes.onChange(() => this.relaying.endUnrouted((target, kind) => routes.stillRouted(target, kind)));
     this.negotiation = new Negotiation({
       log,

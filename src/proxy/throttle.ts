@@ -56,6 +56,8 @@ export interface RelayOptions {
   /** Called with each chunk's size, for the byte metrics. */
   readonly count: (bytes: number) => void;
   readonly onThrottle: () => void;
+  /** Rewrites what passes (a full cluster's errors); absent: bytes pass as they are. */
+  readonly transform?: (chunk: Buffer) => Buffer;
   /** Wraps the data and drain handlers so that a throw ends this pair, not the process. */
   readonly guard: <Arguments extends unknown[]>(handler: (...args: Arguments) => void) => (...args: Arguments) => void;
 }
@@ -66,11 +68,12 @@ export interface RelayOptions {
  * paused until it is paid, so the average rate is the bucket's rate.
  */
 export function relayBytes(from: Socket, to: Socket, options: RelayOptions): void {
-  const { bucket, count, onThrottle, guard } = options;
+  const { bucket, count, onThrottle, guard, transform } = options;
   const resume = guard((): void => void from.resume());
   const onData = guard((chunk: Buffer): void => {
     count(chunk.length);
-    const writable = to.write(chunk);
+    const out = transform === undefined ? chunk : transform(chunk);
+    const writable = out.length === 0 ? !to.writableNeedDrain : to.write(out);
     const waitMs = bucket === null ? 0 : bucket.reserve(chunk.length, performance.now());
     if (waitMs > 0) {
       onThrottle();

@@ -4,7 +4,7 @@ import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './ma
 import { CellarError } from '../lib/errors.js';
 import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
-import type { InstanceRecord } from '../machines/ports.js';
+import type { AutogrowPolicy, InstanceRecord, StorageFull } from '../machines/ports.js';
 import { liveInstances } from './machine-store.js';
 import { type Pool, inTransaction, isUniqueViolation } from './pool.js';
 import { assertPlaceable } from './placement.js';
@@ -43,6 +43,10 @@ export interface ClusterSnapshot {
   readonly destroyRequested: boolean;
   /** The replicas the primary's commits currently wait for (any one); null before first set. */
   readonly syncStandbys: readonly string[] | null;
+  /** Read-only because its storage is full, and at what use; null: writable (docs/STORAGE.md "Limits"). */
+  readonly storageFull: StorageFull | null;
+  /** Its autogrow policy; null: off. */
+  readonly autogrow: AutogrowPolicy | null;
   readonly instances: readonly InstanceRecord[];
   readonly events: readonly ClusterEvent[];
 }
@@ -61,10 +65,12 @@ interface ClusterRow {
   last_error: string | null;
   destroy_requested: boolean;
   sync_standbys: string[] | null;
+  storage_read_only: StorageFull | null;
+  storage_autogrow: AutogrowPolicy | null;
 }
 
 const clusterSelect = `
-select c.id, c.org_id, c.name, c.route_key, c.spec, c.secrets, c.created_at, c.deleted_at, m.label, m.next_tick_at, m.last_error,
+select c.id, c.org_id, c.name, c.route_key, c.spec, c.secrets, c.created_at, c.deleted_at, c.storage_read_only, c.storage_autogrow, m.label, m.next_tick_at, m.last_error,
        m.data -> 'syncStandbys' as sync_standbys,
        exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy') as destroy_requested
   from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id`;
@@ -138,6 +144,8 @@ async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
     machineError: row.last_error,
     destroyRequested: row.destroy_requested,
     syncStandbys: row.sync_standbys,
+    storageFull: row.storage_read_only,
+    autogrow: row.storage_autogrow,
     instances,
     events,
   };

@@ -1,10 +1,10 @@
 import { type ConfigPlan, type RevisionConfig, planChange } from '../lib/config-plan.js';
 import { CellarError, invalid } from '../lib/errors.js';
 import { type ChangeId, type ClusterId, newId } from '../lib/ids.js';
-import { type DiskReserve, defaultDiskReserve } from '../lib/placement.js';
+import { type DiskReserve, hostDiskReservePercentDefault } from '../lib/placement.js';
 import { type CatalogueEntry, checkSettings } from '../lib/settings.js';
-import { type ClusterSpec, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames, storageGbMax } from '../lib/sizes.js';
-import { changeKind } from '../machines/ports.js';
+import { type ClusterSpec, bytesPerStorageGb, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames, storageGbMax } from '../lib/sizes.js';
+import { type AutogrowPolicy, changeKind } from '../machines/ports.js';
 import { type MachineOrigin, insertMachine, newMachine } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
 import { assertStorageGrowthPlaceable, lockPlacement } from './placement.js';
@@ -43,10 +43,50 @@ export interface ChangeRequest {
 export interface StoragePolicy {
   readonly resizeStepGbMin: number;
   readonly resizeCooldownMs: number;
-  readonly hostDiskReserve: DiskReserve;
+  /** Bytes in one GB of allocation (CELLAR_STORAGE_GB_BYTES). */
+  readonly gbBytes: number;
+  /** Where the primary turns read-only: autogrow must act below it. */
+  readonly readOnlyPercent: number;
+  /** The share of a measured host's data filesystem that growth leaves free (CELLAR_HOST_DISK_RESERVE_PERCENT, docs/STORAGE.md "Host disk reserve"). */
+  readonly hostDiskReservePercent: number;
 }
 
-const defaultStoragePolicy: StoragePolicy = { resizeStepGbMin: 1, resizeCooldownMs: 6 * 3_600_000, hostDiskReserve: defaultDiskReserve };
+const defaultStoragePolicy: StoragePolicy = { resizeStepGbMin: 1, resizeCooldownMs: 6 * 3_600_000, gbBytes: bytesPerStorageGb, readOnlyPercent: 95, hostDiskReservePercent: hostDiskReservePercentDefault };
+
+/** The host disk reserve of a policy, in its unit of allocation. */
+export function diskReserveOf(policy: Pick<StoragePolicy, 'hostDiskReservePercent' | 'gbBytes'>): DiskReserve {
+  return { percent: policy.hostDiskReservePercent, bytesPerStorageGb: policy.gbBytes };
+}
+
+/** Autogrow's defaults and bounds (docs/STORAGE.md "Autogrow"). */
+export const autogrowThresholdPercentDefault = 90;
+export const autogrowThresholdPercentMin = 50;
+export const autogrowStepPercentDefault = 25;
+export const autogrowStepPercentMin = 5;
+export const autogrowStepPercentMax = 100;
+
+/**
+ * Turns a cluster's autogrow on (its ceiling above the allocation, its threshold below the
+ * read-only one) or off (null). Checked here so that a refused policy stores nothing.
+ */
+export async function setAutogrow(db: Queryable, clusterId: ClusterId, policy: AutogrowPolicy | null, storagePolicy: StoragePolicy = defaultStoragePolicy): Promise<void> {
+  if (policy !== null) {
+    const row = await db.query<{ storage_gb: number }>(`select (spec ->> 'storageGb')::int as storage_gb from clusters where id = $1 and deleted_at is null`, [clusterId]);
+    const storageGb = row.rows[0]?.storage_gb;
+    if (storageGb === undefined) throw new CellarError('CELLAR_E_NOT_FOUND', `cluster ${clusterId} does not exist`);
+    if (!Number.isInteger(policy.maxGb) || policy.maxGb <= storageGb || policy.maxGb > storageGbMax) {
+      throw invalid('maxGb', `maxGb must be a whole number of GB above the cluster's allocation of ${storageGb} GB and at most ${storageGbMax}, not ${String(policy.maxGb)}`);
+    }
+    if (!Number.isInteger(policy.thresholdPercent) || policy.thresholdPercent < autogrowThresholdPercentMin || policy.thresholdPercent >= storagePolicy.readOnlyPercent) {
+      throw invalid('thresholdPercent', `thresholdPercent must be a whole number from ${autogrowThresholdPercentMin} to ${storagePolicy.readOnlyPercent - 1} (below the read-only threshold of ${storagePolicy.readOnlyPercent} %), not ${String(policy.thresholdPercent)}`);
+    }
+    if (!Number.isInteger(policy.stepPercent) || policy.stepPercent < autogrowStepPercentMin || policy.stepPercent > autogrowStepPercentMax) {
+      throw invalid('stepPercent', `stepPercent must be a whole number from ${autogrowStepPercentMin} to ${autogrowStepPercentMax}, not ${String(policy.stepPercent)}`);
+    }
+  }
+  const updated = await db.query('update clusters set storage_autogrow = $2 where id = $1 and deleted_at is null', [clusterId, policy]);
+  if (updated.rowCount === 0) throw new CellarError('CELLAR_E_NOT_FOUND', `cluster ${clusterId} does not exist`);
+}
 
 export interface ChangeProposal {
   readonly revision: number | null;
@@ -256,7 +296,7 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
     if (request.change.storageGb !== undefined) {
       const fromGb = before.storageGb ?? row.spec.storageGb;
       await checkStorage(client, request.clusterId, fromGb, request.change.storageGb, storagePolicy);
-      await assertStorageGrowthPlaceable(client, request.clusterId, fromGb, request.change.storageGb, storagePolicy.hostDiskReserve);
+      await assertStorageGrowthPlaceable(client, request.clusterId, fromGb, request.change.storageGb, diskReserveOf(storagePolicy));
     }
     const touchesSettings = request.change.settings !== undefined || request.change.defaults !== undefined || after.size !== before.size;
     const catalogue = await loadCatalogue(client, row.spec.pgVersion);

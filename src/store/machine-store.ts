@@ -3,13 +3,13 @@ import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './ma
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
-import { defaultDiskReserve } from '../lib/placement.js';
+import { type DiskReserve, defaultDiskReserve } from '../lib/placement.js';
 import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
-import { loadCatalogue, revertChange, revisionOfChange, saveCatalogue } from './config.js';
+import { type StoragePolicy, loadCatalogue, proposeChange, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
-import { type ClusterRecord, type InstanceRecord, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
+import { type AutogrowPolicy, type ClusterRecord, type InstanceRecord, type StorageFull, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -107,10 +107,8 @@ export interface HostOptions {
   readonly controlAddresses: readonly string[];
   readonly leaseMs: number;
   readonly clockMarginMs: number;
-  /** The share of a measured host's data filesystem that new instances leave free (docs/STORAGE.md "Host disk reserve"); absent: the default. */
-  readonly diskReservePercent?: number;
-  /** Bytes in one GB of an allocation; absent: a binary GB. */
-  readonly bytesPerStorageGb?: number;
+  /** What new instances leave free on a measured host (docs/STORAGE.md "Host disk reserve"); absent: the default. */
+  readonly diskReserve?: DiskReserve;
 }
 
 const defaultHostOptions: HostOptions = { controlAddresses: [localAddress], leaseMs: 1_500, clockMarginMs: 250 };
@@ -127,8 +125,8 @@ export class PgMachineStore implements MachineStore {
   }
 
   async cluster(id: ClusterId): Promise<ClusterRecord> {
-    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null }>(
-      'select id, name, spec, secrets, switchover_to from clusters where id = $1',
+    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null }>(
+      'select id, name, spec, secrets, switchover_to, storage_read_only, storage_autogrow from clusters where id = $1',
       [id],
     );
     const row = result.rows[0];
@@ -139,7 +137,7 @@ export class PgMachineStore implements MachineStore {
       [id],
     );
     const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...hosts.rows.map((host) => host.address)])];
-    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses };
+    return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses, storageFull: row.storage_read_only, autogrow: row.storage_autogrow };
   }
 
   instances(clusterId: ClusterId): Promise<InstanceRecord[]> {
@@ -196,8 +194,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   placeInstance(instanceId: InstanceId): Promise<PlacedInstance> {
-    const reserve = { percent: this.hosts.diskReservePercent ?? defaultDiskReserve.percent, bytesPerStorageGb: this.hosts.bytesPerStorageGb ?? defaultDiskReserve.bytesPerStorageGb };
-    return inTransaction(this.db, (client) => placeInstance(client, instanceId, reserve));
+    return inTransaction(this.db, (client) => placeInstance(client, instanceId, this.hosts.diskReserve ?? defaultDiskReserve));
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {
@@ -289,6 +286,19 @@ export class PgMachineStore implements MachineStore {
 
   async revertChange(changeId: ChangeId, reason: string, origin: MachineOrigin): Promise<number | null> {
     return revertChange(this.db, origin, changeId, reason);
+  }
+
+  async setStorageFull(clusterId: ClusterId, full: StorageFull | null): Promise<void> {
+    await inTransaction(this.db, async (client) => {
+      await client.query('update clusters set storage_read_only = $2 where id = $1', [clusterId, full]);
+      await notifyRoutesChanged(client);
+    });
+  }
+
+  async growStorage(clusterId: ClusterId, toGb: number, reason: string, origin: MachineOrigin, policy: StoragePolicy): Promise<number> {
+    const proposal = await proposeChange(this.db, origin, { clusterId, actor: 'cellar', reason, change: { storageGb: toGb } }, policy);
+    assert(proposal.revision !== null, 'a storage revision that is not a dry run has a number');
+    return proposal.revision;
   }
 
   async changeInProgress(clusterId: ClusterId): Promise<boolean> {

@@ -4,7 +4,7 @@ import type { Durability } from '../../src/lib/sizes.js';
 import type { RestartOrder } from '../../src/lib/config-plan.js';
 import type { CatalogueEntry } from '../../src/lib/settings.js';
 import type { BackupId, ClusterId, InstanceId } from '../../src/lib/ids.js';
-import type { BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role } from '../../src/machines/ports.js';
+import type { AutogrowPolicy, BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role, StorageFull } from '../../src/machines/ports.js';
 
 /**
  * In-memory FAKES of the store ports the machines use (MachineStore, BackupRecords), for the
@@ -23,6 +23,10 @@ export class FakeStore implements MachineStore {
   durability: Durability = 'sync';
   switchoverTo: string | null = null;
   failovers = 0;
+  storageGb = 10;
+  storageFull: StorageFull | null = null;
+  autogrow: AutogrowPolicy | null = null;
+  revision = 0;
 
   /** The highest ordinal ever given, deleted instances included (ordinals are never reused). */
   private ordinalMax = -1;
@@ -74,8 +78,18 @@ export class FakeStore implements MachineStore {
   }
 
   async cluster(): Promise<ClusterRecord> {
-    const spec = { size: 'small', replicas: this.replicas, storageGb: 10, pgVersion: 15, durability: this.durability } as const;
-    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo, peerAddresses: ['127.0.0.1'] };
+    const spec = { size: 'small', replicas: this.replicas, storageGb: this.storageGb, pgVersion: 15, durability: this.durability } as const;
+    return { id: clusterId, name: 'app', spec, secrets, switchoverTo: this.switchoverTo, peerAddresses: ['127.0.0.1'], storageFull: this.storageFull, autogrow: this.autogrow };
+  }
+  async setStorageFull(_cluster: ClusterId, full: StorageFull | null): Promise<void> {
+    this.calls.push(`setStorageFull ${full === null ? 'null' : full.percent}`);
+    this.storageFull = full;
+  }
+  async growStorage(_cluster: ClusterId, toGb: number, reason: string): Promise<number> {
+    this.calls.push(`growStorage ${toGb} ${reason}`);
+    this.storageGb = toGb;
+    this.revision += 1;
+    return this.revision;
   }
   async instances(): Promise<InstanceRecord[]> {
     return [...this.instancesById.values()].sort((a, b) => a.ordinal - b.ordinal);

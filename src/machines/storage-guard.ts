@@ -1,0 +1,103 @@
+import { CellarError } from '../lib/errors.js';
+import { type StorageUse, storageGbMax, storageUse } from '../lib/sizes.js';
+import { type Outcome, type StepContext, nap } from '../engine/machine.js';
+import type { ClusterData, ClusterLabel } from './cluster.js';
+import { changeMachine } from './change.js';
+import { instanceSpec } from './instance.js';
+import type { AutogrowPolicy, ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
+
+/**
+ * Storage that protects the database (docs/STORAGE.md "Limits", "Autogrow"), from the primary's
+ * last measured use against the allocation: a warning at `warnPercent`; at `readOnlyPercent` the
+ * servers make new transactions read-only and the cluster is marked full (the proxy tells clients
+ * why and how to resize); below it again, writable. Autogrow, when on, proposes a storage revision
+ * past its threshold. Level-triggered: run again after a crash, it does the same.
+ */
+
+type GuardContext = StepContext<ClusterLabel, ClusterData, MachinePorts>;
+type Result = Outcome<ClusterLabel, ClusterData>;
+
+/** What the storage guard decides from a use (pure; property-checked in test/storage-guard.test.ts). */
+export type StorageAction = 'readOnly' | 'writable' | 'warn' | 'unwarn' | null;
+
+export function storageAction(use: StorageUse, readOnly: boolean, warned: boolean, settings: { readonly warnPercent: number; readonly readOnlyPercent: number }): StorageAction {
+  if (!readOnly && use.percent >= settings.readOnlyPercent) return 'readOnly';
+  if (readOnly && use.percent < settings.readOnlyPercent) return 'writable';
+  if (!warned && use.percent >= settings.warnPercent) return 'warn';
+  if (warned && use.percent < settings.warnPercent) return 'unwarn';
+  return null;
+}
+
+/** Autogrow's next size: `stepPercent` of the allocation, at least the resize step, never past the ceiling. Null: at the ceiling. */
+export function autogrowTarget(storageGb: number, policy: AutogrowPolicy, resizeStepGbMin: number): number | null {
+  const ceiling = Math.min(policy.maxGb, storageGbMax);
+  if (storageGb >= ceiling) return null;
+  const step = Math.max(resizeStepGbMin, Math.ceil((storageGb * policy.stepPercent) / 100));
+  return Math.min(ceiling, storageGb + step);
+}
+
+const describe = (use: StorageUse): string => `${(use.percent).toFixed(1)} % (${Math.round(use.usedBytes / 1024 ** 2)} MB of ${Math.round(use.allocatedBytes / 1024 ** 2)} MB)`;
+
+/** Null: nothing to do or say. */
+export async function guardStorage(context: GuardContext, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
+  const { storage } = context.ports;
+  if (primary.usageMeasuredAt === null) return null;
+  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, primary.usage);
+  if (use === null) return null;
+  const data = context.machine.data;
+  const action = storageAction(use, cluster.storageFull !== null, data.storageWarned === true, storage);
+  const resize = `cellar clusters resize ${cluster.name} --storage-gb ${Math.min(storageGbMax, cluster.spec.storageGb * 2)}`;
+  switch (action) {
+    case 'readOnly':
+      // The servers first: once the proxy hears the cluster is full it sends clients there again.
+      await configureAll(context, cluster, instances, true);
+      await context.ports.store.setStorageFull(cluster.id, { usedBytes: use.usedBytes, allocatedBytes: use.allocatedBytes, percent: Math.round(use.percent * 10) / 10 });
+      return nap(0, {
+        data: { ...data, storageWarned: true },
+        reason: `storage is ${describe(use)} full, past ${storage.readOnlyPercent} %: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
+        code: 'storage_read_only',
+      });
+    case 'writable':
+      await configureAll(context, cluster, instances, false);
+      await context.ports.store.setStorageFull(cluster.id, null);
+      return nap(0, { reason: `storage is ${describe(use)} full, below ${storage.readOnlyPercent} % again: the primary takes writes`, code: 'storage_writable' });
+    case 'warn':
+      return nap(0, { data: { ...data, storageWarned: true }, reason: `storage is ${describe(use)} full, past ${storage.warnPercent} %; at ${storage.readOnlyPercent} % the primary turns read-only: \`${resize}\``, code: 'storage_warning' });
+    case 'unwarn': {
+      const { storageWarned: _warned, ...rest } = data;
+      return nap(0, { data: rest });
+    }
+    case null:
+      return autogrow(context, cluster, use);
+  }
+}
+
+/** Every instance that runs takes the flag now; one that starts later reads it from the cluster. */
+async function configureAll(context: GuardContext, cluster: ClusterRecord, instances: readonly InstanceRecord[], readOnly: boolean): Promise<void> {
+  const serving = instances.filter((instance) => instance.port !== null && instance.machineLabel === 'running' && !instance.fenced);
+  await Promise.all(serving.map((instance) => context.ports.dataPlane.configure(instanceSpec(cluster, instance, readOnly))));
+}
+
+async function autogrow(context: GuardContext, cluster: ClusterRecord, use: StorageUse): Promise<Result | null> {
+  const policy = cluster.autogrow;
+  const data = context.machine.data;
+  if (policy === null || use.percent < policy.thresholdPercent) {
+    if (data.autogrowHeld === undefined) return null;
+    const { autogrowHeld: _held, ...rest } = data;
+    return nap(0, { data: rest });
+  }
+  const { storage, store } = context.ports;
+  if (await store.changeInProgress(cluster.id)) return null;
+  const target = autogrowTarget(cluster.spec.storageGb, policy, storage.resizeStepGbMin);
+  const held = (why: string): Result | null => (data.autogrowHeld === why ? null : nap(0, { data: { ...data, autogrowHeld: why }, reason: `autogrow cannot grow the storage (${describe(use)}): ${why}`, code: 'storage_autogrow_held' }));
+  if (target === null) return held(`it is at its ceiling of ${policy.maxGb} GB`);
+  try {
+    const revision = await store.growStorage(cluster.id, target, `autogrow: ${describe(use)} past ${policy.thresholdPercent} %`, changeMachine, storage);
+    const { autogrowHeld: _held, ...rest } = data;
+    return nap(0, { data: rest, reason: `autogrow: storage ${describe(use)} full, past ${policy.thresholdPercent} %: growing from ${cluster.spec.storageGb} GB to ${target} GB (revision ${revision}; ceiling ${policy.maxGb} GB)`, code: 'storage_autogrown' });
+  } catch (error) {
+    // The resize's own limits (cooldown, a host without room) hold autogrow too; it tries again each tick and says so once.
+    if (error instanceof CellarError) return held(error.message);
+    throw error;
+  }
+}

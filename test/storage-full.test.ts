@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import { ErrorRewriter, errorMessageBytesMax, rewriteError } from '../src/proxy/storage-full.js';
+import { autogrowTarget, storageAction } from '../src/machines/storage-guard.js';
+import { usageIntervalFor, livenessIntervalMs } from '../src/machines/instance.js';
+import type { ClusterRecord, InstanceRecord } from '../src/machines/ports.js';
+import type { StorageSettings } from '../src/config.js';
+
+const notice = { cluster: 'app', percent: 96.2, storageGb: 10 };
+
+function message(type: string, body: Buffer): Buffer {
+  const out = Buffer.alloc(5 + body.length);
+  out.write(type, 0, 'latin1');
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+function errorMessage(code: string, text: string): Buffer {
+  return message('E', Buffer.from(`SERROR\0VERROR\0C${code}\0M${text}\0Fpostgres.c\0\0`, 'utf8'));
+}
+
+function fieldsOf(error: Buffer): Map<string, string> {
+  const fields = new Map<string, string>();
+  for (const field of error.toString('utf8', 5, error.length - 1).split('\0').filter((part) => part.length > 0)) fields.set(field[0] as string, field.slice(1));
+  return fields;
+}
+
+const readOnlyError = errorMessage('25006', 'cannot execute INSERT in a read-only transaction');
+
+describe('storage full: what the proxy tells a client that writes', () => {
+  test('a read-only-transaction error says the storage is full and how to resize, keeps its SQLSTATE, severity and the server\'s words', () => {
+    const fields = fieldsOf(rewriteError(readOnlyError, notice));
+    assert.equal(fields.get('C'), '25006');
+    assert.equal(fields.get('S'), 'ERROR');
+    assert.equal(fields.get('F'), 'postgres.c');
+    assert.equal(fields.get('M'), 'cluster "app" is read-only: its storage is full (96.2 % of 10 GB used)');
+    assert.equal(fields.get('D'), 'cannot execute INSERT in a read-only transaction');
+    assert.match(fields.get('H') ?? '', /cellar clusters resize app --storage-gb 20/);
+    assert.match(fields.get('H') ?? '', /SET default_transaction_read_only = off/);
+  });
+
+  test('other errors pass unchanged', () => {
+    const other = errorMessage('23505', 'duplicate key value violates unique constraint "t_pkey"');
+    assert.equal(rewriteError(other, notice), other);
+  });
+
+  test('whatever the chunking, the stream out is the stream in with exactly the read-only errors rewritten (property)', () => {
+    const parts = [
+      message('T', Buffer.from('\0\0\0')),
+      message('D', Buffer.alloc(70_000, 7)), // longer than an error is ever gathered
+      readOnlyError,
+      message('Z', Buffer.from('I')),
+      errorMessage('42P01', 'relation "nope" does not exist'),
+      message('E', Buffer.alloc(errorMessageBytesMax + 10, 65)), // an error too large to gather passes as bytes
+      readOnlyError,
+      message('Z', Buffer.from('E')),
+    ];
+    const input = Buffer.concat(parts);
+    const expected = Buffer.concat(parts.map((part) => (part === readOnlyError ? rewriteError(part, notice) : part)));
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: input.length - 1 }), { maxLength: 40 }), (cuts) => {
+        const points = [...new Set(cuts)].sort((a, b) => a - b);
+        const rewriter = new ErrorRewriter(() => notice);
+        const out: Buffer[] = [];
+        let from = 0;
+        for (const point of [...points, input.length]) {
+          out.push(rewriter.push(input.subarray(from, point)));
+          from = point;
+        }
+        assert.deepEqual(Buffer.concat(out), expected);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  test('once the cluster is writable again, errors pass as the server sent them', () => {
+    let full: typeof notice | null = notice;
+    const rewriter = new ErrorRewriter(() => full);
+    assert.notDeepEqual(rewriter.push(readOnlyError), readOnlyError);
+    full = null;
+    assert.deepEqual(rewriter.push(readOnlyError), readOnlyError);
+  });
+});
+
+describe('storage guard: the pure rules', () => {
+  const settings = { warnPercent: 80, readOnlyPercent: 95 };
+  const use = (percent: number) => ({ usedBytes: percent, allocatedBytes: 100, percent });
+
+  test('read-only at the threshold and writable below it, the warning once per climb', () => {
+    assert.equal(storageAction(use(94.9), false, true, settings), null);
+    assert.equal(storageAction(use(95), false, true, settings), 'readOnly');
+    assert.equal(storageAction(use(95), true, true, settings), null);
+    assert.equal(storageAction(use(94.9), true, true, settings), 'writable');
+    assert.equal(storageAction(use(80), false, false, settings), 'warn');
+    assert.equal(storageAction(use(79.9), false, true, settings), 'unwarn');
+    assert.equal(storageAction(use(50), false, false, settings), null);
+  });
+
+  test('autogrow grows by its step, at least the resize step, and never past its ceiling (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 20_000 }), fc.integer({ min: 2, max: 20_000 }), fc.integer({ min: 5, max: 100 }), fc.integer({ min: 1, max: 1_024 }), (storageGb, maxGb, stepPercent, stepGbMin) => {
+        const target = autogrowTarget(storageGb, { maxGb, thresholdPercent: 90, stepPercent }, stepGbMin);
+        const ceiling = Math.min(maxGb, 16_384);
+        if (storageGb >= ceiling) return assert.equal(target, null);
+        assert.ok(target !== null && target > storageGb && target <= ceiling);
+        if (target < ceiling) assert.ok(target - storageGb >= stepGbMin && target - storageGb >= (storageGb * stepPercent) / 100);
+      }),
+    );
+  });
+
+  test('a primary is measured sooner the nearer it is to the read-only threshold, at most once per liveness tick; a replica once per interval', () => {
+    const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
+    const cluster = { spec: { storageGb: 100 } } as ClusterRecord;
+    const at = (role: 'primary' | 'replica', percent: number) => ({ role, usage: { dataBytes: (percent / 100) * 100 * 1024 ** 3, walBytes: 0 } }) as InstanceRecord;
+    assert.equal(usageIntervalFor(storage, cluster, at('primary', 10)), 30_000, 'far from full: the interval');
+    assert.equal(usageIntervalFor(storage, cluster, at('replica', 94.99)), 30_000);
+    assert.equal(usageIntervalFor(storage, cluster, at('primary', 94.99)), livenessIntervalMs);
+    // 1 % of 100 GB is 1 GB: two seconds at 512 MB/s.
+    assert.equal(Math.round(usageIntervalFor(storage, cluster, at('primary', 94))), 2_000);
+    assert.equal(Math.round(usageIntervalFor(storage, cluster, at('primary', 96))), 2_000, 'a full one too, to see it fall below');
+  });
+});
