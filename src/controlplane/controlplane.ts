@@ -125,7 +125,7 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane): WarmPo
     pgVersion: Math.max(...dataPlane.versions()),
     durability: defaultDurability(defaultReplicas),
   };
-  return { store: new PgWarmPoolStore(pool, clusterMachine), target: () => config.warmPoolSize, spec };
+  return { store: new PgWarmPoolStore(pool, clusterMachine, diskReserveOf(config.storage)), target: () => config.warmPoolSize, spec };
 }
 
 /** What the control plane's own machine offers: its memory, the data directory's disk, one slot per instance port. */
