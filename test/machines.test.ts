@@ -1145,21 +1145,29 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     assert.deepEqual(cleared.type === 'nap' && [cleared.code, cleared.data], [undefined, { syncStandbys: [] }]);
   });
 
-  test('past the read-only threshold the servers are configured read-only before the cluster is marked full; below it, the reverse', async () => {
+  test('past the read-only threshold the cluster is marked full, then its servers configured read-only; below it, the reverse', async () => {
     const h = fullHarness(96);
-    const full = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    const warned = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    assert.deepEqual(warned.type === 'nap' && [warned.code, warned.ms], ['storage_warning', 0], 'the warning first, and at once the next step');
+    const full = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
     assert.equal(full.type === 'nap' && full.code, 'storage_read_only');
     assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('configure')).sort(), [`configure ${primaryId}`, `configure ${replicaId}`]);
     assert.deepEqual(h.dataPlane.readOnlySpecs, [primaryId, replicaId].sort());
     assert.deepEqual(h.store.calls, ['setStorageFull 96']);
     assert.equal(h.store.storageFull?.percent, 96);
-    const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.deepEqual(full.type === 'nap' && full.data, { syncStandbys: [], storageWarned: true, readOnlyApplied: true });
+    const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true, readOnlyApplied: true } });
     assert.equal(steady.type === 'nap' && steady.code, undefined, 'a full cluster stays as it is');
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('configure')).length, 2, 'and its servers are not configured again');
+    const cutShort = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.deepEqual(cutShort.type === 'nap' && cutShort.data, { syncStandbys: [], storageWarned: true, readOnlyApplied: true });
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('configure')).length, 4, 'marked full without the servers told: they are told');
     h.store.storageGb = 20; // a resize
     h.dataPlane.calls.length = 0;
     h.dataPlane.readOnlySpecs.length = 0;
-    const writable = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    const writable = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true, readOnlyApplied: true } });
     assert.equal(writable.type === 'nap' && writable.code, 'storage_writable');
+    assert.deepEqual(writable.type === 'nap' && writable.data, { syncStandbys: [], storageWarned: true });
     assert.deepEqual(h.dataPlane.readOnlySpecs, [], 'configured without the read-only default');
     assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('configure')).length, 2);
     assert.equal(h.store.storageFull, null);
@@ -1173,7 +1181,7 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     assert.equal(h.store.storageGb, 15, '10 GB + 50 %');
     // The same bytes, measured against 15 GB, are below the threshold: nothing more until it fills again.
     h.store.update(primaryId, { usage: { dataBytes: Math.round(0.95 * 15 * gb), walBytes: 0, filesystem } });
-    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
+    const again = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
     assert.equal(again.type === 'nap' && again.code, 'storage_read_only', 'at 95 % of 15 GB read-only comes first');
     h.store.update(primaryId, { usage: { dataBytes: Math.round(0.92 * 15 * gb), walBytes: 0, filesystem } });
     h.store.storageFull = null;

@@ -38,7 +38,7 @@ describe('storage full: what the proxy tells a client that writes', () => {
     assert.equal(fields.get('M'), 'cluster "app" is read-only: its storage is full (96.2 % of 10 GB used)');
     assert.equal(fields.get('D'), 'cannot execute INSERT in a read-only transaction');
     assert.match(fields.get('H') ?? '', /cellar clusters resize app --storage-gb 20/);
-    assert.match(fields.get('H') ?? '', /SET default_transaction_read_only = off/);
+    assert.match(fields.get('H') ?? '', /BEGIN READ WRITE .*SET default_transaction_read_only = off/);
   });
 
   test('other errors pass unchanged', () => {
@@ -88,12 +88,13 @@ describe('storage guard: the pure rules', () => {
   const settings = { warnPercent: 80, readOnlyPercent: 95 };
   const use = (percent: number) => ({ usedBytes: percent, allocatedBytes: 100, percent });
 
-  test('read-only at the threshold and writable below it, the warning once per climb', () => {
+  test('read-only at the threshold and writable below it, the warning once per climb and always before read-only', () => {
     assert.equal(storageAction(use(94.9), false, true, settings), null);
     assert.equal(storageAction(use(95), false, true, settings), 'readOnly');
     assert.equal(storageAction(use(95), true, true, settings), null);
     assert.equal(storageAction(use(94.9), true, true, settings), 'writable');
     assert.equal(storageAction(use(80), false, false, settings), 'warn');
+    assert.equal(storageAction(use(99), false, false, settings), 'warn', 'the warning first, even past both');
     assert.equal(storageAction(use(79.9), false, true, settings), 'unwarn');
     assert.equal(storageAction(use(50), false, false, settings), null);
   });

@@ -52,6 +52,8 @@ export interface ClusterData extends Record<string, unknown> {
   readonly storageWarned?: boolean;
   /** The autogrow refusal last said (cooldown, ceiling), so that it is said once. */
   readonly autogrowHeld?: string;
+  /** The servers were configured read-only after the cluster was marked full (storage-guard.ts). */
+  readonly readOnlyApplied?: boolean;
 }
 
 export { clusterKind };

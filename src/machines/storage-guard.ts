@@ -21,9 +21,10 @@ type Result = Outcome<ClusterLabel, ClusterData>;
 export type StorageAction = 'readOnly' | 'writable' | 'warn' | 'unwarn' | null;
 
 export function storageAction(use: StorageUse, readOnly: boolean, warned: boolean, settings: { readonly warnPercent: number; readonly readOnlyPercent: number }): StorageAction {
+  // The warning always comes first, even when one measurement jumps past both thresholds (it costs one tick).
+  if (!warned && use.percent >= settings.warnPercent) return 'warn';
   if (!readOnly && use.percent >= settings.readOnlyPercent) return 'readOnly';
   if (readOnly && use.percent < settings.readOnlyPercent) return 'writable';
-  if (!warned && use.percent >= settings.warnPercent) return 'warn';
   if (warned && use.percent < settings.warnPercent) return 'unwarn';
   return null;
 }
@@ -47,20 +48,29 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
   const data = context.machine.data;
   const action = storageAction(use, cluster.storageFull !== null, data.storageWarned === true, storage);
   const resize = `cellar clusters resize ${cluster.name} --storage-gb ${Math.min(storageGbMax, cluster.spec.storageGb * 2)}`;
+  if (action === null && cluster.storageFull !== null && data.readOnlyApplied !== true) {
+    // Marked full but the servers not yet told (a step cut short between the two): tell them now.
+    await configureAll(context, cluster, instances, true);
+    return nap(0, { data: { ...data, readOnlyApplied: true } });
+  }
   switch (action) {
     case 'readOnly':
-      // The servers first: once the proxy hears the cluster is full it sends clients there again.
-      await configureAll(context, cluster, instances, true);
+      // The mark first: the proxy ends the cluster's write connections and relays new ones through
+      // its rewriter, so that the read-only errors the servers give from the next line on say why.
       await context.ports.store.setStorageFull(cluster.id, { usedBytes: use.usedBytes, allocatedBytes: use.allocatedBytes, percent: Math.round(use.percent * 10) / 10 });
+      await configureAll(context, cluster, instances, true);
       return nap(0, {
-        data: { ...data, storageWarned: true },
+        data: { ...data, storageWarned: true, readOnlyApplied: true },
         reason: `storage is ${describe(use)} full, past ${storage.readOnlyPercent} %: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
         code: 'storage_read_only',
       });
-    case 'writable':
+    case 'writable': {
+      // The servers first: the mark stays until they take writes, so a step cut short comes back here.
       await configureAll(context, cluster, instances, false);
       await context.ports.store.setStorageFull(cluster.id, null);
-      return nap(0, { reason: `storage is ${describe(use)} full, below ${storage.readOnlyPercent} % again: the primary takes writes`, code: 'storage_writable' });
+      const { readOnlyApplied: _applied, ...rest } = data;
+      return nap(0, { data: rest, reason: `storage is ${describe(use)} full, below ${storage.readOnlyPercent} % again: the primary takes writes`, code: 'storage_writable' });
+    }
     case 'warn':
       return nap(0, { data: { ...data, storageWarned: true }, reason: `storage is ${describe(use)} full, past ${storage.warnPercent} %; at ${storage.readOnlyPercent} % the primary turns read-only: \`${resize}\``, code: 'storage_warning' });
     case 'unwarn': {

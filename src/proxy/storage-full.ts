@@ -29,7 +29,7 @@ export function storageFullFields(notice: StorageFullNotice, original: string): 
     detail: original,
     hint:
       `Grow the storage: cellar clusters resize ${notice.cluster} --storage-gb ${grow} (writes resume within seconds), or free space: ` +
-      'in a session, SET default_transaction_read_only = off, then DROP or TRUNCATE what you can spare (DELETE frees space only after VACUUM FULL)',
+      'in a transaction begun with BEGIN READ WRITE (or after SET default_transaction_read_only = off), DROP or TRUNCATE what you can spare (DELETE frees space only after VACUUM FULL)',
   };
 }
 
