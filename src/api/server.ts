@@ -27,7 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
-import type { StoragePolicy } from '../store/config.js';
+import { type StoragePolicy, diskReserveOf } from '../store/config.js';
 import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
@@ -299,7 +299,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
       // With the fleet's defaults already, so that a warm cluster made on them is adopted.
       const spec = await withFleetDefaults(pool, { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule } satisfies ClusterSpec);
-      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec));
+      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec, { reserve: diskReserveOf(options.storagePolicy) }));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy, options.storagePolicy.gbBytes));
     },
@@ -358,7 +358,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   );
 
-  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, gbBytes: options.storagePolicy.gbBytes }, ownerOf);
+  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, gbBytes: options.storagePolicy.gbBytes, hostDiskReserve: diskReserveOf(options.storagePolicy) }, ownerOf);
   registerConfigRoutes(app, pool, ownerOf, options.storagePolicy);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
