@@ -4,8 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
-import { bytesPerStorageGb } from '../src/lib/sizes.js';
-import { TestCellar, eventually } from './helpers/cellar.js';
+import { TestCellar, eventually, testStorageGbBytes } from './helpers/cellar.js';
 
 /** The control plane's GET /metrics (docs/STORAGE.md, "Metrics") on a real Cellar with one cluster. */
 
@@ -88,7 +87,7 @@ describe('control-plane metrics', () => {
     assert.ok(data.value > 0, `data bytes ${data.value}`);
     assert.ok(one('cellar_instance_wal_bytes', { cluster: 'metered', instance: primary.id }).value > 0);
     assert.ok(one('cellar_instance_usage_age_seconds', { cluster: 'metered', instance: primary.id }).value >= 0);
-    assert.equal(one('cellar_cluster_storage_allocated_bytes', { cluster: 'metered' }).value, 3 * bytesPerStorageGb);
+    assert.equal(one('cellar_cluster_storage_allocated_bytes', { cluster: 'metered' }).value, 3 * testStorageGbBytes);
     assert.equal(one('cellar_cluster_storage_read_only', { cluster: 'metered' }).value, 0, 'writable');
     // Measured every second, so the scrape may see a newer measurement than the view did: the same sum, of that measurement.
     const used = one('cellar_cluster_storage_used_bytes', { cluster: 'metered' }).value;

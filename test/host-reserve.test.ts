@@ -25,7 +25,7 @@ describe('host disk reserve', () => {
   let cellar: TestCellar;
 
   before(async () => {
-    cellar = await TestCellar.create({ CELLAR_USAGE_INTERVAL_MS: String(usageIntervalMs) });
+    cellar = await TestCellar.create({ CELLAR_USAGE_INTERVAL_MS: String(usageIntervalMs), CELLAR_STORAGE_GB_BYTES: String(binaryGb) });
     await cellar.start();
     // Overwrite only after the start's own round has written, or that round could put the real figures back.
     await eventually('the local host measured', async () => {
