@@ -139,6 +139,9 @@ export const eventCodes = {
   catalogue_read: 'the parameter catalogue of a Postgres version was read from a running instance',
   settings_check_failed: 'the cluster could not read or repair its instances\' settings this time (it tries again at the next check); the cluster is not affected',
   settings_drift_repaired: 'a drifted instance\'s configuration was put back',
+
+  // Control rods (docs/CONTROLS.md "Rods").
+  rod_changed: 'an operator set a control rod (old and new value in the labels; who and why in the reason)',
 } as const;
 
 export type EventCode = keyof typeof eventCodes;
