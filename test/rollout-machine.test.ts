@@ -19,6 +19,7 @@ import {
   busyRetryMs,
   pauseSignal,
   rateWindowMs,
+  ratePerMinuteMax,
   resumeSignal,
   rolloutActor,
   rolloutMachine,
@@ -147,6 +148,8 @@ class Runner {
   label: RolloutLabel = rolloutMachine.initial;
   data: RolloutData = {};
   finished = false;
+  /** The `rollout.clusters-per-minute` rod. */
+  rateCap: number = ratePerMinuteMax;
   readonly signals = new Set<string>();
   readonly events: { to: string; code: string | undefined; reason: string | undefined }[] = [];
   readonly ports: RolloutPorts;
@@ -155,7 +158,7 @@ class Runner {
     readonly records: FakeRolloutRecords,
     readonly clock: FakeClock,
   ) {
-    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, healthWaitMs };
+    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, healthWaitMs, ratePerMinuteCap: () => this.rateCap };
   }
 
   /** One step's outcome, not applied (as if the engine died before it committed). */
@@ -260,6 +263,18 @@ test('starts at most ratePerMinute clusters in any minute: a nap until the oldes
   clock.nowMs += 1;
   await runner.runUntilLabel('completed');
   assert.deepEqual(records.proposals, ['db-b', 'db-c', 'db-d']);
+});
+
+test('the rollout.clusters-per-minute rod caps a faster rollout, read at each start', async () => {
+  const { records, clock, runner } = fleet(3);
+  records.ratePerMinute = 60;
+  runner.rateCap = 1;
+  await runner.runUntil((outcome) => outcome.type === 'nap');
+  assert.deepEqual(records.proposals, ['db-b'], 'one start a minute under the rod');
+  runner.rateCap = 60;
+  clock.nowMs += 1;
+  await runner.runUntilLabel('completed');
+  assert.deepEqual(records.proposals, ['db-b', 'db-c', 'db-d'], 'the raised rod lets the rest start inside the same minute');
 });
 
 test('halts at the first cluster whose change fails, names the cluster, revision and reason, and leaves the next one untouched', async () => {

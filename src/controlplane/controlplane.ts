@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentListener } from '../api/agent-listener.js';
 import { buildApi } from '../api/server.js';
-import type { Config } from '../config.js';
+import type { BackupSettings, Config, HaSettings } from '../config.js';
 import type { DataPlane } from '../dataplane/dataplane.js';
 import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { HostUsageWatch } from '../dataplane/local/host-usage.js';
@@ -35,6 +35,7 @@ import { diskReserveOf } from '../store/config.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
+import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
 import { checkStartPaths } from './preflight.js';
@@ -67,6 +68,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let agentListener: AgentListener | null = null;
   let agentSide: AgentSide | null = null;
   let hostUsage: HostUsageWatch | null = null;
+  const rods = new RodValues({ pool, storeUrl, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
@@ -80,7 +82,12 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     agentSide = await prepareAgentSide(config, log, pool, options.api);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
-    engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
+    if (options.engine) {
+      await rods.start();
+      engine = makeEngine(config, log, pool, storeUrl, router, rods);
+      const ticking = engine;
+      rods.onChange(() => ticking.retick());
+    }
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
     api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide) : null;
     // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
@@ -101,6 +108,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.agentListener?.close();
         await running.api?.close();
         await running.engine?.stop();
+        await rods.stop();
         await agentSide?.close();
         await pool.end();
       },
@@ -111,13 +119,14 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await agentListener?.close();
     await api?.close();
     await engine?.stop();
+    await rods.stop();
     await agentSide?.close();
     await pool.end();
     throw error;
   }
 }
 
-function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane): WarmPoolPorts {
+function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane, rods: RodReader): WarmPoolPorts {
   const spec: ClusterSpec = {
     size: defaultSize,
     replicas: defaultReplicas,
@@ -125,7 +134,7 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane): WarmPo
     pgVersion: Math.max(...dataPlane.versions()),
     durability: defaultDurability(defaultReplicas),
   };
-  return { store: new PgWarmPoolStore(pool, clusterMachine, diskReserveOf(config.storage)), target: () => config.warmPoolSize, spec };
+  return { store: new PgWarmPoolStore(pool, clusterMachine, diskReserveOf(config.storage)), target: () => rods.value('warm-pool.size'), spec };
 }
 
 /** What the control plane's own machine offers: its memory, the data directory's disk, one slot per instance port. */
@@ -146,18 +155,46 @@ async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, newMachine(backupScheduleMachine, backupScheduleEntity, null));
 }
 
-function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane): Engine {
+/**
+ * The settings the machines read, with the fields that are rods read live at each use (so the
+ * next backup, the next failover decision, takes a new value); the rest as configured.
+ */
+function liveHa(ha: HaSettings, rods: RodReader): HaSettings {
+  return {
+    ...ha,
+    get failoversMax() {
+      return rods.value('ha.failovers-max');
+    },
+    get failoverWindowMs() {
+      return rods.value('ha.failover-window-ms');
+    },
+  };
+}
+
+function liveBackupSettings(backups: BackupSettings, rods: RodReader): BackupSettings {
+  return {
+    ...backups,
+    get maxRateBytesPerSecond() {
+      return rods.value('backup.max-rate-bytes-per-second');
+    },
+    get verifyConcurrency() {
+      return rods.value('backup.verify-concurrency');
+    },
+  };
+}
+
+function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, rods: RodReader): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
     store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, { ...config.hosts, diskReserve: diskReserveOf(config.storage) }),
     dataPlane,
-    ha: config.ha,
+    ha: liveHa(config.ha, rods),
     backups: new PgBackupRecords(pool, backupMachine),
-    backupSettings: config.backups,
+    backupSettings: liveBackupSettings(config.backups, rods),
     storage: config.storage,
   };
-  const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
+  const tickRods: Record<Lane, 'engine.high-tick-ms' | 'engine.normal-tick-ms'> = { high: 'engine.high-tick-ms', normal: 'engine.normal-tick-ms' };
   const engine = new Engine({
     pool,
     storeUrl,
@@ -168,14 +205,15 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(changeMachine, ports),
       register(backupMachine, ports),
       register(backupScheduleMachine, ports),
-      register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
+      register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane, rods)),
       register(hostMachine, { hosts: new PgHostRecords(pool, config.hosts), lostMs: config.hosts.lostMs }),
-      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), healthWaitMs: config.rolloutHealthWaitMs }),
+      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), healthWaitMs: config.rolloutHealthWaitMs, ratePerMinuteCap: () => rods.value('rollout.clusters-per-minute') }),
     ],
     clock: systemClock,
     random: systemRandom,
     log: log.child({ component: 'engine' }),
-    tickMs: (lane) => tickMs[lane],
+    tickMs: (lane) => rods.value(tickRods[lane]),
+    claimBatchMax: () => rods.value('engine.claims-per-tick'),
     leaseMs: config.leaseMs,
   });
   return engine;

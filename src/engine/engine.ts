@@ -62,7 +62,8 @@ export interface EngineOptions {
   readonly log: Logger;
   readonly tickMs: (lane: Lane) => number;
   readonly leaseMs: number;
-  readonly claimBatchMax?: number;
+  /** Machines one lane claims at a tick, read at each claim (the `engine.claims-per-tick` rod). */
+  readonly claimBatchMax?: () => number;
   readonly inFlightMax?: number;
   readonly attemptsMax?: number;
 }
@@ -131,6 +132,14 @@ export class Engine {
     this.listener = null;
   }
 
+  /**
+   * Ends every lane's sleep, so the next one lasts the tick `tickMs` gives now: a tick rod lowered
+   * from minutes to a second takes effect at once, not after the sleep begun at the old value.
+   */
+  retick(): void {
+    for (const lane of lanes) this.wake(lane);
+  }
+
   /** Claims and starts what is due in one lane; resolves when the claimed steps have finished. */
   async tickOnce(lane: Lane): Promise<number> {
     const started = await this.claimAndStart(lane);
@@ -172,7 +181,7 @@ export class Engine {
 
   private claimLimit(): number {
     const inFlightMax = this.options.inFlightMax ?? inFlightMaxDefault;
-    return Math.max(0, Math.min(this.options.claimBatchMax ?? claimBatchMaxDefault, inFlightMax - this.inFlight.size));
+    return Math.max(0, Math.min(this.options.claimBatchMax?.() ?? claimBatchMaxDefault, inFlightMax - this.inFlight.size));
   }
 
   private async claimAndStart(lane: Lane): Promise<Promise<void>[]> {

@@ -373,4 +373,6 @@ export interface RolloutPorts {
   readonly rollouts: RolloutRecords;
   /** CELLAR_ROLLOUT_HEALTH_WAIT_MS: how long a cluster may take from its revision to healthy before the rollout halts there. */
   readonly healthWaitMs: number;
+  /** The `rollout.clusters-per-minute` rod: a cap on every rollout's own rate, read at each start. */
+  readonly ratePerMinuteCap: () => number;
 }

@@ -172,7 +172,7 @@ async function propose(context: Context): Promise<Result> {
   if (earlier !== null) return waitFor(context, { ...current, ...earlier, startedAtMs: now }, recentStarts(context));
   const starts = recentStarts(context);
   const rollout = await rollouts.rollout(id);
-  if (starts.length >= rollout.ratePerMinute) {
+  if (starts.length >= Math.min(rollout.ratePerMinute, context.ports.ratePerMinuteCap())) {
     const oldest = Math.min(...starts);
     return nap(Math.max(0, oldest + rateWindowMs - now), { data: { ...context.machine.data, startsMs: starts } });
   }
