@@ -17,11 +17,12 @@ export interface ClusterState {
   /** Bytes relayed since the last scrape: counted in plain numbers on the hot path, added to the metric at scrape time. */
   readonly bytesPending: { in: number; out: number };
   readonly connects: TokenBucket;
-  /** Null: no bandwidth limit. */
-  readonly bytesIn: TokenBucket | null;
-  readonly bytesOut: TokenBucket | null;
+  /** Null: no bandwidth limit. Replaced or re-rated when the limit's rod changes (`applyThrottles`). */
+  bytesIn: TokenBucket | null;
+  bytesOut: TokenBucket | null;
 }
 
+/** Read at each use: the proxy passes the live values of its control rods. */
 export interface ClusterThrottles {
   readonly clusterConnectsPerSecond: number;
   /** Per direction; 0 means unlimited. */
@@ -30,6 +31,15 @@ export interface ClusterThrottles {
 
 /** A paced pipe may burst this much, or a tenth of a second's worth when that is more. */
 const bandwidthBurstBytesMin = 64 * 1024;
+
+/** The bucket for a bandwidth limit: null for none, else `existing` re-rated (its debt kept) or a new one. */
+function bandwidthBucket(existing: TokenBucket | null, bytesPerSecond: number, nowMs: number): TokenBucket | null {
+  if (bytesPerSecond <= 0) return null;
+  const burst = Math.max(bytesPerSecond / 10, bandwidthBurstBytesMin);
+  if (existing === null) return new TokenBucket(bytesPerSecond, burst, nowMs);
+  if (existing.rate !== bytesPerSecond) existing.setRate(bytesPerSecond, burst, nowMs);
+  return existing;
+}
 
 export class ClusterStates {
   private readonly states = new Map<string, ClusterState>();
@@ -52,10 +62,30 @@ export class ClusterStates {
     if (existing !== undefined) return existing;
     const { clusterBytesPerSecond, clusterConnectsPerSecond } = this.throttles;
     const now = performance.now();
-    const bytes = () => (clusterBytesPerSecond > 0 ? new TokenBucket(clusterBytesPerSecond, Math.max(clusterBytesPerSecond / 10, bandwidthBurstBytesMin), now) : null);
-    const state = { connections: 0, bytesPending: { in: 0, out: 0 }, connects: new TokenBucket(clusterConnectsPerSecond, clusterConnectsPerSecond, now), bytesIn: bytes(), bytesOut: bytes() };
+    const state = {
+      connections: 0,
+      bytesPending: { in: 0, out: 0 },
+      connects: new TokenBucket(clusterConnectsPerSecond, clusterConnectsPerSecond, now),
+      bytesIn: bandwidthBucket(null, clusterBytesPerSecond, now),
+      bytesOut: bandwidthBucket(null, clusterBytesPerSecond, now),
+    };
     this.states.set(cluster, state);
     return state;
+  }
+
+  /**
+   * After a throttle's rod changed: every cluster's buckets take the new rates, so running
+   * transfers relayed in JavaScript are paced at the new rate from their next chunk. (A transfer
+   * the native relay took while the cluster had no limit stays there, unpaced, until it ends.)
+   */
+  applyThrottles(): void {
+    const { clusterBytesPerSecond, clusterConnectsPerSecond } = this.throttles;
+    const now = performance.now();
+    for (const state of this.states.values()) {
+      if (state.connects.rate !== clusterConnectsPerSecond) state.connects.setRate(clusterConnectsPerSecond, clusterConnectsPerSecond, now);
+      state.bytesIn = bandwidthBucket(state.bytesIn, clusterBytesPerSecond, now);
+      state.bytesOut = bandwidthBucket(state.bytesOut, clusterBytesPerSecond, now);
+    }
   }
 
   /** Counts `client` as one of the cluster's connections until it closes. */

@@ -8,6 +8,8 @@ import type { Output } from '../lib/output.js';
 import { untilSignal } from '../lib/signals.js';
 import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
+import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
+import type { ProxyLimits } from './admission.js';
 import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
@@ -15,8 +17,25 @@ import { ProxyServer } from './server.js';
 import { dayMs, ensureCellCa } from '../pki/ca.js';
 import { ProxyCertificate } from './tls.js';
 
-/** The proxy process: its own pool of store connections (one held for LISTEN, polls), and the two listeners. */
+/** The proxy process: its own pool of store connections (one held for the routes' LISTEN, polls), and the two listeners. */
 const proxyStorePoolSize = 3;
+
+/** The proxy's throttles, the rods among them read live at each use (docs/CONTROLS.md "Rods"). */
+function liveLimits(config: Config, rods: RodReader): ProxyLimits {
+  return {
+    get clusterConnectionsMax() {
+      return rods.value('proxy.cluster-connections-max');
+    },
+    get clusterConnectsPerSecond() {
+      return rods.value('proxy.cluster-connects-per-second');
+    },
+    get clusterBytesPerSecond() {
+      return rods.value('proxy.cluster-bytes-per-second');
+    },
+    waitMsMax: config.proxyWaitMsMax,
+    startupMsMax: config.proxyStartupMsMax,
+  };
+}
 export const routesSnapshotFile = 'routes.json';
 /** `cellar up` and `cellar down` find the running proxy by this file in `$CELLAR_HOME`. */
 export const proxyPidFileName = 'proxy.pid';
@@ -55,6 +74,9 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const pool = openPool(storeUrl, proxyStorePoolSize);
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
+  // Its own LISTEN connection, not one of the pool's; with the store away the last values stand.
+  const rods = new RodValues({ pool, storeUrl, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
+  await rods.start();
   const metrics = new ProxyMetrics();
   relay?.start();
 
@@ -67,14 +89,9 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     tls: { domain: config.domain, secureContext: () => certificate.secureContext },
     metrics,
     relay,
-    limits: {
-      clusterConnectionsMax: config.proxyClusterConnectionsMax,
-      clusterConnectsPerSecond: config.proxyClusterConnectsPerSecond,
-      clusterBytesPerSecond: config.proxyClusterBytesPerSecond,
-      waitMsMax: config.proxyWaitMsMax,
-      startupMsMax: config.proxyStartupMsMax,
-    },
+    limits: liveLimits(config, rods),
   });
+  rods.onChange(() => server.applyThrottles());
   let admin: Server | null = null;
   try {
     await server.start();
@@ -86,6 +103,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   } catch (error) {
     await certificate.stop();
     routes.stop();
+    await rods.stop();
     relay?.stop();
     await server.stop();
     await pool.end();
@@ -96,6 +114,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     async stop() {
       await certificate.stop();
       routes.stop();
+      await rods.stop();
       relay?.stop();
       await server.stop();
       await new Promise((resolve) => admin?.close(resolve));

@@ -138,7 +138,7 @@ export class Relaying {
     const pending = state.bytesPending;
     relayBytes(from, to, {
       ...(transform === undefined ? {} : { transform }),
-      bucket: direction === 'in' ? state.bytesIn : state.bytesOut,
+      bucket: direction === 'in' ? () => state.bytesIn : () => state.bytesOut,
       count: (bytes) => {
         pending[direction] += bytes;
       },

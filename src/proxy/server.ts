@@ -84,6 +84,11 @@ export class ProxyServer {
     return this.cancelKeys.size;
   }
 
+  /** A throttle's rod changed: the clusters' buckets take the new rates, running transfers included. */
+  applyThrottles(): void {
+    this.clusters.applyThrottles();
+  }
+
   /** Moves the byte counts gathered on the data path into the metrics; called before each scrape. */
   flushMetrics(): void {
     this.options.relay?.flushBytes();

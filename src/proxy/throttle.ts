@@ -11,13 +11,29 @@ export class TokenBucket {
 
   /** `ratePerSecond` tokens are added each second, up to `burst`. */
   constructor(
-    private readonly ratePerSecond: number,
-    private readonly burst: number,
+    private ratePerSecond: number,
+    private burst: number,
     nowMs: number,
   ) {
     assert(ratePerSecond > 0 && burst > 0, `a token bucket needs a positive rate and burst (${ratePerSecond}, ${burst})`);
     this.tokens = burst;
     this.lastMs = nowMs;
+  }
+
+  get rate(): number {
+    return this.ratePerSecond;
+  }
+
+  /**
+   * A new rate (a control rod changed): what accrued until now counts at the old rate, what comes
+   * after at the new one; a debt stays owed, so a lowered rate cannot be escaped by a burst.
+   */
+  setRate(ratePerSecond: number, burst: number, nowMs: number): void {
+    assert(ratePerSecond > 0 && burst > 0, `a token bucket needs a positive rate and burst (${ratePerSecond}, ${burst})`);
+    this.refill(nowMs);
+    this.ratePerSecond = ratePerSecond;
+    this.burst = burst;
+    this.tokens = Math.min(this.tokens, burst);
   }
 
   private refill(nowMs: number): void {
@@ -51,8 +67,8 @@ export class TokenBucket {
 }
 
 export interface RelayOptions {
-  /** Null: no bandwidth limit. */
-  readonly bucket: TokenBucket | null;
+  /** Read at each chunk, so a changed limit paces a running transfer; null: no bandwidth limit. */
+  readonly bucket: () => TokenBucket | null;
   /** Called with each chunk's size, for the byte metrics. */
   readonly count: (bytes: number) => void;
   readonly onThrottle: () => void;
@@ -74,7 +90,8 @@ export function relayBytes(from: Socket, to: Socket, options: RelayOptions): voi
     count(chunk.length);
     const out = transform === undefined ? chunk : transform(chunk);
     const writable = out.length === 0 ? !to.writableNeedDrain : to.write(out);
-    const waitMs = bucket === null ? 0 : bucket.reserve(chunk.length, performance.now());
+    const paced = bucket();
+    const waitMs = paced === null ? 0 : paced.reserve(chunk.length, performance.now());
     if (waitMs > 0) {
       onThrottle();
       from.pause();
