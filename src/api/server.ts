@@ -34,6 +34,8 @@ import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
 import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerRolloutRoutes } from './rollouts.js';
+import { registerRodRoutes } from './rods.js';
+import { type RodValueMap, catalogueDefaults } from '../lib/rod-catalogue.js';
 import { registerHealth } from './health.js';
 import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
@@ -55,6 +57,8 @@ export interface ApiOptions {
   readonly storagePolicy: StoragePolicy;
   /** The hosts routes (docs/HOSTS.md); absent: none. */
   readonly hosts?: HostsApiOptions;
+  /** Each control rod's value in this process when none is stored; absent: the catalogue's defaults. */
+  readonly rodDefaults?: RodValueMap;
 }
 
 declare module 'fastify' {
@@ -363,6 +367,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
+  registerRodRoutes(app, pool, options.rodDefaults ?? catalogueDefaults(), ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */

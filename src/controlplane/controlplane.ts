@@ -236,6 +236,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
       hostDiskReservePercent: config.storage.hostDiskReservePercent,
     },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
+    rodDefaults: processRodDefaults(config),
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });
