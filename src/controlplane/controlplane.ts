@@ -225,7 +225,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     log,
     versions: dataPlane.versions(),
     proxy: { host: '127.0.0.1', readWritePort: config.proxyReadWritePort, readOnlyPort: config.proxyReadOnlyPort },
-    status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
+    status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts), ticks: Object.fromEntries(engine.laneTicks) } }),
     embeddedStore: config.storeUrl === null,
     deletedBackupRetentionMs: config.backups.deletedRetentionMs,
     storagePolicy: {

@@ -106,6 +106,8 @@ export class Engine {
    * per claimed machine, so bounded by the claim batch and the in-flight limit.
    */
   private readonly strandedLeases = new Map<string, string>();
+  /** Claims each lane has made since start (its ticks, nudges and wake-ups); exposed for status, tests and the rods bench. */
+  readonly laneTicks = new Map<Lane, number>();
   /** Steps run to completion, per kind and label; exposed for status and tests. */
   readonly stepCounts = new Map<string, number>();
 
@@ -151,6 +153,7 @@ export class Engine {
     while (!this.stopping) {
       await this.ensureListening();
       let claimed = 0;
+      this.laneTicks.set(lane, (this.laneTicks.get(lane) ?? 0) + 1);
       try {
         await this.releaseStrandedLeases();
         claimed = (await this.claimAndStart(lane)).length;

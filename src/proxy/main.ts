@@ -10,6 +10,7 @@ import { embeddedStoreUrl } from '../store/embedded.js';
 import { openPool } from '../store/pool.js';
 import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
 import type { ProxyLimits } from './admission.js';
+import { rodCatalogue } from '../lib/rod-catalogue.js';
 import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
@@ -99,6 +100,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
       server.flushMetrics();
       metrics.routes.set(routes.size);
       metrics.storeReachable.set(routes.storeReachable ? 1 : 0);
+      for (const rod of rodCatalogue) if (rod.readBy === 'proxy') metrics.rods.labels(rod.name).set(rods.value(rod.name));
     });
   } catch (error) {
     await certificate.stop();

@@ -101,6 +101,7 @@ export class ProxyMetrics {
   readonly throttleEvents = new Counter({ name: 'cellar_proxy_throttle_events_total', help: 'Connections refused or delayed, and transfers paused, by a throttle', labelNames: ['cluster', 'throttle'], registers: [this.registry] });
   readonly routes = new Gauge({ name: 'cellar_proxy_routes', help: 'Clusters in the cached route table', registers: [this.registry] });
   readonly storeReachable = new Gauge({ name: 'cellar_proxy_store_reachable', help: '1 if the last route poll reached the cell store', registers: [this.registry] });
+  readonly rods = new Gauge({ name: 'cellar_proxy_rod', help: 'The value of each control rod the proxy reads, as it runs with it now', labelNames: ['rod'], registers: [this.registry] });
 
   /** Drops every series of a cluster that has gone (no route, no connection), so deleted clusters do not grow the registry. */
   forgetCluster(cluster: string): void {
