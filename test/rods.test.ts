@@ -1,0 +1,167 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import type { RodDetail, RodSetView, RodView } from '../src/api/rods.js';
+import type { ClusterView } from '../src/api/view.js';
+import { TestCellar, eventually } from './helpers/cellar.js';
+import { postgresTool } from './helpers/tools.js';
+
+/** Control rods end to end (docs/CONTROLS.md "Rods"): admin only, bounded, audited, and taken live by the engine and the proxy. */
+
+interface ErrorBody {
+  error: { code: string; message: string; field?: string };
+}
+
+interface Status {
+  engine: { ticks: Record<string, number> } | null;
+}
+
+/** The process default of the normal lane's tick in this test: short, so its rate is measured in a few seconds. */
+const normalTickMsAtStart = 1_000;
+const psqlBin = await postgresTool('psql');
+/** Status polls while measuring a tick rate: well below the fastest tick measured. */
+const statusPollMs = 20;
+
+describe('control rods', () => {
+  let cellar: TestCellar;
+  let app: ClusterView;
+  let orgToken: string;
+  /** Every change this file makes, in order, for the audit test. */
+  const made: { name: string; old: number | null; value: number; reason: string }[] = [];
+
+  before(async () => {
+    cellar = await TestCellar.create({ CELLAR_NORMAL_TICK_MS: String(normalTickMsAtStart) });
+    await cellar.start();
+    const org = await cellar.api<{ token: string }>('POST', '/v1/orgs', { name: 'acme' });
+    assert.equal(org.status, 201);
+    orgToken = org.body.token;
+    app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--replicas', '0', '--wait']);
+  });
+
+  after(async () => {
+    await cellar.destroy();
+  });
+
+  async function setRod(name: string, value: number, reason: string): Promise<RodSetView> {
+    const answer = await cellar.api<RodSetView>('PUT', `/v1/rods/${name}`, { value, reason });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    made.push({ name, old: answer.body.before, value, reason });
+    return answer.body;
+  }
+
+  /** Milliseconds per normal-lane claim, averaged over `ticks` of them, read from the engine's counters. */
+  async function normalTickMs(ticks: number): Promise<number> {
+    const read = async () => ((await cellar.api<Status>('GET', '/v1/status')).body.engine?.ticks['normal'] ?? 0);
+    const first = await read();
+    const startedMs = performance.now();
+    const last = await eventually(`${ticks} normal-lane ticks`, async () => {
+      const now = await read();
+      return now >= first + ticks ? now : undefined;
+    }, 30_000, statusPollMs);
+    return (performance.now() - startedMs) / (last - first);
+  }
+
+  test('a non-admin token can neither read nor set a rod, and its attempt stores and audits nothing', async () => {
+    const put = await cellar.api<ErrorBody>('PUT', '/v1/rods/engine.normal-tick-ms', { value: 100, reason: 'org tries' }, orgToken);
+    assert.deepEqual([put.status, put.body.error.code], [403, 'CELLAR_E_FORBIDDEN']);
+    const badBody = await cellar.api<ErrorBody>('PUT', '/v1/rods/engine.normal-tick-ms', { value: 'fast' }, orgToken);
+    assert.equal(badBody.status, 403, 'refused before its body is looked at');
+    assert.equal((await cellar.api<ErrorBody>('GET', '/v1/rods', undefined, orgToken)).status, 403);
+    assert.equal((await cellar.api<ErrorBody>('GET', '/v1/rods/engine.normal-tick-ms', undefined, orgToken)).status, 403);
+    assert.deepEqual(await cellar.storeQuery('select name from rods'), []);
+    assert.deepEqual(await cellar.storeQuery("select id from control_changes where kind = 'rod'"), []);
+  });
+
+  test('an unknown rod is a 404 naming it; a value out of bounds or without a reason is a 400 naming the rod and its bounds; nothing is stored', async () => {
+    const unknown = await cellar.api<ErrorBody>('PUT', '/v1/rods/engine.warp-speed', { value: 1, reason: 'why not' });
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.body.error.message, /engine\.warp-speed/);
+    const low = await cellar.api<ErrorBody>('PUT', '/v1/rods/engine.normal-tick-ms', { value: 5, reason: 'faster' });
+    assert.deepEqual([low.status, low.body.error.code, low.body.error.field], [400, 'CELLAR_E_INVALID', 'value']);
+    assert.equal(low.body.error.message, 'engine.normal-tick-ms must be a whole number from 10 to 600000 (ms); got 5');
+    const noReason = await cellar.api<ErrorBody>('PUT', '/v1/rods/engine.normal-tick-ms', { value: 100 });
+    assert.deepEqual([noReason.status, noReason.body.error.field], [400, 'reason']);
+    const cli = await cellar.cli(['rods', 'set', 'proxy.cluster-bytes-per-second', String(20 * 1024 ** 3), '--reason', 'too much']);
+    assert.equal(cli.code, 1);
+    assert.match(cli.stderr + cli.stdout, /proxy\.cluster-bytes-per-second must be a whole number from 0 to 10737418240/);
+    assert.deepEqual(await cellar.storeQuery('select name from rods'), []);
+    const shown = await cellar.api<RodDetail>('GET', '/v1/rods/engine.normal-tick-ms');
+    assert.deepEqual([shown.body.value, shown.body.default, shown.body.source, shown.body.changes.length], [normalTickMsAtStart, normalTickMsAtStart, 'default', 0]);
+  });
+
+  test('lowering engine.normal-tick-ms makes the normal lane tick faster, with no restart', async (t) => {
+    const pid = cellar.pid;
+    const beforeMs = await normalTickMs(4);
+    await setRod('engine.normal-tick-ms', 50, 'measure a faster normal lane');
+    const afterMs = await normalTickMs(20);
+    assert.equal(cellar.pid, pid, 'the same control plane');
+    t.diagnostic(`a normal-lane tick every ${Math.round(beforeMs)} ms at ${normalTickMsAtStart}, every ${Math.round(afterMs)} ms at 50`);
+    // Expected about 1000 against 50: a ratio of 4 leaves room for a loaded machine and wake-ups.
+    assert.ok(beforeMs > afterMs * 4, `a normal tick took ${Math.round(beforeMs)} ms before and ${Math.round(afterMs)} ms after`);
+    await setRod('engine.normal-tick-ms', normalTickMsAtStart, 'back to the start value');
+  });
+
+  test('changing proxy.cluster-bytes-per-second changes the rate of a COPY already running through the proxy', async (t) => {
+    const slow = 256 * 1024;
+    const fast = 4 * 1024 ** 2;
+    const rodMetric = () => cellar.proxyMetric(/cellar_proxy_rod\{rod="proxy\.cluster-bytes-per-second"\} (\d+)/);
+    const bytesOut = () => cellar.proxyMetric(new RegExp(`cellar_proxy_bytes_total\\{cluster="${app.routeKey}",direction="out"\\} (\\d+)`));
+    await setRod('proxy.cluster-bytes-per-second', slow, 'pace the test cluster');
+    await eventually('the proxy to run with the slow limit', async () => ((await rodMetric()) === slow ? true : undefined), 10_000, 20);
+    // Rows of 1000 bytes, 12 MB in all: long enough to be running through both measurements.
+    const copy: ChildProcess = spawn(psqlBin, ['-X', '-o', '/dev/null', app.uri as string, '-c', "copy (select repeat('x', 1000) from generate_series(1, 12000)) to stdout"], {
+      env: { ...process.env, PGGSSENCMODE: 'disable' },
+      stdio: 'ignore',
+    });
+    try {
+      const rate = async (bytes: number): Promise<number> => {
+        const first = await bytesOut();
+        const startedMs = performance.now();
+        const last = await eventually(`${bytes} more bytes relayed`, async () => {
+          const now = await bytesOut();
+          return now >= first + bytes ? now : undefined;
+        }, 30_000, 20);
+        return (last - first) / ((performance.now() - startedMs) / 1000);
+      };
+      // Past the bucket's first burst, so the paced rate is what is measured.
+      await eventually('the COPY to be under way', async () => ((await bytesOut()) > 128 * 1024 ? true : undefined), 30_000, 20);
+      const slowRate = await rate(384 * 1024);
+      await setRod('proxy.cluster-bytes-per-second', fast, 'let it run faster');
+      await eventually('the proxy to run with the fast limit', async () => ((await rodMetric()) === fast ? true : undefined), 10_000, 20);
+      assert.equal(copy.exitCode, null, 'the same COPY is still running');
+      const fastRate = await rate(3 * 1024 ** 2);
+      t.diagnostic(`one COPY: ${Math.round(slowRate)} B/s under ${slow}, then ${Math.round(fastRate)} B/s under ${fast}`);
+      assert.ok(slowRate < slow * 2, `the slow rate ${Math.round(slowRate)} B/s is paced near ${slow}`);
+      // 16 times the limit: a ratio of 4 leaves room for a loaded machine.
+      assert.ok(fastRate > slowRate * 4, `${Math.round(fastRate)} B/s after against ${Math.round(slowRate)} B/s before`);
+      const exited = new Promise((resolve) => copy.once('exit', resolve));
+      if (copy.exitCode === null) await exited;
+      assert.equal(copy.exitCode, 0, 'the COPY finished');
+    } finally {
+      if (copy.exitCode === null) copy.kill('SIGKILL');
+    }
+    await setRod('proxy.cluster-bytes-per-second', 0, 'unlimited again');
+  });
+
+  test('the audit and the CLI list every change with who, old, new and reason, and each change is an event', async () => {
+    const shown = await cellar.cliJson<RodDetail>(['rods', 'show', 'engine.normal-tick-ms']);
+    const listed = await cellar.cliJson<RodView[]>(['rods', 'list']);
+    assert.equal(listed.find((rod) => rod.name === 'engine.normal-tick-ms')?.source, 'global');
+    assert.equal(shown.value, normalTickMsAtStart);
+    const audit = await cellar.storeQuery<{ name: string; old_value: number | null; new_value: number; actor: string; reason: string; scope: string }>(
+      "select name, old_value, new_value, actor, reason, scope from control_changes where kind = 'rod' order by id",
+    );
+    assert.deepEqual(
+      audit.map((row) => ({ name: row.name, old: row.old_value, value: row.new_value, reason: row.reason })),
+      made,
+    );
+    assert.ok(audit.every((row) => row.actor.startsWith('token:') && row.scope === 'global'), 'who: the admin token, globally');
+    assert.deepEqual(
+      shown.changes.map((change) => [change.oldValue, change.newValue, change.reason]),
+      made.filter((change) => change.name === 'engine.normal-tick-ms').reverse().map((change) => [change.old, change.value, change.reason]),
+      'newest first',
+    );
+    const events = await cellar.storeQuery<{ entity_id: string; to_label: string; code: string }>("select entity_id, to_label, code from events where kind = 'rod' order by id");
+    assert.deepEqual(events.map((event) => [event.entity_id, Number(event.to_label), event.code]), made.map((change) => [change.name, change.value, 'rod_changed']));
+  });
+});
