@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import type { RodDetail, RodSetView, RodView } from '../src/api/rods.js';
 import type { ClusterView } from '../src/api/view.js';
-import { TestCellar, eventually } from './helpers/cellar.js';
+import type { BackupListView, BackupView } from '../src/api/backups.js';
+import { TestCellar, eventually, processesUsing } from './helpers/cellar.js';
 import { postgresTool } from './helpers/tools.js';
 
 /** Control rods end to end (docs/CONTROLS.md "Rods"): admin only, bounded, audited, and taken live by the engine and the proxy. */
@@ -141,6 +143,28 @@ describe('control rods', () => {
       if (copy.exitCode === null) copy.kill('SIGKILL');
     }
     await setRod('proxy.cluster-bytes-per-second', 0, 'unlimited again');
+  });
+
+  test('changing backup.max-rate-bytes-per-second caps the next backup, with no restart', async (t) => {
+    const cap = 8 * 1024 ** 2;
+    await setRod('backup.max-rate-bytes-per-second', cap, 'spare the disks');
+    const backup = await cellar.cliJson<BackupView>(['backups', 'create', 'app']);
+    const command = await eventually('pg_basebackup of this backup to run', async () => {
+      for (const pid of await processesUsing(backup.id)) {
+        const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+        if (args.some((arg) => arg.endsWith('/pg_basebackup'))) return args;
+      }
+      return undefined;
+    }, 30_000, 20);
+    assert.ok(command.includes(`--max-rate=${cap / 1024}k`), `pg_basebackup carries the rod's cap: ${command.join(' ')}`);
+    const taken = await eventually('the backup to be taken', async () => {
+      const found = (await cellar.cliJson<BackupListView>(['backups', 'list', 'app'])).backups.find((item) => item.id === backup.id);
+      return found?.takeSeconds === null || found?.takeSeconds === undefined ? undefined : found;
+    }, 30_000, 100);
+    const rate = (taken.bytes as number) / (taken.takeSeconds as number);
+    t.diagnostic(`backup of ${taken.bytes} bytes in ${(taken.takeSeconds as number).toFixed(2)} s = ${Math.round(rate)} B/s under a cap of ${cap}`);
+    assert.ok(rate < cap * 1.5, `${Math.round(rate)} B/s is held near the cap of ${cap}`);
+    await setRod('backup.max-rate-bytes-per-second', 0, 'no cap again');
   });
 
   test('the audit and the CLI list every change with who, old, new and reason, and each change is an event', async () => {
