@@ -11,7 +11,7 @@ import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, exp
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
 import { hasReplicas } from '../src/machines/replicas.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
-import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
+import type { BackupRecord, CreateAdmission, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
 import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
 import { walWarnings } from '../src/api/view.js';
 import { walKeepLimitMb } from '../src/lib/sizes.js';
@@ -174,7 +174,27 @@ const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
+/** Provisioning admission with a switch: open admits every cluster; closed admits only those admitted before. */
+class FakeAdmission implements CreateAdmission {
+  open = true;
+  readonly admitted = new Set<string>();
+
+  async admit(clusterId: string): Promise<boolean> {
+    if (this.open) this.admitted.add(clusterId);
+    return this.admitted.has(clusterId);
+  }
+
+  retryMs(): number {
+    return 250;
+  }
+
+  perTick(): number {
+    return 1;
+  }
+}
+
 interface Harness {
+  admission: FakeAdmission;
   store: FakeStore;
   dataPlane: FakeDataPlane;
   clock: FakeClock;
@@ -187,7 +207,8 @@ function harness(): Harness {
   const dataPlane = new FakeDataPlane();
   const clock = new FakeClock();
   const backups = new FakeBackups();
-  return { store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage } };
+  const admission = new FakeAdmission();
+  return { admission, store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage, admission } };
 }
 
 async function step<L extends string, D extends MachineData>(
@@ -506,6 +527,22 @@ describe('cluster machine, label by label', () => {
     const outcome = await step(clusterMachine, 'start', clusterId, h);
     assert.equal(outcome.type === 'hop' && outcome.label, 'waitInstances');
     assert.deepEqual(h.store.calls, ['createInstance 1 replica', 'createInstance 2 replica']);
+  });
+
+  test('start waits, accepted and announced once, while provisioning admission is full; then provisions', async () => {
+    const h = harness();
+    h.admission.open = false;
+    const waiting = await step(clusterMachine, 'start', clusterId, h);
+    assert.equal(waiting.type, 'nap');
+    assert.equal(waiting.type === 'nap' && waiting.ms, 250, 'asks again a tick later');
+    assert.equal(waiting.type === 'nap' && waiting.code, 'create_waiting_admission');
+    assert.deepEqual(h.store.calls, [], 'no instance is made before admission');
+    const again = await step(clusterMachine, 'start', clusterId, h, { data: waiting.type === 'nap' ? (waiting.data ?? {}) : {} });
+    assert.equal(again.type === 'nap' && again.code, undefined, 'the wait is announced once, not every tick');
+    h.admission.open = true;
+    const admitted = await step(clusterMachine, 'start', clusterId, h);
+    assert.equal(admitted.type === 'hop' && admitted.label, 'waitInstances');
+    assert.deepEqual(h.store.calls, ['createInstance 0 primary', 'createInstance 1 replica']);
   });
 
   test('waitInstances naps until every instance runs, fails if one failed', async () => {

@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
 import { after, before, describe, test } from 'node:test';
 import type { RodDetail, RodSetView, RodView } from '../src/api/rods.js';
 import type { ClusterView } from '../src/api/view.js';
 import type { BackupListView, BackupView } from '../src/api/backups.js';
 import { TestCellar, eventually, processesUsing } from './helpers/cellar.js';
 import { postgresTool } from './helpers/tools.js';
+import type { ClusterId } from '../src/lib/ids.js';
+import { PgCreateAdmission } from '../src/store/create-admission.js';
 
 /** Control rods end to end (docs/CONTROLS.md "Rods"): admin only, bounded, audited, and taken live by the engine and the proxy. */
 
@@ -146,7 +150,7 @@ describe('control rods', () => {
   });
 
   test('changing backup.max-rate-bytes-per-second caps the next backup, with no restart', async (t) => {
-    const cap = 8 * 1024 ** 2;
+    const cap = 16 * 1024 ** 2;
     await setRod('backup.max-rate-bytes-per-second', cap, 'spare the disks');
     const backup = await cellar.cliJson<BackupView>(['backups', 'create', 'app']);
     const command = await eventually('pg_basebackup of this backup to run', async () => {
@@ -165,6 +169,30 @@ describe('control rods', () => {
     t.diagnostic(`backup of ${taken.bytes} bytes in ${(taken.takeSeconds as number).toFixed(2)} s = ${Math.round(rate)} B/s under a cap of ${cap}`);
     assert.ok(rate < cap * 1.5, `${Math.round(rate)} B/s is held near the cap of ${cap}`);
     await setRod('backup.max-rate-bytes-per-second', 0, 'no cap again');
+  });
+
+  test('provisioning admission is one budget per tick for the cell: past it a create waits; one admitted stays admitted', async () => {
+    const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+    const pool = new pg.Pool({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar', max: 4 });
+    try {
+      const windowMs = 60_000;
+      // The test cluster's own admission may be inside the window: the budget leaves it one place more.
+      const earlier = Number((await pool.query<{ count: string }>(`select count(*) from create_admissions where at > now() - make_interval(secs => $1::double precision / 1000)`, [windowMs])).rows[0]?.count);
+      let perTick = earlier + 1;
+      // Two engines of one cell: each its own admission object, one table and one lock between them.
+      const engines = [0, 1].map(() => new PgCreateAdmission(pool, () => perTick, () => windowMs));
+      const [first, second] = engines as [PgCreateAdmission, PgCreateAdmission];
+      const answers = await Promise.all([first.admit('cl_rods_a' as ClusterId), second.admit('cl_rods_b' as ClusterId)]);
+      assert.deepEqual([...answers].sort(), [false, true], 'one place in the tick, taken by exactly one of two at once');
+      const admitted = answers[0] === true ? 'cl_rods_a' : 'cl_rods_b';
+      assert.equal(await second.admit(admitted as ClusterId), true, 'admitted once, admitted again after a crash');
+      perTick = earlier + 2;
+      assert.equal(await first.admit('cl_rods_c' as ClusterId), true, 'a raised rod admits more in the same tick');
+      assert.equal(await first.admit('cl_rods_d' as ClusterId), false);
+    } finally {
+      await pool.query("delete from create_admissions where cluster_id like 'cl_rods_%'");
+      await pool.end();
+    }
   });
 
   test('the audit and the CLI list every change with who, old, new and reason, and each change is an event', async () => {

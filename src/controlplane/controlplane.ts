@@ -35,6 +35,7 @@ import { diskReserveOf } from '../store/config.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
+import { PgCreateAdmission } from '../store/create-admission.js';
 import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
@@ -193,6 +194,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     backups: new PgBackupRecords(pool, backupMachine),
     backupSettings: liveBackupSettings(config.backups, rods),
     storage: config.storage,
+    admission: new PgCreateAdmission(pool, () => rods.value('provisioning.creates-per-tick'), () => rods.value('engine.high-tick-ms')),
   };
   const tickRods: Record<Lane, 'engine.high-tick-ms' | 'engine.normal-tick-ms'> = { high: 'engine.high-tick-ms', normal: 'engine.normal-tick-ms' };
   const engine = new Engine({

@@ -11,6 +11,7 @@ export const eventCodes = {
   resumed_by_signal: 'a finished machine acted on a request (a delete of a failed machine, a new verification)',
 
   // Clusters: creation, watching, deletion.
+  create_waiting_admission: 'the new cluster waits to start provisioning: more creates than the provisioning.creates-per-tick rod admits arrived this tick',
   instances_requested: 'the cluster asked for its primary and replicas',
   instance_failed: 'an instance failed while the cluster was being created',
   cluster_running: 'every instance of a new cluster serves',

@@ -114,10 +114,15 @@ async function start(context: Context): Promise<Result> {
   const { store } = context.ports;
   const cluster = await store.cluster(clusterIdOf(context));
   const existing = new Set((await store.instances(cluster.id)).map((instance) => instance.ordinal));
+  // A cluster with instances already was admitted before a crash: it goes on.
+  const { admission } = context.ports;
+  if (existing.size === 0 && !(await admission.admit(cluster.id))) {
+    return announce(context, admission.retryMs(), `waiting to be admitted: at most ${admission.perTick()} new cluster(s) start provisioning per tick (provisioning.creates-per-tick)`, 'create_waiting_admission');
+  }
   for (let ordinal = 0; ordinal <= cluster.spec.replicas; ordinal += 1) {
     if (!existing.has(ordinal)) await store.createInstance(cluster.id, ordinal, ordinal === 0 ? 'primary' : 'replica');
   }
-  return hop('waitInstances', { reason: `1 primary and ${cluster.spec.replicas} replica(s) requested`, code: 'instances_requested' });
+  return hop('waitInstances', { data: withoutAnnouncement(context.machine.data), reason: `1 primary and ${cluster.spec.replicas} replica(s) requested`, code: 'instances_requested' });
 }
 
 function isServing(instance: InstanceRecord): boolean {

@@ -235,6 +235,21 @@ export interface MachinePorts {
   readonly backups: BackupRecords;
   readonly backupSettings: BackupSettings;
   readonly storage: StorageSettings;
+  readonly admission: CreateAdmission;
+}
+
+/**
+ * Provisioning admission (the `provisioning.creates-per-tick` rod, docs/CONTROLS.md "Rods"): at
+ * most so many new clusters start provisioning within any one high-lane tick across the cell; the
+ * rest wait, accepted, and ask again a tick later.
+ */
+export interface CreateAdmission {
+  /** Whether the cluster may start provisioning now; always true again for one already admitted. */
+  admit(clusterId: ClusterId): Promise<boolean>;
+  /** How long a cluster not admitted waits before it asks again: one high-lane tick. */
+  retryMs(): number;
+  /** The admissions allowed per tick now, for the waiting cluster's event. */
+  perTick(): number;
 }
 
 /** What the host machine sees of its host in the store, on the store's clock. */

@@ -11,3 +11,12 @@ create table rods (
   updated_by text not null,
   primary key (name, scope)
 );
+
+-- Provisioning admission (the provisioning.creates-per-tick rod): when each new cluster was let
+-- start provisioning. Counted over the last high-lane tick, under an advisory lock, so every
+-- engine of the cell shares one budget. Rows older than a day are pruned as admissions are made.
+create table create_admissions (
+  cluster_id text primary key,
+  at timestamptz not null default now()
+);
+create index create_admissions_at on create_admissions (at);
