@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { hostDiskReservePercentDefault, hostDiskReservePercentMax, hostDiskReservePercentMin } from './lib/placement.js';
 import { bytesPerStorageGb } from './lib/sizes.js';
 
 /**
@@ -164,6 +165,11 @@ export interface StorageSettings {
    * as often as this rate could close the gap (at most every liveness tick), far from one rarely.
    */
   readonly writeRateMbPerSecond: number;
+  /**
+   * The share of a host's measured data filesystem that new instances and storage growth leave
+   * free, percent (docs/STORAGE.md "Host disk reserve"); counted in `gbBytes`.
+   */
+  readonly hostDiskReservePercent: number;
 }
 
 export const usageIntervalMsMin = 1_000;
@@ -297,6 +303,7 @@ export function loadConfig(env: Env = process.env): Config {
       warnPercent: integer(env, 'CELLAR_STORAGE_WARN_PERCENT', 80, 50, 94, problems),
       readOnlyPercent: integer(env, 'CELLAR_STORAGE_READ_ONLY_PERCENT', 95, 60, 99, problems),
       writeRateMbPerSecond: integer(env, 'CELLAR_STORAGE_WRITE_RATE_MB_S', 512, 1, 100_000, problems),
+      hostDiskReservePercent: integer(env, 'CELLAR_HOST_DISK_RESERVE_PERCENT', hostDiskReservePercentDefault, hostDiskReservePercentMin, hostDiskReservePercentMax, problems),
     },
     hosts: {
       controlListenHost: env['CELLAR_AGENT_LISTEN_HOST'] || '0.0.0.0',

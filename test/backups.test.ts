@@ -21,7 +21,8 @@ describe('backups and point-in-time restore', () => {
   before(async () => {
     cellar = await TestCellar.create({ CELLAR_BACKUP_INTERVAL_MS: String(24 * 3_600_000) });
     await cellar.start();
-    app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
+    // 2 GB: the two restores inherit it, and the cell's allocations stay well under a test machine's real free disk less the host reserve (docs/STORAGE.md "Host disk reserve").
+    app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--storage-gb', '2', '--wait']);
     uri = app.uri as string;
     await queryUri(uri, 'create table t (id int primary key, at timestamptz not null default clock_timestamp())');
   });

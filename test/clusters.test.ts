@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import type { HostView } from '../src/api/hosts.js';
 import type { ClusterView } from '../src/api/view.js';
 import { isPortFree } from '../src/lib/net.js';
-import { postmasterPid, queryUri, processesUsing, TestCellar, eventually } from './helpers/cellar.js';
+import { postmasterPid, queryUri, processesUsing, TestCellar, eventually, testStorageGbBytes } from './helpers/cellar.js';
 
 /** End to end through the real CLI, API, engine and Postgres servers. */
 
@@ -84,7 +84,7 @@ describe('clusters', () => {
     assert.equal(storage.autogrow, null, 'autogrow is off by default');
     assert.equal(storage.allocatedGb, after.storageGb);
     assert.equal(storage.usedBytes, (primary.dataBytes ?? 0) + (primary.walBytes ?? 0), "the cluster's use is its primary's data and WAL");
-    assert.equal(storage.percent, Math.round((storage.usedBytes / (storage.allocatedGb * 1024 ** 3)) * 1000) / 10);
+    assert.equal(storage.percent, Math.round((storage.usedBytes / (storage.allocatedGb * testStorageGbBytes)) * 1000) / 10);
     assert.ok(storage.percent > (before.storage.percent ?? Infinity), `percent grew: ${before.storage.percent} -> ${storage.percent}`);
     const replica = after.instances.find((instance) => instance.role === 'replica');
     assert.equal(typeof replica?.dataBytes, 'number', 'replicas are measured too');

@@ -170,7 +170,7 @@ const ha: HaSettings = {
   archiveFailingMs: 60_000,
 };
 
-const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512 };
+const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { type PlacementHost, type PlacementRequest, type PlacementResult, placeInstances } from '../src/lib/placement.js';
+import { formatBytes } from '../src/lib/bytes.js';
+import { type DiskReserve, type MeasuredDisk, type PlacementHost, type PlacementRequest, type PlacementResult, growthRefusals, placeInstances } from '../src/lib/placement.js';
 
 /** Placement of a cluster's instances on hosts: properties over random fleets, checked against a brute-force search. */
 
@@ -30,29 +31,68 @@ const roomyHostArbitrary = fc.record({
   usedDiskShare: fc.constantFrom(0, 0.25),
 });
 
-const hostArbitrary = fc.oneof({ arbitrary: roomyHostArbitrary, weight: 2 }, { arbitrary: anyHostArbitrary, weight: 1 }).map((raw) => ({
-  zone: raw.zone,
-  label: raw.label,
-  memoryMb: raw.memoryMb,
-  diskGb: raw.diskGb,
-  slots: raw.slots,
-  used: { instances: raw.usedInstances, memoryMb: Math.round(raw.memoryMb * raw.usedMemoryShare), diskGb: Math.round(raw.diskGb * raw.usedDiskShare) },
-}));
+/** A binary GB, and a tiny one (as a test's storage unit may be), with reserves from none to the most allowed. */
+const reserveArbitrary = fc.record({ percent: fc.constantFrom(0, 10, 50), bytesPerStorageGb: fc.constantFrom(1024 ** 3, 1000) });
 
-const fleetArbitrary = fc.array(hostArbitrary, { minLength: 0, maxLength: 6 }).map((hosts): PlacementHost[] => hosts.map((host, index) => ({ id: `id${index}`, name: `host${index}`, ...host })));
-
-const caseArbitrary = fleetArbitrary.chain((hosts) =>
-  fc
+/** A data filesystem from nearly full to nearly empty, with instances that wrote nothing, some, all or more than their allocation. */
+function measuredArbitrary(reserve: DiskReserve): fc.Arbitrary<MeasuredDisk | null> {
+  const measured = fc
     .record({
-      count: fc.integer({ min: 1, max: 4 }),
-      memoryMb: fc.constantFrom(0, 512, 1024, 2048),
-      diskGb: fc.constantFrom(0, 5, 10, 20),
-      usedHostIds: fc.subarray(hosts.map((host) => host.id), { maxLength: Math.min(2, hosts.length) }),
-      usedZones: fc.subarray(zoneNames),
-      colocate: fc.boolean(),
+      totalGb: fc.constantFrom(20, 50, 100),
+      availableShare: fc.constantFrom(0.1, 0.3, 0.6, 0.9),
+      instances: fc.array(fc.record({ storageGb: fc.constantFrom(1, 5, 10), usedShare: fc.constantFrom(0, 0.5, 1, 1.5) }), { maxLength: 3 }),
     })
-    .map((request): { hosts: PlacementHost[]; request: PlacementRequest } => ({ hosts, request })),
+    .map((raw): MeasuredDisk => {
+      const totalBytes = raw.totalGb * reserve.bytesPerStorageGb;
+      return {
+        totalBytes,
+        availableBytes: Math.round(totalBytes * raw.availableShare),
+        instances: raw.instances.map((instance) => ({ storageGb: instance.storageGb, usedBytes: Math.round(instance.storageGb * reserve.bytesPerStorageGb * instance.usedShare) })),
+      };
+    });
+  return fc.oneof({ arbitrary: fc.constant(null), weight: 1 }, { arbitrary: measured, weight: 2 });
+}
+
+function hostArbitrary(reserve: DiskReserve): fc.Arbitrary<Omit<PlacementHost, 'id' | 'name'>> {
+  return fc.tuple(fc.oneof({ arbitrary: roomyHostArbitrary, weight: 2 }, { arbitrary: anyHostArbitrary, weight: 1 }), measuredArbitrary(reserve)).map(([raw, measured]) => ({
+    zone: raw.zone,
+    label: raw.label,
+    memoryMb: raw.memoryMb,
+    diskGb: raw.diskGb,
+    slots: raw.slots,
+    used: { instances: raw.usedInstances, memoryMb: Math.round(raw.memoryMb * raw.usedMemoryShare), diskGb: Math.round(raw.diskGb * raw.usedDiskShare) },
+    measured,
+  }));
+}
+
+function fleetArbitrary(reserve: DiskReserve): fc.Arbitrary<PlacementHost[]> {
+  return fc.array(hostArbitrary(reserve), { minLength: 0, maxLength: 6 }).map((hosts): PlacementHost[] => hosts.map((host, index) => ({ id: `id${index}`, name: `host${index}`, ...host })));
+}
+
+const caseArbitrary = reserveArbitrary.chain((reserve) =>
+  fleetArbitrary(reserve).chain((hosts) =>
+    fc
+      .record({
+        count: fc.integer({ min: 1, max: 4 }),
+        memoryMb: fc.constantFrom(0, 512, 1024, 2048),
+        diskGb: fc.constantFrom(0, 5, 10, 20),
+        usedHostIds: fc.subarray(hosts.map((host) => host.id), { maxLength: Math.min(2, hosts.length) }),
+        usedZones: fc.subarray(zoneNames),
+        colocate: fc.boolean(),
+      })
+      .map((request): { hosts: PlacementHost[]; request: PlacementRequest } => ({ hosts, request: { ...request, reserve } })),
+  ),
 );
+
+/**
+ * The bytes a measured filesystem can still promise, from the rule as docs/STORAGE.md states it:
+ * available − Σ max(0, allocation − use) − ⌈reserve % × total⌉. Written apart from the code's.
+ */
+function roomLeftBytes(disk: MeasuredDisk, reserve: DiskReserve): number {
+  let outstanding = 0;
+  for (const instance of disk.instances) outstanding += Math.max(0, instance.storageGb * reserve.bytesPerStorageGb - instance.usedBytes);
+  return disk.availableBytes - outstanding - Math.ceil((disk.totalBytes * reserve.percent) / 100);
+}
 
 /** Whether the instances may go on these hosts (one host id per instance), judged from the rules alone. */
 function isValid(hosts: readonly PlacementHost[], request: PlacementRequest, hostIds: readonly string[]): boolean {
@@ -64,6 +104,7 @@ function isValid(hosts: readonly PlacementHost[], request: PlacementRequest, hos
     if (host.used.instances + taken > host.slots) return false;
     if (host.used.memoryMb + taken * request.memoryMb > host.memoryMb) return false;
     if (host.used.diskGb + taken * request.diskGb > host.diskGb) return false;
+    if (host.measured !== null && taken * request.diskGb * request.reserve.bytesPerStorageGb > roomLeftBytes(host.measured, request.reserve)) return false;
   }
   return true;
 }
@@ -98,6 +139,10 @@ function expectedExclusions(hosts: readonly PlacementHost[], request: PlacementR
       if (host.used.instances >= host.slots) phrases.push(`no free slot (${host.used.instances} of ${host.slots} used)`);
       if (host.memoryMb - host.used.memoryMb < request.memoryMb) phrases.push(`${request.memoryMb} MB needed`);
       if (host.diskGb - host.used.diskGb < request.diskGb) phrases.push(`${request.diskGb} GB needed`);
+      const neededBytes = request.diskGb * request.reserve.bytesPerStorageGb;
+      if (host.measured !== null && roomLeftBytes(host.measured, request.reserve) < neededBytes) {
+        phrases.push('data filesystem: ', `reserve (${request.reserve.percent} % of ${formatBytes(host.measured.totalBytes)})`, `(${formatBytes(neededBytes)} needed)`);
+      }
     }
     if (phrases.length > 0) excluded.set(host.name, phrases);
   }
@@ -165,10 +210,12 @@ test('a refusal names every host that cannot take an instance, with each reason,
 });
 
 function host(name: string, overrides: Partial<PlacementHost> = {}): PlacementHost {
-  return { id: `id-${name}`, name, zone: 'z1', label: 'active', memoryMb: 8192, diskGb: 100, slots: 16, used: { instances: 0, memoryMb: 0, diskGb: 0 }, ...overrides };
+  return { id: `id-${name}`, name, zone: 'z1', label: 'active', memoryMb: 8192, diskGb: 100, slots: 16, used: { instances: 0, memoryMb: 0, diskGb: 0 }, measured: null, ...overrides };
 }
 
-const threeOfSmall: PlacementRequest = { count: 3, memoryMb: 1024, diskGb: 10, usedHostIds: [], usedZones: [], colocate: false };
+const binaryGb = 1024 ** 3;
+const tenPercent: DiskReserve = { percent: 10, bytesPerStorageGb: binaryGb };
+const threeOfSmall: PlacementRequest = { count: 3, memoryMb: 1024, diskGb: 10, usedHostIds: [], usedZones: [], colocate: false, reserve: tenPercent };
 
 test('the refusal says exactly what is missing: how many hosts are needed, which have room, and why each other one does not', () => {
   const result = placeInstances([host('h4', { label: 'draining' }), host('h2'), host('h3', { used: { instances: 16, memoryMb: 0, diskGb: 0 } }), host('h1')], threeOfSmall);
@@ -202,4 +249,44 @@ test('a host already holding one of the cluster\'s instances takes no other, unl
   assert.deepEqual(placed(colocated), ['id-local', 'id-local', 'id-local']);
   const full = placeInstances([host('local', { slots: 2 })], { ...threeOfSmall, colocate: true });
   assert.equal(full.ok ? 'placed' : full.missing, '3 instances need room on active hosts with a free slot, 1024 MB and 10 GB each; there is room for 2 (local: 2)');
+});
+
+test('a measured host is refused when the new allocation would eat into its reserve, and the refusal gives available, outstanding, reserve and needed', () => {
+  // 14 GB available, one instance of 1 GB that wrote 256 MB (768 MB outstanding), one of 2 GB that wrote 3 GB (over its allocation: 0, never below).
+  const measured: MeasuredDisk = { totalBytes: 100 * binaryGb, availableBytes: 14 * binaryGb, instances: [{ storageGb: 1, usedBytes: 256 * 1024 ** 2 }, { storageGb: 2, usedBytes: 3 * binaryGb }] };
+  const full = placeInstances([host('h1', { measured })], { ...threeOfSmall, count: 1, diskGb: 4 });
+  assert.equal(
+    full.ok ? 'placed' : full.missing,
+    '1 instance needs 1 distinct active host with a free slot, 1024 MB and 4 GB each; 0 have room; h1: data filesystem: 14 GB available, less 768 MB allocated to its instances and not yet written, less a 10 GB reserve (10 % of 100 GB), leaves 3.3 GB (4.0 GB needed)',
+  );
+  assert.deepEqual(placed(placeInstances([host('h1', { measured })], { ...threeOfSmall, count: 1, diskGb: 3 })), ['id-h1'], '3 GB fits in the 3.25 GB left above the reserve');
+  assert.deepEqual(placed(placeInstances([host('h1', { measured })], { ...threeOfSmall, count: 1, diskGb: 4, reserve: { ...tenPercent, percent: 0 } })), ['id-h1'], 'no reserve: 13.25 GB left');
+  const unmeasured = placeInstances([host('h1', { measured: null, diskGb: 20 })], { ...threeOfSmall, count: 1, diskGb: 20 });
+  assert.deepEqual(placed(unmeasured), ['id-h1'], 'a host not measured yet is judged by its declared disk only');
+  const colocated = placeInstances([host('h1', { measured })], { ...threeOfSmall, diskGb: 1, colocate: true });
+  assert.deepEqual(placed(colocated), ['id-h1', 'id-h1', 'id-h1'], 'three 1 GB instances fit in 3.25 GB');
+  const fourColocated = placeInstances([host('h1', { measured })], { ...threeOfSmall, count: 4, diskGb: 1, colocate: true });
+  assert.equal(fourColocated.ok ? 'placed' : fourColocated.missing, '4 instances need room on active hosts with a free slot, 1024 MB and 1 GB each; there is room for 3 (h1: 3)', 'each instance placed counts against the room for the next');
+});
+
+/** A host of the fleet's arbitrary, with the cluster's instances on it and how much each grows. */
+const growthCaseArbitrary = reserveArbitrary.chain((reserve) =>
+  fc.record({ host: hostArbitrary(reserve), count: fc.integer({ min: 1, max: 3 }), growthGb: fc.constantFrom(1, 5, 10, 40) }).map((raw) => ({ ...raw, host: { id: 'id-h', name: 'h', ...raw.host }, reserve })),
+);
+
+test("a storage resize is refused on a host exactly when the host could not take new instances of the growth's size, one per instance growing; the refusal gives the numbers", () => {
+  fc.assert(
+    fc.property(growthCaseArbitrary, ({ host: grown, count, growthGb, reserve }) => {
+      const reasons = growthRefusals(grown, count, growthGb, reserve);
+      // Growth needs disk only: the same host with every other room made ample takes the growth as instances exactly when it can grow.
+      const ample = { ...grown, label: 'active', slots: grown.used.instances + count, memoryMb: Number.MAX_SAFE_INTEGER };
+      const asInstances = placeInstances([ample], { count, memoryMb: 0, diskGb: growthGb, usedHostIds: [], usedZones: [], colocate: true, reserve });
+      assert.equal(reasons.length === 0, asInstances.ok, `${JSON.stringify(reasons)} vs ${asInstances.ok ? 'placed' : asInstances.missing}`);
+      const neededBytes = count * growthGb * reserve.bytesPerStorageGb;
+      const measuredShort = grown.measured !== null && roomLeftBytes(grown.measured, reserve) < neededBytes;
+      assert.equal(reasons.some((reason) => reason.startsWith('data filesystem: ') && reason.endsWith(`(${formatBytes(neededBytes)} needed)`)), measuredShort, reasons.join(', '));
+      assert.equal(reasons.some((reason) => reason.startsWith('only ') && reason.endsWith(` GB disk free (${count * growthGb} GB needed)`)), grown.diskGb - grown.used.diskGb < count * growthGb, reasons.join(', '));
+    }),
+    { numRuns: propertyRuns },
+  );
 });

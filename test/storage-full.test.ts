@@ -112,7 +112,7 @@ describe('storage guard: the pure rules', () => {
   });
 
   test('a primary is measured sooner the nearer it is to the read-only threshold, at most once per liveness tick; a replica once per interval', () => {
-    const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512 };
+    const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
     const cluster = { spec: { storageGb: 100 } } as ClusterRecord;
     const at = (role: 'primary' | 'replica', percent: number) => ({ role, usage: { dataBytes: (percent / 100) * 100 * 1024 ** 3, walBytes: 0 } }) as InstanceRecord;
     assert.equal(usageIntervalFor(storage, cluster, at('primary', 10)), 30_000, 'far from full: the interval');

@@ -47,7 +47,8 @@ describe('WAL bounds', () => {
   // async: commits must not wait for the replica whose WAL receiver the test stops.
   before(async () => {
     // The stopped replica must be replaced for its lost slot, not as dead: the dead-replica bound is longer than the test.
-    cellar = await TestCellar.create({ CELLAR_ARCHIVE_FAILING_MS: '1000', CELLAR_REPLICA_DEAD_MS: '600000' });
+    // Real GB: ~700 MB of WAL goes through a 1 GB cluster here, which a smaller unit would turn read-only.
+    cellar = await TestCellar.create({ CELLAR_ARCHIVE_FAILING_MS: '1000', CELLAR_REPLICA_DEAD_MS: '600000', CELLAR_STORAGE_GB_BYTES: String(1024 ** 3) });
     await cellar.start();
     cluster = await cellar.cliJson<ClusterView>(['clusters', 'create', 'wal', '--replicas', '1', '--durability', 'async', '--size', 'micro', '--storage-gb', String(storageGb), '--wait']);
     const [row] = await cellar.storeQuery<{ password: string }>(`select secrets ->> 'superuserPassword' as password from clusters where name = 'wal'`);

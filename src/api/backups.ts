@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { CellarError } from '../lib/errors.js';
 import type { ClusterId } from '../lib/ids.js';
+import type { DiskReserve } from '../lib/placement.js';
 import { type ClusterSpec, clusterNameLengthMax, clusterNamePattern } from '../lib/sizes.js';
 import { backupMachine, verifySignal } from '../machines/backup.js';
 import { clusterMachine } from '../machines/cluster.js';
@@ -111,6 +112,8 @@ export interface BackupRouteOptions {
   readonly deletedRetentionMs: number;
   /** Bytes in one GB of allocation, for the cluster view's storage. */
   readonly gbBytes: number;
+  /** What a restored cluster's placement leaves free on measured hosts (docs/STORAGE.md "Host disk reserve"). */
+  readonly hostDiskReserve: DiskReserve;
 }
 
 export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: BackupRouteOptions, ownerOf: (request: FastifyRequest) => TokenOwner): void {
@@ -128,7 +131,7 @@ export function registerBackupRoutes(app: FastifyInstance, pool: Pool, options: 
   async function createRestored(owner: TokenOwner, source: ClusterSnapshot, to: string, choice: RestoreChoice): Promise<ClusterSnapshot | null> {
     const { restore: _previous, ...sourceSpec } = source.spec;
     const spec: ClusterSpec = { ...sourceSpec, restore: { sourceClusterId: source.id, backupId: choice.backup.id, ...choice.target } };
-    const id = await insertCluster(pool, clusterMachine, owner.orgId, to, spec);
+    const id = await insertCluster(pool, clusterMachine, owner.orgId, to, spec, { reserve: options.hostDiskReserve });
     return findClusterById(pool, owner.orgId, id);
   }
 

@@ -27,7 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
-import type { StoragePolicy } from '../store/config.js';
+import { type StoragePolicy, diskReserveOf } from '../store/config.js';
 import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
 import { guardedServerOptions, registerInputGuards } from './guards.js';
@@ -35,6 +35,7 @@ import { registerTokenRoutes } from './tokens.js';
 import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerRolloutRoutes } from './rollouts.js';
 import { registerHealth } from './health.js';
+import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
@@ -224,7 +225,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   app.decorateRequest('owner', null);
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
-    if (header === undefined || !request.url.startsWith('/v1/')) return;
+    // /healthz and /openapi.json need no token, and must answer without the store.
+    if (header === undefined || !(request.url.startsWith('/v1/') || request.url.split('?')[0] === metricsPath)) return;
     const match = /^Bearer\s+(\S+)$/i.exec(header);
     if (!match?.[1]) throw new CellarError('CELLAR_E_UNAUTHENTICATED', 'the Authorization header must be "Bearer <token>"');
     const authentication = await authenticate(pool, match[1]);
@@ -297,7 +299,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
       // With the fleet's defaults already, so that a warm cluster made on them is adopted.
       const spec = await withFleetDefaults(pool, { size: body.size, replicas: body.replicas, storageGb: body.storageGb, pgVersion, durability, ...schedule } satisfies ClusterSpec);
-      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec));
+      const id = (await adoptWarmCluster(pool, owner.orgId, body.name, spec)) ?? (await insertCluster(pool, clusterMachine, owner.orgId, body.name, spec, { reserve: diskReserveOf(options.storagePolicy) }));
       const created = await findClusterById(pool, owner.orgId, id);
       return reply.status(201).send(created && clusterView(created, options.proxy, options.storagePolicy.gbBytes));
     },
@@ -356,11 +358,12 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     },
   );
 
-  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, gbBytes: options.storagePolicy.gbBytes }, ownerOf);
+  registerBackupRoutes(app, pool, { proxy: options.proxy, deletedRetentionMs: options.deletedBackupRetentionMs, gbBytes: options.storagePolicy.gbBytes, hostDiskReserve: diskReserveOf(options.storagePolicy) }, ownerOf);
   registerConfigRoutes(app, pool, ownerOf, options.storagePolicy);
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
+  registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {

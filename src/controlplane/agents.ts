@@ -11,6 +11,7 @@ import type { HostReachability } from '../dataplane/remote/router.js';
 import { systemClock } from '../lib/clock.js';
 import { drainSignal, hostMachine, joinedSignal, removeSignal, undrainSignal } from '../machines/host.js';
 import { HostDrains } from '../store/drain.js';
+import { diskReserveOf } from '../store/config.js';
 import { caCertificatePem, certificateSha256, ensureCellCa } from '../pki/ca.js';
 import { ensureControlCertificate } from '../pki/control.js';
 import { HostStore } from '../store/hosts.js';
@@ -92,7 +93,7 @@ export async function prepareAgentSide(config: Config, log: Logger, pool: Pool, 
     },
     hostsApi: {
       store,
-      drains: new HostDrains(pool, hostMachine, { drain: drainSignal, undrain: undrainSignal }),
+      drains: new HostDrains(pool, hostMachine, { drain: drainSignal, undrain: undrainSignal }, diskReserveOf(config.storage)),
       joinTokenTtlMs: hosts.joinTokenTtlMs,
       agentPort: hosts.agentPort,
       caSha256,

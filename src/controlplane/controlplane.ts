@@ -31,6 +31,7 @@ import { PgHostRecords } from '../store/drain.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost, recordHostUsage } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
+import { diskReserveOf } from '../store/config.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
@@ -124,7 +125,7 @@ function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane): WarmPo
     pgVersion: Math.max(...dataPlane.versions()),
     durability: defaultDurability(defaultReplicas),
   };
-  return { store: new PgWarmPoolStore(pool, clusterMachine), target: () => config.warmPoolSize, spec };
+  return { store: new PgWarmPoolStore(pool, clusterMachine, diskReserveOf(config.storage)), target: () => config.warmPoolSize, spec };
 }
 
 /** What the control plane's own machine offers: its memory, the data directory's disk, one slot per instance port. */
@@ -149,7 +150,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
-    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, config.hosts),
+    store: new PgMachineStore(pool, config.instancePortMin, config.instancePortMax, instanceMachine, { ...config.hosts, diskReserve: diskReserveOf(config.storage) }),
     dataPlane,
     ha: config.ha,
     backups: new PgBackupRecords(pool, backupMachine),
@@ -189,7 +190,13 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     status: () => ({ engine: engine === null ? null : { steps: Object.fromEntries(engine.stepCounts) } }),
     embeddedStore: config.storeUrl === null,
     deletedBackupRetentionMs: config.backups.deletedRetentionMs,
-    storagePolicy: { resizeStepGbMin: config.storage.resizeStepGbMin, resizeCooldownMs: config.storage.resizeCooldownMs, gbBytes: config.storage.gbBytes, readOnlyPercent: config.storage.readOnlyPercent },
+    storagePolicy: {
+      resizeStepGbMin: config.storage.resizeStepGbMin,
+      resizeCooldownMs: config.storage.resizeCooldownMs,
+      gbBytes: config.storage.gbBytes,
+      readOnlyPercent: config.storage.readOnlyPercent,
+      hostDiskReservePercent: config.storage.hostDiskReservePercent,
+    },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
   });
   try {

@@ -10,7 +10,7 @@ export const errorCatalogue = {
   CELLAR_E_AGENT_UNAUTHENTICATED: { status: 401, summary: 'The agent listener needs a client certificate of the cell CA, recorded, not revoked, of a host not removed, matching the hostId sent.' },
   CELLAR_E_FORBIDDEN: { status: 403, summary: 'The token may not do this (an admin token is needed).' },
   CELLAR_E_NOT_FOUND: { status: 404, summary: 'No such resource in the organisation of the token.' },
-  CELLAR_E_PLACEMENT: { status: 409, summary: 'No set of hosts can take the cluster\'s instances, or a host to drain\'s (distinct active hosts with a free slot, the memory and the disk); the message says what is missing.' },
+  CELLAR_E_PLACEMENT: { status: 409, summary: 'No set of hosts can take the cluster\'s instances, or a host to drain\'s (distinct active hosts with a free slot, the memory and the disk, and on a measured host room above its disk reserve), or a storage resize\'s growth; the message says what is missing, naming each host with its numbers.' },
   CELLAR_E_CONFLICT: { status: 409, summary: 'The resource is not in a state that allows this now (e.g. a switchover while it is being created).' },
   CELLAR_E_CHANGE_IN_PROGRESS: { status: 409, summary: 'A configuration change of the cluster is still being applied; the message names its revision and step. Wait for it (`cellar config show`), then try again.' },
   CELLAR_E_CATALOGUE_MISSING: { status: 409, summary: 'The parameter catalogue of the cluster\'s Postgres version is not read yet (it is read from the first running cluster of that version); try again once the cluster runs.' },

@@ -1,4 +1,6 @@
 import { assert } from './assert.js';
+import { formatBytes } from './bytes.js';
+import { bytesPerStorageGb } from './sizes.js';
 
 /**
  * Which hosts new instances of a cluster go on (docs/HOSTS.md, "Placement"). Pure: the caller
@@ -10,6 +12,10 @@ import { assert } from './assert.js';
  * does not use yet (a zone failure then takes as few members as the fleet allows), most free
  * slots, most free memory, name. Each instance is placed in turn, and what it takes counts
  * against its host for the next one.
+ *
+ * On a host whose data filesystem is measured, an instance also needs room above the host's disk
+ * reserve (docs/STORAGE.md, "Host disk reserve"): what is available, less what the instances there
+ * were allocated and have not written yet, less the reserve, must hold the new allocation.
  *
  * This greedy order is complete: with distinct hosts every candidate fits one instance, so a
  * placement exists exactly when there are `count` candidates; co-located, each pick uses one unit
@@ -26,6 +32,34 @@ export interface HostUsage {
   readonly instances: number;
 }
 
+/** The share of a host's data filesystem kept free (`CELLAR_HOST_DISK_RESERVE_PERCENT`), and its bounds. */
+export const hostDiskReservePercentDefault = 10;
+export const hostDiskReservePercentMin = 0;
+export const hostDiskReservePercentMax = 50;
+
+/** What new allocations must leave free on a measured host, and the bytes in one GB of an allocation. */
+export interface DiskReserve {
+  readonly percent: number;
+  readonly bytesPerStorageGb: number;
+}
+
+export const defaultDiskReserve: DiskReserve = { percent: hostDiskReservePercentDefault, bytesPerStorageGb };
+
+/** One live instance on a host: its cluster's allocation and what it takes now. */
+export interface MeasuredInstance {
+  readonly storageGb: number;
+  /** Its data directory and WAL as last measured; 0 until first measured (all of its allocation is still to come). */
+  readonly usedBytes: number;
+}
+
+/** A host's data filesystem as last measured, and the instances that will write to it. */
+export interface MeasuredDisk {
+  readonly totalBytes: number;
+  /** Free to a process that is not root: what Postgres can still write. */
+  readonly availableBytes: number;
+  readonly instances: readonly MeasuredInstance[];
+}
+
 export interface PlacementHost {
   readonly id: string;
   readonly name: string;
@@ -37,6 +71,8 @@ export interface PlacementHost {
   readonly slots: number;
   /** What the live instances on the host already take. */
   readonly used: HostUsage;
+  /** Its data filesystem; null: not measured yet (only the declared `diskGb` counts). */
+  readonly measured: MeasuredDisk | null;
 }
 
 export interface PlacementRequest {
@@ -51,6 +87,7 @@ export interface PlacementRequest {
   readonly usedZones: readonly string[];
   /** A cell of one host: instances share it. */
   readonly colocate: boolean;
+  readonly reserve: DiskReserve;
 }
 
 export interface Placement {
@@ -81,18 +118,66 @@ interface Candidate {
   instances: number;
   memoryMb: number;
   diskGb: number;
+  /** What the measured data filesystem can still promise to new instances; null: not measured. */
+  allocatableBytes: number | null;
+}
+
+/** Bytes already promised on the filesystem: each instance's allocation less what it has written, never below 0. */
+export function outstandingBytes(disk: MeasuredDisk, perStorageGb: number): number {
+  return disk.instances.reduce((sum, instance) => sum + Math.max(0, instance.storageGb * perStorageGb - instance.usedBytes), 0);
+}
+
+/** The bytes the reserve keeps free on a filesystem of that size. */
+export function reserveBytes(totalBytes: number, percent: number): number {
+  return Math.ceil((totalBytes * percent) / 100);
+}
+
+/** What new allocations may still take: available, less outstanding allocations, less the reserve (negative: past it already). */
+export function allocatableBytes(disk: MeasuredDisk, reserve: DiskReserve): number {
+  return disk.availableBytes - outstandingBytes(disk, reserve.bytesPerStorageGb) - reserveBytes(disk.totalBytes, reserve.percent);
+}
+
+/**
+ * Why the measured filesystem cannot take `neededBytes` more, with the numbers; null: it can.
+ * `data filesystem: 14 GB available, less 1.0 GB allocated to its instances and not yet written,
+ * less a 10 GB reserve (10 % of 100 GB), leaves 3.0 GB (5.0 GB needed)`.
+ */
+export function diskReserveShortage(disk: MeasuredDisk, reserve: DiskReserve, neededBytes: number): string | null {
+  const left = allocatableBytes(disk, reserve);
+  if (left >= neededBytes) return null;
+  return (
+    `data filesystem: ${formatBytes(disk.availableBytes)} available, less ${formatBytes(outstandingBytes(disk, reserve.bytesPerStorageGb))} allocated to its instances and not yet written, ` +
+    `less a ${formatBytes(reserveBytes(disk.totalBytes, reserve.percent))} reserve (${reserve.percent} % of ${formatBytes(disk.totalBytes)}), leaves ${formatBytes(Math.max(0, left))} (${formatBytes(neededBytes)} needed)`
+  );
+}
+
+/**
+ * Why a host cannot take a storage resize of `count` instances of a cluster on it by `growthGb`
+ * each (declared disk, then the measured reserve); empty: it can. Any label: the instances are
+ * there already.
+ */
+export function growthRefusals(host: PlacementHost, count: number, growthGb: number, reserve: DiskReserve): string[] {
+  assert(Number.isInteger(count) && count >= 0 && growthGb >= 0, `growth of ${count} instances by ${growthGb} GB`);
+  const reasons: string[] = [];
+  const neededGb = count * growthGb;
+  const freeDiskGb = host.diskGb - host.used.diskGb;
+  if (freeDiskGb < neededGb) reasons.push(`only ${Math.max(0, freeDiskGb)} GB of ${host.diskGb} GB disk free (${neededGb} GB needed)`);
+  const shortage = host.measured === null ? null : diskReserveShortage(host.measured, reserve, neededGb * reserve.bytesPerStorageGb);
+  if (shortage !== null) reasons.push(shortage);
+  return reasons;
 }
 
 export function placeInstances(hosts: readonly PlacementHost[], request: PlacementRequest): PlacementResult {
   assert(Number.isInteger(request.count) && request.count >= 1, `placement of ${request.count} instances`);
   assert(request.memoryMb >= 0 && request.diskGb >= 0, `placement of instances of ${request.memoryMb} MB and ${request.diskGb} GB`);
+  assert(request.reserve.percent >= 0 && request.reserve.percent < 100 && request.reserve.bytesPerStorageGb > 0, `disk reserve of ${request.reserve.percent} % with ${request.reserve.bytesPerStorageGb} bytes per GB`);
   const usedHostIds = new Set(request.usedHostIds);
   const excluded: HostExclusion[] = [];
   const candidates: Candidate[] = [];
   for (const host of [...hosts].sort(byName)) {
     const reasons = exclusionReasons(host, request, usedHostIds);
     if (reasons.length > 0) excluded.push({ hostId: host.id, name: host.name, reasons });
-    else candidates.push({ host, ...host.used });
+    else candidates.push({ host, ...host.used, allocatableBytes: host.measured === null ? null : allocatableBytes(host.measured, request.reserve) });
   }
   const room = candidates.reduce((sum, candidate) => sum + (request.colocate ? roomFor(candidate, request) : 1), 0);
   if (room < request.count) return { ok: false, missing: missingText(request, candidates, excluded), excluded };
@@ -113,6 +198,7 @@ export function placeInstances(hosts: readonly PlacementHost[], request: Placeme
     best.instances += 1;
     best.memoryMb += request.memoryMb;
     best.diskGb += request.diskGb;
+    if (best.allocatableBytes !== null) best.allocatableBytes -= allocationBytes(request);
     // Distinct hosts: a host takes one instance of a placement at most.
     if (!request.colocate) candidates.splice(candidates.indexOf(best), 1);
   }
@@ -129,15 +215,23 @@ export function exclusionReasons(host: PlacementHost, request: PlacementRequest,
   if (freeMemoryMb < request.memoryMb) reasons.push(`only ${Math.max(0, freeMemoryMb)} MB of ${host.memoryMb} MB memory free (${request.memoryMb} MB needed)`);
   const freeDiskGb = host.diskGb - host.used.diskGb;
   if (freeDiskGb < request.diskGb) reasons.push(`only ${Math.max(0, freeDiskGb)} GB of ${host.diskGb} GB disk free (${request.diskGb} GB needed)`);
+  const shortage = host.measured === null ? null : diskReserveShortage(host.measured, request.reserve, allocationBytes(request));
+  if (shortage !== null) reasons.push(shortage);
   return reasons;
 }
 
-/** How many more instances of the request fit on the candidate, by slots, memory and disk. */
+function allocationBytes(request: PlacementRequest): number {
+  return request.diskGb * request.reserve.bytesPerStorageGb;
+}
+
+/** How many more instances of the request fit on the candidate, by slots, memory, declared disk and the measured reserve. */
 function roomFor(candidate: Candidate, request: PlacementRequest): number {
   const bySlots = candidate.host.slots - candidate.instances;
   const byMemory = request.memoryMb === 0 ? bySlots : Math.floor((candidate.host.memoryMb - candidate.memoryMb) / request.memoryMb);
   const byDisk = request.diskGb === 0 ? bySlots : Math.floor((candidate.host.diskGb - candidate.diskGb) / request.diskGb);
-  return Math.max(0, Math.min(bySlots, byMemory, byDisk));
+  const byReserve =
+    candidate.allocatableBytes === null ? bySlots : request.diskGb === 0 ? (candidate.allocatableBytes >= 0 ? bySlots : 0) : Math.floor(candidate.allocatableBytes / allocationBytes(request));
+  return Math.max(0, Math.min(bySlots, byMemory, byDisk, byReserve));
 }
 
 function rank(a: Candidate, b: Candidate, usedZones: ReadonlySet<string>): number {

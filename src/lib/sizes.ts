@@ -40,6 +40,11 @@ export const storageGbMin = 1;
 export const storageGbMax = 16_384;
 /** A cluster's allocation is counted in binary gigabytes, as the host's disk is (docs/STORAGE.md). */
 export const bytesPerStorageGb = 1024 ** 3;
+
+/** The bytes a cluster's allocation holds; every figure of allocated bytes goes through here, so the unit can be configured in one place. */
+export function storageAllocatedBytes(storageGb: number, bytesPerGb: number = bytesPerStorageGb): number {
+  return storageGb * bytesPerGb;
+}
 export const defaultStorageGb = 10;
 
 /** How full a cluster is: its primary's data and WAL against its allocation (docs/STORAGE.md). */
@@ -54,7 +59,7 @@ export interface StorageUse {
 export function storageUse(storageGb: number, gbBytes: number, usage: { readonly dataBytes: number; readonly walBytes: number } | null): StorageUse | null {
   if (usage === null) return null;
   const usedBytes = usage.dataBytes + usage.walBytes;
-  const allocatedBytes = storageGb * gbBytes;
+  const allocatedBytes = storageAllocatedBytes(storageGb, gbBytes);
   return { usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100 };
 }
 export const clusterNameLengthMax = 40;

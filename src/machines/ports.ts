@@ -134,9 +134,15 @@ export interface MachineStore {
   setStorageFull(clusterId: ClusterId, full: StorageFull | null): Promise<void>;
   /**
    * Autogrow: a storage revision to `toGb` (actor `cellar`), through the same checks as a resize
-   * (grow only, step, cooldown); a CellarError when one refuses it.
+   * (grow only, step, cooldown, room on its hosts above their disk reserve); a CellarError when one refuses it.
    */
-  growStorage(clusterId: ClusterId, toGb: number, reason: string, origin: { readonly kind: string; readonly initial: string; lane(label: string): 'high' | 'normal' }, policy: { readonly resizeStepGbMin: number; readonly resizeCooldownMs: number }): Promise<number>;
+  growStorage(
+    clusterId: ClusterId,
+    toGb: number,
+    reason: string,
+    origin: { readonly kind: string; readonly initial: string; lane(label: string): 'high' | 'normal' },
+    policy: Pick<StorageSettings, 'resizeStepGbMin' | 'resizeCooldownMs' | 'gbBytes' | 'readOnlyPercent' | 'hostDiskReservePercent'>,
+  ): Promise<number>;
   /** Whether a change machine of the cluster is still applying its revision. */
   changeInProgress(clusterId: ClusterId): Promise<boolean>;
   /** A machine's label, or null when there is none. */

@@ -8,6 +8,7 @@ import type { AutogrowPolicy, InstanceRecord, StorageFull } from '../machines/po
 import { liveInstances } from './machine-store.js';
 import { type Pool, inTransaction, isUniqueViolation } from './pool.js';
 import { assertPlaceable } from './placement.js';
+import type { DiskReserve } from '../lib/placement.js';
 import { freeRouteKey } from './routes.js';
 import { withFleetDefaults } from './rollouts.js';
 
@@ -86,7 +87,7 @@ function newSecrets(): ClusterSecrets {
 const routeKeyAttemptsMax = 3;
 
 /** Creates the cluster and its machine (of the cluster machine's definition) in one transaction: nothing half-made on any failure. */
-export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, orgId: OrgId, name: string, requested: ClusterSpec, options: { pooled?: boolean } = {}): Promise<ClusterId> {
+export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, orgId: OrgId, name: string, requested: ClusterSpec, options: { pooled?: boolean; reserve?: DiskReserve } = {}): Promise<ClusterId> {
   const id = newId('cluster');
   // A new cluster starts on the fleet's current defaults: a rollout never needs to reach it.
   const spec = await withFleetDefaults(db, requested);
@@ -94,7 +95,7 @@ export async function insertCluster(db: Pool, clusterMachine: MachineOrigin, org
   for (let attempt = 1; ; attempt += 1) {
     try {
       await inTransaction(db, async (client) => {
-        await assertPlaceable(client, spec);
+        await assertPlaceable(client, spec, options.reserve);
         const routeKey = pooled ? null : await freeRouteKey(client, name);
         await client.query('insert into clusters (id, org_id, name, spec, secrets, pooled, route_key) values ($1, $2, $3, $4, $5, $6, $7)', [
           id,

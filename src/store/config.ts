@@ -1,11 +1,13 @@
 import { type ConfigPlan, type RevisionConfig, planChange } from '../lib/config-plan.js';
 import { CellarError, invalid } from '../lib/errors.js';
 import { type ChangeId, type ClusterId, newId } from '../lib/ids.js';
+import { type DiskReserve, hostDiskReservePercentDefault } from '../lib/placement.js';
 import { type CatalogueEntry, checkSettings } from '../lib/settings.js';
 import { type ClusterSpec, bytesPerStorageGb, type SizeName, durabilityOf, instanceMemoryMb, isSizeName, replicasMax, sizeNames, storageGbMax } from '../lib/sizes.js';
 import { type AutogrowPolicy, changeKind } from '../machines/ports.js';
 import { type MachineOrigin, insertMachine, newMachine } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
+import { assertStorageGrowthPlaceable, lockPlacement } from './placement.js';
 
 /**
  * Configuration revisions (docs/CONFIG.md): every change to a cluster's settings, size, replicas
@@ -37,7 +39,7 @@ export interface ChangeRequest {
   readonly supersedes?: ChangeId;
 }
 
-/** How storage may grow: at least this many GB at a time, and once per cooldown. */
+/** How storage may grow: at least this many GB at a time, once per cooldown, and only as far as the hosts' disk and its reserve allow. */
 export interface StoragePolicy {
   readonly resizeStepGbMin: number;
   readonly resizeCooldownMs: number;
@@ -45,9 +47,16 @@ export interface StoragePolicy {
   readonly gbBytes: number;
   /** Where the primary turns read-only: autogrow must act below it. */
   readonly readOnlyPercent: number;
+  /** The share of a measured host's data filesystem that growth leaves free (CELLAR_HOST_DISK_RESERVE_PERCENT, docs/STORAGE.md "Host disk reserve"). */
+  readonly hostDiskReservePercent: number;
 }
 
-const defaultStoragePolicy: StoragePolicy = { resizeStepGbMin: 1, resizeCooldownMs: 6 * 3_600_000, gbBytes: bytesPerStorageGb, readOnlyPercent: 95 };
+const defaultStoragePolicy: StoragePolicy = { resizeStepGbMin: 1, resizeCooldownMs: 6 * 3_600_000, gbBytes: bytesPerStorageGb, readOnlyPercent: 95, hostDiskReservePercent: hostDiskReservePercentDefault };
+
+/** The host disk reserve of a policy, in its unit of allocation. */
+export function diskReserveOf(policy: Pick<StoragePolicy, 'hostDiskReservePercent' | 'gbBytes'>): DiskReserve {
+  return { percent: policy.hostDiskReservePercent, bytesPerStorageGb: policy.gbBytes };
+}
 
 /** Autogrow's defaults and bounds (docs/STORAGE.md "Autogrow"). */
 export const autogrowThresholdPercentDefault = 90;
@@ -267,6 +276,8 @@ function diffOf(before: RevisionConfig, after: RevisionConfig): DiffEntry[] {
 export async function proposeChange(db: Pool, changeMachine: MachineOrigin, request: ChangeRequest, storagePolicy: StoragePolicy = defaultStoragePolicy): Promise<ChangeProposal> {
   if (request.reason !== undefined && request.reason.length > reasonLengthMax) throw invalid('reason', `reason is ${request.reason.length} characters long, more than ${reasonLengthMax}`);
   return inTransaction(db, async (client) => {
+    // Storage growth is checked against the hosts under the placement lock; taken before the cluster's row, in the order a create takes them.
+    if (request.change.storageGb !== undefined) await lockPlacement(client);
     const cluster = await client.query<{ spec: ClusterSpec; label: string }>(
       `select c.spec, m.label from clusters c join machines m on m.kind = 'cluster' and m.entity_id = c.id where c.id = $1 and c.deleted_at is null for update of c`,
       [request.clusterId],
@@ -282,7 +293,11 @@ export async function proposeChange(db: Pool, changeMachine: MachineOrigin, requ
     }
     const before = configOf(row.spec);
     const after = applyRequest(before, row.spec, request);
-    if (request.change.storageGb !== undefined) await checkStorage(client, request.clusterId, before.storageGb ?? row.spec.storageGb, request.change.storageGb, storagePolicy);
+    if (request.change.storageGb !== undefined) {
+      const fromGb = before.storageGb ?? row.spec.storageGb;
+      await checkStorage(client, request.clusterId, fromGb, request.change.storageGb, storagePolicy);
+      await assertStorageGrowthPlaceable(client, request.clusterId, fromGb, request.change.storageGb, diskReserveOf(storagePolicy));
+    }
     const touchesSettings = request.change.settings !== undefined || request.change.defaults !== undefined || after.size !== before.size;
     const catalogue = await loadCatalogue(client, row.spec.pgVersion);
     if (catalogue === null && touchesSettings) {

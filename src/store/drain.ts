@@ -1,6 +1,7 @@
 import { assert } from '../lib/assert.js';
 import { CellarError } from '../lib/errors.js';
 import type { ClusterId, HostId } from '../lib/ids.js';
+import { type DiskReserve, defaultDiskReserve } from '../lib/placement.js';
 import type { HostObservation, HostRecords } from '../machines/ports.js';
 import { type MachineOrigin, raiseSignal, withdrawSignal } from './machines-table.js';
 import { drainRefusal, lockPlacement } from './placement.js';
@@ -31,6 +32,7 @@ export class HostDrains {
     private readonly db: Pool,
     private readonly hostMachine: MachineOrigin,
     private readonly signals: DrainSignals,
+    private readonly reserve: DiskReserve = defaultDiskReserve,
   ) {}
 
   /**
@@ -44,7 +46,7 @@ export class HostDrains {
       const host = await this.lockHost(client, hostId);
       if (host.label === 'draining' || host.label === 'drained') return 'already';
       if (host.label !== 'active') throw new CellarError('CELLAR_E_CONFLICT', `host "${host.name}" is ${host.label ?? 'without a machine'}: only an active host can be drained`, 'name');
-      const refusal = await drainRefusal(client, hostId);
+      const refusal = await drainRefusal(client, hostId, this.reserve);
       if (refusal !== null) throw new CellarError('CELLAR_E_PLACEMENT', `cannot drain host "${host.name}": its instances would have nowhere to go: ${refusal}`, 'name');
       assert(host.machine_id !== null, `active host ${hostId} has no machine`);
       await withdrawSignal(client, host.machine_id, this.signals.undrain);

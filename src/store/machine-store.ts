@@ -3,6 +3,7 @@ import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './ma
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
 import { assert } from '../lib/assert.js';
+import { type DiskReserve, defaultDiskReserve } from '../lib/placement.js';
 import { type ChangeId, type ClusterId, type InstanceId, newId } from '../lib/ids.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { CatalogueEntry } from '../lib/settings.js';
@@ -106,6 +107,8 @@ export interface HostOptions {
   readonly controlAddresses: readonly string[];
   readonly leaseMs: number;
   readonly clockMarginMs: number;
+  /** What new instances leave free on a measured host (docs/STORAGE.md "Host disk reserve"); absent: the default. */
+  readonly diskReserve?: DiskReserve;
 }
 
 const defaultHostOptions: HostOptions = { controlAddresses: [localAddress], leaseMs: 1_500, clockMarginMs: 250 };
@@ -191,7 +194,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   placeInstance(instanceId: InstanceId): Promise<PlacedInstance> {
-    return inTransaction(this.db, (client) => placeInstance(client, instanceId));
+    return inTransaction(this.db, (client) => placeInstance(client, instanceId, this.hosts.diskReserve ?? defaultDiskReserve));
   }
 
   async allocatePort(instanceId: InstanceId): Promise<number> {

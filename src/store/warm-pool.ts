@@ -1,6 +1,7 @@
 import { type MachineOrigin, wakeMachines } from './machines-table.js';
 import type { EventCode } from '../lib/event-codes.js';
 import { type ClusterId, type OrgId, randomToken } from '../lib/ids.js';
+import { type DiskReserve, defaultDiskReserve } from '../lib/placement.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 import { type PooledCluster, type PooledPhase, type WarmPoolStore, clusterKind, warmPoolEntity, warmPoolKind } from '../machines/ports.js';
 import { insertCluster, nameTaken } from './clusters.js';
@@ -28,6 +29,7 @@ export class PgWarmPoolStore implements WarmPoolStore {
   constructor(
     private readonly db: Pool,
     private readonly clusterMachine: MachineOrigin,
+    private readonly reserve: DiskReserve = defaultDiskReserve,
   ) {}
 
   async pooledClusters(): Promise<PooledCluster[]> {
@@ -35,7 +37,7 @@ export class PgWarmPoolStore implements WarmPoolStore {
   }
 
   async createPooledCluster(spec: ClusterSpec): Promise<void> {
-    await insertCluster(this.db, this.clusterMachine, warmPoolOrgId, `warm-${randomToken(8)}`, spec, { pooled: true });
+    await insertCluster(this.db, this.clusterMachine, warmPoolOrgId, `warm-${randomToken(8)}`, spec, { pooled: true, reserve: this.reserve });
   }
 
   destroyPooledCluster(id: string): Promise<void> {

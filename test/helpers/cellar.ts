@@ -33,6 +33,9 @@ export async function makeTempDir(prefix: string): Promise<string> {
 }
 
 
+/** Bytes in one GB of a test cluster's allocation, unless a test sets CELLAR_STORAGE_GB_BYTES itself. */
+export const testStorageGbBytes = 256 * 1024 ** 2;
+
 export class TestCellar {
   private child: ChildProcess | null = null;
   private output = '';
@@ -66,6 +69,9 @@ export class TestCellar {
       CELLAR_BACKUP_INTERVAL_MS: '0',
       CELLAR_API: '',
       CELLAR_TOKEN: '',
+      // A storage "GB" of 256 MiB: placement counts allocations against this machine's real free
+      // disk (less its reserve), so tests' clusters must not ask for tens of real gigabytes.
+      CELLAR_STORAGE_GB_BYTES: String(testStorageGbBytes),
       ...extraEnv,
     };
     // A Cellar given its own data directory starts from the run's prepared store and template
