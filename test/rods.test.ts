@@ -11,6 +11,9 @@ import { TestCellar, eventually, processesUsing } from './helpers/cellar.js';
 import { postgresTool } from './helpers/tools.js';
 import type { ClusterId } from '../src/lib/ids.js';
 import { PgCreateAdmission } from '../src/store/create-admission.js';
+import { catalogueDefaults } from '../src/lib/rod-catalogue.js';
+import { RodValues } from '../src/store/rods.js';
+import { makeLogger } from '../src/lib/log.js';
 
 /** Control rods end to end (docs/CONTROLS.md "Rods"): admin only, bounded, audited, and taken live by the engine and the proxy. */
 
@@ -191,6 +194,31 @@ describe('control rods', () => {
       assert.equal(await first.admit('cl_rods_d' as ClusterId), false);
     } finally {
       await pool.query("delete from create_admissions where cluster_id like 'cl_rods_%'");
+      await pool.end();
+    }
+  });
+
+  test('a live reader takes a change with no restart, and keeps the last values read while the store is away', async () => {
+    const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+    const storeUrl = `postgres://postgres:${encodeURIComponent(state.password)}@127.0.0.1:${state.port}/cellar`;
+    const pool = new pg.Pool({ connectionString: storeUrl, max: 2 });
+    let storeAway = false;
+    const query = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
+    // The store "away" for this reader only: its reads fail as a refused connection does.
+    (pool as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = (...args) =>
+      storeAway ? Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })) : query(...args);
+    const reader = new RodValues({ pool, storeUrl, defaults: catalogueDefaults(), cell: 'local', log: makeLogger('silent', process.stderr) });
+    try {
+      await reader.start();
+      assert.equal(reader.storeReachable, true);
+      await setRod('ha.failovers-max', 7, 'a calmer breaker');
+      await eventually('the reader to take the change', async () => (reader.value('ha.failovers-max') === 7 ? true : undefined), 10_000, 10);
+      storeAway = true;
+      await reader.refresh();
+      assert.equal(reader.storeReachable, false);
+      assert.equal(reader.value('ha.failovers-max'), 7, 'the last value read stands, not the default');
+    } finally {
+      await reader.stop();
       await pool.end();
     }
   });
