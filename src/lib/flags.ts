@@ -8,6 +8,9 @@ import { type FlagDeclaration, type FlagValue, isExpired } from './flag-catalogu
 
 export type RuleLevel = 'global' | 'cell' | 'org' | 'cluster';
 export const ruleLevels: readonly RuleLevel[] = ['global', 'cell', 'org', 'cluster'];
+/** The cells a cell rule may name: today the one cell (docs/CONTROLS.md). */
+export const cellNames: readonly string[] = ['local'];
+export const localCellName = 'local';
 /** Percentages are kept to two decimals. */
 export const percentMin = 0;
 export const percentMax = 100;
