@@ -34,6 +34,8 @@ import { guardedServerOptions, registerInputGuards } from './guards.js';
 import { registerTokenRoutes } from './tokens.js';
 import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerRolloutRoutes } from './rollouts.js';
+import { registerFlagRoutes } from './flags.js';
+import type { FlagSnapshotReader } from '../store/flag-snapshot.js';
 import { registerHealth } from './health.js';
 import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
@@ -55,6 +57,8 @@ export interface ApiOptions {
   readonly storagePolicy: StoragePolicy;
   /** The hosts routes (docs/HOSTS.md); absent: none. */
   readonly hosts?: HostsApiOptions;
+  /** This process's live flags (docs/CONTROLS.md); absent: no flag routes, and every choice takes its default. */
+  readonly flags?: FlagSnapshotReader;
 }
 
 declare module 'fastify' {
@@ -293,7 +297,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
         throw invalid('version', `version must be one of the installed Postgres versions: ${options.versions.join(', ')}`);
       }
       if (!isSizeName(body.size)) throw invalid('size', fieldMessages.size);
-      const durability = body.durability ?? defaultDurability(body.replicas);
+      // The flag chooses among durabilities that need a replica; without one only async is possible.
+      const durability = body.durability ?? (body.replicas > 0 && options.flags !== undefined ? options.flags.variant('durability-default', { org: owner.orgId }) : defaultDurability(body.replicas));
       if (!isDurability(durability)) throw invalid('durability', fieldMessages.durability);
       if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
@@ -363,6 +368,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerTokenRoutes(app, pool, ownerOf);
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
+  if (options.flags !== undefined) registerFlagRoutes(app, pool, { reader: options.flags }, ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */

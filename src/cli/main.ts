@@ -8,6 +8,7 @@ import { registerConfigCommands } from './config.js';
 import { registerHostCommands } from './host.js';
 import { registerHostsCommands } from './hosts.js';
 import { registerRolloutCommands } from './rollouts.js';
+import { registerFlagCommands } from './flags.js';
 import { registerTokenCommands } from './tokens.js';
 import { type Output, formatTable, makeOutput } from './output.js';
 
@@ -46,6 +47,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerTokenCommands(program, connect);
   registerHostsCommands(program, connect);
   registerRolloutCommands(program, connect);
+  registerFlagCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

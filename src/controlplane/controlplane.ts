@@ -35,6 +35,8 @@ import { diskReserveOf } from '../store/config.js';
 import { PgRolloutRecords, storeConfigChanges } from '../store/rollouts.js';
 import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
+import { FlagSnapshotReader } from '../store/flag-snapshot.js';
+import { processFlagCatalogue } from '../config.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
 import { checkStartPaths } from './preflight.js';
@@ -67,9 +69,13 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let agentListener: AgentListener | null = null;
   let agentSide: AgentSide | null = null;
   let hostUsage: HostUsageWatch | null = null;
+  let flags: FlagSnapshotReader | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
+    // Read before anything chooses by a flag; re-read on cellar_controls, polled every normal tick.
+    flags = new FlagSnapshotReader({ pool, log: log.child({ component: 'flags' }), catalogue: processFlagCatalogue(config), pollMs: config.normalTickMs });
+    await flags.start();
     const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
     if (config.hosts.localHost) {
       const hostId = await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
@@ -82,7 +88,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
     engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
-    api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide) : null;
+    api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide, flags) : null;
     // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
     agentListener = options.api ? await agentSide.listen() : null;
     engine?.start();
@@ -102,6 +108,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.api?.close();
         await running.engine?.stop();
         await agentSide?.close();
+        flags?.stop();
         await pool.end();
       },
     };
@@ -112,6 +119,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await api?.close();
     await engine?.stop();
     await agentSide?.close();
+    flags?.stop();
     await pool.end();
     throw error;
   }
@@ -181,7 +189,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   return engine;
 }
 
-async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null, agentSide: AgentSide | null): Promise<FastifyInstance> {
+async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null, agentSide: AgentSide | null, flags: FlagSnapshotReader): Promise<FastifyInstance> {
   const api = await buildApi({
     pool,
     log,
@@ -198,6 +206,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
       hostDiskReservePercent: config.storage.hostDiskReservePercent,
     },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
+    flags,
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });

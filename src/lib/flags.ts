@@ -238,6 +238,23 @@ function firstCohortSetting(flagKey: string, cohorts: readonly Cohort[] | undefi
   return undefined;
 }
 
+/** A context without a cell: the reader's own cell. */
+export type ReaderContext = Omit<FlagContext, 'cell'> & { readonly cell?: string };
+
+/** What a choice that reads a flag needs: its value, or the whole answer for `explain`. */
+export interface FlagReader {
+  evaluate(key: string, context: ReaderContext): FlagEvaluation;
+  /** The value of a boolean flag. */
+  enabled(key: string, context: ReaderContext): boolean;
+  /** The value of a string flag. */
+  variant(key: string, context: ReaderContext): string;
+}
+
+/** A flag for one cluster, in its org (the reader looks the org up): what the machines and the data plane ask. */
+export interface ClusterFlags {
+  evaluateForCluster(key: string, clusterId: string): Promise<FlagEvaluation>;
+}
+
 export interface StaleFlag {
   readonly key: string;
   readonly reasons: readonly string[];

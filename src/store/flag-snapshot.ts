@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { PoolClient } from 'pg';
 import { type FlagDeclaration, type FlagValue, findFlag, flagCatalogue } from '../lib/flag-catalogue.js';
-import { type FlagContext, type FlagEvaluation, type FlagSnapshot, emptySnapshot, evaluateFlag, localCellName } from '../lib/flags.js';
+import { type ClusterFlags, type FlagContext, type FlagEvaluation, type FlagReader, type ReaderContext, type FlagSnapshot, emptySnapshot, evaluateFlag, localCellName } from '../lib/flags.js';
 import { controlsChannel } from './controls.js';
 import { loadFlagSnapshot } from './flags.js';
 import type { Pool } from './pool.js';
@@ -18,15 +18,6 @@ export const flagPollMsDefault = 2_000;
 export const flagPollMsMin = 50;
 export const flagPollMsMax = 60_000;
 
-/** What a choice that reads a flag needs: its value, or the whole answer for `explain`. */
-export interface FlagReader {
-  evaluate(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): FlagEvaluation;
-  /** The value of a boolean flag. */
-  enabled(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): boolean;
-  /** The value of a string flag. */
-  variant(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): string;
-}
-
 export interface FlagSnapshotReaderOptions {
   readonly pool: Pool;
   readonly log: Logger;
@@ -36,7 +27,7 @@ export interface FlagSnapshotReaderOptions {
   readonly cell?: string;
 }
 
-export class FlagSnapshotReader implements FlagReader {
+export class FlagSnapshotReader implements FlagReader, ClusterFlags {
   private current: FlagSnapshot = emptySnapshot;
   private readonly catalogue: ReadonlyMap<string, FlagDeclaration>;
   private readonly pollMs: number;
@@ -83,23 +74,42 @@ export class FlagSnapshotReader implements FlagReader {
     return this.storeHealthy;
   }
 
+  /** The catalogue as this process has it (its defaults), in declaration order. */
+  catalogueEntries(): FlagDeclaration[] {
+    return [...this.catalogue.values()];
+  }
+
   declaration(key: string): FlagDeclaration | undefined {
     return this.catalogue.get(key) ?? findFlag(key);
   }
 
-  evaluate(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): FlagEvaluation {
+  evaluate(key: string, context: ReaderContext): FlagEvaluation {
     const flag = this.declaration(key);
     // The choices that read a flag name it in code: a key not in the catalogue is a bug, not input.
     if (flag === undefined) throw new Error(`flag ${key} is not in the catalogue`);
     return evaluateFlag(flag, context.cell === undefined ? { ...context, cell: this.cell } : (context as FlagContext), this.current);
   }
 
-  enabled(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): boolean {
+  enabled(key: string, context: ReaderContext): boolean {
     return this.evaluate(key, context).value === true;
   }
 
-  variant(key: string, context: Omit<FlagContext, 'cell'> & { readonly cell?: string }): string {
+  variant(key: string, context: ReaderContext): string {
     return String(this.evaluate(key, context).value satisfies FlagValue);
+  }
+
+  /**
+   * The flag for a cluster in its org: the org is read from the store (one short query); with the
+   * store away, the cluster alone is the context (org rules and org cohorts then do not apply).
+   */
+  async evaluateForCluster(key: string, clusterId: string): Promise<FlagEvaluation> {
+    let org: string | undefined;
+    try {
+      org = (await this.options.pool.query<{ org_id: string }>('select org_id from clusters where id = $1', [clusterId])).rows[0]?.org_id;
+    } catch {
+      org = undefined;
+    }
+    return this.evaluate(key, org === undefined ? { cluster: clusterId } : { org, cluster: clusterId });
   }
 
   /**
