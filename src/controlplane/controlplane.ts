@@ -76,7 +76,9 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     // Read before anything chooses by a flag; re-read on cellar_controls, polled every normal tick.
     flags = new FlagSnapshotReader({ pool, log: log.child({ component: 'flags' }), catalogue: processFlagCatalogue(config), pollMs: config.normalTickMs });
     await flags.start();
-    const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
+    const flagReader = flags;
+    const templateChoice = async (clusterId: string): Promise<boolean> => (await flagReader.evaluateForCluster('provision-from-template', clusterId)).value === true;
+    const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }), templateChoice);
     if (config.hosts.localHost) {
       const hostId = await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
       const directories = { data: dataPlane.dataDir, backups: dataPlane.backupDir, home: config.home };
@@ -86,7 +88,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     agentSide = await prepareAgentSide(config, log, pool, options.api);
     // Each operation goes to its instance's host: the local driver here, an agent elsewhere.
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
-    engine = options.engine ? makeEngine(config, log, pool, storeUrl, router) : null;
+    engine = options.engine ? makeEngine(config, log, pool, storeUrl, router, flags) : null;
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
     api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide, flags) : null;
     // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
@@ -154,7 +156,7 @@ async function ensureSingletonMachines(pool: Pool): Promise<void> {
   await insertMachine(pool, newMachine(backupScheduleMachine, backupScheduleEntity, null));
 }
 
-function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane): Engine {
+function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, flags: FlagSnapshotReader): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
@@ -164,6 +166,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     backups: new PgBackupRecords(pool, backupMachine),
     backupSettings: config.backups,
     storage: config.storage,
+    flags,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
   const engine = new Engine({
