@@ -1,14 +1,23 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import type { CohortDetail, FlagDetail, FlagExplainView, FlagRuleChangeView, FlagView, StaleFlagView } from '../src/api/flags.js';
 import type { ClusterView } from '../src/api/view.js';
-import { TestCellar } from './helpers/cellar.js';
+import { TestCellar, eventually, makeTempDir } from './helpers/cellar.js';
+import { testPort } from './helpers/ports.js';
 
 /**
  * Flags end to end (docs/CONTROLS.md, "Flags"): the CLI sets durability-default for one org and
  * creates there follow it; explain names the rule; a cohort reaches a cluster of another org; a
  * non-admin is refused and nothing changes; the audit has every change.
  */
+
+const proxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
+/** Making the cell CA and the proxy's certificate with the openssl CLI takes seconds on a busy machine. */
+const proxyStartWaitMs = 60_000;
 
 interface ErrorBody {
   error: { code: string; message: string; field?: string };
@@ -138,4 +147,44 @@ test('a non-admin token is refused (403) on every flag and cohort route and noth
   assert.equal(cli.code, 1);
   assert.match(cli.stderr, /value of flag durability-default must be one of sync, sync-strict, async.*\[CELLAR_E_INVALID\]/);
   assert.equal(await changeCount(), before, 'nothing was stored');
+});
+
+test('a proxy reads proxy-native-relay from its store at start: a global rule turns the native relay off, and its log says which rule decided', async () => {
+  await cellar.cliJson(['flags', 'set', 'proxy-native-relay', 'false', '--reason', 'relay investigation']);
+  const store = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+  const home = await makeTempDir('cellar-flags-proxy-');
+  const child = spawn(process.execPath, [proxyBin], {
+    env: {
+      ...cellar.env,
+      CELLAR_HOME: home,
+      CELLAR_STORE_URL: `postgres://postgres:${encodeURIComponent(store.password)}@127.0.0.1:${store.port}/cellar`,
+      CELLAR_PROXY_PORT: String(await testPort()),
+      CELLAR_PROXY_RO_PORT: String(await testPort()),
+      CELLAR_PROXY_ADMIN_PORT: String(await testPort()),
+      CELLAR_PROXY_NATIVE_RELAY: 'true',
+      CELLAR_LOG_LEVEL: 'info',
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()));
+  try {
+    const listening = await eventually(
+      'the second proxy to listen',
+      async () => {
+        if (child.exitCode !== null) throw new Error(`the proxy exited ${child.exitCode}: ${log}`);
+        return log.split('\n').find((line) => line.includes('proxy listening'));
+      },
+      proxyStartWaitMs,
+    );
+    const fields = JSON.parse(listening) as { nativeRelay: boolean; nativeRelayDecidedBy: string };
+    assert.equal(fields.nativeRelay, false, 'the global rule beats CELLAR_PROXY_NATIVE_RELAY=true');
+    assert.match(fields.nativeRelayDecidedBy, /^global rule/);
+  } finally {
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    if (child.exitCode === null) child.kill('SIGTERM');
+    await exited;
+    await rm(home, { recursive: true, force: true });
+    await cellar.cliJson(['flags', 'unset', 'proxy-native-relay', '--reason', 'done']);
+  }
 });
