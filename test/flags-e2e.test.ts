@@ -28,7 +28,8 @@ const tokens: Record<string, string> = {};
 const orgIds: Record<string, string> = {};
 
 before(async () => {
-  cellar = await TestCellar.create();
+  // At info, so the data plane's "primary data directory created" line says whether the template was used.
+  cellar = await TestCellar.create({ CELLAR_LOG_LEVEL: 'info' });
   await cellar.start();
   for (const name of ['alpha', 'beta', 'gamma']) {
     const created = await cellar.api<{ org: { id: string }; token: string }>('POST', '/v1/orgs', { name });
@@ -186,5 +187,23 @@ test('a proxy reads proxy-native-relay from its store at start: a global rule tu
     await exited;
     await rm(home, { recursive: true, force: true });
     await cellar.cliJson(['flags', 'unset', 'proxy-native-relay', '--reason', 'done']);
+  }
+});
+
+test('provision-from-template off for one org: its new primary is made by initdb, not from the template', async () => {
+  await cellar.cliJson(['flags', 'set', 'provision-from-template', 'false', '--org', 'gamma', '--reason', 'compare initdb']);
+  try {
+    const created = await cellar.api<ClusterView>('POST', '/v1/clusters', { name: 'g-initdb', replicas: 0, size: 'micro' }, tokens['gamma']);
+    assert.equal(created.status, 201);
+    const primary = await eventually(
+      'the primary instance row',
+      async () => (await cellar.api<ClusterView>('GET', '/v1/clusters/g-initdb', undefined, tokens['gamma'])).body.instances.find((instance) => instance.role === 'primary')?.id,
+      30_000,
+    );
+    const line = await eventually('the primary data directory to be created', async () => cellar.logs().split('\n').find((text) => text.includes('primary data directory created') && text.includes(primary)), 60_000);
+    assert.equal((JSON.parse(line) as { template: boolean }).template, false);
+  } finally {
+    await cellar.cliJson(['flags', 'unset', 'provision-from-template', '--org', 'gamma', '--reason', 'done']);
+    await remove('gamma', 'g-initdb');
   }
 });
