@@ -57,6 +57,7 @@ test('a refused change stores nothing and says why: unknown key, a value not of 
   await refused(setFlagRule(store.pool, { key: 'backup-verification', level: 'cell', target: 'mars', value: false, reason: 'r', actor }), 'CELLAR_E_NOT_FOUND', 'target', /no cell "mars"/);
   await refused(setFlagRule(store.pool, { key: 'backup-verification', level: 'global', value: false, reason: ' ', actor }), 'CELLAR_E_INVALID', 'reason', /reason/);
   await refused(createCohort(store.pool, { name: 'bad', values: { 'durability-default': 'fast' }, reason: 'r', actor }), 'CELLAR_E_INVALID', 'values.durability-default', /sync/);
+  await refused(createCohort(store.pool, { name: 'bad', values: { 'warp-drive': true }, reason: 'r', actor }), 'CELLAR_E_NOT_FOUND', 'values', /no flag "warp-drive"/);
   await refused(addCohortMember(store.pool, { name: 'none', kind: 'org', member: orgId, reason: 'r', actor }), 'CELLAR_E_NOT_FOUND', 'name', /no cohort "none"/);
   assert.equal(await counts(), before);
 });

@@ -183,7 +183,11 @@ export async function createCohort(pool: Pool, request: CreateCohortRequest): Pr
   const description = request.description ?? '';
   if (description.length > cohortDescriptionLengthMax) throw invalid('description', `description must be at most ${cohortDescriptionLengthMax} characters`);
   const values: Record<string, FlagValue> = {};
-  for (const [key, value] of Object.entries(request.values)) values[flagOrThrow(key).key] = checkFlagValue(flagOrThrow(key), value, `values.${key}`);
+  for (const [key, value] of Object.entries(request.values)) {
+    const flag = findFlag(key);
+    if (flag === undefined) throw new CellarError('CELLAR_E_NOT_FOUND', `values: no flag "${key}"; flags: ${flagCatalogue.map((each) => each.key).join(', ')}`, 'values');
+    values[flag.key] = checkFlagValue(flag, value, `values.${key}`);
+  }
   const reason = checkReason(request.reason);
   return inTransaction(pool, async (client) => {
     await lockFlags(client);
