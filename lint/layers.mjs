@@ -30,8 +30,8 @@ export const layers = [
   {
     name: 'proxy',
     paths: ['src/proxy'],
-    imports: ['lib', 'config', 'pki', 'postgres', 'src/store/pool.ts', 'src/store/routes.ts', 'src/store/embedded.ts', 'src/store/rods.ts'],
-    holds: 'the `cellar proxy` process: the routes and control rods it reads, nothing of the control plane',
+    imports: ['lib', 'config', 'pki', 'postgres', 'src/store/pool.ts', 'src/store/routes.ts', 'src/store/embedded.ts', 'src/store/flag-snapshot.ts', 'src/store/rods.ts'],
+    holds: 'the `cellar proxy` process: the routes, flags and control rods it reads, nothing of the control plane',
   },
   { name: 'api', paths: ['src/api'], imports: ['lib', 'config', 'ports', 'pki', 'store', 'engine', 'machines'], holds: 'HTTP routes over the store; phases from the machines' },
   {

@@ -3,6 +3,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { hostDiskReservePercentDefault, hostDiskReservePercentMax, hostDiskReservePercentMin } from './lib/placement.js';
 import { bytesPerStorageGb } from './lib/sizes.js';
+import { type FlagDeclaration, flagCatalogue, withProcessDefaults } from './lib/flag-catalogue.js';
 
 /**
  * The one place that reads process.env. Every value is parsed, typed and checked here, and every
@@ -328,4 +329,12 @@ export function loadConfig(env: Env = process.env): Config {
   if (!levels.includes(config.logLevel)) problems.push(`CELLAR_LOG_LEVEL=${config.logLevel}: must be one of ${levels.join(', ')}`);
   if (problems.length > 0) throw new ConfigError(`bad configuration:\n  ${problems.join('\n  ')}`);
   return config;
+}
+
+/**
+ * The flag catalogue with this process's defaults: the settings that were switches before they
+ * were flags (CELLAR_TEMPLATE, CELLAR_PROXY_NATIVE_RELAY) default their flag; a rule overrides them.
+ */
+export function processFlagCatalogue(config: Pick<Config, 'templateEnabled' | 'proxyNativeRelay'>): FlagDeclaration[] {
+  return withProcessDefaults(flagCatalogue, { 'provision-from-template': config.templateEnabled, 'proxy-native-relay': config.proxyNativeRelay });
 }

@@ -7,6 +7,7 @@ import { type MachineData, type MachineDefinition, type Outcome, failedLabel, is
 import type { Clock, Random } from '../src/lib/clock.js';
 import type { BackupId, ClusterId, InstanceId } from '../src/lib/ids.js';
 import { backupMachine, checkSlotPollMs, sourceWaitMsMax } from '../src/machines/backup.js';
+import type { ClusterFlags } from '../src/lib/flags.js';
 import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, expiredBackups } from '../src/machines/backup-schedule.js';
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
 import { hasReplicas } from '../src/machines/replicas.js';
@@ -993,6 +994,23 @@ describe('backup machine, label by label', () => {
     h.store.update(replicaId, { machineLabel: 'starting' });
     const again = await step(backupMachine, 'take', backupId, h, { data: { sourceInstanceId: replicaId } });
     assert.equal(again.type === 'hop' && again.label, 'start');
+  });
+
+  test('take reads backup-verification for the cluster: off, the taken backup is done unverified, saying which rule turned it off', async () => {
+    const h = harness();
+    h.backups.add({ id: backupId });
+    h.store.add(primaryId, 'primary', 0, 'running');
+    const asked: string[] = [];
+    const off: ClusterFlags = {
+      evaluateForCluster: async (key, cluster) => {
+        asked.push(`${key} ${cluster}`);
+        return { key, value: false, decidedBy: { level: 'cluster', target: cluster, percent: null }, why: `cluster rule for ${cluster}` };
+      },
+    };
+    const taken = await step(backupMachine, 'take', backupId, { ...h, ports: { ...h.ports, flags: off } }, { data: { sourceInstanceId: primaryId } });
+    assert.equal(taken.type, 'done');
+    assert.match(taken.type === 'done' ? (taken.reason ?? '') : '', /not verified: backup-verification is off \(cluster rule for cl_/);
+    assert.deepEqual(asked, [`backup-verification ${clusterId}`]);
   });
 
   test('verify waits for a check slot, then records the verdict and is done', async () => {

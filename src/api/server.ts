@@ -36,6 +36,8 @@ import { type HostsApiOptions, registerHostRoutes } from './hosts.js';
 import { registerRolloutRoutes } from './rollouts.js';
 import { registerRodRoutes } from './rods.js';
 import { type RodValueMap, catalogueDefaults } from '../lib/rod-catalogue.js';
+import { registerFlagRoutes } from './flags.js';
+import type { FlagSnapshotReader } from '../store/flag-snapshot.js';
 import { registerHealth } from './health.js';
 import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
@@ -59,6 +61,8 @@ export interface ApiOptions {
   readonly hosts?: HostsApiOptions;
   /** Each control rod's value in this process when none is stored; absent: the catalogue's defaults. */
   readonly rodDefaults?: RodValueMap;
+  /** This process's live flags (docs/CONTROLS.md); absent: no flag routes, and every choice takes its default. */
+  readonly flags?: FlagSnapshotReader;
 }
 
 declare module 'fastify' {
@@ -297,7 +301,8 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
         throw invalid('version', `version must be one of the installed Postgres versions: ${options.versions.join(', ')}`);
       }
       if (!isSizeName(body.size)) throw invalid('size', fieldMessages.size);
-      const durability = body.durability ?? defaultDurability(body.replicas);
+      // The flag chooses among durabilities that need a replica; without one only async is possible.
+      const durability = body.durability ?? (body.replicas > 0 && options.flags !== undefined ? options.flags.variant('durability-default', { org: owner.orgId }) : defaultDurability(body.replicas));
       if (!isDurability(durability)) throw invalid('durability', fieldMessages.durability);
       if (durability !== 'async' && body.replicas === 0) throw invalid('durability', `durability ${durability} needs at least 1 replica (replicas is 0); use async`);
       const schedule = body.backupIntervalHours === undefined ? {} : { backupIntervalHours: body.backupIntervalHours };
@@ -368,6 +373,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   if (options.hosts !== undefined) registerHostRoutes(app, options.hosts, ownerOf);
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
   registerRodRoutes(app, pool, options.rodDefaults ?? catalogueDefaults(), ownerOf);
+  if (options.flags !== undefined) registerFlagRoutes(app, pool, { reader: options.flags }, ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */

@@ -9,6 +9,7 @@ import { registerHostCommands } from './host.js';
 import { registerHostsCommands } from './hosts.js';
 import { registerRolloutCommands } from './rollouts.js';
 import { registerRodCommands } from './rods.js';
+import { registerFlagCommands } from './flags.js';
 import { registerTokenCommands } from './tokens.js';
 import { type Output, formatTable, makeOutput } from './output.js';
 
@@ -48,6 +49,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerHostsCommands(program, connect);
   registerRolloutCommands(program, connect);
   registerRodCommands(program, connect);
+  registerFlagCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

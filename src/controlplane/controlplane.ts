@@ -37,6 +37,8 @@ import { type Pool, openPool } from '../store/pool.js';
 import { PgWarmPoolStore } from '../store/warm-pool.js';
 import { PgCreateAdmission } from '../store/create-admission.js';
 import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
+import { FlagSnapshotReader } from '../store/flag-snapshot.js';
+import { processFlagCatalogue } from '../config.js';
 import { type AgentSide, prepareAgentSide } from './agents.js';
 import { ensureCredentials } from './credentials.js';
 import { checkStartPaths } from './preflight.js';
@@ -70,10 +72,16 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let agentSide: AgentSide | null = null;
   let hostUsage: HostUsageWatch | null = null;
   const rods = new RodValues({ pool, storeUrl, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
+  let flags: FlagSnapshotReader | null = null;
   try {
     const applied = await migrate(pool);
     if (applied.length > 0) log.info({ applied }, 'store migrations applied');
-    const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }));
+    // Read before anything chooses by a flag; re-read on cellar_controls, polled every normal tick.
+    flags = new FlagSnapshotReader({ pool, log: log.child({ component: 'flags' }), catalogue: processFlagCatalogue(config), pollMs: config.normalTickMs });
+    await flags.start();
+    const flagReader = flags;
+    const templateChoice = async (clusterId: string): Promise<boolean> => (await flagReader.evaluateForCluster('provision-from-template', clusterId)).value === true;
+    const dataPlane = await LocalDataPlane.fromConfig(config, log.child({ component: 'dataplane' }), templateChoice);
     if (config.hosts.localHost) {
       const hostId = await ensureLocalHost(pool, await localHostCapacity(config, dataPlane.dataDir), hostMachine);
       const directories = { data: dataPlane.dataDir, backups: dataPlane.backupDir, home: config.home };
@@ -85,12 +93,12 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     const router = new HostRouter(dataPlane, new StoreHostDirectory(pool), (host) => (agentSide as AgentSide).clientFor(host), agentSide.reachability);
     if (options.engine) {
       await rods.start();
-      engine = makeEngine(config, log, pool, storeUrl, router, rods);
+      engine = makeEngine(config, log, pool, storeUrl, router, flags, rods);
       const ticking = engine;
       rods.onChange(() => ticking.retick());
     }
     // The API listens before the engine starts, so a busy port fails start-up with nothing running.
-    api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide) : null;
+    api = options.api ? await startApi(config, log, pool, dataPlane, engine, agentSide, flags) : null;
     // Heartbeats come to the process that serves the API; see docs/HOSTS.md on several control planes.
     agentListener = options.api ? await agentSide.listen() : null;
     engine?.start();
@@ -111,6 +119,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.engine?.stop();
         await rods.stop();
         await agentSide?.close();
+        flags?.stop();
         await pool.end();
       },
     };
@@ -122,6 +131,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await engine?.stop();
     await rods.stop();
     await agentSide?.close();
+    flags?.stop();
     await pool.end();
     throw error;
   }
@@ -184,7 +194,7 @@ function liveBackupSettings(backups: BackupSettings, rods: RodReader): BackupSet
   };
 }
 
-function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, rods: RodReader): Engine {
+function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, flags: FlagSnapshotReader, rods: RodReader): Engine {
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
@@ -195,6 +205,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     backupSettings: liveBackupSettings(config.backups, rods),
     storage: config.storage,
     admission: new PgCreateAdmission(pool, () => rods.value('provisioning.creates-per-tick'), () => rods.value('engine.high-tick-ms')),
+    flags,
   };
   const tickRods: Record<Lane, 'engine.high-tick-ms' | 'engine.normal-tick-ms'> = { high: 'engine.high-tick-ms', normal: 'engine.normal-tick-ms' };
   const engine = new Engine({
@@ -221,7 +232,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
   return engine;
 }
 
-async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null, agentSide: AgentSide | null): Promise<FastifyInstance> {
+async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: LocalDataPlane, engine: Engine | null, agentSide: AgentSide | null, flags: FlagSnapshotReader): Promise<FastifyInstance> {
   const api = await buildApi({
     pool,
     log,
@@ -239,6 +250,7 @@ async function startApi(config: Config, log: Logger, pool: Pool, dataPlane: Loca
     },
     ...(agentSide === null ? {} : { hosts: agentSide.hostsApi }),
     rodDefaults: processRodDefaults(config),
+    flags,
   });
   try {
     await api.listen({ host: config.apiHost, port: config.apiPort });

@@ -72,7 +72,11 @@ async function take(context: Context): Promise<Result> {
   const info = await dataPlane.takeBaseBackup(instanceSpec(cluster, source), instanceSpec(cluster, primary), backup.id, backupSettings.maxRateBytesPerSecond);
   await backups.recordTaken(backup.id, source.id as InstanceId, info);
   const megabytes = (info.bytes / 1024 / 1024).toFixed(1);
-  return hop('verify', { reason: `${megabytes} MB taken, timeline ${info.timeline}, WAL ${info.startLsn} to ${info.endLsn}`, code: 'backup_taken' });
+  const taken = `${megabytes} MB taken, timeline ${info.timeline}, WAL ${info.startLsn} to ${info.endLsn}`;
+  // Read once the backup is taken: an operator who turns verification off spares the checks still to come.
+  const verification = await context.ports.flags?.evaluateForCluster('backup-verification', cluster.id);
+  if (verification !== undefined && verification.value === false) return done({ reason: `${taken}; not verified: backup-verification is off (${verification.why})`, code: 'backup_taken' });
+  return hop('verify', { reason: taken, code: 'backup_taken' });
 }
 
 async function verify(context: Context): Promise<Result> {

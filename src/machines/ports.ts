@@ -5,6 +5,7 @@ import type { RestartOrder } from '../lib/config-plan.js';
 import type { BackupId, ChangeId, ClusterId, InstanceId } from '../lib/ids.js';
 import type { CatalogueEntry } from '../lib/settings.js';
 import type { ClusterSpec } from '../lib/sizes.js';
+import type { ClusterFlags } from '../lib/flags.js';
 
 /** What the cluster and instance machines may read and change in the cell store. */
 
@@ -236,6 +237,8 @@ export interface MachinePorts {
   readonly backupSettings: BackupSettings;
   readonly storage: StorageSettings;
   readonly admission: CreateAdmission;
+  /** Flags by cluster (docs/CONTROLS.md); absent: every flag at its default. */
+  readonly flags?: ClusterFlags;
 }
 
 /**

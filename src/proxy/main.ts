@@ -11,6 +11,8 @@ import { openPool } from '../store/pool.js';
 import { type RodReader, RodValues, localCell, processRodDefaults } from '../store/rods.js';
 import type { ProxyLimits } from './admission.js';
 import { rodCatalogue } from '../lib/rod-catalogue.js';
+import { FlagSnapshotReader } from '../store/flag-snapshot.js';
+import { processFlagCatalogue } from '../config.js';
 import { ProxyMetrics, ensureMetricsToken } from './metrics.js';
 import { NativeRelay } from './native-relay.js';
 import { RouteTable } from './routes.js';
@@ -18,8 +20,8 @@ import { ProxyServer } from './server.js';
 import { dayMs, ensureCellCa } from '../pki/ca.js';
 import { ProxyCertificate } from './tls.js';
 
-/** The proxy process: its own pool of store connections (one held for the routes' LISTEN, polls), and the two listeners. */
-const proxyStorePoolSize = 3;
+/** The proxy process: its own pool of store connections (two held for LISTEN: routes and flags; polls), and the two listeners. */
+const proxyStorePoolSize = 4;
 
 /** The proxy's throttles, the rods among them read live at each use (docs/CONTROLS.md "Rods"). */
 function liveLimits(config: Config, rods: RodReader): ProxyLimits {
@@ -70,9 +72,20 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const storeUrl = config.storeUrl ?? (await embeddedStoreUrl(config.home));
   if (storeUrl === null) throw new Error(`no cell store known for ${config.home}: run \`cellar up\` first, or set CELLAR_STORE_URL`);
   const metricsToken = await ensureMetricsToken(config.home);
-  const relay = config.proxyNativeRelay ? NativeRelay.load(log) : null;
-  const certificate = await proxyCertificate(config, log, relay);
   const pool = openPool(storeUrl, proxyStorePoolSize);
+  // Read at start, for the whole cell (a global or cell rule; CELLAR_PROXY_NATIVE_RELAY without one, or without the store).
+  const flags = new FlagSnapshotReader({ pool, log, catalogue: processFlagCatalogue(config) });
+  await flags.start();
+  const nativeRelay = flags.evaluate('proxy-native-relay', {});
+  flags.stop();
+  const relay = nativeRelay.value === true ? NativeRelay.load(log) : null;
+  let certificate: ProxyCertificate;
+  try {
+    certificate = await proxyCertificate(config, log, relay);
+  } catch (error) {
+    await pool.end();
+    throw error;
+  }
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
   // Its own LISTEN connection, not one of the pool's; with the store away the last values stand.
@@ -111,7 +124,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
     await pool.end();
     throw error;
   }
-  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size, nativeRelay: relay !== null }, 'proxy listening');
+  log.info({ readWrite: config.proxyReadWritePort, readOnly: config.proxyReadOnlyPort, admin: config.proxyAdminPort, routes: routes.size, nativeRelay: relay !== null, nativeRelayDecidedBy: nativeRelay.why }, 'proxy listening');
   return {
     async stop() {
       await certificate.stop();

@@ -73,6 +73,8 @@ export interface LocalDataPlaneOptions {
   readonly templateOwner: RunAs;
   /** Copy a prepared template data directory instead of running initdb per primary. */
   readonly templateEnabled: boolean;
+  /** Decides per cluster instead (the provision-from-template flag); absent: templateEnabled. */
+  readonly templateChoice?: (clusterId: string) => Promise<boolean>;
   readonly logger?: DataPlaneLogger;
 }
 
@@ -88,7 +90,7 @@ export class LocalDataPlane implements DataPlane {
   }
 
   /** Discovers binaries and the run-as user, resolves and prepares the data directory. */
-  static async fromConfig(config: Config, logger?: DataPlaneLogger): Promise<LocalDataPlane> {
+  static async fromConfig(config: Config, logger?: DataPlaneLogger, templateChoice?: (clusterId: string) => Promise<boolean>): Promise<LocalDataPlane> {
     const templateOwner = await resolveRunAs();
     const binaries = await Binaries.discover({ pgBin: config.pgBin });
     const dataDir = resolveDataDir(config, templateOwner);
@@ -104,6 +106,7 @@ export class LocalDataPlane implements DataPlane {
       backups,
       archiveTimeoutMs: config.archiveTimeoutMs,
       templateEnabled: config.templateEnabled,
+      ...(templateChoice ? { templateChoice } : {}),
       ...(logger ? { logger } : {}),
     });
   }
@@ -157,14 +160,15 @@ export class LocalDataPlane implements DataPlane {
       if (paths === undefined) return;
       const binDir = this.options.binaries.binFor(spec.pgVersion);
       const startedMs = Date.now();
+      const template = this.options.templateChoice === undefined ? this.options.templateEnabled : await this.options.templateChoice(spec.clusterId);
       await buildThenRename(paths.pgdata, owner, async (tmp) => {
-        if (this.options.templateEnabled) {
+        if (template) {
           await copyDataDir(binDir, await this.templates.ensure(spec.pgVersion, binDir), this.options.templateOwner, tmp, owner);
         } else {
           await bootstrapDataDir({ binDir, pgdata: tmp, runDir: paths.run, logFile: paths.log, runAs: owner });
         }
       });
-      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template: this.options.templateEnabled }, 'primary data directory created');
+      this.log('info', { instanceId: spec.instanceId, durationMs: Date.now() - startedMs, template }, 'primary data directory created');
     });
   }
 
