@@ -12,7 +12,7 @@ import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredS
 import { hasReplicas } from '../src/machines/replicas.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import type { BackupRecord, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
-import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
+import { FakeBackups, FakeFreeze, FakeStore, clusterId } from './helpers/fakes.js';
 import { walWarnings } from '../src/api/view.js';
 import { walKeepLimitMb } from '../src/lib/sizes.js';
 
@@ -179,6 +179,7 @@ interface Harness {
   dataPlane: FakeDataPlane;
   clock: FakeClock;
   backups: FakeBackups;
+  freeze: FakeFreeze;
   ports: MachinePorts;
 }
 
@@ -187,7 +188,8 @@ function harness(): Harness {
   const dataPlane = new FakeDataPlane();
   const clock = new FakeClock();
   const backups = new FakeBackups();
-  return { store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage } };
+  const freeze = new FakeFreeze();
+  return { store, dataPlane, clock, backups, freeze, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage, freeze } };
 }
 
 async function step<L extends string, D extends MachineData>(

@@ -25,6 +25,7 @@ import {
   rolloutPollMs,
   sameDefaults,
 } from '../src/machines/rollout.js';
+import { FakeFreeze } from './helpers/fakes.js';
 import { judgeHealth } from '../src/store/rollouts.js';
 
 /**
@@ -150,12 +151,13 @@ class Runner {
   readonly signals = new Set<string>();
   readonly events: { to: string; code: string | undefined; reason: string | undefined }[] = [];
   readonly ports: RolloutPorts;
+  readonly freeze = new FakeFreeze();
 
   constructor(
     readonly records: FakeRolloutRecords,
     readonly clock: FakeClock,
   ) {
-    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, healthWaitMs };
+    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, freeze: this.freeze, healthWaitMs };
   }
 
   /** One step's outcome, not applied (as if the engine died before it committed). */
