@@ -26,7 +26,7 @@ export const thawWakeMachinesMax = 1_000;
 export const freezeHistoryMax = 20;
 
 export async function readFreeze(db: Queryable): Promise<FreezeState> {
-  const result = await db.query<{ frozen: boolean; since: Date | null; actor: string | null; reason: string | null }>(`select frozen, since, actor, reason from freeze where cell = 'local'`);
+  const result = await db.query<{ frozen: boolean; since: Date | null; actor: string | null; reason: string | null }>(`select frozen, since, actor, reason from cell_freeze where cell = 'local'`);
   const row = result.rows[0];
   // The migration inserts the row; without it nothing is frozen.
   if (row === undefined) return { frozen: false, since: null, actor: null, reason: null };
@@ -45,13 +45,13 @@ function describe(state: FreezeState): string {
 export async function setFrozen(pool: Pool, frozen: boolean, actor: string, reason: string): Promise<FreezeState> {
   return inTransaction(pool, async (client) => {
     // The row lock orders two operators freezing at once: the second sees the first's freeze.
-    const before = await client.query<{ frozen: boolean; since: Date | null; actor: string | null; reason: string | null }>(`select frozen, since, actor, reason from freeze where cell = 'local' for update`);
+    const before = await client.query<{ frozen: boolean; since: Date | null; actor: string | null; reason: string | null }>(`select frozen, since, actor, reason from cell_freeze where cell = 'local' for update`);
     const old: FreezeState = before.rows[0] ?? { frozen: false, since: null, actor: null, reason: null };
     if (old.frozen === frozen) {
       throw new CellarError('CELLAR_E_CONFLICT', frozen ? `the cell is already frozen ${describe(old)}` : 'the cell is not frozen', 'reason');
     }
     const updated = await client.query<{ since: Date }>(
-      `insert into freeze (cell, frozen, since, actor, reason) values ('local', $1, now(), $2, $3)
+      `insert into cell_freeze (cell, frozen, since, actor, reason) values ('local', $1, now(), $2, $3)
        on conflict (cell) do update set frozen = excluded.frozen, since = excluded.since, actor = excluded.actor, reason = excluded.reason
        returning since`,
       [frozen, actor, reason],

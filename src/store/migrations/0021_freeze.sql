@@ -1,8 +1,8 @@
--- The freeze (issue 16, docs/CONTROLS.md "Freeze"): while frozen, non-emergency change waits
+-- The freeze (issue 16, docs/CONTROLS.md "Freeze"; `freeze` is a keyword in Postgres, hence cell_freeze): while frozen, non-emergency change waits
 -- (rollouts, new provisioning, configuration changes, scheduled backups); failover, switchover and
 -- replica replacement go on. One row for the cell, so reading it is one indexed lookup per gated
 -- step; its history is in control_changes (kind 'freeze').
-create table freeze (
+create table cell_freeze (
   -- the one row: a second cannot be inserted
   cell text primary key default 'local' check (cell = 'local'),
   frozen boolean not null default false,
@@ -11,4 +11,4 @@ create table freeze (
   actor text,
   reason text
 );
-insert into freeze (cell) values ('local');
+insert into cell_freeze (cell) values ('local');
