@@ -36,6 +36,8 @@ describe('freeze and nudge', () => {
     assert.equal(state.body.frozen, false, 'the refused freeze changed nothing');
     const noReason = await cellar.api<{ error: { code: string; field?: string } }>('POST', '/v1/freeze', {});
     assert.deepEqual([noReason.status, noReason.body.error.field], [400, 'reason'], 'a freeze needs a reason');
+    const notFrozen = await cellar.api<{ error: { code: string } }>('DELETE', '/v1/freeze', { reason: 'nothing to thaw' });
+    assert.deepEqual([notFrozen.status, notFrozen.body.error.code], [409, 'CELLAR_E_CONFLICT']);
   });
 
   test('frozen, a create answers 201 and waits while a failover completes; after the thaw the create finishes; the audit has both', async (t) => {
