@@ -1176,6 +1176,23 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     assert.equal(h.store.storageFull, null);
   });
 
+  test('a primary near the read-only threshold is measured between full probes, its nap cut to when the next measurement is due, and a crossing wakes the cluster', async () => {
+    const h = fullHarness(90);
+    const near = { dataBytes: Math.round(0.949 * 10 * gb), walBytes: 0, filesystem };
+    h.dataPlane.usage_ = near;
+    const measured = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now, lastUsageMs: h.clock.now - 10_000 } });
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 1, 'measured between probes');
+    assert.ok(measured.type === 'nap' && measured.ms < livenessIntervalMs, `napped ${measured.type === 'nap' ? measured.ms : '?'} ms, sooner than the liveness tick`);
+    assert.deepEqual(measured.type === 'nap' && measured.wake, [], 'still below every threshold it was below');
+    h.store.update(primaryId, { usage: near });
+    h.dataPlane.usage_ = { dataBytes: Math.round(0.96 * 10 * gb), walBytes: 0, filesystem };
+    const crossed = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now, lastUsageMs: h.clock.now - 1_000 } });
+    assert.deepEqual(crossed.type === 'nap' && crossed.wake, [{ kind: 'cluster', entityId: clusterId }], 'the crossing wakes the cluster');
+    const far = fullHarness(10);
+    const quiet = await step(instanceMachine, 'running', primaryId, far, { data: { lastProbeMs: far.clock.now, lastUsageMs: far.clock.now } });
+    assert.deepEqual(quiet, { type: 'nap', ms: livenessIntervalMs }, 'far from full: no measurement, the liveness tick');
+  });
+
   test('autogrow: past its threshold it grows by its step up to the ceiling, then says once that it is at the ceiling', async () => {
     const h = fullHarness(91);
     h.store.autogrow = { maxGb: 22, thresholdPercent: 90, stepPercent: 50 };

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ErrorRewriter, errorMessageBytesMax, rewriteError } from '../src/proxy/storage-full.js';
 import { autogrowTarget, storageAction } from '../src/machines/storage-guard.js';
-import { usageIntervalFor, livenessIntervalMs } from '../src/machines/instance.js';
+import { usageIntervalFor, usageIntervalMsNearFull } from '../src/machines/instance.js';
 import type { ClusterRecord, InstanceRecord } from '../src/machines/ports.js';
 import type { StorageSettings } from '../src/config.js';
 
@@ -111,13 +111,13 @@ describe('storage guard: the pure rules', () => {
     );
   });
 
-  test('a primary is measured sooner the nearer it is to the read-only threshold, at most once per liveness tick; a replica once per interval', () => {
+  test('a primary is measured sooner the nearer it is to the read-only threshold, at most every 50 ms; a replica once per interval', () => {
     const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
     const cluster = { spec: { storageGb: 100 } } as ClusterRecord;
     const at = (role: 'primary' | 'replica', percent: number) => ({ role, usage: { dataBytes: (percent / 100) * 100 * 1024 ** 3, walBytes: 0 } }) as InstanceRecord;
     assert.equal(usageIntervalFor(storage, cluster, at('primary', 10)), 30_000, 'far from full: the interval');
     assert.equal(usageIntervalFor(storage, cluster, at('replica', 94.99)), 30_000);
-    assert.equal(usageIntervalFor(storage, cluster, at('primary', 94.99)), livenessIntervalMs);
+    assert.equal(usageIntervalFor(storage, cluster, at('primary', 94.99)), usageIntervalMsNearFull);
     // 1 % of 100 GB is 1 GB: two seconds at 512 MB/s.
     assert.equal(Math.round(usageIntervalFor(storage, cluster, at('primary', 94))), 2_000);
     assert.equal(Math.round(usageIntervalFor(storage, cluster, at('primary', 96))), 2_000, 'a full one too, to see it fall below');

@@ -1,4 +1,4 @@
-import { type InstanceSpec, type InstanceStatus, type RejoinMethod, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type InstanceSpec, type InstanceStatus, type InstanceUsage, type RejoinMethod, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
@@ -47,6 +47,10 @@ const hostWaitPollMs = 1_000;
 export const probeIntervalMs = 1_000;
 /** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
 export const livenessIntervalMs = 200;
+/** A primary within a fraction of a second's writing of the read-only threshold is measured this often (about 35 ms a walk of a 4 GB cluster). */
+export const usageIntervalMsNearFull = 50;
+/** The shortest nap of a running instance: the engine's own overhead per tick is of this order. */
+const usageNapMsMin = 20;
 /**
  * Starts of a restored primary whose server died in recovery before it fails: recovery replays
  * the same WAL to the same end each time, so more tries only make the user wait minutes of backoff.
@@ -260,20 +264,35 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
   if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) {
     // Near the read-only threshold a primary is measured between full probes too (usageIntervalFor).
     const usage = await measureWhenDue(context, cluster, instance, now);
-    if (usage === null) return nap(livenessIntervalMs);
-    return nap(livenessIntervalMs, { data: { ...withoutUsage(data), ...usage.data }, wake: usage.wake, ...usage.event });
+    const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now);
+    if (usage === null) return nap(napMs);
+    return nap(napMs, { data: { ...withoutUsage(data), ...usage.data }, wake: usage.wake, ...usage.event });
   }
   const status = await dataPlane.observe(instanceSpec(cluster, instance));
   await store.recordObserved(instance.id, status);
   const usage = await measureWhenDue(context, cluster, instance, now);
   const usageData = usage?.data ?? withoutUsage(data, true);
   const wake = healthChanged(instance.observed, status) || (usage?.wake.length ?? 0) > 0 ? [clusterOf(instance)] : [];
-  if (status.accepting) return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes: 0, ...usageData }, wake, ...usage?.event });
+  const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now);
+  if (status.accepting) return nap(napMs, { data: { lastProbeMs: now, failedProbes: 0, ...usageData }, wake, ...usage?.event });
   const failedProbes = (data.failedProbes ?? 0) + 1;
   if (instance.role === 'primary' && failedProbes >= ha.unreachableProbesMax) {
     return lost(context, instance, `cannot be queried: ${failedProbes} probes in a row failed`);
   }
-  return nap(livenessIntervalMs, { data: { lastProbeMs: now, failedProbes, ...usageData }, wake, ...usage?.event });
+  return nap(napMs, { data: { lastProbeMs: now, failedProbes, ...usageData }, wake, ...usage?.event });
+}
+
+/**
+ * The liveness tick, or sooner when the next measurement of use is due before it: counted from
+ * when this step began, so the walk and the store's writes do not stretch a near-full primary's
+ * measurements apart (bench/storage).
+ */
+function nextNapMs(context: Context, cluster: ClusterRecord, instance: InstanceRecord, lastUsageMs: number | undefined, usage: MeasuredUsage | null, stepStartMs: number): number {
+  const measuredAtMs = usage === null ? lastUsageMs : stepStartMs;
+  if (measuredAtMs === undefined) return livenessIntervalMs;
+  const current = usage === null ? instance : { ...instance, usage: usage.figure };
+  const dueMs = measuredAtMs + usageIntervalFor(context.ports.storage, cluster, current) - context.ports.clock.nowMs();
+  return Math.max(usageNapMsMin, Math.min(livenessIntervalMs, dueMs));
 }
 
 type UsageData = Pick<InstanceData, 'lastUsageMs' | 'usageFailing'>;
@@ -297,7 +316,7 @@ export function usageIntervalFor(storage: MachinePorts['storage'], cluster: Clus
   if (use === null) return storage.usageIntervalMs;
   const gapBytes = Math.abs((use.allocatedBytes * storage.readOnlyPercent) / 100 - use.usedBytes);
   const gapMs = (gapBytes / (storage.writeRateMbPerSecond * 1024 ** 2)) * 1000;
-  return Math.max(livenessIntervalMs, Math.min(storage.usageIntervalMs, gapMs));
+  return Math.max(usageIntervalMsNearFull, Math.min(storage.usageIntervalMs, gapMs));
 }
 
 /** Which side of each of the cluster's storage thresholds a use is on: a change wakes the cluster. */
@@ -314,7 +333,15 @@ function storageBand(storage: MachinePorts['storage'], cluster: ClusterRecord, u
  * figure stays, the failure is said once, and the next interval tries again. A primary whose use
  * crossed a storage threshold wakes its cluster, which guards the storage.
  */
-async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<{ data: UsageData; wake: MachineRef[]; event: { reason?: string; code?: 'usage_unmeasured' } } | null> {
+interface MeasuredUsage {
+  readonly data: UsageData;
+  /** The new figure; null when the measurement failed. */
+  readonly figure: InstanceUsage | null;
+  readonly wake: MachineRef[];
+  readonly event: { reason?: string; code?: 'usage_unmeasured' };
+}
+
+async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<MeasuredUsage | null> {
   const { lastUsageMs, usageFailing } = context.machine.data;
   const { storage } = context.ports;
   const intervalMs = usageIntervalFor(storage, cluster, instance);
@@ -323,13 +350,13 @@ async function measureWhenDue(context: Context, cluster: ClusterRecord, instance
     const usage = await context.ports.dataPlane.usage(instanceSpec(cluster, instance));
     await context.ports.store.recordUsage(instance.id, usage);
     const crossed = instance.role === 'primary' && storageBand(storage, cluster, usage) !== storageBand(storage, cluster, instance.usage);
-    return { data: { lastUsageMs: now }, wake: crossed ? [clusterOf(instance)] : [], event: {} };
+    return { data: { lastUsageMs: now }, figure: usage, wake: crossed ? [clusterOf(instance)] : [], event: {} };
   } catch (error) {
     // An unreachable host is the probe's business (it makes the instance lost on its own terms), not this figure's.
     if (error instanceof HostUnreachableError) throw error;
-    if (usageFailing === true) return { data: { lastUsageMs: now, usageFailing }, wake: [], event: {} };
+    if (usageFailing === true) return { data: { lastUsageMs: now, usageFailing }, figure: null, wake: [], event: {} };
     const reason = `could not measure its use on disk: ${(error as Error).message}; the last figure is kept and it is measured again in ${storage.usageIntervalMs} ms`;
-    return { data: { lastUsageMs: now, usageFailing: true }, wake: [], event: { reason, code: 'usage_unmeasured' } };
+    return { data: { lastUsageMs: now, usageFailing: true }, figure: null, wake: [], event: { reason, code: 'usage_unmeasured' } };
   }
 }
 
