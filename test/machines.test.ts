@@ -12,7 +12,7 @@ import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredS
 import { hasReplicas } from '../src/machines/replicas.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
 import { type BackupRecord, type InstanceRecord, type MachinePorts, freezeNapMs } from '../src/machines/ports.js';
-import { type ChangeData, changeMachine } from '../src/machines/change.js';
+import { type ChangeData, changeMachine, scaleWaitMsMax } from '../src/machines/change.js';
 import { FakeBackups, FakeFreeze, FakeStore, clusterId } from './helpers/fakes.js';
 import { walWarnings } from '../src/api/view.js';
 import { walKeepLimitMb } from '../src/lib/sizes.js';
@@ -1258,6 +1258,22 @@ describe('the freeze (docs/CONTROLS.md "Freeze")', () => {
     const applied = await step(changeMachine, 'apply', 'ch_test', h, { data: napData(again) as ChangeData });
     assert.equal(applied.type === 'hop' && applied.label, 'scale');
     assert.deepEqual(h.dataPlane.calls, [`configure ${primaryId}`]);
+  });
+
+  test("a change waiting for its replicas does not fail while frozen, however long: its wait starts again after the thaw", async () => {
+    const h = harness();
+    h.store.replicas = 2;
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.store.change = { clusterId, revision: 2, order: 'replicasFirst' };
+    h.freeze.isFrozen = true;
+    const longAgo = { sinceMs: h.clock.now - scaleWaitMsMax - 1 };
+    const held = await step(changeMachine, 'scale', 'ch_test', h, { data: longAgo });
+    assert.deepEqual([held.type, held.type === 'nap' && held.ms], ['nap', freezeNapMs], 'not failed past its bound');
+    assert.equal(napData(held)?.sinceMs, undefined, 'the wait restarts after the thaw');
+    h.freeze.isFrozen = false;
+    const waiting = await step(changeMachine, 'scale', 'ch_test', h, { data: napData(held) as ChangeData });
+    assert.deepEqual([waiting.type, napData(waiting)?.sinceMs], ['nap', h.clock.now]);
   });
 
   test('scaling up waits while frozen; a failed replica is still replaced', async () => {

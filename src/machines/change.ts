@@ -167,6 +167,8 @@ async function scale(context: Context): Promise<Result> {
     const next: ChangeLabel = order === 'primaryFirst' || order === 'primaryInPlace' ? 'restartPrimary' : 'restartReplicas';
     return hop(next, { data: kept(context), reason: `${cluster.spec.replicas} replica(s) streaming`, code: 'replicas_ready' });
   }
+  // The cluster adds or removes no replica while frozen: the wait for it starts again after the thaw.
+  if (await context.ports.freeze.frozen()) return nap(freezeNapMs, { data: kept(context) });
   const since = context.machine.data.sinceMs ?? nowMs(context);
   if (nowMs(context) - since > scaleWaitMsMax) {
     const streaming = instances.filter(isStreamingReplica).length;

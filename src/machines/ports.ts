@@ -311,7 +311,7 @@ export const rolloutKind = 'rollout';
  */
 export const freezeHeldLabels: readonly { readonly kind: string; readonly labels: readonly string[] }[] = [
   { kind: clusterKind, labels: ['start'] },
-  { kind: changeKind, labels: ['apply'] },
+  { kind: changeKind, labels: ['apply', 'scale'] },
   { kind: rolloutKind, labels: ['next', 'propose', 'waitCluster'] },
   { kind: backupScheduleKind, labels: ['tend'] },
 ];
