@@ -47,8 +47,9 @@ describe('WAL bounds', () => {
   // async: commits must not wait for the replica whose WAL receiver the test stops.
   before(async () => {
     // The stopped replica must be replaced for its lost slot, not as dead: the dead-replica bound is longer than the test.
-    // Real GB: ~700 MB of WAL goes through a 1 GB cluster here, which a smaller unit would turn read-only.
-    cellar = await TestCellar.create({ CELLAR_ARCHIVE_FAILING_MS: '1000', CELLAR_REPLICA_DEAD_MS: '600000', CELLAR_STORAGE_GB_BYTES: String(1024 ** 3) });
+    // Real GB, and read-only only at 99 %: ~700 MB of WAL goes through a 1 GB cluster here, and a
+    // failing archive keeps what it holds, which the storage guard would otherwise (rightly) stop.
+    cellar = await TestCellar.create({ CELLAR_ARCHIVE_FAILING_MS: '1000', CELLAR_REPLICA_DEAD_MS: '600000', CELLAR_STORAGE_GB_BYTES: String(1024 ** 3), CELLAR_STORAGE_READ_ONLY_PERCENT: '99' });
     await cellar.start();
     cluster = await cellar.cliJson<ClusterView>(['clusters', 'create', 'wal', '--replicas', '1', '--durability', 'async', '--size', 'micro', '--storage-gb', String(storageGb), '--wait']);
     const [row] = await cellar.storeQuery<{ password: string }>(`select secrets ->> 'superuserPassword' as password from clusters where name = 'wal'`);
@@ -113,6 +114,8 @@ describe('WAL bounds', () => {
       }
     }
     assert.ok(lockedWalDir !== null, `the cluster's archive is one of ${candidates.join(', ')}`);
+    // The first test's rows go: what the failing archive holds is the point here, not the table.
+    await queryUri(cluster.uri as string, 'truncate filler');
     await chmod(lockedWalDir, 0o500);
     await writeWal(Math.ceil(boundMb / 2 / 140) + 1);
     const warned = await eventually('the warning and the event', async () => {
