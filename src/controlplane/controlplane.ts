@@ -28,6 +28,7 @@ import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
 import { PgHostRecords } from '../store/drain.js';
+import { PgFreezeGate } from '../store/freeze.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost, recordHostUsage } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
@@ -157,6 +158,7 @@ async function ensureSingletonMachines(pool: Pool): Promise<void> {
 }
 
 function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, flags: FlagSnapshotReader): Engine {
+  const freeze = new PgFreezeGate(pool);
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
@@ -167,6 +169,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     backupSettings: config.backups,
     storage: config.storage,
     flags,
+    freeze,
   };
   const tickMs: Record<Lane, number> = { high: config.highTickMs, normal: config.normalTickMs };
   const engine = new Engine({
@@ -181,7 +184,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane)),
       register(hostMachine, { hosts: new PgHostRecords(pool, config.hosts), lostMs: config.hosts.lostMs }),
-      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), healthWaitMs: config.rolloutHealthWaitMs }),
+      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), freeze, healthWaitMs: config.rolloutHealthWaitMs }),
     ],
     clock: systemClock,
     random: systemRandom,
