@@ -12,8 +12,9 @@ import { type BackupScheduleData, backupScheduleMachine, clustersPerTickMax, exp
 import { type ClusterData, catchUpPollMs, clusterMachine, clusterPhase, desiredSyncStandbys, evacuationNapMs, rejoinWaitMsMax, scaleNapMs, watchNapMs } from '../src/machines/cluster.js';
 import { hasReplicas } from '../src/machines/replicas.js';
 import { type InstanceData, instanceMachine, livenessIntervalMs, probeIntervalMs, readyPollMs, readyWaitMsMax, restoreStartAttemptsMax } from '../src/machines/instance.js';
-import type { BackupRecord, CreateAdmission, InstanceRecord, MachinePorts } from '../src/machines/ports.js';
-import { FakeBackups, FakeStore, clusterId } from './helpers/fakes.js';
+import { type BackupRecord, type CreateAdmission, type InstanceRecord, type MachinePorts, freezeNapMs } from '../src/machines/ports.js';
+import { type ChangeData, changeMachine, scaleWaitMsMax } from '../src/machines/change.js';
+import { FakeBackups, FakeFreeze, FakeStore, clusterId } from './helpers/fakes.js';
 import { walWarnings } from '../src/api/view.js';
 import { walKeepLimitMb } from '../src/lib/sizes.js';
 
@@ -200,6 +201,7 @@ interface Harness {
   dataPlane: FakeDataPlane;
   clock: FakeClock;
   backups: FakeBackups;
+  freeze: FakeFreeze;
   ports: MachinePorts;
 }
 
@@ -209,7 +211,8 @@ function harness(): Harness {
   const clock = new FakeClock();
   const backups = new FakeBackups();
   const admission = new FakeAdmission();
-  return { admission, store, dataPlane, clock, backups, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage, admission } };
+  const freeze = new FakeFreeze();
+  return { admission, store, dataPlane, clock, backups, freeze, ports: { store, dataPlane, clock, random: fixedRandom, ha, backups, backupSettings, storage, admission, freeze } };
 }
 
 async function step<L extends string, D extends MachineData>(
@@ -1267,5 +1270,124 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     const held = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true, autogrowHeld: 'it is at its ceiling of 22 GB' } });
     assert.equal(held.type === 'nap' && held.code, undefined, 'said once');
     assert.equal(h.store.calls.filter((call) => call.startsWith('growStorage')).length, 2);
+  });
+});
+
+describe('the freeze (docs/CONTROLS.md "Freeze")', () => {
+  const streaming = { ...running, inRecovery: true, streaming: true };
+  const napData = <D>(outcome: Outcome<string, D>): D | undefined => (outcome.type === 'nap' ? outcome.data : undefined);
+
+  test("a new cluster's start naps while frozen (said once), making no instance; after the thaw it makes them", async () => {
+    const h = harness();
+    h.store.replicas = 1;
+    h.freeze.isFrozen = true;
+    const held = await step(clusterMachine, 'start', clusterId, h);
+    assert.deepEqual([held.type, held.type === 'nap' && held.ms, held.code], ['nap', freezeNapMs, 'held_by_freeze']);
+    const again = await step(clusterMachine, 'start', clusterId, h, { data: napData(held) as ClusterData });
+    assert.deepEqual([again.type, again.code], ['nap', undefined], 'a long freeze makes one event');
+    assert.deepEqual(h.store.calls, [], 'no instance while frozen');
+    h.freeze.isFrozen = false;
+    const thawed = await step(clusterMachine, 'start', clusterId, h, { data: napData(again) as ClusterData });
+    assert.equal(thawed.type === 'hop' && thawed.label, 'waitInstances');
+    assert.deepEqual(h.store.calls, ['createInstance 0 primary', 'createInstance 1 replica']);
+  });
+
+  test('a destroy of a frozen new cluster is not held', async () => {
+    const h = harness();
+    h.freeze.isFrozen = true;
+    const outcome = await step(clusterMachine, 'start', clusterId, h, { signals: ['destroy'] });
+    assert.equal(outcome.type === 'hop' && outcome.label, 'destroy');
+  });
+
+  test("a change's apply naps while frozen (said once), writing nothing; after the thaw it applies", async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.change = { clusterId, revision: 2, order: 'replicasFirst' };
+    h.freeze.isFrozen = true;
+    const held = await step(changeMachine, 'apply', 'ch_test', h);
+    assert.deepEqual([held.type, held.type === 'nap' && held.ms, held.code], ['nap', freezeNapMs, 'held_by_freeze']);
+    const again = await step(changeMachine, 'apply', 'ch_test', h, { data: napData(held) as ChangeData });
+    assert.deepEqual([again.type, again.code], ['nap', undefined]);
+    assert.deepEqual(h.dataPlane.calls, [], 'nothing written while frozen');
+    h.freeze.isFrozen = false;
+    const applied = await step(changeMachine, 'apply', 'ch_test', h, { data: napData(again) as ChangeData });
+    assert.equal(applied.type === 'hop' && applied.label, 'scale');
+    assert.deepEqual(h.dataPlane.calls, [`configure ${primaryId}`]);
+  });
+
+  test("a change waiting for its replicas does not fail while frozen, however long: its wait starts again after the thaw", async () => {
+    const h = harness();
+    h.store.replicas = 2;
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.store.change = { clusterId, revision: 2, order: 'replicasFirst' };
+    h.freeze.isFrozen = true;
+    const longAgo = { sinceMs: h.clock.now - scaleWaitMsMax - 1 };
+    const held = await step(changeMachine, 'scale', 'ch_test', h, { data: longAgo });
+    assert.deepEqual([held.type, held.type === 'nap' && held.ms], ['nap', freezeNapMs], 'not failed past its bound');
+    assert.equal(napData(held)?.sinceMs, undefined, 'the wait restarts after the thaw');
+    h.freeze.isFrozen = false;
+    const waiting = await step(changeMachine, 'scale', 'ch_test', h, { data: napData(held) as ChangeData });
+    assert.deepEqual([waiting.type, napData(waiting)?.sinceMs], ['nap', h.clock.now]);
+  });
+
+  test('scaling up waits while frozen; a failed replica is still replaced', async () => {
+    const h = harness();
+    h.store.replicas = 2;
+    h.store.add(primaryId, 'primary', 0, 'running');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    h.freeze.isFrozen = true;
+    const held = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.equal(held.type, 'nap');
+    assert.deepEqual(h.store.calls, [], 'no replica added while frozen');
+    h.freeze.isFrozen = false;
+    const scaled = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [replicaId] } });
+    assert.equal(scaled.code, 'replicas_added');
+    assert.deepEqual(h.store.calls, ['addReplica 2']);
+
+    const failed = harness();
+    failed.freeze.isFrozen = true;
+    failed.store.add(primaryId, 'primary', 0, 'running');
+    failed.store.add(replicaId, 'replica', 1, 'failed');
+    await step(clusterMachine, 'running', clusterId, failed);
+    assert.deepEqual(failed.store.calls, [`replaceInstance ${replicaId} replica`], 'replacement is not held by the freeze');
+  });
+
+  test('failover and switchover run while frozen, and never ask the freeze', async () => {
+    const h = harness();
+    h.freeze.isFrozen = true;
+    h.store.add(primaryId, 'primary', 0, 'down');
+    h.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    const failover = await step(clusterMachine, 'running', clusterId, h);
+    assert.equal(failover.type === 'hop' && failover.label, 'fence');
+    const fenced = await step(clusterMachine, 'fence', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(fenced.type === 'hop' && fenced.label, 'pick');
+    h.store.update(primaryId, { fenced: true, observed: { ...running, lsn: '0/3000000' } });
+    h.dataPlane.statuses.set(replicaId, { ...streaming, receiveLsn: '0/3000000' });
+    const picked = await step(clusterMachine, 'pick', clusterId, h, { data: { oldPrimaryId: primaryId } });
+    assert.equal(picked.type === 'hop' && picked.label, 'promote');
+
+    const s = harness();
+    s.freeze.isFrozen = true;
+    s.store.add(primaryId, 'primary', 0, 'running');
+    s.store.add(replicaId, 'replica', 1, 'running', 5001, { observed: streaming });
+    const begun = await step(clusterMachine, 'running', clusterId, s, { signals: ['switchover'] });
+    assert.equal(begun.type === 'hop' && begun.label, 'pause');
+    assert.deepEqual([h.freeze.asked, s.freeze.asked], [0, 0], 'the emergency paths do not consult the freeze');
+  });
+
+  test('the backup schedule pauses while frozen (said once): no backup started, none removed; after the thaw it goes on', async () => {
+    const h = harness();
+    h.backups.candidates = [{ clusterId, lastBackupAtMs: null, backupRunning: false, intervalMs: null }];
+    h.freeze.isFrozen = true;
+    const held = await step(backupScheduleMachine, 'tend', 'cell', h, { data: { retentionAfterClusterId: 'cl_cursoraaaaaa' } as BackupScheduleData });
+    assert.deepEqual([held.type, held.type === 'nap' && held.ms, held.code], ['nap', freezeNapMs, 'held_by_freeze']);
+    assert.equal(napData(held)?.retentionAfterClusterId, 'cl_cursoraaaaaa', 'the retention cursor is kept');
+    const again = await step(backupScheduleMachine, 'tend', 'cell', h, { data: napData(held) as BackupScheduleData });
+    assert.deepEqual([again.type, again.code], ['nap', undefined]);
+    assert.deepEqual([h.backups.calls, h.dataPlane.calls], [[], []]);
+    h.freeze.isFrozen = false;
+    await step(backupScheduleMachine, 'tend', 'cell', h);
+    assert.deepEqual(h.backups.calls.filter((call) => call.startsWith('createBackup')), [`createBackup ${clusterId} scheduled`]);
   });
 });

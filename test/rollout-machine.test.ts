@@ -12,6 +12,7 @@ import type {
   RolloutRecord,
   RolloutRecords,
 } from '../src/machines/ports.js';
+import { freezeNapMs } from '../src/machines/ports.js';
 import {
   type RolloutData,
   type RolloutLabel,
@@ -26,6 +27,7 @@ import {
   rolloutPollMs,
   sameDefaults,
 } from '../src/machines/rollout.js';
+import { FakeFreeze } from './helpers/fakes.js';
 import { judgeHealth } from '../src/store/rollouts.js';
 
 /**
@@ -153,12 +155,13 @@ class Runner {
   readonly signals = new Set<string>();
   readonly events: { to: string; code: string | undefined; reason: string | undefined }[] = [];
   readonly ports: RolloutPorts;
+  readonly freeze = new FakeFreeze();
 
   constructor(
     readonly records: FakeRolloutRecords,
     readonly clock: FakeClock,
   ) {
-    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, healthWaitMs, ratePerMinuteCap: () => this.rateCap };
+    this.ports = { clock: { nowMs: () => clock.nowMs }, rollouts: records, freeze: this.freeze, healthWaitMs, ratePerMinuteCap: () => this.rateCap };
   }
 
   /** One step's outcome, not applied (as if the engine died before it committed). */
@@ -448,4 +451,37 @@ test('health: the cluster machine running and every instance running and routed;
   assert.equal(judgeHealth('running', 1, [running('in_a', 'primary'), { ...running('in_b'), label: 'failed' }]).state, 'waiting');
   assert.deepEqual(judgeHealth('running', 0, [{ ...running('in_a', 'primary'), label: 'failed', last_error: 'induced' }]), { state: 'broken', detail: 'its primary in_a failed: induced' });
   assert.equal(judgeHealth('switchover', 0, [running('in_a', 'primary')]).state, 'waiting');
+});
+
+test('frozen, a rollout naps before its next cluster (said once) and proposes nothing; after the thaw it goes on by itself', async () => {
+  const { records, runner } = fleet(2);
+  runner.freeze.isFrozen = true;
+  const held = await runner.step();
+  assert.deepEqual([held.type, held.type === 'nap' && held.ms, held.code], ['nap', freezeNapMs, 'held_by_freeze']);
+  const again = await runner.step();
+  assert.deepEqual([again.type, again.code], ['nap', undefined], 'a long freeze makes one event');
+  assert.equal(runner.label, 'next');
+  assert.deepEqual(records.proposals, []);
+  runner.freeze.isFrozen = false;
+  await runner.runUntilLabel('completed');
+  assert.deepEqual(records.proposals, ['db-b', 'db-c']);
+});
+
+test('frozen while it waits for a cluster, a rollout does not halt past the health wait: the wait starts again after the thaw', async () => {
+  const { records, clock, runner, ids } = fleet(1);
+  records.instant = false;
+  await runner.runUntil((outcome) => outcome.type === 'nap');
+  assert.equal(runner.label, 'waitCluster');
+  runner.freeze.isFrozen = true;
+  assert.equal((await runner.step()).code, 'held_by_freeze');
+  clock.nowMs += healthWaitMs * 2;
+  assert.equal((await runner.step()).type, 'nap');
+  runner.freeze.isFrozen = false;
+  await runner.step();
+  assert.deepEqual(await runner.step(), { type: 'nap', ms: rolloutPollMs }, 'not halted: a fresh health wait');
+  assert.equal(runner.label, 'waitCluster');
+  records.changes.set(`ch_db-b_2`, { label: 'done', done: true, failed: false, error: null });
+  await runner.runUntilLabel('completed');
+  assert.equal(records.halt, null);
+  assert.equal(records.cursor, ids[0]);
 });

@@ -38,6 +38,8 @@ import { registerRodRoutes } from './rods.js';
 import { type RodValueMap, catalogueDefaults } from '../lib/rod-catalogue.js';
 import { registerFlagRoutes } from './flags.js';
 import type { FlagSnapshotReader } from '../store/flag-snapshot.js';
+import { freezeView, registerFreezeRoutes } from './freeze.js';
+import { readFreeze } from '../store/freeze.js';
 import { registerHealth } from './health.js';
 import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
@@ -247,8 +249,10 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.get('/v1/status', { schema: { summary: "Cell status; an org token's counts cover its own org only" } }, async (request) => {
     const owner = ownerOf(request);
-    if (!owner.admin) return { ok: true, versions: options.versions, scope: 'org', org: owner.orgName, cell: await cellCounts(pool, owner.orgId) };
-    return { ok: true, versions: options.versions, scope: 'cell', cell: await cellCounts(pool, null), warmPool: await warmPoolCounts(pool), ...options.status?.() };
+    // Everyone sees whether the cell is frozen (why a create waits); who and why are the operator's.
+    const freeze = freezeView(await readFreeze(pool));
+    if (!owner.admin) return { ok: true, versions: options.versions, scope: 'org', org: owner.orgName, cell: await cellCounts(pool, owner.orgId), freeze: { frozen: freeze.frozen, since: freeze.frozen ? freeze.since : null } };
+    return { ok: true, versions: options.versions, scope: 'cell', cell: await cellCounts(pool, null), warmPool: await warmPoolCounts(pool), freeze, ...options.status?.() };
   });
 
   app.get('/v1/orgs', { schema: { summary: 'List orgs (admin)' } }, async (request) => {
@@ -374,6 +378,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   registerRolloutRoutes(app, pool, { versions: options.versions }, ownerOf);
   registerRodRoutes(app, pool, options.rodDefaults ?? catalogueDefaults(), ownerOf);
   if (options.flags !== undefined) registerFlagRoutes(app, pool, { reader: options.flags }, ownerOf);
+  registerFreezeRoutes(app, pool, ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */

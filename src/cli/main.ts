@@ -1,10 +1,12 @@
 import { Command, CommanderError } from 'commander';
+import type { FreezeView } from '../api/freeze.js';
 import { loadConfig } from '../config.js';
 import { registerAgentCommand } from './agent.js';
 import { ApiClient, ApiError, resolveCredentials } from './client.js';
 import { registerBackupCommands } from './backups.js';
 import { registerClusterCommands } from './clusters.js';
 import { registerConfigCommands } from './config.js';
+import { describeFreeze, registerFreezeCommands } from './freeze.js';
 import { registerHostCommands } from './host.js';
 import { registerHostsCommands } from './hosts.js';
 import { registerRolloutCommands } from './rollouts.js';
@@ -37,10 +39,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     .option('--json', 'print JSON')
     .action(async () => {
       const { client, out } = await connect();
-      const status = await client.request<{ versions: number[]; cell: Record<string, number>; org?: string }>('GET', '/v1/status');
+      const status = await client.request<{ versions: number[]; cell: Record<string, number>; org?: string; freeze?: Partial<FreezeView> }>('GET', '/v1/status');
       if (out.json) return out.result(status);
       out.line(`Cellar is up; Postgres versions ${status.versions.join(', ')}${status.org === undefined ? '' : `; counts for org ${status.org}`}`);
       out.line(formatTable(['CLUSTERS', 'INSTANCES', 'MACHINES DUE', 'MACHINES FAILED'], [[String(status.cell['clusters']), String(status.cell['instances']), String(status.cell['machinesDue']), String(status.cell['machinesFailed'])]]));
+      if (status.freeze !== undefined) out.line(`Cell: ${describeFreeze(status.freeze)}`);
     });
   registerClusterCommands(program, connect);
   registerConfigCommands(program, connect);
@@ -50,6 +53,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   registerRolloutCommands(program, connect);
   registerRodCommands(program, connect);
   registerFlagCommands(program, connect);
+  registerFreezeCommands(program, connect);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -28,6 +28,7 @@ import { type WarmPoolPorts, warmPoolEntity, warmPoolMachine } from '../machines
 import { ensureEmbeddedStore } from '../store/embedded.js';
 import { PgBackupRecords } from '../store/backups.js';
 import { PgHostRecords } from '../store/drain.js';
+import { PgFreezeGate } from '../store/freeze.js';
 import { type LocalHostCapacity, StoreHostDirectory, ensureLocalHost, recordHostUsage } from '../store/local-host.js';
 import { PgMachineStore } from '../store/machine-store.js';
 import { migrate } from '../store/migrate.js';
@@ -195,6 +196,7 @@ function liveBackupSettings(backups: BackupSettings, rods: RodReader): BackupSet
 }
 
 function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, dataPlane: DataPlane, flags: FlagSnapshotReader, rods: RodReader): Engine {
+  const freeze = new PgFreezeGate(pool);
   const ports: MachinePorts = {
     clock: systemClock,
     random: systemRandom,
@@ -206,6 +208,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
     storage: config.storage,
     admission: new PgCreateAdmission(pool, () => rods.value('provisioning.creates-per-tick'), () => rods.value('engine.high-tick-ms')),
     flags,
+    freeze,
   };
   const tickRods: Record<Lane, 'engine.high-tick-ms' | 'engine.normal-tick-ms'> = { high: 'engine.high-tick-ms', normal: 'engine.normal-tick-ms' };
   const engine = new Engine({
@@ -220,7 +223,7 @@ function makeEngine(config: Config, log: Logger, pool: Pool, storeUrl: string, d
       register(backupScheduleMachine, ports),
       register(warmPoolMachine, warmPoolPorts(config, pool, dataPlane, rods)),
       register(hostMachine, { hosts: new PgHostRecords(pool, config.hosts), lostMs: config.hosts.lostMs }),
-      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), healthWaitMs: config.rolloutHealthWaitMs, ratePerMinuteCap: () => rods.value('rollout.clusters-per-minute') }),
+      register(rolloutMachine, { clock: systemClock, rollouts: new PgRolloutRecords(pool, storeConfigChanges(changeMachine)), freeze, healthWaitMs: config.rolloutHealthWaitMs, ratePerMinuteCap: () => rods.value('rollout.clusters-per-minute') }),
     ],
     clock: systemClock,
     random: systemRandom,

@@ -141,6 +141,11 @@ export const eventCodes = {
   settings_check_failed: 'the cluster could not read or repair its instances\' settings this time (it tries again at the next check); the cluster is not affected',
   settings_drift_repaired: 'a drifted instance\'s configuration was put back',
 
+  // The freeze (docs/CONTROLS.md "Freeze").
+  cell_frozen: 'an operator froze the cell: non-emergency change waits until the thaw (who and why in the reason)',
+  cell_thawed: 'an operator thawed the cell: what waited for the freeze goes on',
+  held_by_freeze: 'the cell is frozen: this machine waits (a new cluster\'s instances, a configuration change, a rollout\'s next cluster, scheduled backups) and goes on by itself after the thaw',
+
   // Control rods (docs/CONTROLS.md "Rods").
   rod_changed: 'an operator set a control rod (old and new value in the labels; who and why in the reason)',
 } as const;

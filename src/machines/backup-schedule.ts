@@ -2,7 +2,7 @@ import type { BackupSettings } from '../config.js';
 import { dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type Outcome, type StepContext, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import type { ClusterId } from '../lib/ids.js';
-import type { BackupRecord, MachinePorts } from './ports.js';
+import { type BackupRecord, type MachinePorts, backupScheduleKind, freezeNapMs } from './ports.js';
 
 /**
  * The cell's backup schedule, a singleton (`backupSchedule`/`cell`, normal lane, one label):
@@ -18,9 +18,11 @@ export type BackupScheduleLabel = (typeof backupScheduleLabels)[number];
 export interface BackupScheduleData extends Record<string, unknown> {
   /** Retention resumes after this cluster id next tick; absent: from the first. */
   readonly retentionAfterClusterId?: string;
+  /** `held_by_freeze` was said, so that a long freeze makes one event. */
+  readonly heldByFreeze?: boolean;
 }
 
-export const backupScheduleKind = 'backupSchedule';
+export { backupScheduleKind } from './ports.js';
 export const backupScheduleEntity = 'cell';
 export const scheduleNapMs = 10_000;
 /** Clusters looked at per tick, for scheduling and for retention. */
@@ -55,6 +57,11 @@ export function expiredBackups(backups: readonly BackupRecord[], settings: Backu
 }
 
 async function tend(context: Context): Promise<Result> {
+  // Frozen: nothing is started or removed (a backup an operator asks for still runs: it is its own machine).
+  if (await context.ports.freeze.frozen()) {
+    if (context.machine.data.heldByFreeze === true) return nap(freezeNapMs);
+    return nap(freezeNapMs, { data: { ...context.machine.data, heldByFreeze: true }, reason: 'the cell is frozen: scheduled backups, retention and purges wait for the thaw', code: 'held_by_freeze' });
+  }
   const workDeadlineMs = context.ports.clock.nowMs() + scheduleWorkMsMax;
   const started = await startDue(context);
   const { deleted, pruned, nextAfterClusterId } = await applyRetention(context, workDeadlineMs);

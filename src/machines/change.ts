@@ -7,7 +7,7 @@ import { replicasMax } from '../lib/sizes.js';
 import { hasReplicas, isStreamingReplica } from './replicas.js';
 import { instanceKind, instanceSpec } from './instance.js';
 import { settingsDifferences } from './settings-drift.js';
-import { type ClusterRecord, type InstanceRecord, type MachinePorts, changeKind, clusterKind } from './ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, changeKind, clusterKind, freezeNapMs } from './ports.js';
 
 /**
  * Applies one configuration revision to its cluster (docs/CONFIG.md "The change machine"):
@@ -36,6 +36,8 @@ export interface ChangeData extends Record<string, unknown> {
   readonly switchoverAttempts?: number;
   /** Confirmation rounds that found an instance still waiting for a restart. */
   readonly confirmRounds?: number;
+  /** `held_by_freeze` was said at `apply`, so that a long freeze makes one event. */
+  readonly heldByFreeze?: boolean;
 }
 
 export { changeKind };
@@ -142,6 +144,12 @@ function primaryOf(instances: readonly InstanceRecord[]): InstanceRecord | undef
 
 /** Every instance gets the revision's files and a reload: reload parameters are live when this returns. */
 async function apply(context: Context): Promise<Result> {
+  // Accepted and queued: nothing of the revision is written until the cell thaws; a change past
+  // this step finishes, so no cluster is left half-restarted by a freeze.
+  if (await context.ports.freeze.frozen()) {
+    if (context.machine.data.heldByFreeze === true) return nap(freezeNapMs);
+    return nap(freezeNapMs, { data: { ...context.machine.data, heldByFreeze: true }, reason: 'the cell is frozen: this change is applied after the thaw', code: 'held_by_freeze' });
+  }
   const { cluster, instances, revision } = await load(context);
   const targets = instances.filter(configurable);
   await Promise.all(targets.map((instance) => context.ports.dataPlane.configure(instanceSpec(cluster, instance))));
@@ -159,6 +167,8 @@ async function scale(context: Context): Promise<Result> {
     const next: ChangeLabel = order === 'primaryFirst' || order === 'primaryInPlace' ? 'restartPrimary' : 'restartReplicas';
     return hop(next, { data: kept(context), reason: `${cluster.spec.replicas} replica(s) streaming`, code: 'replicas_ready' });
   }
+  // The cluster adds or removes no replica while frozen: the wait for it starts again after the thaw.
+  if (await context.ports.freeze.frozen()) return nap(freezeNapMs, { data: kept(context) });
   const since = context.machine.data.sinceMs ?? nowMs(context);
   if (nowMs(context) - since > scaleWaitMsMax) {
     const streaming = instances.filter(isStreamingReplica).length;

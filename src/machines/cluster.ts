@@ -12,7 +12,7 @@ import { guardStorage } from './storage-guard.js';
 import { isBeingRemoved, isStreamingReplica } from './replicas.js';
 import { catalogueFromRows } from '../lib/settings.js';
 import { instanceKind, instancePhase, instanceSpec, slotNameFor } from './instance.js';
-import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind } from './ports.js';
+import { type ClusterRecord, type InstanceRecord, type MachinePorts, clusterKind, freezeNapMs } from './ports.js';
 
 /**
  * A cluster: one primary and `replicas` replicas. It creates its instances, waits for them to
@@ -111,6 +111,8 @@ const nowMs = (context: Context): number => context.ports.clock.nowMs();
 
 async function start(context: Context): Promise<Result> {
   if (destroyRequested(context)) return hop('destroy');
+  // Accepted and queued: a new cluster's instances are made only once the cell thaws.
+  if (await context.ports.freeze.frozen()) return announce(context, freezeNapMs, 'the cell is frozen: its instances are made after the thaw', 'held_by_freeze');
   const { store } = context.ports;
   const cluster = await store.cluster(clusterIdOf(context));
   const existing = new Set((await store.instances(cluster.id)).map((instance) => instance.ordinal));
@@ -356,6 +358,9 @@ async function scaleReplicas(context: Context, cluster: ClusterRecord, instances
   const wanted = cluster.spec.replicas;
   const kept = instances.filter((instance) => instance.role === 'replica' && isStaying(instance));
   if (kept.length === wanted) return null;
+  // Scaling is a configuration change: it waits for the thaw (its change machine waits too). A
+  // replica lost or on a leaving host is replaced elsewhere, frozen or not.
+  if (await context.ports.freeze.frozen()) return null;
   if (kept.length < wanted) {
     const added: InstanceId[] = [];
     for (let count = kept.length; count < wanted; count += 1) added.push(await store.addReplica(cluster.id));

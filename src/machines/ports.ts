@@ -239,6 +239,7 @@ export interface MachinePorts {
   readonly admission: CreateAdmission;
   /** Flags by cluster (docs/CONTROLS.md); absent: every flag at its default. */
   readonly flags?: ClusterFlags;
+  readonly freeze: FreezeGate;
 }
 
 /**
@@ -254,6 +255,18 @@ export interface CreateAdmission {
   /** The admissions allowed per tick now, for the waiting cluster's event. */
   perTick(): number;
 }
+
+/**
+ * The freeze (docs/CONTROLS.md "Freeze"): while frozen, a step that would start non-emergency
+ * change (a new cluster's instances, a configuration change, a rollout's next cluster, a scheduled
+ * backup) naps instead. Failover, switchover and replica replacement never ask.
+ */
+export interface FreezeGate {
+  frozen(): Promise<boolean>;
+}
+
+/** How often a step held by the freeze looks again; a thaw also makes them due at once. */
+export const freezeNapMs = 5_000;
 
 /** What the host machine sees of its host in the store, on the store's clock. */
 export interface HostObservation {
@@ -292,6 +305,7 @@ export const hostKind = 'host';
 export const hostJoinedSignal = 'joined';
 export const warmPoolKind = 'warmPool';
 export const warmPoolEntity = 'cell';
+export const backupScheduleKind = 'backupSchedule';
 
 export type PooledPhase = 'creating' | 'ready' | 'failed' | 'deleting';
 
@@ -308,6 +322,17 @@ export interface WarmPoolStore {
 
 /** The rollout machine's kind: the store reads a rollout's state from its machine's label. */
 export const rolloutKind = 'rollout';
+
+/**
+ * The labels at which a machine naps for the freeze (each checks at that step): what a thaw makes
+ * due at once. A cluster's `running` is not here: it only holds back scaling, and watches often anyway.
+ */
+export const freezeHeldLabels: readonly { readonly kind: string; readonly labels: readonly string[] }[] = [
+  { kind: clusterKind, labels: ['start'] },
+  { kind: changeKind, labels: ['apply', 'scale'] },
+  { kind: rolloutKind, labels: ['next', 'propose', 'waitCluster'] },
+  { kind: backupScheduleKind, labels: ['tend'] },
+];
 
 /** A live, non-pooled cluster as a rollout sees it. */
 export interface FleetCluster {
@@ -389,6 +414,7 @@ export interface RolloutRecords {
 export interface RolloutPorts {
   readonly clock: Clock;
   readonly rollouts: RolloutRecords;
+  readonly freeze: FreezeGate;
   /** CELLAR_ROLLOUT_HEALTH_WAIT_MS: how long a cluster may take from its revision to healthy before the rollout halts there. */
   readonly healthWaitMs: number;
   /** The `rollout.clusters-per-minute` rod: a cap on every rollout's own rate, read at each start. */

@@ -1,7 +1,7 @@
 import { type MachineDefinition, type Outcome, type StepContext, done, hop, nap } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import type { ClusterId } from '../lib/ids.js';
-import { type ClusterHealth, type FleetCluster, type RolloutPorts, rolloutKind } from './ports.js';
+import { type ClusterHealth, type FleetCluster, type RolloutPorts, freezeNapMs, rolloutKind } from './ports.js';
 
 /**
  * A fleet rollout (docs/CONFIG.md, "Fleet defaults and rollouts"), one at a time in the cell
@@ -40,6 +40,8 @@ export interface RolloutData extends Record<string, unknown> {
   readonly startsMs?: readonly number[];
   /** The cluster it halted at, looked at again after a resume even if its defaults are already moved. */
   readonly retryClusterId?: ClusterId;
+  /** It napped for the freeze (said once); a cluster being waited for gets a fresh health wait after the thaw. */
+  readonly heldByFreeze?: boolean;
 }
 
 export { rolloutKind } from './ports.js';
@@ -101,6 +103,7 @@ async function next(context: Context): Promise<Result> {
   if (context.signals.has(pauseSignal)) {
     return hop('paused', { consume: [pauseSignal], data: { startsMs: recentStarts(context), ...retryOf(context) }, reason: 'paused between clusters', code: 'rollout_paused' });
   }
+  if (await context.ports.freeze.frozen()) return heldByFreeze(context, 'its next cluster');
   const { rollouts } = context.ports;
   const id = context.machine.entityId;
   const rollout = await rollouts.rollout(id);
@@ -150,6 +153,13 @@ function takeUp(context: Context, cluster: FleetCluster, waitOnly: boolean, cons
   return hop('propose', { consume, data: { current: base, startsMs: recentStarts(context), ...retryOf(context) }, ...(passed === '' ? {} : { reason: `next: ${describeCluster(base)}${passed}`, code: 'rollout_clusters_skipped' as const }) });
 }
 
+/** The cell is frozen: the rollout naps where it is (saying so once) and goes on by itself after the thaw. */
+function heldByFreeze(context: Context, before: string): Result {
+  const data: RolloutData = { ...context.machine.data, startsMs: recentStarts(context), heldByFreeze: true };
+  if (context.machine.data.heldByFreeze === true) return nap(freezeNapMs, { data });
+  return nap(freezeNapMs, { data, reason: `the cell is frozen: the rollout waits before ${before} until the thaw`, code: 'held_by_freeze' });
+}
+
 function currentOf(context: Context): CurrentCluster {
   const current = context.machine.data.current;
   assert(current !== undefined, `rollout ${context.machine.entityId} at ${context.machine.label} without a current cluster`);
@@ -163,6 +173,7 @@ async function propose(context: Context): Promise<Result> {
     // Nothing was proposed yet: the cursor has not passed this cluster, so a resume takes it up again.
     return hop('paused', { consume: [pauseSignal], data: { startsMs: recentStarts(context), ...retryOf(context) }, reason: `paused before ${describeCluster(current)}`, code: 'rollout_paused' });
   }
+  if (await context.ports.freeze.frozen()) return heldByFreeze(context, describeCluster(current));
   const { rollouts, clock } = context.ports;
   const id = context.machine.entityId;
   const actor = rolloutActor(id);
@@ -211,9 +222,17 @@ async function waitFor(context: Context, current: CurrentCluster, startsMs: read
 
 async function waitCluster(context: Context): Promise<Result> {
   if (context.signals.has(abortSignal)) return aborting(context, `while ${describeCluster(currentOf(context))} was being changed (its change finishes on its own)`);
-  const current = currentOf(context);
+  const held = currentOf(context);
+  // Its change waits for the thaw too: the wait for it to be healthy starts again after the thaw,
+  // so a freeze does not halt the rollout here.
+  if (await context.ports.freeze.frozen()) return heldByFreeze(context, `${describeCluster(held)} (its change waits too)`);
+  const current: CurrentCluster = context.machine.data.heldByFreeze === true ? { ...held, startedAtMs: context.ports.clock.nowMs() } : held;
   const { rollouts, clock, healthWaitMs } = context.ports;
   assert(current.revision !== undefined && current.startedAtMs !== undefined, 'waitCluster holds a proposed cluster');
+  if (current !== held) {
+    const { heldByFreeze: _held, ...rest } = context.machine.data;
+    return nap(0, { data: { ...rest, current } });
+  }
   const waitedMs = clock.nowMs() - current.startedAtMs;
   if (current.changeId !== null && current.changeId !== undefined) {
     const change = await rollouts.changeOutcome(current.changeId);

@@ -4,7 +4,7 @@ import type { Durability } from '../../src/lib/sizes.js';
 import type { RestartOrder } from '../../src/lib/config-plan.js';
 import type { CatalogueEntry } from '../../src/lib/settings.js';
 import type { BackupId, ClusterId, InstanceId } from '../../src/lib/ids.js';
-import type { AutogrowPolicy, BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, InstanceRecord, MachineStore, PlacedInstance, Role, StorageFull } from '../../src/machines/ports.js';
+import type { AutogrowPolicy, BackupCandidate, BackupRecord, BackupRecords, ClusterRecord, FreezeGate, InstanceRecord, MachineStore, PlacedInstance, Role, StorageFull } from '../../src/machines/ports.js';
 
 /**
  * In-memory FAKES of the store ports the machines use (MachineStore, BackupRecords), for the
@@ -247,5 +247,15 @@ export class FakeBackups implements BackupRecords {
     this.calls.push(`markDeleted ${id}`);
     const record = await this.backup(id);
     this.records.set(id, { ...record, status: 'deleted' });
+  }
+}
+
+/** The freeze as the machines see it: set `isFrozen`; `asked` counts the reads (a step that never asks is not gated). */
+export class FakeFreeze implements FreezeGate {
+  isFrozen = false;
+  asked = 0;
+  async frozen(): Promise<boolean> {
+    this.asked += 1;
+    return this.isFrozen;
   }
 }
