@@ -1,3 +1,6 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
 import { TestCellar } from '../test/helpers/cellar.js';
 import { median, waitFor } from './lib.js';
 
@@ -57,6 +60,33 @@ try {
 
   const engineMs: number[] = [];
   const proxyMs: number[] = [];
+  const floorMs: number[] = [];
+  // The floor, same store, same run: an UPDATE that NOTIFYs at commit, to a session that LISTENs,
+  // then a read of the row — what a rod change and its reader do at the least, with no API and no
+  // process in between.
+  const store = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
+  const connect = async (): Promise<pg.Client> => {
+    const client = new pg.Client({ host: '127.0.0.1', port: store.port, user: 'postgres', password: store.password, database: 'cellar' });
+    await client.connect();
+    return client;
+  };
+  const [writer, listener] = [await connect(), await connect()];
+  try {
+    await writer.query('create temporary table floor_rod (value int)');
+    await writer.query('insert into floor_rod values (0)');
+    await listener.query('listen bench_rods_floor');
+    for (let round = 0; round < rounds; round += 1) {
+      const heard = new Promise<void>((resolve) => listener.once('notification', () => resolve()));
+      const startedMs = performance.now();
+      await writer.query(`begin; update floor_rod set value = ${round}; select pg_notify('bench_rods_floor', ''); commit`);
+      await heard;
+      await listener.query('select 1');
+      floorMs.push(performance.now() - startedMs);
+    }
+  } finally {
+    await writer.end();
+    await listener.end();
+  }
   for (let round = 0; round < rounds; round += 1) {
     // The lane asleep for ten minutes: wait for the claim the change's wake-up makes, then past it.
     const awake = await normalTicks();
@@ -79,6 +109,7 @@ try {
     `${what}: median ${median(values).toFixed(1)} ms, max ${Math.max(...values).toFixed(1)} ms over ${values.length} changes (goal: within ${goalMs} ms, one tick of the lane that reads it) — ${Math.max(...values) <= goalMs ? 'met' : 'MISSED'}`;
   console.log(line('rod change → engine acts (normal lane, 600000 → 50 ms)', engineMs, goalEngineMs));
   console.log(line('rod change → proxy runs with it (bytes per second)', proxyMs, goalProxyMs));
+  console.log(`floor (an UPDATE + NOTIFY at commit heard by a LISTENing session, then a read): median ${median(floorMs).toFixed(1)} ms, max ${Math.max(...floorMs).toFixed(1)} ms over ${floorMs.length}`);
 } finally {
   await cellar.destroy();
 }
