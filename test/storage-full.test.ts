@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ErrorRewriter, errorMessageBytesMax, rewriteError } from '../src/proxy/storage-full.js';
-import { autogrowTarget, storageAction } from '../src/machines/storage-guard.js';
+import { autogrowTarget, lockAction, storageAction } from '../src/machines/storage-guard.js';
+import { lockGrowthBytes } from '../src/lib/sizes.js';
 import { usageIntervalFor, usageIntervalMsNearFull } from '../src/machines/instance.js';
 import type { ClusterRecord, InstanceRecord } from '../src/machines/ports.js';
 import type { StorageSettings } from '../src/config.js';
 
-const notice = { cluster: 'app', percent: 96.2, storageGb: 10 };
+const notice = { cluster: 'app', percent: 96.2, storageGb: 10, locked: false };
 
 function message(type: string, body: Buffer): Buffer {
   const out = Buffer.alloc(5 + body.length);
@@ -97,6 +98,21 @@ describe('storage guard: the pure rules', () => {
     assert.equal(storageAction(use(99), false, false, settings), 'warn', 'the warning first, even past both');
     assert.equal(storageAction(use(79.9), false, true, settings), 'unwarn');
     assert.equal(storageAction(use(50), false, false, settings), null);
+  });
+
+  test('the hard stop: a full cluster is locked only once it grew past the mark by the growth bound and past its whole allocation', () => {
+    const allocatedBytes = 10 * 1024 ** 3;
+    const full = { usedBytes: 0.96 * allocatedBytes, allocatedBytes, percent: 96 };
+    const at = (usedBytes: number) => ({ usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100 });
+    assert.equal(lockGrowthBytes(allocatedBytes), 0.1 * allocatedBytes);
+    assert.equal(lockGrowthBytes(128 * 1024 ** 2), 64 * 1024 ** 2, 'never less than 64 MiB');
+    assert.equal(lockAction(at(0.99 * allocatedBytes), full), null, 'below the allocation');
+    assert.equal(lockAction(at(full.usedBytes + lockGrowthBytes(allocatedBytes) - 1), full), null, 'grown less than the bound');
+    const locked = lockAction(at(full.usedBytes + lockGrowthBytes(allocatedBytes)), full);
+    assert.equal(locked?.full.locked, true);
+    assert.match(locked?.reason ?? '', /read-only off/);
+    assert.equal(lockAction(at(2 * allocatedBytes), { ...full, locked: true }), null, 'locked once');
+    assert.equal(lockAction(at(2 * allocatedBytes), null), null, 'never without the mark');
   });
 
   test('autogrow grows by its step, at least the resize step, and never past its ceiling (property)', () => {

@@ -117,6 +117,27 @@ describe('storage limits', () => {
     assert.equal(left?.rows, '0');
   });
 
+  test('the attack: a session that turns read-only off and writes on is ended, and the cluster locked, once past its whole allocation', async () => {
+    const uri = cluster.uri as string;
+    const attacker = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000 });
+    attacker.on('error', () => undefined);
+    await attacker.connect();
+    await attacker.query('set default_transaction_read_only = off');
+    let stopped: Error | null = null;
+    for (let batch = 0; batch < batchesMax && stopped === null; batch += 1) {
+      stopped = await attacker.query(`insert into filler select g, repeat('x', 1000) from generate_series(1, ${rowsPerBatch}) g`).then(() => null, (error: Error) => error);
+    }
+    await attacker.end().catch(() => undefined);
+    assert.ok(stopped !== null, `${batchesMax} batches written past read-only and the session never ended`);
+    const shown = await show();
+    assert.equal(shown.storage.locked, true);
+    assert.match(shown.events.find((event) => event.code === 'storage_locked')?.reason ?? '', /turned read-only off/);
+    const refused = await queryUri(uri, 'select 1').catch((error: Error & { code?: string }) => error);
+    assert.ok(refused instanceof Error, 'a new connection is refused');
+    assert.equal((refused as Error & { code?: string }).code, '53100');
+    assert.match(refused.message, /^cluster "full" is locked: .*cellar clusters resize full --storage-gb \d+$/);
+  });
+
   test('shrinking is refused; a resize makes it writable again; a second resize within the cooldown is refused', async (t) => {
     const shrink = await cellar.api<ErrorBody>('POST', '/v1/clusters/full/config', { storageGb: 0 });
     assert.equal(shrink.status, 400);
@@ -136,6 +157,7 @@ describe('storage limits', () => {
       throw new Error(`${error.message}; storage: ${JSON.stringify(last)}`);
     });
     assert.ok(eventCodes(writable).includes('storage_writable'));
+    assert.equal(writable.storage.locked, false, 'the resize unlocked it too');
     // A new connection writes; the proxy no longer rewrites anything.
     await queryUri(cluster.uri as string, `insert into filler values (0, 'after the resize')`);
     const again = await cellar.api<ErrorBody>('POST', '/v1/clusters/full/config', { storageGb: toGb + 1 });

@@ -129,6 +129,7 @@ const clusterSchema = {
         percent: { type: ['number', 'null'] },
         measuredAt: { type: ['string', 'null'] },
         readOnly: { type: 'boolean' },
+        locked: { type: 'boolean' },
         autogrow: {
           type: ['object', 'null'],
           properties: { maxGb: { type: 'integer' }, thresholdPercent: { type: 'integer' }, stepPercent: { type: 'integer' } },

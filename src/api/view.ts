@@ -36,6 +36,8 @@ export interface StorageView {
   measuredAt: string | null;
   /** The primary refuses writes because the storage is full (docs/STORAGE.md "Limits"). */
   readOnly: boolean;
+  /** It went on writing past its whole allocation with read-only turned off: the proxy refuses every connection until a resize. */
+  locked: boolean;
   /** Null: autogrow is off. */
   autogrow: { maxGb: number; thresholdPercent: number; stepPercent: number } | null;
 }
@@ -111,6 +113,7 @@ function storageView(cluster: ClusterSnapshot, primary: InstanceRecord | undefin
     percent: use === null ? null : Math.round(use.percent * 10) / 10,
     measuredAt: measured?.toISOString() ?? null,
     readOnly: cluster.storageFull !== null,
+    locked: cluster.storageFull?.locked === true,
     autogrow: cluster.autogrow,
   };
 }

@@ -119,7 +119,7 @@ function storageLine(cluster: ClusterView): string {
   const { storage } = cluster;
   const wal = cluster.instances.find((instance) => instance.role === 'primary')?.walBytes ?? null;
   const use = storage.usedBytes === null ? `not measured yet, of ${storage.allocatedGb} GB` : `${formatBytes(storage.usedBytes)} of ${storage.allocatedGb} GB (${storage.percent} %)`;
-  const readOnly = storage.readOnly ? ', READ-ONLY (storage full)' : '';
+  const readOnly = storage.locked ? ', LOCKED (wrote past its whole allocation: resize to connect)' : storage.readOnly ? ', READ-ONLY (storage full)' : '';
   const autogrow = storage.autogrow === null ? '' : `, autogrow to ${storage.autogrow.maxGb} GB at ${storage.autogrow.thresholdPercent} %`;
   return `storage       ${use}${wal === null ? '' : `, WAL ${formatBytes(wal)}`}${readOnly}${autogrow}`;
 }

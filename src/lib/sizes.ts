@@ -55,6 +55,18 @@ export interface StorageUse {
   readonly percent: number;
 }
 
+/** What a full cluster may grow by after its mark before it is locked: in-flight work, WAL of checkpoints, a deletion's own writes. */
+export function lockGrowthBytes(allocatedBytes: number): number {
+  return Math.max(lockGrowthShare * allocatedBytes, lockGrowthBytesMin);
+}
+const lockGrowthShare = 0.1;
+const lockGrowthBytesMin = 64 * 1024 ** 2;
+
+/** A full cluster (marked at `markedUsedBytes`) grew by the lock bound and past its whole allocation (docs/STORAGE.md "Limits"). */
+export function pastLockBound(use: StorageUse, marked: { readonly usedBytes: number }): boolean {
+  return use.usedBytes >= use.allocatedBytes && use.usedBytes - marked.usedBytes >= lockGrowthBytes(use.allocatedBytes);
+}
+
 /** `gbBytes`: bytes in one GB of allocation (1 GiB; less in tests, CELLAR_STORAGE_GB_BYTES). */
 export function storageUse(storageGb: number, gbBytes: number, usage: { readonly dataBytes: number; readonly walBytes: number } | null): StorageUse | null {
   if (usage === null) return null;

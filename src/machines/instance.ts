@@ -3,7 +3,7 @@ import { type MachineDefinition, type MachineRef, type Outcome, type StepContext
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
 import type { InstanceId } from '../lib/ids.js';
-import { type RestoreSpec, effectiveSettings, storageUse, walKeepLimitMb } from '../lib/sizes.js';
+import { type RestoreSpec, effectiveSettings, pastLockBound, storageUse, walKeepLimitMb } from '../lib/sizes.js';
 import { type ClusterRecord, type InstanceRecord, type MachinePorts, hostKind } from './ports.js';
 
 /**
@@ -324,7 +324,9 @@ function storageBand(storage: MachinePorts['storage'], cluster: ClusterRecord, u
   const use = storageUse(cluster.spec.storageGb, storage.gbBytes, usage);
   if (use === null) return 0;
   const thresholds = [storage.warnPercent, storage.readOnlyPercent, ...(cluster.autogrow === null ? [] : [cluster.autogrow.thresholdPercent])];
-  return thresholds.filter((threshold) => use.percent >= threshold).length;
+  // A full cluster writing on past its mark: the guard locks it (its hard stop).
+  const locking = cluster.storageFull !== null && cluster.storageFull.locked !== true && pastLockBound(use, cluster.storageFull) ? 1 : 0;
+  return thresholds.filter((threshold) => use.percent >= threshold).length + locking;
 }
 
 /**

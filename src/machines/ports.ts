@@ -34,6 +34,11 @@ export interface StorageFull {
   readonly usedBytes: number;
   readonly allocatedBytes: number;
   readonly percent: number;
+  /**
+   * Set when, marked full, it went on growing past its whole allocation (a tenant that turned
+   * read-only off): the proxy then refuses every connection to it until it is resized.
+   */
+  readonly locked?: boolean;
 }
 
 /** Autogrow (docs/STORAGE.md "Autogrow"): past `thresholdPercent`, grow by `stepPercent` (at least the resize step) up to `maxGb`. */

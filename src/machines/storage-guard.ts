@@ -1,10 +1,10 @@
 import { CellarError } from '../lib/errors.js';
-import { type StorageUse, storageGbMax, storageUse } from '../lib/sizes.js';
+import { type StorageUse, pastLockBound, storageGbMax, storageUse } from '../lib/sizes.js';
 import { type Outcome, type StepContext, nap } from '../engine/machine.js';
 import type { ClusterData, ClusterLabel } from './cluster.js';
 import { changeMachine } from './change.js';
 import { instanceSpec } from './instance.js';
-import type { AutogrowPolicy, ClusterRecord, InstanceRecord, MachinePorts } from './ports.js';
+import type { AutogrowPolicy, ClusterRecord, InstanceRecord, MachinePorts, StorageFull } from './ports.js';
 
 /**
  * Storage that protects the database (docs/STORAGE.md "Limits", "Autogrow"), from the primary's
@@ -29,6 +29,22 @@ export function storageAction(use: StorageUse, readOnly: boolean, warned: boolea
   return null;
 }
 
+/**
+ * The hard stop (docs/STORAGE.md "Limits"): read-only is a default a session may turn off. A full
+ * cluster that went on growing by more than `lockGrowthBytes` since its mark and past its whole
+ * allocation is locked: the proxy refuses and ends every connection to it until a resize (or an
+ * admin) brings it below the read-only threshold. Null: nothing to lock.
+ */
+export function lockAction(use: StorageUse, full: StorageFull | null): { full: StorageFull; reason: string } | null {
+  if (full === null || full.locked === true) return null;
+  if (!pastLockBound(use, full)) return null;
+  const grownMb = Math.round((use.usedBytes - full.usedBytes) / 1024 ** 2);
+  return {
+    full: { ...full, usedBytes: use.usedBytes, percent: Math.round(use.percent * 10) / 10, locked: true },
+    reason: `storage is ${describe(use)} full: ${grownMb} MB written since it turned read-only (a session turned read-only off), past the whole allocation: the proxy refuses its connections until it is resized`,
+  };
+}
+
 /** Autogrow's next size: `stepPercent` of the allocation, at least the resize step, never past the ceiling. Null: at the ceiling. */
 export function autogrowTarget(storageGb: number, policy: AutogrowPolicy, resizeStepGbMin: number): number | null {
   const ceiling = Math.min(policy.maxGb, storageGbMax);
@@ -48,6 +64,11 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
   const data = context.machine.data;
   const action = storageAction(use, cluster.storageFull !== null, data.storageWarned === true, storage);
   const resize = `cellar clusters resize ${cluster.name} --storage-gb ${Math.min(storageGbMax, cluster.spec.storageGb * 2)}`;
+  const lock = lockAction(use, cluster.storageFull);
+  if (action === null && lock !== null) {
+    await context.ports.store.setStorageFull(cluster.id, lock.full);
+    return nap(0, { reason: lock.reason, code: 'storage_locked' });
+  }
   if (action === null && cluster.storageFull !== null && data.readOnlyApplied !== true) {
     // Marked full but the servers not yet told (a step cut short between the two): tell them now.
     await configureAll(context, cluster, instances, true);

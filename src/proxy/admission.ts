@@ -108,6 +108,7 @@ export class Admission {
       return this.refuse(client, cluster, 'paused', sqlStates.cannotConnectNow, `cluster "${cluster}" is paused (a switchover may be under way); gave up after ${limits.waitMsMax} ms`);
     }
     if ('unavailable' in resolution) return this.refuse(client, cluster, 'unavailable', sqlStates.cannotConnectNow, resolution.unavailable);
+    if ('locked' in resolution) return this.refuse(client, cluster, 'locked', sqlStates.diskFull, resolution.locked);
     const state = clusters.get(cluster);
     if (state.connections >= limits.clusterConnectionsMax) {
       this.options.metrics.throttleEvents.labels(cluster, 'connections').inc();

@@ -80,7 +80,7 @@ function sendError(response: ServerResponse, error: CellarError, headers: Record
 }
 
 /** Why a connection to a known cluster was refused (the `reason` of cellar_proxy_routing_errors_total with a cluster). */
-export const clusterRefusalReasons = ['paused', 'unavailable', 'throttled', 'unreachable'] as const;
+export const clusterRefusalReasons = ['paused', 'unavailable', 'throttled', 'unreachable', 'locked'] as const;
 export type ClusterRefusalReason = (typeof clusterRefusalReasons)[number];
 /** Refusals before a cluster is known: counted with an empty cluster. */
 export type RefusalReason = ClusterRefusalReason | 'protocol' | 'no_cluster' | 'reserved_role' | 'proxy_full' | 'unknown_cluster';

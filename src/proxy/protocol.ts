@@ -33,6 +33,8 @@ export const sqlStates = {
   invalidAuthorizationSpecification: '28000',
   /** A write in a read-only transaction: what a full cluster's primary answers (storage-full.ts). */
   readOnlyTransaction: '25006',
+  /** A cluster locked for writing past its whole allocation (storage-full.ts). */
+  diskFull: '53100',
 } as const;
 
 export type SqlState = (typeof sqlStates)[keyof typeof sqlStates];

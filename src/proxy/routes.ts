@@ -4,7 +4,7 @@ import { lagBytes } from '../lib/lsn.js';
 import type { PoolClient } from 'pg';
 import type { Pool } from '../store/pool.js';
 import { type RouteRow, loadRoutes, routesChannel } from '../store/routes.js';
-import type { StorageFullNotice } from './storage-full.js';
+import { type StorageFullNotice, lockedMessage } from './storage-full.js';
 
 /**
  * The proxy's cached routes. Polled from the store, and re-read at once when the store notifies a
@@ -29,7 +29,7 @@ export interface Target {
   readonly storageFull: boolean;
 }
 
-export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string } | { readonly paused: true };
+export type Resolution = { readonly target: Target } | { readonly unknown: true } | { readonly unavailable: string } | { readonly paused: true } | { readonly locked: string };
 
 /** What the proxy's data path reads of the routes. */
 export interface ProxyRoutes {
@@ -131,6 +131,7 @@ export class RouteTable implements ProxyRoutes {
     if (route === undefined) return !this.storeHealthy;
     const instance = route.instances.find((candidate) => candidate.host === target.host && candidate.port === target.port);
     if (instance === undefined) return false;
+    if (route.storageFull?.locked === true) return false;
     if (kind === 'readOnly') return true;
     // Writes to a cluster that just filled up: its clients reconnect, through the rewriter that tells them why they fail.
     return instance.role === 'primary' && (route.storageFull === null || target.storageFull);
@@ -143,6 +144,7 @@ export class RouteTable implements ProxyRoutes {
   resolve(key: string, kind: EndpointKind): Resolution {
     const route = this.routes.get(key);
     if (route === undefined) return { unknown: true };
+    if (route.storageFull?.locked === true) return { locked: lockedMessage(route.storageFull) };
     if (route.paused === true) return { paused: true };
     const primary = route.instances.find((instance) => instance.role === 'primary' && instance.healthy);
     if (kind === 'readOnly') {

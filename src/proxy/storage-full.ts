@@ -15,6 +15,13 @@ export interface StorageFullNotice {
   readonly cluster: string;
   readonly percent: number;
   readonly storageGb: number;
+  /** It wrote on past its whole allocation with read-only turned off: no connection at all until resized. */
+  readonly locked: boolean;
+}
+
+/** What a client connecting to a locked cluster is told. */
+export function lockedMessage(notice: StorageFullNotice): string {
+  return `cluster "${notice.cluster}" is locked: it went on writing with read-only turned off until its storage was full (${notice.percent} % of ${notice.storageGb} GB used); grow it to connect again: cellar clusters resize ${notice.cluster} --storage-gb ${Math.min(16_384, notice.storageGb * 2)}`;
 }
 
 /** An ErrorResponse larger than this is passed on unread (a real one is a few hundred bytes). */

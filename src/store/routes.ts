@@ -20,12 +20,12 @@ export interface RouteRow {
   /** New connections wait (bounded) instead of going to an instance. */
   readonly paused: boolean;
   /** Set while the primary is read-only because the storage is full: what the proxy tells a client that writes (docs/STORAGE.md "Limits"). */
-  readonly storageFull: { readonly cluster: string; readonly percent: number; readonly storageGb: number } | null;
+  readonly storageFull: { readonly cluster: string; readonly percent: number; readonly storageGb: number; readonly locked: boolean } | null;
   readonly instances: readonly RouteInstance[];
 }
 
 const routesSql = `
-select c.route_key, c.id as cluster_id, c.route_paused, c.name, (c.storage_read_only ->> 'percent')::float8 as full_percent, (c.spec ->> 'storageGb')::int as storage_gb, coalesce(h.address, '127.0.0.1') as host, i.port, i.role, m.label, i.observed
+select c.route_key, c.id as cluster_id, c.route_paused, c.name, (c.storage_read_only ->> 'percent')::float8 as full_percent, coalesce((c.storage_read_only ->> 'locked')::boolean, false) as locked, (c.spec ->> 'storageGb')::int as storage_gb, coalesce(h.address, '127.0.0.1') as host, i.port, i.role, m.label, i.observed
   from clusters c
   join instances i on i.cluster_id = c.id and i.deleted_at is null and i.port is not null and not i.fenced and i.in_route
   join machines m on m.kind = 'instance' and m.entity_id = i.id
@@ -39,10 +39,10 @@ function isHealthy(role: string, label: string, observed: Partial<InstanceStatus
 }
 
 export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
-  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; name: string; full_percent: number | null; storage_gb: number; host: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
+  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; name: string; full_percent: number | null; locked: boolean; storage_gb: number; host: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
   const byKey = new Map<string, { key: string; clusterId: string; paused: boolean; storageFull: RouteRow['storageFull']; instances: RouteInstance[] }>();
   for (const row of result.rows) {
-    const storageFull = row.full_percent === null ? null : { cluster: row.name, percent: row.full_percent, storageGb: row.storage_gb };
+    const storageFull = row.full_percent === null ? null : { cluster: row.name, percent: row.full_percent, storageGb: row.storage_gb, locked: row.locked };
     const route = byKey.get(row.route_key) ?? { key: row.route_key, clusterId: row.cluster_id, paused: row.route_paused, storageFull, instances: [] };
     route.instances.push({ host: row.host, port: row.port, role: row.role, healthy: isHealthy(row.role, row.label, row.observed), lsn: row.observed.lsn ?? null });
     byKey.set(row.route_key, route);
