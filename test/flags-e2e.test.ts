@@ -112,6 +112,8 @@ test('a flag set for one org through the CLI decides the durability of creates t
     'flag backup-verification global',
   ]);
   assert.ok(audit.every((change) => change.actor.startsWith('token:')));
+  const events = await cellar.storeQuery<{ kind: string; entity_id: string; code: string }>(`select kind, entity_id, code from events where kind in ('flag', 'cohort') order by id`);
+  assert.deepEqual(events.map((event) => `${event.kind} ${event.entity_id} ${event.code}`), audit.map((change) => `${change.kind} ${change.name} ${change.kind}_changed`), 'every audited change is an event too');
   const stale = (await cellar.api<{ stale: StaleFlagView[] }>('GET', '/v1/flags-stale')).body.stale;
   assert.deepEqual(stale, []);
 });

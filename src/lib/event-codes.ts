@@ -21,6 +21,8 @@ export const eventCodes = {
   storage_warning: 'the cluster\'s storage passed the warning threshold (CELLAR_STORAGE_WARN_PERCENT of its allocation)',
   storage_read_only: 'the cluster\'s storage passed CELLAR_STORAGE_READ_ONLY_PERCENT: its primary makes new transactions read-only',
   storage_writable: 'the cluster\'s storage fell below the read-only threshold (a resize, deleted data): its primary takes writes again',
+  flag_changed: 'an admin set or removed a flag rule (who, old, new and why are in control_changes)',
+  cohort_changed: 'an admin created, deleted or changed the members of a cohort',
   storage_locked: 'a full cluster went on growing past its whole allocation (read-only turned off in a session): the proxy refuses its connections until it is resized',
   storage_autogrown: 'autogrow proposed a larger allocation (a storage revision by `cellar`)',
   storage_autogrow_held: 'autogrow could not grow the storage: at its ceiling, in the resize cooldown, or a host without room',

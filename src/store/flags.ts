@@ -2,7 +2,8 @@ import { CellarError, invalid } from '../lib/errors.js';
 import { type FlagDeclaration, type FlagValue, allowedValues, findFlag, flagCatalogue, isFlagValue } from '../lib/flag-catalogue.js';
 import { type Cohort, type CohortMember, type CohortMemberKind, type FlagRule, type FlagSnapshot, type RuleLevel, buildSnapshot, cellNames, percentMax, percentMin } from '../lib/flags.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
-import { controlChanges, recordControlChange, type ControlChangeRecord } from './controls.js';
+import { type ControlChange, type ControlChangeRecord, controlChanges, recordControlChange } from './controls.js';
+import { recordEvent } from './machines-table.js';
 
 /**
  * Flag rules and cohorts in the store (docs/CONTROLS.md, "Flags"). Every change is checked against
@@ -132,8 +133,28 @@ export async function setFlagRule(pool: Pool, request: SetRuleRequest): Promise<
     );
     const before = old.rows[0] === undefined ? null : ruleOf(old.rows[0]);
     const after = ruleOf(written.rows[0] as RuleRow);
-    await recordControlChange(client, { kind: 'flag', name: flag.key, scope: scopeOf(request.level, target), oldValue: ruleAudit(before), newValue: ruleAudit(after), actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'flag', name: flag.key, scope: scopeOf(request.level, target), oldValue: ruleAudit(before), newValue: ruleAudit(after), actor: request.actor, reason });
     return { before, after };
+  });
+}
+
+
+/**
+ * A flag or cohort change: audited (`control_changes`, notified) and an event, as rods and the
+ * freeze are; events need a machine, so the flag's or cohort's name stands for one.
+ */
+async function auditFlagChange(client: Queryable, change: ControlChange): Promise<void> {
+  await recordControlChange(client, change);
+  const set = change.newValue !== null && change.newValue !== undefined;
+  await recordEvent(client, {
+    machineId: `${change.kind}:${change.name}`,
+    kind: change.kind,
+    entityId: change.name,
+    clusterId: null,
+    from: change.oldValue === null || change.oldValue === undefined ? 'unset' : 'set',
+    to: set ? 'set' : 'unset',
+    reason: `${change.kind} ${change.name} (${change.scope}) ${set ? `set to ${JSON.stringify(change.newValue)}` : 'removed'} by ${change.actor}: ${change.reason}`,
+    code: change.kind === 'flag' ? 'flag_changed' : 'cohort_changed',
   });
 }
 
@@ -154,7 +175,7 @@ export async function unsetFlagRule(pool: Pool, request: { readonly key: string;
     const removed = await client.query<RuleRow>(`delete from flag_rules where flag_key = $1 and level = $2 and target = $3 returning ${ruleColumns}`, [flag.key, request.level, target]);
     if (removed.rows[0] === undefined) throw new CellarError('CELLAR_E_NOT_FOUND', `flag ${flag.key} has no ${request.level} rule${request.level === 'global' ? '' : ` for ${target}`}`, 'target');
     const before = ruleOf(removed.rows[0]);
-    await recordControlChange(client, { kind: 'flag', name: flag.key, scope: scopeOf(request.level, target), oldValue: ruleAudit(before), newValue: null, actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'flag', name: flag.key, scope: scopeOf(request.level, target), oldValue: ruleAudit(before), newValue: null, actor: request.actor, reason });
     return before;
   });
 }
@@ -195,7 +216,7 @@ export async function createCohort(pool: Pool, request: CreateCohortRequest): Pr
     if (Number(count.rows[0]?.count ?? 0) >= cohortsMax) throw new CellarError('CELLAR_E_CONFLICT', `the cell has ${cohortsMax} cohorts, the most it may have; delete one first`, 'name');
     const inserted = await client.query('insert into cohorts (name, description, flag_values, created_by) values ($1, $2, $3, $4) on conflict (name) do nothing', [request.name, description, JSON.stringify(values), request.actor]);
     if (inserted.rowCount === 0) throw new CellarError('CELLAR_E_CONFLICT', `a cohort named "${request.name}" exists already`, 'name');
-    await recordControlChange(client, { kind: 'cohort', name: request.name, scope: 'global', oldValue: null, newValue: { description, values }, actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'cohort', name: request.name, scope: 'global', oldValue: null, newValue: { description, values }, actor: request.actor, reason });
     return { name: request.name, description, values, members: [] };
   });
 }
@@ -206,7 +227,7 @@ export async function deleteCohort(pool: Pool, request: { readonly name: string;
     await lockFlags(client);
     const cohort = await cohortOrThrow(client, request.name);
     await client.query('delete from cohorts where name = $1', [cohort.name]);
-    await recordControlChange(client, { kind: 'cohort', name: cohort.name, scope: 'global', oldValue: { description: cohort.description, values: cohort.values, members: cohort.members }, newValue: null, actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'cohort', name: cohort.name, scope: 'global', oldValue: { description: cohort.description, values: cohort.values, members: cohort.members }, newValue: null, actor: request.actor, reason });
     return cohort;
   });
 }
@@ -231,7 +252,7 @@ export async function addCohortMember(pool: Pool, request: MemberRequest): Promi
     if (cohort.members.length >= cohortMembersMax) throw new CellarError('CELLAR_E_CONFLICT', `cohort ${cohort.name} has ${cohortMembersMax} members, the most one may have`, 'member');
     if (cohort.members.some((member) => member.id === id)) throw new CellarError('CELLAR_E_CONFLICT', `${id} is a member of cohort ${cohort.name} already`, 'member');
     await client.query('insert into cohort_members (cohort_name, member_kind, member_id, added_by) values ($1, $2, $3, $4)', [cohort.name, request.kind, id, request.actor]);
-    await recordControlChange(client, { kind: 'cohort', name: cohort.name, scope: `${request.kind}:${id}`, oldValue: null, newValue: { member: id }, actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'cohort', name: cohort.name, scope: `${request.kind}:${id}`, oldValue: null, newValue: { member: id }, actor: request.actor, reason });
     return cohortOrThrow(client, cohort.name);
   });
 }
@@ -249,7 +270,7 @@ export async function removeCohortMember(pool: Pool, request: MemberRequest): Pr
     }
     if (id === undefined) throw new CellarError('CELLAR_E_NOT_FOUND', `${request.member} is not a member of cohort ${cohort.name}`, 'member');
     await client.query('delete from cohort_members where cohort_name = $1 and member_id = $2', [cohort.name, id]);
-    await recordControlChange(client, { kind: 'cohort', name: cohort.name, scope: `${request.kind}:${id}`, oldValue: { member: id }, newValue: null, actor: request.actor, reason });
+    await auditFlagChange(client, { kind: 'cohort', name: cohort.name, scope: `${request.kind}:${id}`, oldValue: { member: id }, newValue: null, actor: request.actor, reason });
     return cohortOrThrow(client, cohort.name);
   });
 }
