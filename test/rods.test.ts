@@ -207,7 +207,7 @@ describe('control rods', () => {
     // The store "away" for this reader only: its reads fail as a refused connection does.
     (pool as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = (...args) =>
       storeAway ? Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })) : query(...args);
-    const reader = new RodValues({ pool, storeUrl, defaults: catalogueDefaults(), cell: 'local', log: makeLogger('silent', process.stderr) });
+    const reader = new RodValues({ pool, defaults: catalogueDefaults(), cell: 'local', log: makeLogger('silent', process.stderr) });
     try {
       await reader.start();
       assert.equal(reader.storeReachable, true);

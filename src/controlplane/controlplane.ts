@@ -72,7 +72,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
   let agentListener: AgentListener | null = null;
   let agentSide: AgentSide | null = null;
   let hostUsage: HostUsageWatch | null = null;
-  const rods = new RodValues({ pool, storeUrl, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
+  const rods = new RodValues({ pool, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
   let flags: FlagSnapshotReader | null = null;
   try {
     const applied = await migrate(pool);
@@ -120,7 +120,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
         await running.engine?.stop();
         await rods.stop();
         await agentSide?.close();
-        flags?.stop();
+        await flags?.stop();
         await pool.end();
       },
     };
@@ -132,7 +132,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await engine?.stop();
     await rods.stop();
     await agentSide?.close();
-    flags?.stop();
+    await flags?.stop();
     await pool.end();
     throw error;
   }

@@ -20,8 +20,8 @@ import { ProxyServer } from './server.js';
 import { dayMs, ensureCellCa } from '../pki/ca.js';
 import { ProxyCertificate } from './tls.js';
 
-/** The proxy process: its own pool of store connections (two held for LISTEN: routes and flags; polls), and the two listeners. */
-const proxyStorePoolSize = 4;
+/** The proxy process: its own pool of store connections (two held for LISTEN, routes and rods, a third while it reads its flags at start; polls), and the two listeners. */
+const proxyStorePoolSize = 5;
 
 /** The proxy's throttles, the rods among them read live at each use (docs/CONTROLS.md "Rods"). */
 function liveLimits(config: Config, rods: RodReader): ProxyLimits {
@@ -77,7 +77,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const flags = new FlagSnapshotReader({ pool, log, catalogue: processFlagCatalogue(config) });
   await flags.start();
   const nativeRelay = flags.evaluate('proxy-native-relay', {});
-  flags.stop();
+  await flags.stop();
   const relay = nativeRelay.value === true ? NativeRelay.load(log) : null;
   let certificate: ProxyCertificate;
   try {
@@ -89,7 +89,7 @@ export async function startProxy(config: Config, log: Logger): Promise<RunningPr
   const routes = new RouteTable(pool, join(config.home, routesSnapshotFile), log);
   await routes.start();
   // Its own LISTEN connection, not one of the pool's; with the store away the last values stand.
-  const rods = new RodValues({ pool, storeUrl, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
+  const rods = new RodValues({ pool, defaults: processRodDefaults(config), cell: localCell, log: log.child({ component: 'rods' }) });
   await rods.start();
   const metrics = new ProxyMetrics();
   relay?.start();

@@ -1,9 +1,9 @@
 import type { Logger } from 'pino';
-import type { PoolClient } from 'pg';
 import { type FlagDeclaration, type FlagValue, findFlag, flagCatalogue } from '../lib/flag-catalogue.js';
 import { type ClusterFlags, type FlagContext, type FlagEvaluation, type FlagReader, type ReaderContext, type FlagSnapshot, emptySnapshot, evaluateFlag, localCellName } from '../lib/flags.js';
 import { controlsChannel } from './controls.js';
 import { loadFlagSnapshot } from './flags.js';
+import { LiveRead } from './live-read.js';
 import type { Pool } from './pool.js';
 
 /**
@@ -30,35 +30,32 @@ export interface FlagSnapshotReaderOptions {
 export class FlagSnapshotReader implements FlagReader, ClusterFlags {
   private current: FlagSnapshot = emptySnapshot;
   private readonly catalogue: ReadonlyMap<string, FlagDeclaration>;
-  private readonly pollMs: number;
   private readonly cell: string;
-  private timer: NodeJS.Timeout | null = null;
-  private inFlight: Promise<void> | null = null;
-  private again: Promise<void> | null = null;
-  private listener: PoolClient | null = null;
-  private listening: Promise<void> | null = null;
-  private storeHealthy = false;
-  private storeLost = false;
-  private readCount = 0;
+  private readonly live: LiveRead;
 
   constructor(private readonly options: FlagSnapshotReaderOptions) {
     this.catalogue = new Map((options.catalogue ?? flagCatalogue).map((flag) => [flag.key, flag]));
-    this.pollMs = Math.min(flagPollMsMax, Math.max(flagPollMsMin, options.pollMs ?? flagPollMsDefault));
     this.cell = options.cell ?? localCellName;
+    this.live = new LiveRead({
+      pool: options.pool,
+      channel: controlsChannel,
+      payloads: ['flag', 'cohort'],
+      pollMs: Math.min(flagPollMsMax, Math.max(flagPollMsMin, options.pollMs ?? flagPollMsDefault)),
+      log: options.log,
+      what: 'flags',
+      read: async () => {
+        this.current = await loadFlagSnapshot(options.pool);
+      },
+    });
   }
 
   /** Reads the store once (a failure leaves the defaults), then keeps it fresh. */
-  async start(): Promise<void> {
-    this.timer = setInterval(() => void this.refresh(), this.pollMs);
-    this.timer.unref();
-    await this.refresh();
+  start(): Promise<void> {
+    return this.live.start();
   }
 
-  stop(): void {
-    if (this.timer !== null) clearInterval(this.timer);
-    this.timer = null;
-    this.listener?.release(true);
-    this.listener = null;
+  stop(): Promise<void> {
+    return this.live.stop();
   }
 
   get snapshot(): FlagSnapshot {
@@ -67,11 +64,11 @@ export class FlagSnapshotReader implements FlagReader, ClusterFlags {
 
   /** Successful reads of the store so far (tests wait on it). */
   get reads(): number {
-    return this.readCount;
+    return this.live.reads;
   }
 
   get storeReachable(): boolean {
-    return this.storeHealthy;
+    return this.live.storeReachable;
   }
 
   /** The catalogue as this process has it (its defaults), in declaration order. */
@@ -112,59 +109,8 @@ export class FlagSnapshotReader implements FlagReader, ClusterFlags {
     return this.evaluate(key, org === undefined ? { cluster: clusterId } : { org, cluster: clusterId });
   }
 
-  /**
-   * Reads the store now. One read at a time; a request during a read gets one more read after it
-   * (that read may have begun before the change it is told of), shared by every such request.
-   */
+  /** Reads the store now (see LiveRead.refresh). */
   refresh(): Promise<void> {
-    if (this.inFlight === null) {
-      this.inFlight = this.read().finally(() => (this.inFlight = null));
-      return this.inFlight;
-    }
-    this.again ??= this.inFlight.then(() => {
-      this.again = null;
-      return this.refresh();
-    });
-    return this.again;
-  }
-
-  private async read(): Promise<void> {
-    this.ensureListening();
-    try {
-      this.current = await loadFlagSnapshot(this.options.pool);
-      this.readCount++;
-      if (this.storeLost) this.options.log.info('the store answers again; flags are read from it again');
-      this.storeHealthy = true;
-      this.storeLost = false;
-    } catch (error) {
-      if (this.storeHealthy) this.options.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot read flags from the store; keeping the last snapshot');
-      this.storeLost ||= this.storeHealthy;
-      this.storeHealthy = false;
-    }
-  }
-
-  /** One attempt per read while not listening: a store that is away costs nothing more than the poll. */
-  private ensureListening(): void {
-    if (this.listener !== null || this.listening !== null || this.timer === null) return;
-    this.listening = this.listen().finally(() => (this.listening = null));
-  }
-
-  private async listen(): Promise<void> {
-    let client: PoolClient | null = null;
-    try {
-      client = await this.options.pool.connect();
-      client.on('notification', () => void this.refresh());
-      client.on('error', () => {
-        this.listener?.release(true);
-        this.listener = null;
-      });
-      await client.query(`listen ${controlsChannel}`);
-      if (this.timer === null) throw new Error('stopped');
-      this.listener = client;
-      // A change made while we were not listening is picked up by this read.
-      void this.refresh();
-    } catch {
-      client?.release(true);
-    }
+    return this.live.refresh();
   }
 }

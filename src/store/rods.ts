@@ -1,9 +1,9 @@
-import pg from 'pg';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { CellarError } from '../lib/errors.js';
 import { type Rod, type RodName, type RodValueMap, catalogueDefaults, findRod, rodCatalogue, rodValueProblem } from '../lib/rod-catalogue.js';
 import { controlsChannel, recordControlChange } from './controls.js';
+import { LiveRead } from './live-read.js';
 import { recordEvent } from './machines-table.js';
 import { type Pool, type Queryable, inTransaction } from './pool.js';
 
@@ -121,12 +121,9 @@ export function fixedRods(values: RodValueMap): RodReader {
 
 /** How often the reader reads the rods even without a notification (when LISTEN is down). */
 export const rodsPollMs = 1_000;
-const listenConnectTimeoutMs = 2_000;
 
 export interface RodValuesOptions {
   readonly pool: Pool;
-  /** For the LISTEN connection, kept apart from the pool so it never takes a pooled connection. */
-  readonly storeUrl: string;
   readonly defaults: RodValueMap;
   /** The cell this process belongs to: a rod scoped to it wins over the global value. */
   readonly cell: string;
@@ -135,36 +132,34 @@ export interface RodValuesOptions {
 
 /**
  * The live reader (docs/CONTROLS.md "Rods"): every rod's value in this process, re-read at once on
- * `cellar_controls` and at least every `rodsPollMs`. With the store away the last values read
- * stand. `value` reads memory only, so hot paths (the proxy's buckets, a lane's sleep) may call it.
+ * `cellar_controls` and at least every `rodsPollMs` (LiveRead). With the store away the last values
+ * read stand. `value` reads memory only, so hot paths (the proxy's buckets, a lane's sleep) may call it.
  */
 export class RodValues implements RodReader {
   private values: RodValueMap;
   private lastJson = '';
-  private timer: NodeJS.Timeout | null = null;
-  private listener: pg.Client | null = null;
-  private listening: Promise<void> | null = null;
-  private inFlight: Promise<void> | null = null;
-  private storeHealthy = false;
+  private readonly live: LiveRead;
   private readonly changeListeners: ((values: RodValueMap) => void)[] = [];
 
   constructor(private readonly options: RodValuesOptions) {
     this.values = options.defaults;
+    this.live = new LiveRead({
+      pool: options.pool,
+      channel: controlsChannel,
+      payloads: ['rod'],
+      pollMs: rodsPollMs,
+      log: options.log,
+      what: 'control rods',
+      read: async () => this.apply(await loadRods(options.pool)),
+    });
   }
 
-  async start(): Promise<void> {
-    this.timer = setInterval(() => void this.refresh(), rodsPollMs);
-    this.timer.unref();
-    await this.refresh();
+  start(): Promise<void> {
+    return this.live.start();
   }
 
-  async stop(): Promise<void> {
-    if (this.timer !== null) clearInterval(this.timer);
-    this.timer = null;
-    await this.listening;
-    await this.inFlight;
-    await this.listener?.end().catch(() => undefined);
-    this.listener = null;
+  stop(): Promise<void> {
+    return this.live.stop();
   }
 
   value(name: RodName): number {
@@ -172,7 +167,7 @@ export class RodValues implements RodReader {
   }
 
   get storeReachable(): boolean {
-    return this.storeHealthy;
+    return this.live.storeReachable;
   }
 
   /** Called after a change of any value, with all of them. */
@@ -180,22 +175,9 @@ export class RodValues implements RodReader {
     this.changeListeners.push(listener);
   }
 
-  /** Reads the rods now (one read at a time; a call during a read waits for it). */
+  /** Reads the rods now (see LiveRead.refresh). */
   refresh(): Promise<void> {
-    this.inFlight ??= this.poll().finally(() => (this.inFlight = null));
-    return this.inFlight;
-  }
-
-  private async poll(): Promise<void> {
-    this.ensureListening();
-    try {
-      this.apply(await loadRods(this.options.pool));
-      if (!this.storeHealthy) this.options.log.debug('rods read from the store');
-      this.storeHealthy = true;
-    } catch (error) {
-      if (this.storeHealthy) this.options.log.warn({ err: error instanceof Error ? error.message : String(error) }, 'cannot read control rods from the store; the last values read stand');
-      this.storeHealthy = false;
-    }
+    return this.live.refresh();
   }
 
   private apply(rows: readonly StoredRod[]): void {
@@ -215,31 +197,5 @@ export class RodValues implements RodReader {
     this.values = next as RodValueMap;
     if (first && json === JSON.stringify(this.options.defaults)) return;
     for (const listener of this.changeListeners) listener(this.values);
-  }
-
-  private ensureListening(): void {
-    if (this.listener !== null || this.listening !== null || this.timer === null) return;
-    this.listening = this.listen().finally(() => (this.listening = null));
-  }
-
-  private async listen(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.options.storeUrl, connectionTimeoutMillis: listenConnectTimeoutMs, application_name: 'cellar-rods' });
-    try {
-      await client.connect();
-      client.on('notification', (message) => {
-        if (message.payload === 'rod') void this.refresh();
-      });
-      client.on('error', () => {
-        if (this.listener === client) this.listener = null;
-        client.end().catch(() => undefined);
-      });
-      await client.query(`listen ${controlsChannel}`);
-      if (this.timer === null) throw new Error('stopped');
-      this.listener = client;
-      // A change made while we were not listening is picked up by this read.
-      void this.refresh();
-    } catch {
-      await client.end().catch(() => undefined);
-    }
   }
 }
