@@ -271,7 +271,7 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
   const status = await dataPlane.observe(instanceSpec(cluster, instance));
   await store.recordObserved(instance.id, status);
   const usage = await measureWhenDue(context, cluster, instance, now);
-  const usageData = usage?.data ?? withoutUsage(data, true);
+  const usageData = usage?.data ?? usageFieldsOf(data);
   const wake = healthChanged(instance.observed, status) || (usage?.wake.length ?? 0) > 0 ? [clusterOf(instance)] : [];
   const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now);
   if (status.accepting) return nap(napMs, { data: { lastProbeMs: now, failedProbes: 0, ...usageData }, wake, ...usage?.event });
@@ -297,10 +297,15 @@ function nextNapMs(context: Context, cluster: ClusterRecord, instance: InstanceR
 
 type UsageData = Pick<InstanceData, 'lastUsageMs' | 'usageFailing'>;
 
-/** The machine's data without its usage fields (`only`: just the usage fields). */
-function withoutUsage(data: InstanceData, only = false): InstanceData {
-  const { lastUsageMs, usageFailing, ...rest } = data;
-  if (!only) return rest;
+/** The machine's data without its usage fields. */
+function withoutUsage(data: InstanceData): InstanceData {
+  const { lastUsageMs: _last, usageFailing: _failing, ...rest } = data;
+  return rest;
+}
+
+/** Just the machine's usage fields, carried into a probe's new data when nothing was measured. */
+function usageFieldsOf(data: InstanceData): UsageData {
+  const { lastUsageMs, usageFailing } = data;
   return { ...(lastUsageMs === undefined ? {} : { lastUsageMs }), ...(usageFailing === true ? { usageFailing } : {}) };
 }
 
@@ -346,7 +351,8 @@ interface MeasuredUsage {
 async function measureWhenDue(context: Context, cluster: ClusterRecord, instance: InstanceRecord, now: number): Promise<MeasuredUsage | null> {
   const { lastUsageMs, usageFailing } = context.machine.data;
   const { storage } = context.ports;
-  const intervalMs = usageIntervalFor(storage, cluster, instance);
+  // A walk that keeps failing is tried once per interval, not at a near-full primary's pace: the message says so.
+  const intervalMs = usageFailing === true ? storage.usageIntervalMs : usageIntervalFor(storage, cluster, instance);
   if (lastUsageMs !== undefined && now - lastUsageMs < intervalMs) return null;
   try {
     const usage = await context.ports.dataPlane.usage(instanceSpec(cluster, instance));
