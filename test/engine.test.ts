@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { backoffCapMs, backoffMs } from '../src/engine/backoff.js';
 import { Engine, register } from '../src/engine/engine.js';
 import { type MachineDefinition, hop, nap } from '../src/engine/machine.js';
-import { claimDue, commitTransition, insertMachine, raiseSignal } from '../src/store/machines-table.js';
+import { claimDue, commitTransition, insertMachine, nudge, raiseSignal, wakeMachines } from '../src/store/machines-table.js';
 import { systemClock, systemRandom } from '../src/lib/clock.js';
 import { newId } from '../src/lib/ids.js';
 import { makeLogger } from '../src/lib/log.js';
@@ -101,7 +101,7 @@ describe('engine rules, in process against a real store', () => {
   });
 
   type FlakyLabel = 'try' | 'never';
-  const flaky: MachineDefinition<FlakyLabel, Record<string, never>, null> = {
+  const flaky: MachineDefinition<FlakyLabel, { woken?: boolean; runs?: number }, null> = {
     kind: 'flaky',
     initial: 'try',
     transitions: { try: [], never: [] },
@@ -113,6 +113,14 @@ describe('engine rules, in process against a real store', () => {
           if (!signals.has('poke')) await raiseSignal(store.pool, machine.id, 'poke');
           return nap(60_000);
         }
+        if (machine.entityId.startsWith('woken') || machine.entityId === 'nudged') {
+          // Another machine's outcome wakes this one (or a nudge reaches it) while its step runs, once.
+          if (machine.data.woken !== true) {
+            if (machine.entityId === 'nudged') await nudge(store.pool, machine.id);
+            else await wakeMachines(store.pool, [{ kind: 'flaky', entityId: machine.entityId }]);
+          }
+          return nap(60_000, { data: { woken: true, runs: (machine.data.runs ?? 0) + 1 } });
+        }
         throw new Error('connection refused');
       },
       never: async () => {
@@ -123,7 +131,7 @@ describe('engine rules, in process against a real store', () => {
     stepTimeoutMs: () => 1_000,
   };
 
-  function engine(): Engine {
+  function engine(tickMs = 50): Engine {
     return new Engine({
       pool: store.pool,
       storeUrl: store.url,
@@ -132,7 +140,7 @@ describe('engine rules, in process against a real store', () => {
       clock: systemClock,
       random: systemRandom,
       log: makeLogger('silent'),
-      tickMs: () => 50,
+      tickMs: () => tickMs,
       leaseMs: 5_000,
       attemptsMax: 3,
     });
@@ -170,6 +178,37 @@ describe('engine rules, in process against a real store', () => {
     assert.ok((await dueIn()) <= 0, 'due at once: the step did not see the signal raised while it ran');
     await engine().tickOnce('high');
     assert.ok((await dueIn()) > 30_000, 'a signal the step saw and left does not keep waking it');
+  });
+
+  test('a wake or a nudge that lands while a step runs is not overwritten by the nap that step chose', async () => {
+    for (const entityId of ['woken', 'nudged']) {
+      const id = newId('machine');
+      await insertMachine(store.pool, { id, kind: 'flaky', entityId, clusterId: null, label: 'try', lane: 'high', data: {} });
+      const dueIn = async (): Promise<number> => {
+        const result = await store.pool.query<{ ms: number }>('select extract(epoch from next_tick_at - now()) * 1000 as ms from machines where id = $1', [id]);
+        return Number(result.rows[0]?.ms);
+      };
+      await engine().tickOnce('high');
+      assert.ok((await dueIn()) <= 0, `${entityId}: due at once, its step's nap of a minute did not swallow the wake`);
+      await engine().tickOnce('high');
+      assert.ok((await dueIn()) > 30_000, `${entityId}: a wake the step has seen does not keep waking it`);
+    }
+  });
+
+  test('a running engine runs a machine woken while its step ran again at once, not at its next lane tick', async () => {
+    const id = newId('machine');
+    await insertMachine(store.pool, { id, kind: 'flaky', entityId: 'woken-live', clusterId: null, label: 'try', lane: 'high', data: {} });
+    // Lane ticks ten minutes apart: only the wake can bring the second run within the wait below.
+    const running = engine(600_000);
+    running.start();
+    try {
+      await eventually('the woken machine to run a second time', async () => {
+        const result = await store.pool.query<{ runs: number }>("select (data->>'runs')::int as runs from machines where id = $1", [id]);
+        return (result.rows[0]?.runs ?? 0) >= 2 ? true : undefined;
+      }, 30_000, 50);
+    } finally {
+      await running.stop();
+    }
   });
 
   test('a hop outside the transition table is a bug: the machine fails at once', async () => {

@@ -1186,7 +1186,9 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     const h = harness();
     h.store.durability = 'async';
     const usedBytes = Math.round((percent / 100) * 10 * gb);
-    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running, usage: { dataBytes: usedBytes - 16 * 1024 ** 2, walBytes: 16 * 1024 ** 2, filesystem }, usageMeasuredAt: new Date() });
+    const usage = { dataBytes: usedBytes - 16 * 1024 ** 2, walBytes: 16 * 1024 ** 2, filesystem };
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running, usage, usageMeasuredAt: new Date() });
+    h.dataPlane.usage_ = usage;
     h.store.add(replicaId, 'replica', 1, 'running');
     return h;
   }
@@ -1207,15 +1209,20 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     const h = fullHarness(96);
     const warned = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [] } });
     assert.deepEqual(warned.type === 'nap' && [warned.code, warned.ms], ['storage_warning', 0], 'the warning first, and at once the next step');
+    // A fast writer wrote on between the measurement that crossed and the servers turning read-only.
+    const momentum = { dataBytes: Math.round(1.3 * 10 * gb), walBytes: 0, filesystem };
+    h.dataPlane.usage_ = momentum;
     const full = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
     assert.equal(full.type === 'nap' && full.code, 'storage_read_only');
     assert.deepEqual(h.dataPlane.calls.filter((call) => call.startsWith('configure')).sort(), [`configure ${primaryId}`, `configure ${replicaId}`]);
     assert.deepEqual(h.dataPlane.readOnlySpecs, [primaryId, replicaId].sort());
-    assert.deepEqual(h.store.calls, ['setStorageFull 96']);
-    assert.equal(h.store.storageFull?.percent, 96);
+    assert.deepEqual(h.store.calls, ['setStorageFull 96', 'setStorageFull 130'], 'marked at the crossing, then at what the primary holds once read-only');
+    assert.equal(h.store.storageFull?.percent, 130);
+    assert.match(full.type === 'nap' ? (full.reason ?? '') : '', /^storage is 130\.0 %/);
     assert.deepEqual(full.type === 'nap' && full.data, { syncStandbys: [], storageWarned: true, readOnlyApplied: true });
+    h.store.update(primaryId, { usage: momentum });
     const steady = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true, readOnlyApplied: true } });
-    assert.equal(steady.type === 'nap' && steady.code, undefined, 'a full cluster stays as it is');
+    assert.equal(steady.type === 'nap' && steady.code, undefined, 'a full cluster stays as it is: the momentum, far past the lock bound over the crossing, does not lock it');
     assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('configure')).length, 2, 'and its servers are not configured again');
     const cutShort = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
     assert.deepEqual(cutShort.type === 'nap' && cutShort.data, { syncStandbys: [], storageWarned: true, readOnlyApplied: true });

@@ -21,6 +21,7 @@ import {
   nap,
 } from './machine.js';
 import {
+  type Committed,
   type EventInput,
   type MachineRow,
   type Transition,
@@ -297,23 +298,25 @@ export class Engine {
 
   /** Commits one outcome; returns the row to run next under the same lease, or null when this claim ends. */
   private async commitAndContinue(row: MachineRow, outcome: Outcome<string, MachineData> | Error, transition: Transition, signals: Set<string>): Promise<MachineRow | null> {
-    let version: string | null;
+    let committed: Committed | null;
     try {
-      version = await this.commit(row, outcome, transition, signals);
+      committed = await this.commit(row, outcome, transition, signals);
     } catch (error) {
       // The step's work is not recorded; steps are idempotent, so the machine simply runs it again.
       if (isStoreUnavailable(error)) this.strandedLeases.set(row.id, row.version);
       throw error;
     }
-    if (version === null) {
+    if (committed === null) {
       this.options.log.warn({ machine: row.id, label: row.label }, 'lost the lease; outcome discarded');
       return null;
     }
     if (!transition.keepLease) {
-      if (transition.nextTickInMs !== null) this.wakeLaneAfter(transition.lane, transition.nextTickInMs);
+      // Woken while its step ran: the wake's notification came while this engine still held the
+      // lease, so the lane could not claim it then; it is due now, and the lane is woken for it.
+      if (transition.nextTickInMs !== null) this.wakeLaneAfter(transition.lane, committed.dueNow ? 0 : transition.nextTickInMs);
       return null;
     }
-    return { ...row, label: transition.label, lane: transition.lane, attempt: 0, version, data: transition.data, last_error: null, finished: false };
+    return { ...row, label: transition.label, lane: transition.lane, attempt: 0, version: committed.version, data: transition.data, last_error: null, finished: false };
   }
 
   private async runStep(registration: Registration, row: MachineRow, signals: Set<string>): Promise<Outcome<string, MachineData> | Error> {
@@ -399,19 +402,19 @@ export class Engine {
     outcome: Outcome<string, MachineData> | Error,
     transition: Transition,
     signals: Set<string>,
-  ): Promise<string | null> {
+  ): Promise<Committed | null> {
     const consumed = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.consume ?? []);
     const wake = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.wake ?? []);
     const event = eventFor(row, outcome, transition);
     return inTransaction(this.options.pool, async (client) => {
-      const version = await commitTransition(client, row.id, row.version, this.options.owner, transition);
-      if (version === null) return null;
+      const committed = await commitTransition(client, row.id, row.version, this.options.owner, transition);
+      if (committed === null) return null;
       await consumeSignals(client, row.id, consumed);
       for (const name of consumed) signals.delete(name);
       if (!transition.keepLease && transition.nextTickInMs !== null) await wakeForUnseenSignals(client, row.id, [...signals]);
       await wakeMachines(client, wake);
       if (event !== null) await recordEvent(client, event);
-      return version;
+      return committed;
     });
   }
 }

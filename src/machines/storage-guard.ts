@@ -64,27 +64,29 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
   const data = context.machine.data;
   const action = storageAction(use, cluster.storageFull !== null, data.storageWarned === true, storage);
   const resize = `cellar clusters resize ${cluster.name} --storage-gb ${Math.min(storageGbMax, cluster.spec.storageGb * 2)}`;
-  const lock = lockAction(use, cluster.storageFull);
+  if (action === null && cluster.storageFull !== null && data.readOnlyApplied !== true) {
+    // Marked full but the servers not yet told (a step cut short between the two): tell them now.
+    await applyReadOnly(context, cluster, instances, primary, use);
+    return nap(0, { data: { ...data, readOnlyApplied: true } });
+  }
+  // Only once read-only is in force (its mark then counts from after it): see applyReadOnly.
+  const lock = data.readOnlyApplied === true ? lockAction(use, cluster.storageFull) : null;
   if (action === null && lock !== null) {
     await context.ports.store.setStorageFull(cluster.id, lock.full);
     return nap(0, { reason: lock.reason, code: 'storage_locked' });
   }
-  if (action === null && cluster.storageFull !== null && data.readOnlyApplied !== true) {
-    // Marked full but the servers not yet told (a step cut short between the two): tell them now.
-    await configureAll(context, cluster, instances, true);
-    return nap(0, { data: { ...data, readOnlyApplied: true } });
-  }
   switch (action) {
-    case 'readOnly':
+    case 'readOnly': {
       // The mark first: the proxy ends the cluster's write connections and relays new ones through
       // its rewriter, so that the read-only errors the servers give from the next line on say why.
-      await context.ports.store.setStorageFull(cluster.id, { usedBytes: use.usedBytes, allocatedBytes: use.allocatedBytes, percent: Math.round(use.percent * 10) / 10 });
-      await configureAll(context, cluster, instances, true);
+      await context.ports.store.setStorageFull(cluster.id, markOf(use));
+      const applied = await applyReadOnly(context, cluster, instances, primary, use);
       return nap(0, {
         data: { ...data, storageWarned: true, readOnlyApplied: true },
-        reason: `storage is ${describe(use)} full, past ${storage.readOnlyPercent} %: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
+        reason: `storage is ${describe(applied)} full, past ${storage.readOnlyPercent} %: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
         code: 'storage_read_only',
       });
+    }
     case 'writable': {
       // The servers first: the mark stays until they take writes, so a step cut short comes back here.
       await configureAll(context, cluster, instances, false);
@@ -101,6 +103,26 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
     case null:
       return autogrow(context, cluster, use);
   }
+}
+
+function markOf(use: StorageUse): StorageFull {
+  return { usedBytes: use.usedBytes, allocatedBytes: use.allocatedBytes, percent: Math.round(use.percent * 10) / 10 };
+}
+
+/**
+ * Every server told to be read-only, then the primary measured again, and the cluster's mark set
+ * to that figure: the hard stop counts from it. What a writer put down between the measurement
+ * that crossed the threshold and the servers turning read-only (a fast writer, a loaded machine:
+ * hundreds of MB) is momentum, not a session that turned read-only off, and must not lock the
+ * cluster. A measurement that fails fails the step, which runs again (level-triggered), rather
+ * than keep a mark the lock would misread. Returns the use measured.
+ */
+async function applyReadOnly(context: GuardContext, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord, crossed: StorageUse): Promise<StorageUse> {
+  await configureAll(context, cluster, instances, true);
+  const measured = storageUse(cluster.spec.storageGb, context.ports.storage.gbBytes, await context.ports.dataPlane.usage(instanceSpec(cluster, primary)));
+  const use = measured ?? crossed;
+  await context.ports.store.setStorageFull(cluster.id, markOf(use));
+  return use;
 }
 
 /** Every instance that runs takes the flag now; one that starts later reads it from the cluster. */

@@ -85,9 +85,9 @@ async function wakeHeldByFreeze(db: Queryable): Promise<void> {
   const pairs = freezeHeldLabels.flatMap((held) => held.labels.map((label) => [held.kind, label] as const));
   await db.query(
     `with touched as (
-       update machines set next_tick_at = now()
+       update machines set next_tick_at = now(), woken = true
         where id in (select id from machines
-                      where (kind, label) in (select * from unnest($1::text[], $2::text[])) and next_tick_at > now()
+                      where (kind, label) in (select * from unnest($1::text[], $2::text[])) and next_tick_at is not null
                       order by next_tick_at limit $3)
         returning lane)
      select pg_notify($4, lane) from (select distinct lane from touched) lanes`,
@@ -101,7 +101,7 @@ async function wakeHeldByFreeze(db: Queryable): Promise<void> {
  * due now, and the engines are woken. Returns how many were made due.
  */
 export async function nudgeCluster(db: Queryable, clusterId: ClusterId): Promise<number> {
-  const touched = await db.query<{ lane: string }>(`update machines set next_tick_at = now() where cluster_id = $1 and next_tick_at is not null returning lane`, [clusterId]);
+  const touched = await db.query<{ lane: string }>(`update machines set next_tick_at = now(), woken = true where cluster_id = $1 and next_tick_at is not null returning lane`, [clusterId]);
   for (const lane of new Set(touched.rows.map((row) => row.lane))) await db.query('select pg_notify($1, $2)', [nudgeChannel, lane]);
   return touched.rows.length;
 }

@@ -31,7 +31,8 @@ const claimSql = `
 update machines m
    set lease_owner = $2,
        lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
-       version = m.version + 1
+       version = m.version + 1,
+       woken = false
   from (select id from machines
          where id in (select id from machines where lane = $1 and next_tick_at <= now()
                       union all
@@ -87,25 +88,33 @@ export interface Transition {
   readonly leaseMs: number;
 }
 
-/** Writes an outcome only if the version and lease still match; returns the new version or null. */
+/** A committed outcome: the new version, and whether the machine is due at once (a nap of 0, or woken while its step ran). */
+export interface Committed {
+  readonly version: string;
+  readonly dueNow: boolean;
+}
+
+/** Writes an outcome only if the version and lease still match; returns what was committed, or null. */
 export async function commitTransition(
   db: Queryable,
   id: string,
   version: string,
   owner: string,
   transition: Transition,
-): Promise<string | null> {
-  const result = await db.query<{ version: string }>(
+): Promise<Committed | null> {
+  const result = await db.query<Committed>(
     `update machines
         set label = $4, lane = $5,
             next_tick_at = case when $6::double precision is null then null
+                                when woken then now()
                                 else now() + make_interval(secs => $6::double precision / 1000) end,
+            woken = false,
             attempt = $7, data = $8, last_error = $9,
             lease_owner = case when $10 then lease_owner else null end,
             lease_expires_at = case when $10 then now() + make_interval(secs => $11::double precision / 1000) else null end,
             version = version + 1, updated_at = now()
       where id = $1 and version = $2 and lease_owner = $3
-  returning version`,
+  returning version, coalesce(next_tick_at <= now(), false) as "dueNow"`,
     [
       id,
       version,
@@ -120,7 +129,7 @@ export async function commitTransition(
       transition.leaseMs,
     ],
   );
-  return result.rows[0]?.version ?? null;
+  return result.rows[0] ?? null;
 }
 
 /**
@@ -130,7 +139,7 @@ export async function commitTransition(
 export async function wakeForUnseenSignals(db: Queryable, machineId: string, seen: readonly string[]): Promise<void> {
   await db.query(
     `with touched as (
-       update machines set next_tick_at = now()
+       update machines set next_tick_at = now(), woken = true
         where id = $1 and next_tick_at > now()
           and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($2::text[])))
        returning lane)
@@ -178,7 +187,7 @@ export async function releaseLeases(db: Queryable, owner: string): Promise<void>
 export async function nudge(db: Queryable, machineId: string): Promise<void> {
   await db.query(
     `with touched as (
-       update machines set next_tick_at = now() where id = $1 and next_tick_at is not null returning id)
+       update machines set next_tick_at = now(), woken = true where id = $1 and next_tick_at is not null returning id)
      select pg_notify($2, lane) from machines where id = $1`,
     [machineId, nudgeChannel],
   );
@@ -189,7 +198,7 @@ export async function wakeMachines(db: Queryable, refs: readonly { kind: string;
   if (refs.length === 0) return;
   await db.query(
     `with touched as (
-       update machines set next_tick_at = now()
+       update machines set next_tick_at = now(), woken = true
         where (kind, entity_id) in (select * from unnest($1::text[], $2::text[])) and next_tick_at is not null
        returning lane)
      select pg_notify($3, lane) from (select distinct lane from touched) lanes`,
