@@ -11,8 +11,8 @@ import { filesWithoutLayer, restrictedPathZones, typeOnlyRestrictions } from './
 // src/pki (may import lib and config only), src/postgres, src/store, src/engine, src/machines,
 // src/dataplane/local, src/dataplane/remote (lib, config, ports, pki), src/agent (lib, config,
 // ports, pki, postgres and the local driver: never the store, engine, machines or API), src/proxy,
-// src/api, src/controlplane, src/cli, src/bin. Their rows, and what each may import, are in
-// lint/layers.mjs (docs/LAYERS.md).
+// src/api, src/controlplane, src/cli, src/bin, and src/web (the browser's console: nothing else
+// of src/). Their rows, and what each may import, are in lint/layers.mjs (docs/LAYERS.md).
 // A file under src/ that no layer holds would escape every zone: a new folder gets its layer first.
 const unplaced = filesWithoutLayer(import.meta.dirname);
 if (unplaced.length > 0) throw new Error(`no layer in lint/layers.mjs holds ${unplaced.join(', ')}: add one (and its row in the docs)`);
@@ -20,13 +20,13 @@ if (unplaced.length > 0) throw new Error(`no layer in lint/layers.mjs holds ${un
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', 'eslint.config.mjs'] },
   {
-    files: ['**/*.ts'],
+    files: ['**/*.ts', '**/*.tsx'],
     extends: [tseslint.configs.base],
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     plugins: { 'import-x': importX },
     settings: {
       'import-x/resolver-next': [createTypeScriptImportResolver()],
-      'import-x/parsers': { '@typescript-eslint/parser': ['.ts'] },
+      'import-x/parsers': { '@typescript-eslint/parser': ['.ts', '.tsx'] },
     },
     rules: {
       '@typescript-eslint/no-floating-promises': 'error',
@@ -38,7 +38,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['src/**/*.ts'],
+    files: ['src/**/*.ts', 'src/**/*.tsx'],
     rules: { 'import-x/no-restricted-paths': ['error', { basePath: import.meta.dirname, zones: restrictedPathZones() }] },
   },
   ...typeOnlyRestrictions().map(({ files, patterns }) => ({ files, rules: { '@typescript-eslint/no-restricted-imports': ['error', { patterns }] } })),

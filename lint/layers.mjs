@@ -41,6 +41,7 @@ export const layers = [
     holds: 'wiring: store, engine, machines, driver and API in one process; `up` and `down`',
   },
   { name: 'cli', paths: ['src/cli'], imports: ['lib', 'config', 'api', 'controlplane', 'proxy', 'agent'], typesOnly: ['api'], holds: 'talks to the API over HTTP; `up`, `down` and `proxy` lazily' },
+  { name: 'web', paths: ['src/web'], imports: [], holds: 'the web console in the browser: Preact pages over the API\'s HTTP, bundled by esbuild into dist/web; the API\'s shapes written down, not imported' },
   { name: 'bin', paths: ['src/bin'], imports: ['lib', 'config', 'cli', 'proxy', 'agent'], holds: 'entry points: `cellar`, and the proxy\'s own' },
 ];
 
@@ -70,14 +71,14 @@ export function layerOf(file) {
   return best;
 }
 
-/** Every .ts file under `root`/src (as `src/…` paths) that no layer holds. */
+/** Every .ts or .tsx file under `root`/src (as `src/…` paths) that no layer holds. */
 export function filesWithoutLayer(root) {
   const found = [];
   const walk = (dir) => {
     for (const entry of readdirSync(join(root, dir), { withFileTypes: true })) {
       const path = `${dir}/${entry.name}`;
       if (entry.isDirectory()) walk(path);
-      else if (entry.name.endsWith('.ts') && layerOf(path) === null) found.push(path);
+      else if (/\.tsx?$/.test(entry.name) && layerOf(path) === null) found.push(path);
     }
   };
   walk('src');

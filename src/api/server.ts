@@ -27,6 +27,7 @@ import type { Pool } from '../store/pool.js';
 import { type TokenOwner, authenticate, createOrg, createToken, listOrgs, orgByName } from '../store/tenancy.js';
 import { registerBackupRoutes } from './backups.js';
 import { registerConfigRoutes } from './config.js';
+import { registerConsole } from './console.js';
 import { type StoragePolicy, diskReserveOf } from '../store/config.js';
 import { withFleetDefaults } from '../store/rollouts.js';
 import { errorHandler } from './errors.js';
@@ -381,6 +382,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   if (options.flags !== undefined) registerFlagRoutes(app, pool, { reader: options.flags }, ownerOf);
   registerFreezeRoutes(app, pool, ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
+  await registerConsole(app);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */
   async function actionableCluster(owner: TokenOwner, name: string, action: string): Promise<ClusterSnapshot> {
