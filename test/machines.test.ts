@@ -600,8 +600,8 @@ describe('cluster machine, label by label', () => {
 
   test('desired synchronous standbys per durability', () => {
     const instances: InstanceRecord[] = [
-      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: running, usage: null, usageMeasuredAt: null, machineLabel: 'running', machineError: null },
-      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: 'starting', machineError: null },
+      { id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, hostName: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: running, usage: null, usageMeasuredAt: null, machineLabel: 'running', machineError: null },
+      { id: replicaId, clusterId, ordinal: 1, role: 'replica', hostId: null, hostState: null, hostName: null, address: '127.0.0.1', port: 2, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: 'starting', machineError: null },
     ];
     assert.deepEqual(desiredSyncStandbys('async', instances), []);
     assert.deepEqual(desiredSyncStandbys('sync', instances), [], 'sync: only streaming replicas');
@@ -951,7 +951,7 @@ describe('cluster machine, label by label', () => {
   });
 
   test('phases a person sees', () => {
-    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null });
+    const instance = (label: string): InstanceRecord => ({ id: primaryId, clusterId, ordinal: 0, role: 'primary', hostId: null, hostState: null, hostName: null, address: '127.0.0.1', port: 1, fenced: false, inRoute: true, destroyRequested: false, observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null });
     assert.equal(clusterPhase('waitInstances', false, []), 'creating');
     assert.equal(clusterPhase('running', false, [instance('running')]), 'running');
     assert.equal(clusterPhase('running', false, [instance('starting')]), 'degraded');

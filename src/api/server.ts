@@ -43,6 +43,8 @@ import { freezeView, registerFreezeRoutes } from './freeze.js';
 import { readFreeze } from '../store/freeze.js';
 import { registerHealth } from './health.js';
 import { metricsPath, registerMetricsRoute } from './metrics.js';
+import { ChangeFeed } from './change-feed.js';
+import { registerConsoleApi } from './console-api.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
 
 export interface ApiOptions {
@@ -101,6 +103,8 @@ const instanceSchema = {
     id: { type: 'string' },
     role: { type: 'string', enum: ['primary', 'replica'] },
     state: { type: 'string' },
+    machineLabel: { type: 'string', description: "its instance machine's label now" },
+    host: { type: ['string', 'null'], description: 'the name of the host it lives on' },
     port: { type: ['integer', 'null'] },
     lsn: { type: ['string', 'null'] },
     lagBytes: { type: ['integer', 'null'] },
@@ -118,6 +122,7 @@ const clusterSchema = {
     id: { type: 'string' },
     name: { type: 'string' },
     state: { type: 'string', description: 'creating, running, degraded, failing-over, switching-over, promoting, rejoining, deleting, deleted or failed' },
+    machineLabel: { type: 'string', description: "the cluster machine's label now (GET /v1/machines has its transition table)" },
     size: { type: 'string' },
     replicas: { type: 'integer' },
     storageGb: { type: 'integer' },
@@ -382,6 +387,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   if (options.flags !== undefined) registerFlagRoutes(app, pool, { reader: options.flags }, ownerOf);
   registerFreezeRoutes(app, pool, ownerOf);
   registerMetricsRoute(app, pool, ownerOf, { bytesPerGb: options.storagePolicy.gbBytes });
+  registerConsoleApi(app, { pool, feed: new ChangeFeed(pool, options.log), ownerOf });
   await registerConsole(app);
 
   /** A live cluster of the org whose machine is watching (not creating, deleting or mid-failover). */

@@ -13,6 +13,10 @@ export interface InstanceView {
   id: string;
   role: string;
   state: string;
+  /** Its instance machine's label now (docs/CONSOLE.md: the console draws the machines). */
+  machineLabel: string;
+  /** The host it lives on, by name. */
+  host: string | null;
   port: number | null;
   lsn: string | null;
   lagBytes: number | null;
@@ -46,6 +50,8 @@ export interface ClusterView {
   id: string;
   name: string;
   state: string;
+  /** The cluster machine's label now: `state` is the phase a user reads, this is where the machine is in its transition table. */
+  machineLabel: string;
   size: string;
   replicas: number;
   storageGb: number;
@@ -91,6 +97,8 @@ function instanceView(instance: InstanceRecord, primary: InstanceRecord | undefi
     id: instance.id,
     role: instance.role,
     state: instancePhase(instance),
+    machineLabel: instance.machineLabel,
+    host: instance.hostName,
     port: instance.port,
     lsn,
     lagBytes: lag,
@@ -142,6 +150,7 @@ export function clusterView(cluster: ClusterSnapshot, proxy: ProxyEndpoints, gbB
     id: cluster.id,
     name: cluster.name,
     state,
+    machineLabel: cluster.machineLabel,
     size: cluster.spec.size,
     replicas: cluster.spec.replicas,
     storageGb: cluster.spec.storageGb,

@@ -132,6 +132,10 @@ export interface InstanceStatus {
   readonly archive: ArchiveStatus | undefined;
   /** Primary: its replication slots (pg_replication_slots); absent on a replica or when unknown. */
   readonly slots?: readonly SlotStatus[];
+  /** Client connections now (pg_stat_activity, the status query's own left out); absent when unknown. */
+  readonly connections?: number;
+  /** Transactions committed and rolled back since the statistics were reset (pg_stat_database): a counter, for rates. */
+  readonly transactions?: number;
 }
 
 /** A physical replication slot: `walStatus` `lost` means the WAL its replica needs is gone (max_slot_wal_keep_size). */

@@ -18,6 +18,7 @@ export const errorCatalogue = {
   CELLAR_E_TOO_LARGE: { status: 413, summary: 'The request body is larger than the limit the message states.' },
   CELLAR_E_URI_TOO_LONG: { status: 414, summary: 'The URL is longer than the limit the message states.' },
   CELLAR_E_HEADERS_TOO_LARGE: { status: 431, summary: 'The request line and headers are larger than the limit the message states.' },
+  CELLAR_E_TOO_MANY_STREAMS: { status: 429, summary: 'Too many live streams are open (per token, or in this control plane); the message states the limit. Close one (another tab of the console) and try again.' },
   CELLAR_E_INTERNAL: { status: 500, summary: 'An unexpected fault; the log has the details.' },
   CELLAR_E_OPERATION_FAILED: { status: 500, summary: 'A data-plane operation failed on a host\'s agent; `failure` says whether retrying can help (`transient`, `permanent`, `invariant`).' },
   CELLAR_E_STORE_UNAVAILABLE: { status: 503, summary: 'The cell store does not answer (restarting or unreachable); retry after the `Retry-After` seconds.' },

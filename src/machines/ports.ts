@@ -65,6 +65,8 @@ export interface InstanceRecord {
   readonly hostId: string | null;
   /** That host's machine label (active, draining, lost, …); null before the instance is placed. */
   readonly hostState: string | null;
+  /** That host's name (shown with the instance; instances from before hosts: null). */
+  readonly hostName: string | null;
   readonly address: string;
   readonly port: number | null;
   /** Never routed: an old primary between losing its role and rejoining as a replica. */

@@ -10,6 +10,7 @@ import type { CatalogueEntry } from '../lib/settings.js';
 import { type StoragePolicy, loadCatalogue, proposeChange, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
 import { type AutogrowPolicy, type ClusterRecord, type InstanceRecord, type StorageFull, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
+import { recordSample } from './samples.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -23,6 +24,7 @@ interface InstanceRow {
   role: Role;
   host_id: string | null;
   host_state: string | null;
+  host_name: string | null;
   address: string | null;
   port: number | null;
   fenced: boolean;
@@ -36,7 +38,7 @@ interface InstanceRow {
 }
 
 const instanceSelect = `
-select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.address, i.port, i.fenced, i.in_route, i.observed, i.usage, i.usage_measured_at, m.label as machine_label, m.last_error as machine_error,
+select i.id, i.cluster_id, i.ordinal, i.role, i.host_id, hm.label as host_state, h.name as host_name, h.address, i.port, i.fenced, i.in_route, i.observed, i.usage, i.usage_measured_at, m.label as machine_label, m.last_error as machine_error,
        coalesce(m.label = 'destroy' or exists (select 1 from signals s where s.machine_id = m.id and s.name = 'destroy'), false) as destroy_requested
   from instances i left join machines m on m.kind = 'instance' and m.entity_id = i.id
   left join hosts h on h.id = i.host_id
@@ -53,6 +55,7 @@ function toInstance(row: InstanceRow): InstanceRecord {
     role: row.role,
     hostId: row.host_id,
     hostState: row.host_id === null ? null : row.host_state,
+    hostName: row.host_name ?? null,
     address: row.address ?? localAddress,
     port: row.port,
     fenced: row.fenced,
@@ -238,6 +241,7 @@ export class PgMachineStore implements MachineStore {
 
   async recordObserved(instanceId: InstanceId, observed: InstanceStatus): Promise<void> {
     await this.db.query('update instances set observed = $2, observed_at = now() where id = $1', [instanceId, observed]);
+    await recordSample(this.db, instanceId);
   }
 
   async recordUsage(instanceId: InstanceId, usage: InstanceUsage): Promise<void> {

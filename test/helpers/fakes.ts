@@ -32,7 +32,7 @@ export class FakeStore implements MachineStore {
   private ordinalMax = -1;
   add(id: InstanceId, role: Role, ordinal: number, label: string, port: number | null = 5000 + ordinal, extra: Partial<InstanceRecord> = {}): void {
     this.ordinalMax = Math.max(this.ordinalMax, ordinal);
-    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null, ...extra });
+    this.instancesById.set(id, { id, clusterId, ordinal, role, hostId: null, hostState: null, hostName: null, address: '127.0.0.1', port, fenced: false, inRoute: true, destroyRequested: label === 'destroy', observed: {}, usage: null, usageMeasuredAt: null, machineLabel: label, machineError: null, ...extra });
   }
 
   update(id: InstanceId, change: Partial<InstanceRecord>): void {

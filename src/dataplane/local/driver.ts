@@ -557,7 +557,7 @@ export class LocalDataPlane implements DataPlane {
   }
 }
 
-type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn' | 'archive' | 'slots'>;
+type StatusRow = Pick<InstanceStatus, 'inRecovery' | 'timeline' | 'lsn' | 'streaming' | 'receiveLsn' | 'archive' | 'slots' | 'connections' | 'transactions'>;
 
 /**
  * One round trip. Functions valid only on a primary (pg_current_wal_lsn, pg_walfile_name) sit
@@ -576,7 +576,9 @@ select r.in_recovery,
        case when r.in_recovery then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end::text as receive_lsn,
        a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time,
        (select coalesce(json_agg(json_build_object('name', slot_name, 'walStatus', wal_status, 'safeWalSizeBytes', safe_wal_size) order by slot_name), '[]'::json)
-          from pg_replication_slots where slot_type = 'physical') as slots
+          from pg_replication_slots where slot_type = 'physical') as slots,
+       (select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid())::int as connections,
+       (select coalesce(sum(xact_commit + xact_rollback), 0) from pg_stat_database)::text as transactions
 from pg_stat_archiver a, (select pg_is_in_recovery() as in_recovery) r`;
 
 interface StatusQueryRow {
@@ -591,6 +593,9 @@ interface StatusQueryRow {
   last_failed_wal: string | null;
   last_failed_time: Date | null;
   slots: SlotStatus[];
+  connections: number;
+  /** numeric as text: a counter that may pass 2^31. */
+  transactions: string;
 }
 
 async function queryStatus(client: pg.Client): Promise<StatusRow> {
@@ -605,6 +610,8 @@ async function queryStatus(client: pg.Client): Promise<StatusRow> {
     receiveLsn: row.receive_lsn ?? undefined,
     archive: row.in_recovery ? undefined : archiveStatus(row),
     ...(row.in_recovery ? {} : { slots: row.slots.map((slot) => ({ ...slot, safeWalSizeBytes: slot.safeWalSizeBytes === null ? null : Number(slot.safeWalSizeBytes) })) }),
+    connections: row.connections,
+    transactions: Number(row.transactions),
   };
 }
 

@@ -109,6 +109,8 @@ export class AgentClient implements DataPlane {
       receiveLsn: result.receiveLsn,
       archive: result.archive,
       ...(Array.isArray(result.slots) ? { slots: result.slots } : {}),
+      ...(typeof result.connections === 'number' ? { connections: result.connections } : {}),
+      ...(typeof result.transactions === 'number' ? { transactions: result.transactions } : {}),
     };
   }
 

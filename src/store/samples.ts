@@ -1,0 +1,53 @@
+import type { Queryable } from './pool.js';
+
+/**
+ * The console's charts (docs/CONSOLE.md): a sample of what an instance's probe saw, at most one per
+ * `sampleIntervalSeconds` per instance, kept `sampleRetentionMinutes`. Written with the
+ * observation it comes from, so it costs the probe one statement and never a second round trip
+ * when nothing is due.
+ */
+
+export const sampleIntervalSeconds = 5;
+export const sampleRetentionMinutes = 60;
+
+/** After the observation is stored: a sample when the instance's last is older than the interval, and its expired ones gone. */
+export async function recordSample(db: Queryable, instanceId: string): Promise<void> {
+  await db.query(
+    `with sampled as (
+       insert into instance_samples (instance_id, cluster_id, role, lag_bytes, connections, transactions)
+       select i.id, i.cluster_id, i.role,
+              case when i.role = 'replica' then greatest(0, pg_wal_lsn_diff(
+                (select (p.observed ->> 'lsn')::pg_lsn from instances p
+                  where p.cluster_id = i.cluster_id and p.role = 'primary' and p.deleted_at is null and p.observed ? 'lsn' limit 1),
+                (i.observed ->> 'lsn')::pg_lsn))::bigint end,
+              (i.observed ->> 'connections')::int,
+              (i.observed ->> 'transactions')::bigint
+         from instances i
+        where i.id = $1
+          and not exists (select 1 from instance_samples s where s.instance_id = $1 and s.at > now() - make_interval(secs => $2))
+       returning instance_id)
+     delete from instance_samples
+      where instance_id in (select instance_id from sampled) and at < now() - make_interval(mins => $3)`,
+    [instanceId, sampleIntervalSeconds, sampleRetentionMinutes],
+  );
+}
+
+export interface SampleRow {
+  readonly instanceId: string;
+  readonly role: string;
+  readonly at: Date;
+  readonly lagBytes: number | null;
+  readonly connections: number | null;
+  readonly transactions: number | null;
+}
+
+/** A cluster's samples of the last `minutes`, oldest first. */
+export async function clusterSamples(db: Queryable, clusterId: string, minutes: number): Promise<SampleRow[]> {
+  const result = await db.query<{ instance_id: string; role: string; at: Date; lag_bytes: string | null; connections: number | null; transactions: string | null }>(
+    `select instance_id, role, at, lag_bytes::text, connections, transactions::text
+       from instance_samples where cluster_id = $1 and at > now() - make_interval(mins => $2) order by at`,
+    [clusterId, minutes],
+  );
+  const number = (value: string | null): number | null => (value === null ? null : Number(value));
+  return result.rows.map((row) => ({ instanceId: row.instance_id, role: row.role, at: row.at, lagBytes: number(row.lag_bytes), connections: row.connections, transactions: number(row.transactions) }));
+}
