@@ -28,7 +28,7 @@ export async function registerConsole(app: FastifyInstance): Promise<void> {
     wildcard: false,
     globIgnore: ['**/*.br', '**/*.gz'],
     preCompressed: true,
-    index: 'index.html',
+    index: ['index.html'],
     schemaHide: true,
     setHeaders: (reply) => {
       for (const [name, value] of Object.entries(consoleHeaders)) reply.header(name, value);

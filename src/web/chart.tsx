@@ -6,9 +6,12 @@ import 'uplot/dist/uPlot.min.css';
 
 const chartHeightPx = 150;
 
-export function TimeChart({ title, unit, times, values, testId }: { title: string; unit: string; times: number[]; values: (number | null)[]; testId: string }) {
+/** `windowSeconds`: the x axis always spans the last this many seconds, however few samples there are. */
+export function TimeChart({ title, unit, times, values, windowSeconds, testId }: { title: string; unit: string; times: number[]; values: (number | null)[]; windowSeconds: number; testId: string }) {
   const container = useRef<HTMLDivElement>(null);
   const chart = useRef<uPlot | null>(null);
+  const span = useRef(windowSeconds);
+  span.current = windowSeconds;
   useEffect(() => {
     const element = container.current;
     if (element === null) return;
@@ -18,6 +21,16 @@ export function TimeChart({ title, unit, times, values, testId }: { title: strin
         height: chartHeightPx,
         legend: { show: false },
         cursor: { show: true },
+        scales: {
+          x: {
+            time: true,
+            range: () => {
+              const now = Date.now() / 1000;
+              return [now - span.current, now];
+            },
+          },
+          y: { range: (_self, low, high) => [Math.min(0, low ?? 0), Math.max(1, high ?? 1)] },
+        },
         series: [{}, { label: title, stroke: '#2f6fdb', width: 2, spanGaps: true, value: (_self, value) => (value === null ? '—' : `${value} ${unit}`) }],
         axes: [{}, { size: 60 }],
       },

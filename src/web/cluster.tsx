@@ -168,9 +168,9 @@ function Charts({ samples }: { samples: Samples | undefined }) {
   }, [samples]);
   return (
     <div class="charts">
-      <TimeChart title="Replication lag" unit="bytes" times={series.times} values={series.lag} testId="chart-lag" />
-      <TimeChart title="Connections" unit="clients" times={series.times} values={series.connections} testId="chart-connections" />
-      <TimeChart title="Throughput" unit="transactions/s" times={series.times} values={series.transactions} testId="chart-transactions" />
+      <TimeChart title="Replication lag" unit="bytes" times={series.times} values={series.lag} windowSeconds={samplesMinutes * 60} testId="chart-lag" />
+      <TimeChart title="Connections" unit="clients" times={series.times} values={series.connections} windowSeconds={samplesMinutes * 60} testId="chart-connections" />
+      <TimeChart title="Throughput" unit="transactions/s" times={series.times} values={series.transactions} windowSeconds={samplesMinutes * 60} testId="chart-transactions" />
     </div>
   );
 }

@@ -1,0 +1,268 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, afterEach, before, describe, test, type TestContext } from 'node:test';
+import { type BrowserContext, type Page, chromium } from 'playwright-core';
+import { TestCellar, eventually } from './helpers/cellar.js';
+
+/**
+ * The web console in a real browser (Debian's chromium, headless, driven by playwright-core)
+ * against one real Cellar shared by the file's tests. Every test leaves a screenshot in
+ * test-output/console/ (git-ignored).
+ */
+
+const chromiumPath = '/usr/bin/chromium';
+const chromiumArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'];
+const outputDir = fileURLToPath(new URL('../../test-output/console/', import.meta.url));
+/** Creating a cluster with a replica from the prepared template, on a loaded 2-core machine. */
+const runningWaitMs = 120_000;
+/** A change in the store reaches the page through the stream within a second; this is the bound for slow machines. */
+const liveWaitMs = 30_000;
+/** The stream checks the token at every 10 s ping at the latest. */
+const revokedWaitMs = 30_000;
+const uiWaitMs = 10_000;
+
+let cellar: TestCellar;
+let context: BrowserContext;
+let profileDir: string;
+let adminToken: string;
+const clusterName = 'web-app';
+/** Pages a test opened and has not closed: a failed test's are photographed and closed after it. */
+const openPages = new Set<Page>();
+
+async function openSignedIn(token: string): Promise<Page> {
+  const page = await context.newPage();
+  openPages.add(page);
+  page.on('close', () => openPages.delete(page));
+  page.setDefaultTimeout(uiWaitMs);
+  await page.goto(cellar.apiUrl);
+  await page.getByTestId('signin-token').fill(token);
+  await page.getByTestId('signin-submit').click();
+  await page.getByTestId('nav').waitFor();
+  return page;
+}
+
+async function screenshot(t: TestContext, page: Page, name: string): Promise<void> {
+  const path = join(outputDir, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  t.diagnostic(`screenshot: ${path}`);
+}
+
+/** The text of a test id, trimmed; waits for it to exist. */
+async function textOf(page: Page, testId: string): Promise<string> {
+  return ((await page.getByTestId(testId).first().textContent()) ?? '').trim();
+}
+
+describe('the web console', { timeout: 600_000 }, () => {
+  before(async () => {
+    await mkdir(outputDir, { recursive: true });
+    cellar = await TestCellar.create();
+    await cellar.start();
+    adminToken = await cellar.token();
+    profileDir = await mkdtemp(join(tmpdir(), 'cellar-console-chromium-'));
+    context = await chromium.launchPersistentContext(profileDir, { executablePath: chromiumPath, headless: true, args: chromiumArgs, viewport: { width: 1280, height: 900 } });
+  });
+
+  afterEach(async (context) => {
+    // Each test's own hook: its context is the test's (node:test types it wider).
+    const t = context as TestContext;
+    for (const page of openPages) {
+      await screenshot(t, page, `failed-${t.name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60)}`);
+      await page.close();
+    }
+  });
+
+  after(async () => {
+    await context?.close();
+    if (profileDir !== undefined) await rm(profileDir, { recursive: true, force: true });
+    await cellar?.destroy();
+  });
+
+  test('the console is served at / with its security headers and compressed assets', async () => {
+    const index = await fetch(`${cellar.apiUrl}/`, { headers: { 'accept-encoding': 'br' } });
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get('content-security-policy') ?? '', /default-src 'self'/);
+    assert.equal(index.headers.get('x-content-type-options'), 'nosniff');
+    assert.equal(index.headers.get('referrer-policy'), 'no-referrer');
+    const script = await fetch(`${cellar.apiUrl}/app.js`, { headers: { 'accept-encoding': 'br, gzip' } });
+    assert.equal(script.status, 200);
+    assert.equal(script.headers.get('content-encoding'), 'br');
+    const missing = await fetch(`${cellar.apiUrl}/v1/no-such-route`, { headers: { authorization: `Bearer ${adminToken}` } });
+    assert.equal(missing.status, 404);
+    assert.ok(((await missing.json()) as { error?: unknown }).error, 'an unknown API path keeps the API error shape');
+  });
+
+  test('sign in, create a cluster from the form, watch it reach running without reloading, with its events, diagram and connection string', async (t) => {
+    const page = await openSignedIn(adminToken);
+    let loads = 0;
+    page.on('load', () => (loads += 1));
+    await page.getByTestId('nav-new').click();
+    await page.getByTestId('create-name').fill(clusterName);
+    await page.getByTestId('create-replicas').fill('1');
+    await page.getByTestId('create-submit').click();
+    await page.getByTestId('cluster-state').waitFor();
+    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
+    assert.equal(loads, 0, 'the page was never reloaded');
+    const events = await page.getByTestId('event').count();
+    assert.ok(events > 0, 'the timeline shows the cluster events');
+    const label = await textOf(page, 'cluster-label');
+    assert.equal(label, 'running');
+    await page.locator(`[data-testid="diagram-current"][data-label="${label}"]`).waitFor();
+    assert.match(await textOf(page, 'cluster-uri'), /^postgresql:\/\/.+@127\.0\.0\.1:\d+\//);
+    assert.match(await textOf(page, 'cluster-readonly-uri'), /^postgresql:\/\//);
+    assert.equal(await page.locator('[data-testid^="instance-"][data-role]').count(), 2, 'the primary and its replica are listed');
+    await screenshot(t, page, 'cluster-running');
+    // A narrow window: one column, nothing wider than the screen.
+    await page.setViewportSize({ width: 380, height: 900 });
+    // The charts take their new width once their resize observer has run.
+    await page.waitForFunction(() => document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1, undefined, { timeout: uiWaitMs });
+    await screenshot(t, page, 'cluster-narrow');
+    await page.close();
+  });
+
+  test("a bad value in the form shows the API's message beside its field, and nothing is created", async (t) => {
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/new`);
+    await page.getByTestId('create-name').fill('Bad_Name');
+    await page.getByTestId('create-submit').click();
+    const shown = await textOf(page, 'error-name');
+    const direct = await cellar.api<{ error: { message: string; field: string } }>('POST', '/v1/clusters', { name: 'Bad_Name' });
+    assert.equal(direct.status, 400);
+    assert.equal(direct.body.error.field, 'name');
+    assert.equal(shown, direct.body.error.message, "the API's own message, beside the name field");
+    await page.getByTestId('create-name').fill('good-name-but');
+    await page.getByTestId('create-replicas').fill('99');
+    await page.getByTestId('create-submit').click();
+    await page.getByTestId('error-replicas').waitFor();
+    assert.equal(await page.getByTestId('error-name').count(), 0, 'the old error is gone');
+    await screenshot(t, page, 'create-bad-value');
+    const clusters = await cellar.api<{ clusters: { name: string }[] }>('GET', '/v1/clusters');
+    assert.deepEqual(clusters.body.clusters.map((cluster) => cluster.name).filter((name) => name !== clusterName), [], 'nothing else was created');
+    await page.close();
+  });
+
+  test('a switchover asks first, then the roles and labels change live', async (t) => {
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
+    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
+    const primaryRow = page.locator('[data-testid^="instance-"][data-role="primary"]');
+    const oldPrimary = (await primaryRow.getAttribute('data-testid'))?.slice('instance-'.length);
+    assert.ok(oldPrimary);
+    await page.getByTestId('switchover').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    await page.getByTestId('confirm-ok').click();
+    await page.locator(`[data-testid="instance-${oldPrimary}"][data-role="replica"]`).waitFor({ timeout: runningWaitMs });
+    await page.locator('[data-testid^="instance-"][data-role="primary"]').waitFor();
+    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
+    // The diagram marks the cluster's last transitions: the switchover's way out of running and back.
+    await eventually('the diagram to mark a transition back to running', async () => ((await page.locator('[data-testid="diagram-recent"][data-to="running"]').count()) > 0 ? true : undefined), liveWaitMs);
+    const moves = await page.getByTestId('event-move').allTextContents();
+    assert.ok(moves.some((move) => move.includes('→ promote')), `the timeline shows the switchover's promotion: ${moves.join('; ')}`);
+    await screenshot(t, page, 'switchover');
+    await page.close();
+  });
+
+  test('a settings change shows its plan before it can be applied, then joins the history', async (t) => {
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}/settings`);
+    await page.getByTestId('setting-new-name').fill('work_mem');
+    await page.getByTestId('setting-new-value').fill('8MB');
+    await page.getByTestId('setting-add').click();
+    assert.equal(await page.getByTestId('apply-button').isDisabled(), true, 'nothing to apply before the plan is shown');
+    // The parameter catalogue is read from the first running cluster of its version a few seconds
+    // after it runs; until then the API asks to try again, and so does a person.
+    await eventually('the plan of the draft', async () => {
+      await page.getByTestId('plan-button').click();
+      return (await page.getByTestId('plan-step').first().waitFor({ timeout: 1_000 }).then(() => true, () => undefined));
+    }, liveWaitMs, 500);
+    assert.match((await page.getByTestId('plan').textContent()) ?? '', /work_mem/);
+    await page.getByTestId('apply-button').click();
+    const applied = await textOf(page, 'settings-applied');
+    const revision = /Revision (\d+)/.exec(applied)?.[1];
+    assert.ok(revision, applied);
+    await page.getByTestId(`revision-${revision}`).waitFor();
+    await screenshot(t, page, 'settings');
+    await page.close();
+  });
+
+  test('a rod set from its page shows its audit entry', async (t) => {
+    const rodName = 'rollout.clusters-per-minute';
+    const before = await cellar.api<{ value: number; min: number; max: number }>('GET', `/v1/rods/${rodName}`);
+    const value = before.body.value < before.body.max ? before.body.value + 1 : before.body.value - 1;
+    const reason = `console test ${Date.now()}`;
+    const page = await openSignedIn(adminToken);
+    await page.getByTestId('nav-rods').click();
+    await page.getByTestId(`rod-${rodName}`).getByRole('link').click();
+    await page.getByTestId('rod-detail').waitFor();
+    await page.getByTestId('rod-new-value').fill(String(value));
+    await page.getByTestId('rod-reason').fill(reason);
+    await page.getByTestId('rod-submit').click();
+    await page.locator('[data-testid="rod-change-reason"]', { hasText: reason }).waitFor({ timeout: liveWaitMs });
+    await page.locator('[data-testid="rod-current"]', { hasText: new RegExp(`^${value}$`) }).waitFor();
+    await screenshot(t, page, 'rod-audit');
+    const restored = await cellar.api('PUT', `/v1/rods/${rodName}`, { value: before.body.value, reason: 'console test: restore' });
+    assert.equal(restored.status, 200);
+    await page.close();
+  });
+
+  test('the freeze asks first: cancel freezes nothing, confirm freezes, then thaw', async (t) => {
+    const frozen = async (): Promise<boolean> => (await cellar.api<{ frozen: boolean }>('GET', '/v1/freeze')).body.frozen;
+    const page = await openSignedIn(adminToken);
+    await page.getByTestId('nav-freeze').click();
+    await page.locator('[data-testid="freeze-state"][data-frozen="false"]').waitFor();
+    await page.getByTestId('freeze-reason').fill('console test');
+    await page.getByTestId('freeze-button').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    await screenshot(t, page, 'freeze-asks');
+    await page.getByTestId('confirm-cancel').click();
+    await page.getByTestId('confirm-dialog').waitFor({ state: 'detached' });
+    assert.equal(await frozen(), false, 'cancel froze nothing');
+    await page.getByTestId('freeze-button').click();
+    await page.getByTestId('confirm-ok').click();
+    await page.locator('[data-testid="freeze-state"][data-frozen="true"]').waitFor();
+    assert.equal(await frozen(), true);
+    await page.getByTestId('freeze-reason').fill('console test done');
+    await page.getByTestId('thaw-button').click();
+    await page.getByTestId('confirm-ok').click();
+    await page.locator('[data-testid="freeze-state"][data-frozen="false"]').waitFor();
+    assert.equal(await frozen(), false);
+    await screenshot(t, page, 'freeze-thawed');
+    await page.close();
+  });
+
+  test("an org token sees no operator pages and no other org's clusters; revoking it signs the page out", async (t) => {
+    const acme = await cellar.api<{ token: string }>('POST', '/v1/orgs', { name: 'acme' });
+    assert.equal(acme.status, 201);
+    const acmeCluster = await cellar.api('POST', '/v1/clusters', { name: 'acme-db' }, acme.body.token);
+    assert.equal(acmeCluster.status, 201);
+    const other = await cellar.api<{ token: string }>('POST', '/v1/orgs', { name: 'other' });
+    assert.equal(other.status, 201);
+    const tenant = await cellar.api<{ id: string; secret: string }>('POST', '/v1/tokens', { org: 'other', admin: false, name: 'console-test' });
+    assert.equal(tenant.status, 201);
+
+    const page = await openSignedIn(tenant.body.secret);
+    const requested: string[] = [];
+    page.on('request', (request) => requested.push(new URL(request.url()).pathname));
+    assert.match(await textOf(page, 'who'), /org other/);
+    assert.equal(await page.locator('[data-testid="nav-hosts"], [data-testid="nav-flags"], [data-testid="nav-rods"], [data-testid="nav-freeze"]').count(), 0, 'no operator links');
+    await page.getByTestId('clusters-table').waitFor();
+    await page.getByTestId('clusters-empty').waitFor();
+    assert.equal(await page.locator('[data-testid^="cluster-row-"]').count(), 0, "neither acme's nor the admin's clusters");
+    for (const operatorPage of ['hosts', 'flags', 'rods', 'freeze']) {
+      await page.goto(`${cellar.apiUrl}/#/${operatorPage}`);
+      await page.getByTestId('operator-only').waitFor();
+    }
+    assert.deepEqual(requested.filter((path) => /^\/v1\/(hosts|flags|rods|freeze)/.test(path)), [], 'nothing operator-only was fetched with the tenant token');
+    await screenshot(t, page, 'tenant');
+
+    const revoked = await cellar.api('DELETE', `/v1/tokens/${tenant.body.id}`);
+    assert.equal(revoked.status, 200);
+    await page.getByTestId('signed-out-message').waitFor({ timeout: revokedWaitMs });
+    await page.getByTestId('signin-token').waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('cellar.token')), null, 'the token is forgotten');
+    await screenshot(t, page, 'revoked');
+    await page.close();
+  });
+});
