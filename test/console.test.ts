@@ -31,11 +31,19 @@ let adminToken: string;
 const clusterName = 'web-app';
 /** Pages a test opened and has not closed: a failed test's are photographed and closed after it. */
 const openPages = new Set<Page>();
+/** What each page logged as an error (script errors, CSP refusals), less failed requests the test made on purpose. */
+const pageErrors = new WeakMap<Page, string[]>();
 
 async function openSignedIn(token: string): Promise<Page> {
   const page = await context.newPage();
   openPages.add(page);
   page.on('close', () => openPages.delete(page));
+  const errors: string[] = [];
+  pageErrors.set(page, errors);
+  page.on('pageerror', (error) => errors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) errors.push(message.text());
+  });
   page.setDefaultTimeout(uiWaitMs);
   await page.goto(cellar.apiUrl);
   await page.getByTestId('signin-token').fill(token);
@@ -44,10 +52,12 @@ async function openSignedIn(token: string): Promise<Page> {
   return page;
 }
 
+/** Saves what the page shows, and checks it logged no error (a script error, a CSP refusal). */
 async function screenshot(t: TestContext, page: Page, name: string): Promise<void> {
   const path = join(outputDir, `${name}.png`);
   await page.screenshot({ path, fullPage: true });
   t.diagnostic(`screenshot: ${path}`);
+  assert.deepEqual(pageErrors.get(page) ?? [], [], 'the page logged no error');
 }
 
 /** The text of a test id, trimmed; waits for it to exist. */
@@ -69,7 +79,9 @@ describe('the web console', { timeout: 600_000 }, () => {
     // Each test's own hook: its context is the test's (node:test types it wider).
     const t = context as TestContext;
     for (const page of openPages) {
-      await screenshot(t, page, `failed-${t.name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60)}`);
+      const path = join(outputDir, `failed-${t.name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60)}.png`);
+      await page.screenshot({ path, fullPage: true });
+      t.diagnostic(`screenshot of a failed test's page: ${path}; it logged: ${JSON.stringify(pageErrors.get(page) ?? [])}`);
       await page.close();
     }
   });
@@ -229,6 +241,20 @@ describe('the web console', { timeout: 600_000 }, () => {
     await page.locator('[data-testid="freeze-state"][data-frozen="false"]').waitFor();
     assert.equal(await frozen(), false);
     await screenshot(t, page, 'freeze-thawed');
+    await page.close();
+  });
+
+  test('the page says when it has lost the API, and comes back by itself', async (t) => {
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
+    await page.getByTestId('cluster-state').waitFor();
+    await cellar.stop();
+    await page.getByTestId('lost-banner').waitFor({ timeout: liveWaitMs });
+    assert.match(await textOf(page, 'lost-banner'), /Lost the API since \d/);
+    await screenshot(t, page, 'lost');
+    await cellar.start();
+    await page.getByTestId('lost-banner').waitFor({ state: 'detached', timeout: liveWaitMs });
+    await page.getByTestId('cluster-state').waitFor();
     await page.close();
   });
 

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
 import type { FastifyInstance } from 'fastify';
@@ -19,6 +20,7 @@ export const consoleHeaders = {
 } as const;
 
 export async function registerConsole(app: FastifyInstance): Promise<void> {
+  closeUnusedConnectionsOnClose(app);
   // A build without the console (tsc alone) still serves the API; `/` then answers 404.
   if (!existsSync(consoleRoot)) return;
   await app.register(fastifyStatic, {
@@ -33,5 +35,23 @@ export async function registerConsole(app: FastifyInstance): Promise<void> {
     setHeaders: (reply) => {
       for (const [name, value] of Object.entries(consoleHeaders)) reply.header(name, value);
     },
+  });
+}
+
+/**
+ * Browsers open spare connections that have not sent a request yet. Fastify closes idle
+ * connections on close, but Node counts such a socket as neither idle nor done, so the close
+ * waited for Node's headers timeout (60 s): `cellar up` took a minute to stop while a console tab
+ * was open. They carry nothing, so they are dropped when the server closes.
+ */
+function closeUnusedConnectionsOnClose(app: FastifyInstance): void {
+  const unused = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    unused.add(socket);
+    socket.once('close', () => unused.delete(socket));
+  });
+  app.server.on('request', (request: { socket: Socket }) => unused.delete(request.socket));
+  app.addHook('preClose', async () => {
+    for (const socket of unused) socket.destroy();
   });
 }
