@@ -106,6 +106,22 @@ describe('the web console', { timeout: 600_000 }, () => {
     assert.ok(((await missing.json()) as { error?: unknown }).error, 'an unknown API path keeps the API error shape');
   });
 
+  test("a refused token is the sign-in form's error, with the API's message", async (t) => {
+    const page = await context.newPage();
+    openPages.add(page);
+    page.on('close', () => openPages.delete(page));
+    await page.goto(cellar.apiUrl);
+    await page.getByTestId('signin-token').fill('not-a-token');
+    await page.getByTestId('signin-submit').click();
+    const shown = await textOf(page, 'signin-error');
+    const direct = await cellar.api<{ error: { message: string } }>('GET', '/v1/whoami', undefined, 'not-a-token');
+    assert.equal(direct.status, 401);
+    assert.equal(shown, direct.body.error.message);
+    assert.equal(await page.getByTestId('nav').count(), 0, 'not signed in');
+    await screenshot(t, page, 'signin-refused');
+    await page.close();
+  });
+
   test('sign in, create a cluster from the form, watch it reach running without reloading, with its events, diagram and connection string', async (t) => {
     const page = await openSignedIn(adminToken);
     let loads = 0;

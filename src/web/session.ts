@@ -92,7 +92,8 @@ function setRequestLost(lost: boolean): void {
 export async function signIn(token: string): Promise<void> {
   session.token = token;
   try {
-    session.whoami = await request<Whoami>('GET', '/v1/whoami');
+    // A refused token here is the form's error, not a sign-out.
+    session.whoami = await request<Whoami>('GET', '/v1/whoami', undefined, { signOutOnRefusal: false });
   } catch (error) {
     session.token = null;
     throw error;
@@ -103,15 +104,22 @@ export async function signIn(token: string): Promise<void> {
   startStream();
 }
 
-/** Resumes a tab that has a token already (a reload). */
+/** Resumes a tab that has a token already (a reload), retrying while the API cannot be reached. */
 export async function resume(): Promise<void> {
-  if (session.token === null) return;
-  try {
-    session.whoami = await request<Whoami>('GET', '/v1/whoami');
-    emit();
-    startStream();
-  } catch {
-    // A 401 has signed out already; an unreachable API shows the banner, and a reload retries.
+  const token = session.token;
+  let retryMs = streamRetryFirstMs;
+  while (session.token === token && token !== null) {
+    try {
+      session.whoami = await request<Whoami>('GET', '/v1/whoami');
+      emit();
+      startStream();
+      return;
+    } catch (error) {
+      // A 401 has signed out already; anything else is the API away: the banner says so.
+      if (error instanceof ApiError && error.status !== 0 && error.status < 500) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, retryMs));
+    retryMs = Math.min(retryMs * 2, streamRetryMaxMs);
   }
 }
 
@@ -125,7 +133,7 @@ export function signOut(message: string | null = null): void {
 }
 
 /** One API call with the tab's token; the error is the API's own (`{"error":{code,message,field}}`). */
-export async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+export async function request<T>(method: string, path: string, body?: unknown, options: { signOutOnRefusal?: boolean } = {}): Promise<T> {
   const token = session.token;
   if (token === null) throw new ApiError(401, 'CELLAR_E_UNAUTHENTICATED', 'signed out', undefined);
   let response: Response;
@@ -152,7 +160,7 @@ export async function request<T>(method: string, path: string, body?: unknown): 
   const error = (parsed as ApiErrorBody | null)?.error;
   const message = error?.message ?? `the API answered ${response.status}`;
   // Only the token in use now: a late answer for a token already signed out changes nothing.
-  if (response.status === 401 && session.token === token) signOut(message);
+  if (response.status === 401 && session.token === token && options.signOutOnRefusal !== false) signOut(message);
   throw new ApiError(response.status, error?.code ?? 'CELLAR_E_HTTP', message, error?.field);
 }
 

@@ -1,0 +1,101 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { TestCellar } from '../test/helpers/cellar.js';
+import { median } from './lib.js';
+
+/**
+ * bench/console: the web console's figures (issue 17), in Debian's chromium against a real Cellar:
+ * - first load: the bytes the browser downloads for the page (index.html, app.js, app.css, as
+ *   sent: brotli), goal under 500 kB;
+ * - change to page: from a rod's `PUT` (the store changes) to the rods page showing the new value,
+ *   and from a cluster's `POST` to its row on the clusters page (the stream's `change`, then the
+ *   refetch), goal under 1 s;
+ * - idle requests per minute on a cluster page (the stream itself not counted).
+ * Usage: node dist/bench/console.js [rounds]
+ */
+
+const roundsDefault = 10;
+const roundsMax = 50;
+const clusterRounds = 3;
+const goalChangeMs = 1_000;
+const goalFirstLoadBytes = 500 * 1024;
+const idleWindowMs = 60_000;
+const feedSettleMs = 1_000;
+/** How long one change may take to show before the round counts as failed. */
+const showWaitMs = 30_000;
+const chromiumArgs = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'];
+
+const rounds = Math.min(Number(process.argv[2] ?? roundsDefault) || roundsDefault, roundsMax);
+const cellar = await TestCellar.create();
+const profile = await mkdtemp(join(tmpdir(), 'cellar-bench-console-'));
+try {
+  await cellar.start();
+  const token = await cellar.token();
+  const context = await chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: chromiumArgs });
+  const page = await context.newPage();
+  let firstLoadBytes = 0;
+  page.on('requestfinished', (request) => {
+    const path = new URL(request.url()).pathname;
+    if (!path.startsWith('/v1/')) void request.sizes().then((sizes) => (firstLoadBytes += sizes.responseBodySize));
+  });
+  await page.goto(cellar.apiUrl, { waitUntil: 'networkidle' });
+  await page.getByTestId('signin-token').fill(token);
+  await page.getByTestId('signin-submit').click();
+  await page.getByTestId('nav').waitFor();
+
+  const rod = 'rollout.clusters-per-minute';
+  await page.goto(`${cellar.apiUrl}/#/rods/${rod}`);
+  await page.getByTestId('rod-current').waitFor();
+  // The API's feed takes its baseline at its first poll (250 ms after the first stream opens): a
+  // change before that is not announced, so the measurements start after it.
+  await new Promise((resolve) => setTimeout(resolve, feedSettleMs));
+  const rodMs: number[] = [];
+  for (let round = 0; round < rounds; round += 1) {
+    const value = 30 + (round % 2);
+    const sent = performance.now();
+    const put = await cellar.api('PUT', `/v1/rods/${rod}`, { value, reason: `bench round ${round}` });
+    if (put.status !== 200) throw new Error(`PUT /v1/rods answered ${put.status}`);
+    await page
+      .waitForFunction((expected) => document.querySelector('[data-testid="rod-current"]')?.textContent === expected, String(value), { polling: 'raf', timeout: showWaitMs })
+      .catch(async (error: unknown) => {
+        throw new Error(`round ${round}: the rods page shows ${await page.getByTestId('rod-current').textContent()}, not ${value}: ${String(error)}`);
+      });
+    rodMs.push(performance.now() - sent);
+  }
+
+  await page.goto(`${cellar.apiUrl}/#/clusters`);
+  await page.getByTestId('clusters-table').waitFor();
+  const clusterMs: number[] = [];
+  for (let round = 0; round < clusterRounds; round += 1) {
+    const name = `bench-${round}`;
+    const sent = performance.now();
+    const created = await cellar.api('POST', '/v1/clusters', { name });
+    if (created.status !== 201) throw new Error(`POST /v1/clusters answered ${created.status}`);
+    await page.getByTestId(`cluster-row-${name}`).waitFor({ timeout: showWaitMs });
+    clusterMs.push(performance.now() - sent);
+  }
+
+  await page.goto(`${cellar.apiUrl}/#/clusters/bench-0`);
+  await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: 120_000 });
+  let idleRequests = 0;
+  page.on('request', (request) => {
+    if (new URL(request.url()).pathname !== '/v1/stream') idleRequests += 1;
+  });
+  await new Promise((resolve) => setTimeout(resolve, idleWindowMs));
+  await context.close();
+
+  const result = {
+    firstLoadKb: Math.round(firstLoadBytes / 102.4) / 10,
+    firstLoadGoalKb: goalFirstLoadBytes / 1024,
+    rodChangeToPageMs: { median: Math.round(median(rodMs)), max: Math.round(Math.max(...rodMs)), rounds },
+    clusterCreateToRowMs: { median: Math.round(median(clusterMs)), max: Math.round(Math.max(...clusterMs)), rounds: clusterRounds },
+    changeGoalMs: goalChangeMs,
+    idleRequestsPerMinuteOnClusterPage: Math.round((idleRequests * 60_000) / idleWindowMs),
+  };
+  console.log(JSON.stringify(result, null, 2));
+} finally {
+  await cellar.destroy();
+  await rm(profile, { recursive: true, force: true });
+}
