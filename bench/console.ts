@@ -13,6 +13,7 @@ import { median } from './lib.js';
  *   and from a cluster's `POST` to its row on the clusters page (the stream's `change`, then the
  *   refetch), goal under 1 s;
  * - idle requests per minute on a cluster page (the stream itself not counted).
+ * Baseline in the same run: the rod changes heard by a bare stream reader (the API's share).
  * Usage: node dist/bench/console.js [rounds]
  */
 
@@ -48,10 +49,28 @@ try {
   const rod = 'rollout.clusters-per-minute';
   await page.goto(`${cellar.apiUrl}/#/rods/${rod}`);
   await page.getByTestId('rod-current').waitFor();
+  // Baseline in the same run: the same changes heard by a bare stream reader in this process
+  // (the API's share: the feed's poll and the event), without the page's refetch and render.
+  const streamController = new AbortController();
+  const streamHeard: number[] = [];
+  const bare = await fetch(`${cellar.apiUrl}/v1/stream`, { headers: { authorization: `Bearer ${token}` }, signal: streamController.signal });
+  const bareReader = bare.body?.pipeThrough(new TextDecoderStream()).getReader();
+  void (async () => {
+    try {
+      for (;;) {
+        const chunk = await bareReader?.read();
+        if (chunk === undefined || chunk.done) return;
+        if (chunk.value.includes('event: change')) streamHeard.push(performance.now());
+      }
+    } catch {
+      // Aborted at the end of the bench.
+    }
+  })();
   // The API's feed takes its baseline at its first poll (250 ms after the first stream opens): a
   // change before that is not announced, so the measurements start after it.
   await new Promise((resolve) => setTimeout(resolve, feedSettleMs));
   const rodMs: number[] = [];
+  const streamMs: number[] = [];
   for (let round = 0; round < rounds; round += 1) {
     const value = 30 + (round % 2);
     const sent = performance.now();
@@ -63,7 +82,10 @@ try {
         throw new Error(`round ${round}: the rods page shows ${await page.getByTestId('rod-current').textContent()}, not ${value}: ${String(error)}`);
       });
     rodMs.push(performance.now() - sent);
+    const heard = streamHeard.find((at) => at >= sent);
+    if (heard !== undefined) streamMs.push(heard - sent);
   }
+  streamController.abort();
 
   await page.goto(`${cellar.apiUrl}/#/clusters`);
   await page.getByTestId('clusters-table').waitFor();
@@ -90,6 +112,7 @@ try {
     firstLoadKb: Math.round(firstLoadBytes / 102.4) / 10,
     firstLoadGoalKb: goalFirstLoadBytes / 1024,
     rodChangeToPageMs: { median: Math.round(median(rodMs)), max: Math.round(Math.max(...rodMs)), rounds },
+    rodChangeToBareStreamMs: { median: Math.round(median(streamMs)), max: Math.round(Math.max(...streamMs)), heard: streamMs.length },
     clusterCreateToRowMs: { median: Math.round(median(clusterMs)), max: Math.round(Math.max(...clusterMs)), rounds: clusterRounds },
     changeGoalMs: goalChangeMs,
     idleRequestsPerMinuteOnClusterPage: Math.round((idleRequests * 60_000) / idleWindowMs),
