@@ -5,7 +5,10 @@ import type { MachineTableView, SamplesView, WhoAmIView } from '../src/api/conso
 import { sampleSeries, streamsPerTokenMax } from '../src/api/console-api.js';
 import { clusterMachine } from '../src/machines/cluster.js';
 import { instanceMachine } from '../src/machines/instance.js';
+import { ChangeFeed, type FeedChange } from '../src/api/change-feed.js';
+import { makeLogger } from '../src/lib/log.js';
 import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
+import { startTestStore } from './helpers/store.js';
 
 /**
  * The API the web console needs beyond the CLI's (docs/CONSOLE.md): who a token is, the machines'
@@ -186,5 +189,25 @@ describe('the console API', () => {
       return stream;
     }, 10_000, 100);
     assert.ok(again instanceof Stream);
+  });
+});
+
+describe('the change feed', () => {
+  test('a change made at once after the first stream subscribes is heard: the feed starts from before it, not from its first poll', async () => {
+    const store = await startTestStore();
+    const feed = new ChangeFeed(store.pool, makeLogger('silent'));
+    try {
+      const heard: FeedChange[] = [];
+      await feed.ready();
+      const unsubscribe = feed.subscribe({ orgId: 'org_none', tokenId: 'tk_none', admin: true, change: (change) => heard.push(change), denied: () => undefined, close: () => undefined });
+      await store.pool.query("insert into control_changes (kind, name, actor, reason) values ('rod', 'engine.normal-tick-ms', 'test', 'right after subscribing')");
+      await feed.poll();
+      await eventually('the change', async () => (heard.length > 0 ? true : undefined), 10_000, 20);
+      assert.deepEqual(heard[0], { clusters: [], controls: true });
+      unsubscribe();
+    } finally {
+      feed.stop();
+      await store.close();
+    }
   });
 });

@@ -32,13 +32,27 @@ export class ChangeFeed {
   private readonly subscribed = new Set<FeedSubscriber>();
   private timer: NodeJS.Timeout | null = null;
   private polling = false;
-  /** The newest ids seen; null until the first poll after the feed started. */
+  /** The newest ids seen; null while no stream is open. */
   private seen: { events: bigint; controls: bigint } | null = null;
 
   constructor(
     private readonly pool: Pool,
     private readonly log: Logger,
   ) {}
+
+  /**
+   * Takes the newest ids as the feed's starting point when it has none (no stream open), so that a
+   * change made right after a stream's `hello` is announced; before, the first poll set it and a
+   * change in that first interval went unheard. Called before a stream subscribes.
+   */
+  async ready(): Promise<void> {
+    if (this.seen !== null) return;
+    const result = await this.pool.query<{ events: string; controls: string }>(
+      `select (select coalesce(max(id), 0) from events)::text as events, (select coalesce(max(id), 0) from control_changes)::text as controls`,
+    );
+    const row = result.rows[0];
+    if (row !== undefined && this.seen === null) this.seen = { events: BigInt(row.events), controls: BigInt(row.controls) };
+  }
 
   subscribers(): number {
     return this.subscribed.size;

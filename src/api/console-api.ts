@@ -123,6 +123,7 @@ export function registerConsoleApi(app: FastifyInstance, options: ConsoleApiOpti
     const mine = openStreams.get(owner.tokenId) ?? 0;
     if (mine >= streamsPerTokenMax) throw new CellarError('CELLAR_E_TOO_MANY_STREAMS', `this token has ${mine} streams open, the limit is ${streamsPerTokenMax}; close one (another console tab)`);
     if (feed.subscribers() >= streamsMax) throw new CellarError('CELLAR_E_TOO_MANY_STREAMS', `this control plane serves ${streamsMax} streams, its limit; try again later`);
+    await feed.ready();
     openStreams.set(owner.tokenId, mine + 1);
     reply.hijack();
     const response = reply.raw;
