@@ -260,6 +260,133 @@ describe('the web console', { timeout: 600_000 }, () => {
     await page.close();
   });
 
+  test('a flag rule set from its page shows with its audit (a bad value refused beside its field), then is removed behind a confirmation; changes by others show live', async (t) => {
+    const flagKey = 'durability-default';
+    // A cluster-level rule on a cluster that exists already: durability-default is read at create only.
+    const cluster = await cellar.api<{ id: string }>('GET', `/v1/clusters/${clusterName}`);
+    assert.equal(cluster.status, 200);
+    const target = cluster.body.id;
+    const rules = async (): Promise<{ level: string; target: string; value: unknown }[]> => (await cellar.api<{ rules: { level: string; target: string; value: unknown }[] }>('GET', `/v1/flags/${flagKey}`)).body.rules;
+    const reason = `console flag test ${Date.now()}`;
+    const page = await openSignedIn(adminToken);
+    await page.getByTestId('nav-flags').click();
+    await page.getByTestId(`flag-${flagKey}`).getByRole('link').click();
+    await page.getByTestId('flag-detail').waitFor();
+    await page.getByTestId('flag-level').selectOption('cluster');
+    await page.getByTestId('flag-target').fill(target);
+    await page.getByTestId('flag-value').fill('maybe');
+    await page.getByTestId('flag-reason').fill(reason);
+    await page.getByTestId('flag-submit').click();
+    const shown = await textOf(page, 'error-value');
+    const direct = await cellar.api<{ error: { message: string; field: string } }>('PUT', `/v1/flags/${flagKey}`, { level: 'cluster', target, value: 'maybe', reason });
+    assert.equal(direct.status, 400);
+    assert.equal(direct.body.error.field, 'value');
+    assert.equal(shown, direct.body.error.message, "the API's own message, beside the value field");
+    assert.deepEqual(await rules(), [], 'the bad value set nothing');
+    await screenshot(t, page, 'flag-bad-value');
+
+    await page.getByTestId('flag-value').fill('async');
+    await page.getByTestId('flag-submit').click();
+    const rule = page.getByTestId(`flag-rule-cluster-${target}`);
+    await rule.waitFor();
+    assert.match(await rule.getByTestId('flag-rule-text').innerText(), /: async$/);
+    await page.locator('[data-testid="flag-change-reason"]', { hasText: reason }).waitFor();
+    assert.equal(await page.getByTestId('error-value').count(), 0, 'the old error is gone');
+    assert.deepEqual((await rules()).map((each) => [each.level, each.target, each.value]), [['cluster', target, 'async']]);
+    await screenshot(t, page, 'flag-rule-set');
+
+    await page.getByTestId('flag-remove-reason').fill(`${reason}: done`);
+    await rule.getByTestId('flag-rule-remove').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    await page.getByTestId('confirm-cancel').click();
+    assert.equal((await rules()).length, 1, 'cancel removed nothing');
+    await rule.getByTestId('flag-rule-remove').click();
+    await page.getByTestId('confirm-ok').click();
+    await page.getByTestId('flag-no-rules').waitFor();
+    assert.deepEqual(await rules(), []);
+    await page.locator('[data-testid="flag-change-reason"]', { hasText: `${reason}: done` }).waitFor();
+
+    // Another operator's change reaches the open page through the stream, without a reload.
+    const other = await cellar.api('PUT', `/v1/flags/${flagKey}`, { level: 'cluster', target, value: 'sync', reason: `${reason}: by the API` });
+    assert.equal(other.status, 200);
+    await page.locator('[data-testid="flag-change-reason"]', { hasText: `${reason}: by the API` }).waitFor({ timeout: liveWaitMs });
+    await rule.waitFor();
+    const removed = await cellar.api('DELETE', `/v1/flags/${flagKey}/rules`, { level: 'cluster', target, reason: `${reason}: cleanup` });
+    assert.equal(removed.status, 200);
+    await page.getByTestId('flag-no-rules').waitFor({ timeout: liveWaitMs });
+    await screenshot(t, page, 'flag-rule-removed');
+    await page.close();
+  });
+
+  test("a host drain asks first; on the one local host, whose instances have nowhere to go, it is refused with the API's message", async (t) => {
+    const hosts = await cellar.api<{ hosts: { name: string; state: string; local: boolean }[] }>('GET', '/v1/hosts');
+    const host = hosts.body.hosts.find((each) => each.local);
+    assert.ok(host, 'the cell has its local host');
+    assert.equal(host.state, 'active');
+    const stateOf = async (): Promise<string | undefined> => (await cellar.api<{ hosts: { name: string; state: string }[] }>('GET', '/v1/hosts')).body.hosts.find((each) => each.name === host.name)?.state;
+    const page = await openSignedIn(adminToken);
+    await page.getByTestId('nav-hosts').click();
+    const row = page.getByTestId(`host-${host.name}`);
+    await row.getByTestId('host-drain').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    await page.getByTestId('confirm-cancel').click();
+    await page.getByTestId('confirm-dialog').waitFor({ state: 'detached' });
+    assert.equal(await stateOf(), 'active', 'cancel drained nothing');
+    await row.getByTestId('host-drain').click();
+    await page.getByTestId('confirm-ok').click();
+    try {
+      const shown = await textOf(page, 'confirm-error');
+      // Refused again the same way: a refused drain changes nothing.
+      const direct = await cellar.api<{ error: { code: string; message: string; field: string } }>('POST', `/v1/hosts/${host.name}/drain`);
+      assert.equal(direct.status, 409);
+      assert.equal(direct.body.error.code, 'CELLAR_E_PLACEMENT');
+      assert.equal(shown, direct.body.error.message, "the API's own message, in the dialog");
+      assert.equal(await stateOf(), 'active', 'the host was not drained');
+      assert.equal(await row.getAttribute('data-state'), 'active');
+      await screenshot(t, page, 'host-drain-refused');
+      await page.getByTestId('confirm-cancel').click();
+    } finally {
+      // Were it drained after all, the other tests need their host back.
+      if ((await stateOf()) !== 'active') await cellar.api('POST', `/v1/hosts/${host.name}/undrain`);
+    }
+    await page.close();
+  });
+
+  test("a failover asks first and cancel changes nothing; an instance's own machine is drawn for the instance chosen", async (t) => {
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
+    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
+    const primaryRow = page.locator('[data-testid^="instance-"][data-role="primary"]');
+    const primary = (await primaryRow.getAttribute('data-testid'))?.slice('instance-'.length);
+    assert.ok(primary);
+    await page.getByTestId('failover').click();
+    await page.getByTestId('confirm-dialog').waitFor();
+    assert.match(await textOf(page, 'confirm-message'), /Fail cluster "web-app" over/);
+    await screenshot(t, page, 'failover-asks');
+    await page.getByTestId('confirm-cancel').click();
+    await page.getByTestId('confirm-dialog').waitFor({ state: 'detached' });
+    const after = await cellar.api<{ instances: { id: string; role: string }[] }>('GET', `/v1/clusters/${clusterName}`);
+    assert.equal(after.body.instances.find((instance) => instance.role === 'primary')?.id, primary, 'cancel failed nothing over');
+
+    // The primary's machine is drawn first, its label current; choosing the replica draws the replica's.
+    assert.equal(await page.getByTestId('instance-machine-select').inputValue(), primary);
+    const primaryLabel = await primaryRow.getByTestId('instance-label').innerText();
+    await page.locator(`[data-testid="instance-diagram-current"][data-label="${primaryLabel}"]`).waitFor();
+    const replicaRow = page.locator('[data-testid^="instance-"][data-role="replica"]');
+    const replica = (await replicaRow.getAttribute('data-testid'))?.slice('instance-'.length);
+    assert.ok(replica);
+    await replicaRow.click();
+    assert.equal(await page.getByTestId('instance-machine-select').inputValue(), replica);
+    const replicaLabel = await replicaRow.getByTestId('instance-label').innerText();
+    await page.locator(`[data-testid="instance-diagram-current"][data-label="${replicaLabel}"]`).waitFor();
+    assert.equal(await textOf(page, 'instance-machine-label'), replicaLabel);
+    await page.getByTestId('instance-machine-select').selectOption(primary);
+    await page.locator(`[data-testid="instance-diagram-current"][data-label="${primaryLabel}"]`).waitFor();
+    await page.getByTestId('instance-diagram').scrollIntoViewIfNeeded();
+    await screenshot(t, page, 'instance-machine');
+    await page.close();
+  });
+
   test('the page says when it has lost the API, and comes back by itself', async (t) => {
     const page = await openSignedIn(adminToken);
     await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
@@ -305,6 +432,20 @@ describe('the web console', { timeout: 600_000 }, () => {
     await page.getByTestId('signin-token').waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem('cellar.token')), null, 'the token is forgotten');
     await screenshot(t, page, 'revoked');
+    await page.close();
+  });
+
+  test('"back up now" shows the new backup among the cluster\'s backups', async (t) => {
+    const listed = async (): Promise<string[]> => (await cellar.api<{ backups: { id: string }[] }>('GET', `/v1/clusters/${clusterName}/backups`)).body.backups.map((backup) => backup.id);
+    const before = await listed();
+    const page = await openSignedIn(adminToken);
+    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
+    await page.getByTestId('cluster-state').waitFor();
+    await page.getByTestId('backup-now').click();
+    const newId = await eventually('the new backup in the API', async () => (await listed()).find((id) => !before.includes(id)), liveWaitMs);
+    await page.getByTestId(`backup-${newId}`).waitFor();
+    await page.getByTestId(`backup-${newId}`).scrollIntoViewIfNeeded();
+    await screenshot(t, page, 'backup-now');
     await page.close();
   });
 });

@@ -20,6 +20,7 @@ export function ClusterPage({ name }: { name: string }) {
   const backups = useResource<{ backups: BackupView[] }>(`${path}/backups`, { cluster: name });
   const [dialog, ask] = useConfirm();
   const [actionError, setActionError] = useState<string | null>(null);
+  const [chosenInstance, setChosenInstance] = useState<string | null>(null);
   const view = cluster.data;
   const hasReplica = view?.instances.some((instance) => instance.role === 'replica') === true;
 
@@ -42,6 +43,10 @@ export function ClusterPage({ name }: { name: string }) {
     );
   }
   const machine = machines.data?.machines.find((table) => table.kind === 'cluster');
+  const instanceMachine = machines.data?.machines.find((table) => table.kind === 'instance');
+  // The chosen instance, or the primary (else the first) while none is chosen or it is gone.
+  const shownInstance =
+    view.instances.find((instance) => instance.id === chosenInstance) ?? view.instances.find((instance) => instance.role === 'primary') ?? view.instances[0];
   return (
     <Page
       title={
@@ -106,7 +111,7 @@ export function ClusterPage({ name }: { name: string }) {
           </thead>
           <tbody>
             {view.instances.map((instance) => (
-              <tr key={instance.id} data-testid={`instance-${instance.id}`} data-role={instance.role}>
+              <tr key={instance.id} data-testid={`instance-${instance.id}`} data-role={instance.role} class={instance.id === shownInstance?.id ? 'selected clickable' : 'clickable'} onClick={() => setChosenInstance(instance.id)}>
                 <td>{instance.id}</td>
                 <td data-testid="instance-role">{instance.role}{instance.fenced ? ' (fenced)' : ''}</td>
                 <td>{instance.state}</td>
@@ -122,13 +127,29 @@ export function ClusterPage({ name }: { name: string }) {
 
       <h2>State machine</h2>
       {machine === undefined ? <ErrorLine error={machines.error} /> : <MachineDiagram machine={machine} current={view.machineLabel} events={view.events} entity={view.id} />}
+      {instanceMachine !== undefined && shownInstance !== undefined && (
+        <>
+          <h3>
+            Instance{' '}
+            <select data-testid="instance-machine-select" value={shownInstance.id} onChange={(event) => setChosenInstance(event.currentTarget.value)}>
+              {view.instances.map((instance) => (
+                <option key={instance.id} value={instance.id}>
+                  {instance.id} ({instance.role})
+                </option>
+              ))}
+            </select>{' '}
+            now <span data-testid="instance-machine-label">{shownInstance.machineLabel ?? '—'}</span>
+          </h3>
+          <MachineDiagram machine={instanceMachine} current={shownInstance.machineLabel} events={view.events} entity={shownInstance.id} testId="instance-diagram" />
+        </>
+      )}
 
       <h2>Over the last {samplesMinutes} minutes</h2>
       <Charts samples={samples.data} />
       <ErrorLine error={samples.error} />
 
       <h2>Backups</h2>
-      <Backups name={name} backups={backups.data?.backups} ask={ask} onError={setActionError} />
+      <Backups name={name} backups={backups.data?.backups} ask={ask} onError={setActionError} onStarted={backups.reload} />
 
       <h2>Events</h2>
       <ol class="events" data-testid="events">
@@ -175,12 +196,14 @@ function Charts({ samples }: { samples: Samples | undefined }) {
   );
 }
 
-function Backups({ name, backups, ask, onError }: { name: string; backups: BackupView[] | undefined; ask: ReturnType<typeof useConfirm>[1]; onError: (message: string | null) => void }) {
+function Backups({ name, backups, ask, onError, onStarted }: { name: string; backups: BackupView[] | undefined; ask: ReturnType<typeof useConfirm>[1]; onError: (message: string | null) => void; onStarted: () => void }) {
   const [restoreTo, setRestoreTo] = useState('');
   const backUp = async (): Promise<void> => {
     try {
       onError(null);
       await request('POST', `/v1/clusters/${encodeURIComponent(name)}/backups`);
+      // A backup's start records no cluster event, so the stream does not announce it.
+      onStarted();
     } catch (thrown) {
       onError(messageOf(thrown));
     }

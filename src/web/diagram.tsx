@@ -49,7 +49,14 @@ export function layoutMachine(machine: MachineTable): Map<string, Placed> {
   return placed;
 }
 
-export function MachineDiagram({ machine, current, events, entity }: { machine: MachineTable; current: string | undefined; events: ClusterEvent[]; entity: string }) {
+/**
+ * `testId` names the picture, its current label (`TESTID-current`) and its marked transitions
+ * (`TESTID-recent`), so that two machines on one page stay apart.
+ */
+export function MachineDiagram({ machine, current, events, entity, testId = 'diagram' }: { machine: MachineTable; current: string | undefined; events: ClusterEvent[]; entity: string; testId?: string }) {
+  // Marker ids are the document's: one set per machine kind.
+  const arrow = `arrow-${machine.kind}`;
+  const arrowRecent = `arrow-recent-${machine.kind}`;
   const placed = layoutMachine(machine);
   const width = Math.max(...[...placed.values()].map((node) => node.x)) + nodeWidth + margin;
   const height = Math.max(...[...placed.values()].map((node) => node.y)) + nodeHeight + margin;
@@ -75,28 +82,28 @@ export function MachineDiagram({ machine, current, events, entity }: { machine: 
     return `M${x1},${sameRow ? start.y : y1} Q${controlX},${controlY} ${x2},${sameRow ? end.y : y2}`;
   };
   return (
-    <svg class="diagram" viewBox={`0 0 ${width} ${height}`} role="img" aria-label={`${machine.kind} machine, now ${current ?? 'unknown'}`} data-testid="diagram">
+    <svg class="diagram" viewBox={`0 0 ${width} ${height}`} role="img" aria-label={`${machine.kind} machine, now ${current ?? 'unknown'}`} data-testid={testId}>
       <defs>
-        <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
+        <marker id={arrow} viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
           <path d="M0,0 L10,5 L0,10 z" class="arrow-head" />
         </marker>
-        <marker id="arrow-recent" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
+        <marker id={arrowRecent} viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
           <path d="M0,0 L10,5 L0,10 z" class="arrow-head recent" />
         </marker>
       </defs>
       {edges.map(({ from, to }) => (
-        <path key={`${from}>${to}`} class="edge" d={path(from, to)} marker-end="url(#arrow)" />
+        <path key={`${from}>${to}`} class="edge" d={path(from, to)} marker-end={`url(#${arrow})`} />
       ))}
       {recent.map((event, index) => (
-        <g key={`${event.at}-${index}`} data-testid="diagram-recent" data-from={event.from ?? ''} data-to={event.to}>
-          <path class="edge recent" d={path(event.from as string, event.to)} marker-end="url(#arrow-recent)" />
+        <g key={`${event.at}-${index}`} data-testid={`${testId}-recent`} data-from={event.from ?? ''} data-to={event.to}>
+          <path class="edge recent" d={path(event.from as string, event.to)} marker-end={`url(#${arrowRecent})`} />
         </g>
       ))}
       {[...placed.values()].map((node) => {
         const isCurrent = node.label === current;
         const order = recent.findIndex((event) => event.to === node.label);
         return (
-          <g key={node.label} class={isCurrent ? 'node current' : 'node'} data-testid={isCurrent ? 'diagram-current' : `diagram-node-${node.label}`} data-label={node.label}>
+          <g key={node.label} class={isCurrent ? 'node current' : 'node'} data-testid={isCurrent ? `${testId}-current` : `${testId}-node-${node.label}`} data-label={node.label}>
             <rect x={node.x} y={node.y} width={nodeWidth} height={nodeHeight} rx="6" />
             <text x={node.x + nodeWidth / 2} y={node.y + nodeHeight / 2 + 4} text-anchor="middle">
               {node.label}

@@ -69,7 +69,7 @@ function Routed({ route, admin }: { route: string[]; admin: boolean }) {
   if (first === 'clusters' && second !== undefined && third === 'settings') return <SettingsPage name={second} />;
   if (first === 'clusters' && second !== undefined) return <ClusterPage name={second} />;
   if (first === 'hosts') return operator(() => <HostsPage />);
-  if (first === 'flags') return operator(() => <FlagsPage />);
+  if (first === 'flags') return operator(() => <FlagsPage selected={second} />);
   if (first === 'rods') return operator(() => <RodsPage selected={second} />);
   if (first === 'freeze') return operator(() => <FreezePage />);
   return <ClustersPage />;

@@ -1,14 +1,30 @@
 import { useState } from 'preact/hooks';
 import { ApiError, request, useResource } from './session.js';
-import type { FlagView, FreezeDetail, HostView, RodDetail, RodView } from './types.js';
+import type { FlagDetail, FlagRuleView, FlagView, FreezeDetail, HostView, RodDetail, RodView } from './types.js';
 import { ErrorLine, Page, messageOf, time, useConfirm } from './ui.js';
 
 /** The cell operator's pages (admin tokens only): hosts, flags, rods, the freeze. */
 
 export function HostsPage() {
   const hosts = useResource<{ hosts: HostView[] }>('/v1/hosts', { anyCluster: true, controls: true });
+  const [dialog, ask] = useConfirm();
+  // A drain or undrain changes the host machine, not a cluster: the page rereads after its own.
+  const act = (host: HostView, drain: boolean): void =>
+    ask({
+      message: drain
+        ? `Drain host "${host.name}"? Its instances move to other hosts (replicas first, primaries by switchover) and it takes no new ones.`
+        : `Undrain host "${host.name}"? It takes instances again.`,
+      action: async () => {
+        try {
+          await request('POST', `/v1/hosts/${encodeURIComponent(host.name)}/${drain ? 'drain' : 'undrain'}`);
+        } finally {
+          hosts.reload();
+        }
+      },
+    });
   return (
     <Page title="Hosts">
+      {dialog}
       <ErrorLine error={hosts.error} />
       <div class="table-wrap">
         <table data-testid="hosts">
@@ -22,19 +38,24 @@ export function HostsPage() {
               <th>Memory (MB)</th>
               <th>Disk (GB)</th>
               <th>Lease age</th>
+              <th />
             </tr>
           </thead>
           <tbody>
             {(hosts.data?.hosts ?? []).map((host) => (
-              <tr key={host.name} data-testid={`host-${host.name}`}>
+              <tr key={host.name} data-testid={`host-${host.name}`} data-state={host.state}>
                 <td>{host.name}{host.local ? ' (local)' : ''}</td>
-                <td>{host.state}</td>
+                <td data-testid="host-state">{host.state}</td>
                 <td>{host.zone}</td>
                 <td class="mono">{host.address}</td>
                 <td>{host.used.instances} of {host.capacity.slots}</td>
                 <td>{host.used.memoryMb} of {host.capacity.memoryMb}</td>
                 <td>{host.used.diskGb} of {host.capacity.diskGb}</td>
                 <td>{host.leaseAgeMs === null ? '—' : `${(host.leaseAgeMs / 1000).toFixed(1)} s`}</td>
+                <td>
+                  {host.state === 'active' && <button type="button" class="small danger" data-testid="host-drain" onClick={() => act(host, true)}>Drain</button>}
+                  {(host.state === 'draining' || host.state === 'drained') && <button type="button" class="small" data-testid="host-undrain" onClick={() => act(host, false)}>Undrain</button>}
+                </td>
               </tr>
             ))}
           </tbody>
@@ -44,7 +65,7 @@ export function HostsPage() {
   );
 }
 
-export function FlagsPage() {
+export function FlagsPage({ selected }: { selected: string | undefined }) {
   const flags = useResource<{ flags: FlagView[] }>('/v1/flags', { controls: true });
   return (
     <Page title="Flags">
@@ -62,9 +83,9 @@ export function FlagsPage() {
           </thead>
           <tbody>
             {(flags.data?.flags ?? []).map((flag) => (
-              <tr key={flag.key} data-testid={`flag-${flag.key}`}>
+              <tr key={flag.key} data-testid={`flag-${flag.key}`} class={flag.key === selected ? 'selected' : ''}>
                 <td>
-                  <span class="mono">{flag.key}</span>
+                  <a href={`#/flags/${encodeURIComponent(flag.key)}`} class="mono">{flag.key}</a>
                   <div class="muted">{flag.description}</div>
                 </td>
                 <td class="mono">{String(flag.default)}</td>
@@ -73,8 +94,7 @@ export function FlagsPage() {
                     ? '—'
                     : flag.rules.map((rule) => (
                         <div key={`${rule.level}:${rule.target}`}>
-                          {rule.level}{rule.target === '' ? '' : ` ${rule.target}`}: <span class="mono">{String(rule.value)}</span>
-                          {rule.percent === null ? '' : ` at ${rule.percent}%`} <span class="muted">({rule.reason})</span>
+                          {describeRule(rule)} <span class="muted">({rule.reason})</span>
                         </div>
                       ))}
                 </td>
@@ -85,7 +105,175 @@ export function FlagsPage() {
           </tbody>
         </table>
       </div>
+      {selected !== undefined && <FlagEditor flagKey={selected} />}
     </Page>
+  );
+}
+
+const ruleLevels = ['global', 'cell', 'org', 'cluster'] as const;
+
+function describeRule(rule: FlagRuleView): string {
+  return `${rule.level}${rule.target === '' ? '' : ` ${rule.target}`}: ${String(rule.value)}${rule.percent === null ? '' : ` at ${rule.percent}%`}`;
+}
+
+/** An audited rule as `{ value, percent }` (src/store/flags.ts), or null for none. */
+function describeAudited(audited: unknown): string {
+  if (audited === null || typeof audited !== 'object') return 'none';
+  const { value, percent } = audited as { value?: unknown; percent?: unknown };
+  return `${String(value)}${typeof percent === 'number' ? ` at ${percent}%` : ''}`;
+}
+
+/** As the CLI reads a value: true and false are the booleans, anything else a string (a variant). */
+function flagValueOf(text: string): boolean | string {
+  const trimmed = text.trim();
+  if (trimmed === 'true') return true;
+  if (trimmed === 'false') return false;
+  return trimmed;
+}
+
+type FieldError = { field: string | undefined; message: string } | null;
+
+function fieldErrorOf(thrown: unknown): FieldError {
+  return { field: thrown instanceof ApiError ? thrown.field : undefined, message: messageOf(thrown) };
+}
+
+/** The error beside one field, when the API named it. */
+function FieldError({ error, field }: { error: FieldError; field: string }) {
+  return error?.field === field ? <p class="error field-error" data-testid={`error-${field}`}>{error.message}</p> : null;
+}
+
+function FlagEditor({ flagKey }: { flagKey: string }) {
+  const path = `/v1/flags/${encodeURIComponent(flagKey)}`;
+  const flag = useResource<FlagDetail>(path, { controls: true });
+  const [level, setLevel] = useState<string>('global');
+  const [target, setTarget] = useState('');
+  const [value, setValue] = useState('');
+  const [percent, setPercent] = useState('');
+  const [reason, setReason] = useState('');
+  const [error, setError] = useState<FieldError>(null);
+  const [removeReason, setRemoveReason] = useState('');
+  const [removeError, setRemoveError] = useState<FieldError>(null);
+  const [dialog, ask] = useConfirm();
+  const detail = flag.data;
+  const fields = ['level', 'target', 'value', 'percent', 'reason'];
+  const submit = async (event: Event): Promise<void> => {
+    event.preventDefault();
+    setError(null);
+    const trimmedPercent = percent.trim();
+    // Empty fields are not sent; a percent that is not a number goes as typed, for the API to name.
+    const body = {
+      level,
+      ...(level === 'global' ? {} : { target: target.trim() }),
+      value: flagValueOf(value),
+      ...(trimmedPercent === '' ? {} : { percent: Number.isNaN(Number(trimmedPercent)) ? trimmedPercent : Number(trimmedPercent) }),
+      reason,
+    };
+    try {
+      await request('PUT', path, body);
+      setValue('');
+      setPercent('');
+      setReason('');
+      flag.reload();
+    } catch (thrown) {
+      setError(fieldErrorOf(thrown));
+    }
+  };
+  const remove = (rule: FlagRuleView): void =>
+    ask({
+      message: `Remove the ${rule.level}${rule.target === '' ? '' : ` ${rule.target}`} rule of ${flagKey}? The next level decides its value.`,
+      action: async () => {
+        setRemoveError(null);
+        try {
+          await request('DELETE', `${path}/rules`, { level: rule.level, ...(rule.level === 'global' ? {} : { target: rule.target }), reason: removeReason });
+        } catch (thrown) {
+          // Shown beside the reason field too, which stays on the page when the dialog closes.
+          setRemoveError(fieldErrorOf(thrown));
+          throw thrown;
+        }
+        setRemoveReason('');
+        flag.reload();
+      },
+    });
+  if (detail === undefined) return <ErrorLine error={flag.error} />;
+  const allowed = detail.type === 'boolean' ? ['true', 'false'] : (detail.variants ?? []);
+  return (
+    <div class="panel" data-testid="flag-detail">
+      {dialog}
+      <h2 class="mono">{detail.key}</h2>
+      <p>{detail.description}</p>
+      <p>
+        Default <strong class="mono">{String(detail.default)}</strong>; values: <span class="mono">{allowed.join(', ')}</span>.
+      </p>
+      <h3>Rules</h3>
+      {detail.rules.length === 0 ? (
+        <p class="muted" data-testid="flag-no-rules">No rules: every cluster gets the default.</p>
+      ) : (
+        <ul class="audit" data-testid="flag-rules">
+          {detail.rules.map((rule) => (
+            <li key={`${rule.level}:${rule.target}`} data-testid={`flag-rule-${rule.level}${rule.target === '' ? '' : `-${rule.target}`}`}>
+              <span class="mono" data-testid="flag-rule-text">{describeRule(rule)}</span> by {rule.setBy} <span class="muted">({rule.reason})</span>{' '}
+              <button type="button" class="small danger" data-testid="flag-rule-remove" onClick={() => remove(rule)}>Remove</button>
+            </li>
+          ))}
+        </ul>
+      )}
+      {detail.rules.length > 0 && (
+        <div class="field">
+          <label for="flag-remove-reason">Reason for a removal</label>
+          <input id="flag-remove-reason" data-testid="flag-remove-reason" value={removeReason} onInput={(event) => setRemoveReason(event.currentTarget.value)} />
+          {removeError !== null && <p class="error field-error" data-testid="flag-remove-error">{removeError.message}</p>}
+        </div>
+      )}
+      <h3>Set a rule</h3>
+      <form class="form" onSubmit={(event) => void submit(event)} noValidate>
+        <div class="field">
+          <label for="flag-level">Level</label>
+          <select id="flag-level" data-testid="flag-level" value={level} onChange={(event) => setLevel(event.currentTarget.value)}>
+            {ruleLevels.map((each) => (
+              <option key={each} value={each}>{each}</option>
+            ))}
+          </select>
+          <FieldError error={error} field="level" />
+        </div>
+        {level !== 'global' && (
+          <div class="field">
+            <label for="flag-target">Target ({level === 'cell' ? "the cell's name" : level === 'org' ? "the org's id or name" : "the cluster's id"})</label>
+            <input id="flag-target" data-testid="flag-target" value={target} onInput={(event) => setTarget(event.currentTarget.value)} />
+            <FieldError error={error} field="target" />
+          </div>
+        )}
+        <div class="field">
+          <label for="flag-value">Value ({allowed.join(', ')})</label>
+          <input id="flag-value" data-testid="flag-value" list="flag-values" value={value} onInput={(event) => setValue(event.currentTarget.value)} />
+          <datalist id="flag-values">
+            {allowed.map((each) => (
+              <option key={each} value={each} />
+            ))}
+          </datalist>
+          <FieldError error={error} field="value" />
+        </div>
+        <div class="field">
+          <label for="flag-percent">Percent of ids (empty: all)</label>
+          <input id="flag-percent" data-testid="flag-percent" inputMode="decimal" value={percent} onInput={(event) => setPercent(event.currentTarget.value)} />
+          <FieldError error={error} field="percent" />
+        </div>
+        <div class="field">
+          <label for="flag-reason">Reason</label>
+          <input id="flag-reason" data-testid="flag-reason" value={reason} onInput={(event) => setReason(event.currentTarget.value)} />
+          <FieldError error={error} field="reason" />
+        </div>
+        {error !== null && !fields.includes(error.field ?? '') && <p class="error" data-testid="flag-error">{error.message}</p>}
+        <button type="submit" class="primary" data-testid="flag-submit">Set rule</button>
+      </form>
+      <h3>Audit</h3>
+      <ol class="audit" data-testid="flag-changes">
+        {detail.changes.map((change, index) => (
+          <li key={`${change.at}-${index}`} data-testid="flag-change">
+            <time>{time(change.at)}</time> {change.scope}: {describeAudited(change.oldValue)} → {describeAudited(change.newValue)} by {change.actor} <span class="muted" data-testid="flag-change-reason">{change.reason}</span>
+          </li>
+        ))}
+      </ol>
+    </div>
   );
 }
 

@@ -140,11 +140,27 @@ export interface HostView {
 export interface FlagView {
   key: string;
   type: string;
+  variants: string[] | null;
   default: boolean | string;
   kind: string;
   expires: string;
   description: string;
-  rules: { level: string; target: string; value: boolean | string; percent: number | null; reason: string; setBy: string; setAt: string }[];
+  rules: FlagRuleView[];
+}
+
+export interface FlagRuleView {
+  level: string;
+  target: string;
+  value: boolean | string;
+  percent: number | null;
+  reason: string;
+  setBy: string;
+  setAt: string;
+}
+
+export interface FlagDetail extends FlagView {
+  /** The audit, newest first: old and new values are the rules as they were (null: none). */
+  changes: { at: string; scope: string; actor: string; oldValue: unknown; newValue: unknown; reason: string }[];
 }
 
 export interface RodView {
