@@ -286,6 +286,13 @@ describe('the web console', { timeout: 600_000 }, () => {
     await screenshot(t, page, 'flag-bad-value');
 
     await page.getByTestId('flag-value').fill('async');
+    await page.getByTestId('flag-percent').fill('150');
+    await page.getByTestId('flag-submit').click();
+    const percentShown = await textOf(page, 'error-percent');
+    const percentDirect = await cellar.api<{ error: { message: string; field: string } }>('PUT', `/v1/flags/${flagKey}`, { level: 'cluster', target, value: 'async', percent: 150, reason });
+    assert.equal(percentDirect.status, 400);
+    assert.equal(percentShown, percentDirect.body.error.message, "the API's own message, beside the percent field");
+    await page.getByTestId('flag-percent').fill('');
     await page.getByTestId('flag-submit').click();
     const rule = page.getByTestId(`flag-rule-cluster-${target}`);
     await rule.waitFor();

@@ -131,14 +131,14 @@ function flagValueOf(text: string): boolean | string {
   return trimmed;
 }
 
-type FieldError = { field: string | undefined; message: string } | null;
+type FieldProblem = { field: string | undefined; message: string } | null;
 
-function fieldErrorOf(thrown: unknown): FieldError {
+function fieldErrorOf(thrown: unknown): FieldProblem {
   return { field: thrown instanceof ApiError ? thrown.field : undefined, message: messageOf(thrown) };
 }
 
 /** The error beside one field, when the API named it. */
-function FieldError({ error, field }: { error: FieldError; field: string }) {
+function FieldError({ error, field }: { error: FieldProblem; field: string }) {
   return error?.field === field ? <p class="error field-error" data-testid={`error-${field}`}>{error.message}</p> : null;
 }
 
@@ -150,9 +150,9 @@ function FlagEditor({ flagKey }: { flagKey: string }) {
   const [value, setValue] = useState('');
   const [percent, setPercent] = useState('');
   const [reason, setReason] = useState('');
-  const [error, setError] = useState<FieldError>(null);
+  const [error, setError] = useState<FieldProblem>(null);
   const [removeReason, setRemoveReason] = useState('');
-  const [removeError, setRemoveError] = useState<FieldError>(null);
+  const [removeError, setRemoveError] = useState<FieldProblem>(null);
   const [dialog, ask] = useConfirm();
   const detail = flag.data;
   const fields = ['level', 'target', 'value', 'percent', 'reason'];
