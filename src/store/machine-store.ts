@@ -10,7 +10,7 @@ import type { CatalogueEntry } from '../lib/settings.js';
 import { type StoragePolicy, loadCatalogue, proposeChange, revertChange, revisionOfChange, saveCatalogue } from './config.js';
 import { isPortFree } from '../lib/net.js';
 import { type AutogrowPolicy, type ClusterRecord, type InstanceRecord, type StorageFull, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
-import { recordSample } from './samples.js';
+import { recordObservation } from './samples.js';
 import type { PoolClient } from 'pg';
 import { type Pool, inTransaction } from './pool.js';
 
@@ -240,8 +240,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   async recordObserved(instanceId: InstanceId, observed: InstanceStatus): Promise<void> {
-    await this.db.query('update instances set observed = $2, observed_at = now() where id = $1', [instanceId, observed]);
-    await recordSample(this.db, instanceId);
+    await recordObservation(this.db, instanceId, observed);
   }
 
   async recordUsage(instanceId: InstanceId, usage: InstanceUsage): Promise<void> {

@@ -1,34 +1,39 @@
+import type { InstanceStatus } from '../dataplane/dataplane.js';
 import type { Queryable } from './pool.js';
 
 /**
  * The console's charts (docs/CONSOLE.md): a sample of what an instance's probe saw, at most one per
- * `sampleIntervalSeconds` per instance, kept `sampleRetentionMinutes`. Written with the
- * observation it comes from, so it costs the probe one statement and never a second round trip
- * when nothing is due.
+ * `sampleIntervalSeconds` per instance, kept `sampleRetentionMinutes`, written with the
+ * observation it comes from.
  */
 
 export const sampleIntervalSeconds = 5;
 export const sampleRetentionMinutes = 60;
 
-/** After the observation is stored: a sample when the instance's last is older than the interval, and its expired ones gone. */
-export async function recordSample(db: Queryable, instanceId: string): Promise<void> {
+/**
+ * Stores an instance's observation and, in the same statement, a sample of it when the instance's
+ * last is older than the interval (its expired ones deleted then): the probe pays one round trip
+ * for both. A replica's lag is taken against the primary's last stored LSN.
+ */
+export async function recordObservation(db: Queryable, instanceId: string, observed: InstanceStatus): Promise<void> {
   await db.query(
-    `with sampled as (
+    `with observed as (
+       update instances set observed = $2, observed_at = now() where id = $1 returning id, cluster_id, role),
+     sampled as (
        insert into instance_samples (instance_id, cluster_id, role, lag_bytes, connections, transactions)
-       select i.id, i.cluster_id, i.role,
-              case when i.role = 'replica' then greatest(0, pg_wal_lsn_diff(
+       select o.id, o.cluster_id, o.role,
+              case when o.role = 'replica' then greatest(0, pg_wal_lsn_diff(
                 (select (p.observed ->> 'lsn')::pg_lsn from instances p
-                  where p.cluster_id = i.cluster_id and p.role = 'primary' and p.deleted_at is null and p.observed ? 'lsn' limit 1),
-                (i.observed ->> 'lsn')::pg_lsn))::bigint end,
-              (i.observed ->> 'connections')::int,
-              (i.observed ->> 'transactions')::bigint
-         from instances i
-        where i.id = $1
-          and not exists (select 1 from instance_samples s where s.instance_id = $1 and s.at > now() - make_interval(secs => $2))
+                  where p.cluster_id = o.cluster_id and p.role = 'primary' and p.deleted_at is null and p.observed ? 'lsn' limit 1),
+                ($2::jsonb ->> 'lsn')::pg_lsn))::bigint end,
+              ($2::jsonb ->> 'connections')::int,
+              ($2::jsonb ->> 'transactions')::bigint
+         from observed o
+        where not exists (select 1 from instance_samples s where s.instance_id = $1 and s.at > now() - make_interval(secs => $3))
        returning instance_id)
      delete from instance_samples
-      where instance_id in (select instance_id from sampled) and at < now() - make_interval(mins => $3)`,
-    [instanceId, sampleIntervalSeconds, sampleRetentionMinutes],
+      where instance_id in (select instance_id from sampled) and at < now() - make_interval(mins => $4)`,
+    [instanceId, observed, sampleIntervalSeconds, sampleRetentionMinutes],
   );
 }
 
