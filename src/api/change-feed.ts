@@ -32,7 +32,11 @@ export class ChangeFeed {
   private readonly subscribed = new Set<FeedSubscriber>();
   private timer: NodeJS.Timeout | null = null;
   private polling = false;
-  /** The newest ids seen; null while no stream is open. */
+  /**
+   * The newest ids seen; null until the first stream. Kept while no stream is open: a stream opened
+   * between another's `ready` and its subscribe then never starts from its first poll, and the
+   * first poll after a quiet spell names what changed in it (a refetch more, nothing missed).
+   */
   private seen: { events: bigint; controls: bigint } | null = null;
 
   constructor(
@@ -41,9 +45,9 @@ export class ChangeFeed {
   ) {}
 
   /**
-   * Takes the newest ids as the feed's starting point when it has none (no stream open), so that a
-   * change made right after a stream's `hello` is announced; before, the first poll set it and a
-   * change in that first interval went unheard. Called before a stream subscribes.
+   * Takes the newest ids as the feed's starting point when it has none (before the first stream),
+   * so that a change made right after a stream's `hello` is announced; before, the first poll set
+   * it and a change in that first interval went unheard. Called before a stream subscribes.
    */
   async ready(): Promise<void> {
     if (this.seen !== null) return;
@@ -80,7 +84,6 @@ export class ChangeFeed {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    this.seen = null;
   }
 
   /** One poll; a poll still running when the next is due is not doubled. */
