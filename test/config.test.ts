@@ -13,20 +13,33 @@ interface ErrorBody {
 }
 
 /** New connections opened one after another through the proxy while a change runs; each runs `select 1`. */
-function startConnector(uri: string): { stop: () => Promise<{ ok: number; failures: string[] }> } {
+function startConnector(uri: string): { stop: () => Promise<{ ok: number; failures: string[]; ended: number }> } {
   let stopping = false;
   const failures: string[] = [];
   let ok = 0;
+  let ended = 0;
   const loop = (async () => {
     while (!stopping) {
       const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000, query_timeout: 15_000 });
       client.on('error', () => undefined);
       try {
         await client.connect();
+      } catch (error) {
+        failures.push(error instanceof Error ? error.message : String(error));
+        await client.end().catch(() => undefined);
+        await new Promise((resolve) => setTimeout(resolve, 25));
+        continue;
+      }
+      try {
         await client.query('select 1');
         ok += 1;
       } catch (error) {
-        failures.push(error instanceof Error ? error.message : String(error));
+        // Connected: a switchover may end it between its connect and its query, as the proxy ends
+        // every write connection of a primary that leaves its route (docs/CONFIG.md); any other
+        // error of the query is a failure.
+        const message = error instanceof Error ? error.message : String(error);
+        if (message === 'Connection terminated unexpectedly') ended += 1;
+        else failures.push(message);
       } finally {
         await client.end().catch(() => undefined);
       }
@@ -37,13 +50,13 @@ function startConnector(uri: string): { stop: () => Promise<{ ok: number; failur
     async stop() {
       stopping = true;
       await loop;
-      return { ok, failures };
+      return { ok, failures, ended };
     },
   };
 }
 
 /** Runs `body` under a writer and a new-connection prober through the proxy; both stop whatever happens, before a failure is reported. */
-async function underLoad(uri: string, body: (writer: Writer) => Promise<void>): Promise<{ connections: { ok: number; failures: string[] }; stats: WriterStats }> {
+async function underLoad(uri: string, body: (writer: Writer) => Promise<void>): Promise<{ connections: { ok: number; failures: string[]; ended: number }; stats: WriterStats }> {
   const writer = startWriter(uri, 'acked');
   const connector = startConnector(uri);
   const outcome = await body(writer).then(() => null, (error: unknown) => ({ error }));
