@@ -167,6 +167,13 @@ export interface StorageSettings {
    */
   readonly writeRateMbPerSecond: number;
   /**
+   * How far ahead of a primary's measured use the read-only threshold is judged, at the growth
+   * its last two measurements show (at most a hundredth of the allocation ahead): about the time
+   * from one measurement to the next plus the time the guard takes to turn the servers read-only,
+   * so a writer at full speed stops near the threshold rather than well past it.
+   */
+  readonly readOnlyLeadMs: number;
+  /**
    * The share of a host's measured data filesystem that new instances and storage growth leave
    * free, percent (docs/STORAGE.md "Host disk reserve"); counted in `gbBytes`.
    */
@@ -304,6 +311,7 @@ export function loadConfig(env: Env = process.env): Config {
       warnPercent: integer(env, 'CELLAR_STORAGE_WARN_PERCENT', 80, 50, 94, problems),
       readOnlyPercent: integer(env, 'CELLAR_STORAGE_READ_ONLY_PERCENT', 95, 60, 99, problems),
       writeRateMbPerSecond: integer(env, 'CELLAR_STORAGE_WRITE_RATE_MB_S', 512, 1, 100_000, problems),
+      readOnlyLeadMs: integer(env, 'CELLAR_STORAGE_READ_ONLY_LEAD_MS', 300, 0, 5_000, problems),
       hostDiskReservePercent: integer(env, 'CELLAR_HOST_DISK_RESERVE_PERCENT', hostDiskReservePercentDefault, hostDiskReservePercentMin, hostDiskReservePercentMax, problems),
     },
     hosts: {

@@ -172,7 +172,7 @@ const ha: HaSettings = {
   archiveFailingMs: 60_000,
 };
 
-const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
+const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 6 * 3_600_000, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, readOnlyLeadMs: 300, hostDiskReservePercent: 10 };
 
 const backupSettings: BackupSettings = { intervalMs: 3_600_000, maxRateBytesPerSecond: 0, retentionMs: 86_400_000, countMin: 2, countMax: 4, verifyConcurrency: 1, deletedRetentionMs: 7 * 86_400_000 };
 
@@ -1242,7 +1242,8 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     const h = fullHarness(90);
     const near = { dataBytes: Math.round(0.949 * 10 * gb), walBytes: 0, filesystem };
     h.dataPlane.usage_ = near;
-    const measured = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now, lastUsageMs: h.clock.now - 10_000 } });
+    // 90 % to 94.9 % in 50 s: 10 MB/s, which the lead (300 ms) does not carry across.
+    const measured = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now, lastUsageMs: h.clock.now - 50_000 } });
     assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 1, 'measured between probes');
     assert.ok(measured.type === 'nap' && measured.ms < livenessIntervalMs, `napped ${measured.type === 'nap' ? measured.ms : '?'} ms, sooner than the liveness tick`);
     assert.deepEqual(measured.type === 'nap' && measured.wake, [], 'still below every threshold it was below');
@@ -1250,9 +1251,36 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     h.dataPlane.usage_ = { dataBytes: Math.round(0.96 * 10 * gb), walBytes: 0, filesystem };
     const crossed = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now, lastUsageMs: h.clock.now - 1_000 } });
     assert.deepEqual(crossed.type === 'nap' && crossed.wake, [{ kind: 'cluster', entityId: clusterId }], 'the crossing wakes the cluster');
+    // A fast writer just short of the threshold: 94 % to 94.8 % in 250 ms is past it within the lead.
+    const fast = fullHarness(94);
+    fast.dataPlane.usage_ = { dataBytes: Math.round(0.948 * 10 * gb), walBytes: 0, filesystem };
+    const ahead = await step(instanceMachine, 'running', primaryId, fast, { data: { lastProbeMs: fast.clock.now, lastUsageMs: fast.clock.now - 250 } });
+    assert.deepEqual(ahead.type === 'nap' && ahead.wake, [{ kind: 'cluster', entityId: clusterId }], 'about to cross at the growth measured: the cluster is woken');
+    const recorded = (await fast.store.instance(primaryId))?.usage;
+    assert.equal(recorded?.growthBytesPerSecond, Math.round(((Math.round(0.948 * 10 * gb) - Math.round(0.94 * 10 * gb)) * 1000) / 250), 'the growth is recorded with the figure');
     const far = fullHarness(10);
     const quiet = await step(instanceMachine, 'running', primaryId, far, { data: { lastProbeMs: far.clock.now, lastUsageMs: far.clock.now } });
     assert.deepEqual(quiet, { type: 'nap', ms: livenessIntervalMs }, 'far from full: no measurement, the liveness tick');
+  });
+
+  test('a fast writer just short of the threshold: read-only a lead ahead, said with its growth; it stays read-only where it stopped', async () => {
+    const h = fullHarness(94.6);
+    const crossing = { dataBytes: Math.round(0.946 * 10 * gb), walBytes: 0, filesystem, growthBytesPerSecond: 200 * 1024 ** 2 };
+    h.store.update(primaryId, { usage: crossing });
+    const stopped = { dataBytes: Math.round(0.948 * 10 * gb), walBytes: 0, filesystem };
+    h.dataPlane.usage_ = stopped;
+    const full = await step(clusterMachine, 'running', clusterId, h, { data: { syncStandbys: [], storageWarned: true } });
+    assert.equal(full.type === 'nap' && full.code, 'storage_read_only');
+    assert.match(full.type === 'nap' ? (full.reason ?? '') : '', /^storage is 94\.8 % .* full, growing 200 MB\/s: at that pace past 95 % within 300 ms: the primary is read-only/);
+    assert.equal(h.store.storageFull?.percent, 94.8);
+    const data = { syncStandbys: [], storageWarned: true, readOnlyApplied: true };
+    assert.equal((await step(clusterMachine, 'running', clusterId, h, { data })).type === 'nap' && h.store.storageFull?.percent, 94.8, 'the crossing figure again: still full');
+    h.store.update(primaryId, { usage: stopped });
+    const steady = await step(clusterMachine, 'running', clusterId, h, { data });
+    assert.equal(steady.type === 'nap' && steady.code, undefined, 'measured where it stopped, short of 95 %: still read-only, not writable at once');
+    h.store.update(primaryId, { usage: { ...stopped, dataBytes: Math.round(0.9 * 10 * gb) } });
+    const dropped = await step(clusterMachine, 'running', clusterId, h, { data });
+    assert.equal(dropped.type === 'nap' && dropped.code, 'storage_writable', 'below where it stopped: writable');
   });
 
   test('autogrow: past its threshold it grows by its step up to the ceiling, then says once that it is at the ceiling', async () => {

@@ -3,8 +3,8 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ErrorRewriter, errorMessageBytesMax, rewriteError } from '../src/proxy/storage-full.js';
 import { autogrowTarget, lockAction, storageAction } from '../src/machines/storage-guard.js';
-import { lockGrowthBytes } from '../src/lib/sizes.js';
-import { usageIntervalFor, usageIntervalMsNearFull } from '../src/machines/instance.js';
+import { lockGrowthBytes, storageUse } from '../src/lib/sizes.js';
+import { growthBytesPerSecond, usageIntervalFor, usageIntervalMsNearFull } from '../src/machines/instance.js';
 import type { ClusterRecord, InstanceRecord } from '../src/machines/ports.js';
 import type { StorageSettings } from '../src/config.js';
 
@@ -87,23 +87,61 @@ describe('storage full: what the proxy tells a client that writes', () => {
 
 describe('storage guard: the pure rules', () => {
   const settings = { warnPercent: 80, readOnlyPercent: 95 };
-  const use = (percent: number) => ({ usedBytes: percent, allocatedBytes: 100, percent });
+  const use = (percent: number, projectedPercent = percent) => ({ usedBytes: percent, allocatedBytes: 100, percent, growthBytesPerSecond: 0, projectedPercent });
+  const marked = (percent: number) => ({ usedBytes: percent, allocatedBytes: 100, percent });
 
   test('read-only at the threshold and writable below it, the warning once per climb and always before read-only', () => {
-    assert.equal(storageAction(use(94.9), false, true, settings), null);
-    assert.equal(storageAction(use(95), false, true, settings), 'readOnly');
-    assert.equal(storageAction(use(95), true, true, settings), null);
-    assert.equal(storageAction(use(94.9), true, true, settings), 'writable');
-    assert.equal(storageAction(use(80), false, false, settings), 'warn');
-    assert.equal(storageAction(use(99), false, false, settings), 'warn', 'the warning first, even past both');
-    assert.equal(storageAction(use(79.9), false, true, settings), 'unwarn');
-    assert.equal(storageAction(use(50), false, false, settings), null);
+    assert.equal(storageAction(use(94.9), null, true, settings), null);
+    assert.equal(storageAction(use(95), null, true, settings), 'readOnly');
+    assert.equal(storageAction(use(95), marked(95), true, settings), null);
+    assert.equal(storageAction(use(94.9), marked(95), true, settings), 'writable');
+    assert.equal(storageAction(use(80), null, false, settings), 'warn');
+    assert.equal(storageAction(use(99), null, false, settings), 'warn', 'the warning first, even past both');
+    assert.equal(storageAction(use(79.9), null, true, settings), 'unwarn');
+    assert.equal(storageAction(use(50), null, false, settings), null);
+  });
+
+  test('judged a lead ahead: read-only when the growth would carry it past the threshold; not undone until below where it stopped', () => {
+    assert.equal(storageAction(use(94.5, 95.2), null, true, settings), 'readOnly', 'about to cross at the growth measured');
+    assert.equal(storageAction(use(94.5, 94.9), null, true, settings), null, 'not within the lead');
+    assert.equal(storageAction(use(94.5, 95.2), marked(94.7), true, settings), null, 'the crossing figure again, still growing');
+    assert.equal(storageAction(use(94.7), marked(94.7), true, settings), null, 'stopped short of the threshold: stays read-only');
+    assert.equal(storageAction(use(94.6), marked(94.7), true, settings), 'writable', 'below where it stopped (data dropped)');
+    assert.equal(storageAction(use(47.4), { usedBytes: 94.7, allocatedBytes: 100, percent: 94.7 }, true, settings), 'writable', 'resized');
+    assert.equal(storageAction(use(94.9), marked(96), true, settings), 'writable', 'a mark past the threshold: below the threshold is enough');
+  });
+
+  test('the lead is the growth over the lead time, at most a hundredth of the allocation; shrinking is no growth', () => {
+    const gb = 1024 ** 3;
+    const at = (usedPercent: number, growthBytesPerSecond: number, leadMs: number) => storageUse(10, gb, { dataBytes: (usedPercent / 100) * 10 * gb, walBytes: 0, growthBytesPerSecond }, leadMs);
+    assert.equal(at(90, 100 * 1024 ** 2, 0)?.projectedPercent, 90, 'no lead');
+    const fast = at(90, 100 * 1024 ** 2, 300);
+    assert.ok(fast !== null && Math.abs(fast.projectedPercent - (90 + (30 * 1024 ** 2 * 100) / (10 * gb))) < 1e-9, `${fast?.projectedPercent}`);
+    assert.ok(Math.abs((at(90, 10 * gb, 300)?.projectedPercent ?? 0) - 91) < 1e-9, 'capped at 1 % of the allocation');
+    assert.equal(at(90, -gb, 300)?.projectedPercent, 90, 'shrinking');
+    fc.assert(
+      fc.property(fc.double({ min: 0, max: 200, noNaN: true }), fc.double({ min: -1e10, max: 1e12, noNaN: true }), fc.integer({ min: 0, max: 5_000 }), (percent, growth, leadMs) => {
+        const projected = at(percent, growth, leadMs);
+        assert.ok(projected !== null && projected.projectedPercent >= projected.percent && projected.projectedPercent <= projected.percent + 1 + 1e-9);
+      }),
+    );
+  });
+
+  test('growth comes from the measurement before, within a minute of it', () => {
+    const before = { dataBytes: 1000, walBytes: 0, filesystem: { path: '/', totalBytes: 0, freeBytes: 0, availableBytes: 0 } };
+    const after = { ...before, dataBytes: 3000, walBytes: 1000 };
+    assert.equal(growthBytesPerSecond(before, 10_000, after, 10_500), 6000);
+    assert.equal(growthBytesPerSecond(null, 10_000, after, 10_500), undefined, 'never measured');
+    assert.equal(growthBytesPerSecond(before, undefined, after, 10_500), undefined);
+    assert.equal(growthBytesPerSecond(before, 10_000, after, 10_000), undefined, 'no time passed');
+    assert.equal(growthBytesPerSecond(before, 10_000, after, 80_000), undefined, 'too long ago to mean anything now');
+    assert.equal(growthBytesPerSecond(after, 10_000, before, 11_000), -3000, 'shrinking is told as it is');
   });
 
   test('the hard stop: a full cluster is locked only once it grew past the mark by the growth bound and past its whole allocation', () => {
     const allocatedBytes = 10 * 1024 ** 3;
     const full = { usedBytes: 0.96 * allocatedBytes, allocatedBytes, percent: 96 };
-    const at = (usedBytes: number) => ({ usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100 });
+    const at = (usedBytes: number) => ({ usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100, growthBytesPerSecond: 0, projectedPercent: (usedBytes / allocatedBytes) * 100 });
     assert.equal(lockGrowthBytes(allocatedBytes), 0.1 * allocatedBytes);
     assert.equal(lockGrowthBytes(128 * 1024 ** 2), 64 * 1024 ** 2, 'never less than 64 MiB');
     assert.equal(lockAction(at(0.99 * allocatedBytes), full), null, 'below the allocation');
@@ -128,7 +166,7 @@ describe('storage guard: the pure rules', () => {
   });
 
   test('a primary is measured sooner the nearer it is to the read-only threshold, at most every 50 ms; a replica once per interval', () => {
-    const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, hostDiskReservePercent: 10 };
+    const storage: StorageSettings = { usageIntervalMs: 30_000, resizeCooldownMs: 0, resizeStepGbMin: 1, gbBytes: 1024 ** 3, warnPercent: 80, readOnlyPercent: 95, writeRateMbPerSecond: 512, readOnlyLeadMs: 300, hostDiskReservePercent: 10 };
     const cluster = { spec: { storageGb: 100 } } as ClusterRecord;
     const at = (role: 'primary' | 'replica', percent: number) => ({ role, usage: { dataBytes: (percent / 100) * 100 * 1024 ** 3, walBytes: 0 } }) as InstanceRecord;
     assert.equal(usageIntervalFor(storage, cluster, at('primary', 10)), 30_000, 'far from full: the interval');

@@ -103,6 +103,14 @@ export interface InstanceUsage {
   readonly filesystem: FilesystemUsage;
 }
 
+/**
+ * A measurement as the store keeps it: with how fast the instance grew since its measurement
+ * before (the instance machine's figure, not the data plane's; absent when unknown).
+ */
+export interface RecordedUsage extends InstanceUsage {
+  readonly growthBytesPerSecond?: number;
+}
+
 /** Where a replica streams from. */
 export interface UpstreamRef {
   readonly host: string;

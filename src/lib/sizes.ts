@@ -53,7 +53,20 @@ export interface StorageUse {
   readonly allocatedBytes: number;
   /** Unrounded. */
   readonly percent: number;
+  /** How fast the primary grew between its last two measurements (0 when unknown or shrinking). */
+  readonly growthBytesPerSecond: number;
+  /**
+   * `percent` a lead ahead at that growth: where a writer will be by the time a decision made now
+   * is in force (at most `readOnlyLeadShareMax` of the allocation ahead). `percent` with no lead.
+   */
+  readonly projectedPercent: number;
 }
+
+/**
+ * The most a read-only decision looks ahead of the measured use: a hundredth of the allocation,
+ * so a writer at full speed is stopped near the threshold, never far before it (docs/STORAGE.md "Limits").
+ */
+export const readOnlyLeadShareMax = 0.01;
 
 /** What a full cluster may grow by after its mark before it is locked: in-flight work, WAL of checkpoints, a deletion's own writes. */
 export function lockGrowthBytes(allocatedBytes: number): number {
@@ -67,12 +80,22 @@ export function pastLockBound(use: StorageUse, marked: { readonly usedBytes: num
   return use.usedBytes >= use.allocatedBytes && use.usedBytes - marked.usedBytes >= lockGrowthBytes(use.allocatedBytes);
 }
 
-/** `gbBytes`: bytes in one GB of allocation (1 GiB; less in tests, CELLAR_STORAGE_GB_BYTES). */
-export function storageUse(storageGb: number, gbBytes: number, usage: { readonly dataBytes: number; readonly walBytes: number } | null): StorageUse | null {
+/**
+ * `gbBytes`: bytes in one GB of allocation (1 GiB; less in tests, CELLAR_STORAGE_GB_BYTES).
+ * `leadMs`: how far ahead `projectedPercent` looks at the usage's growth rate (0: not at all).
+ */
+export function storageUse(
+  storageGb: number,
+  gbBytes: number,
+  usage: { readonly dataBytes: number; readonly walBytes: number; readonly growthBytesPerSecond?: number } | null,
+  leadMs = 0,
+): StorageUse | null {
   if (usage === null) return null;
   const usedBytes = usage.dataBytes + usage.walBytes;
   const allocatedBytes = storageAllocatedBytes(storageGb, gbBytes);
-  return { usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100 };
+  const growthBytesPerSecond = Math.max(0, usage.growthBytesPerSecond ?? 0);
+  const leadBytes = Math.min((growthBytesPerSecond * leadMs) / 1000, readOnlyLeadShareMax * allocatedBytes);
+  return { usedBytes, allocatedBytes, percent: (usedBytes / allocatedBytes) * 100, growthBytesPerSecond, projectedPercent: ((usedBytes + leadBytes) / allocatedBytes) * 100 };
 }
 export const clusterNameLengthMax = 40;
 export const backupIntervalHoursMin = 1;

@@ -1,4 +1,4 @@
-import { type InstanceSpec, type InstanceStatus, type InstanceUsage, type RejoinMethod, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
+import { type InstanceSpec, type InstanceStatus, type InstanceUsage, type RecordedUsage, type RejoinMethod, type UpstreamRef, dataPlaneLimitsMs } from '../dataplane/dataplane.js';
 import { type MachineDefinition, type MachineRef, type Outcome, type StepContext, done, fail, hop, nap, stepTimeoutMarginMs } from '../engine/machine.js';
 import { assert } from '../lib/assert.js';
 import { HostUnreachableError } from '../lib/failure.js';
@@ -317,21 +317,24 @@ function usageFieldsOf(data: InstanceData): UsageData {
  * primary far from full costs one walk per interval (docs/STORAGE.md "Limits").
  */
 export function usageIntervalFor(storage: MachinePorts['storage'], cluster: ClusterRecord, instance: InstanceRecord): number {
-  const use = instance.role === 'primary' ? storageUse(cluster.spec.storageGb, storage.gbBytes, instance.usage) : null;
+  const use = instance.role === 'primary' ? storageUse(cluster.spec.storageGb, storage.gbBytes, instance.usage, storage.readOnlyLeadMs) : null;
   if (use === null) return storage.usageIntervalMs;
-  const gapBytes = Math.abs((use.allocatedBytes * storage.readOnlyPercent) / 100 - use.usedBytes);
+  // From where the guard judges it (its lead ahead at the growth measured), to the threshold.
+  const gapBytes = (Math.abs(storage.readOnlyPercent - use.projectedPercent) / 100) * use.allocatedBytes;
   const gapMs = (gapBytes / (storage.writeRateMbPerSecond * 1024 ** 2)) * 1000;
   return Math.max(usageIntervalMsNearFull, Math.min(storage.usageIntervalMs, gapMs));
 }
 
 /** Which side of each of the cluster's storage thresholds a use is on: a change wakes the cluster. */
 function storageBand(storage: MachinePorts['storage'], cluster: ClusterRecord, usage: InstanceRecord['usage']): number {
-  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, usage);
+  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, usage, storage.readOnlyLeadMs);
   if (use === null) return 0;
-  const thresholds = [storage.warnPercent, storage.readOnlyPercent, ...(cluster.autogrow === null ? [] : [cluster.autogrow.thresholdPercent])];
+  const thresholds = [storage.warnPercent, ...(cluster.autogrow === null ? [] : [cluster.autogrow.thresholdPercent])];
+  // The read-only threshold as the guard judges it: its lead ahead (storageAction).
+  const readOnly = use.projectedPercent >= storage.readOnlyPercent ? 1 : 0;
   // A full cluster writing on past its mark: the guard locks it (its hard stop).
   const locking = cluster.storageFull !== null && cluster.storageFull.locked !== true && pastLockBound(use, cluster.storageFull) ? 1 : 0;
-  return thresholds.filter((threshold) => use.percent >= threshold).length + locking;
+  return thresholds.filter((threshold) => use.percent >= threshold).length + readOnly + locking;
 }
 
 /**
@@ -355,7 +358,9 @@ async function measureWhenDue(context: Context, cluster: ClusterRecord, instance
   const intervalMs = usageFailing === true ? storage.usageIntervalMs : usageIntervalFor(storage, cluster, instance);
   if (lastUsageMs !== undefined && now - lastUsageMs < intervalMs) return null;
   try {
-    const usage = await context.ports.dataPlane.usage(instanceSpec(cluster, instance));
+    const measured = await context.ports.dataPlane.usage(instanceSpec(cluster, instance));
+    const growth = usageFailing === true ? undefined : growthBytesPerSecond(instance.usage, lastUsageMs, measured, now);
+    const usage: RecordedUsage = growth === undefined ? measured : { ...measured, growthBytesPerSecond: growth };
     await context.ports.store.recordUsage(instance.id, usage);
     const crossed = instance.role === 'primary' && storageBand(storage, cluster, usage) !== storageBand(storage, cluster, instance.usage);
     return { data: { lastUsageMs: now }, figure: usage, wake: crossed ? [clusterOf(instance)] : [], event: {} };
@@ -367,6 +372,20 @@ async function measureWhenDue(context: Context, cluster: ClusterRecord, instance
     return { data: { lastUsageMs: now, usageFailing: true }, figure: null, wake: [], event: { reason, code: 'usage_unmeasured' } };
   }
 }
+
+/**
+ * How fast data and WAL grew from the measurement before (its figure and clock time) to this one
+ * (taken at `nowMs`); undefined without a measurement before or across more than
+ * `growthWindowMsMax`. Shrinking counts as no growth (storageUse).
+ */
+export function growthBytesPerSecond(before: InstanceUsage | null, beforeMs: number | undefined, after: InstanceUsage, nowMs: number): number | undefined {
+  if (before === null || beforeMs === undefined) return undefined;
+  const elapsedMs = nowMs - beforeMs;
+  if (elapsedMs <= 0 || elapsedMs > growthWindowMsMax) return undefined;
+  const grownBytes = after.dataBytes + after.walBytes - (before.dataBytes + before.walBytes);
+  return Math.round((grownBytes * 1000) / elapsedMs);
+}
+const growthWindowMsMax = 60_000;
 
 function healthChanged(before: Partial<InstanceStatus>, after: InstanceStatus): boolean {
   return before.accepting !== after.accepting || before.streaming !== after.streaming || before.inRecovery !== after.inRecovery;

@@ -1,5 +1,5 @@
 import type { BackupSettings, HaSettings, StorageSettings } from '../config.js';
-import type { BaseBackupInfo, ClusterSecrets, DataPlane, InstanceStatus, InstanceUsage } from '../dataplane/dataplane.js';
+import type { BaseBackupInfo, ClusterSecrets, DataPlane, InstanceStatus, RecordedUsage } from '../dataplane/dataplane.js';
 import type { Clock, Random } from '../lib/clock.js';
 import type { RestartOrder } from '../lib/config-plan.js';
 import type { BackupId, ChangeId, ClusterId, InstanceId } from '../lib/ids.js';
@@ -81,7 +81,7 @@ export interface InstanceRecord {
   readonly destroyRequested: boolean;
   readonly observed: Partial<InstanceStatus>;
   /** Its use on disk as last measured, and when (null: not yet). */
-  readonly usage: InstanceUsage | null;
+  readonly usage: RecordedUsage | null;
   readonly usageMeasuredAt: Date | null;
   /** The instance machine's current label, and its last error if it failed. */
   readonly machineLabel: string;
@@ -105,7 +105,7 @@ export interface MachineStore {
   releasePort(instanceId: InstanceId): Promise<void>;
   recordObserved(instanceId: InstanceId, observed: InstanceStatus): Promise<void>;
   /** The instance's last measured use on disk, stamped with the store's clock. */
-  recordUsage(instanceId: InstanceId, usage: InstanceUsage): Promise<void>;
+  recordUsage(instanceId: InstanceId, usage: RecordedUsage): Promise<void>;
   markInstanceDeleted(instanceId: InstanceId): Promise<void>;
   markClusterDeleted(clusterId: ClusterId): Promise<void>;
   /** Raises `destroy` on an entity's machine; a machine in `failed` is moved to `destroy` so it can clean up. */

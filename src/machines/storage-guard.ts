@@ -20,13 +20,21 @@ type Result = Outcome<ClusterLabel, ClusterData>;
 /** What the storage guard decides from a use (pure; property-checked in test/storage-guard.test.ts). */
 export type StorageAction = 'readOnly' | 'writable' | 'warn' | 'unwarn' | null;
 
-export function storageAction(use: StorageUse, readOnly: boolean, warned: boolean, settings: { readonly warnPercent: number; readonly readOnlyPercent: number }): StorageAction {
+export function storageAction(use: StorageUse, full: StorageFull | null, warned: boolean, settings: { readonly warnPercent: number; readonly readOnlyPercent: number }): StorageAction {
   // The warning always comes first, even when one measurement jumps past both thresholds (it costs one tick).
   if (!warned && use.percent >= settings.warnPercent) return 'warn';
-  if (!readOnly && use.percent >= settings.readOnlyPercent) return 'readOnly';
-  if (readOnly && use.percent < settings.readOnlyPercent) return 'writable';
+  // Judged a lead ahead at the measured growth (projectedPercent), so a fast writer stops near the threshold.
+  if (full === null && use.projectedPercent >= settings.readOnlyPercent) return 'readOnly';
+  // Back below the threshold, and below where it stopped: a mark taken just short of the threshold
+  // (a writer stopped by the lead) is not undone at the next measurement.
+  if (full !== null && use.projectedPercent < settings.readOnlyPercent && use.percent < Math.min(settings.readOnlyPercent, markPercent(full))) return 'writable';
   if (warned && use.percent < settings.warnPercent) return 'unwarn';
   return null;
+}
+
+/** The mark's own share of the allocation it was taken at, unrounded. */
+function markPercent(full: StorageFull): number {
+  return (full.usedBytes / full.allocatedBytes) * 100;
 }
 
 /**
@@ -59,10 +67,10 @@ const describe = (use: StorageUse): string => `${(use.percent).toFixed(1)} % (${
 export async function guardStorage(context: GuardContext, cluster: ClusterRecord, instances: readonly InstanceRecord[], primary: InstanceRecord): Promise<Result | null> {
   const { storage } = context.ports;
   if (primary.usageMeasuredAt === null) return null;
-  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, primary.usage);
+  const use = storageUse(cluster.spec.storageGb, storage.gbBytes, primary.usage, storage.readOnlyLeadMs);
   if (use === null) return null;
   const data = context.machine.data;
-  const action = storageAction(use, cluster.storageFull !== null, data.storageWarned === true, storage);
+  const action = storageAction(use, cluster.storageFull, data.storageWarned === true, storage);
   const resize = `cellar clusters resize ${cluster.name} --storage-gb ${Math.min(storageGbMax, cluster.spec.storageGb * 2)}`;
   if (action === null && cluster.storageFull !== null && data.readOnlyApplied !== true) {
     // Marked full but the servers not yet told (a step cut short between the two): tell them now.
@@ -83,7 +91,7 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
       const applied = await applyReadOnly(context, cluster, instances, primary, use);
       return nap(0, {
         data: { ...data, storageWarned: true, readOnlyApplied: true },
-        reason: `storage is ${describe(applied)} full, past ${storage.readOnlyPercent} %: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
+        reason: `storage is ${describe(applied)} full, ${readOnlyWhy(use, applied, storage)}: the primary is read-only (deleting stays possible) until use falls below it; grow it with \`${resize}\``,
         code: 'storage_read_only',
       });
     }
@@ -103,6 +111,13 @@ export async function guardStorage(context: GuardContext, cluster: ClusterRecord
     case null:
       return autogrow(context, cluster, use);
   }
+}
+
+/** Past the threshold, or (stopped by the lead) about to be at the growth measured. */
+function readOnlyWhy(crossed: StorageUse, applied: StorageUse, storage: { readonly readOnlyPercent: number; readonly readOnlyLeadMs: number }): string {
+  if (applied.percent >= storage.readOnlyPercent) return `past ${storage.readOnlyPercent} %`;
+  const rateMb = Math.round(crossed.growthBytesPerSecond / 1024 ** 2);
+  return `growing ${rateMb} MB/s: at that pace past ${storage.readOnlyPercent} % within ${storage.readOnlyLeadMs} ms`;
 }
 
 function markOf(use: StorageUse): StorageFull {

@@ -1,4 +1,4 @@
-import type { InstanceStatus, InstanceUsage } from '../dataplane/dataplane.js';
+import type { InstanceStatus, RecordedUsage } from '../dataplane/dataplane.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { placeInstance } from './placement.js';
 import { notifyRoutesChanged } from './routes.js';
@@ -31,7 +31,7 @@ interface InstanceRow {
   in_route: boolean;
   destroy_requested: boolean;
   observed: Partial<InstanceStatus>;
-  usage: InstanceUsage | null;
+  usage: RecordedUsage | null;
   usage_measured_at: Date | null;
   machine_label: string | null;
   machine_error: string | null;
@@ -243,7 +243,7 @@ export class PgMachineStore implements MachineStore {
     await recordObservation(this.db, instanceId, observed);
   }
 
-  async recordUsage(instanceId: InstanceId, usage: InstanceUsage): Promise<void> {
+  async recordUsage(instanceId: InstanceId, usage: RecordedUsage): Promise<void> {
     await this.db.query('update instances set usage = $2, usage_measured_at = now() where id = $1', [instanceId, usage]);
   }
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { BaseBackupInfo, ClusterSecrets, InstanceUsage } from '../../src/dataplane/dataplane.js';
+import type { BaseBackupInfo, ClusterSecrets, RecordedUsage } from '../../src/dataplane/dataplane.js';
 import type { Durability } from '../../src/lib/sizes.js';
 import type { RestartOrder } from '../../src/lib/config-plan.js';
 import type { CatalogueEntry } from '../../src/lib/settings.js';
@@ -116,7 +116,7 @@ export class FakeStore implements MachineStore {
   async recordObserved(id: InstanceId): Promise<void> {
     this.calls.push(`recordObserved ${id}`);
   }
-  async recordUsage(id: InstanceId, usage: InstanceUsage): Promise<void> {
+  async recordUsage(id: InstanceId, usage: RecordedUsage): Promise<void> {
     this.calls.push(`recordUsage ${id} ${usage.dataBytes}+${usage.walBytes}`);
     this.update(id, { usage });
   }
