@@ -33,7 +33,7 @@ describe('backups and point-in-time restore', () => {
 
   test('a new cluster gets its first backup at once, taken from the replica and verified by a restore', async () => {
     const list = await eventually('the first backup to be verified', async () => {
-      const found = await cellar.cliJson<BackupListView>(['backups', 'list', 'app']);
+      const found = await cellar.read<BackupListView>('/v1/clusters/app/backups');
       return found.backups.some((backup) => backup.verified !== null) ? found : undefined;
     }, 120_000, 500);
     const first = list.backups[0] as BackupView;
@@ -70,7 +70,7 @@ describe('backups and point-in-time restore', () => {
     const oldPrimary = before.instances.find((instance) => instance.role === 'primary') as InstanceView;
     process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
     await eventually('the failover', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cellar.cluster('app');
       return cluster.state === 'running' && cluster.instances.find((instance) => instance.role === 'primary')?.id !== oldPrimary.id ? cluster : undefined;
     }, 60_000, 200);
     await queryUri(uri, 'insert into t (id) select generate_series(31, 40)');
@@ -81,7 +81,7 @@ describe('backups and point-in-time restore', () => {
   test('a damaged backup file: verification marks the backup failed with a clear reason, and restore refuses it', async () => {
     const fragile = await cellar.cliJson<ClusterView>(['clusters', 'create', 'fragile', '--replicas', '0', '--wait']);
     const first = await eventually('its first backup verified', async () => {
-      const list = await cellar.cliJson<BackupListView>(['backups', 'list', 'fragile']);
+      const list = await cellar.read<BackupListView>('/v1/clusters/fragile/backups');
       return list.backups.find((backup) => backup.verified === true);
     }, 120_000, 500);
     const backupDir = await backupDirectory(cellar, fragile.id, first.id);
@@ -156,7 +156,7 @@ describe('backup bandwidth cap', () => {
     }, 120_000, 20);
     assert.ok(command.includes(`--max-rate=${rateBytesPerSecond / 1024}k`), `pg_basebackup carries the cap: ${command.join(' ')}`);
     const events = await eventually('the backup to be taken', async () => {
-      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'big']);
+      const shown = await cellar.cluster('big');
       const mine = shown.events.filter((event) => event.entity === backup.id);
       return mine.some((event) => event.to === 'verify') ? mine : undefined;
     }, 120_000, 250);

@@ -249,7 +249,7 @@ describe('bad input', () => {
         assert.equal(created.state, 'running');
         await queryUri(created.uri as string, 'create table t as select generate_series(1, 1000) as id');
         const archived = await eventually('a WAL file archived', async () => {
-          const shown = await spaced.cliJson<ClusterView>(['clusters', 'show', 'spaced']);
+          const shown = await spaced.cluster('spaced');
           return shown.archive?.lastArchivedWal ?? undefined;
         }, 30_000);
         assert.match(archived, /^[0-9A-F]{24}$/);

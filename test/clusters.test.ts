@@ -64,7 +64,7 @@ describe('clusters', () => {
   test('show reports each instance\'s data and WAL on disk, and the cluster\'s use of its allocation, growing after ~20 MB is written', async () => {
     const primaryOf = (cluster: ClusterView) => cluster.instances.find((instance) => instance.role === 'primary');
     const before = await eventually('a first measurement of the primary', async () => {
-      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const shown = await cellar.cluster('app');
       return shown.storage.percent !== null && primaryOf(shown)?.dataBytes != null ? shown : undefined;
     }, 10_000);
     const primaryBefore = primaryOf(before);
@@ -72,7 +72,7 @@ describe('clusters', () => {
     // Rows of 1000 bytes stay below TOAST's threshold, so they are stored uncompressed: ~20 MB of table, and as much WAL.
     await queryUri(app.uri as string, "create table filler as select g as id, repeat('x', 1000) as body from generate_series(1, 20000) g");
     const after = await eventually('the primary measured again, with the rows', async () => {
-      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const shown = await cellar.cluster('app');
       const primary = primaryOf(shown);
       return primary?.dataBytes != null && primary.dataBytes >= (primaryBefore.dataBytes ?? 0) + 18 * 1024 ** 2 && (primary.walBytes ?? 0) > (primaryBefore.walBytes ?? 0) ? shown : undefined;
     }, 15_000);

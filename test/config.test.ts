@@ -73,7 +73,7 @@ describe('configuration changes', () => {
 
   /** SHOW on every instance of the cluster, straight to its port (not through the proxy). */
   async function showEverywhere(name: string): Promise<string[]> {
-    const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+    const view = await cellar.cluster('app');
     return Promise.all(view.instances.map(async (instance) => {
       const rows = await queryUri<{ value: string }>(`postgresql://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${instance.port ?? 0}/postgres?sslmode=disable`, `select current_setting($1) as value`, [name]);
       return rows[0]?.value ?? '';
@@ -280,7 +280,7 @@ describe('configuration changes', () => {
     await queryUri(target, `alter system set work_mem = '13MB'`);
     await queryUri(target, 'select pg_reload_conf()');
     const repaired = await eventually('the drift to be reported and repaired', async () => {
-      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const shown = await cellar.cluster('app');
       return shown.events.find((event) => event.code === 'settings_drift_repaired' && event.reason.includes(replica.id) && event.reason.includes('work_mem'));
     }, 30_000, 200);
     let value: string | undefined;

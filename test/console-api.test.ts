@@ -164,7 +164,7 @@ describe('the console API', () => {
     await cellar.api('POST', '/v1/clusters/seen/switchover', {});
     await eventually('a change naming the cluster', async () => (own.named('change').some((change) => (change as { clusters: string[] }).clusters.includes('seen')) ? true : undefined), 30_000, 50);
     assert.deepEqual(other.named('change'), [], "another org hears nothing of this org's cluster");
-    await eventually('the switchover to end', async () => ((await cellar.cliJson<ClusterView>(['clusters', 'show', 'seen'])).state === 'running' ? true : undefined), 60_000, 200);
+    await eventually('the switchover to end', async () => ((await cellar.cluster('seen')).state === 'running' ? true : undefined), 60_000, 200);
 
     const revoked = await cellar.api('DELETE', `/v1/tokens/${token.id}`);
     assert.equal(revoked.status, 200);

@@ -51,7 +51,7 @@ describe("a deleted cluster's backups", () => {
     const [end] = await queryUri<{ lsn: string }>(uri, 'select pg_current_wal_lsn()::text as lsn');
     // Rows 11-20 are only in the WAL: wait until the archive holds them (archive_timeout switches the segment).
     await eventually('rows 11-20 to reach the archive', async () => {
-      const shown = await cellar.cliJson<ClusterView>(['clusters', 'show', 'doomed']);
+      const shown = await cellar.cluster('doomed');
       const archived = shown.archive?.lastArchivedWal;
       const archivedEnd = archived ? walSegmentEnd(archived) : null;
       return archivedEnd !== null && archivedEnd > lsnToBigInt(end?.lsn as string) ? true : undefined;

@@ -21,7 +21,7 @@ const primaryOf = (cluster: ClusterView): InstanceView => {
 /** Running, with the primary moved off `oldPrimaryId` and every instance serving (replicas streaming). */
 function settledAway(cellar: TestCellar, name: string, oldPrimaryId: string, timeoutMs = 60_000): Promise<ClusterView> {
   return eventually(`${name} to fail over from ${oldPrimaryId} and settle`, async () => {
-    const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', name]);
+    const cluster = await cellar.cluster(name);
     if (cluster.state !== 'running' || primaryOf(cluster).id === oldPrimaryId) return undefined;
     const healthy = cluster.instances.every((instance) => instance.state === 'running' && (instance.role === 'primary' || instance.streaming === true));
     return healthy ? cluster : undefined;
@@ -94,7 +94,7 @@ describe('high availability', () => {
     const longestGapMs = Math.max(...stats.acknowledgedAtMs.filter((at) => at > killedAtMs - 1_000).map((at, index, all) => (index === 0 ? 0 : at - (all[index - 1] as number))));
     t.diagnostic(`longest pause between acknowledged writes around the kill: ${longestGapMs.toFixed(0)} ms`);
     const settled = await eventually('the replica to stream and sync to return', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cellar.cluster('app');
       const back = cluster.instances.find((instance) => instance.id === replica.id);
       return back?.streaming === true && cluster.replication === 'sync' ? cluster : undefined;
     }, 30_000, 200);
@@ -203,7 +203,7 @@ describe('high availability', () => {
     await rm(join(cellar.dataDir, 'instances', replica.id, 'pgdata', 'PG_VERSION'));
     process.kill(await postmasterPid(cellar.dataDir, replica.id), 'SIGKILL');
     const replaced = await eventually('a fresh replica streaming in its place', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cellar.cluster('app');
       const fresh = cluster.instances.find((instance) => instance.role === 'replica' && instance.id !== replica.id);
       return fresh?.streaming === true && !cluster.instances.some((instance) => instance.id === replica.id) ? cluster : undefined;
     }, 90_000, 250);
@@ -237,7 +237,7 @@ describe('high availability', () => {
     const killedAtMs = Date.now();
     process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
     const tripped = await eventually('the breaker event', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cellar.cluster('app');
       return cluster.events.find((event) => event.code === 'circuit_breaker_open' && Date.parse(event.at) >= killedAtMs - 1_000);
     }, 30_000, 200);
     assert.match(tripped.reason, /a human must act: cellar clusters failover NAME/);

@@ -55,7 +55,7 @@ describe('freeze and nudge', () => {
     const oldPrimary = primaryOf(app);
     process.kill(await postmasterPid(cellar.dataDir, oldPrimary.id), 'SIGKILL');
     await eventually('app to fail over while frozen', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cellar.cluster('app');
       return cluster.state === 'running' && primaryOf(cluster).id !== oldPrimary.id ? cluster : undefined;
     }, 40_000, 200);
 
@@ -67,7 +67,7 @@ describe('freeze and nudge', () => {
     const thawed = await cellar.cliJson<FreezeView>(['rods', 'thaw', '--reason', 'incident 42 over']);
     assert.equal(thawed.frozen, false);
     await eventually('late to run after the thaw', async () => {
-      const cluster = await cellar.cliJson<ClusterView>(['clusters', 'show', 'late']);
+      const cluster = await cellar.cluster('late');
       return cluster.state === 'running' ? cluster : undefined;
     }, 40_000, 200);
 
@@ -90,7 +90,7 @@ describe('freeze and nudge', () => {
   test("a nudge makes a napping cluster's machine due now, and the engine runs it", async (t) => {
     // Settled after its failover, so that no instance of it wakes the cluster meanwhile: only the nudge can.
     await eventually('app to settle after its failover', async () => {
-      const view = await cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const view = await cellar.cluster('app');
       return view.state === 'running' && view.instances.every((instance) => instance.state === 'running' && (instance.role === 'primary' || instance.streaming === true)) ? view : undefined;
     }, 40_000, 200);
     const [cluster] = await cellar.storeQuery<{ id: string }>(`select id from clusters where name = 'app' and deleted_at is null`);

@@ -188,7 +188,7 @@ describe('drain and a host lost for good, on four hosts', () => {
     await cell.killAgent(lostAgent);
     await cell.network.cut(lostAgent.host);
     const rows = await eventually('the cluster on two hosts other than the lost one and the drained one', async () => {
-      const drained = (await cell.cellar.cliJson<{ name: string; state: string }[]>(['hosts', 'list'])).filter((row) => row.state === 'drained').map((row) => row.name);
+      const drained = (await cell.cellar.read<{ hosts: { name: string; state: string }[] }>('/v1/hosts')).hosts.filter((row) => row.state === 'drained').map((row) => row.name);
       return settledAway([primaryHost, ...drained]);
     }, lostWaitMs).catch(async (error: unknown) => {
       throw new Error(`${(error as Error).message}; last seen ${lastSeen}\n${await timeline()}\n${cell.cellar.logs().slice(-4000)}`);

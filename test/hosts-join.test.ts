@@ -174,7 +174,7 @@ describe('hosts: joining and trust', () => {
     assert.equal(certificate.subject, 'CN=j1');
     assert.equal(certificate.subjectAltName, 'IP Address:10.3.0.1, DNS:j1.hosts.cellar');
     assert.equal(await storeCount('select count(*)::int as count from host_certificates where host_id = $1 and serial = $2', [added.host.id, certificate.serialNumber]), 1);
-    await eventually('host j1 active', async () => ((await cellar.cliJson<HostView>(['hosts', 'show', 'j1'])).state === 'active' ? true : undefined));
+    await eventually('host j1 active', async () => ((await cellar.read<HostView>('/v1/hosts/j1')).state === 'active' ? true : undefined));
 
     const first = await heartbeat(agent(), { hostId: joined.hostId, instances: [], leaseLeftMs: 0 });
     assert.equal(first.status, 200, JSON.stringify(first.body));

@@ -73,13 +73,13 @@ describe('a cluster on three hosts', () => {
   test("each instance's use on disk is measured on its own host through its agent, and each agent host reports its filesystems' free space in its heartbeat", async () => {
     // The usage operation goes over the agent's mutual TLS like any other; the first probe of a running instance measures it.
     const shown = await eventually('every instance measured', async () => {
-      const cluster = await cell.cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const cluster = await cell.cellar.cluster('app');
       return cluster.instances.every((instance) => instance.dataBytes !== null && instance.walBytes !== null) ? cluster : undefined;
     }, 15_000);
     for (const instance of shown.instances) assert.ok((instance.dataBytes ?? 0) > 1024 ** 2 && (instance.walBytes ?? 0) > 0, `${instance.id}: ${instance.dataBytes} + ${instance.walBytes}`);
     assert.ok(shown.storage.percent !== null && shown.storage.percent > 0);
     const hosts = await eventually('every agent host measured', async () => {
-      const listed = await cell.cellar.cliJson<HostView[]>(['hosts', 'list']);
+      const listed = (await cell.cellar.read<{ hosts: HostView[] }>('/v1/hosts')).hosts;
       const agents = listed.filter((host) => !host.local);
       return agents.length === 3 && agents.every((host) => host.filesystems !== null) ? agents : undefined;
     }, 15_000);
@@ -100,7 +100,7 @@ describe('a cluster on three hosts', () => {
     await cell.killAgent(agent);
     await cell.startAgent(agent);
     await eventually('the agent heard from again', async () => {
-      const hosts = await cell.cellar.cliJson<{ id: string; leaseAgeMs: number | null }[]>(['hosts', 'list']);
+      const hosts = (await cell.cellar.read<{ hosts: { id: string; leaseAgeMs: number | null }[] }>('/v1/hosts')).hosts;
       const age = hosts.find((host) => host.id === primary.host_id)?.leaseAgeMs;
       return age !== null && age !== undefined && age < 500 ? true : undefined;
     }, 20_000);
@@ -130,7 +130,7 @@ describe('a cluster on three hosts', () => {
     assert.match(agent.output, /failsafe: no peer holds a lease either/);
     await cell.cellar.start();
     await eventually('the cluster running again under the control plane', async () => {
-      const shown = await cell.cellar.cliJson<ClusterView>(['clusters', 'show', 'app']);
+      const shown = await cell.cellar.cluster('app');
       return shown.state === 'running' && shown.instances.every((instance) => instance.state === 'running') ? shown : undefined;
     }, 30_000);
     const [still] = await cell.cellar.storeQuery<{ id: string }>(`select id from instances where cluster_id = $1 and role = 'primary' and deleted_at is null`, [app.id]);

@@ -249,7 +249,7 @@ describe('proxy', () => {
       await open.end();
       await cellar.start();
     }
-    const shown = await eventually('the control plane to answer again', async () => (await cellar.cliJson<ClusterView>(['clusters', 'show', 'app'])).state === 'running' || undefined, 30_000);
+    const shown = await eventually('the control plane to answer again', async () => (await cellar.cluster('app')).state === 'running' || undefined, 30_000);
     assert.equal(shown, true);
   });
 });

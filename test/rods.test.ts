@@ -165,7 +165,7 @@ describe('control rods', () => {
     }, 30_000, 20);
     assert.ok(command.includes(`--max-rate=${cap / 1024}k`), `pg_basebackup carries the rod's cap: ${command.join(' ')}`);
     const taken = await eventually('the backup to be taken', async () => {
-      const found = (await cellar.cliJson<BackupListView>(['backups', 'list', 'app'])).backups.find((item) => item.id === backup.id);
+      const found = (await cellar.read<BackupListView>('/v1/clusters/app/backups')).backups.find((item) => item.id === backup.id);
       return found?.takeSeconds === null || found?.takeSeconds === undefined ? undefined : found;
     }, 30_000, 100);
     const rate = (taken.bytes as number) / (taken.takeSeconds as number);

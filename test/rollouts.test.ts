@@ -41,7 +41,7 @@ describe('fleet defaults and rollouts', () => {
     return eventually(
       `rollout ${id} to be ${states.join(' or ')}`,
       async () => {
-        const shown = await cellar.cliJson<RolloutDetail>(['rollouts', 'show', id]);
+        const shown = await cellar.read<RolloutDetail>(`/v1/rollouts/${encodeURIComponent(id)}`);
         return states.includes(shown.state) ? shown : undefined;
       },
       rolloutWaitMs,

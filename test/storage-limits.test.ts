@@ -72,7 +72,7 @@ function eventCodes(cluster: ClusterView): string[] {
 describe('storage limits', () => {
   let cellar: TestCellar;
   let cluster: ClusterView;
-  const show = () => cellar.cliJson<ClusterView>(['clusters', 'show', 'full']);
+  const show = () => cellar.cluster('full');
 
   before(async () => {
     cellar = await TestCellar.create({ CELLAR_STORAGE_GB_BYTES: String(gbBytes), CELLAR_USAGE_INTERVAL_MS: '1000', CELLAR_STORAGE_RESIZE_COOLDOWN_MS: '3600000' });
@@ -95,7 +95,11 @@ describe('storage limits', () => {
     assert.match(filled.error.hint ?? '', /cellar clusters resize full --storage-gb 2/);
     assert.equal(filled.error.detail, 'cannot execute INSERT in a read-only transaction');
 
-    const shown = await show();
+    // The writer is refused once the servers are read-only; the step's event is committed just after.
+    const shown = await eventually('the storage_read_only event', async () => {
+      const view = await show();
+      return eventCodes(view).includes('storage_read_only') ? view : undefined;
+    }, 30_000);
     assert.equal(shown.storage.readOnly, true);
     // At 95 %, or (a writer this fast is judged a lead ahead) at most a hundredth of the allocation short of it.
     assert.ok((shown.storage.percent ?? 0) >= 95 - 100 * readOnlyLeadShareMax, `read-only at ${shown.storage.percent} %`);
@@ -131,7 +135,11 @@ describe('storage limits', () => {
     }
     await attacker.end().catch(() => undefined);
     assert.ok(stopped !== null, `${batchesMax} batches written past read-only and the session never ended`);
-    const shown = await show();
+    // The proxy ends the session at the lock's mark; the step's event is committed just after.
+    const shown = await eventually('the storage_locked event', async () => {
+      const view = await show();
+      return eventCodes(view).includes('storage_locked') ? view : undefined;
+    }, 30_000);
     assert.equal(shown.storage.locked, true);
     assert.match(shown.events.find((event) => event.code === 'storage_locked')?.reason ?? '', /turned read-only off/);
     const refused = await queryUri(uri, 'select 1').catch((error: Error & { code?: string }) => error);
@@ -175,7 +183,7 @@ describe('storage limits', () => {
 describe('storage autogrow', () => {
   let cellar: TestCellar;
   let cluster: ClusterView;
-  const show = () => cellar.cliJson<ClusterView>(['clusters', 'show', 'grow']);
+  const show = () => cellar.cluster('grow');
 
   before(async () => {
     cellar = await TestCellar.create({ CELLAR_STORAGE_GB_BYTES: String(gbBytes), CELLAR_USAGE_INTERVAL_MS: '1000', CELLAR_STORAGE_RESIZE_COOLDOWN_MS: '0' });

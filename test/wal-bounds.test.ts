@@ -30,7 +30,7 @@ describe('WAL bounds', () => {
   let lockedWalDir: string | null = null;
 
   const direct = (port: number | null) => `postgresql://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${port ?? 0}/postgres?sslmode=disable`;
-  const show = () => cellar.cliJson<ClusterView>(['clusters', 'show', 'wal']);
+  const show = () => cellar.cluster('wal');
   const primaryPort = async () => (await show()).instances.find((instance) => instance.role === 'primary')?.port ?? null;
 
   async function writeWal(batches: number): Promise<void> {

@@ -24,7 +24,7 @@ after(async () => {
 
 async function poolReady(): Promise<Status> {
   return eventually('a warm cluster to be ready', async () => {
-    const status = await cellar.cliJson<Status>(['status']);
+    const status = await cellar.read<Status>('/v1/status');
     return status.warmPool.ready === 1 ? status : undefined;
   }, 90_000, 200);
 }

@@ -89,7 +89,7 @@ export async function startCellOnHosts(options: CellOnHostsOptions): Promise<Cel
     await eventually(
       'every host active and heard from',
       async () => {
-        const hosts = await (cellar as TestCellar).cliJson<{ name: string; state: string; leaseAgeMs: number | null }[]>(['hosts', 'list']);
+        const { hosts } = await (cellar as TestCellar).read<{ hosts: { name: string; state: string; leaseAgeMs: number | null }[] }>('/v1/hosts');
         lastSeen = JSON.stringify(hosts);
         const ready = hosts.filter((host) => host.state === 'active' && host.leaseAgeMs !== null && host.leaseAgeMs < 1_000);
         return ready.length === agents.length ? true : undefined;

@@ -8,6 +8,7 @@ import { ClusterUsers } from '../../src/postgres/osuser.js';
 import { testPorts } from './ports.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
 import { seedDataDir } from './prepared.js';
+import type { ClusterView } from '../../src/api/view.js';
 
 /**
  * A real Cellar for tests: `cellar up` as a child process with its own home, data directory, API
@@ -17,6 +18,8 @@ import { seedDataDir } from './prepared.js';
 export const cellarBin = fileURLToPath(new URL('../../src/bin/cellar.js', import.meta.url));
 const upWaitMsMax = 90_000;
 const pollMs = 50;
+/** A read of the API that does not answer within this fails (a poll then tries again). */
+const readWaitMsMax = 30_000;
 const portRangeSize = 40;
 
 export interface RunResult {
@@ -169,6 +172,24 @@ export class TestCellar {
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
     return { status: response.status, body: (await response.json()) as T };
+  }
+
+  /**
+   * GET of an API path with this Cellar's admin token (or `token`), in this process: what a
+   * command's `--json` prints for a read, for the polls of `eventually`, where a CLI process per
+   * poll would start a Node each time (the suite's largest cost once). Throws, like `cliJson`, on
+   * any answer but 200, so a poll tries again.
+   */
+  async read<T>(path: string, token?: string): Promise<T> {
+    const response = await fetch(`${this.apiUrl}${path}`, { headers: { authorization: `Bearer ${token ?? (await this.token())}` }, signal: AbortSignal.timeout(readWaitMsMax) });
+    const text = await response.text();
+    if (response.status !== 200) throw new Error(`GET ${path}: ${response.status} ${text.slice(0, 500)}`);
+    return JSON.parse(text) as T;
+  }
+
+  /** The cluster as `clusters show NAME --json` prints it (GET /v1/clusters/NAME), read in this process. */
+  cluster(name: string, token?: string): Promise<ClusterView> {
+    return this.read<ClusterView>(`/v1/clusters/${encodeURIComponent(name)}`, token);
   }
 
   /** A query on this Cellar's embedded store, for checks the API does not expose (ports, rows). */
