@@ -25,9 +25,9 @@ export function storageAction(use: StorageUse, full: StorageFull | null, warned:
   if (!warned && use.percent >= settings.warnPercent) return 'warn';
   // Judged a lead ahead at the measured growth (projectedPercent), so a fast writer stops near the threshold.
   if (full === null && use.projectedPercent >= settings.readOnlyPercent) return 'readOnly';
-  // Back below the threshold, and below where it stopped: a mark taken just short of the threshold
-  // (a writer stopped by the lead) is not undone at the next measurement.
-  if (full !== null && use.projectedPercent < settings.readOnlyPercent && use.percent < Math.min(settings.readOnlyPercent, markPercent(full))) return 'writable';
+  // Back below the threshold (the projection is never below the use), and below where it stopped:
+  // a mark taken just short of the threshold (a writer stopped by the lead) is not undone at the next measurement.
+  if (full !== null && use.projectedPercent < settings.readOnlyPercent && use.percent < markPercent(full)) return 'writable';
   if (warned && use.percent < settings.warnPercent) return 'unwarn';
   return null;
 }
