@@ -18,8 +18,8 @@ import type { ClusterView } from '../../src/api/view.js';
 export const cellarBin = fileURLToPath(new URL('../../src/bin/cellar.js', import.meta.url));
 const upWaitMsMax = 90_000;
 const pollMs = 50;
-/** A read of the API that does not answer within this fails (a poll then tries again). */
-const readWaitMsMax = 30_000;
+/** A request to the API that does not answer within this fails (a poll then tries again). */
+const apiWaitMsMax = 60_000;
 const portRangeSize = 40;
 
 export interface RunResult {
@@ -170,6 +170,7 @@ export class TestCellar {
       method,
       headers: { authorization: `Bearer ${token ?? (await this.token())}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(apiWaitMsMax),
     });
     return { status: response.status, body: (await response.json()) as T };
   }
@@ -181,10 +182,9 @@ export class TestCellar {
    * any answer but 200, so a poll tries again.
    */
   async read<T>(path: string, token?: string): Promise<T> {
-    const response = await fetch(`${this.apiUrl}${path}`, { headers: { authorization: `Bearer ${token ?? (await this.token())}` }, signal: AbortSignal.timeout(readWaitMsMax) });
-    const text = await response.text();
-    if (response.status !== 200) throw new Error(`GET ${path}: ${response.status} ${text.slice(0, 500)}`);
-    return JSON.parse(text) as T;
+    const { status, body } = await this.api<T>('GET', path, undefined, token);
+    if (status !== 200) throw new Error(`GET ${path}: ${status} ${JSON.stringify(body).slice(0, 500)}`);
+    return body;
   }
 
   /** The cluster as `clusters show NAME --json` prints it (GET /v1/clusters/NAME), read in this process. */
