@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, describe, test, type TestContext } from 'node:test';
-import { type BrowserContext, type Page, chromium } from 'playwright-core';
+import { type BrowserContext, type Locator, type Page, chromium } from 'playwright-core';
 import { TestCellar, eventually } from './helpers/cellar.js';
 
 /**
@@ -63,6 +63,17 @@ async function screenshot(t: TestContext, page: Page, name: string): Promise<voi
 /** The text of a test id, trimmed; waits for it to exist. */
 async function textOf(page: Page, testId: string): Promise<string> {
   return ((await page.getByTestId(testId).first().textContent()) ?? '').trim();
+}
+
+/** The shared cluster's page, signed in as admin, once the cluster runs: the page, its primary's row and the primary's id. */
+async function openRunningCluster(): Promise<{ page: Page; primaryRow: Locator; primary: string }> {
+  const page = await openSignedIn(adminToken);
+  await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
+  await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
+  const primaryRow = page.locator('[data-testid^="instance-"][data-role="primary"]');
+  const primary = (await primaryRow.getAttribute('data-testid'))?.slice('instance-'.length);
+  assert.ok(primary);
+  return { page, primaryRow, primary };
 }
 
 describe('the web console', { timeout: 600_000 }, () => {
@@ -172,12 +183,7 @@ describe('the web console', { timeout: 600_000 }, () => {
   });
 
   test('a switchover asks first, then the roles and labels change live', async (t) => {
-    const page = await openSignedIn(adminToken);
-    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
-    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
-    const primaryRow = page.locator('[data-testid^="instance-"][data-role="primary"]');
-    const oldPrimary = (await primaryRow.getAttribute('data-testid'))?.slice('instance-'.length);
-    assert.ok(oldPrimary);
+    const { page, primary: oldPrimary } = await openRunningCluster();
     await page.getByTestId('switchover').click();
     await page.getByTestId('confirm-dialog').waitFor();
     await page.getByTestId('confirm-ok').click();
@@ -360,12 +366,7 @@ describe('the web console', { timeout: 600_000 }, () => {
   });
 
   test("a failover asks first and cancel changes nothing; an instance's own machine is drawn for the instance chosen", async (t) => {
-    const page = await openSignedIn(adminToken);
-    await page.goto(`${cellar.apiUrl}/#/clusters/${clusterName}`);
-    await page.locator('[data-testid="cluster-state"]', { hasText: /^running$/ }).waitFor({ timeout: runningWaitMs });
-    const primaryRow = page.locator('[data-testid^="instance-"][data-role="primary"]');
-    const primary = (await primaryRow.getAttribute('data-testid'))?.slice('instance-'.length);
-    assert.ok(primary);
+    const { page, primaryRow, primary } = await openRunningCluster();
     await page.getByTestId('failover').click();
     await page.getByTestId('confirm-dialog').waitFor();
     assert.match(await textOf(page, 'confirm-message'), /Fail cluster "web-app" over/);
