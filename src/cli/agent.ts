@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { makeLogger } from '../lib/log.js';
 import { CellarError } from '../lib/errors.js';
 import { untilSignal } from '../lib/signals.js';
 import type { Output } from './output.js';
@@ -29,6 +28,8 @@ export function registerAgentCommand(program: Command, output: (json: boolean) =
         const identity = await joinCell({ token: options.join, controlUrl: options.control, dataDir: options.data });
         out.line(`joined the cell as host ${identity.name} (${identity.address}); identity in ${options.data}/agent`);
       }
+      // pino costs every other command ~40 ms to load: only the agent's process loads it.
+      const { makeLogger } = await import('../lib/log.js');
       const log = makeLogger(config.logLevel, process.stderr);
       const { runAgent } = await import('../agent/agent.js');
       const signalled = untilSignal();
