@@ -33,8 +33,6 @@ import {
   releaseLease,
   releaseLeases,
   renewLease,
-  signalsFor,
-  wakeForUnseenSignals,
   wakeMachines,
 } from '../store/machines-table.js';
 
@@ -192,16 +190,8 @@ export class Engine {
     const limit = this.claimLimit();
     if (limit === 0) return [];
     const rows = await claimDue(this.options.pool, lane, this.options.owner, this.options.leaseMs, limit, [...this.kinds.keys()]);
-    if (rows.length === 0) return [];
-    let signals: Map<string, Set<string>>;
-    try {
-      signals = await signalsFor(this.options.pool, rows.map((row) => row.id));
-    } catch (error) {
-      if (isStoreUnavailable(error)) for (const row of rows) this.strandedLeases.set(row.id, row.version);
-      throw error;
-    }
-    return rows.map((row) => {
-      const run = this.runClaimed(row, signals.get(row.id) ?? new Set()).catch((error: unknown) => {
+    return rows.map(({ signals, ...row }) => {
+      const run = this.runClaimed(row, new Set(signals)).catch((error: unknown) => {
         // A store outage is logged once by the lane loop; the machine's lease is released when it is back.
         if (!isStoreUnavailable(error)) this.options.log.error({ machine: row.id, err: errorMessage(error) }, 'engine fault while running a machine');
       });
@@ -406,12 +396,15 @@ export class Engine {
     const consumed = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.consume ?? []);
     const wake = outcome instanceof Error || outcome.type === 'fail' ? [] : (outcome.wake ?? []);
     const event = eventFor(row, outcome, transition);
+    // A nap that lets the lease go must not sleep through a signal raised while its step ran.
+    const seen = !transition.keepLease && transition.nextTickInMs !== null ? [...signals] : null;
+    // Most commits are a running machine's nap: the one statement is its own transaction.
+    if (consumed.length === 0 && wake.length === 0 && event === null) return commitTransition(this.options.pool, row.id, row.version, this.options.owner, transition, seen);
     return inTransaction(this.options.pool, async (client) => {
-      const committed = await commitTransition(client, row.id, row.version, this.options.owner, transition);
+      const committed = await commitTransition(client, row.id, row.version, this.options.owner, transition, seen);
       if (committed === null) return null;
       await consumeSignals(client, row.id, consumed);
       for (const name of consumed) signals.delete(name);
-      if (!transition.keepLease && transition.nextTickInMs !== null) await wakeForUnseenSignals(client, row.id, [...signals]);
       await wakeMachines(client, wake);
       if (event !== null) await recordEvent(client, event);
       return committed;

@@ -127,19 +127,18 @@ export class PgMachineStore implements MachineStore {
     assert(portMin <= portMax, `port range ${portMin}-${portMax} is empty`);
   }
 
+  /** One round trip: every running instance's liveness step reads its cluster, five times a second. */
   async cluster(id: ClusterId): Promise<ClusterRecord> {
-    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null }>(
-      'select id, name, spec, secrets, switchover_to, storage_read_only, storage_autogrow from clusters where id = $1',
+    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null; host_addresses: string[] }>(
+      `select c.id, c.name, c.spec, c.secrets, c.switchover_to, c.storage_read_only, c.storage_autogrow,
+              array(select distinct h.address from instances i join hosts h on h.id = i.host_id
+                     where i.cluster_id = c.id and i.deleted_at is null order by h.address) as host_addresses
+         from clusters c where c.id = $1`,
       [id],
     );
     const row = result.rows[0];
     assert(row !== undefined, `cluster ${id} does not exist`);
-    const hosts = await this.db.query<{ address: string }>(
-      `select distinct h.address from instances i join hosts h on h.id = i.host_id
-        where i.cluster_id = $1 and i.deleted_at is null order by h.address`,
-      [id],
-    );
-    const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...hosts.rows.map((host) => host.address)])];
+    const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...row.host_addresses])];
     return { id: row.id as ClusterId, name: row.name, spec: row.spec, secrets: row.secrets, switchoverTo: row.switchover_to, peerAddresses, storageFull: row.storage_read_only, autogrow: row.storage_autogrow };
   }
 

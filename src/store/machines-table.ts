@@ -44,26 +44,22 @@ update machines m
          limit $4
          for no key update skip locked) due
  where m.id = due.id
-returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data, m.last_error, m.next_tick_at is null as finished`;
+returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data, m.last_error, m.next_tick_at is null as finished,
+          array(select s.name from signals s where s.machine_id = m.id order by s.name) as signals`;
 
-/** Only kinds this engine can run are claimed, so engines of different versions can share a store. */
-export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number, kinds: readonly string[]): Promise<MachineRow[]> {
-  const result = await db.query<MachineRow>(claimSql, [lane, owner, leaseMs, limit, kinds]);
-  return result.rows;
+/** A claimed machine with the requests (signals) raised on it when it was claimed. */
+export interface ClaimedRow extends MachineRow {
+  readonly signals: string[];
 }
 
-export async function signalsFor(db: Queryable, machineIds: readonly string[]): Promise<Map<string, Set<string>>> {
-  const result = await db.query<{ machine_id: string; name: string }>(
-    'select machine_id, name from signals where machine_id = any($1)',
-    [machineIds],
-  );
-  const byMachine = new Map<string, Set<string>>();
-  for (const row of result.rows) {
-    const names = byMachine.get(row.machine_id) ?? new Set<string>();
-    names.add(row.name);
-    byMachine.set(row.machine_id, names);
-  }
-  return byMachine;
+/**
+ * Only kinds this engine can run are claimed, so engines of different versions can share a store.
+ * Each row comes with its signals: one round trip per claim (the idle cost of a fleet is mostly
+ * running instances' liveness steps, five a second each).
+ */
+export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number, kinds: readonly string[]): Promise<ClaimedRow[]> {
+  const result = await db.query<ClaimedRow>(claimSql, [lane, owner, leaseMs, limit, kinds]);
+  return result.rows;
 }
 
 export async function renewLease(db: Queryable, id: string, version: string, owner: string, leaseMs: number): Promise<boolean> {
@@ -95,18 +91,27 @@ export interface Committed {
 }
 
 /** Writes an outcome only if the version and lease still match; returns what was committed, or null. */
+/**
+ * Writes a step's outcome under the lease (the version is the fencing token). With `seenSignals`
+ * (a nap that releases the lease), a signal on the machine that the step did not see, raised while
+ * it ran, makes the machine due now rather than after the nap the step chose without it; `dueNow`
+ * then tells the engine to wake its lane. One statement, so a plain nap commits in one round trip.
+ */
 export async function commitTransition(
   db: Queryable,
   id: string,
   version: string,
   owner: string,
   transition: Transition,
+  seenSignals: readonly string[] | null = null,
 ): Promise<Committed | null> {
   const result = await db.query<Committed>(
     `update machines
         set label = $4, lane = $5,
             next_tick_at = case when $6::double precision is null then null
                                 when woken then now()
+                                when $12::text[] is not null
+                                     and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($12::text[]))) then now()
                                 else now() + make_interval(secs => $6::double precision / 1000) end,
             woken = false,
             attempt = $7, data = $8, last_error = $9,
@@ -127,25 +132,10 @@ export async function commitTransition(
       transition.lastError,
       transition.keepLease,
       transition.leaseMs,
+      seenSignals,
     ],
   );
   return result.rows[0] ?? null;
-}
-
-/**
- * A signal raised while the step ran (after the claim read the machine's signals) must not wait out
- * the nap the step chose without it: the machine is made due now, and the lane nudged.
- */
-export async function wakeForUnseenSignals(db: Queryable, machineId: string, seen: readonly string[]): Promise<void> {
-  await db.query(
-    `with touched as (
-       update machines set next_tick_at = now(), woken = true
-        where id = $1 and next_tick_at > now()
-          and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($2::text[])))
-       returning lane)
-     select pg_notify($3, lane) from touched`,
-    [machineId, seen, nudgeChannel],
-  );
 }
 
 export async function consumeSignals(db: Queryable, machineId: string, names: readonly string[]): Promise<void> {
