@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { currentAbortSignal } from '../lib/abort.js';
 import { assert } from '../lib/assert.js';
 import { formatTail, run, type RunAs } from './osuser.js';
@@ -171,8 +172,12 @@ export async function removeTree(path: string, depth = 0): Promise<void> {
  */
 export async function copyTreeBetween(source: string, sourceOwner: RunAs, target: string, targetOwner: RunAs): Promise<void> {
   const reader = spawnAs(tarBinary, ['-C', source, '-cf', '-', '.'], sourceOwner, ['ignore', 'pipe', 'pipe']);
-  const writer = spawnAs(tarBinary, ['-C', target, '--no-same-owner', '--preserve-permissions', '-xf', '-'], targetOwner, ['pipe', 'ignore', 'pipe']);
-  reader.child.stdout?.pipe(writer.child.stdin as NodeJS.WritableStream);
+  const pipe = reader.child.stdout;
+  assert(pipe !== null, 'the reading tar has a stdout pipe');
+  // The writer reads the reader's pipe itself: the tens of megabytes of a data directory do not
+  // pass through Cellar's event loop. Cellar's end of that pipe is closed once the writer has it.
+  const writer = spawnAs(tarBinary, ['-C', target, '--no-same-owner', '--preserve-permissions', '-xf', '-'], targetOwner, [pipe, 'ignore', 'pipe']);
+  pipe.destroy();
   const stop = (): void => {
     reader.child.kill('SIGKILL');
     writer.child.kill('SIGKILL');
@@ -192,7 +197,7 @@ export async function copyTreeBetween(source: string, sourceOwner: RunAs, target
   }
 }
 
-function spawnAs(binary: string, args: readonly string[], owner: RunAs, stdio: ['ignore' | 'pipe', 'ignore' | 'pipe', 'pipe']) {
+function spawnAs(binary: string, args: readonly string[], owner: RunAs, stdio: ['ignore' | 'pipe' | Readable, 'ignore' | 'pipe', 'pipe']) {
   const child = spawn(binary, args, { cwd: '/', env: { LC_ALL: 'C' }, stdio, ...(owner.switchUser ? { uid: owner.uid, gid: owner.gid } : {}) });
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => {
