@@ -46,6 +46,7 @@ import { metricsPath, registerMetricsRoute } from './metrics.js';
 import { ChangeFeed } from './change-feed.js';
 import { registerConsoleApi } from './console-api.js';
 import { type ProxyEndpoints, clusterView } from './view.js';
+import { lazySchemaCompilers } from './schema-compilers.js';
 
 export interface ApiOptions {
   readonly pool: Pool;
@@ -227,6 +228,7 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     loggerInstance: log.child({ component: 'api' }, { level: 'warn' }) as FastifyBaseLogger,
     ...guardedServerOptions,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    schemaController: lazySchemaCompilers(),
   });
   await app.register(swagger, {
     openapi: {
