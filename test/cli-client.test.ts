@@ -1,8 +1,15 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { rm, writeFile } from 'node:fs/promises';
 import { type IncomingMessage, type Server, createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { ApiClient, ApiError } from '../src/cli/client.js';
+import { makeTempDir } from './helpers/cellar.js';
+import { issueCertificate, makeTestCa } from './helpers/certs.js';
 
 /**
  * The CLI's HTTP client against a stand-in API (a fake of the HTTP contract, named as such): what it
@@ -103,4 +110,38 @@ test('an API that does not listen is CELLAR_E_UNREACHABLE, naming the address', 
     assert.match(error.message, new RegExp(`cannot reach the Cellar API at http://127\\.0\\.0\\.1:${port} \\(connect ECONNREFUSED`));
     return true;
   });
+});
+
+test('the CLI reaches an API behind HTTPS, trusting the CA it is given, and refuses one it is not', async () => {
+  const ca = await makeTestCa();
+  const leaf = await issueCertificate(ca, 'cellar-api', ['127.0.0.1']);
+  const dir = await makeTempDir('cellar-cli-https-');
+  const secure = createHttpsServer({ key: leaf.key, cert: leaf.certificate }, (request, response) => {
+    request.resume();
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ clusters: [] }));
+  });
+  try {
+    await writeFile(join(dir, 'ca.crt'), ca.certificate);
+    await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
+    const url = `https://127.0.0.1:${(secure.address() as AddressInfo).port}`;
+    const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
+    const list = (extraCa: boolean) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        const env = { PATH: process.env['PATH'] ?? '', CELLAR_HOME: join(dir, 'home'), CELLAR_API: url, CELLAR_TOKEN: 'cellar_standin', ...(extraCa ? { NODE_EXTRA_CA_CERTS: join(dir, 'ca.crt') } : {}) };
+        execFile(process.execPath, [cellarBin, 'clusters', 'list', '--json'], { env, timeout: 60_000 }, (error, stdout, stderr) => {
+          resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr });
+        });
+      });
+    const trusted = await list(true);
+    assert.equal(trusted.code, 0, trusted.stderr);
+    assert.deepEqual(JSON.parse(trusted.stdout), [], 'the list, read over HTTPS');
+    const untrusted = await list(false);
+    assert.equal(untrusted.code, 1);
+    assert.match(untrusted.stdout, /CELLAR_E_UNREACHABLE/);
+    assert.match(untrusted.stdout, /certificate/);
+  } finally {
+    await new Promise((resolve) => secure.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  }
 });
