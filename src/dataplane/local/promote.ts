@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { sleep } from '../../lib/clock.js';
 import { clusterRoles, type ClusterSecrets, type UpstreamRef } from '../dataplane.js';
 import { run, type RunAs } from '../../postgres/osuser.js';
-import { localSuperuser, withClient, type ConnectTarget } from '../../postgres/sql.js';
+import { localSuperuser, sqlState, withClient, type ConnectTarget } from '../../postgres/sql.js';
 
 /**
  * The failover half of the Postgres domain: promote a standby, checkpoint a new primary, bring a
@@ -28,12 +28,27 @@ async function inRecovery(client: pg.Client): Promise<boolean> {
   return result.rows[0]?.in_recovery === true;
 }
 
+/** SQLSTATE object_not_in_prerequisite_state: pg_promote's "recovery is not in progress". */
+const sqlStateNotInRecovery = '55000';
+
+/**
+ * Asks the server to promote (wait => false: pg_promote's own wait polls every 100 ms, most of a
+ * promote's cost here). A server that left recovery since it was last looked at answers "recovery
+ * is not in progress": that is the promotion done, not a failure.
+ */
+export async function requestPromote(client: pg.Client): Promise<void> {
+  try {
+    await client.query('select pg_promote(false)');
+  } catch (error) {
+    if (sqlState(error) !== sqlStateNotInRecovery) throw error;
+  }
+}
+
 /** Triggers promotion and waits until the server leaves recovery; no-op on a primary. */
 export async function promoteLocal(runDir: string, port: number): Promise<void> {
   await withClient(localSuperuser(runDir, port), async (client) => {
     if (!(await inRecovery(client))) return;
-    // wait => false: pg_promote's own wait polls every 100 ms, most of a promote's cost here.
-    await client.query('select pg_promote(false)');
+    await requestPromote(client);
     const startedMs = Date.now();
     let askedMs = startedMs;
     while (Date.now() < startedMs + promoteWaitMsMax) {
@@ -41,8 +56,9 @@ export async function promoteLocal(runDir: string, port: number): Promise<void> 
       await sleep(promotePollMs);
       if (Date.now() - askedMs < promoteRepeatMs) continue;
       askedMs = Date.now();
-      // Repeating is harmless: a promote already under way ignores it.
-      if (await inRecovery(client)) await client.query('select pg_promote(false)');
+      // Repeating is harmless: a promote already under way ignores it, and one that finished
+      // between the look and the request is not an error (requestPromote).
+      await requestPromote(client);
     }
     throw new Error(`still in recovery ${promoteWaitMsMax} ms after pg_promote`);
   });
