@@ -90,9 +90,9 @@ export interface Committed {
   readonly dueNow: boolean;
 }
 
-/** Writes an outcome only if the version and lease still match; returns what was committed, or null. */
 /**
- * Writes a step's outcome under the lease (the version is the fencing token). With `seenSignals`
+ * Writes a step's outcome only if the version and lease still match (the version is the fencing
+ * token); returns what was committed, or null. With `seenSignals`
  * (a nap that releases the lease), a signal on the machine that the step did not see, raised while
  * it ran, makes the machine due now rather than after the nap the step chose without it; `dueNow`
  * then tells the engine to wake its lane. One statement, so a plain nap commits in one round trip.
