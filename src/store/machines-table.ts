@@ -92,10 +92,10 @@ export interface Committed {
 
 /**
  * Writes a step's outcome only if the version and lease still match (the version is the fencing
- * token); returns what was committed, or null. With `seenSignals`
- * (a nap that releases the lease), a signal on the machine that the step did not see, raised while
- * it ran, makes the machine due now rather than after the nap the step chose without it; `dueNow`
- * then tells the engine to wake its lane. One statement, so a plain nap commits in one round trip.
+ * token); returns what was committed, or null. With `seenSignals` (a nap that releases the lease),
+ * a signal on the machine that the step did not see, raised while it ran, makes the machine due
+ * now rather than after the nap the step chose without it; `dueNow` then tells the engine to wake
+ * its lane. One statement, so a plain nap commits in one round trip.
  */
 export async function commitTransition(
   db: Queryable,
