@@ -617,13 +617,17 @@ describe('cluster machine, label by label', () => {
     }
   });
 
-  test('running replaces a failed replica', async () => {
+  test('running replaces a failed replica, once: it stays failed until its machine takes the destroy', async () => {
     const h = harness();
     h.store.add(primaryId, 'primary', 0, 'running');
     h.store.add(replicaId, 'replica', 1, 'failed');
     const outcome = await step(clusterMachine, 'running', clusterId, h);
-    assert.equal(outcome.type, 'nap');
+    assert.equal(outcome.type === 'nap' && outcome.code, 'replica_replaced');
     assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica`]);
+    // Its machine has not resumed yet: still `failed`, with a destroy asked for.
+    const again = await step(clusterMachine, 'running', clusterId, h);
+    assert.notEqual(again.type === 'nap' && again.code, 'replica_replaced');
+    assert.deepEqual(h.store.calls, [`replaceInstance ${replicaId} replica`], 'a replica already replaced is not replaced twice');
   });
 
   test('scale up: running adds exactly the missing replicas, once; a replica being deleted does not count', async () => {

@@ -162,6 +162,19 @@ for (const implementation of implementations) {
       assert.equal((await subject.store.instance(replica.id))?.destroyRequested, true);
     });
 
+    test('replaceInstance asks the replaced one to delete itself and makes one new replica, once however often it is asked', async () => {
+      const subject = await implementation.subject();
+      const [, replica] = await twoInstances(subject);
+      await subject.store.replaceInstance(replica.id, 'replica', true);
+      await subject.store.replaceInstance(replica.id, 'replica', true);
+      const after = await subject.store.instances(subject.cluster);
+      assert.deepEqual(after.map((instance) => [instance.ordinal, instance.role, instance.destroyRequested]), [
+        [0, 'primary', false],
+        [1, 'replica', true],
+        [2, 'replica', false],
+      ]);
+    });
+
     test('a deleted instance is gone from instances and instance', async () => {
       const subject = await implementation.subject();
       const [primary, replica] = await twoInstances(subject);

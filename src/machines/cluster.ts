@@ -175,7 +175,9 @@ async function running(context: Context): Promise<Result> {
   if (primary.machineLabel === 'down') return primaryLost(context, instances, primary);
   const guarded = await guardStorage(context, cluster, instances, primary);
   if (guarded !== null) return guarded;
-  const failedReplica = instances.find((instance) => instance.role === 'replica' && instance.machineLabel === 'failed');
+  // One whose replacement was asked already stays `failed` until its machine takes the destroy:
+  // looking again before then must not replace it twice.
+  const failedReplica = instances.find((instance) => instance.role === 'replica' && instance.machineLabel === 'failed' && !isBeingRemoved(instance));
   if (failedReplica !== undefined) {
     await store.replaceInstance(failedReplica.id, 'replica');
     return nap(0, { reason: `replacing replica ${failedReplica.id} (${failedReplica.machineError ?? 'failed'}) with a fresh one`, code: 'replica_replaced' });

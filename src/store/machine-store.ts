@@ -165,6 +165,11 @@ export class PgMachineStore implements MachineStore {
       );
       const row = found.rows[0];
       if (row === undefined || row.label === 'destroy' || (!running && row.label !== 'failed')) return;
+      // Replaced already: its destroy waits for its machine, which is still `failed` until it acts.
+      // Read after the lock, so a replace that committed while this one waited is seen.
+      const asked = await client.query(`select 1 from signals s join machines m on m.id = s.machine_id
+                                         where m.kind = 'instance' and m.entity_id = $1 and s.name = 'destroy'`, [instanceId]);
+      if (asked.rowCount !== 0) return;
       await requestDestroyWith(client, this.instanceMachine.kind, instanceId);
       await createInstanceWith(client, this.instanceMachine, row.cluster_id as ClusterId, await nextOrdinal(client, row.cluster_id), role);
     });

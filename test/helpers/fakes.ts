@@ -154,8 +154,9 @@ export class FakeStore implements MachineStore {
   }
   async replaceInstance(id: InstanceId, role: Role, running = false): Promise<void> {
     this.calls.push(`replaceInstance ${id} ${role}${running ? ' running' : ''}`);
-    // As the store: the replaced one is asked to delete itself in the same transaction.
-    if (!running) return;
+    // As the store: the replaced one is asked to delete itself in the same transaction, once.
+    const instance = this.instancesById.get(id);
+    if (instance === undefined || instance.destroyRequested || (!running && instance.machineLabel !== 'failed')) return;
     this.update(id, { destroyRequested: true });
     this.add(`in_new${this.ordinalMax + 1}aaaaaaaa` as InstanceId, role, this.ordinalMax + 1, 'start', null);
   }
