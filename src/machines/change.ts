@@ -38,10 +38,19 @@ export interface ChangeData extends Record<string, unknown> {
   readonly confirmRounds?: number;
   /** `held_by_freeze` was said at `apply`, so that a long freeze makes one event. */
   readonly heldByFreeze?: boolean;
+  /** When the primary's route was paused for its restart in place (the restart waits routePauseSettleMs). */
+  readonly pausedAtMs?: number;
 }
 
 export { changeKind };
 export const changePollMs = 100;
+/**
+ * A paused route reaches the proxy by a notification and a re-read of its routes; nothing tells the
+ * control plane when it has. The primary restarted in place is stopped only this long after the
+ * pause, so that a connection the proxy sent there just before it learned of the pause has
+ * finished its first statements rather than being ended (config.test, resize under a writer).
+ */
+export const routePauseSettleMs = 250;
 /** Replicas come and go in seconds (a clone each); their machines wake the cluster, not the change. */
 const scalePollMs = 500;
 /** How long one instance may take to come back from its restart (a replica streaming again, the primary accepting). */
@@ -240,12 +249,20 @@ async function restartPrimary(context: Context): Promise<Result> {
   if (primary === undefined) return nap(changePollMs);
   const next: ChangeLabel = order === 'primaryFirst' ? 'restartReplicas' : 'confirm';
   if (data.restarting === undefined) {
-    if (!serving(primary)) return nap(changePollMs);
+    // Once paused, on to the restart: the pause must not outlast the settle.
+    if (data.pausedAtMs === undefined && !serving(primary)) return nap(changePollMs);
     const pending = await pendingRestart(context, cluster, primary);
-    if (pending.length === 0) return hop(next, { data: { ...kept(context), primaryDone: true } });
-    await store.setRoutePaused(cluster.id, true);
+    if (pending.length === 0) {
+      if (data.pausedAtMs !== undefined) await store.setRoutePaused(cluster.id, false);
+      return hop(next, { data: { ...kept(context), primaryDone: true } });
+    }
+    if (data.pausedAtMs === undefined) {
+      await store.setRoutePaused(cluster.id, true);
+      return nap(routePauseSettleMs, { data: { ...kept(context), pausedAtMs: nowMs(context) }, reason: `restarting primary ${primary.id} in place for ${pending.join(', ')}: new connections wait`, code: 'primary_restarting' });
+    }
+    if (nowMs(context) - data.pausedAtMs < routePauseSettleMs) return nap(changePollMs);
     await store.raiseSignal(instanceKind, primary.id, 'restart');
-    return nap(changePollMs, { data: { ...kept(context), restarting: primary.id, sinceMs: nowMs(context) }, reason: `restarting primary ${primary.id} in place for ${pending.join(', ')}: new connections wait`, code: 'primary_restarting' });
+    return nap(changePollMs, { data: { ...kept(context), restarting: primary.id, sinceMs: nowMs(context) } });
   }
   // Done when its server reports nothing pending: its machine may not have taken the signal yet.
   const back = primary.id === data.restarting && serving(primary) && primary.observed.accepting === true && primary.observed.inRecovery === false;
