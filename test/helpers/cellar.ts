@@ -38,6 +38,13 @@ export async function makeTempDir(prefix: string): Promise<string> {
 
 /** Bytes in one GB of a test cluster's allocation, unless a test sets CELLAR_STORAGE_GB_BYTES itself. */
 export const testStorageGbBytes = 256 * 1024 ** 2;
+/**
+ * The writer speed a primary's next measurement is timed by (CELLAR_STORAGE_WRITE_RATE_MB_S,
+ * 512 MB/s by default), scaled with the test GB: a test allocation then fills as fast, relative to
+ * its size, as a real one, and its primary is walked as often as a real one would be, not four
+ * times as often. A test that sets its own GB keeps the default rate.
+ */
+const testWriteRateMbPerSecond = Math.round((512 * testStorageGbBytes) / 1024 ** 3);
 
 export class TestCellar {
   private child: ChildProcess | null = null;
@@ -75,6 +82,7 @@ export class TestCellar {
       // A storage "GB" of 256 MiB: placement counts allocations against this machine's real free
       // disk (less its reserve), so tests' clusters must not ask for tens of real gigabytes.
       CELLAR_STORAGE_GB_BYTES: String(testStorageGbBytes),
+      ...(extraEnv['CELLAR_STORAGE_GB_BYTES'] === undefined ? { CELLAR_STORAGE_WRITE_RATE_MB_S: String(testWriteRateMbPerSecond) } : {}),
       ...extraEnv,
     };
     // A Cellar given its own data directory starts from the run's prepared store and template
