@@ -223,9 +223,17 @@ test('failover operations: sync standbys hold and release commits, promote, foll
   await held;
 
   // Failover by hand: SIGKILL the primary, promote the first replica, the second follows it.
+  // Its exit is watched: the listener (the control plane's wake of its machine) hears of it.
+  const exited: string[] = [];
+  assert.equal(await plane.watchExit(primary.instanceId), false, 'nothing is watched without a listener');
+  plane.onExit((instanceId) => exited.push(instanceId));
+  assert.equal(await plane.watchExit(primary.instanceId), true);
+  assert.equal(await plane.watchExit(newId('instance')), false, 'an instance with no server is not watched');
   const primaryPid = (await plane.status(primary)).pid;
   assert.ok(primaryPid !== undefined);
   process.kill(primaryPid, 'SIGKILL');
+  await eventually('the watch to report the primary gone', async () => (exited.length > 0 ? true : undefined), streamingWaitMsMax, pollMs);
+  assert.deepEqual(exited, [primary.instanceId], 'only the SIGKILLed server, once');
   await plane.promote(first);
   await plane.promote(first);
   const promoted = await plane.status(first);

@@ -80,6 +80,12 @@ class FakeDataPlane implements DataPlane {
     this.reach(id);
     return this.alive_;
   }
+  /** Whether exits are watched, as the local driver's are; off unless a test turns it on. */
+  watched = false;
+  async watchExit(id: InstanceId): Promise<boolean> {
+    this.reach(id);
+    return this.watched && this.alive_;
+  }
   async promote(spec: InstanceSpec): Promise<void> {
     this.calls.push(`promote ${spec.instanceId}`);
     const status = this.statuses.get(spec.instanceId);
@@ -354,6 +360,24 @@ describe('instance machine, label by label', () => {
     h.store.update(primaryId, { observed: { ...running, inRecovery: true } });
     const changed = await step(instanceMachine, 'running', primaryId, h, { data: measured });
     assert.deepEqual(changed.type === 'nap' && changed.wake, [{ kind: 'cluster', entityId: clusterId }]);
+  });
+
+  test('running: a process whose exit is watched ticks only for its probes; gone, it is lost', async () => {
+    const h = harness();
+    h.store.add(primaryId, 'primary', 0, 'running', 5000, { observed: running });
+    h.dataPlane.status_ = running;
+    h.dataPlane.watched = true;
+    const measured = { lastUsageMs: h.clock.now };
+    const probed = await step(instanceMachine, 'running', primaryId, h, { data: measured });
+    assert.deepEqual(probed, { type: 'nap', ms: probeIntervalMs, data: { lastProbeMs: h.clock.now, failedProbes: 0, ...measured }, wake: [] });
+    // Woken between probes (by its cluster, a signal): it naps until its next probe is due, no later.
+    const between = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - 300, ...measured } });
+    assert.deepEqual(between, { type: 'nap', ms: probeIntervalMs - 300 });
+    assert.equal(h.dataPlane.calls.filter((call) => call.startsWith('usage')).length, 0);
+    // Woken by the watch when the server exited: the step finds it gone.
+    h.dataPlane.alive_ = false;
+    const gone = await step(instanceMachine, 'running', primaryId, h, { data: { lastProbeMs: h.clock.now - 300, ...measured } });
+    assert.equal(gone.type === 'hop' && gone.label, 'down');
   });
 
   test('running: a replica\'s use on disk is measured with the first probe, then only once per usage interval, and kept in the store', async () => {
@@ -1265,6 +1289,12 @@ describe('storage guard (docs/STORAGE.md "Limits", "Autogrow")', () => {
     const far = fullHarness(10);
     const quiet = await step(instanceMachine, 'running', primaryId, far, { data: { lastProbeMs: far.clock.now, lastUsageMs: far.clock.now } });
     assert.deepEqual(quiet, { type: 'nap', ms: livenessIntervalMs }, 'far from full: no measurement, the liveness tick');
+    // A primary whose exit is watched ticks only for its probes, but near full still for its measurements.
+    const watched = fullHarness(90);
+    watched.dataPlane.watched = true;
+    watched.dataPlane.usage_ = near;
+    const soon = await step(instanceMachine, 'running', primaryId, watched, { data: { lastProbeMs: watched.clock.now, lastUsageMs: watched.clock.now - 50_000 } });
+    assert.ok(soon.type === 'nap' && soon.ms < livenessIntervalMs, `napped ${soon.type === 'nap' ? soon.ms : '?'} ms: to the next measurement, not the next probe`);
   });
 
   test('a fast writer just short of the threshold: read-only a lead ahead, said with its growth; it stays read-only where it stopped', async () => {

@@ -10,7 +10,7 @@ import { LocalDataPlane } from '../dataplane/local/driver.js';
 import { HostUsageWatch } from '../dataplane/local/host-usage.js';
 import { HostRouter } from '../dataplane/remote/router.js';
 import { Engine, register } from '../engine/engine.js';
-import { insertMachine, newMachine } from '../store/machines-table.js';
+import { insertMachine, newMachine, wakeMachines } from '../store/machines-table.js';
 import type { Lane } from '../engine/machine.js';
 import { systemClock, systemRandom } from '../lib/clock.js';
 import type { Credentials } from '../lib/credentials.js';
@@ -95,6 +95,7 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     if (options.engine) {
       await rods.start();
       engine = makeEngine(config, log, pool, storeUrl, router, flags, rods);
+      wakeOnExit(dataPlane, pool, log.child({ component: 'exit-watch' }));
       const ticking = engine;
       rods.onChange(() => ticking.retick());
     }
@@ -136,6 +137,19 @@ export async function startControlPlane(config: Config, log: Logger, options: Co
     await pool.end();
     throw error;
   }
+}
+
+/**
+ * A postmaster of this host that exits wakes its instance's machine at once: the machine ticks only
+ * for its probes (docs/ARCHITECTURE.md, "Liveness"). A wake the store refuses is logged; the
+ * machine's next probe, within a second, finds the server gone anyway.
+ */
+function wakeOnExit(dataPlane: LocalDataPlane, pool: Pool, log: Logger): void {
+  dataPlane.onExit((instanceId) => {
+    wakeMachines(pool, [{ kind: instanceMachine.kind, entityId: instanceId }]).catch((error: unknown) => {
+      log.warn({ instance: instanceId, err: error instanceof Error ? error.message : String(error) }, 'could not wake the machine of an instance whose server exited; its next probe finds it gone');
+    });
+  });
 }
 
 function warmPoolPorts(config: Config, pool: Pool, dataPlane: DataPlane, rods: RodReader): WarmPoolPorts {

@@ -253,6 +253,13 @@ export interface DataPlane {
   observe(spec: InstanceSpec): Promise<InstanceStatus>;
   /** Cheap: whether the postmaster process exists (no connection). Probed often to detect a crash fast. */
   alive(instanceId: InstanceId): Promise<boolean>;
+  /**
+   * Watches the running server's postmaster until it exits: true when its exit will wake the
+   * instance's machine within `exitWatchPollMs` (100 ms), so the machine need not check `alive`
+   * between its probes; false when nothing watches it here (not running, on another host, whose
+   * heartbeats say what runs there, or no one to tell).
+   */
+  watchExit(instanceId: InstanceId): Promise<boolean>;
   /** Removes the slot from an upstream; no-op if the upstream or the slot is gone. */
   dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void>;
   /** Ends recovery and waits until the server accepts writes; no-op on a primary. */

@@ -45,7 +45,12 @@ export const replicaWaitForPrimaryMs = 250;
 const hostWaitPollMs = 1_000;
 /** A full probe (connect and query) this often; it records LSNs, lag and recovery state. */
 export const probeIntervalMs = 1_000;
-/** The process check this often: a SIGKILLed primary is noticed within one high-lane tick. */
+/**
+ * The process check this often when nothing watches the process's exit (an instance on another
+ * host, whose heartbeats say whether it runs): a SIGKILLed primary is noticed within one high-lane
+ * tick. A watched one (this host's: DataPlane.watchExit) wakes its machine when it exits, and the
+ * machine ticks only for its probes.
+ */
 export const livenessIntervalMs = 200;
 /** A primary within a fraction of a second's writing of the read-only threshold is measured this often (about 35 ms a walk of a 4 GB cluster). */
 export const usageIntervalMsNearFull = 50;
@@ -258,13 +263,17 @@ async function running(context: Context): Promise<Result> {
 
 async function probe(context: Context, cluster: ClusterRecord, instance: InstanceRecord): Promise<Result> {
   const { dataPlane, store, clock, ha } = context.ports;
-  if (!(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
+  // A watched postmaster's exit wakes this machine, which then ticks only for its probes.
+  const watched = await dataPlane.watchExit(instance.id);
+  if (!watched && !(await dataPlane.alive(instance.id))) return lost(context, instance, 'server process is gone');
   const now = clock.nowMs();
   const data = context.machine.data;
-  if (now - (data.lastProbeMs ?? 0) < probeIntervalMs) {
+  const lastProbeMs = data.lastProbeMs ?? 0;
+  if (now - lastProbeMs < probeIntervalMs) {
     // Near the read-only threshold a primary is measured between full probes too (usageIntervalFor).
     const usage = await measureWhenDue(context, cluster, instance, now);
-    const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now);
+    const tickMs = watched ? lastProbeMs + probeIntervalMs - now : livenessIntervalMs;
+    const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now, tickMs);
     if (usage === null) return nap(napMs);
     return nap(napMs, { data: { ...withoutUsage(data), ...usage.data }, wake: usage.wake, ...usage.event });
   }
@@ -273,7 +282,7 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
   const usage = await measureWhenDue(context, cluster, instance, now);
   const usageData = usage?.data ?? usageFieldsOf(data);
   const wake = healthChanged(instance.observed, status) || (usage?.wake.length ?? 0) > 0 ? [clusterOf(instance)] : [];
-  const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now);
+  const napMs = nextNapMs(context, cluster, instance, data.lastUsageMs, usage, now, watched ? probeIntervalMs : livenessIntervalMs);
   if (status.accepting) return nap(napMs, { data: { lastProbeMs: now, failedProbes: 0, ...usageData }, wake, ...usage?.event });
   const failedProbes = (data.failedProbes ?? 0) + 1;
   if (instance.role === 'primary' && failedProbes >= ha.unreachableProbesMax) {
@@ -283,16 +292,17 @@ async function probe(context: Context, cluster: ClusterRecord, instance: Instanc
 }
 
 /**
- * The liveness tick, or sooner when the next measurement of use is due before it: counted from
- * when this step began, so the walk and the store's writes do not stretch a near-full primary's
+ * The next tick (`tickMs`: the liveness tick, or the next probe when the process's exit is
+ * watched), or sooner when the next measurement of use is due before it: counted from when this
+ * step began, so the walk and the store's writes do not stretch a near-full primary's
  * measurements apart (bench/storage).
  */
-function nextNapMs(context: Context, cluster: ClusterRecord, instance: InstanceRecord, lastUsageMs: number | undefined, usage: MeasuredUsage | null, stepStartMs: number): number {
+function nextNapMs(context: Context, cluster: ClusterRecord, instance: InstanceRecord, lastUsageMs: number | undefined, usage: MeasuredUsage | null, stepStartMs: number, tickMs: number): number {
   const measuredAtMs = usage === null ? lastUsageMs : stepStartMs;
-  if (measuredAtMs === undefined) return livenessIntervalMs;
+  if (measuredAtMs === undefined) return Math.max(usageNapMsMin, tickMs);
   const current = usage === null ? instance : { ...instance, usage: usage.figure };
   const dueMs = measuredAtMs + usageIntervalFor(context.ports.storage, cluster, current) - context.ports.clock.nowMs();
-  return Math.max(usageNapMsMin, Math.min(livenessIntervalMs, dueMs));
+  return Math.max(usageNapMsMin, Math.min(tickMs, dueMs));
 }
 
 type UsageData = Pick<InstanceData, 'lastUsageMs' | 'usageFailing'>;

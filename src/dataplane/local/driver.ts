@@ -39,6 +39,7 @@ import { escapeIdentifier, escapeLiteral, isNotListening, localSuperuser, scramV
 import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build.js';
 import { bootstrapDataDir, copyDataDir, TemplateCache } from './template.js';
 import { readSettings, reloadAndWait, removeHandSettings } from './settings.js';
+import { type ExitListener, ExitWatch } from './exit-watch.js';
 import { measureUsage } from './usage.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
@@ -84,6 +85,7 @@ const sqlStateDuplicateObject = '42710';
 
 export class LocalDataPlane implements DataPlane {
   private readonly templates: TemplateCache;
+  private readonly exits = new ExitWatch();
 
   constructor(private readonly options: LocalDataPlaneOptions) {
     this.templates = new TemplateCache(options.dataDir, options.templateOwner);
@@ -521,6 +523,19 @@ export class LocalDataPlane implements DataPlane {
     return this.bounded('alive', async () => {
       return (await serverPid(this.paths(instanceId).pgdata)) !== undefined;
     });
+  }
+
+  /** Bounded as `alive`, whose check it is, plus an entry in this process's watch (never an agent operation). */
+  async watchExit(instanceId: InstanceId): Promise<boolean> {
+    return this.bounded('alive', async () => {
+      const pid = await serverPid(this.paths(instanceId).pgdata);
+      return pid !== undefined && this.exits.watch(instanceId, pid);
+    });
+  }
+
+  /** Who is told when a watched postmaster exits (the control plane wakes the instance's machine). */
+  onExit(listener: ExitListener): void {
+    this.exits.onExit(listener);
   }
 
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {

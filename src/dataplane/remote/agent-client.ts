@@ -124,6 +124,11 @@ export class AgentClient implements DataPlane {
     return (await this.call('alive', [instanceId])) === true;
   }
 
+  /** Nothing is asked: the host's heartbeats say which servers run there (the router answers alive from them). */
+  async watchExit(_instanceId: InstanceId): Promise<boolean> {
+    return false;
+  }
+
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
     await this.call('dropSlot', [upstream, secrets]);
   }

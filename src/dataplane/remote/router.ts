@@ -160,6 +160,12 @@ export class HostRouter implements DataPlane {
     return this.whileReachable(host, (plane) => plane.alive(instanceId));
   }
 
+  /** Only this host's servers are watched; another host's are known from its heartbeats. */
+  async watchExit(instanceId: InstanceId): Promise<boolean> {
+    const host = await this.directory.hostOfInstance(instanceId);
+    return host === null || host.local ? this.local.watchExit(instanceId) : false;
+  }
+
   async dropSlot(upstream: UpstreamRef, secrets: ClusterSecrets): Promise<void> {
     return this.atAddress(upstream.host, (plane) => plane.dropSlot(upstream, secrets));
   }
