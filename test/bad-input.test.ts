@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { rm, rmdir, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import type { ClusterView } from '../src/api/view.js';
 import { ClusterUsers, resolveRunAs } from '../src/postgres/osuser.js';
 import { fallbackDataRoot, resolveDataDir } from '../src/postgres/paths.js';
+import { exchange } from './helpers/http.js';
 import { type RunResult, TestCellar, cellarBin, eventually, makeTempDir, processesUsing, queryUri } from './helpers/cellar.js';
 
 /** Bad requests and bad start-up paths get a 4xx (or a sentence) in the one error shape, never a 5xx or errno text. */
@@ -33,31 +34,6 @@ function rawExchange(port: number, request: string): Promise<{ status: number; b
     });
     socket.setTimeout(10_000, () => socket.destroy());
     socket.write(request);
-  });
-}
-
-/**
- * One request over a kept-alive connection (node:http: the bad-input run sends thousands, and
- * fetch cost several times its CPU). A live stream (text/event-stream) never ends: its answer is its
- * status, and the connection is dropped.
- */
-function exchange(agent: Agent, url: string, method: string, headers: Record<string, string>, body: string | undefined, waitMs: number): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const sent = request(url, { method, headers, agent, signal: AbortSignal.timeout(waitMs) }, (response) => {
-      const status = response.statusCode ?? 0;
-      if (status === 200 && (response.headers['content-type'] ?? '').startsWith('text/event-stream')) {
-        response.destroy();
-        resolve({ status, text: '' });
-        return;
-      }
-      let text = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (text += chunk));
-      response.on('end', () => resolve({ status, text }));
-      response.on('error', reject);
-    });
-    sent.on('error', reject);
-    sent.end(body);
   });
 }
 
@@ -217,7 +193,8 @@ describe('bad input', () => {
           const combinations = [...bodies.map((body) => [body, admin] as const), ...tokens.slice(1).flatMap((token) => bodies.slice(0, 3).map((body) => [body, token] as const))];
           for (const [body, token] of combinations) {
             const headers = { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
-            const { status, text } = await exchange(agent, `${cellar.apiUrl}${path}`, method.toUpperCase(), headers, body, requestWaitMs);
+            // One kept-alive connection for the whole run: fetch cost the test several times the CPU.
+            const { status, text } = await exchange(`${cellar.apiUrl}${path}`, { method: method.toUpperCase(), headers, ...(body === undefined ? {} : { body }), agent, waitMs: requestWaitMs });
             requests += 1;
             if (status >= 500) failures.push(`${method.toUpperCase()} ${path.slice(0, 80)} ${body?.slice(0, 60) ?? ''} -> ${status} ${text.slice(0, 200)}`);
             else if (status >= 400) assertErrorShape(text, `${method} ${path.slice(0, 80)}`);

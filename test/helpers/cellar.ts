@@ -7,6 +7,7 @@ import pg from 'pg';
 import { ClusterUsers } from '../../src/postgres/osuser.js';
 import { testPorts } from './ports.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
+import { exchange } from './http.js';
 import { seedDataDir } from './prepared.js';
 import type { ClusterView } from '../../src/api/view.js';
 
@@ -178,13 +179,13 @@ export class TestCellar {
   }
 
   async api<T>(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: T }> {
-    const response = await fetch(`${this.apiUrl}${path}`, {
+    const answer = await exchange(`${this.apiUrl}${path}`, {
       method,
       headers: { authorization: `Bearer ${token ?? (await this.token())}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(apiWaitMsMax),
+      waitMs: apiWaitMsMax,
     });
-    return { status: response.status, body: (await response.json()) as T };
+    return { status: answer.status, body: JSON.parse(answer.text) as T };
   }
 
   /**
