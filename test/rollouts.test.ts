@@ -42,7 +42,10 @@ describe('fleet defaults and rollouts', () => {
       `rollout ${id} to be ${states.join(' or ')}`,
       async () => {
         const shown = await cellar.read<RolloutDetail>(`/v1/rollouts/${encodeURIComponent(id)}`);
-        return states.includes(shown.state) ? shown : undefined;
+        // A rollout at `completed` or `aborted` is finished by that label's step, just after the
+        // hop is committed: settled is when it is stamped too (read in between, finishedAt is null).
+        const finishing = (shown.state === 'completed' || shown.state === 'aborted') && shown.finishedAt === null;
+        return states.includes(shown.state) && !finishing ? shown : undefined;
       },
       rolloutWaitMs,
       250,
@@ -162,7 +165,7 @@ describe('fleet defaults and rollouts', () => {
     const aborted = await cellar.cliJson<RolloutView>(['rollouts', 'abort', id]);
     assert.equal(aborted.id, id);
     const final = await settled(id, ['aborted']);
-    assert.ok(final.finishedAt !== null);
+    assert.ok(Date.parse(final.finishedAt ?? '') >= Date.parse(final.createdAt), 'stamped when it finished, after it began');
     assert.equal((await cellar.cliJson<DefaultsView>(['defaults', 'show'])).rollout, null, 'another rollout may start');
     const list = await cellar.cliJson<RolloutView[]>(['rollouts', 'list']);
     assert.deepEqual(list.map((rollout) => [rollout.id, rollout.state]).slice(0, 1), [[id, 'aborted']]);
