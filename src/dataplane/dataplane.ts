@@ -255,7 +255,7 @@ export interface DataPlane {
   alive(instanceId: InstanceId): Promise<boolean>;
   /**
    * Watches the running server's postmaster until it exits: true when its exit will wake the
-   * instance's machine within `exitWatchPollMs` (100 ms), so the machine need not check `alive`
+   * instance's machine within 100 ms (`exitWatchPollMs`, src/dataplane/local/exit-watch.ts), so the machine need not check `alive`
    * between its probes; false when nothing watches it here (not running, on another host, whose
    * heartbeats say what runs there, or no one to tell).
    */

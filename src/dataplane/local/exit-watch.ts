@@ -6,9 +6,9 @@ import { isAlive } from '../../postgres/server.js';
  * each, microseconds. A SIGKILLed server is reported within this, sooner than the liveness tick
  * that would otherwise find it (livenessIntervalMs, 200 ms).
  */
-export const exitWatchPollMs = 100;
+const exitWatchPollMs = 100;
 /** Servers watched at once at most; a host runs far fewer (its port range bounds them). */
-export const exitWatchEntriesMax = 10_000;
+const exitWatchEntriesMax = 10_000;
 
 export type ExitListener = (instanceId: InstanceId) => void;
 
@@ -41,13 +41,9 @@ export class ExitWatch {
     return true;
   }
 
-  /** How many servers are watched now; for tests. */
-  get size(): number {
-    return this.pids.size;
-  }
-
   private look(): void {
-    for (const [instanceId, pid] of [...this.pids]) {
+    // Deleting the entry being visited is safe while iterating a Map.
+    for (const [instanceId, pid] of this.pids) {
       if (isAlive(pid)) continue;
       this.pids.delete(instanceId);
       this.listener?.(instanceId);
