@@ -307,6 +307,63 @@ test('a primary built from the template and one built by initdb both accept the 
   for (const spec of specs) await withTemplate.destroy(spec.instanceId);
 });
 
+test('the status probe keeps one session per server, yet a SIGSTOPped postmaster is not accepting; a killed session is reopened, a stopped server ends it, and the server logs nothing of it', async (t) => {
+  const dataDir = await tempDataDir();
+  const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), await resolveRunAs(), true);
+  const spec = specFor(newId('instance'), await testPort(), secrets());
+  const paths = plane.paths(spec.instanceId);
+  let stoppedPid: number | undefined;
+  t.after(async () => {
+    if (stoppedPid !== undefined) process.kill(stoppedPid, 'SIGCONT');
+    await stopServer(paths.pgdata);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  await plane.createPrimary(spec);
+  await plane.start(spec);
+  /** The backends of the probe's own sessions (application_name cellar), seen from another session. */
+  const probeBackends = (): Promise<number[]> =>
+    withClient(localSuperuser(paths.run, spec.port), async (client) => {
+      const result = await client.query<{ pid: number }>("select pid from pg_stat_activity where application_name = 'cellar' and pid <> pg_backend_pid() order by pid");
+      return result.rows.map((row) => row.pid);
+    });
+  const logBefore = (await readFile(paths.log, 'utf8')).length;
+
+  assert.equal((await plane.status(spec)).accepting, true);
+  const [first] = await probeBackends();
+  assert.ok(first !== undefined, 'the probe keeps a session after its query');
+  for (let probe = 0; probe < 3; probe++) assert.equal((await plane.status(spec)).accepting, true);
+  assert.deepEqual(await probeBackends(), [first], 'every probe used the one kept session');
+
+  // A hung postmaster: the kept session would still answer, a new connection is not.
+  const pid = await serverPid(paths.pgdata);
+  assert.ok(pid !== undefined);
+  process.kill(pid, 'SIGSTOP');
+  stoppedPid = pid;
+  const hung = await plane.status(spec);
+  assert.equal(hung.running, true);
+  assert.equal(hung.accepting, false, 'a postmaster that does not answer is not accepting');
+  process.kill(pid, 'SIGCONT');
+  stoppedPid = undefined;
+  assert.equal((await plane.status(spec)).accepting, true);
+
+  // The session's backend ended (by a tenant's superuser, an OOM kill): the next probe reopens one.
+  await withClient(localSuperuser(paths.run, spec.port), (client) => client.query('select pg_terminate_backend($1)', [first]));
+  const reopened = await eventually('a probe on a new session, the ended one gone', async () => {
+    assert.equal((await plane.status(spec)).accepting, true, 'an ended session fails no probe: it is opened again at once');
+    const backends = await probeBackends();
+    return backends.length === 1 && backends[0] !== first ? backends : undefined;
+  }, 10_000, pollMs);
+  assert.notDeepEqual(reopened, [first]);
+
+  await plane.stop(spec.instanceId);
+  assert.deepEqual(await plane.status(spec), { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined });
+  await plane.start(spec);
+  assert.equal((await plane.status(spec)).accepting, true, 'a restarted server is probed on a new session');
+  // The probe's answers (an SSLRequest, then a closed socket) leave no complaint in the server log.
+  const log = (await readFile(paths.log, 'utf8')).slice(logBefore);
+  assert.doesNotMatch(log, /incomplete startup packet|could not receive data|unexpected EOF/);
+});
+
 test('a crashed build (left-over tmp dir with its bootstrap server still running) is stopped and removed by the next create', async (t) => {
   const dataDir = await tempDataDir();
   const runAs = await resolveRunAs();

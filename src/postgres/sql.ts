@@ -5,7 +5,7 @@ import { assert } from '../lib/assert.js';
 
 /**
  * Short-lived node-postgres connections the driver makes to its instances: over the 0700 unix
- * socket directory as the superuser (trust, reachable only by root and the run-as user), or over
+ * socket directory as the superuser (peer, reachable only by root and the run-as user), or over
  * TCP with a password. Every connection has a connect timeout and a statement timeout.
  */
 
@@ -30,8 +30,9 @@ export interface ConnectTarget {
   readonly plainSession?: boolean;
 }
 
-export async function withClient<T>(target: ConnectTarget, use: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({
+/** node-postgres settings for a connection to `target`: its timeouts, and no TLS (a socket or 127.0.0.1 only). */
+export function clientConfig(target: ConnectTarget): pg.ClientConfig {
+  return {
     host: target.host,
     port: target.port,
     user: target.user,
@@ -42,7 +43,11 @@ export async function withClient<T>(target: ConnectTarget, use: (client: pg.Clie
     connectionTimeoutMillis: target.connectTimeoutMs ?? connectTimeoutMs,
     ...(target.plainSession === true ? {} : { statement_timeout: statementTimeoutMs, application_name: 'cellar' }),
     query_timeout: statementTimeoutMs + 1_000,
-  });
+  };
+}
+
+export async function withClient<T>(target: ConnectTarget, use: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client(clientConfig(target));
   // A server shutting down under an idle client emits 'error'; unhandled it would crash Cellar.
   client.on('error', () => {});
   // The step using this connection ran out of time: end the connection, and with it the query.

@@ -40,6 +40,7 @@ import { buildThenRename, exists, removeStaleBuilds } from '../../postgres/build
 import { bootstrapDataDir, copyDataDir, TemplateCache } from './template.js';
 import { readSettings, reloadAndWait, removeHandSettings } from './settings.js';
 import { type ExitListener, ExitWatch } from './exit-watch.js';
+import { postmasterAnswers, StatusSessions } from './status-sessions.js';
 import { measureUsage } from './usage.js';
 
 /** pg_basebackup of a fresh cluster takes ~0.6 s; a real database can take much longer. */
@@ -86,6 +87,7 @@ const sqlStateDuplicateObject = '42710';
 export class LocalDataPlane implements DataPlane {
   private readonly templates: TemplateCache;
   private readonly exits = new ExitWatch();
+  private readonly statusSessions = new StatusSessions();
 
   constructor(private readonly options: LocalDataPlaneOptions) {
     this.templates = new TemplateCache(options.dataDir, options.templateOwner);
@@ -378,6 +380,7 @@ export class LocalDataPlane implements DataPlane {
 
   async stop(instanceId: InstanceId, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     return this.bounded('stop', async () => {
+      this.statusSessions.close(instanceId);
       await stopServer(this.paths(instanceId).pgdata, mode);
     });
   }
@@ -504,14 +507,19 @@ export class LocalDataPlane implements DataPlane {
       const paths = this.paths(spec.instanceId);
       const pid = await serverPid(paths.pgdata);
       const stopped = { running: false, pid: undefined, accepting: false, inRecovery: undefined, timeline: undefined, lsn: undefined, streaming: undefined, receiveLsn: undefined, archive: undefined };
-      if (pid === undefined) return stopped;
+      if (pid === undefined) {
+        this.statusSessions.close(spec.instanceId);
+        return stopped;
+      }
       const notAccepting = { ...stopped, running: true, pid };
       const pidFile = await readPostmasterPid(paths.pgdata);
       if (pidFile?.status !== 'ready' && pidFile?.status !== 'standby') return notAccepting;
       // The running server's own port, in case the spec has changed since it started.
       const port = pidFile.port ?? spec.port;
+      // Accepting means a new connection is answered now, which the kept session cannot show.
+      if (!(await postmasterAnswers(paths.run, port, statusConnectMsMax))) return notAccepting;
       try {
-        const row = await withClient(localSuperuser(paths.run, port, statusConnectMsMax), (client) => queryStatus(client));
+        const row = await this.statusSessions.query(spec.instanceId, paths.run, port, pid, statusConnectMsMax, queryStatus);
         return { running: true, pid, accepting: true, ...row };
       } catch {
         return notAccepting;
@@ -553,6 +561,7 @@ export class LocalDataPlane implements DataPlane {
   async destroy(instanceId: InstanceId): Promise<void> {
     return this.bounded('destroy', async () => {
       const paths = this.paths(instanceId);
+      this.statusSessions.close(instanceId);
       await stopServer(paths.pgdata);
       await removeStaleBuilds(paths.pgdata);
       await removeTree(paths.root);
