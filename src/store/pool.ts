@@ -4,6 +4,12 @@ import pg from 'pg';
 export const storePoolSizeMax = 10;
 const connectTimeoutMs = 5_000;
 const statementTimeoutMs = 30_000;
+/**
+ * An idle connection is kept this long. pg's default (10 s) closed the ones a burst of steps had
+ * opened between two bursts, and each new one costs the store a backend start and both sides a
+ * SCRAM exchange: an idle control plane with three clusters opened about one a second.
+ */
+const idleTimeoutMs = 5 * 60_000;
 
 export type Pool = pg.Pool;
 export type Queryable = pg.Pool | pg.PoolClient;
@@ -13,6 +19,7 @@ export function openPool(url: string, max: number = storePoolSizeMax): pg.Pool {
     connectionString: url,
     max,
     connectionTimeoutMillis: connectTimeoutMs,
+    idleTimeoutMillis: idleTimeoutMs,
     statement_timeout: statementTimeoutMs,
     application_name: 'cellar',
   });
