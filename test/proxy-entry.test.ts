@@ -77,3 +77,30 @@ describe('the proxy entry', () => {
     assertProxyOnly(await modulesLoadedBy([cellarBin, 'proxy']));
   });
 });
+
+describe('the down command', () => {
+  test('`cellar down` loads no API, engine, machine, proxy server or control plane wiring module, nor the logger', async () => {
+    const home = await makeTempDir('cellar-down-entry-');
+    try {
+      const listFile = join(home, 'modules.txt');
+      const env = { ...process.env, CELLAR_HOME: home, CELLAR_DATA: join(home, 'data'), CELLAR_TEST_MODULE_LIST: listFile };
+      const child = spawn(process.execPath, ['--import', pathToFileURL(recorder).href, cellarBin, 'down', '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)));
+      assert.equal(code, 0, `cellar down failed: ${stderr}`);
+      assert.deepEqual(JSON.parse(stdout), { controlPlanePid: null, proxyPid: null, instancesStopped: 0, storeStopped: false });
+      const urls = (await readFile(listFile, 'utf8')).split('\n');
+      const modules = urls.filter((url) => url.startsWith(srcUrl)).map((url) => url.slice(srcUrl.length));
+      // It did load its own module: an empty list would prove nothing.
+      assert.ok(modules.includes('controlplane/host.js'), `controlplane/host.js not among the loaded modules: ${modules.join(', ')}`);
+      const forbidden = modules.filter((module) => ['api/', 'engine/', 'machines/', 'dataplane/local/driver.js', 'controlplane/controlplane.js', 'proxy/main.js', 'proxy/server.js'].some((prefix) => module.startsWith(prefix)));
+      assert.deepEqual(forbidden, [], `cellar down loaded ${forbidden.join(', ')}`);
+      assert.deepEqual(urls.filter((url) => url.includes('/node_modules/pino/')), [], 'cellar down loaded pino');
+    } finally {
+      await rm(home, { recursive: true, force: true });
+    }
+  });
+});

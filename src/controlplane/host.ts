@@ -3,13 +3,11 @@ import { open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config.js';
-import { startControlPlane } from './controlplane.js';
 import { isRoot, resolveRunAs } from '../postgres/osuser.js';
 import { resolveDataDir } from '../postgres/paths.js';
 import { isAlive, serverPid, stopServer, waitForExit } from '../postgres/server.js';
-import { makeLogger } from '../lib/log.js';
 import { untilSignal } from '../lib/signals.js';
-import { proxyPidFileName } from '../proxy/main.js';
+import { proxyPidFileName } from '../proxy/pid-file.js';
 import { stopEmbeddedStore } from '../store/embedded.js';
 import type { Output } from '../lib/output.js';
 
@@ -69,6 +67,8 @@ export async function up(config: Config, out: Output, options: { api: boolean })
   if (running !== null && running !== process.pid) {
     throw new Error(`a Cellar control plane already runs for ${config.home} (pid ${running}); stop it with \`cellar down\``);
   }
+  // Loaded here, not with this module: `cellar down` needs neither the control plane nor the logger.
+  const [{ startControlPlane }, { makeLogger }] = await Promise.all([import('./controlplane.js'), import('../lib/log.js')]);
   const log = makeLogger(config.logLevel, process.stderr);
   const controlPlane = await startControlPlane(config, log, { api: options.api, engine: true });
   // Armed before the pid file says we run: a SIGTERM sent on seeing it must stop us cleanly.

@@ -19,6 +19,7 @@ import { RouteTable } from './routes.js';
 import { ProxyServer } from './server.js';
 import { dayMs, ensureCellCa } from '../pki/ca.js';
 import { ProxyCertificate } from './tls.js';
+import { proxyPidFileName } from './pid-file.js';
 
 /** The proxy process: its own pool of store connections (two held for LISTEN, routes and rods, a third while it reads its flags at start; polls), and the two listeners. */
 const proxyStorePoolSize = 5;
@@ -40,8 +41,6 @@ function liveLimits(config: Config, rods: RodReader): ProxyLimits {
   };
 }
 export const routesSnapshotFile = 'routes.json';
-/** `cellar up` and `cellar down` find the running proxy by this file in `$CELLAR_HOME`. */
-export const proxyPidFileName = 'proxy.pid';
 
 export interface RunningProxy {
   stop(): Promise<void>;
