@@ -6,7 +6,7 @@ import { type ClusterId, type OrgId, newId } from '../lib/ids.js';
 import type { ClusterSpec } from '../lib/sizes.js';
 import type { AutogrowPolicy, InstanceRecord, StorageFull } from '../machines/ports.js';
 import { liveInstances } from './machine-store.js';
-import { type Pool, inTransaction, isUniqueViolation } from './pool.js';
+import { type Pool, inTransaction, isUniqueViolation, prepared } from './pool.js';
 import { assertPlaceable } from './placement.js';
 import type { DiskReserve } from '../lib/placement.js';
 import { freeRouteKey } from './routes.js';
@@ -151,26 +151,31 @@ async function snapshot(db: Pool, row: ClusterRow): Promise<ClusterSnapshot> {
   };
 }
 
+const recentEvents = prepared(
+  'clusters_events',
+  `select at, kind, entity_id, from_label, to_label, reason, code from (
+     select * from events where cluster_id = $1 order by id desc limit $2) recent
+   order by id`,
+);
+
 async function clusterEvents(db: Pool, clusterId: string): Promise<ClusterEvent[]> {
-  const result = await db.query<{ at: Date; kind: string; entity_id: string; from_label: string | null; to_label: string; reason: string; code: string | null }>(
-    `select at, kind, entity_id, from_label, to_label, reason, code from (
-       select * from events where cluster_id = $1 order by id desc limit $2) recent
-     order by id`,
-    [clusterId, eventsPerClusterMax],
-  );
+  const result = await db.query<{ at: Date; kind: string; entity_id: string; from_label: string | null; to_label: string; reason: string; code: string | null }>(recentEvents([clusterId, eventsPerClusterMax]));
   return result.rows.map((row) => ({ at: row.at, kind: row.kind, entityId: row.entity_id, from: row.from_label, to: row.to_label, reason: row.reason, code: row.code }));
 }
 
+const liveClusterByName = prepared('clusters_find', `${clusterSelect} where c.org_id = $1 and (c.name = $2 or c.id = $2) and c.deleted_at is null`);
+const clusterById = prepared('clusters_find_by_id', `${clusterSelect} where c.org_id = $1 and c.id = $2`);
+
 /** A live cluster by name or id, in the org. */
 export async function findCluster(db: Pool, orgId: OrgId, nameOrId: string): Promise<ClusterSnapshot | null> {
-  const result = await db.query<ClusterRow>(`${clusterSelect} where c.org_id = $1 and (c.name = $2 or c.id = $2) and c.deleted_at is null`, [orgId, nameOrId]);
+  const result = await db.query<ClusterRow>(liveClusterByName([orgId, nameOrId]));
   const row = result.rows[0];
   return row === undefined ? null : snapshot(db, row);
 }
 
 /** Any cluster by id in the org, deleted or not, so a waiting client can see the end of a delete. */
 export async function findClusterById(db: Pool, orgId: OrgId, id: string): Promise<ClusterSnapshot | null> {
-  const result = await db.query<ClusterRow>(`${clusterSelect} where c.org_id = $1 and c.id = $2`, [orgId, id]);
+  const result = await db.query<ClusterRow>(clusterById([orgId, id]));
   const row = result.rows[0];
   return row === undefined ? null : snapshot(db, row);
 }

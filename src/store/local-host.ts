@@ -3,7 +3,7 @@ import type { InstanceId } from '../lib/ids.js';
 import { newId } from '../lib/ids.js';
 import { type MachineOrigin, insertMachine, newMachine, raiseSignal } from './machines-table.js';
 import { hostJoinedSignal } from '../machines/ports.js';
-import { type Pool, type Queryable, inTransaction } from './pool.js';
+import { type Pool, type Queryable, inTransaction, prepared } from './pool.js';
 
 
 /**
@@ -64,6 +64,9 @@ function toTarget(row: HostRow): HostTarget {
   return { hostId: row.id, address: row.address, agentPort: row.agent_port, local: row.local };
 }
 
+const hostAt = prepared('hosts_by_address', 'select id, address, agent_port, local from hosts where address = $1 and removed_at is null');
+const hostOf = prepared('hosts_of_instance', 'select h.id, h.address, h.agent_port, h.local from instances i join hosts h on h.id = i.host_id where i.id = $1');
+
 /** The router's view of where things are, read from the store and cached for a second. */
 export class StoreHostDirectory implements HostDirectory {
   private readonly cache = new Map<string, { readonly atMs: number; readonly host: HostTarget | null }>();
@@ -72,17 +75,14 @@ export class StoreHostDirectory implements HostDirectory {
 
   async hostByAddress(address: string): Promise<HostTarget | null> {
     return this.cached(`address:${address}`, async () => {
-      const result = await this.db.query<HostRow>('select id, address, agent_port, local from hosts where address = $1 and removed_at is null', [address]);
+      const result = await this.db.query<HostRow>(hostAt([address]));
       return result.rows[0] === undefined ? null : toTarget(result.rows[0]);
     });
   }
 
   async hostOfInstance(instanceId: InstanceId): Promise<HostTarget | null> {
     return this.cached(`instance:${instanceId}`, async () => {
-      const result = await this.db.query<HostRow>(
-        `select h.id, h.address, h.agent_port, h.local from instances i join hosts h on h.id = i.host_id where i.id = $1`,
-        [instanceId],
-      );
+      const result = await this.db.query<HostRow>(hostOf([instanceId]));
       return result.rows[0] === undefined ? null : toTarget(result.rows[0]);
     });
   }

@@ -12,7 +12,7 @@ import { isPortFree } from '../lib/net.js';
 import { type AutogrowPolicy, type ClusterRecord, type InstanceRecord, type StorageFull, type MachineStore, type PlacedInstance, type Role, changeKind, hostKind } from '../machines/ports.js';
 import { recordObservation } from './samples.js';
 import type { PoolClient } from 'pg';
-import { type Pool, inTransaction } from './pool.js';
+import { type Pool, inTransaction, prepared } from './pool.js';
 
 /** Candidate ports tried per allocation before giving up (some may be busy outside Cellar). */
 const portProbesMax = 64;
@@ -69,8 +69,18 @@ function toInstance(row: InstanceRow): InstanceRecord {
   };
 }
 
+const liveInstancesOf = prepared('instances_live', `${instanceSelect} where i.cluster_id = $1 and i.deleted_at is null order by i.ordinal`);
+const liveInstance = prepared('instances_one', `${instanceSelect} where i.id = $1 and i.deleted_at is null`);
+const clusterWithHosts = prepared(
+  'clusters_with_hosts',
+  `select c.id, c.name, c.spec, c.secrets, c.switchover_to, c.storage_read_only, c.storage_autogrow,
+          array(select distinct h.address from instances i join hosts h on h.id = i.host_id
+                 where i.cluster_id = c.id and i.deleted_at is null order by h.address) as host_addresses
+     from clusters c where c.id = $1`,
+);
+
 export async function liveInstances(db: Pool, clusterId: string): Promise<InstanceRecord[]> {
-  const result = await db.query<InstanceRow>(`${instanceSelect} where i.cluster_id = $1 and i.deleted_at is null order by i.ordinal`, [clusterId]);
+  const result = await db.query<InstanceRow>(liveInstancesOf([clusterId]));
   return result.rows.map(toInstance);
 }
 
@@ -129,13 +139,7 @@ export class PgMachineStore implements MachineStore {
 
   /** One round trip: every running instance's liveness step reads its cluster, five times a second. */
   async cluster(id: ClusterId): Promise<ClusterRecord> {
-    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null; host_addresses: string[] }>(
-      `select c.id, c.name, c.spec, c.secrets, c.switchover_to, c.storage_read_only, c.storage_autogrow,
-              array(select distinct h.address from instances i join hosts h on h.id = i.host_id
-                     where i.cluster_id = c.id and i.deleted_at is null order by h.address) as host_addresses
-         from clusters c where c.id = $1`,
-      [id],
-    );
+    const result = await this.db.query<{ id: string; name: string; spec: ClusterRecord['spec']; secrets: ClusterRecord['secrets']; switchover_to: string | null; storage_read_only: StorageFull | null; storage_autogrow: AutogrowPolicy | null; host_addresses: string[] }>(clusterWithHosts([id]));
     const row = result.rows[0];
     assert(row !== undefined, `cluster ${id} does not exist`);
     const peerAddresses = [...new Set([...this.hosts.controlAddresses, ...row.host_addresses])];
@@ -147,7 +151,7 @@ export class PgMachineStore implements MachineStore {
   }
 
   async instance(id: InstanceId): Promise<InstanceRecord | null> {
-    const result = await this.db.query<InstanceRow>(`${instanceSelect} where i.id = $1 and i.deleted_at is null`, [id]);
+    const result = await this.db.query<InstanceRow>(liveInstance([id]));
     const row = result.rows[0];
     return row === undefined ? null : toInstance(row);
   }

@@ -1,5 +1,5 @@
 import { newId } from '../lib/ids.js';
-import type { Queryable } from './pool.js';
+import { prepared, type Queryable } from './pool.js';
 
 /** The machines table's SQL, one statement per purpose. The table is the engine's queue. */
 
@@ -46,6 +46,7 @@ update machines m
  where m.id = due.id
 returning m.id, m.kind, m.entity_id, m.cluster_id, m.label, m.lane, m.attempt, m.version, m.data, m.last_error, m.next_tick_at is null as finished,
           array(select s.name from signals s where s.machine_id = m.id order by s.name) as signals`;
+const claim = prepared('machines_claim', claimSql);
 
 /** A claimed machine with the requests (signals) raised on it when it was claimed. */
 export interface ClaimedRow extends MachineRow {
@@ -58,16 +59,18 @@ export interface ClaimedRow extends MachineRow {
  * running instances' liveness steps, five a second each).
  */
 export async function claimDue(db: Queryable, lane: Lane, owner: string, leaseMs: number, limit: number, kinds: readonly string[]): Promise<ClaimedRow[]> {
-  const result = await db.query<ClaimedRow>(claimSql, [lane, owner, leaseMs, limit, kinds]);
+  const result = await db.query<ClaimedRow>(claim([lane, owner, leaseMs, limit, kinds]));
   return result.rows;
 }
 
+const renew = prepared(
+  'machines_renew',
+  `update machines set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000)
+    where id = $1 and version = $2 and lease_owner = $3`,
+);
+
 export async function renewLease(db: Queryable, id: string, version: string, owner: string, leaseMs: number): Promise<boolean> {
-  const result = await db.query(
-    `update machines set lease_expires_at = now() + make_interval(secs => $4::double precision / 1000)
-      where id = $1 and version = $2 and lease_owner = $3`,
-    [id, version, owner, leaseMs],
-  );
+  const result = await db.query(renew([id, version, owner, leaseMs]));
   return result.rowCount === 1;
 }
 
@@ -90,6 +93,24 @@ export interface Committed {
   readonly dueNow: boolean;
 }
 
+const commit = prepared(
+  'machines_commit',
+  `update machines
+        set label = $4, lane = $5,
+            next_tick_at = case when $6::double precision is null then null
+                                when woken then now()
+                                when $12::text[] is not null
+                                     and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($12::text[]))) then now()
+                                else now() + make_interval(secs => $6::double precision / 1000) end,
+            woken = false,
+            attempt = $7, data = $8, last_error = $9,
+            lease_owner = case when $10 then lease_owner else null end,
+            lease_expires_at = case when $10 then now() + make_interval(secs => $11::double precision / 1000) else null end,
+            version = version + 1, updated_at = now()
+      where id = $1 and version = $2 and lease_owner = $3
+  returning version, coalesce(next_tick_at <= now(), false) as "dueNow"`,
+);
+
 /**
  * Writes a step's outcome only if the version and lease still match (the version is the fencing
  * token); returns what was committed, or null. With `seenSignals` (a nap that releases the lease),
@@ -106,21 +127,7 @@ export async function commitTransition(
   seenSignals: readonly string[] | null = null,
 ): Promise<Committed | null> {
   const result = await db.query<Committed>(
-    `update machines
-        set label = $4, lane = $5,
-            next_tick_at = case when $6::double precision is null then null
-                                when woken then now()
-                                when $12::text[] is not null
-                                     and exists (select 1 from signals s where s.machine_id = $1 and not (s.name = any($12::text[]))) then now()
-                                else now() + make_interval(secs => $6::double precision / 1000) end,
-            woken = false,
-            attempt = $7, data = $8, last_error = $9,
-            lease_owner = case when $10 then lease_owner else null end,
-            lease_expires_at = case when $10 then now() + make_interval(secs => $11::double precision / 1000) else null end,
-            version = version + 1, updated_at = now()
-      where id = $1 and version = $2 and lease_owner = $3
-  returning version, coalesce(next_tick_at <= now(), false) as "dueNow"`,
-    [
+    commit([
       id,
       version,
       owner,
@@ -133,7 +140,7 @@ export async function commitTransition(
       transition.keepLease,
       transition.leaseMs,
       seenSignals,
-    ],
+    ]),
   );
   return result.rows[0] ?? null;
 }

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { assert } from '../lib/assert.js';
 
 /** Connections per control-plane process; the engine's in-flight steps and the API share them. */
 export const storePoolSizeMax = 10;
@@ -10,6 +11,23 @@ const statementTimeoutMs = 30_000;
  * SCRAM exchange: an idle control plane with three clusters opened about one a second.
  */
 const idleTimeoutMs = 5 * 60_000;
+
+/** Names given to prepared statements, each with its one text: a name reused for another text is a bug. */
+const preparedTexts = new Map<string, string>();
+
+/**
+ * A statement the store runs many times a second (the engine's claims and commits, the probe's
+ * record, the API's cluster reads, the token check), named so that each connection parses and
+ * plans it once instead of on every call: an API read of a cluster took ~6.4 ms of CPU across the
+ * processes, ~4.5 ms prepared. Only for fixed SQL text. The pool's statements are prepared after
+ * `migrate` ran, so no schema change of this Cellar's happens under them.
+ */
+export function prepared(name: string, text: string): (values: unknown[]) => pg.QueryConfig {
+  const known = preparedTexts.get(name);
+  assert(known === undefined || known === text, `prepared statement ${name} is given two texts`);
+  preparedTexts.set(name, text);
+  return (values) => ({ name, text, values });
+}
 
 export type Pool = pg.Pool;
 export type Queryable = pg.Pool | pg.PoolClient;

@@ -5,7 +5,7 @@ import { type Rod, type RodName, type RodValueMap, catalogueDefaults, findRod, r
 import { controlsChannel, recordControlChange } from './controls.js';
 import { LiveRead } from './live-read.js';
 import { recordEvent } from './machines-table.js';
-import { type Pool, type Queryable, inTransaction } from './pool.js';
+import { type Pool, type Queryable, inTransaction, prepared } from './pool.js';
 
 /**
  * Control rods in the store (docs/CONTROLS.md "Rods"): setting one (checked against the catalogue,
@@ -70,10 +70,10 @@ export function processRodDefaults(config: Config): RodValueMap {
   };
 }
 
+const allRods = prepared('rods_all', 'select name, value, scope, updated_at, updated_by from rods order by name, scope');
+
 export async function loadRods(db: Queryable): Promise<StoredRod[]> {
-  const result = await db.query<{ name: string; value: string; scope: string; updated_at: Date; updated_by: string }>(
-    'select name, value, scope, updated_at, updated_by from rods order by name, scope',
-  );
+  const result = await db.query<{ name: string; value: string; scope: string; updated_at: Date; updated_by: string }>(allRods([]));
   return result.rows.map((row) => ({ name: row.name, value: Number(row.value), scope: row.scope, updatedAt: row.updated_at, updatedBy: row.updated_by }));
 }
 

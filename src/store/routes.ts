@@ -1,6 +1,6 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
 import { randomToken } from '../lib/ids.js';
-import type { Queryable } from './pool.js';
+import { prepared, type Queryable } from './pool.js';
 
 /** What the proxy reads: per live cluster, where its primary and replicas listen. */
 
@@ -38,8 +38,10 @@ function isHealthy(role: string, label: string, observed: Partial<InstanceStatus
   return role === 'primary' ? observed.inRecovery === false : observed.streaming === true;
 }
 
+const routeRows = prepared('routes_all', routesSql);
+
 export async function loadRoutes(db: Queryable): Promise<RouteRow[]> {
-  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; name: string; full_percent: number | null; locked: boolean; storage_gb: number; host: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routesSql);
+  const result = await db.query<{ route_key: string; cluster_id: string; route_paused: boolean; name: string; full_percent: number | null; locked: boolean; storage_gb: number; host: string; port: number; role: 'primary' | 'replica'; label: string; observed: Partial<InstanceStatus> }>(routeRows([]));
   const byKey = new Map<string, { key: string; clusterId: string; paused: boolean; storageFull: RouteRow['storageFull']; instances: RouteInstance[] }>();
   for (const row of result.rows) {
     const storageFull = row.full_percent === null ? null : { cluster: row.name, percent: row.full_percent, storageGb: row.storage_gb, locked: row.locked };

@@ -1,5 +1,5 @@
 import type { InstanceStatus } from '../dataplane/dataplane.js';
-import type { Queryable } from './pool.js';
+import { prepared, type Queryable } from './pool.js';
 
 /**
  * The console's charts (docs/CONSOLE.md): a sample of what an instance's probe saw, at most one per
@@ -10,14 +10,9 @@ import type { Queryable } from './pool.js';
 export const sampleIntervalSeconds = 5;
 export const sampleRetentionMinutes = 60;
 
-/**
- * Stores an instance's observation and, in the same statement, a sample of it when the instance's
- * last is older than the interval (its expired ones deleted then): the probe pays one round trip
- * for both. A replica's lag is taken against the primary's last stored LSN.
- */
-export async function recordObservation(db: Queryable, instanceId: string, observed: InstanceStatus): Promise<void> {
-  await db.query(
-    `with observed as (
+const observe = prepared(
+  'instances_observe',
+  `with observed as (
        update instances set observed = $2, observed_at = now() where id = $1 returning id, cluster_id, role),
      sampled as (
        insert into instance_samples (instance_id, cluster_id, role, lag_bytes, connections, transactions)
@@ -33,8 +28,15 @@ export async function recordObservation(db: Queryable, instanceId: string, obser
        returning instance_id)
      delete from instance_samples
       where instance_id in (select instance_id from sampled) and at < now() - make_interval(mins => $4)`,
-    [instanceId, observed, sampleIntervalSeconds, sampleRetentionMinutes],
-  );
+);
+
+/**
+ * Stores an instance's observation and, in the same statement, a sample of it when the instance's
+ * last is older than the interval (its expired ones deleted then): the probe pays one round trip
+ * for both. A replica's lag is taken against the primary's last stored LSN.
+ */
+export async function recordObservation(db: Queryable, instanceId: string, observed: InstanceStatus): Promise<void> {
+  await db.query(observe([instanceId, observed, sampleIntervalSeconds, sampleRetentionMinutes]));
 }
 
 export interface SampleRow {

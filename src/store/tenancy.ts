@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { type OrgId, newId } from '../lib/ids.js';
-import { type Pool, inTransaction } from './pool.js';
+import { type Pool, inTransaction, prepared } from './pool.js';
 
 /**
  * Orgs and bearer tokens. Only a token's sha256 is stored; the secret is shown once (at create or
@@ -106,17 +106,19 @@ interface AuthenticationRow {
   last_use_stale: boolean;
 }
 
-export async function authenticate(db: Pool, token: string): Promise<Authentication> {
-  const result = await db.query<AuthenticationRow>(
-    `select t.id, t.org_id, o.name as org_name, t.admin, t.revoked_at, t.expires_at, t.rotated_at,
+const authenticateToken = prepared(
+  'tokens_authenticate',
+  `select t.id, t.org_id, o.name as org_name, t.admin, t.revoked_at, t.expires_at, t.rotated_at,
             coalesce(t.expires_at <= now(), false) as expired,
             t.secret_hash = $1 as current_secret,
             coalesce(t.previous_expires_at <= now(), true) as grace_over,
             (t.last_used_at is null or t.last_used_at < now() - make_interval(secs => $2)) as last_use_stale
        from tokens t join orgs o on o.id = t.org_id
       where t.secret_hash = $1 or t.previous_secret_hash = $1`,
-    [hashToken(token), lastUsedResolutionSeconds],
-  );
+);
+
+export async function authenticate(db: Pool, token: string): Promise<Authentication> {
+  const result = await db.query<AuthenticationRow>(authenticateToken([hashToken(token), lastUsedResolutionSeconds]));
   const row = result.rows[0];
   if (row === undefined) return { refused: 'this bearer token is not known to this Cellar' };
   if (row.revoked_at !== null) return { refused: `this token (${row.id}) was revoked at ${row.revoked_at.toISOString()}; ask for a new one (cellar tokens create)` };
