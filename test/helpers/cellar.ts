@@ -256,9 +256,16 @@ export async function queryUri<T extends pg.QueryResultRow>(uri: string, sql: st
 export async function postmasters(dataDir: string): Promise<string[]> {
   const found: string[] = [];
   for (const pid of await processesUsing(dataDir)) {
-    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const text = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    const cmdline = text.split('\0');
     const dataArg = cmdline.indexOf('-D');
-    if (cmdline[0]?.endsWith('/postgres') && dataArg >= 0) found.push(cmdline[dataArg + 1] ?? '');
+    if (!cmdline[0]?.endsWith('/postgres') || dataArg < 0) continue;
+    // A child the postmaster has just forked carries its command line until it names itself (one
+    // answering the probe's SSLRequest never does): a postmaster's parent is not a postmaster of the same data.
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (Number.isInteger(parent) && (await readFile(`/proc/${parent}/cmdline`, 'utf8').catch(() => '')) === text) continue;
+    found.push(cmdline[dataArg + 1] ?? '');
   }
   return found.sort();
 }
