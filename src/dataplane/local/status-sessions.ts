@@ -21,7 +21,7 @@ const sessionsMax = 1_000;
 const sslRequestCode = 80877103;
 
 interface Session {
-  /** The postmaster and port it was opened to: another of either is another server. */
+  /** The postmaster and port it was opened to (`serves`). */
   readonly pid: number;
   readonly port: number;
   readonly client: pg.Client;
@@ -80,8 +80,7 @@ export class StatusSessions {
    * once more on the new one: an ended session is no failed probe.
    */
   async query<T>(instanceId: InstanceId, runDir: string, port: number, pid: number, connectTimeoutMs: number, use: (client: pg.Client) => Promise<T>): Promise<T> {
-    const kept = this.sessions.get(instanceId);
-    const reused = kept !== undefined && !kept.ended && kept.pid === pid && kept.port === port;
+    const reused = serves(this.sessions.get(instanceId), pid, port);
     const session = this.session(instanceId, runDir, port, pid, connectTimeoutMs);
     try {
       return await this.use(instanceId, session, use);
@@ -121,7 +120,7 @@ export class StatusSessions {
 
   private session(instanceId: InstanceId, runDir: string, port: number, pid: number, connectTimeoutMs: number): Session {
     const kept = this.sessions.get(instanceId);
-    if (kept !== undefined && !kept.ended && kept.pid === pid && kept.port === port) return kept;
+    if (serves(kept, pid, port)) return kept;
     if (kept !== undefined) this.drop(instanceId, kept);
     if (this.sessions.size >= sessionsMax) this.pruneEnded();
     const session = open(runDir, port, pid, connectTimeoutMs);
@@ -139,6 +138,11 @@ export class StatusSessions {
   private pruneEnded(): void {
     for (const [instanceId, session] of this.sessions) if (session.ended) this.sessions.delete(instanceId);
   }
+}
+
+/** Whether `session` is open to the postmaster `pid` on `port`: another of either is another server. */
+function serves(session: Session | undefined, pid: number, port: number): session is Session {
+  return session !== undefined && !session.ended && session.pid === pid && session.port === port;
 }
 
 function open(runDir: string, port: number, pid: number, connectTimeoutMs: number): Session {
