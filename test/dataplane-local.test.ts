@@ -16,6 +16,7 @@ import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from
 import { localSuperuser, withClient } from '../src/postgres/sql.js';
 import { sleep } from '../src/lib/clock.js';
 import { newId, type InstanceId } from '../src/lib/ids.js';
+import { seedDataDir } from './helpers/prepared.js';
 import { testPort } from './helpers/ports.js';
 import { eventually } from './helpers/cellar.js';
 
@@ -24,10 +25,15 @@ const pgVersion = Math.max(...(await Binaries.discover({ pgBin: null })).version
 const streamingWaitMsMax = 30_000;
 const pollMs = 20;
 
-async function tempDataDir(): Promise<string> {
+/**
+ * A data directory for one test; with `template: 'prepared'` it links the run's prepared template
+ * (test/helpers/prepared.ts), so a primary is a copy of it instead of a template build first.
+ */
+async function tempDataDir(template: 'prepared' | 'none'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'cellar-dp-'));
   // mkdtemp makes 0700; the postgres user must traverse it.
   await chmod(dir, 0o755);
+  if (template === 'prepared') await seedDataDir(dir, { store: false, templates: true });
   return dir;
 }
 
@@ -70,7 +76,7 @@ async function timed(work: () => Promise<void>): Promise<number> {
 }
 
 test('a primary and a streaming replica are created, started, stopped and destroyed idempotently, leaving no process or file', async (t) => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('prepared');
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   assert.ok(binaries.versions().includes(pgVersion), `needs PostgreSQL ${pgVersion}; found ${binaries.versions().join(', ')}`);
@@ -158,16 +164,19 @@ test('a primary and a streaming replica are created, started, stopped and destro
   await plane.dropSlot(upstream, clusterSecrets);
 });
 
-async function waitStreaming(plane: LocalDataPlane, spec: InstanceSpec): Promise<void> {
+/** Waits until the replica streams (on `timeline`, when given). */
+async function waitStreaming(plane: LocalDataPlane, spec: InstanceSpec, timeline?: number): Promise<void> {
   const deadline = Date.now() + streamingWaitMsMax;
-  while (!(await plane.status(spec)).streaming) {
-    assert.ok(Date.now() < deadline, `${spec.instanceId} did not stream in time`);
+  for (;;) {
+    const status = await plane.status(spec);
+    if (status.streaming === true && (timeline === undefined || status.timeline === timeline)) return;
+    assert.ok(Date.now() < deadline, `${spec.instanceId} did not stream${timeline === undefined ? '' : ` on timeline ${timeline}`} in time (last: streaming ${status.streaming}, timeline ${status.timeline})`);
     await sleep(pollMs);
   }
 }
 
 test('failover operations: sync standbys hold and release commits, promote, follow, and a SIGKILLed primary rejoins by rewind', async (t) => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('prepared');
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   const plane = await localPlane(dataDir, binaries, runAs, true);
@@ -244,8 +253,8 @@ test('failover operations: sync standbys hold and release commits, promote, foll
   await app(first, "insert into t values (3, 'after the failover')");
   await plane.follow(second, { host: '127.0.0.1', port: first.port, slotName: second.instanceId });
   await plane.follow(second, { host: '127.0.0.1', port: first.port, slotName: second.instanceId });
-  await waitStreaming(plane, second);
-  assert.equal((await plane.status(second)).timeline, 2, 'the second replica follows onto the new timeline');
+  // It first streams timeline 1 up to the fork from the new primary, then switches: wait for the switch.
+  await waitStreaming(plane, second, 2);
 
   // The old primary comes back as a replica of the new one: crash recovery, then pg_rewind.
   const back: UpstreamRef = { host: '127.0.0.1', port: first.port, slotName: primary.instanceId };
@@ -281,7 +290,7 @@ async function waitForRow(port: number, appPassword: string): Promise<unknown[]>
 }
 
 test('a primary built from the template and one built by initdb both accept the app role in database app', async (t) => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('none');
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   const withTemplate = await localPlane(dataDir, binaries, runAs, true);
@@ -308,7 +317,7 @@ test('a primary built from the template and one built by initdb both accept the 
 });
 
 test('the status probe keeps one session per server, yet a SIGSTOPped postmaster is not accepting; a killed session is reopened, a stopped server ends it, and the server logs nothing of it', async (t) => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('prepared');
   const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), await resolveRunAs(), true);
   const spec = specFor(newId('instance'), await testPort(), secrets());
   const paths = plane.paths(spec.instanceId);
@@ -365,7 +374,7 @@ test('the status probe keeps one session per server, yet a SIGSTOPped postmaster
 });
 
 test('a crashed build (left-over tmp dir with its bootstrap server still running) is stopped and removed by the next create', async (t) => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('prepared');
   const runAs = await resolveRunAs();
   const binaries = await Binaries.discover({ pgBin: null });
   const plane = await localPlane(dataDir, binaries, runAs, true);
@@ -396,7 +405,7 @@ test('a crashed build (left-over tmp dir with its bootstrap server still running
 });
 
 test('status of an instance that never existed is "not running", not an error', async () => {
-  const dataDir = await tempDataDir();
+  const dataDir = await tempDataDir('none');
   try {
     const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), await resolveRunAs(), true);
     const status = await plane.status(specFor(newId('instance'), await testPort(), secrets()));
