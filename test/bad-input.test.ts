@@ -218,7 +218,7 @@ describe('bad input', () => {
 
     function up(env: Record<string, string>): Promise<RunResult> {
       return new Promise((resolve) => {
-        execFile(process.execPath, [cellarBin, 'up'], { env: { ...cellar.env, CELLAR_DATA: '', ...env }, timeout: 60_000 }, (error, stdout, stderr) => {
+        execFile(process.execPath, [cellarBin, 'up'], { env: { ...cellar.env, CELLAR_DATA: '', CELLAR_STORE_URL: '', ...env }, timeout: 60_000 }, (error, stdout, stderr) => {
           resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr });
         });
       });

@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
@@ -35,8 +33,7 @@ describe('control-plane metrics', () => {
   }
 
   async function storeClient(): Promise<pg.Client> {
-    const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
-    const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
+    const client = new pg.Client({ connectionString: await cellar.storeUrl() });
     await client.connect();
     return client;
   }

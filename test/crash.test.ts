@@ -19,7 +19,8 @@ describe('control plane SIGKILLed mid-provisioning', () => {
   let cellar: TestCellar;
 
   before(async () => {
-    cellar = await TestCellar.create({ CELLAR_LEASE_MS: String(leaseMs) });
+    // Embedded: the store's postmaster is counted among the data directory's, and must survive the crash.
+    cellar = await TestCellar.create({ CELLAR_LEASE_MS: String(leaseMs) }, { store: 'embedded' });
     await cellar.start();
   });
 

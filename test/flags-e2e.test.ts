@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { CohortDetail, FlagDetail, FlagExplainView, FlagRuleChangeView, FlagView, StaleFlagView } from '../src/api/flags.js';
@@ -154,13 +153,12 @@ test('a non-admin token is refused (403) on every flag and cohort route and noth
 
 test('a proxy reads proxy-native-relay from its store at start: a global rule turns the native relay off, and its log says which rule decided', async () => {
   await cellar.cliJson(['flags', 'set', 'proxy-native-relay', 'false', '--reason', 'relay investigation']);
-  const store = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
   const home = await makeTempDir('cellar-flags-proxy-');
   const child = spawn(process.execPath, [proxyBin], {
     env: {
       ...cellar.env,
       CELLAR_HOME: home,
-      CELLAR_STORE_URL: `postgres://postgres:${encodeURIComponent(store.password)}@127.0.0.1:${store.port}/cellar`,
+      CELLAR_STORE_URL: await cellar.storeUrl(),
       CELLAR_PROXY_PORT: String(await testPort()),
       CELLAR_PROXY_RO_PORT: String(await testPort()),
       CELLAR_PROXY_ADMIN_PORT: String(await testPort()),

@@ -145,7 +145,8 @@ describe('proxy isolation: failures stay in their connection, per-cluster state 
   const client = (cluster: string) => new pg.Client({ host: '127.0.0.1', port: proxyPort, user: `${tenant.role}.${cluster}`, password: tenant.password, database: 'cellar', ssl: false });
 
   before(async () => {
-    store = await startTestStore();
+    // Its own server: the test adds a role and a pg_hba.conf line.
+    store = await startTestStore({ own: true });
     postgresPort = Number(new URL(store.url).port);
     // The store admits only its superuser over TCP, and the proxy refuses platform roles: a tenant role and its hba line.
     await store.pool.query(`create role ${tenant.role} login password '${tenant.password}'`);

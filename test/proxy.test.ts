@@ -34,7 +34,8 @@ describe('proxy', () => {
   let proxyPort: number;
 
   before(async () => {
-    cellar = await TestCellar.create();
+    // Embedded: static stability stops this Cellar's store.
+    cellar = await TestCellar.create({}, { store: 'embedded' });
     await cellar.start();
     app = await cellar.cliJson<ClusterView>(['clusters', 'create', 'app', '--wait']);
     const uri = new URL(app.uri as string);

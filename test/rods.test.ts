@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import pg from 'pg';
 import { after, before, describe, test } from 'node:test';
 import type { RodDetail, RodSetView, RodView } from '../src/api/rods.js';
@@ -175,8 +174,7 @@ describe('control rods', () => {
   });
 
   test('provisioning admission is one budget per tick for the cell: past it a create waits; one admitted stays admitted', async () => {
-    const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
-    const pool = new pg.Pool({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar', max: 4 });
+    const pool = new pg.Pool({ connectionString: await cellar.storeUrl(), max: 4 });
     try {
       const windowMs = 60_000;
       // The test cluster's own admission may be inside the window: the budget leaves it one place more.
@@ -199,9 +197,7 @@ describe('control rods', () => {
   });
 
   test('a live reader takes a change with no restart, and keeps the last values read while the store is away', async () => {
-    const state = JSON.parse(await readFile(join(cellar.home, 'store.json'), 'utf8')) as { port: number; password: string };
-    const storeUrl = `postgres://postgres:${encodeURIComponent(state.password)}@127.0.0.1:${state.port}/cellar`;
-    const pool = new pg.Pool({ connectionString: storeUrl, max: 2 });
+    const pool = new pg.Pool({ connectionString: await cellar.storeUrl(), max: 2 });
     let storeAway = false;
     const query = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
     // The store "away" for this reader only: its reads fail as a refused connection does.

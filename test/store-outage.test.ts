@@ -53,7 +53,7 @@ describe('embedded store SIGKILLed mid-create', () => {
   let cellar: TestCellar;
 
   before(async () => {
-    cellar = await TestCellar.create({ CELLAR_LOG_LEVEL: 'info' });
+    cellar = await TestCellar.create({ CELLAR_LOG_LEVEL: 'info' }, { store: 'embedded' });
     await cellar.start();
   });
 

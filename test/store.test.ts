@@ -15,9 +15,11 @@ after(async () => {
 });
 
 test('two control planes migrating a fresh store at once apply each migration exactly once', async () => {
-  await store.pool.query('create database fresh');
+  // Unique on the server: the run's shared one holds other files' stores too.
+  const fresh = `fresh_${process.pid}`;
+  await store.pool.query(`create database ${fresh}`);
   const url = new URL(store.url);
-  url.pathname = '/fresh';
+  url.pathname = `/${fresh}`;
   const first = openPool(url.toString(), 2);
   const second = openPool(url.toString(), 2);
   try {
@@ -30,6 +32,7 @@ test('two control planes migrating a fresh store at once apply each migration ex
   } finally {
     await first.end();
     await second.end();
+    await store.pool.query(`drop database if exists ${fresh}`);
   }
 });
 

@@ -112,7 +112,8 @@ describe('tenant isolation', () => {
 
   before(async () => {
     assert.equal(process.getuid?.(), 0, 'these tests prove the root mode: run them as root (CI does)');
-    cellar = await TestCellar.create();
+    // Embedded, as `cellar up` runs by default: the store's files and port are among what a tenant attacks.
+    cellar = await TestCellar.create({}, { store: 'embedded' });
     await cellar.start();
     alpha = await cellar.cliJson<ClusterView>(['clusters', 'create', 'alpha', '--replicas', '0', '--wait']);
     beta = await cellar.cliJson<ClusterView>(['clusters', 'create', 'beta', '--replicas', '0', '--wait']);

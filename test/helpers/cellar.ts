@@ -9,6 +9,8 @@ import { testPorts } from './ports.js';
 import { metricsTokenFileName } from '../../src/proxy/metrics.js';
 import { exchange } from './http.js';
 import { seedDataDir } from './prepared.js';
+import { createStoreDatabase, dropStoreDatabase } from './shared-store.js';
+import { storeUrlFor } from '../../src/store/embedded.js';
 import type { ClusterView } from '../../src/api/view.js';
 
 /**
@@ -47,6 +49,15 @@ export const testStorageGbBytes = 256 * 1024 ** 2;
  */
 const testWriteRateMbPerSecond = Math.round((512 * testStorageGbBytes) / 1024 ** 3);
 
+export interface TestCellarOptions {
+  /**
+   * `shared` (the default): a database of its own on the run's shared store server, when the run
+   * has one (test/helpers/shared-store.ts). `embedded`: the store `cellar up` makes and runs
+   * itself, for tests of that store (its files, its restart, `cellar down` stopping it).
+   */
+  readonly store?: 'shared' | 'embedded';
+}
+
 export class TestCellar {
   private child: ChildProcess | null = null;
   private output = '';
@@ -54,9 +65,21 @@ export class TestCellar {
   private constructor(
     readonly root: string,
     readonly env: NodeJS.ProcessEnv,
+    /** Its database on the run's shared store server, dropped by `destroy`. */
+    private readonly sharedStoreUrl: string | null,
   ) {}
 
-  static async create(extraEnv: Record<string, string> = {}): Promise<TestCellar> {
+  static async create(extraEnv: Record<string, string> = {}, options: TestCellarOptions = {}): Promise<TestCellar> {
+    const sharedStoreUrl = options.store === 'embedded' || extraEnv['CELLAR_STORE_URL'] !== undefined ? null : await createStoreDatabase();
+    try {
+      return await TestCellar.make(extraEnv, sharedStoreUrl);
+    } catch (error) {
+      if (sharedStoreUrl !== null) await dropStoreDatabase(sharedStoreUrl);
+      throw error;
+    }
+  }
+
+  private static async make(extraEnv: Record<string, string>, sharedStoreUrl: string | null): Promise<TestCellar> {
     const root = await makeTempDir('cellar-test-');
     // Instances get a range of their own; the services a port each, all from this process's blocks.
     const instancePorts = await testPorts(portRangeSize);
@@ -84,6 +107,7 @@ export class TestCellar {
       CELLAR_BACKUP_INTERVAL_MS: '0',
       CELLAR_API: '',
       CELLAR_TOKEN: '',
+      ...(sharedStoreUrl === null ? {} : { CELLAR_STORE_URL: sharedStoreUrl }),
       // A storage "GB" of 256 MiB: placement counts allocations against this machine's real free
       // disk (less its reserve), so tests' clusters must not ask for tens of real gigabytes.
       CELLAR_STORAGE_GB_BYTES: String(testStorageGbBytes),
@@ -93,7 +117,7 @@ export class TestCellar {
     // A Cellar given its own data directory starts from the run's prepared store and template
     // instead of running initdb and building the template itself (test/helpers/prepared.ts).
     if (env['CELLAR_DATA'] === join(root, 'data')) await seedDataDir(env['CELLAR_DATA'], { store: !env['CELLAR_STORE_URL'], templates: true });
-    return new TestCellar(root, env);
+    return new TestCellar(root, env, sharedStoreUrl);
   }
 
   /** The proxy's metrics token, which every scrape must carry. */
@@ -205,10 +229,16 @@ export class TestCellar {
     return this.read<ClusterView>(`/v1/clusters/${encodeURIComponent(name)}`, token);
   }
 
-  /** A query on this Cellar's embedded store, for checks the API does not expose (ports, rows). */
+  /** Where this Cellar's store is: CELLAR_STORE_URL, or the embedded store's (from its state file, once it started). */
+  async storeUrl(): Promise<string> {
+    const external = this.env['CELLAR_STORE_URL'];
+    if (external !== undefined && external !== '') return external;
+    return storeUrlFor(JSON.parse(await readFile(join(this.home, 'store.json'), 'utf8')) as { port: number; password: string });
+  }
+
+  /** A query on this Cellar's store, for checks the API does not expose (ports, rows). */
   async storeQuery<T extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<T[]> {
-    const state = JSON.parse(await readFile(join(this.home, 'store.json'), 'utf8')) as { port: number; password: string };
-    const client = new pg.Client({ host: '127.0.0.1', port: state.port, user: 'postgres', password: state.password, database: 'cellar' });
+    const client = new pg.Client({ connectionString: await this.storeUrl() });
     await client.connect();
     try {
       return (await client.query<T>(sql, params)).rows;
@@ -222,6 +252,7 @@ export class TestCellar {
     await this.stop();
     await this.cli(['down']);
     for (const pid of await processesUsing(this.root)) process.kill(pid, 'SIGKILL');
+    if (this.sharedStoreUrl !== null) await dropStoreDatabase(this.sharedStoreUrl);
     await rm(this.root, { recursive: true, force: true });
     // The clusters' OS users outlive `down` (their backups are kept); a test leaves none behind.
     await new ClusterUsers(this.dataDir).removeAllOwn();

@@ -15,7 +15,7 @@ import { isPortFree } from '../../src/lib/net.js';
 const blockSize = 64;
 const rangeLow = 10_000;
 const claimAttemptsMax = 200;
-const locksDir = join(tmpdir(), 'cellar-test-ports');
+export const portLocksDir = join(tmpdir(), 'cellar-test-ports');
 
 /** Where the kernel starts picking ephemeral ports; test ports stay below it. */
 function ephemeralLow(): number {
@@ -25,9 +25,12 @@ function ephemeralLow(): number {
   return low;
 }
 
+/** The block locks this process holds, released when it exits. */
+const claimedLocks = new Set<string>();
+
 /** Takes the lock of block `index` for this process; false if a live process holds it. */
 function tryClaim(index: number): boolean {
-  const lock = join(locksDir, String(index));
+  const lock = join(portLocksDir, String(index));
   try {
     mkdirSync(lock);
   } catch (error) {
@@ -44,14 +47,16 @@ function tryClaim(index: number): boolean {
     return false;
   }
   writeFileSync(join(lock, 'pid'), String(process.pid));
-  process.once('exit', () => rmSync(lock, { recursive: true, force: true }));
+  // One exit listener for all of this process's blocks (a file with many Cellars claims many).
+  if (claimedLocks.size === 0) process.once('exit', () => claimedLocks.forEach((claimed) => rmSync(claimed, { recursive: true, force: true })));
+  claimedLocks.add(lock);
   return true;
 }
 
 let block: { next: number; end: number } | undefined;
 
 function claimBlock(): { next: number; end: number } {
-  mkdirSync(locksDir, { recursive: true, mode: 0o1777 });
+  mkdirSync(portLocksDir, { recursive: true, mode: 0o1777 });
   const blocks = Math.floor((ephemeralLow() - rangeLow) / blockSize);
   const start = process.pid % blocks;
   for (let attempt = 0; attempt < claimAttemptsMax; attempt += 1) {
@@ -61,7 +66,7 @@ function claimBlock(): { next: number; end: number } {
       return { next: low, end: low + blockSize };
     }
   }
-  throw new Error(`no free block of ${blockSize} test ports after ${claimAttemptsMax} attempts (locks in ${locksDir})`);
+  throw new Error(`no free block of ${blockSize} test ports after ${claimAttemptsMax} attempts (locks in ${portLocksDir})`);
 }
 
 /** `count` consecutive ports of this process's blocks, each free right now (skipping any in use). */

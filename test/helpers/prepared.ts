@@ -20,7 +20,7 @@ import { TemplateCache } from '../../src/dataplane/local/template.js';
  * so a change to migrations, to what a template holds, or to the binaries prepares a new one.
  */
 
-const preparedRoot = join(tmpdir(), 'cellar-test-prepared');
+export const preparedRoot = join(tmpdir(), 'cellar-test-prepared');
 const compiledSource = fileURLToPath(new URL('../../src/', import.meta.url));
 /** A build that holds the lock longer than this was left by a killed run; the next one takes over. */
 const buildMsMax = 5 * 60_000;
