@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -10,7 +10,7 @@ import { LocalDataPlane } from '../src/dataplane/local/driver.js';
 import { LocalBackupStore } from '../src/dataplane/local/backup-store.js';
 import { requestPromote } from '../src/dataplane/local/promote.js';
 import { ensureDirectory } from '../src/postgres/files.js';
-import { ClusterUsers, resolveRunAs, selfRunAs, type RunAs } from '../src/postgres/osuser.js';
+import { ClusterUsers, posixShmDir, resolveRunAs, run, selfRunAs, type RunAs } from '../src/postgres/osuser.js';
 import { canTraverseAncestors, fallbackDataRoot, prepareDataDir, resolveDataDir } from '../src/postgres/paths.js';
 import { initdb, isAlive, serverPid, startDetached, stopServer, writeConf } from '../src/postgres/server.js';
 import { localSuperuser, withClient } from '../src/postgres/sql.js';
@@ -415,6 +415,64 @@ test('status of an instance that never existed is "not running", not an error', 
   } finally {
     await rm(dataDir, { recursive: true, force: true });
   }
+});
+
+/** Entries of /dev/shm named as Postgres names its segments and owned by `uid`. */
+async function segmentsOf(uid: number): Promise<string[]> {
+  const found: string[] = [];
+  for (const name of await readdir(posixShmDir)) {
+    if (!name.startsWith('PostgreSQL.')) continue;
+    const stats = await lstat(join(posixShmDir, name)).catch(() => null);
+    if (stats?.uid === uid) found.push(name);
+  }
+  return found.sort();
+}
+
+/** Pids of processes whose real uid is `uid`. */
+async function processesOf(uid: number): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const status = await readFile(`/proc/${entry}/status`, 'utf8').catch(() => '');
+    if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+test("removing a cluster's OS user removes the shared memory its SIGKILLed server left in /dev/shm, and never what a link the user planted there points to", async (t) => {
+  const runAs = await resolveRunAs();
+  assert.ok(runAs.switchUser, 'cluster OS users exist only when Cellar runs as root: run this as root (CI does)');
+  const dataDir = await tempDataDir('prepared');
+  const plane = await localPlane(dataDir, await Binaries.discover({ pgBin: null }), runAs, true);
+  const users = new ClusterUsers(dataDir);
+  const shmClusterId = 'cl_dataplaneshm';
+  const spec: InstanceSpec = { ...specFor(newId('instance'), await testPort(), secrets()), clusterId: shmClusterId };
+  const rootsFile = join(dataDir, 'roots-file');
+  t.after(async () => {
+    await stopServer(plane.paths(spec.instanceId).pgdata, 'immediate').catch(() => undefined);
+    await users.remove(shmClusterId);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  await plane.createPrimary(spec);
+  await plane.start(spec);
+  const owner = await users.find(shmClusterId);
+  assert.ok(owner !== undefined && owner.uid !== 0);
+  const segments = await segmentsOf(owner.uid);
+  assert.ok(segments.length > 0, 'a running server keeps segments in /dev/shm');
+  const pid = (await plane.status(spec)).pid;
+  assert.ok(pid !== undefined);
+  process.kill(pid, 'SIGKILL');
+  await eventually("every process of the cluster's user gone", async () => ((await processesOf(owner.uid)).length === 0 ? true : undefined), 15_000, 50);
+  assert.deepEqual(await segmentsOf(owner.uid), segments, 'a SIGKILLed postmaster leaves its segments behind');
+  // The attack: the cluster's user plants a link named as a segment, to a file of root's.
+  await writeFile(rootsFile, 'root keeps this', { mode: 0o600 });
+  const planted = join(posixShmDir, `PostgreSQL.${process.pid}${Date.now() % 100_000}`);
+  await run('ln', ['-s', rootsFile, planted], { runAs: owner, inheritEnvironment: true, timeoutMs: 5_000 });
+  assert.ok((await lstat(planted)).isSymbolicLink());
+  await plane.destroy(spec.instanceId);
+  await users.remove(shmClusterId);
+  assert.deepEqual(await segmentsOf(owner.uid), [], 'no segment, and no link, of the removed user is left');
+  assert.equal(await readFile(rootsFile, 'utf8'), 'root keeps this', "the link's target is untouched");
 });
 
 test('the data dir falls back to /var/lib/cellar when the home sits under a directory the postgres user cannot enter', async (t) => {

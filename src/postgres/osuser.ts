@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import { open } from 'node:fs/promises';
+import { lstat, open, readdir, unlink } from 'node:fs/promises';
 import { userInfo } from 'node:os';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { currentAbortSignal } from '../lib/abort.js';
 import { assert } from '../lib/assert.js';
 
@@ -75,6 +75,43 @@ export async function lookupUser(name: string): Promise<RunAs | undefined> {
   return { name, uid, gid, switchUser: true };
 }
 
+/** Where Postgres keeps its dynamic shared memory segments (dynamic_shared_memory_type = posix, Linux's default). */
+export const posixShmDir = '/dev/shm';
+const segmentName = /^PostgreSQL\.\d+$/;
+
+/**
+ * Removes the dynamic shared memory segments of one OS user's servers from /dev/shm. A postmaster
+ * killed outright (SIGKILL, the OOM killer) never removes its own; only a later start of the same
+ * data directory would, and a destroyed instance has none: each left 1 MB of memory behind for
+ * good. Only names Postgres gives, and only entries that uid owns; unlink never follows a link, so
+ * a link the user planted there is removed, never what it points to. The user's processes must be
+ * gone. Returns how many it removed.
+ */
+export async function removeSharedMemoryOf(uid: number): Promise<number> {
+  assert(uid !== 0, 'never remove segments of root');
+  let names: string[];
+  try {
+    names = await readdir(posixShmDir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw error;
+  }
+  let removed = 0;
+  for (const name of names) {
+    if (!segmentName.test(name)) continue;
+    const path = join(posixShmDir, name);
+    const stats = await lstat(path).catch(() => null);
+    if (stats === null || stats.isDirectory() || stats.uid !== uid) continue;
+    try {
+      await unlink(path);
+      removed += 1;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
+  return removed;
+}
+
 /** `cellar_cl_abc…`: within useradd's 32 characters, and a valid Postgres-style name. */
 export function clusterUserName(clusterId: string): string {
   assert(/^cl_[a-z0-9]{1,24}$/.test(clusterId), `cluster id ${clusterId} cannot name an OS user`);
@@ -115,12 +152,17 @@ export class ClusterUsers {
     return this.known.get(clusterId) ?? lookupUser(clusterUserName(clusterId));
   }
 
-  /** Removes the cluster's user; its processes must be gone. No-op when it is gone. */
+  /**
+   * Removes the cluster's user, and the shared memory segments its servers left behind; its
+   * processes must be gone. No-op when it is gone.
+   */
   async remove(clusterId: string): Promise<void> {
     if (!this.perCluster) return;
     const name = clusterUserName(clusterId);
     this.known.delete(clusterId);
-    if ((await lookupUser(name)) === undefined) return;
+    const user = await lookupUser(name);
+    if (user === undefined) return;
+    await removeSharedMemoryOf(user.uid);
     await this.serialised(() => withRetries(() => run('userdel', [name], { inheritEnvironment: true, timeoutMs: userCommandMsMax })));
   }
 
