@@ -15,7 +15,7 @@ import { isPortFree } from '../../src/lib/net.js';
 const blockSize = 64;
 const rangeLow = 10_000;
 const claimAttemptsMax = 200;
-export const portLocksDir = join(tmpdir(), 'cellar-test-ports');
+const portLocksDir = join(tmpdir(), 'cellar-test-ports');
 
 /** Where the kernel starts picking ephemeral ports; test ports stay below it. */
 function ephemeralLow(): number {

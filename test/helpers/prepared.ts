@@ -20,7 +20,7 @@ import { TemplateCache } from '../../src/dataplane/local/template.js';
  * so a change to migrations, to what a template holds, or to the binaries prepares a new one.
  */
 
-export const preparedRoot = join(tmpdir(), 'cellar-test-prepared');
+const preparedRoot = join(tmpdir(), 'cellar-test-prepared');
 const compiledSource = fileURLToPath(new URL('../../src/', import.meta.url));
 /** A build that holds the lock longer than this was left by a killed run; the next one takes over. */
 const buildMsMax = 5 * 60_000;
@@ -141,7 +141,8 @@ async function preparationKey(binaries: Binaries): Promise<string> {
   const hash = createHash('sha256');
   for (const version of binaries.versions()) hash.update(`${version}=${binaries.binFor(version)}\n`);
   for (const file of await filesUnder(compiledSource)) hash.update(file).update(await readFile(join(compiledSource, file)));
-  return hash.digest('hex').slice(0, 16);
+  // Short: a socket path under the prepared directory (the template's bootstrap server) must stay within 100 bytes.
+  return hash.digest('hex').slice(0, 10);
 }
 
 async function filesUnder(root: string, prefix = ''): Promise<string[]> {
