@@ -52,6 +52,13 @@ async function remove(org: string, name: string): Promise<void> {
   assert.equal((await cellar.api('DELETE', `/v1/clusters/${name}`, undefined, tokens[org])).status, 202);
 }
 
+/** An explain the admin reads; anything but 200 fails with the answer. */
+async function explain(path: string): Promise<FlagExplainView> {
+  const answer = await cellar.api<FlagExplainView>('GET', path);
+  assert.equal(answer.status, 200, `GET ${path}: ${JSON.stringify(answer.body)}`);
+  return answer.body;
+}
+
 async function changeCount(): Promise<number> {
   return (await cellar.storeQuery<{ count: number }>('select count(*)::int as count from control_changes'))[0]?.count ?? -1;
 }
@@ -79,7 +86,7 @@ test('a flag set for one org through the CLI decides the durability of creates t
   // The cohort gets beta's cluster and the org gamma: each gets async, nothing else of beta does.
   await cellar.cliJson<CohortDetail>(['cohorts', 'add', 'early', '--cluster', betaCluster.id, '--reason', 'their first cluster']);
   await cellar.cliJson<CohortDetail>(['cohorts', 'add', 'early', '--org', 'gamma', '--reason', 'all of gamma']);
-  const viaCohort = (await cellar.api<FlagExplainView>('GET', `/v1/flags/durability-default/explain?cluster=${betaCluster.id}`)).body;
+  const viaCohort = await explain(`/v1/flags/durability-default/explain?cluster=${betaCluster.id}`);
   assert.deepEqual([viaCohort.value, viaCohort.decidedBy.level, viaCohort.decidedBy.cohort], ['async', 'cohort', 'early']);
   assert.match(viaCohort.why, new RegExp(`cohort early, which ${betaCluster.id} is a member of`));
   // What follows needs no running clusters: deleting them at once keeps the machine free for the rest.
@@ -92,7 +99,7 @@ test('a flag set for one org through the CLI decides the durability of creates t
 
   // A percentage: explain shows the bucket either way.
   assert.equal((await cellar.api('PUT', '/v1/flags/backup-verification', { level: 'global', value: false, percent: 50, reason: 'half' })).status, 200);
-  const halved = (await cellar.api<FlagExplainView>('GET', `/v1/flags/backup-verification/explain?cluster=${betaCluster.id}`)).body;
+  const halved = await explain(`/v1/flags/backup-verification/explain?cluster=${betaCluster.id}`);
   assert.match(halved.why, /buckets at \d+\.\d\d/);
   await cellar.cliJson(['flags', 'unset', 'backup-verification', '--reason', 'undo']);
 
