@@ -89,6 +89,12 @@ test('a flag set for one org through the CLI decides the durability of creates t
   const viaCohort = await explain(`/v1/flags/durability-default/explain?cluster=${betaCluster.id}`);
   assert.deepEqual([viaCohort.value, viaCohort.decidedBy.level, viaCohort.decidedBy.cohort], ['async', 'cohort', 'early']);
   assert.match(viaCohort.why, new RegExp(`cohort early, which ${betaCluster.id} is a member of`));
+  // A percentage: explain shows the bucket either way. Before b1's delete: a deleted cluster is no
+  // explain's target (404), and a delete finishes as soon as its machine has run.
+  assert.equal((await cellar.api('PUT', '/v1/flags/backup-verification', { level: 'global', value: false, percent: 50, reason: 'half' })).status, 200);
+  const halved = await explain(`/v1/flags/backup-verification/explain?cluster=${betaCluster.id}`);
+  assert.match(halved.why, /buckets at \d+\.\d\d/);
+  await cellar.cliJson(['flags', 'unset', 'backup-verification', '--reason', 'undo']);
   // What follows needs no running clusters: deleting them at once keeps the machine free for the rest.
   await remove('alpha', 'a1');
   await remove('beta', 'b1');
@@ -96,12 +102,6 @@ test('a flag set for one org through the CLI decides the durability of creates t
   await remove('gamma', 'g1');
   assert.equal((await create('beta', 'b2')).durability, 'sync', 'a non-member of the same org does not');
   await remove('beta', 'b2');
-
-  // A percentage: explain shows the bucket either way.
-  assert.equal((await cellar.api('PUT', '/v1/flags/backup-verification', { level: 'global', value: false, percent: 50, reason: 'half' })).status, 200);
-  const halved = await explain(`/v1/flags/backup-verification/explain?cluster=${betaCluster.id}`);
-  assert.match(halved.why, /buckets at \d+\.\d\d/);
-  await cellar.cliJson(['flags', 'unset', 'backup-verification', '--reason', 'undo']);
 
   const shown = (await cellar.api<FlagDetail>('GET', '/v1/flags/durability-default')).body;
   assert.deepEqual(shown.cohorts, [{ name: 'early', value: 'async', members: 2 }]);
