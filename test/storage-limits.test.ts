@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { ClusterView } from '../src/api/view.js';
 import { readOnlyLeadShareMax } from '../src/lib/sizes.js';
-import { TestCellar, eventually, queryUri } from './helpers/cellar.js';
+import { TestCellar, eventually, queryUri, sleep } from './helpers/cellar.js';
 
 /**
  * Storage that protects the database (docs/STORAGE.md "Limits", "Autogrow"), end to end through
@@ -18,6 +18,14 @@ const gbBytes = 128 * 1024 ** 2;
 const rowsPerBatch = 2_000;
 /** The most a fill may write: far past any allocation here, so a guard that never acts fails the test instead of looping. */
 const batchesMax = 400;
+/**
+ * A fill's pace: at most one batch (~2 MB of table, as much WAL) per this, ~25 MB/s in all. The
+ * guard bounds what a writer puts past the threshold before it acts by the rate it assumes times
+ * one tick; unpaced on a tmpfs, under the whole suite's load, a writer went to 315 % of the
+ * allocation before the guard acted, and on past its lock bound while read-only was applied. The
+ * test is about what a client sees in turn, not about how fast this machine can write.
+ */
+const batchMsMin = 150;
 
 interface ErrorBody {
   error: { code: string; message: string; field?: string };
@@ -37,8 +45,11 @@ interface Fill {
 async function fill(uri: string, table: string, until: () => Promise<boolean> = async () => false): Promise<Fill> {
   let acknowledged = 0;
   let client: pg.Client | null = null;
+  const startedMs = Date.now();
   try {
     for (let batch = 0; batch < batchesMax; batch += 1) {
+      const aheadMs = startedMs + batch * batchMsMin - Date.now();
+      if (aheadMs > 0) await sleep(aheadMs);
       if (await until()) return { acknowledged, error: null };
       if (client === null) {
         client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 15_000 });
