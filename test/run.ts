@@ -1,8 +1,9 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readdir, rm, rmdir } from 'node:fs/promises';
 import { constants, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { run } from '../src/postgres/osuser.js';
 
 /**
  * `npm test`. Gives the run a directory of its own, on a tmpfs mounted for it when it may mount
@@ -69,10 +70,9 @@ function runFiles(paths: readonly string[], env: NodeJS.ProcessEnv): Promise<num
   });
 }
 
-function command(binary: string, args: readonly string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(binary, args, { timeout: mountMsMax }, (error, _stdout, stderr) => (error ? reject(new Error(`${binary} ${args.join(' ')}: ${stderr.trim() || error.message}`)) : resolve()));
-  });
+/** A bounded mount or umount (the project's own child-process runner: timeout, stderr in the error). */
+function command(binary: string, args: readonly string[]): Promise<unknown> {
+  return run(binary, args, { inheritEnvironment: true, timeoutMs: mountMsMax });
 }
 
 /** Mounts a tmpfs on `dir`; false when this process may not (not root, or a container without the right). */

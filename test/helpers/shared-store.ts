@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import pg from 'pg';
 import { loadConfig } from '../../src/config.js';
-import { ensureEmbeddedStore, stopEmbeddedStore, storeDatabase } from '../../src/store/embedded.js';
+import { embeddedStorePaths, ensureEmbeddedStore, stopEmbeddedStore, storeDatabase } from '../../src/store/embedded.js';
+import { resolveRunAs } from '../../src/postgres/osuser.js';
+import { writeConfText } from '../../src/postgres/server.js';
 import { escapeIdentifier } from '../../src/postgres/sql.js';
 import { seedDataDir } from './prepared.js';
 
@@ -35,13 +37,11 @@ export interface SharedStore {
 export async function startSharedStore(root: string): Promise<SharedStore> {
   const dataDir = join(root, 'data');
   await seedDataDir(dataDir, { store: true, templates: false });
+  // More connections than one Cellar's store allows, set before its first start: postgresql.auto.conf is read after cellar.conf.
+  await writeConfText(embeddedStorePaths(dataDir).pgdata, 'postgresql.auto.conf', `max_connections = ${sharedConnectionsMax}\n`, await resolveRunAs());
   const config = loadConfig({ CELLAR_HOME: join(root, 'home'), CELLAR_DATA: dataDir });
   const adminUrl = withDatabase(await ensureEmbeddedStore(config), 'postgres');
   try {
-    // More connections than one Cellar's store allows; postgresql.auto.conf is read after cellar.conf.
-    await withAdmin(adminUrl, (client) => client.query(`alter system set max_connections = ${sharedConnectionsMax}`));
-    await stopEmbeddedStore(dataDir);
-    await ensureEmbeddedStore(config);
     await withAdmin(adminUrl, async (client) => {
       await client.query(`alter database ${escapeIdentifier(storeDatabase)} rename to ${escapeIdentifier(templateDatabase)}`);
       await client.query(`alter database ${escapeIdentifier(templateDatabase)} with is_template true allow_connections false`);
