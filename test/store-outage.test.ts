@@ -161,6 +161,8 @@ describe('external store (CELLAR_STORE_URL) stopped', () => {
     const token = await cellar.token();
 
     await stopEmbeddedStore(join(storeRoot, 'data'));
+    // The engine finds the store gone at its next tick; everything below happens after that, over several more.
+    await eventually('the engine to say it waits for the store', async () => (countLines(cellar.logs(), 'the cell store is unreachable; the engine waits') > 0 ? true : undefined), outageWaitMsMax, outagePollMs);
 
     const answer = await get(`${cellar.apiUrl}/v1/clusters`, token);
     assert.equal(answer.status, 503, answer.text);
@@ -180,7 +182,7 @@ describe('external store (CELLAR_STORE_URL) stopped', () => {
 
     await held.query('insert into ticks values (1)');
     assert.deepEqual(await queryUri<{ one: number }>(steady.uri as string, 'select 1 as one'), [{ one: 1 }]);
-    // Still down after all of the above (several engine ticks): the engine said so once.
+    // Still down after all of the above (several engine ticks since it first said so): the engine said so once.
     assert.equal((await get(`${cellar.apiUrl}/healthz`)).status, 503);
     assert.equal(countLines(cellar.logs(), 'the cell store is unreachable; the engine waits'), 1, cellar.logs());
     assert.equal(countLines(cellar.logs(), 'claim failed'), 0, cellar.logs());
