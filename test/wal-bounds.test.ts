@@ -125,6 +125,10 @@ describe('WAL bounds', () => {
     assert.match(warned.warnings[0] ?? '', /archiving has failed since .* MB of WAL held on the primary/);
     await chmod(lockedWalDir, 0o700);
     lockedWalDir = null;
+    // Postgres retries a failed archive when a segment is next ready, or after a minute at most:
+    // a write and a switch make one ready now (what is tested is Cellar seeing the recovery).
+    await queryUri(cluster.uri as string, 'insert into filler values (0, null)');
+    await queryUri(direct(await primaryPort()), 'select pg_switch_wal()');
     await eventually('archiving to recover', async () => {
       const view = await show();
       return view.warnings.length === 0 && view.events.some((event) => event.code === 'archive_recovered') ? true : undefined;
