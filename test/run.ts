@@ -9,7 +9,7 @@ import { run } from '../src/postgres/osuser.js';
  * `npm test`. Gives the run a directory of its own, on a tmpfs mounted for it when it may mount
  * one (root, as in CI), which becomes every test process's TMPDIR; starts the run's shared store
  * server (test/helpers/shared-store.ts); runs the test files four at a time with Node's test
- * runner; then stops the server and removes the directory (unmounting it), whatever the outcome.
+ * runner, the longest first; then stops the server and removes the directory (unmounting it), whatever the outcome.
  * Files named on the command line run instead of all of them.
  *
  * The tmpfs: the suite writes a data directory for every instance it makes (a template copy or a
@@ -25,8 +25,16 @@ const tmpfsSize = '128g';
 const mountMsMax = 10_000;
 const here = dirname(fileURLToPath(import.meta.url));
 
+/**
+ * The files that take longest from start to end (mostly waiting on servers, not using a core)
+ * start first, longest first, so that the run does not end with one of them running alone; the
+ * rest follow by name. Measured with each file's start and end stamped over a whole run (README,
+ * "Testing"); a name here that is no longer a test file stops the run.
+ */
+const longestFirst = ['config', 'failover', 'hosts', 'backups', 'console', 'wal-bounds', 'deleted-backups', 'bad-input', 'hosts-drain', 'dataplane-local', 'storage-limits', 'proxy-throttles', 'rods', 'rollouts'];
+
 const named = process.argv.slice(2);
-const files = named.length > 0 ? named : (await readdir(here)).filter((name) => name.endsWith('.test.js')).sort().map((name) => join(here, name));
+const files = named.length > 0 ? named : inRunOrder((await readdir(here)).filter((name) => name.endsWith('.test.js'))).map((name) => join(here, name));
 
 // Short: a Postgres socket path under it (prepared template, agents' instances) must stay within 107 bytes.
 const runDir = await mkdtemp(join(tmpdir(), 'ctr-'));
@@ -51,9 +59,17 @@ try {
 }
 process.exit(status);
 
-/** The test runner as a child; Ctrl-C and SIGTERM reach it and the clean-up above still runs. */
+/** `longestFirst`, then the other files by name. */
+function inRunOrder(names: readonly string[]): string[] {
+  const first = longestFirst.map((stem) => `${stem}.test.js`);
+  const missing = first.filter((name) => !names.includes(name));
+  if (missing.length > 0) throw new Error(`test/run.ts lists ${missing.join(', ')} to start first, but there is no such test file`);
+  return [...first, ...names.filter((name) => !first.includes(name)).sort()];
+}
+
+/** The test runner (test/run-files.ts) as a child; Ctrl-C and SIGTERM reach it and the clean-up above still runs. */
 function runFiles(paths: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const child = spawn(process.execPath, ['--test', `--test-concurrency=${concurrency}`, ...paths], { env, stdio: 'inherit' });
+  const child = spawn(process.execPath, [join(here, 'run-files.js'), String(concurrency), ...paths], { env, stdio: 'inherit' });
   const forward = (signal: NodeJS.Signals) => child.kill(signal);
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
