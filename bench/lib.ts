@@ -15,7 +15,7 @@ import { readCredentials } from '../src/lib/credentials.js';
  * and everything started here is stopped by its pid.
  */
 
-export const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
+export const cellarBin = fileURLToPath(new URL('../bundle/bin/cellar.js', import.meta.url));
 
 /** libpq must not try TLS or GSS: servers here run ssl=off on 127.0.0.1 or a socket. */
 export const libpqEnvironment: Readonly<Record<string, string>> = { LC_ALL: 'C', PGSSLMODE: 'disable', PGGSSENCMODE: 'disable' };

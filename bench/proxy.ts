@@ -27,7 +27,7 @@ import {
 } from './lib.js';
 
 /** `cellar up` starts the proxy from its own entry; its argv names this file. */
-const cellarProxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
+const cellarProxyBin = fileURLToPath(new URL('../bundle/bin/cellar-proxy.js', import.meta.url));
 
 /**
  * bench/proxy: pgbench through Cellar's proxy against the same pgbench straight to the primary,

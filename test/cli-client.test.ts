@@ -125,7 +125,7 @@ test('the CLI reaches an API behind HTTPS, trusting the CA it is given, and refu
     await writeFile(join(dir, 'ca.crt'), ca.certificate);
     await new Promise<void>((resolve) => secure.listen(0, '127.0.0.1', resolve));
     const url = `https://127.0.0.1:${(secure.address() as AddressInfo).port}`;
-    const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
+    const cellarBin = fileURLToPath(new URL('../bundle/bin/cellar.js', import.meta.url));
     const list = (extraCa: boolean) =>
       new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
         const env = { PATH: process.env['PATH'] ?? '', CELLAR_HOME: join(dir, 'home'), CELLAR_API: url, CELLAR_TOKEN: 'cellar_standin', ...(extraCa ? { NODE_EXTRA_CA_CERTS: join(dir, 'ca.crt') } : {}) };

@@ -14,7 +14,7 @@ import { makeTempDir } from './helpers/cellar.js';
  * event whose reason and code disagree, and that disagreement is what proves the CLI reads codes.
  */
 
-const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
+const cellarBin = fileURLToPath(new URL('../bundle/bin/cellar.js', import.meta.url));
 let server: Server;
 let home: string;
 let apiUrl: string;

@@ -14,7 +14,7 @@ import { testPort } from './helpers/ports.js';
  * non-admin is refused and nothing changes; the audit has every change.
  */
 
-const proxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
+const proxyBin = fileURLToPath(new URL('../bundle/bin/cellar-proxy.js', import.meta.url));
 /** Making the cell CA and the proxy's certificate with the openssl CLI takes seconds on a busy machine. */
 const proxyStartWaitMs = 60_000;
 

@@ -5,13 +5,20 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { testPort } from './helpers/ports.js';
-import { cellarBin, eventually, makeTempDir } from './helpers/cellar.js';
+import { eventually, makeTempDir } from './helpers/cellar.js';
 
 const recorder = fileURLToPath(new URL('./fixtures/module-recorder.js', import.meta.url));
+// The compiled modules one by one (tsc's dist/src), so that the recorder sees each module loaded;
+// the bundles that run are built from the same sources, and their contents are checked below from
+// the build's metafile.
 const proxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
+const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
 const srcUrl = pathToFileURL(fileURLToPath(new URL('../src/', import.meta.url))).href;
+const bundleMetaFile = fileURLToPath(new URL('../bundle/meta.json', import.meta.url));
 /** What the proxy must never load (DESIGN §6a): the API, the engine, the machines, the local driver, the control plane. */
 const forbiddenFolders = ['api/', 'engine/', 'machines/', 'dataplane/local/', 'controlplane/'];
+/** What `cellar down` must never load: it only stops processes. */
+const downForbidden = ['api/', 'engine/', 'machines/', 'dataplane/local/driver.js', 'controlplane/controlplane.js', 'proxy/main.js', 'proxy/server.js'];
 /** Making the cell CA and the proxy's certificate with the openssl CLI takes seconds on a busy machine. */
 const proxyStartWaitMs = 60_000;
 const proxyStopWaitMs = 30_000;
@@ -78,6 +85,50 @@ describe('the proxy entry', () => {
   });
 });
 
+interface BundleMeta {
+  readonly outputs: Record<string, { readonly entryPoint?: string; readonly inputs: Record<string, unknown>; readonly imports: readonly { readonly path: string; readonly kind: string; readonly external?: boolean }[] }>;
+}
+
+/**
+ * The sources a process holds once it has loaded the bundle output whose entry is `entry`
+ * (a program in src/bin, or the target of a lazy import): that output's and those of every
+ * chunk it imports statically, relative to src/ as the recorder's lists are.
+ */
+function bundledSources(meta: BundleMeta, entry: string): string[] {
+  const outputs = Object.entries(meta.outputs);
+  const start = outputs.find(([, output]) => output.entryPoint === entry);
+  assert.ok(start !== undefined, `no bundle output has the entry ${entry}`);
+  const seen = new Set<string>();
+  const pending = [start[0]];
+  for (let step = 0; pending.length > 0; step += 1) {
+    assert.ok(step < outputs.length, 'the bundle imports more outputs than it has');
+    const path = pending.pop();
+    if (path === undefined || seen.has(path)) continue;
+    seen.add(path);
+    for (const imported of meta.outputs[path]?.imports ?? []) if (imported.kind === 'import-statement' && !imported.external) pending.push(imported.path);
+  }
+  return [...seen].flatMap((path) => Object.keys(meta.outputs[path]?.inputs ?? {})).filter((input) => input.startsWith('src/')).map((input) => input.slice('src/'.length).replace(/\.ts$/, '.js'));
+}
+
+describe('the bundles that run (dist/bundle)', () => {
+  test('the proxy program, and what `cellar proxy` loads lazily, hold no API, engine, machine, local driver or control plane module', async () => {
+    const meta = JSON.parse(await readFile(bundleMetaFile, 'utf8')) as BundleMeta;
+    assertProxyOnly(bundledSources(meta, 'src/bin/cellar-proxy.ts'));
+    assertProxyOnly(bundledSources(meta, 'src/proxy/main.ts'));
+  });
+
+  test('`cellar` alone holds neither the control plane nor the proxy: `up`, `down` and `proxy` load theirs when run', async () => {
+    const meta = JSON.parse(await readFile(bundleMetaFile, 'utf8')) as BundleMeta;
+    const cli = bundledSources(meta, 'src/bin/cellar.ts');
+    assert.ok(cli.includes('cli/main.js'), `cli/main.js not in the cellar bundle: ${cli.join(', ')}`);
+    const forbidden = cli.filter((module) => [...forbiddenFolders, 'proxy/'].some((folder) => module.startsWith(folder)));
+    assert.deepEqual(forbidden, [], `the cellar bundle holds ${forbidden.join(', ')}`);
+    const down = bundledSources(meta, 'src/controlplane/host.ts');
+    assert.ok(down.includes('controlplane/host.js'));
+    assert.deepEqual(down.filter((module) => downForbidden.some((prefix) => module.startsWith(prefix))), []);
+  });
+});
+
 describe('the down command', () => {
   test('`cellar down` loads no API, engine, machine, proxy server or control plane wiring module, nor the logger', async () => {
     const home = await makeTempDir('cellar-down-entry-');
@@ -96,7 +147,7 @@ describe('the down command', () => {
       const modules = urls.filter((url) => url.startsWith(srcUrl)).map((url) => url.slice(srcUrl.length));
       // It did load its own module: an empty list would prove nothing.
       assert.ok(modules.includes('controlplane/host.js'), `controlplane/host.js not among the loaded modules: ${modules.join(', ')}`);
-      const forbidden = modules.filter((module) => ['api/', 'engine/', 'machines/', 'dataplane/local/driver.js', 'controlplane/controlplane.js', 'proxy/main.js', 'proxy/server.js'].some((prefix) => module.startsWith(prefix)));
+      const forbidden = modules.filter((module) => downForbidden.some((prefix) => module.startsWith(prefix)));
       assert.deepEqual(forbidden, [], `cellar down loaded ${forbidden.join(', ')}`);
       assert.deepEqual(urls.filter((url) => url.includes('/node_modules/pino/')), [], 'cellar down loaded pino');
     } finally {

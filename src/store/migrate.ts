@@ -2,7 +2,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 
-const migrationsDir = fileURLToPath(new URL('./migrations/', import.meta.url));
+/** At dist/migrations (the build copies src/store/migrations there): two folders up from this module and from the bundles alike (scripts/build-bin.mjs). */
+const migrationsDir = fileURLToPath(new URL('../../migrations/', import.meta.url));
 /** Any constant works; it only has to be the same in every Cellar process sharing a store. */
 const migrationLockKey = 0x63656c6c;
 

@@ -18,7 +18,7 @@ import type { ClusterView } from '../../src/api/view.js';
  * port and instance port range, and helpers to drive it through the real CLI and API.
  */
 
-export const cellarBin = fileURLToPath(new URL('../../src/bin/cellar.js', import.meta.url));
+export const cellarBin = fileURLToPath(new URL('../../bundle/bin/cellar.js', import.meta.url));
 const upWaitMsMax = 90_000;
 const pollMs = 50;
 /** A request to the API that does not answer within this fails (a poll then tries again). */
