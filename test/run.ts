@@ -9,7 +9,8 @@ import { run } from '../src/postgres/osuser.js';
  * `npm test`. Gives the run a directory of its own, on a tmpfs mounted for it when it may mount
  * one (root, as in CI), which becomes every test process's TMPDIR; starts the run's shared store
  * server (test/helpers/shared-store.ts); runs the test files four at a time with Node's test
- * runner, the longest first; then stops the server and removes the directory (unmounting it), whatever the outcome.
+ * runner, the longest first; then stops the server and removes the directory (unmounting it),
+ * whatever the outcome.
  * Files named on the command line run instead of all of them.
  *
  * The tmpfs: the suite writes a data directory for every instance it makes (a template copy or a
