@@ -14,7 +14,8 @@ const recorder = fileURLToPath(new URL('./fixtures/module-recorder.js', import.m
 const proxyBin = fileURLToPath(new URL('../src/bin/cellar-proxy.js', import.meta.url));
 const cellarBin = fileURLToPath(new URL('../src/bin/cellar.js', import.meta.url));
 const srcUrl = pathToFileURL(fileURLToPath(new URL('../src/', import.meta.url))).href;
-const bundleMetaFile = fileURLToPath(new URL('../bundle/meta.json', import.meta.url));
+/** Which sources went into which file of dist/bundle (scripts/build-bin.mjs). */
+const bundleMeta = JSON.parse(await readFile(fileURLToPath(new URL('../bundle/meta.json', import.meta.url)), 'utf8')) as BundleMeta;
 /** What the proxy must never load (DESIGN §6a): the API, the engine, the machines, the local driver, the control plane. */
 const forbiddenFolders = ['api/', 'engine/', 'machines/', 'dataplane/local/', 'controlplane/'];
 /** What `cellar down` must never load: it only stops processes. */
@@ -111,19 +112,17 @@ function bundledSources(meta: BundleMeta, entry: string): string[] {
 }
 
 describe('the bundles that run (dist/bundle)', () => {
-  test('the proxy program, and what `cellar proxy` loads lazily, hold no API, engine, machine, local driver or control plane module', async () => {
-    const meta = JSON.parse(await readFile(bundleMetaFile, 'utf8')) as BundleMeta;
-    assertProxyOnly(bundledSources(meta, 'src/bin/cellar-proxy.ts'));
-    assertProxyOnly(bundledSources(meta, 'src/proxy/main.ts'));
+  test('the proxy program, and what `cellar proxy` loads lazily, hold no API, engine, machine, local driver or control plane module', () => {
+    assertProxyOnly(bundledSources(bundleMeta, 'src/bin/cellar-proxy.ts'));
+    assertProxyOnly(bundledSources(bundleMeta, 'src/proxy/main.ts'));
   });
 
-  test('`cellar` alone holds neither the control plane nor the proxy: `up`, `down` and `proxy` load theirs when run', async () => {
-    const meta = JSON.parse(await readFile(bundleMetaFile, 'utf8')) as BundleMeta;
-    const cli = bundledSources(meta, 'src/bin/cellar.ts');
+  test('`cellar` alone holds neither the control plane nor the proxy: `up`, `down` and `proxy` load theirs when run', () => {
+    const cli = bundledSources(bundleMeta, 'src/bin/cellar.ts');
     assert.ok(cli.includes('cli/main.js'), `cli/main.js not in the cellar bundle: ${cli.join(', ')}`);
     const forbidden = cli.filter((module) => [...forbiddenFolders, 'proxy/'].some((folder) => module.startsWith(folder)));
     assert.deepEqual(forbidden, [], `the cellar bundle holds ${forbidden.join(', ')}`);
-    const down = bundledSources(meta, 'src/controlplane/host.ts');
+    const down = bundledSources(bundleMeta, 'src/controlplane/host.ts');
     assert.ok(down.includes('controlplane/host.js'));
     assert.deepEqual(down.filter((module) => downForbidden.some((prefix) => module.startsWith(prefix))), []);
   });

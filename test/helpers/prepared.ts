@@ -16,12 +16,13 @@ import { TemplateCache } from '../../src/dataplane/local/template.js';
  * One prepared data directory per test run, shared by every test file: the embedded store after
  * initdb and migrations (no tokens, no rows of any Cellar) and the template data directory of the
  * newest installed major. A test Cellar starts from a copy of it, so neither initdb nor the
- * template build runs per file. It is keyed by the compiled code and the Postgres installations,
- * so a change to migrations, to what a template holds, or to the binaries prepares a new one.
+ * template build runs per file. It is keyed by the compiled code, the migrations and the Postgres
+ * installations, so a change to migrations, to what a template holds, or to the binaries prepares a new one.
  */
 
 const preparedRoot = join(tmpdir(), 'cellar-test-prepared');
-const compiledSource = fileURLToPath(new URL('../../src/', import.meta.url));
+/** What the prepared directory is made by: the compiled code and the migrations (the build copies them to dist/migrations). */
+const preparedBy = ['../../src/', '../../migrations/'].map((path) => fileURLToPath(new URL(path, import.meta.url)));
 /** A build that holds the lock longer than this was left by a killed run; the next one takes over. */
 const buildMsMax = 5 * 60_000;
 const lockPollMs = 100;
@@ -140,7 +141,9 @@ async function build(target: string, binaries: Binaries): Promise<void> {
 async function preparationKey(binaries: Binaries): Promise<string> {
   const hash = createHash('sha256');
   for (const version of binaries.versions()) hash.update(`${version}=${binaries.binFor(version)}\n`);
-  for (const file of await filesUnder(compiledSource)) hash.update(file).update(await readFile(join(compiledSource, file)));
+  for (const root of preparedBy) {
+    for (const file of await filesUnder(root)) hash.update(join(root, file)).update(await readFile(join(root, file)));
+  }
   // Short: a socket path under the prepared directory (the template's bootstrap server) must stay within 100 bytes.
   return hash.digest('hex').slice(0, 10);
 }
